@@ -1,0 +1,178 @@
+//! Identifiers of participants, gateways, devices and grid nodes.
+//!
+//! Every identifier is 1 to 32 bytes of `A–Z a–z 0–9 . _ : -`. That keeps them printable in
+//! logs, safe in MQTT topics and URLs, and lets the signed layout give each one a fixed
+//! 32-byte field (right-padded with zero bytes).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Longest identifier, in bytes: the width of an identifier field in the signed layout.
+pub const MAX_ID_LEN: usize = 32;
+
+/// Why a string is not a valid identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// The string is empty.
+    #[error("{kind} must not be empty")]
+    Empty {
+        /// Which kind of identifier.
+        kind: &'static str,
+    },
+    /// The string is longer than [`MAX_ID_LEN`] bytes.
+    #[error("{kind} `{value}` is {len} bytes long; at most 32 are allowed")]
+    TooLong {
+        /// Which kind of identifier.
+        kind: &'static str,
+        /// The offending value.
+        value: String,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The string holds a character outside `A–Z a–z 0–9 . _ : -`.
+    #[error("{kind} `{value}` contains {found:?}; use only letters, digits and . _ : -")]
+    BadCharacter {
+        /// Which kind of identifier.
+        kind: &'static str,
+        /// The offending value.
+        value: String,
+        /// The first character that is not allowed.
+        found: char,
+    },
+}
+
+fn validate(kind: &'static str, value: &str) -> Result<(), IdError> {
+    if value.is_empty() {
+        return Err(IdError::Empty { kind });
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(IdError::TooLong {
+            kind,
+            value: value.to_owned(),
+            len: value.len(),
+        });
+    }
+    if let Some(found) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(IdError::BadCharacter {
+            kind,
+            value: value.to_owned(),
+            found,
+        });
+    }
+    Ok(())
+}
+
+macro_rules! identifier {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates and wraps an identifier.
+            pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
+                let value = value.into();
+                validate($kind, &value)?;
+                Ok(Self(value))
+            }
+
+            /// The identifier as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(value: String) -> Result<Self, IdError> {
+                Self::new(value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::new(s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+identifier!(
+    /// A market participant: a household, a trader or the utility.
+    ParticipantId,
+    "participant id"
+);
+identifier!(
+    /// An edge gateway (one per household installation).
+    GatewayId,
+    "gateway id"
+);
+identifier!(
+    /// A metered device set behind a gateway (usually the whole home: inverter, battery, meter).
+    DeviceId,
+    "device id"
+);
+identifier!(
+    /// A node of the radial grid: the substation, a feeder, a lateral or a home's connection.
+    NodeId,
+    "node id"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_and_rejects() {
+        assert!(NodeId::new("f1").is_ok());
+        assert!(GatewayId::new("gw-h001.home:1_x").is_ok());
+        assert_eq!(
+            ParticipantId::new(""),
+            Err(IdError::Empty {
+                kind: "participant id"
+            })
+        );
+        assert!(matches!(
+            DeviceId::new("a".repeat(33)),
+            Err(IdError::TooLong { len: 33, .. })
+        ));
+        let err = NodeId::new("feeder 1").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "node id `feeder 1` contains ' '; use only letters, digits and . _ : -"
+        );
+    }
+
+    #[test]
+    fn json_validates() {
+        assert!(serde_json::from_str::<NodeId>("\"f/1\"").is_err());
+        assert_eq!(
+            serde_json::from_str::<NodeId>("\"f1\"").unwrap().as_str(),
+            "f1"
+        );
+    }
+}

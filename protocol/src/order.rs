@@ -1,0 +1,124 @@
+//! Orders: what a trader or a household's gateway signs to buy or sell energy in one interval,
+//! and the signed cancellation of an order.
+
+use crate::ids::{NodeId, ParticipantId};
+use crate::interval::Interval;
+use crate::layout::{LayoutError, Reader, Writer};
+use crate::signing::Signable;
+use crate::units::{PricePerMwh, Wh};
+use serde::{Deserialize, Serialize};
+
+/// Buy or sell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// A bid: the participant buys up to `quantity` at no more than `limit_price`.
+    Buy,
+    /// An ask: the participant sells up to `quantity` at no less than `limit_price`.
+    Sell,
+}
+
+impl Side {
+    fn code(self) -> u8 {
+        match self {
+            Side::Buy => 1,
+            Side::Sell => 2,
+        }
+    }
+}
+
+/// A limit order for one delivery interval at one grid node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// Who trades (their registered key must sign the order).
+    pub participant: ParticipantId,
+    /// Where the energy is delivered or taken.
+    pub node: NodeId,
+    /// The delivery interval.
+    pub interval: Interval,
+    /// Buy or sell.
+    pub side: Side,
+    /// The most energy to trade; always positive.
+    pub quantity: Wh,
+    /// The highest price a buyer pays or the lowest a seller accepts (may be negative).
+    pub limit_price: PricePerMwh,
+    /// A number the participant never uses twice: it makes every order unique and replays
+    /// detectable.
+    pub nonce: u64,
+}
+
+impl Signable for Order {
+    const TAG: &'static str = "gridmesh/order/v1";
+    const LEN: usize = 17 + 32 + 32 + 8 + 2 + 1 + 8 + 8 + 8;
+
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new(Self::TAG, Self::LEN);
+        w.id(self.participant.as_str())
+            .id(self.node.as_str())
+            .i64(self.interval.start_unix())
+            .u16(self.interval.length().minutes())
+            .u8(self.side.code())
+            .i64(self.quantity.0)
+            .i64(self.limit_price.0)
+            .u64(self.nonce);
+        w.finish()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, LayoutError> {
+        let mut r = Reader::new(bytes, Self::TAG, Self::LEN)?;
+        let participant = r.id("participant", ParticipantId::new)?;
+        let node = r.id("node", NodeId::new)?;
+        let start = r.i64();
+        let minutes = r.u16();
+        let interval =
+            Interval::from_unix(start, minutes.into()).map_err(|e| r.bad("interval_start", e))?;
+        let side = match r.u8() {
+            1 => Side::Buy,
+            2 => Side::Sell,
+            other => return Err(r.bad("side", format!("{other} is neither 1 (buy) nor 2 (sell)"))),
+        };
+        let quantity = r.i64();
+        if quantity <= 0 {
+            return Err(r.bad("quantity_wh", format!("{quantity} is not positive")));
+        }
+        let limit_price = PricePerMwh(r.i64());
+        let nonce = r.u64();
+        Ok(Order {
+            participant,
+            node,
+            interval,
+            side,
+            quantity: Wh(quantity),
+            limit_price,
+            nonce,
+        })
+    }
+}
+
+/// A participant's signed request to withdraw one of its orders before gate closure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancel {
+    /// The order's owner.
+    pub participant: ParticipantId,
+    /// The nonce of the order to cancel.
+    pub order_nonce: u64,
+}
+
+impl Signable for OrderCancel {
+    const TAG: &'static str = "gridmesh/cancel/v1";
+    const LEN: usize = 18 + 32 + 8;
+
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new(Self::TAG, Self::LEN);
+        w.id(self.participant.as_str()).u64(self.order_nonce);
+        w.finish()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, LayoutError> {
+        let mut r = Reader::new(bytes, Self::TAG, Self::LEN)?;
+        Ok(OrderCancel {
+            participant: r.id("participant", ParticipantId::new)?,
+            order_nonce: r.u64(),
+        })
+    }
+}
