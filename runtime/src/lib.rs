@@ -1,1 +1,22 @@
-//! placeholder
+//! I/O plumbing shared by the gridmesh services.
+//!
+//! The protocol crate says *what* crosses a process boundary; this crate holds the few pieces of
+//! *how* that every service needs and that should behave the same everywhere:
+//!
+//! - [`config`]: TOML config files with environment overrides and errors that name the line;
+//! - [`telemetry`]: `tracing` set-up;
+//! - [`shutdown`]: one shutdown signal for every task, and waiting for them all;
+//! - [`mqtt`] (feature `mqtt`): an MQTT session that reconnects with backoff, re-subscribes on
+//!   every connection, confirms QoS 1 publishes by their PUBACK and lets the consumer
+//!   acknowledge incoming messages only after it has stored them;
+//! - [`db`] (feature `db`): sqlx pools over SQLite or PostgreSQL with per-back-end migrations.
+//!
+//! It knows nothing of markets, meters or ledgers.
+
+pub mod config;
+#[cfg(feature = "db")]
+pub mod db;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
+pub mod shutdown;
+pub mod telemetry;
