@@ -11,6 +11,8 @@
 //!   `docs/protocol.md`);
 //! - [`signing`]: ed25519 signatures over exactly those bytes, the JSON envelope that carries
 //!   them, and batch verification;
+//! - [`grid`], [`market`], [`registry`], [`topics`]: the network, clearing results, who may sign
+//!   what, and MQTT topic names;
 //! - [`keys`]: key files (generate, store with mode 0600, load, show the public key).
 //!
 //! # Example
@@ -35,14 +37,18 @@
 //! ```
 
 pub mod example;
+pub mod grid;
 pub mod ids;
 pub mod interval;
 pub mod keys;
 pub mod layout;
+pub mod market;
 pub mod order;
 pub mod reading;
+pub mod registry;
 pub mod signing;
 pub mod token;
+pub mod topics;
 pub mod units;
 
 pub use ids::{DeviceId, GatewayId, NodeId, ParticipantId};
