@@ -3,6 +3,7 @@
 //! The protocol crate says *what* crosses a process boundary; this crate holds the few pieces of
 //! *how* that every service needs and that should behave the same everywhere:
 //!
+//! - [`clock`]: wall-clock or accelerated time that every service agrees on;
 //! - [`config`]: TOML config files with environment overrides and errors that name the line;
 //! - [`telemetry`]: `tracing` set-up;
 //! - [`shutdown`]: one shutdown signal for every task, and waiting for them all;
@@ -13,6 +14,7 @@
 //!
 //! It knows nothing of markets, meters or ledgers.
 
+pub mod clock;
 pub mod config;
 #[cfg(feature = "db")]
 pub mod db;
