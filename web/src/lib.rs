@@ -1,1 +1,136 @@
-//! placeholder
+//! The gridmesh dashboard: the utility's live view of the neighbourhood, served by axum with
+//! every asset embedded.
+//!
+//! It reads **only** through the services' APIs (the market's and settlement's REST and SSE,
+//! and optionally gateways' retained MQTT status) and never touches a database.
+//!
+//! Module map, following the data:
+//!
+//! - [`config`]: [`WebConfig`] (listen address, upstream URLs, poll interval);
+//! - [`upstream`]: JSON clients for the market and settlement with errors naming the service
+//!   and URL ("market unreachable at …");
+//! - [`follow`]: follows the upstream `/events` streams and wakes the refresher;
+//! - [`gateways`]: gateway online/offline from the broker's retained status topics;
+//! - [`refresh`]: polls the upstreams into a [`snapshot::Snapshot`]; a service that is down
+//!   keeps its last data and says why;
+//! - [`hub`]: the shared snapshot and the change broadcast for browsers;
+//! - [`views`]: pure derivations for each page (feeder loading at 80 %/100 %, participants,
+//!   congestion, alerts);
+//! - [`charts`]: server-side SVG charts drawn with `plotters`;
+//! - [`routes`] and [`assets`]: pages, JSON API, charts, the browser event stream, `/healthz`,
+//!   `/metrics`;
+//! - [`metrics`]: the Prometheus text encoder.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), gridmesh_web::WebError> {
+//! use gridmesh_runtime::shutdown::Shutdown;
+//! let shutdown = Shutdown::new();
+//! let config = gridmesh_web::WebConfig {
+//!     listen: "127.0.0.1:0".parse().unwrap(),
+//!     ..Default::default()
+//! };
+//! let running = gridmesh_web::serve(config, shutdown.clone()).await?;
+//! println!("dashboard at http://{}/", running.addr);
+//! shutdown.wait().await;
+//! # Ok(()) }
+//! ```
+
+pub mod assets;
+pub mod charts;
+pub mod config;
+pub mod follow;
+pub mod gateways;
+pub mod hub;
+pub mod metrics;
+pub mod refresh;
+pub mod routes;
+pub mod snapshot;
+pub mod upstream;
+pub mod views;
+
+pub use config::WebConfig;
+
+use gridmesh_runtime::shutdown::Shutdown;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Why the dashboard could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    /// The configuration is inconsistent.
+    #[error("invalid dashboard configuration: {0}")]
+    Config(String),
+    /// The listen address could not be bound.
+    #[error(
+        "cannot listen on {addr}: {source}; is another dashboard running there? choose another `listen` address"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The broker URL was refused.
+    #[error("cannot follow gateway status: {0}")]
+    Broker(#[from] gridmesh_runtime::mqtt::MqttError),
+}
+
+/// A running dashboard.
+#[derive(Debug, Clone)]
+pub struct RunningWeb {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The shared state (for tests and the launcher).
+    pub hub: Arc<hub::Hub>,
+}
+
+impl RunningWeb {
+    /// The dashboard's base URL, e.g. `http://127.0.0.1:8080`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Starts the dashboard: binds, then runs the server, the refresher and the event followers
+/// as tasks tracked by `shutdown`. Returns once listening.
+pub async fn serve(config: WebConfig, shutdown: Shutdown) -> Result<RunningWeb, WebError> {
+    config.validate().map_err(WebError::Config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| WebError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| WebError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let hub = hub::Hub::new(config.clone());
+    if let Some(url) = &config.broker_url {
+        gateways::start(hub.clone(), url, shutdown.token())?;
+    }
+    shutdown.spawn(refresh::run(hub.clone(), shutdown.token()));
+    shutdown.spawn(follow::follow(
+        hub.clone(),
+        hub.market.clone(),
+        shutdown.token(),
+    ));
+    shutdown.spawn(follow::follow(
+        hub.clone(),
+        hub.settlement.clone(),
+        shutdown.token(),
+    ));
+    let app = routes::router(hub.clone());
+    let token = shutdown.token();
+    shutdown.spawn(async move {
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await });
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "dashboard server stopped");
+        }
+    });
+    tracing::info!(%addr, market = %config.market_url, settlement = %config.settlement_url, "dashboard listening");
+    Ok(RunningWeb { addr, hub })
+}

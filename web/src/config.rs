@@ -1,0 +1,110 @@
+//! The dashboard's configuration: where to listen and where the services it reads live.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything the dashboard needs to run. `WebConfig::default()` matches the services' default
+/// ports on one machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Address the dashboard listens on (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// Base URL of the market engine's REST API.
+    pub market_url: String,
+    /// Base URL of settlement's REST API.
+    pub settlement_url: String,
+    /// MQTT broker for gateways' retained online/offline status (`mqtt://host:port`); without
+    /// it, gateway liveness is inferred from settlement's recent readings where possible.
+    pub broker_url: Option<String>,
+    /// How often the upstream APIs are polled, in milliseconds (SSE events trigger extra
+    /// refreshes in between).
+    pub poll_interval_ms: u64,
+    /// Time limit for one upstream request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// How many cleared intervals the market pages keep and chart.
+    pub history_intervals: usize,
+    /// An interval whose utility exchange exceeds this many times the median of the previous
+    /// intervals raises an imbalance alert.
+    pub imbalance_spike_factor: u32,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            market_url: "http://127.0.0.1:8081".into(),
+            settlement_url: "http://127.0.0.1:8082".into(),
+            broker_url: None,
+            poll_interval_ms: 2_000,
+            request_timeout_ms: 3_000,
+            history_intervals: 96,
+            imbalance_spike_factor: 3,
+        }
+    }
+}
+
+impl WebConfig {
+    /// The poll interval as a duration (at least 50 ms).
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms.max(50))
+    }
+
+    /// The request timeout as a duration (at least 100 ms).
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.max(100))
+    }
+
+    /// Checks values that serde cannot: URLs must be http(s) and the history non-empty.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, url) in [
+            ("market_url", &self.market_url),
+            ("settlement_url", &self.settlement_url),
+        ] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "{name} `{url}` is not an http URL; use for example http://127.0.0.1:8081"
+                ));
+            }
+        }
+        if let Some(url) = &self.broker_url {
+            if !url.starts_with("mqtt://") {
+                return Err(format!(
+                    "broker_url `{url}` is not an MQTT URL; use for example mqtt://127.0.0.1:1883"
+                ));
+            }
+        }
+        if self.history_intervals == 0 {
+            return Err("history_intervals must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_toml_overrides_apply() {
+        assert!(WebConfig::default().validate().is_ok());
+        let c: WebConfig = toml_like("market_url = \"http://m:1\"\npoll_interval_ms = 10");
+        assert_eq!(c.market_url, "http://m:1");
+        assert_eq!(c.poll_interval(), Duration::from_millis(50));
+        let bad = WebConfig {
+            settlement_url: "127.0.0.1:8082".into(),
+            ..WebConfig::default()
+        };
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains("settlement_url"), "{err}");
+    }
+
+    fn toml_like(text: &str) -> WebConfig {
+        let dir = std::env::temp_dir().join(format!("gridmesh-web-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("web.toml");
+        std::fs::write(&path, text).unwrap();
+        gridmesh_runtime::config::load_with_env(Some(&path), "GRIDMESH_WEB_TEST", &[]).unwrap()
+    }
+}

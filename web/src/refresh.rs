@@ -1,0 +1,284 @@
+//! The refresher: polls the market and settlement REST APIs into a new [`Snapshot`], on a
+//! timer and whenever an upstream event stream says something happened.
+//!
+//! Each service's calls are independent: a service that is down leaves its previous data in
+//! place and its health says why, so the other service's data still updates.
+//!
+//! [`Snapshot`]: crate::snapshot::Snapshot
+
+use crate::hub::Hub;
+use crate::snapshot::{Snapshot, as_list, find_i64, find_str};
+use crate::upstream::{UpstreamError, encode_component};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use gridmesh_protocol::grid::Network;
+use gridmesh_protocol::market::IntervalResult;
+use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken as CancelToken;
+
+/// Runs until `token` is cancelled: refresh, then wait for the poll interval or a wake-up.
+pub async fn run(hub: Arc<Hub>, token: CancelToken) {
+    let mut cause = "start".to_owned();
+    loop {
+        refresh_once(&hub, &cause).await;
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(hub.config.poll_interval()) => cause = "poll".into(),
+            woken = hub.woken() => cause = woken,
+        }
+    }
+}
+
+/// Market data read in one refresh.
+#[derive(Debug, Default)]
+struct MarketRead {
+    status: Option<Value>,
+    topology: Option<Network>,
+    participants: Option<Vec<Participant>>,
+    gateways: Option<Vec<GatewayEnrollment>>,
+    new_results: Vec<IntervalResult>,
+    next_interval: Option<String>,
+    book: Option<Option<Value>>,
+}
+
+/// Settlement data read in one refresh.
+#[derive(Debug, Default)]
+struct SettlementRead {
+    quarantine: Option<Vec<Value>>,
+    blocks: Option<Vec<Value>>,
+    statements: Option<Vec<Value>>,
+    balances: BTreeMap<String, Value>,
+}
+
+/// Reads both services once and publishes the new snapshot.
+pub async fn refresh_once(hub: &Hub, cause: &str) {
+    let before = hub.snapshot();
+    let (market, settlement) =
+        tokio::join!(read_market(hub, &before), read_settlement(hub, &before));
+    let now = Utc::now();
+    hub.metrics.refreshes.inc();
+    if market.is_err() {
+        hub.metrics.upstream_errors_market.inc();
+    }
+    if settlement.is_err() {
+        hub.metrics.upstream_errors_settlement.inc();
+    }
+    let history = hub.config.history_intervals;
+    hub.update(cause, |snap| {
+        snap.refreshed_at = Some(now);
+        match market {
+            Ok(m) => {
+                snap.market.succeeded(now);
+                apply_market(snap, m, history);
+            }
+            Err(e) => snap.market.failed(e.to_string()),
+        }
+        match settlement {
+            Ok(s) => {
+                snap.settlement.succeeded(now);
+                if let Some(q) = s.quarantine {
+                    snap.quarantine = q;
+                }
+                if let Some(b) = s.blocks {
+                    snap.blocks = b;
+                }
+                if let Some(st) = s.statements {
+                    snap.statements = st;
+                }
+                if !s.balances.is_empty() {
+                    snap.balances = s.balances;
+                }
+            }
+            Err(e) => snap.settlement.failed(e.to_string()),
+        }
+    });
+}
+
+fn apply_market(snap: &mut Snapshot, m: MarketRead, history: usize) {
+    if m.status.is_some() {
+        snap.status = m.status;
+    }
+    if m.topology.is_some() {
+        snap.topology = m.topology;
+    }
+    if let Some(p) = m.participants {
+        snap.participants = p;
+    }
+    if let Some(g) = m.gateways {
+        snap.gateways = g;
+    }
+    snap.next_interval = m.next_interval.or(snap.next_interval.take());
+    if let Some(book) = m.book {
+        snap.book = book;
+    }
+    merge_results(&mut snap.results, m.new_results, history);
+}
+
+/// Adds `new` results to `results` (oldest first), replacing same-interval duplicates and
+/// keeping only the newest `history`.
+pub fn merge_results(results: &mut Vec<IntervalResult>, new: Vec<IntervalResult>, history: usize) {
+    for r in new {
+        match results.binary_search_by(|x| x.interval.start().cmp(&r.interval.start())) {
+            Ok(i) => results[i] = r,
+            Err(i) => results.insert(i, r),
+        }
+    }
+    if results.len() > history {
+        let excess = results.len() - history;
+        results.drain(..excess);
+    }
+}
+
+/// The market's status: any `Unreachable` makes the whole read fail (so the page says so);
+/// a missing optional resource (404) is just absent.
+async fn read_market(hub: &Hub, before: &Snapshot) -> Result<MarketRead, UpstreamError> {
+    let m = &hub.market;
+    let status: Value = m.get("/status").await?;
+    let (topology, participants, gateways) = tokio::join!(
+        m.get::<Network>("/topology"),
+        m.get::<Value>("/participants"),
+        m.get::<Value>("/gateways"),
+    );
+    let topology = optional(topology)?;
+    let participants =
+        optional(participants)?.map(|v| decode_list::<Participant>(v, &["participants", "items"]));
+    let gateways =
+        optional(gateways)?.map(|v| decode_list::<GatewayEnrollment>(v, &["gateways", "items"]));
+
+    let clock = find_str(&status, &["clock", "now", "time"])
+        .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(Utc::now);
+    let minutes = find_i64(&status, &["interval_minutes", "interval_length", "minutes"])
+        .unwrap_or(15)
+        .max(1);
+    let history = hub.config.history_intervals;
+    let mut since = match before.results.last() {
+        Some(last) => last.interval.start(),
+        None => clock - ChronoDuration::minutes(minutes * history as i64 + minutes),
+    };
+    let mut new_results = Vec::new();
+    for _page in 0..20 {
+        let path = format!(
+            "/results?since={}&limit={history}",
+            encode_component(&since.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        );
+        let page: Value = match optional(m.get(&path).await)? {
+            Some(v) => v,
+            None => break,
+        };
+        let page: Vec<IntervalResult> = decode_list(page, &["results", "items"]);
+        let full = page.len() >= history;
+        let newest = page.iter().map(|r| r.interval.start()).max();
+        new_results.extend(page);
+        match newest {
+            Some(n) if full && n > since => since = n,
+            _ => break,
+        }
+    }
+
+    let next_interval = find_str(
+        &status,
+        &[
+            "next_open_interval",
+            "next_interval",
+            "open_interval",
+            "next",
+        ],
+    );
+    let book = match &next_interval {
+        Some(start) => Some(optional(
+            m.get::<Value>(&format!("/intervals/{}/book", encode_component(start)))
+                .await,
+        )?),
+        None => None,
+    };
+    Ok(MarketRead {
+        status: Some(status),
+        topology,
+        participants,
+        gateways,
+        new_results,
+        next_interval,
+        book,
+    })
+}
+
+async fn read_settlement(hub: &Hub, before: &Snapshot) -> Result<SettlementRead, UpstreamError> {
+    let s = &hub.settlement;
+    let (quarantine, blocks, statements) = tokio::join!(
+        s.get::<Value>("/quarantine"),
+        s.get::<Value>("/ledger/blocks"),
+        s.get::<Value>("/statements"),
+    );
+    let quarantine = lenient(quarantine)?.map(|v| as_list(v, &["quarantine", "items", "readings"]));
+    let blocks = lenient(blocks)?.map(|v| {
+        let mut list = as_list(v, &["blocks", "items"]);
+        // Keep the newest 50 blocks, whatever order the service lists them in.
+        list.sort_by_key(|b| std::cmp::Reverse(find_i64(b, &["height"]).unwrap_or(0)));
+        list.truncate(50);
+        list
+    });
+    let statements = lenient(statements)?.map(|v| as_list(v, &["statements", "items"]));
+    let ids: Vec<String> = before
+        .participants
+        .iter()
+        .map(|p| p.id.as_str().to_owned())
+        .collect();
+    let fetched = futures::future::join_all(ids.iter().map(|id| async move {
+        let r = s
+            .get::<Value>(&format!("/balances/{}", encode_component(id)))
+            .await;
+        (id.clone(), r)
+    }))
+    .await;
+    let mut balances = BTreeMap::new();
+    for (id, r) in fetched {
+        if let Some(v) = lenient(r)? {
+            balances.insert(id, v);
+        }
+    }
+    Ok(SettlementRead {
+        quarantine,
+        blocks,
+        statements,
+        balances,
+    })
+}
+
+/// 404 → `None`; anything else passes through.
+fn optional<T>(r: Result<T, UpstreamError>) -> Result<Option<T>, UpstreamError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(UpstreamError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Only "unreachable" fails the read; a 4xx/5xx or odd body for one resource leaves that
+/// resource as it was.
+fn lenient<T>(r: Result<T, UpstreamError>) -> Result<Option<T>, UpstreamError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_unreachable() => Err(e),
+        Err(e) => {
+            tracing::debug!(error = %e, "upstream resource not available");
+            Ok(None)
+        }
+    }
+}
+
+fn decode_list<T: serde::de::DeserializeOwned>(v: Value, keys: &[&str]) -> Vec<T> {
+    as_list(v, keys)
+        .into_iter()
+        .filter_map(|item| match serde_json::from_value(item) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping an upstream item of unexpected shape");
+                None
+            }
+        })
+        .collect()
+}
