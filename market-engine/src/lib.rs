@@ -1,1 +1,39 @@
-//! placeholder
+//! The gridmesh market engine: signed orders in, a welfare-maximising double auction per
+//! delivery interval under feeder limits, prices per node, bilateral trades out.
+//!
+//! Module map (pure core first, I/O at the edges):
+//!
+//! - [`network`]: the radial tree built and validated from `protocol::grid::Network`;
+//! - [`book`]: orders as the clearing sees them, the offline book file, depth per node;
+//! - [`clearing`]: the pure core, `clear(topology, orders, rule)`;
+//! - [`fast`]: the exact tree algorithm behind it (merit order merged up the tree);
+//! - [`reference`]: the plain good_lp LP over every order, kept as the reference;
+//! - [`prices`]: node prices from duals, pay-as-bid, deterministic tie-breaking;
+//! - [`decompose`]: bilateral trades routed along the tree, integer Wh;
+//! - [`cli`]: the command line behind `main.rs`.
+//!
+//! # Example
+//!
+//! ```
+//! use market_engine::book::BookFile;
+//! use market_engine::clearing::clear;
+//! use market_engine::prices::PricingRule;
+//!
+//! let book = BookFile::parse(r#"{"network":{"root":"sub","branches":[],
+//!     "utility":{"retail_price":30000,"feed_in_price":8000}},
+//!     "orders":[{"id":"b1","side":"buy","node":"sub","quantity_wh":1000,"limit_price":35000}]}"#)
+//!     .unwrap();
+//! let (topology, orders) = book.validate().unwrap();
+//! let outcome = clear(&topology, &orders, PricingRule::PayAsClear);
+//! assert_eq!(outcome.solution.cleared, vec![1000]);   // bought from the utility
+//! assert_eq!(outcome.solution.prices, vec![30000]);   // at the retail price
+//! ```
+
+pub mod book;
+pub mod clearing;
+pub mod cli;
+pub mod decompose;
+pub mod fast;
+pub mod network;
+pub mod prices;
+pub mod reference;

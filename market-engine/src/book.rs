@@ -1,0 +1,262 @@
+//! Orders as the clearing sees them, the offline book file, and order-book depth.
+//!
+//! The clearing core works on [`BookOrder`]s: an id, a node index into the [`Topology`], a side,
+//! an integer quantity (Wh) and an integer limit price (minor units per MWh).
+
+use crate::network::{MAX_ABS_PRICE, MAX_ENERGY_WH, NetworkError, Topology};
+use gridmesh_protocol::Side;
+use gridmesh_protocol::grid::Network;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+
+/// Most orders in one book.
+pub const MAX_ORDERS: usize = 1_000_000;
+
+/// One order in the form the clearing works on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BookOrder {
+    /// The order's id (unique within the book).
+    pub id: String,
+    /// The index of its node in the topology.
+    pub node: usize,
+    /// Buy or sell.
+    pub side: Side,
+    /// Quantity in Wh (positive).
+    pub quantity: i64,
+    /// Limit price in minor units per MWh.
+    pub limit_price: i64,
+}
+
+/// Why an order or a book is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BookError {
+    /// The network is invalid.
+    #[error("invalid network: {0}")]
+    Network(#[from] NetworkError),
+    /// The book file is not JSON of the expected shape.
+    #[error("the book is not valid JSON of the expected shape: {0}")]
+    Json(String),
+    /// An order names a node that is not in the network.
+    #[error("order `{order}` is at node `{node}`, which is not in the network")]
+    UnknownNode {
+        /// The order.
+        order: String,
+        /// The node.
+        node: String,
+    },
+    /// A quantity that is zero, negative or too large.
+    #[error("order `{order}` has quantity {quantity} Wh; it must be between 1 and {max}")]
+    BadQuantity {
+        /// The order.
+        order: String,
+        /// The quantity.
+        quantity: i64,
+        /// The largest allowed.
+        max: i64,
+    },
+    /// An absurd price.
+    #[error(
+        "order `{order}` has limit price {price}; prices must lie within ±{max} minor units per MWh"
+    )]
+    BadPrice {
+        /// The order.
+        order: String,
+        /// The price.
+        price: i64,
+        /// The bound.
+        max: i64,
+    },
+    /// Two orders share an id.
+    #[error("order id `{0}` appears twice; ids must be unique")]
+    DuplicateId(String),
+    /// Too many orders.
+    #[error("the book holds {0} orders; at most 1000000 are supported")]
+    TooMany(usize),
+}
+
+/// Checks an order's quantity and price bounds.
+pub fn check_order_values(id: &str, quantity: i64, price: i64) -> Result<(), BookError> {
+    if quantity <= 0 || quantity > MAX_ENERGY_WH {
+        return Err(BookError::BadQuantity {
+            order: id.to_owned(),
+            quantity,
+            max: MAX_ENERGY_WH,
+        });
+    }
+    if price.abs() > MAX_ABS_PRICE {
+        return Err(BookError::BadPrice {
+            order: id.to_owned(),
+            price,
+            max: MAX_ABS_PRICE,
+        });
+    }
+    Ok(())
+}
+
+/// One order of the offline book file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOrder {
+    /// Order id.
+    pub id: String,
+    /// `buy` or `sell`.
+    pub side: Side,
+    /// Node id.
+    pub node: String,
+    /// Quantity in Wh.
+    pub quantity_wh: i64,
+    /// Limit price in minor units per MWh.
+    pub limit_price: i64,
+}
+
+/// The offline book file: `{"network": …, "orders": […]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookFile {
+    /// The topology and tariff.
+    pub network: Network,
+    /// The orders.
+    pub orders: Vec<FileOrder>,
+}
+
+impl BookFile {
+    /// Parses the JSON text of a book file.
+    pub fn parse(text: &str) -> Result<Self, BookError> {
+        serde_json::from_str(text).map_err(|e| BookError::Json(e.to_string()))
+    }
+
+    /// Validates the book and returns the topology and the orders for clearing.
+    pub fn validate(&self) -> Result<(Topology, Vec<BookOrder>), BookError> {
+        let topology = Topology::new(&self.network)?;
+        if self.orders.len() > MAX_ORDERS {
+            return Err(BookError::TooMany(self.orders.len()));
+        }
+        let mut seen = HashSet::new();
+        let mut orders = Vec::with_capacity(self.orders.len());
+        for o in &self.orders {
+            if !seen.insert(o.id.as_str()) {
+                return Err(BookError::DuplicateId(o.id.clone()));
+            }
+            let node = gridmesh_protocol::NodeId::new(o.node.clone())
+                .ok()
+                .and_then(|n| topology.index_of(&n))
+                .ok_or_else(|| BookError::UnknownNode {
+                    order: o.id.clone(),
+                    node: o.node.clone(),
+                })?;
+            check_order_values(&o.id, o.quantity_wh, o.limit_price)?;
+            orders.push(BookOrder {
+                id: o.id.clone(),
+                node,
+                side: o.side,
+                quantity: o.quantity_wh,
+                limit_price: o.limit_price,
+            });
+        }
+        Ok((topology, orders))
+    }
+}
+
+/// One price step of the depth view: total quantity offered at one price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepthStep {
+    /// Price in minor units per MWh.
+    pub price: i64,
+    /// Total quantity in Wh at that price.
+    pub quantity_wh: i64,
+    /// Number of orders at that price.
+    pub orders: usize,
+}
+
+/// Depth at one node: bids from the highest price down, asks from the lowest up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDepth {
+    /// Buy steps, best (highest) first.
+    pub bids: Vec<DepthStep>,
+    /// Sell steps, best (lowest) first.
+    pub asks: Vec<DepthStep>,
+}
+
+/// Aggregates orders into price steps per node.
+pub fn depth<'a>(
+    orders: impl IntoIterator<Item = (&'a str, Side, i64, i64)>,
+) -> BTreeMap<String, NodeDepth> {
+    let mut acc: BTreeMap<String, (BTreeMap<i64, (i64, usize)>, BTreeMap<i64, (i64, usize)>)> =
+        BTreeMap::new();
+    for (node, side, quantity, price) in orders {
+        let entry = acc.entry(node.to_owned()).or_default();
+        let map = match side {
+            Side::Buy => &mut entry.0,
+            Side::Sell => &mut entry.1,
+        };
+        let step = map.entry(price).or_default();
+        step.0 += quantity;
+        step.1 += 1;
+    }
+    let step = |(price, (quantity_wh, orders)): (&i64, &(i64, usize))| DepthStep {
+        price: *price,
+        quantity_wh: *quantity_wh,
+        orders: *orders,
+    };
+    acc.into_iter()
+        .map(|(node, (bids, asks))| {
+            (
+                node,
+                NodeDepth {
+                    bids: bids.iter().rev().map(step).collect(),
+                    asks: asks.iter().map(step).collect(),
+                },
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"{"network":{"root":"sub","branches":[{"node":"f1","parent":"sub","import_limit_wh":50000,"export_limit_wh":30000,"fee_per_mwh":0}],"utility":{"retail_price":30000,"feed_in_price":8000}},"orders":[{"id":"b1","side":"buy","node":"f1","quantity_wh":1200,"limit_price":25000}]}"#;
+
+    #[test]
+    fn parses_the_issue_example() {
+        let (topology, orders) = BookFile::parse(EXAMPLE).unwrap().validate().unwrap();
+        assert_eq!(topology.nodes().len(), 2);
+        assert_eq!(orders[0].node, 1);
+        assert_eq!(orders[0].quantity, 1200);
+    }
+
+    #[test]
+    fn rejects_bad_orders() {
+        let bad = |from: &str, to: &str, expected: &str| {
+            let text = EXAMPLE.replace(from, to);
+            let err = BookFile::parse(&text)
+                .and_then(|b| b.validate().map(|_| ()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{err}");
+        };
+        bad("\"quantity_wh\":1200", "\"quantity_wh\":-5", "quantity -5");
+        bad("\"quantity_wh\":1200", "\"quantity_wh\":0", "quantity 0");
+        bad(
+            "\"node\":\"f1\",\"q",
+            "\"node\":\"f9\",\"q",
+            "not in the network",
+        );
+        bad("25000}", "99999999}", "limit price 99999999");
+        bad("\"root\":\"sub\",", "", "root");
+    }
+
+    #[test]
+    fn depth_aggregates_steps() {
+        let d = depth([
+            ("f1", Side::Buy, 10, 5),
+            ("f1", Side::Buy, 5, 5),
+            ("f1", Side::Buy, 1, 7),
+            ("f1", Side::Sell, 3, 2),
+        ]);
+        let f1 = &d["f1"];
+        assert_eq!(f1.bids[0].price, 7);
+        assert_eq!(f1.bids[1].quantity_wh, 15);
+        assert_eq!(f1.bids[1].orders, 2);
+        assert_eq!(f1.asks.len(), 1);
+    }
+}

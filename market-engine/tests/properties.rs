@@ -1,0 +1,189 @@
+//! Property tests: on random books the fast clearing is feasible, has the reference LP's
+//! welfare, and its prices are valid duals (complementary slackness holds exactly).
+
+use gridmesh_protocol::Side;
+use gridmesh_protocol::grid::{Branch, Network, UtilityTariff};
+use gridmesh_protocol::{NodeId, PricePerMwh, Wh};
+use market_engine::book::BookOrder;
+use market_engine::clearing::{check_feasible, clear, welfare_micro};
+use market_engine::network::Topology;
+use market_engine::prices::PricingRule;
+use market_engine::reference;
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+struct Case {
+    network: Network,
+    orders: Vec<(usize, bool, i64, i64)>,
+}
+
+fn price_strategy(extreme: bool) -> BoxedStrategy<i64> {
+    if extreme {
+        prop_oneof![
+            Just(-10_000_000i64),
+            Just(10_000_000i64),
+            -10_000_000i64..=10_000_000
+        ]
+        .boxed()
+    } else {
+        // A coarse grid makes ties common.
+        (0i64..8).prop_map(|k| 10_000 + 2_500 * k).boxed()
+    }
+}
+
+fn case_strategy() -> impl Strategy<Value = Case> {
+    (1usize..7, any::<bool>(), any::<bool>(), 0usize..4).prop_flat_map(
+        |(n_nodes, extreme, congested, utility_kind)| {
+            let parents = (1..n_nodes).map(|i| 0..i).collect::<Vec<_>>();
+            let limit = if congested {
+                prop_oneof![Just(None), (0i64..400).prop_map(Some)].boxed()
+            } else {
+                Just(None).boxed()
+            };
+            let branches = proptest::collection::vec(
+                (limit.clone(), limit, prop_oneof![Just(0i64), 0i64..3_000]),
+                n_nodes - 1,
+            );
+            let orders = proptest::collection::vec(
+                (
+                    0..n_nodes,
+                    any::<bool>(),
+                    1i64..500,
+                    price_strategy(extreme),
+                ),
+                0..25,
+            );
+            let one_sided = any::<u8>();
+            (parents, branches, orders, Just(utility_kind), one_sided).prop_map(
+                move |(parents, branches, mut orders, utility_kind, one_sided)| {
+                    match one_sided % 4 {
+                        0 => orders.iter_mut().for_each(|o| o.1 = true),
+                        1 => orders.iter_mut().for_each(|o| o.1 = false),
+                        _ => {}
+                    }
+                    let name = |i: usize| NodeId::new(format!("n{i}")).unwrap();
+                    let branches = parents
+                        .iter()
+                        .zip(branches)
+                        .enumerate()
+                        .map(|(k, (&p, (imp, exp, fee)))| Branch {
+                            node: name(k + 1),
+                            parent: name(p),
+                            import_limit_wh: imp.map(Wh),
+                            export_limit_wh: exp.map(Wh),
+                            fee_per_mwh: Some(PricePerMwh(fee)),
+                        })
+                        .collect();
+                    let utility = match utility_kind {
+                        0 => UtilityTariff::default(),
+                        1 => UtilityTariff {
+                            retail_price: Some(PricePerMwh(25_000)),
+                            feed_in_price: Some(PricePerMwh(12_500)),
+                            ..Default::default()
+                        },
+                        2 => UtilityTariff {
+                            retail_price: Some(PricePerMwh(25_000)),
+                            feed_in_price: None,
+                            import_limit_wh: Some(Wh(300)),
+                            export_limit_wh: None,
+                        },
+                        _ => UtilityTariff {
+                            retail_price: None,
+                            feed_in_price: Some(PricePerMwh(15_000)),
+                            import_limit_wh: None,
+                            export_limit_wh: Some(Wh(200)),
+                        },
+                    };
+                    Case {
+                        network: Network {
+                            root: name(0),
+                            branches,
+                            utility,
+                        },
+                        orders,
+                    }
+                },
+            )
+        },
+    )
+}
+
+fn book(case: &Case) -> (Topology, Vec<BookOrder>) {
+    let topology = Topology::new(&case.network).unwrap();
+    let orders = case
+        .orders
+        .iter()
+        .enumerate()
+        .map(|(i, &(node, buy, q, p))| BookOrder {
+            id: format!("o{i}"),
+            node: topology
+                .index_of(&NodeId::new(format!("n{node}")).unwrap())
+                .unwrap(),
+            side: if buy { Side::Buy } else { Side::Sell },
+            quantity: q,
+            limit_price: p,
+        })
+        .collect();
+    (topology, orders)
+}
+
+/// Complementary slackness, exactly, in integers.
+fn check_duals(topology: &Topology, orders: &[BookOrder], s: &market_engine::fast::Solution) {
+    for (i, o) in orders.iter().enumerate() {
+        let lambda = s.prices[o.node];
+        let q = s.cleared[i];
+        let (full, none) = (q == o.quantity, q == 0);
+        let surplus = match o.side {
+            Side::Buy => o.limit_price - lambda,
+            Side::Sell => lambda - o.limit_price,
+        };
+        assert!(surplus >= 0 || !none || q == 0, "order {i}");
+        if surplus > 0 {
+            assert!(full, "order {i} has surplus {surplus} but cleared {q}");
+        }
+        if surplus < 0 {
+            assert!(none, "order {i} loses {surplus} but cleared {q}");
+        }
+    }
+    for (c, n) in topology.nodes().iter().enumerate().skip(1) {
+        let p = n.parent.unwrap();
+        let d = s.prices[c] - s.prices[p];
+        let f = s.flows[c];
+        let at_import = n.import_limit == Some(f);
+        let at_export = n.export_limit.is_some_and(|l| -f == l);
+        if f > 0 && !at_import {
+            assert_eq!(d, n.fee, "branch {c} imports below its limit");
+        }
+        if f < 0 && !at_export {
+            assert_eq!(d, -n.fee, "branch {c} exports below its limit");
+        }
+        if f == 0 && !at_import && !at_export {
+            assert!(d.abs() <= n.fee, "branch {c} idle but prices differ by {d}");
+        }
+        if at_import {
+            assert!(d >= n.fee.min(if f == 0 { -n.fee } else { n.fee }));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fast_matches_reference(case in case_strategy()) {
+        let (topology, orders) = book(&case);
+        let outcome = clear(&topology, &orders, PricingRule::PayAsClear);
+        check_feasible(&topology, &orders, &outcome.solution).map_err(TestCaseError::fail)?;
+        check_duals(&topology, &orders, &outcome.solution);
+        prop_assert_eq!(outcome.welfare_micro, welfare_micro(&topology, &orders, &outcome.solution));
+        let fast = outcome.welfare_micro as f64;
+        let reference = reference::solve(&topology, &orders).unwrap();
+        // Relative to the gross value in play, so an all-zero welfare is compared sensibly.
+        let scale: f64 = orders.iter().map(|o| (o.limit_price.abs() * o.quantity) as f64).sum::<f64>().max(1e6);
+        let diff = (fast - reference.welfare_micro).abs();
+        prop_assert!(diff <= 1e-9 * scale.max(fast.abs()),
+            "fast {} reference {} diff {} scale {}", fast, reference.welfare_micro, diff, scale);
+        // Determinism: clearing twice gives the same outcome.
+        prop_assert_eq!(clear(&topology, &orders, PricingRule::PayAsClear), outcome);
+    }
+}
