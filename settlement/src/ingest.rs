@@ -1,0 +1,106 @@
+//! Readings in: the MQTT subscription (QoS 1, persistent session, acknowledged only after the
+//! batch is stored) and the settler loop that settles intervals when they fall due.
+//! The REST batch upload lives in [`crate::api`] and goes through the same
+//! [`Service::ingest`].
+
+use crate::service::{Service, Submission};
+use gridmesh_protocol::topics;
+use gridmesh_runtime::mqtt::{IncomingMessage, MqttError, MqttHandle, MqttSession, MqttSettings};
+use gridmesh_runtime::shutdown::Shutdown;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Largest number of MQTT messages stored in one transaction.
+pub const MQTT_BATCH: usize = 512;
+
+/// Starts the MQTT ingest task: subscribes to [`topics::READINGS_FILTER`] with a persistent
+/// session under `client_id`, stores messages in batches and acknowledges each only after its
+/// batch committed. On a storage error the batch is retried (with backoff) before anything is
+/// acknowledged.
+pub fn start_mqtt(
+    service: Arc<Service>,
+    url: &str,
+    client_id: &str,
+    shutdown: &Shutdown,
+) -> Result<MqttHandle, MqttError> {
+    let mut settings = MqttSettings::new(url, client_id);
+    settings.clean_session = false;
+    settings.subscriptions = vec![topics::READINGS_FILTER.to_owned()];
+    let (handle, incoming) = MqttSession::start(settings, shutdown.token())?;
+    let task_handle = handle.clone();
+    let task_shutdown = shutdown.clone();
+    shutdown.spawn(async move { run(service, task_handle, incoming, task_shutdown).await });
+    Ok(handle)
+}
+
+async fn run(
+    service: Arc<Service>,
+    handle: MqttHandle,
+    mut incoming: mpsc::Receiver<IncomingMessage>,
+    shutdown: Shutdown,
+) {
+    loop {
+        let first = tokio::select! {
+            m = incoming.recv() => match m { Some(m) => m, None => return },
+            _ = shutdown.triggered() => return,
+        };
+        let mut batch = vec![first];
+        while batch.len() < MQTT_BATCH {
+            match incoming.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let items: Vec<Submission> = batch
+            .iter()
+            .map(|m| Submission {
+                source: format!("mqtt:{}", m.topic),
+                raw: m.payload.clone(),
+            })
+            .collect();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match service.ingest(items.clone()).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in = ?delay, "could not store MQTT readings; not acknowledging");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        // Unacknowledged messages are redelivered by the broker after a restart.
+                        _ = shutdown.triggered() => return,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        for m in batch {
+            handle.ack(m).await;
+        }
+    }
+}
+
+/// Settles intervals as they fall due (end + grace on the service's clock), waking early when a
+/// new result arrives, until shutdown.
+pub async fn run_settler(service: Arc<Service>, shutdown: Shutdown) {
+    loop {
+        if let Err(e) = service.settle_due().await {
+            tracing::error!(error = %e, "settling failed; will retry");
+        }
+        let next = service.next_due().await.ok().flatten();
+        let clock = service.clock().clone();
+        let wait = async {
+            match next {
+                Some(t) => clock.sleep_until(t).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = wait => {}
+            _ = service.results_changed.notified() => {}
+            // A periodic re-check covers a failed settle or a clock jump.
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.triggered() => return,
+        }
+    }
+}

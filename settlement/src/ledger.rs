@@ -1,0 +1,328 @@
+//! The tamper-evident ledger's pure parts: entry bodies, hashing, Merkle trees, inclusion
+//! proofs and signed block headers.
+//!
+//! # Hashing (SHA-256, domain separated)
+//! - An entry is stored as its JSON body bytes, verbatim; its hash (and Merkle leaf) is
+//!   `SHA-256(0x00 ‖ body)`. A lot (a token holding) is named by the hash of the entry that
+//!   created it.
+//! - An inner node is `SHA-256(0x01 ‖ left ‖ right)`. An odd node at the end of a level is
+//!   promoted unchanged (never duplicated, so no two leaf lists share a root). The root of an
+//!   empty block is 32 zero bytes.
+//! - A block header is the bytes `"gridmesh/block/v1"` ‖ height (u64 BE) ‖ interval start
+//!   (i64 BE, Unix s) ‖ interval minutes (u16 BE) ‖ previous block hash (32) ‖ Merkle root (32)
+//!   ‖ entry count (u64 BE) ‖ sealed-at (i64 BE, Unix ms). The block hash is
+//!   `SHA-256(header)`; the authority signs the header bytes with ed25519. The first block's
+//!   previous hash is 32 zero bytes.
+
+use chrono::{DateTime, TimeZone, Utc};
+use gridmesh_protocol::signing::SignedEnvelope;
+use gridmesh_protocol::{Interval, ParticipantId, PricePerMwh, Wh};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The tag block headers start with.
+pub const BLOCK_TAG: &str = "gridmesh/block/v1";
+/// Length of a block header.
+pub const HEADER_LEN: usize = 17 + 8 + 8 + 2 + 32 + 32 + 8 + 8;
+
+/// A ledger entry's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum EntryBody {
+    /// Tokens minted for delivered, matched energy.
+    Mint(MintEntry),
+    /// Part of a lot moved to another holder.
+    Transfer(TransferEntry),
+    /// Tokens retired (claimed).
+    Retire(RetireEntry),
+}
+
+impl EntryBody {
+    /// `mint`, `transfer` or `retire`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EntryBody::Mint(_) => "mint",
+            EntryBody::Transfer(_) => "transfer",
+            EntryBody::Retire(_) => "retire",
+        }
+    }
+
+    /// The canonical bytes stored and hashed.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("entry bodies always serialise")
+    }
+}
+
+/// A mint with its provenance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MintEntry {
+    /// Interval key.
+    pub interval: String,
+    /// Index of the trade in the interval's result.
+    pub trade_index: u32,
+    /// The seller.
+    pub seller: ParticipantId,
+    /// The buyer, who receives the tokens.
+    pub buyer: ParticipantId,
+    /// The seller's order id.
+    pub seller_order: String,
+    /// The buyer's order id.
+    pub buyer_order: String,
+    /// `pv`, `battery`, `pv_and_battery` or `unknown`.
+    pub source: String,
+    /// The trade price.
+    pub price: PricePerMwh,
+    /// Tokens minted (1 token = 1 Wh).
+    pub amount: Wh,
+    /// SHA-256 (hex) of the seller's signed readings.
+    pub seller_readings: Vec<String>,
+    /// SHA-256 (hex) of the buyer's signed readings.
+    pub buyer_readings: Vec<String>,
+    /// Whether the mint was withheld and released after an operator accepted a reading.
+    #[serde(default)]
+    pub released: bool,
+}
+
+/// A transfer, with the holder's signed envelope verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferEntry {
+    /// The signed `TokenTransfer`.
+    pub envelope: SignedEnvelope,
+    /// The source lot (hex).
+    pub lot: String,
+    /// From.
+    pub from: ParticipantId,
+    /// To.
+    pub to: ParticipantId,
+    /// Amount.
+    pub amount: Wh,
+}
+
+/// A retirement, with the holder's signed envelope verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetireEntry {
+    /// The signed `TokenRetire`.
+    pub envelope: SignedEnvelope,
+    /// The lot (hex).
+    pub lot: String,
+    /// The holder.
+    pub holder: ParticipantId,
+    /// Amount.
+    pub amount: Wh,
+}
+
+/// `SHA-256(0x00 ‖ body)`: the entry hash and Merkle leaf.
+pub fn entry_hash(body: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(body);
+    h.finalize().into()
+}
+
+fn node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([1u8]);
+    h.update(left);
+    h.update(right);
+    h.finalize().into()
+}
+
+fn next_level(level: &[[u8; 32]]) -> Vec<[u8; 32]> {
+    level
+        .chunks(2)
+        .map(|pair| match pair {
+            [l, r] => node(l, r),
+            [odd] => *odd,
+            _ => unreachable!("chunks(2)"),
+        })
+        .collect()
+}
+
+/// The Merkle root of leaves (see the module docs).
+pub fn merkle_root(leaves: &[[u8; 32]]) -> [u8; 32] {
+    if leaves.is_empty() {
+        return [0; 32];
+    }
+    let mut level = leaves.to_vec();
+    while level.len() > 1 {
+        level = next_level(&level);
+    }
+    level[0]
+}
+
+/// One step of an inclusion proof: the sibling hash and which side it is on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofStep {
+    /// The sibling hash (hex).
+    pub sibling: String,
+    /// `left` if the sibling is the left operand.
+    pub side: String,
+}
+
+/// The inclusion proof of leaf `index` (levels where the node is promoted contribute no step).
+pub fn inclusion_proof(leaves: &[[u8; 32]], mut index: usize) -> Vec<ProofStep> {
+    let mut proof = Vec::new();
+    let mut level = leaves.to_vec();
+    while level.len() > 1 {
+        let sibling = index ^ 1;
+        if sibling < level.len() {
+            proof.push(ProofStep {
+                sibling: hex::encode(level[sibling]),
+                side: if sibling < index { "left" } else { "right" }.to_owned(),
+            });
+        }
+        level = next_level(&level);
+        index /= 2;
+    }
+    proof
+}
+
+/// Checks an inclusion proof.
+pub fn verify_proof(leaf: [u8; 32], proof: &[ProofStep], root: [u8; 32]) -> bool {
+    let mut acc = leaf;
+    for step in proof {
+        let mut sibling = [0u8; 32];
+        if hex::decode_to_slice(&step.sibling, &mut sibling).is_err() {
+            return false;
+        }
+        acc = match step.side.as_str() {
+            "left" => node(&sibling, &acc),
+            "right" => node(&acc, &sibling),
+            _ => return false,
+        };
+    }
+    acc == root
+}
+
+/// A block header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockHeader {
+    /// Height (0 for the first block).
+    pub height: u64,
+    /// The settled interval.
+    pub interval: Interval,
+    /// Previous block hash (hex).
+    pub prev_hash: String,
+    /// Merkle root of the entries (hex).
+    pub merkle_root: String,
+    /// Number of entries.
+    pub entry_count: u64,
+    /// When it was sealed.
+    pub sealed_at: DateTime<Utc>,
+}
+
+/// Why header bytes do not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("block header is malformed: {0}")]
+pub struct HeaderError(pub String);
+
+impl BlockHeader {
+    /// The canonical header bytes (signed, hashed).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN);
+        out.extend_from_slice(BLOCK_TAG.as_bytes());
+        out.extend_from_slice(&self.height.to_be_bytes());
+        out.extend_from_slice(&self.interval.start_unix().to_be_bytes());
+        out.extend_from_slice(&self.interval.length().minutes().to_be_bytes());
+        out.extend_from_slice(&hex32(&self.prev_hash));
+        out.extend_from_slice(&hex32(&self.merkle_root));
+        out.extend_from_slice(&self.entry_count.to_be_bytes());
+        out.extend_from_slice(&self.sealed_at.timestamp_millis().to_be_bytes());
+        out
+    }
+
+    /// Parses canonical header bytes.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, HeaderError> {
+        if b.len() != HEADER_LEN || !b.starts_with(BLOCK_TAG.as_bytes()) {
+            return Err(HeaderError(format!(
+                "expected {HEADER_LEN} bytes starting with {BLOCK_TAG}"
+            )));
+        }
+        let mut at = BLOCK_TAG.len();
+        let mut take = |n: usize| {
+            let s = &b[at..at + n];
+            at += n;
+            s
+        };
+        let height = u64::from_be_bytes(take(8).try_into().expect("8"));
+        let start = i64::from_be_bytes(take(8).try_into().expect("8"));
+        let minutes = u16::from_be_bytes(take(2).try_into().expect("2"));
+        let prev_hash = hex::encode(take(32));
+        let merkle_root = hex::encode(take(32));
+        let entry_count = u64::from_be_bytes(take(8).try_into().expect("8"));
+        let sealed = i64::from_be_bytes(take(8).try_into().expect("8"));
+        let interval = Interval::from_unix(start, minutes.into())
+            .map_err(|e| HeaderError(e.to_string()))?;
+        let sealed_at = Utc
+            .timestamp_millis_opt(sealed)
+            .single()
+            .ok_or_else(|| HeaderError("sealed-at out of range".into()))?;
+        Ok(BlockHeader {
+            height,
+            interval,
+            prev_hash,
+            merkle_root,
+            entry_count,
+            sealed_at,
+        })
+    }
+
+    /// `SHA-256(header bytes)`.
+    pub fn hash(&self) -> [u8; 32] {
+        Sha256::digest(self.to_bytes()).into()
+    }
+}
+
+/// Parses 64 hex characters (zeros if malformed; callers validate stored hex separately).
+pub fn hex32(s: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let _ = hex::decode_to_slice(s, &mut out);
+    out
+}
+
+/// Parses 64 hex characters strictly.
+pub fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok().map(|_| out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaves(n: u8) -> Vec<[u8; 32]> {
+        (0..n).map(|i| entry_hash(&[i])).collect()
+    }
+
+    #[test]
+    fn proofs_verify_for_every_leaf_and_size() {
+        for n in 1..=9u8 {
+            let l = leaves(n);
+            let root = merkle_root(&l);
+            for i in 0..l.len() {
+                let p = inclusion_proof(&l, i);
+                assert!(verify_proof(l[i], &p, root), "n={n} i={i}");
+                assert!(!verify_proof(entry_hash(b"other"), &p, root));
+            }
+        }
+        assert_eq!(merkle_root(&[]), [0; 32]);
+        // Leaves and nodes are domain separated: a node is never a valid leaf.
+        let l = leaves(2);
+        assert_ne!(merkle_root(&l), entry_hash(&[l[0], l[1]].concat()));
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let h = BlockHeader {
+            height: 7,
+            interval: Interval::parse("2026-06-21T12:00:00Z", 15).unwrap(),
+            prev_hash: hex::encode([3u8; 32]),
+            merkle_root: hex::encode([4u8; 32]),
+            entry_count: 12,
+            sealed_at: Utc.timestamp_millis_opt(1_782_044_100_250).unwrap(),
+        };
+        let b = h.to_bytes();
+        assert_eq!(b.len(), HEADER_LEN);
+        assert_eq!(BlockHeader::from_bytes(&b).unwrap(), h);
+    }
+}

@@ -1,0 +1,407 @@
+//! Pure settlement of one interval: metered energy against the cleared trades, imbalances at
+//! the utility's tariffs, statements in integer Wh and money, and the tokens to mint.
+//!
+//! # Rules
+//! For every participant `p` with trades or readings in the interval:
+//! - `sold` and `bought` are the sums of `p`'s trades in the market's result; `exported` and
+//!   `imported` the sums of the grid-meter deltas of `p`'s stored readings.
+//! - **Trades are firm**: for every trade the buyer pays the seller `price × energy` (rounded
+//!   once per trade, see `PricePerMwh::cost_of`), whatever is delivered. The utility is the
+//!   counterparty of trades against the root.
+//! - **Seller under-delivers** (`exported < sold`): `delivered = min(exported, sold)`; the
+//!   shortfall `sold − delivered` is energy the utility supplied in the seller's place: the
+//!   seller pays the utility the *retail* price for it.
+//! - **Seller over-delivers**: `exported − delivered` is sold to the utility at the *feed-in*
+//!   price.
+//! - **Buyer under-consumes** (`imported < bought`): `consumed = min(imported, bought)`; the
+//!   energy bought but not taken went back to the grid: the utility pays the buyer the
+//!   *feed-in* price for it.
+//! - **Buyer over-consumes**: `imported − consumed` is bought from the utility at *retail*.
+//! - **Missing readings** (no stored reading of `p` for the interval): nothing is proven
+//!   delivered, so a seller's whole sale is a shortfall; a buyer is assumed to have taken
+//!   exactly what it bought (no imbalance either way). No tokens are minted for trades of a
+//!   participant without readings, and the statement is marked `estimated`.
+//! - **Late readings** (arriving after the interval was settled) are stored but change
+//!   nothing: an interval is settled once.
+//! - Tariffs: retail is the result's `utility.retail_price`, else the highest cleared node
+//!   price, else 0; feed-in is `utility.feed_in_price`, else 0.
+//! - **Tokens**: a seller's `delivered` is allocated to its trades pro rata to their energy,
+//!   as is a buyer's `consumed` (integer Wh, largest remainder, ties to the earlier trade).
+//!   For each trade between two participants, `min(seller's allocation, buyer's allocation)`
+//!   Wh are minted to the buyer. If one of the readings behind it is flagged as implausible,
+//!   the mint is *withheld* until an operator accepts the reading.
+//!
+//! Every money line appears twice with opposite signs (participant and counterparty), so the
+//! money flows over participants and the utility sum to exactly zero.
+
+use gridmesh_protocol::market::{Counterparty, IntervalResult};
+use gridmesh_protocol::units::Overflow;
+use gridmesh_protocol::{Money, ParticipantId, PricePerMwh, Wh};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What a participant's readings say for one interval.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metered {
+    /// Grid import, Wh.
+    pub imported: Wh,
+    /// Grid export, Wh.
+    pub exported: Wh,
+    /// PV production, Wh (for the mint's source).
+    pub pv: Wh,
+    /// Battery discharge, Wh (for the mint's source).
+    pub battery_discharge: Wh,
+    /// SHA-256 digests (hex) of the signed readings.
+    pub readings: Vec<String>,
+    /// Whether any of them is flagged and awaits an operator.
+    pub flagged: bool,
+}
+
+/// One line of a statement: positive `amount` = the participant receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoneyLine {
+    /// `trade_sale`, `trade_purchase`, `shortfall`, `surplus_export`, `untaken`, `extra_import`.
+    pub kind: String,
+    /// The other side: a participant id or `utility`.
+    pub counterparty: String,
+    /// Energy, Wh.
+    pub energy: Wh,
+    /// Price per MWh.
+    pub price: PricePerMwh,
+    /// Money, minor units (positive = received).
+    pub amount: Money,
+}
+
+/// One participant's statement for one interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statement {
+    /// The participant.
+    pub participant: ParticipantId,
+    /// The interval key (`2026-06-21T12:00:00Z/15`).
+    pub interval: String,
+    /// Energy sold in trades.
+    pub sold: Wh,
+    /// Energy bought in trades.
+    pub bought: Wh,
+    /// Metered export.
+    pub exported: Wh,
+    /// Metered import.
+    pub imported: Wh,
+    /// Export allocated to sales.
+    pub delivered: Wh,
+    /// Import allocated to purchases.
+    pub consumed: Wh,
+    /// Tokens minted (or withheld) to this participant as buyer.
+    pub tokens: Wh,
+    /// True when the participant had no readings (see the rules).
+    pub estimated: bool,
+    /// Money lines.
+    pub lines: Vec<MoneyLine>,
+    /// Sum of the lines (positive = the participant receives).
+    pub net: Money,
+}
+
+/// A mint to make for one trade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MintPlan {
+    /// Index of the trade in the result.
+    pub trade_index: u32,
+    /// The seller.
+    pub seller: ParticipantId,
+    /// The buyer (receives the tokens).
+    pub buyer: ParticipantId,
+    /// The seller's order id.
+    pub seller_order: String,
+    /// The buyer's order id.
+    pub buyer_order: String,
+    /// `pv`, `battery`, `pv_and_battery` or `unknown`, from the seller's readings.
+    pub source: String,
+    /// The trade price.
+    pub price: PricePerMwh,
+    /// Tokens (Wh).
+    pub amount: Wh,
+    /// Digests of the seller's readings.
+    pub seller_readings: Vec<String>,
+    /// Digests of the buyer's readings.
+    pub buyer_readings: Vec<String>,
+}
+
+/// The outcome of settling one interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Settlement {
+    /// One statement per participant.
+    pub statements: Vec<Statement>,
+    /// The utility's net (positive = the utility receives).
+    pub utility_net: Money,
+    /// Mints to make now.
+    pub mints: Vec<MintPlan>,
+    /// Mints withheld until flagged readings are accepted.
+    pub withheld: Vec<MintPlan>,
+}
+
+/// Why an interval could not be settled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RulesError {
+    /// Integer overflow.
+    #[error("settlement arithmetic overflowed: {0}")]
+    Overflow(#[from] Overflow),
+    /// A trade with a negative quantity.
+    #[error("trade {0} has a negative energy; the market result is invalid")]
+    NegativeTrade(usize),
+}
+
+fn party(c: &Counterparty) -> Option<(&ParticipantId, &str)> {
+    match c {
+        Counterparty::Order {
+            participant,
+            order_id,
+            ..
+        } => Some((participant, order_id.as_str())),
+        Counterparty::Utility => None,
+    }
+}
+
+/// Splits `total` over `weights` pro rata (largest remainder, ties to the earlier index).
+pub fn allocate(total: Wh, weights: &[Wh]) -> Vec<Wh> {
+    let sum: i128 = weights.iter().map(|w| i128::from(w.0)).sum();
+    if sum <= 0 || total.0 <= 0 {
+        return vec![Wh(0); weights.len()];
+    }
+    let total = i128::from(total.0).min(sum);
+    let mut out: Vec<i128> = Vec::with_capacity(weights.len());
+    let mut rems: Vec<(i128, usize)> = Vec::with_capacity(weights.len());
+    for (i, w) in weights.iter().enumerate() {
+        let exact = total * i128::from(w.0);
+        out.push(exact / sum);
+        rems.push((exact % sum, i));
+    }
+    let mut left = total - out.iter().sum::<i128>();
+    rems.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (_, i) in rems {
+        if left == 0 {
+            break;
+        }
+        out[i] += 1;
+        left -= 1;
+    }
+    out.into_iter().map(|v| Wh(v as i64)).collect()
+}
+
+fn source_of(m: &Metered) -> &'static str {
+    match (m.pv.0 > 0, m.battery_discharge.0 > 0) {
+        (true, false) => "pv",
+        (false, true) => "battery",
+        (true, true) => "pv_and_battery",
+        (false, false) => "unknown",
+    }
+}
+
+#[derive(Default)]
+struct Acc {
+    lines: Vec<MoneyLine>,
+    sold: Wh,
+    bought: Wh,
+    tokens: Wh,
+}
+
+/// Settles one interval (see the module docs for the rules).
+pub fn settle(
+    result: &IntervalResult,
+    metered: &BTreeMap<ParticipantId, Metered>,
+) -> Result<Settlement, RulesError> {
+    let interval = result.interval.key();
+    let retail = result
+        .network
+        .utility
+        .retail_price
+        .or_else(|| result.prices.values().max().copied())
+        .unwrap_or(PricePerMwh(0));
+    let feed_in = result
+        .network
+        .utility
+        .feed_in_price
+        .unwrap_or(PricePerMwh(0));
+    let mut acc: BTreeMap<ParticipantId, Acc> = BTreeMap::new();
+    let mut utility_lines: Vec<Money> = Vec::new();
+    let mut sales: BTreeMap<ParticipantId, Vec<usize>> = BTreeMap::new();
+    let mut purchases: BTreeMap<ParticipantId, Vec<usize>> = BTreeMap::new();
+    for (i, trade) in result.trades.iter().enumerate() {
+        if trade.energy.0 < 0 {
+            return Err(RulesError::NegativeTrade(i));
+        }
+        let cost = trade.price.cost_of(trade.energy)?;
+        let name = |c: &Counterparty| {
+            party(c).map_or_else(|| "utility".to_owned(), |(p, _)| p.to_string())
+        };
+        match party(&trade.buyer) {
+            Some((p, _)) => {
+                let a = acc.entry(p.clone()).or_default();
+                a.bought = a.bought.checked_add(trade.energy)?;
+                a.lines.push(MoneyLine {
+                    kind: "trade_purchase".into(),
+                    counterparty: name(&trade.seller),
+                    energy: trade.energy,
+                    price: trade.price,
+                    amount: -cost,
+                });
+                purchases.entry(p.clone()).or_default().push(i);
+            }
+            None => utility_lines.push(-cost),
+        }
+        match party(&trade.seller) {
+            Some((p, _)) => {
+                let a = acc.entry(p.clone()).or_default();
+                a.sold = a.sold.checked_add(trade.energy)?;
+                a.lines.push(MoneyLine {
+                    kind: "trade_sale".into(),
+                    counterparty: name(&trade.buyer),
+                    energy: trade.energy,
+                    price: trade.price,
+                    amount: cost,
+                });
+                sales.entry(p.clone()).or_default().push(i);
+            }
+            None => utility_lines.push(cost),
+        }
+    }
+    for p in metered.keys() {
+        acc.entry(p.clone()).or_default();
+    }
+
+    let mut seller_alloc: BTreeMap<usize, Wh> = BTreeMap::new();
+    let mut buyer_alloc: BTreeMap<usize, Wh> = BTreeMap::new();
+    let mut statements = Vec::with_capacity(acc.len());
+    let mut facts: BTreeMap<ParticipantId, (Wh, Wh, Wh, Wh, bool)> = BTreeMap::new();
+    for (p, a) in acc.iter_mut() {
+        let m = metered.get(p);
+        let (exported, imported) = m.map_or((Wh(0), Wh(0)), |m| (m.exported, m.imported));
+        let delivered = exported.min(a.sold);
+        let shortfall = a.sold.checked_sub(delivered)?;
+        let surplus = exported.checked_sub(delivered)?;
+        let (consumed, untaken, extra) = match m {
+            Some(_) => {
+                let consumed = imported.min(a.bought);
+                (
+                    consumed,
+                    a.bought.checked_sub(consumed)?,
+                    imported.checked_sub(consumed)?,
+                )
+            }
+            None => (a.bought, Wh(0), Wh(0)),
+        };
+        let mut push = |kind: &str, energy: Wh, price: PricePerMwh, receives: bool| {
+            if energy.0 == 0 {
+                return Ok::<(), RulesError>(());
+            }
+            let cost = price.cost_of(energy)?;
+            let amount = if receives { cost } else { -cost };
+            a.lines.push(MoneyLine {
+                kind: kind.into(),
+                counterparty: "utility".into(),
+                energy,
+                price,
+                amount,
+            });
+            utility_lines.push(-amount);
+            Ok(())
+        };
+        push("shortfall", shortfall, retail, false)?;
+        push("surplus_export", surplus, feed_in, true)?;
+        push("untaken", untaken, feed_in, true)?;
+        push("extra_import", extra, retail, false)?;
+        if let Some(idx) = sales.get(p) {
+            let w: Vec<Wh> = idx.iter().map(|&i| result.trades[i].energy).collect();
+            for (i, v) in idx.iter().zip(allocate(delivered, &w)) {
+                seller_alloc.insert(*i, v);
+            }
+        }
+        if let Some(idx) = purchases.get(p) {
+            let w: Vec<Wh> = idx.iter().map(|&i| result.trades[i].energy).collect();
+            let tokenizable = if m.is_some() { consumed } else { Wh(0) };
+            for (i, v) in idx.iter().zip(allocate(tokenizable, &w)) {
+                buyer_alloc.insert(*i, v);
+            }
+        }
+        facts.insert(p.clone(), (exported, imported, delivered, consumed, m.is_none()));
+    }
+
+    let mut mints = Vec::new();
+    let mut withheld = Vec::new();
+    for (i, trade) in result.trades.iter().enumerate() {
+        let (Some((seller, s_order)), Some((buyer, b_order))) =
+            (party(&trade.seller), party(&trade.buyer))
+        else {
+            continue;
+        };
+        let (Some(sm), Some(bm)) = (metered.get(seller), metered.get(buyer)) else {
+            continue;
+        };
+        let amount = seller_alloc
+            .get(&i)
+            .copied()
+            .unwrap_or_default()
+            .min(buyer_alloc.get(&i).copied().unwrap_or_default());
+        if amount.0 <= 0 {
+            continue;
+        }
+        let plan = MintPlan {
+            trade_index: i as u32,
+            seller: seller.clone(),
+            buyer: buyer.clone(),
+            seller_order: s_order.to_owned(),
+            buyer_order: b_order.to_owned(),
+            source: source_of(sm).to_owned(),
+            price: trade.price,
+            amount,
+            seller_readings: sm.readings.clone(),
+            buyer_readings: bm.readings.clone(),
+        };
+        if let Some(a) = acc.get_mut(buyer) {
+            a.tokens = a.tokens.checked_add(amount)?;
+        }
+        if sm.flagged || bm.flagged {
+            withheld.push(plan);
+        } else {
+            mints.push(plan);
+        }
+    }
+
+    for (p, a) in acc {
+        let (exported, imported, delivered, consumed, estimated) = facts[&p];
+        let net = Money::checked_sum(a.lines.iter().map(|l| l.amount))?;
+        statements.push(Statement {
+            participant: p,
+            interval: interval.clone(),
+            sold: a.sold,
+            bought: a.bought,
+            exported,
+            imported,
+            delivered,
+            consumed,
+            tokens: a.tokens,
+            estimated,
+            lines: a.lines,
+            net,
+        });
+    }
+    let utility_net = Money::checked_sum(utility_lines)?;
+    Ok(Settlement {
+        statements,
+        utility_net,
+        mints,
+        withheld,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_is_exact_and_deterministic() {
+        assert_eq!(allocate(Wh(10), &[Wh(1), Wh(1), Wh(1)]), vec![Wh(4), Wh(3), Wh(3)]);
+        assert_eq!(allocate(Wh(100), &[Wh(30), Wh(20)]), vec![Wh(30), Wh(20)]);
+        assert_eq!(allocate(Wh(0), &[Wh(30), Wh(20)]), vec![Wh(0), Wh(0)]);
+        assert_eq!(allocate(Wh(7), &[Wh(0), Wh(20)]), vec![Wh(0), Wh(7)]);
+    }
+}

@@ -1,0 +1,470 @@
+//! Pure checks of signed readings: signature, registered key, sequence, registers, time window
+//! and physical plausibility. No I/O; the caller owns the state and stores the outcome.
+//!
+//! Order of checks for one envelope (the first failure decides):
+//! 1. the payload decodes as a `gridmesh/reading/v1` message (`malformed`);
+//! 2. the gateway is registered (`unknown_gateway`) and signed with its registered key
+//!    (`key_mismatch`); the signature verifies (`bad_signature`);
+//! 3. the idempotency key was seen before: same payload → `duplicate` (acknowledged again,
+//!    counted once); different payload → `conflict`;
+//! 4. the interval ended no later than now + the allowed clock skew (`future_interval`) and
+//!    no earlier than now − horizon (`too_old`);
+//! 5. the sequence is strictly greater than every sequence of the gateway's earlier intervals
+//!    and strictly smaller than every sequence of its later ones (`sequence_not_increasing`);
+//! 6. no cumulative register is below the same device's previous reading, nor above its next
+//!    one, unless the later reading carries the signed `COUNTER_RESET` flag
+//!    (`register_decreased`);
+//! 7. the interval was already settled (`late`): verified and stored, never settled;
+//! 8. physical plausibility: grid export above what the registered inverter plus battery can
+//!    deliver in the interval (`implausible_export`), or PV output while the sun is more than
+//!    2° below the horizon at the site for the whole interval (`pv_at_night`): stored as
+//!    *flagged*, used for money, not tokenized until an operator accepts it.
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use gridmesh_protocol::reading::{Reading, ReadingFlags, Registers};
+use gridmesh_protocol::registry::GatewayEnrollment;
+use gridmesh_protocol::signing::{SignedEnvelope, Signable, verify_batch};
+use gridmesh_protocol::{DeviceId, GatewayId};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+/// Why a reading was not accepted as is (a stable code plus a human sentence).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    /// Stable snake_case code.
+    pub code: ReasonCode,
+    /// What is wrong, for people.
+    pub message: String,
+}
+
+/// The stable reason codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    /// Not JSON, not an envelope, or the payload does not decode as a reading.
+    Malformed,
+    /// The gateway is not registered with the market.
+    UnknownGateway,
+    /// Signed by a key other than the gateway's registered key.
+    KeyMismatch,
+    /// The signature does not verify.
+    BadSignature,
+    /// A different reading with the same idempotency key was stored before.
+    Conflict,
+    /// The interval has not ended yet.
+    FutureInterval,
+    /// The interval is older than the horizon.
+    TooOld,
+    /// The sequence number does not increase with the interval.
+    SequenceNotIncreasing,
+    /// A cumulative register went down without a signed reset flag.
+    RegisterDecreased,
+    /// The interval was already settled when the reading arrived.
+    Late,
+    /// Export above the registered inverter plus battery capability.
+    ImplausibleExport,
+    /// PV output while the sun was below the horizon.
+    PvAtNight,
+}
+
+impl ReasonCode {
+    /// The code as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::Malformed => "malformed",
+            ReasonCode::UnknownGateway => "unknown_gateway",
+            ReasonCode::KeyMismatch => "key_mismatch",
+            ReasonCode::BadSignature => "bad_signature",
+            ReasonCode::Conflict => "conflict",
+            ReasonCode::FutureInterval => "future_interval",
+            ReasonCode::TooOld => "too_old",
+            ReasonCode::SequenceNotIncreasing => "sequence_not_increasing",
+            ReasonCode::RegisterDecreased => "register_decreased",
+            ReasonCode::Late => "late",
+            ReasonCode::ImplausibleExport => "implausible_export",
+            ReasonCode::PvAtNight => "pv_at_night",
+        }
+    }
+
+    /// Whether an operator may accept a reading quarantined for this reason (only flagged,
+    /// correctly signed readings can be accepted).
+    pub fn operator_acceptable(self) -> bool {
+        matches!(self, ReasonCode::ImplausibleExport | ReasonCode::PvAtNight)
+    }
+}
+
+impl Reason {
+    /// A reason with a message.
+    pub fn new(code: ReasonCode, message: impl Into<String>) -> Self {
+        Reason {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The outcome of checking one reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Store and settle it.
+    Accept,
+    /// Store it, use it for money, but do not tokenize it until an operator accepts it.
+    Flag(Reason),
+    /// Store it as late: verified, never settled.
+    Late(Reason),
+    /// Seen before with the same payload: acknowledge again, count once.
+    Duplicate,
+    /// Quarantine it with the reason.
+    Reject(Reason),
+}
+
+/// Time window and tolerances.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Readings whose interval ended more than this before now are refused.
+    pub horizon: chrono::Duration,
+    /// How far a gateway's interval end may lie ahead of our clock.
+    pub max_clock_skew: chrono::Duration,
+}
+
+/// Verifies signatures of many envelopes: batch verification first, then one by one (strict)
+/// to find the bad ones if the batch fails. `true` = valid.
+pub fn verify_signatures(envelopes: &[&SignedEnvelope]) -> Vec<bool> {
+    let mut out = Vec::with_capacity(envelopes.len());
+    for chunk in envelopes.chunks(256) {
+        if verify_batch(chunk).is_ok() {
+            out.extend(std::iter::repeat_n(true, chunk.len()));
+        } else {
+            out.extend(chunk.iter().map(|e| e.verify().is_ok()));
+        }
+    }
+    out
+}
+
+/// What the chain state remembers of one accepted (or flagged, or late) reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainPoint {
+    /// The gateway's sequence number.
+    pub sequence: u64,
+    /// Cumulative registers.
+    pub registers: Registers,
+    /// Signed flags.
+    pub flags: ReadingFlags,
+}
+
+/// Per-gateway history of stored readings, by interval start, for sequence and register checks.
+#[derive(Debug, Default, Clone)]
+pub struct GatewayHistory {
+    by_interval: BTreeMap<i64, Vec<(DeviceId, ChainPoint)>>,
+}
+
+impl GatewayHistory {
+    /// Records a stored reading.
+    pub fn record(&mut self, interval_start: i64, device: DeviceId, point: ChainPoint) {
+        self.by_interval
+            .entry(interval_start)
+            .or_default()
+            .push((device, point));
+    }
+
+    fn check_sequence(&self, start: i64, sequence: u64) -> Result<(), Reason> {
+        if let Some((prev_start, points)) = self.by_interval.range(..start).next_back() {
+            let max = points.iter().map(|(_, p)| p.sequence).max().unwrap_or(0);
+            if sequence <= max {
+                return Err(Reason::new(
+                    ReasonCode::SequenceNotIncreasing,
+                    format!(
+                        "sequence {sequence} is not above {max}, the sequence of this gateway's reading for the earlier interval starting at unix {prev_start}: a replayed or re-used counter"
+                    ),
+                ));
+            }
+        }
+        if let Some((next_start, points)) = self.by_interval.range(start + 1..).next() {
+            let min = points.iter().map(|(_, p)| p.sequence).min().unwrap_or(u64::MAX);
+            if sequence >= min {
+                return Err(Reason::new(
+                    ReasonCode::SequenceNotIncreasing,
+                    format!(
+                        "sequence {sequence} is not below {min}, the sequence of this gateway's reading for the later interval starting at unix {next_start}"
+                    ),
+                ));
+            }
+        }
+        if let Some(points) = self.by_interval.get(&start)
+            && points.iter().any(|(_, p)| p.sequence == sequence)
+        {
+            return Err(Reason::new(
+                ReasonCode::SequenceNotIncreasing,
+                format!("sequence {sequence} was already used by another device of this gateway"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_registers(&self, start: i64, device: &DeviceId, reading: &Reading) -> Result<(), Reason> {
+        let find = |points: &Vec<(DeviceId, ChainPoint)>| {
+            points.iter().find(|(d, _)| d == device).map(|(_, p)| *p)
+        };
+        let prev = self
+            .by_interval
+            .range(..start)
+            .rev()
+            .find_map(|(s, pts)| find(pts).map(|p| (*s, p)));
+        if let Some((s, prev)) = prev
+            && !reading.flags.contains(ReadingFlags::COUNTER_RESET)
+            && let Some(name) = decreased(&prev.registers, &reading.registers)
+        {
+            return Err(Reason::new(
+                ReasonCode::RegisterDecreased,
+                format!(
+                    "register {name} went down from the reading for unix {s} without a signed counter_reset flag"
+                ),
+            ));
+        }
+        let next = self
+            .by_interval
+            .range(start + 1..)
+            .find_map(|(s, pts)| find(pts).map(|p| (*s, p)));
+        if let Some((s, next)) = next
+            && !next.flags.contains(ReadingFlags::COUNTER_RESET)
+            && let Some(name) = decreased(&reading.registers, &next.registers)
+        {
+            return Err(Reason::new(
+                ReasonCode::RegisterDecreased,
+                format!("register {name} is above the later reading for unix {s}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+const REGISTER_NAMES: [&str; 5] = [
+    "grid_import",
+    "grid_export",
+    "pv",
+    "battery_charge",
+    "battery_discharge",
+];
+
+fn decreased(before: &Registers, after: &Registers) -> Option<&'static str> {
+    before
+        .as_array()
+        .iter()
+        .zip(after.as_array())
+        .zip(REGISTER_NAMES)
+        .find(|((b, a), _)| a < *b)
+        .map(|(_, n)| n)
+}
+
+/// Everything [`check`] needs besides the reading.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// The gateway's registration.
+    pub enrollment: &'a GatewayEnrollment,
+    /// The gateway's stored history.
+    pub history: Option<&'a GatewayHistory>,
+    /// The payload digest stored under the same idempotency key, if any.
+    pub stored_digest: Option<[u8; 32]>,
+    /// Whether the reading's interval is already settled.
+    pub interval_settled: bool,
+    /// The clock's "now".
+    pub now: DateTime<Utc>,
+    /// Time window.
+    pub limits: Limits,
+}
+
+/// Decodes an envelope's payload as a reading.
+pub fn decode(envelope: &SignedEnvelope) -> Result<Reading, Reason> {
+    Reading::decode(&envelope.payload).map_err(|e| {
+        Reason::new(
+            ReasonCode::Malformed,
+            format!("the payload is not a valid signed reading: {e}"),
+        )
+    })
+}
+
+/// Checks a decoded reading whose signature was already verified (`signature_ok`).
+pub fn check(
+    envelope: &SignedEnvelope,
+    reading: &Reading,
+    signature_ok: bool,
+    ctx: &Context<'_>,
+) -> Verdict {
+    let enrollment = ctx.enrollment;
+    if envelope.public_key != enrollment.public_key {
+        return Verdict::Reject(Reason::new(
+            ReasonCode::KeyMismatch,
+            format!(
+                "signed by key {}, but gateway {} is registered with key {}",
+                envelope.public_key, reading.gateway, enrollment.public_key
+            ),
+        ));
+    }
+    if !signature_ok {
+        return Verdict::Reject(Reason::new(
+            ReasonCode::BadSignature,
+            "the signature does not verify: the reading was altered or forged",
+        ));
+    }
+    if let Some(stored) = ctx.stored_digest {
+        return if stored == envelope.digest() {
+            Verdict::Duplicate
+        } else {
+            Verdict::Reject(Reason::new(
+                ReasonCode::Conflict,
+                format!(
+                    "a different reading with key {} is already stored; the first one stands",
+                    reading.idempotency_key()
+                ),
+            ))
+        };
+    }
+    let end = reading.interval.end();
+    if end > ctx.now + ctx.limits.max_clock_skew {
+        return Verdict::Reject(Reason::new(
+            ReasonCode::FutureInterval,
+            format!(
+                "interval {} ends at {end}, after now ({}): check the gateway's clock",
+                reading.interval, ctx.now
+            ),
+        ));
+    }
+    if end < ctx.now - ctx.limits.horizon {
+        return Verdict::Reject(Reason::new(
+            ReasonCode::TooOld,
+            format!(
+                "interval {} ended more than {} h ago, beyond the settlement horizon",
+                reading.interval,
+                ctx.limits.horizon.num_hours()
+            ),
+        ));
+    }
+    let start = reading.interval.start_unix();
+    if let Some(history) = ctx.history {
+        if let Err(reason) = history.check_sequence(start, reading.sequence) {
+            return Verdict::Reject(reason);
+        }
+        if let Err(reason) = history.check_registers(start, &reading.device, reading) {
+            return Verdict::Reject(reason);
+        }
+    }
+    if ctx.interval_settled {
+        return Verdict::Late(Reason::new(
+            ReasonCode::Late,
+            format!(
+                "interval {} was already settled: the reading is verified and stored but changes no statement",
+                reading.interval
+            ),
+        ));
+    }
+    if let Some(reason) = plausibility(reading, enrollment) {
+        return Verdict::Flag(reason);
+    }
+    Verdict::Accept
+}
+
+/// The physical plausibility check alone (see the module docs).
+pub fn plausibility(reading: &Reading, site: &GatewayEnrollment) -> Option<Reason> {
+    let minutes = i64::from(reading.interval.length().minutes());
+    let capability_w = i64::from(site.inverter_w) + i64::from(site.battery_w);
+    // Round the interval energy up: a rated power can never deliver more than this.
+    let max_export = (capability_w * minutes + 59) / 60;
+    let export = reading.deltas.grid_export.0;
+    if export > max_export {
+        return Some(Reason::new(
+            ReasonCode::ImplausibleExport,
+            format!(
+                "exported {export} Wh in {minutes} min, but the registered inverter ({} W) and battery ({} W) can deliver at most {max_export} Wh",
+                site.inverter_w, site.battery_w
+            ),
+        ));
+    }
+    let pv = reading.deltas.pv.0;
+    let pv_tolerance = ((i64::from(site.inverter_w) * minutes / 60) / 100).max(1);
+    if pv > pv_tolerance {
+        let lat = f64::from(site.latitude_microdeg) / 1e6;
+        let lon = f64::from(site.longitude_microdeg) / 1e6;
+        let i = reading.interval;
+        let highest = [i.start(), i.start() + (i.end() - i.start()) / 2, i.end()]
+            .into_iter()
+            .map(|t| solar_elevation_deg(t, lat, lon))
+            .fold(f64::MIN, f64::max);
+        if highest < -2.0 {
+            return Some(Reason::new(
+                ReasonCode::PvAtNight,
+                format!(
+                    "reported {pv} Wh of PV while the sun was at most {highest:.1}° above the horizon at the site ({lat:.3}, {lon:.3})"
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// Solar elevation in degrees at `t` for a site, by the NOAA general solar position
+/// approximation (accurate to a fraction of a degree, plenty for a night test).
+pub fn solar_elevation_deg(t: DateTime<Utc>, lat_deg: f64, lon_deg: f64) -> f64 {
+    use std::f64::consts::PI;
+    let day = f64::from(t.ordinal());
+    let hour = f64::from(t.hour()) + f64::from(t.minute()) / 60.0 + f64::from(t.second()) / 3600.0;
+    let g = 2.0 * PI / 365.0 * (day - 1.0 + (hour - 12.0) / 24.0);
+    let eqtime = 229.18
+        * (0.000075 + 0.001868 * g.cos()
+            - 0.032077 * g.sin()
+            - 0.014615 * (2.0 * g).cos()
+            - 0.040849 * (2.0 * g).sin());
+    let decl = 0.006918 - 0.399912 * g.cos() + 0.070257 * g.sin() - 0.006758 * (2.0 * g).cos()
+        + 0.000907 * (2.0 * g).sin()
+        - 0.002697 * (3.0 * g).cos()
+        + 0.00148 * (3.0 * g).sin();
+    let true_solar_minutes = hour * 60.0 + eqtime + 4.0 * lon_deg;
+    let hour_angle = (true_solar_minutes / 4.0 - 180.0).to_radians();
+    let lat = lat_deg.to_radians();
+    let cos_zenith = lat.sin() * decl.sin() + lat.cos() * decl.cos() * hour_angle.cos();
+    90.0 - cos_zenith.clamp(-1.0, 1.0).acos().to_degrees()
+}
+
+/// Histories of all gateways plus the digests of stored readings by idempotency key.
+#[derive(Debug, Default)]
+pub struct ChainState {
+    /// Per-gateway histories.
+    pub gateways: HashMap<GatewayId, GatewayHistory>,
+    /// Payload digest per stored idempotency key.
+    pub digests: HashMap<String, [u8; 32]>,
+}
+
+impl ChainState {
+    /// Records a stored reading.
+    pub fn record(&mut self, reading: &Reading, digest: [u8; 32]) {
+        self.digests.insert(reading.idempotency_key(), digest);
+        self.gateways
+            .entry(reading.gateway.clone())
+            .or_default()
+            .record(
+                reading.interval.start_unix(),
+                reading.device.clone(),
+                ChainPoint {
+                    sequence: reading.sequence,
+                    registers: reading.registers,
+                    flags: reading.flags,
+                },
+            );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn solar_elevation_day_and_night() {
+        // Berlin at the June solstice: high at noon, well below the horizon at midnight.
+        let noon = Utc.with_ymd_and_hms(2026, 6, 21, 11, 0, 0).unwrap();
+        let night = Utc.with_ymd_and_hms(2026, 6, 21, 23, 0, 0).unwrap();
+        let e_noon = solar_elevation_deg(noon, 52.52, 13.40);
+        let e_night = solar_elevation_deg(night, 52.52, 13.40);
+        assert!((55.0..65.0).contains(&e_noon), "{e_noon}");
+        assert!(e_night < -10.0, "{e_night}");
+    }
+}
