@@ -1,0 +1,388 @@
+// gridmesh dashboard: one page shell, five views, live updates over server-sent events.
+// Every text that comes from data is inserted with textContent (never as HTML); the only HTML
+// inserted is the SVG our own server drew.
+'use strict';
+
+const state = { page: null, version: -1, detailToken: 0 };
+
+// ---------- small helpers ----------
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === 'class') el.className = v;
+    else if (k === 'text') el.textContent = v;
+    else if (k.startsWith('data-') || k.startsWith('aria-') || ['href', 'role', 'title', 'scope', 'type', 'id', 'hidden', 'colspan'].includes(k)) el.setAttribute(k, v === true ? '' : v);
+    else el[k] = v;
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return el;
+}
+const $ = (sel) => document.querySelector(sel);
+const kwh = (wh) => (wh === null || wh === undefined) ? '–' : (wh / 1000).toLocaleString('en', { minimumFractionDigits: 1, maximumFractionDigits: 3 });
+const money = (minor) => (minor === null || minor === undefined) ? '–' : (minor / 100).toLocaleString('en', { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+const cPerKwh = (perMwh) => (perMwh / 1000).toLocaleString('en', { minimumFractionDigits: 2, maximumFractionDigits: 3 });
+const short = (hash) => (typeof hash === 'string' && hash.length > 16) ? hash.slice(0, 8) + '…' + hash.slice(-6) : String(hash ?? '–');
+const intervalText = (key) => key ? String(key).replace('T', ' ').replace(':00Z/', ' UTC, ').replace(/(\d+)$/, '$1 min') : '–';
+function link(href, text, attrs) { return h('a', Object.assign({ href, 'data-link': true, text }, attrs || {})); }
+function pick(obj, keys) { if (!obj || typeof obj !== 'object') return undefined; for (const k of keys) if (obj[k] !== undefined && obj[k] !== null) return obj[k]; return undefined; }
+function fillBody(table, rows, emptyText, cols) {
+  const body = table.tBodies[0];
+  body.replaceChildren(...(rows.length ? rows : [h('tr', {}, h('td', { colspan: cols, class: 'empty', text: emptyText }))]));
+}
+function cell(v, num) { return h('td', num ? { class: 'num' } : {}, v); }
+
+async function getJson(url) {
+  const r = await fetch(url, { headers: { accept: 'application/json' } });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(body.message || (r.status + ' ' + r.statusText));
+  return body;
+}
+
+// ---------- service status banner ----------
+function showSources(sources) {
+  if (!sources) return;
+  const problems = [];
+  for (const name of ['market', 'settlement', 'broker']) {
+    const s = sources[name];
+    if (!s) continue;
+    const pill = $('#src-' + name);
+    if (pill) { pill.dataset.state = s.ok ? 'ok' : 'down'; pill.title = s.ok ? name + ' reachable at ' + s.url : (s.error || name + ' unreachable'); }
+    if (!s.ok && s.error !== 'not contacted yet') problems.push(s.error || (name + ' unreachable at ' + s.url));
+  }
+  const banner = $('#banner');
+  banner.hidden = problems.length === 0;
+  banner.replaceChildren(...problems.map((p) => h('p', { text: p + (p.includes('retrying') ? '' : ' — retrying') })));
+}
+
+// ---------- routing ----------
+function route() {
+  const path = location.pathname.replace(/\/+$/, '') || '/grid';
+  const seg = path.split('/').filter(Boolean);
+  const page = ['grid', 'market', 'participants', 'ledger', 'alerts'].includes(seg[0]) ? seg[0] : 'grid';
+  return { page, seg, params: new URLSearchParams(location.search) };
+}
+function navigate(href) { history.pushState({}, '', href); render(true); }
+document.addEventListener('click', (e) => {
+  const a = e.target.closest('a[data-link]');
+  if (!a || e.metaKey || e.ctrlKey || e.shiftKey || e.button !== 0) return;
+  e.preventDefault();
+  navigate(a.getAttribute('href'));
+});
+window.addEventListener('popstate', () => render(true));
+
+async function render(pageChanged) {
+  const r = route();
+  if (pageChanged || state.page !== r.page) {
+    for (const s of document.querySelectorAll('.page')) s.hidden = s.id !== 'page-' + r.page;
+    for (const a of document.querySelectorAll('nav a[data-page]')) {
+      if (a.dataset.page === r.page) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
+    }
+    const title = r.page[0].toUpperCase() + r.page.slice(1);
+    document.title = title + ' · gridmesh dashboard';
+    if (state.page !== r.page) $('#main').focus({ preventScroll: true });
+    state.page = r.page;
+  }
+  try {
+    await ({ grid: renderGrid, market: renderMarket, participants: renderParticipants, ledger: renderLedger, alerts: renderAlerts })[r.page](r, pageChanged);
+  } catch (e) {
+    const banner = $('#banner');
+    banner.hidden = false;
+    banner.replaceChildren(h('p', { text: 'Could not load this page\'s data: ' + e.message + ' — retrying on the next update.' }));
+  }
+  refreshAlertCount();
+}
+
+// ---------- Grid ----------
+async function renderGrid() {
+  const g = await getJson('/api/grid');
+  showSources(g.sources);
+  const online = g.gateways.filter((x) => x.status === 'online').length;
+  const offline = g.gateways.filter((x) => x.status === 'offline').length;
+  const limit = (v) => v === null || v === undefined ? 'no limit' : 'limit ' + kwh(v) + ' kWh';
+  const card = (label, value, sub) => h('div', { class: 'card' }, h('div', { class: 'label', text: label }), h('div', { class: 'value', text: value }), sub ? h('div', { class: 'label', text: sub }) : null);
+  $('#grid-cards').replaceChildren(
+    card('Interval', intervalText(g.interval)),
+    card('Utility import', kwh(g.utility_import_wh) + ' kWh', limit(g.utility_import_limit_wh)),
+    card('Utility export', kwh(g.utility_export_wh) + ' kWh', limit(g.utility_export_limit_wh)),
+    card('Gateways online', online + ' of ' + g.gateways.length, offline ? offline + ' offline' : (g.gateways.length - online ? (g.gateways.length - online) + ' unknown' : 'all online')),
+  );
+  const tree = $('#grid-tree');
+  if (!g.branches.length) {
+    tree.replaceChildren(h('li', { class: 'empty', text: 'No topology yet: waiting for the market.' }));
+  } else {
+    tree.replaceChildren(...g.branches.map((b) => {
+      const pct = b.utilisation_pct;
+      const dir = b.flow_wh >= 0 ? 'import' : 'export';
+      const figures = (b.flow_wh === 0 && pct === null ? 'no flow' : kwh(Math.abs(b.flow_wh)) + ' kWh ' + dir) +
+        (b.limit_wh === null ? ' · no ' + dir + ' limit' : ' of ' + kwh(b.limit_wh) + ' kWh (' + pct + ' %)');
+      const label = { normal: 'under 80 %', high: '80 % or more', full: 'congested', unlimited: 'no limit' }[b.loading];
+      return h('li', { class: 'branch', 'data-node': b.node, 'data-loading': b.loading, 'data-congested': String(b.congested), style: 'margin-left:' + Math.max(0, b.depth - 1) * 1.2 + 'rem' },
+        h('div', {}, link('/participants?node=' + encodeURIComponent(b.node), b.node, { class: 'name', 'aria-label': 'Branch ' + b.node + ': show its ' + b.participants + ' participants' }),
+          ' ', h('span', { class: 'badge ' + b.loading, text: label })),
+        h('div', { class: 'bar', role: 'meter', 'aria-label': 'Loading of ' + b.node, 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': String(Math.min(100, pct ?? 0)) },
+          h('span', { style: 'width:' + Math.min(100, pct ?? 0) + '%' })),
+        h('div', {}, link('/participants?node=' + encodeURIComponent(b.node), b.participants + ' participants →')),
+        h('div', { class: 'figures', text: figures }));
+    }));
+  }
+  fillBody($('#grid-gateways'), g.gateways.map((x) => h('tr', {}, cell(x.gateway), cell(link('/participants/' + encodeURIComponent(x.participant), x.participant)), cell(x.node),
+    cell(h('span', { class: 'badge ' + x.status, text: x.status }, ), false))), 'No gateways enrolled yet.', 4);
+  const m = await getJson('/api/market');
+  const recent = m.congestion.slice(0, 8);
+  $('#grid-congestion').replaceChildren(...(recent.length ? recent.map((c) => h('li', {},
+    h('span', { class: 'badge full', text: 'congested' }), ' ', link('/participants?node=' + encodeURIComponent(c.node), c.node, { 'data-congested-node': c.node }),
+    ' · ' + intervalText(c.interval) + ' · ' + kwh(Math.abs(c.flow_wh)) + ' of ' + (c.limit_wh === null ? '?' : kwh(c.limit_wh)) + ' kWh'))
+    : [h('li', { class: 'empty', text: 'No branch has been at its limit in the shown history.' })]));
+}
+
+// ---------- Market ----------
+async function loadChart(el) {
+  const r = await fetch(el.dataset.src, { cache: 'no-store' });
+  if (!r.ok) throw new Error('chart ' + el.dataset.src + ' failed: ' + r.status);
+  const text = await r.text();
+  el.innerHTML = text; // our own server's SVG (drawn by plotters)
+}
+async function renderMarket() {
+  const m = await getJson('/api/market');
+  showSources(m.sources);
+  $('#market-lede').textContent = (m.intervals.length ? m.intervals.length + ' cleared intervals shown' : 'No cleared intervals yet') +
+    (m.next_interval ? '; next interval open for orders starts ' + m.next_interval.replace('T', ' ').replace('Z', ' UTC') : '') + '.';
+  await Promise.all([...document.querySelectorAll('#page-market .chart')].map(loadChart));
+  const latest = m.intervals[0];
+  fillBody($('#market-prices'), latest ? Object.entries(latest.prices).map(([node, p]) => h('tr', {}, cell(node), cell(cPerKwh(p), true))) : [], 'No prices yet.', 2);
+  fillBody($('#market-congestion'), m.congestion.slice(0, 50).map((c) => h('tr', {}, cell(intervalText(c.interval)),
+    cell(link('/participants?node=' + encodeURIComponent(c.node), c.node)), cell(kwh(c.flow_wh), true), cell(c.limit_wh === null ? '–' : kwh(c.limit_wh), true))), 'No congestion in the shown history.', 4);
+  fillBody($('#market-intervals'), m.intervals.slice(0, 24).map((i) => h('tr', {}, cell(intervalText(i.interval)), cell(kwh(i.traded_wh), true), cell(kwh(i.local_wh), true),
+    cell(kwh(i.utility_import_wh), true), cell(kwh(i.utility_export_wh), true), cell(i.congested.join(', ') || '–'))), 'No cleared intervals yet.', 6);
+}
+
+// ---------- Participants ----------
+let searchTimer = null;
+$('#participant-q') && $('#participant-q').addEventListener('input', () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => {
+    const p = new URLSearchParams(location.search);
+    const q = $('#participant-q').value.trim();
+    if (q) p.set('q', q); else p.delete('q');
+    history.replaceState({}, '', '/participants' + (p.toString() ? '?' + p : ''));
+    render(false);
+  }, 150);
+});
+async function renderParticipants(r) {
+  const q = r.params.get('q') || '';
+  const node = r.params.get('node');
+  const input = $('#participant-q');
+  if (document.activeElement !== input) input.value = q;
+  const qs = new URLSearchParams();
+  if (q) qs.set('q', q);
+  if (node) qs.set('node', node);
+  const data = await getJson('/api/participants' + (qs.toString() ? '?' + qs : ''));
+  showSources(data.sources);
+  const chip = $('#participant-filter');
+  chip.hidden = !node;
+  if (node) chip.replaceChildren('Within ' + node + ' ', link('/participants' + (q ? '?q=' + encodeURIComponent(q) : ''), '× clear', { 'aria-label': 'Clear the filter on ' + node }));
+  fillBody($('#participants'), data.participants.map((p) => h('tr', { 'data-participant': p.id },
+    cell(link('/participants/' + encodeURIComponent(p.id), p.id)), cell(p.node), cell(p.feeder || '–'),
+    cell(p.gateway ? h('span', {}, p.gateway + ' ', h('span', { class: 'badge ' + p.gateway_status, text: p.gateway_status })) : '–'),
+    cell(kwh(p.generation_wh), true), cell(kwh(p.consumption_wh), true), cell(kwh(p.export_wh), true),
+    cell(kwh(p.bought_wh), true), cell(kwh(p.sold_wh), true), cell(money(p.earned), true), cell(money(p.spent), true),
+    cell(p.tokens_wh === null ? '–' : p.tokens_wh.toLocaleString('en'), true))), q || node ? 'No participant matches.' : 'No participants registered yet.', 12);
+  const detail = $('#participant-detail');
+  if (r.seg.length > 1) await renderParticipantDetail(decodeURIComponent(r.seg[1]), detail); else detail.hidden = true;
+}
+async function renderParticipantDetail(id, detail) {
+  const d = await getJson('/api/participants/' + encodeURIComponent(id));
+  const p = d.participant;
+  const rows = d.holdings.map((hd) => {
+    const lot = pick(hd, ['lot', 'entry', 'hash', 'lot_hash']);
+    const amount = pick(hd, ['amount', 'amount_wh', 'remaining', 'remaining_wh', 'tokens', 'balance']);
+    const prov = pick(hd, ['provenance', 'origin']) || {};
+    const source = pick(hd, ['source']) || pick(prov, ['source']) || '';
+    const interval = pick(hd, ['interval']) || pick(prov, ['interval']) || '';
+    return h('tr', { 'data-lot': lot }, cell(lot ? link('/ledger/entries/' + lot, short(lot), { class: 'hash', 'aria-label': 'Provenance of lot ' + lot }) : '–'),
+      cell(amount === undefined ? '–' : Number(amount).toLocaleString('en'), true), cell(String(source)), cell(intervalText(typeof interval === 'string' ? interval : pick(interval, ['start']))));
+  });
+  const table = h('table', { id: 'holdings' }, h('caption', { class: 'sr', text: 'Token holdings of ' + id }),
+    h('thead', {}, h('tr', {}, h('th', { scope: 'col', text: 'Lot (provenance)' }), h('th', { scope: 'col', class: 'num', text: 'Tokens (Wh)' }), h('th', { scope: 'col', text: 'Source' }), h('th', { scope: 'col', text: 'Interval' }))),
+    h('tbody', {}));
+  fillBody(table, rows, 'No token holdings.', 4);
+  detail.replaceChildren(
+    h('h2', { text: 'Participant ' + p.id }),
+    h('dl', { class: 'kv' }, h('dt', { text: 'Kind' }), h('dd', { text: p.kind }), h('dt', { text: 'Node' }), h('dd', { text: p.node + (p.feeder ? ' (feeder ' + p.feeder + ')' : '') }),
+      h('dt', { text: 'Gateway' }), h('dd', { text: p.gateway ? p.gateway + ' — ' + p.gateway_status : 'none' }),
+      h('dt', { text: 'Market' }), h('dd', { text: 'bought ' + kwh(p.bought_wh) + ' kWh for ' + money(p.spent) + ', sold ' + kwh(p.sold_wh) + ' kWh for ' + money(p.earned) }),
+      h('dt', { text: 'Tokens' }), h('dd', { text: (p.tokens_wh ?? 0).toLocaleString('en') + ' Wh in ' + p.lots + ' lots' })),
+    ...(d.errors.length ? [h('p', { class: 'verdict', 'data-ok': 'false', text: d.errors.join(' · ') })] : []),
+    h('h3', { text: 'Token holdings' }), h('div', { class: 'scroll' }, table),
+    link('/participants', '← all participants'));
+  detail.hidden = false;
+}
+
+// ---------- Ledger ----------
+async function renderLedger(r) {
+  const data = await getJson('/api/ledger/blocks');
+  showSources(data.sources);
+  fillBody($('#ledger-blocks'), data.blocks.map((b) => {
+    const header = b.header || b;
+    const height = pick(header, ['height']);
+    const interval = pick(header, ['interval']);
+    return h('tr', {}, cell(link('/ledger/blocks/' + height, String(height)), true), cell(intervalText(typeof interval === 'object' && interval ? interval.start : interval)),
+      cell(String(pick(header, ['entry_count', 'entries']) ?? (Array.isArray(b.entries) ? b.entries.length : '–')), true),
+      cell(h('span', { class: 'hash', text: short(pick(header, ['merkle_root', 'root'])) })), cell(String(pick(header, ['sealed_at']) || '–')));
+  }), 'No blocks sealed yet.', 5);
+  const detail = $('#ledger-detail');
+  const token = ++state.detailToken;
+  if (r.seg[1] === 'blocks' && r.seg[2]) await renderBlock(r.seg[2], detail, token);
+  else if (r.seg[1] === 'entries' && r.seg[2]) await renderEntry(r.seg[2], detail, token);
+  else detail.hidden = true;
+}
+function entryList(block) {
+  const list = pick(block, ['entries', 'items']) || [];
+  return list.map((e) => typeof e === 'string' ? { hash: e } : e);
+}
+async function renderBlock(height, detail, token) {
+  const b = await getJson('/api/ledger/blocks/' + encodeURIComponent(height));
+  if (token !== state.detailToken) return;
+  const header = b.header || b;
+  const entries = entryList(b);
+  detail.replaceChildren(h('h2', { text: 'Block ' + height }),
+    h('dl', { class: 'kv' }, ...['hash', 'prev_hash', 'merkle_root', 'entry_count', 'sealed_at'].flatMap((k) => {
+      const v = pick(header, [k]) ?? pick(b, [k]);
+      return v === undefined ? [] : [h('dt', { text: k.replace('_', ' ') }), h('dd', { class: 'hash', text: String(v) })];
+    })),
+    h('h3', { text: 'Entries' }),
+    h('ul', { class: 'plain' }, ...(entries.length ? entries.map((e) => {
+      const hash = pick(e, ['hash', 'entry_hash']);
+      const kind = pick(e, ['kind']) || pick(pick(e, ['body']), ['kind']) || '';
+      return h('li', {}, link('/ledger/entries/' + hash, short(hash), { class: 'hash' }), ' ' + kind);
+    }) : [h('li', { class: 'empty', text: 'No entries listed.' })])));
+  detail.hidden = false;
+}
+
+// Merkle hashing as settlement documents it: leaf = SHA-256(0x00 ‖ body bytes),
+// node = SHA-256(0x01 ‖ left ‖ right); a proof lists siblings with the side they are on.
+const hex = (u8) => [...u8].map((b) => b.toString(16).padStart(2, '0')).join('');
+const unhex = (s) => new Uint8Array((s.match(/../g) || []).map((x) => parseInt(x, 16)));
+async function sha256(...parts) {
+  const len = parts.reduce((n, p) => n + p.length, 0);
+  const buf = new Uint8Array(len);
+  let at = 0;
+  for (const p of parts) { buf.set(p, at); at += p.length; }
+  return new Uint8Array(await crypto.subtle.digest('SHA-256', buf));
+}
+function bodyBytes(entry) {
+  const b64 = pick(entry, ['body_base64', 'body_b64']);
+  if (typeof b64 === 'string') return { bytes: Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)), exact: true };
+  const hx = pick(entry, ['body_hex']);
+  if (typeof hx === 'string') return { bytes: unhex(hx), exact: true };
+  const raw = pick(entry, ['body_json', 'body_raw', 'raw']);
+  if (typeof raw === 'string') return { bytes: new TextEncoder().encode(raw), exact: true };
+  const body = pick(entry, ['body']);
+  if (typeof body === 'string') return { bytes: new TextEncoder().encode(body), exact: true };
+  if (body) return { bytes: new TextEncoder().encode(JSON.stringify(body)), exact: false };
+  return null;
+}
+async function verifyInclusion(entry, root) {
+  if (!window.crypto || !crypto.subtle) return { ok: false, text: 'This browser offers no WebCrypto here (it needs https or localhost), so the proof cannot be checked.' };
+  const body = bodyBytes(entry);
+  const claimed = pick(entry, ['hash', 'entry_hash']);
+  if (!body) return { ok: false, text: 'The entry came without its body bytes; nothing to verify.' };
+  const leaf = await sha256(new Uint8Array([0]), body.bytes);
+  if (claimed && hex(leaf) !== claimed) return { ok: false, text: 'The body does not hash to the entry hash: SHA-256(0x00 ‖ body) = ' + hex(leaf) + (body.exact ? '' : ' (body re-serialised)') };
+  const proofObj = pick(entry, ['proof', 'inclusion_proof']);
+  const steps = Array.isArray(proofObj) ? proofObj : (pick(proofObj, ['steps', 'path', 'siblings']) || []);
+  let acc = leaf;
+  for (const s of steps) {
+    const sib = unhex(pick(s, ['sibling', 'hash']));
+    acc = pick(s, ['side']) === 'left' ? await sha256(new Uint8Array([1]), sib, acc) : await sha256(new Uint8Array([1]), acc, sib);
+  }
+  if (!root) return { ok: false, text: 'No Merkle root to compare with.' };
+  const ok = hex(acc) === String(root).toLowerCase();
+  return { ok, text: ok
+    ? 'Verified in your browser: SHA-256(0x00 ‖ body) is the entry hash, and ' + steps.length + ' proof steps lead to the block\'s Merkle root ' + short(root) + '.'
+    : 'Proof FAILED: the steps lead to ' + hex(acc) + ', but the block\'s root is ' + root + '.' };
+}
+function kvList(obj, skip) {
+  return h('dl', { class: 'kv' }, ...Object.entries(obj || {}).filter(([k]) => !(skip || []).includes(k)).flatMap(([k, v]) => [
+    h('dt', { text: k.replaceAll('_', ' ') }), h('dd', { class: typeof v === 'string' && /^[0-9a-f]{64}$/.test(v) ? 'hash' : '', text: typeof v === 'object' ? JSON.stringify(v) : String(v) })]));
+}
+async function renderEntry(hash, detail, token) {
+  const e = await getJson('/api/ledger/entries/' + encodeURIComponent(hash));
+  if (token !== state.detailToken) return;
+  const entry = e.entry && typeof e.entry === 'object' && !Array.isArray(e.entry) ? Object.assign({}, e, e.entry) : e;
+  let body = pick(entry, ['body']);
+  if (typeof body === 'string') { try { body = JSON.parse(body); } catch (_) { /* shown raw */ } }
+  if (!body || typeof body !== 'object') { const b = bodyBytes(entry); try { body = b ? JSON.parse(new TextDecoder().decode(b.bytes)) : {}; } catch (_) { body = {}; } }
+  const block = pick(entry, ['block']);
+  const height = pick(entry, ['block_height', 'height']) ?? pick(block, ['height']);
+  let root = pick(entry, ['merkle_root', 'root']) ?? pick(pick(entry, ['proof']), ['root', 'merkle_root']) ?? pick(pick(block, ['header']) || block, ['merkle_root']);
+  if (!root && height !== undefined) {
+    const b = await getJson('/api/ledger/blocks/' + height);
+    root = pick(b.header || b, ['merkle_root', 'root']);
+  }
+  const verdict = h('p', { class: 'verdict', id: 'proof-verdict', 'data-ok': 'pending', role: 'status', text: 'Checking the inclusion proof…' });
+  const prov = [];
+  const kind = pick(body, ['kind']) || pick(entry, ['kind']) || 'entry';
+  if (kind === 'mint') {
+    prov.push(h('p', {}, 'Minted ' + Number(body.amount).toLocaleString('en') + ' tokens (Wh) for trade ' + body.trade_index + ' of interval ' + intervalText(body.interval) +
+      ': ' + body.seller + ' sold to ' + body.buyer + ' at ' + cPerKwh(body.price) + ' c/kWh, source ' + body.source + '.'));
+    const readings = pick(entry, ['readings', 'signed_readings']) || [];
+    const readingRows = readings.map((rd) => h('li', {}, h('span', { class: 'hash', text: short(pick(rd, ['hash', 'key', 'sha256'])) }), ' ',
+      String(pick(rd, ['gateway']) || ''), ' ', String(pick(rd, ['status', 'verified']) ?? ''), ' ', typeof pick(rd, ['reading']) === 'object' ? JSON.stringify(pick(rd, ['reading']).deltas || pick(rd, ['reading'])) : ''));
+    for (const [who, list] of [['Seller ' + body.seller, body.seller_readings || []], ['Buyer ' + body.buyer, body.buyer_readings || []]]) {
+      prov.push(h('h4', { text: who + '\'s signed readings (SHA-256 of each signed envelope)' }),
+        h('ul', { class: 'plain', 'data-readings': who }, ...(list.length ? list.map((x) => h('li', { class: 'hash', 'data-reading': x, text: x })) : [h('li', { class: 'empty', text: 'none listed' })])));
+    }
+    if (readingRows.length) prov.push(h('h4', { text: 'The readings' }), h('ul', { class: 'plain' }, ...readingRows));
+  } else if (kind === 'transfer' || kind === 'retire') {
+    prov.push(h('p', {}, (kind === 'transfer' ? 'Transfer of ' + body.amount + ' Wh from ' + body.from + ' to ' + body.to : 'Retirement of ' + body.amount + ' Wh by ' + body.holder) + ', taken from lot ',
+      link('/ledger/entries/' + body.lot, short(body.lot), { class: 'hash' }), ' — follow it back to the mint and its readings.'));
+  }
+  detail.replaceChildren(h('h2', { text: 'Ledger entry ' + short(hash) }),
+    h('p', {}, 'Kind ', h('strong', { text: kind }), height !== undefined ? ' in block ' : '', height !== undefined ? link('/ledger/blocks/' + height, String(height)) : ''),
+    h('h3', { text: 'Provenance' }), ...prov,
+    h('h3', { text: 'Inclusion proof' }), verdict,
+    h('details', {}, h('summary', { text: 'Entry fields' }), kvList(body, ['envelope'])));
+  detail.hidden = false;
+  const result = await verifyInclusion(entry, root).catch((err) => ({ ok: false, text: 'Verification failed: ' + err.message }));
+  verdict.dataset.ok = String(result.ok);
+  verdict.textContent = result.text;
+}
+
+// ---------- Alerts ----------
+async function renderAlerts() {
+  const a = await getJson('/api/alerts');
+  showSources(a.sources);
+  fillBody($('#alerts'), a.alerts.map((x) => h('tr', { 'data-kind': x.kind }, cell(h('span', { class: 'badge ' + x.severity, text: x.severity })), cell(x.kind.replace('_', ' ')),
+    cell(intervalText(x.interval)), cell(x.kind === 'congestion' ? link('/participants?node=' + encodeURIComponent(x.subject), x.subject) : x.subject), h('td', { class: 'wrap', text: x.message }))), 'No alerts. All quiet.', 5);
+}
+async function refreshAlertCount() {
+  try {
+    const s = await getJson('/api/status');
+    showSources(s.sources);
+    const c = $('#alert-count');
+    c.hidden = !s.alerts;
+    c.textContent = String(s.alerts);
+    c.setAttribute('aria-label', s.alerts + ' alerts');
+    $('#updated').textContent = 'Data as of ' + (s.refreshed_at ? new Date(s.refreshed_at).toLocaleTimeString() : '–') + (s.latest_interval ? ' · latest cleared interval ' + intervalText(s.latest_interval) : '');
+  } catch (_) { /* the banner already says why */ }
+}
+
+// ---------- live updates ----------
+function connectLive() {
+  const live = $('#src-live');
+  const es = new EventSource('/api/events');
+  es.addEventListener('open', () => { live.dataset.state = 'ok'; live.title = 'Live updates connected'; });
+  es.addEventListener('error', () => { live.dataset.state = 'down'; live.title = 'Live updates interrupted; reconnecting'; });
+  es.addEventListener('update', (ev) => {
+    let change = {};
+    try { change = JSON.parse(ev.data); } catch (_) { return; }
+    if (change.version === state.version) return;
+    state.version = change.version;
+    if (document.activeElement && document.activeElement.closest('#ledger-detail details')) return;
+    render(false);
+  });
+}
+render(true);
+connectLive();

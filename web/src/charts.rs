@@ -232,43 +232,61 @@ pub struct Level {
 /// `{buy, sell}`, or a list of levels with a `side` field; levels carry `price` (or
 /// `limit_price`) and `quantity` (or `energy`, `wh`); nested per-node books are merged.
 pub fn parse_book(book: &Value) -> (Vec<Level>, Vec<Level>) {
-    let level = |v: &Value| {
-        Some(Level {
-            price: find_i64(v, &["price", "limit_price", "price_per_mwh"])?,
-            quantity: find_i64(v, &["quantity", "energy", "wh", "quantity_wh", "volume"])?,
-        })
-    };
     let mut bids = Vec::new();
     let mut asks = Vec::new();
-    let mut visit = |v: &Value| {
-        for (keys, out) in [
-            (["bids", "buy", "buys"], &mut bids),
-            (["asks", "sell", "sells"], &mut asks),
-        ] {
-            for k in keys {
-                if let Some(Value::Array(items)) = v.get(k) {
-                    out.extend(items.iter().filter_map(level));
+    collect_levels(book, 0, &mut bids, &mut asks);
+    (bids, asks)
+}
+
+fn book_level(v: &Value) -> Option<Level> {
+    Some(Level {
+        price: find_i64(v, &["price", "limit_price", "price_per_mwh"])?,
+        quantity: find_i64(v, &["quantity", "quantity_wh", "energy", "wh", "volume"])?,
+    })
+}
+
+fn collect_levels(v: &Value, depth: usize, bids: &mut Vec<Level>, asks: &mut Vec<Level>) {
+    let mut found = false;
+    for (keys, out) in [
+        (["bids", "buy", "buys"], &mut *bids),
+        (["asks", "sell", "sells"], &mut *asks),
+    ] {
+        for k in keys {
+            if let Some(Value::Array(items)) = v.get(k) {
+                found = true;
+                out.extend(items.iter().filter_map(book_level));
+            }
+        }
+    }
+    let levels = if v.is_object() {
+        as_list(v.clone(), &["levels", "orders"])
+    } else {
+        Vec::new()
+    };
+    found |= !levels.is_empty();
+    for item in levels {
+        match find_str(&item, &["side"]).as_deref() {
+            Some("buy") | Some("bid") => bids.extend(book_level(&item)),
+            Some("sell") | Some("ask") => asks.extend(book_level(&item)),
+            _ => {}
+        }
+    }
+    // A map of node → book (the market's depth per node), possibly nested under `nodes`.
+    if !found && depth < 3 {
+        match v {
+            Value::Object(map) => {
+                for child in map.values().filter(|c| c.is_object() || c.is_array()) {
+                    collect_levels(child, depth + 1, bids, asks);
                 }
             }
-        }
-        for item in as_list(v.clone(), &["levels", "orders"]) {
-            match find_str(&item, &["side"]).as_deref() {
-                Some("buy") | Some("bid") => bids.extend(level(&item)),
-                Some("sell") | Some("ask") => asks.extend(level(&item)),
-                _ => {}
+            Value::Array(items) => {
+                for child in items.iter().filter(|c| c.is_object()) {
+                    collect_levels(child, depth + 1, bids, asks);
+                }
             }
-        }
-    };
-    visit(book);
-    for nested in as_list(book.clone(), &["nodes", "books"]) {
-        visit(&nested);
-    }
-    if let Some(Value::Object(nodes)) = book.get("nodes") {
-        for v in nodes.values() {
-            visit(v);
+            _ => {}
         }
     }
-    (bids, asks)
 }
 
 /// Cumulative step points (kWh, c/kWh): bids from the highest price down, asks from the lowest
@@ -403,6 +421,25 @@ mod tests {
             &json!({"levels": [{"side": "buy", "price": 1, "quantity": 2}, {"side": "sell", "price": 3, "quantity": 4}]}),
         );
         assert_eq!((b.len(), a.len()), (1, 1));
+        let per_node = json!({"f1": {"bids": [{"price": 5, "quantity_wh": 10, "orders": 2}], "asks": []},
+                              "f2": {"bids": [], "asks": [{"price": 2, "quantity_wh": 3, "orders": 1}]}});
+        let (b, a) = parse_book(&per_node);
+        assert_eq!(
+            b,
+            vec![Level {
+                price: 5,
+                quantity: 10
+            }]
+        );
+        assert_eq!(
+            a,
+            vec![Level {
+                price: 2,
+                quantity: 3
+            }]
+        );
+        let (b, _) = parse_book(&json!({"interval": "x", "nodes": per_node}));
+        assert_eq!(b.len(), 1);
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/ledger/{*rest}", get(page))
         .route("/assets/{name}", get(asset))
         .route("/api/status", get(api_status))
+        .route("/api/ready", get(api_ready))
         .route("/api/grid", get(api_grid))
         .route("/api/market", get(api_market))
         .route("/api/participants", get(api_participants))
@@ -163,6 +164,30 @@ async fn api_status(State(hub): State<Arc<Hub>>) -> Json<Value> {
         "latest_interval": snap.latest_result().map(|r| r.interval.key()),
         "alerts": views::alerts(&snap, hub.config.imbalance_spike_factor).len(),
     }))
+}
+
+/// Whether the dashboard has enough data for every page: both services reachable, two cleared
+/// intervals, participants, a sealed block and a token holding (scripts wait on this).
+async fn api_ready(State(hub): State<Arc<Hub>>) -> Json<Value> {
+    let snap = hub.snapshot();
+    let holdings = snap
+        .balances
+        .values()
+        .any(|b| !views::holdings(b).is_empty());
+    let checks = [
+        ("market reachable", snap.market.ok),
+        ("settlement reachable", snap.settlement.ok),
+        ("two cleared intervals", snap.results.len() >= 2),
+        ("participants registered", !snap.participants.is_empty()),
+        ("a ledger block", !snap.blocks.is_empty()),
+        ("a token holding", holdings),
+    ];
+    let missing: Vec<&str> = checks
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(name, _)| *name)
+        .collect();
+    Json(json!({"ready": missing.is_empty(), "missing": missing, "version": snap.version}))
 }
 
 async fn api_grid(State(hub): State<Arc<Hub>>) -> Json<views::GridView> {

@@ -1,0 +1,365 @@
+//! Router tests: every page and API route through `tower::ServiceExt::oneshot`, with the market
+//! and settlement played by the **test doubles** in `support` (small axum servers on
+//! 127.0.0.1:0 serving replies shaped like the shared REST contract). They check the dashboard's
+//! own logic; the neighbourhood tests run it against the real services.
+
+mod support;
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode};
+use gridmesh_runtime::shutdown::Shutdown;
+use gridmesh_web::hub::Hub;
+use gridmesh_web::{WebConfig, refresh, routes};
+use serde_json::Value;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+async fn hub_for(up: &support::Upstreams) -> Arc<Hub> {
+    let hub = Hub::new(WebConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        market_url: format!("http://{}", up.market),
+        settlement_url: format!("http://{}/", up.settlement),
+        ..WebConfig::default()
+    });
+    // Twice: participants are learned on the first round, their balances on the second.
+    refresh::refresh_once(&hub, "test").await;
+    refresh::refresh_once(&hub, "test").await;
+    hub
+}
+
+async fn get(hub: &Arc<Hub>, uri: &str) -> (StatusCode, String, String) {
+    let response = routes::router(hub.clone())
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = to_bytes(response.into_body(), 4 << 20).await.unwrap();
+    (
+        status,
+        content_type,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+async fn get_json(hub: &Arc<Hub>, uri: &str) -> Value {
+    let (status, content_type, body) = get(hub, uri).await;
+    assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+    assert!(
+        content_type.starts_with("application/json"),
+        "{uri}: {content_type}"
+    );
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test]
+async fn every_page_serves_the_shell_and_assets() {
+    let up = support::start(6).await;
+    let hub = hub_for(&up).await;
+    for uri in [
+        "/",
+        "/grid",
+        "/market",
+        "/participants",
+        "/participants/h001",
+        "/ledger",
+        "/ledger/entries/abc",
+        "/alerts",
+    ] {
+        let (status, content_type, body) = get(&hub, uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+        assert!(content_type.starts_with("text/html"), "{uri}");
+        assert!(body.contains("<nav aria-label=\"Pages\">"), "{uri}");
+        assert!(
+            !body.contains("http://") && !body.contains("https://"),
+            "no external assets: {uri}"
+        );
+    }
+    for (uri, kind) in [
+        ("/assets/app.js", "text/javascript"),
+        ("/assets/style.css", "text/css"),
+        ("/assets/favicon.svg", "image/svg+xml"),
+    ] {
+        let (status, content_type, body) = get(&hub, uri).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(content_type.starts_with(kind), "{uri}: {content_type}");
+        assert!(!body.is_empty());
+    }
+    let (status, _, body) = get(&hub, "/assets/nope.js").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("not_found"));
+    let (status, _, _) = get(&hub, "/nowhere").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn grid_shows_flows_against_limits_and_congestion() {
+    let up = support::start(6).await;
+    let hub = hub_for(&up).await;
+    let grid = get_json(&hub, "/api/grid").await;
+    assert_eq!(grid["sources"]["market"]["ok"], true);
+    assert_eq!(grid["root"], "sub");
+    assert_eq!(grid["interval"], "2026-06-21T13:15:00Z/15");
+    assert_eq!(grid["utility_import_wh"], 9000);
+    let branches = grid["branches"].as_array().unwrap();
+    let names: Vec<&str> = branches
+        .iter()
+        .map(|b| b["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["f1", "h001", "h002", "f2", "h003"],
+        "depth-first tree order"
+    );
+    let f1 = &branches[0];
+    assert_eq!(f1["utilisation_pct"], 100);
+    assert_eq!(f1["loading"], "full");
+    assert_eq!(f1["congested"], true);
+    assert_eq!(f1["participants"], 2);
+    let f2 = &branches[3];
+    assert_eq!(f2["flow_wh"], -1000);
+    assert_eq!(
+        f2["limit_wh"], 20000,
+        "export flow is measured against the export limit"
+    );
+    assert_eq!(f2["utilisation_pct"], 5);
+    assert_eq!(f2["loading"], "normal");
+    assert_eq!(branches[1]["loading"], "unlimited");
+    assert_eq!(grid["gateways"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        grid["gateways"][0]["status"], "unknown",
+        "no broker configured"
+    );
+}
+
+#[tokio::test]
+async fn market_api_and_charts_carry_real_data() {
+    let up = support::start(6).await;
+    let hub = hub_for(&up).await;
+    let market = get_json(&hub, "/api/market").await;
+    let intervals = market["intervals"].as_array().unwrap();
+    assert_eq!(intervals.len(), 6);
+    assert_eq!(
+        intervals[0]["interval"], "2026-06-21T13:15:00Z/15",
+        "newest first"
+    );
+    assert_eq!(intervals[0]["traded_wh"], 1500);
+    assert_eq!(intervals[0]["local_wh"], 1000);
+    assert_eq!(intervals[0]["prices"]["f1"], 265000);
+    assert_eq!(market["congestion"][0]["node"], "f1");
+    assert_eq!(market["next_interval"], "2026-06-21T13:00:00Z");
+
+    for (uri, shape) in [
+        ("/charts/prices.svg", "<polyline"),
+        ("/charts/volume.svg", "<rect"),
+        ("/charts/depth.svg", "<polygon"),
+    ] {
+        let (status, content_type, svg) = get(&hub, uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+        assert_eq!(content_type, "image/svg+xml");
+        assert!(svg.starts_with("<svg"), "{uri}");
+        assert!(svg.contains(shape), "{uri} has data shapes");
+        assert!(!svg.contains("data-empty"), "{uri} is not the placeholder");
+    }
+    let (_, _, prices) = get(&hub, "/charts/prices.svg").await;
+    for node in ["f1", "f2", "sub"] {
+        assert!(
+            prices.contains(&format!("{node}\n</text>")),
+            "legend names {node}"
+        );
+    }
+    assert!(prices.contains("13:15"), "time axis labels");
+}
+
+#[tokio::test]
+async fn participants_search_filter_and_detail() {
+    let up = support::start(4).await;
+    let hub = hub_for(&up).await;
+    let all = get_json(&hub, "/api/participants").await;
+    let rows = all["participants"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let h001 = rows.iter().find(|r| r["id"] == "h001").unwrap();
+    assert_eq!(h001["feeder"], "f1");
+    assert_eq!(h001["bought_wh"], 4 * 1500);
+    // 1500 Wh at 200, 205, 210, 215 €/MWh (minor units per MWh ×100): 30+30.75→31, ...
+    let expected_spent: i64 = (0..4)
+        .map(|i| ((200_000 + 5_000 * i) * 1_500 + 500_000) / 1_000_000)
+        .sum();
+    assert_eq!(h001["spent"], expected_spent);
+    assert_eq!(h001["generation_wh"], 300);
+    assert_eq!(h001["tokens_wh"], 1000 + 1001 + 1002);
+    assert_eq!(h001["lots"], 3);
+    let h003 = rows.iter().find(|r| r["id"] == "h003").unwrap();
+    assert_eq!(h003["sold_wh"], 4 * 1000);
+    assert_eq!(h003["export_wh"], 1900);
+    assert_eq!(h003["tokens_wh"], 0);
+
+    let within = get_json(&hub, "/api/participants?node=f1").await;
+    let ids: Vec<&str> = within["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["h001", "h002"]);
+    let search = get_json(&hub, "/api/participants?q=GW-H003").await;
+    assert_eq!(search["participants"].as_array().unwrap().len(), 1);
+    let none = get_json(&hub, "/api/participants?q=zzz").await;
+    assert!(none["participants"].as_array().unwrap().is_empty());
+
+    let detail = get_json(&hub, "/api/participants/h001").await;
+    assert_eq!(detail["holdings"].as_array().unwrap().len(), 3);
+    assert!(detail["errors"].as_array().unwrap().is_empty());
+    let (status, _, body) = get(&hub, "/api/participants/nobody").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("no participant nobody"), "{body}");
+}
+
+#[tokio::test]
+async fn ledger_routes_pass_entries_and_proofs_through() {
+    let up = support::start(2).await;
+    let hub = hub_for(&up).await;
+    let blocks = get_json(&hub, "/api/ledger/blocks").await;
+    assert_eq!(blocks["blocks"][0]["height"], 0);
+    let block = get_json(&hub, "/api/ledger/blocks/0").await;
+    let hash = block["entries"][1]["hash"].as_str().unwrap().to_owned();
+    let entry = get_json(&hub, &format!("/api/ledger/entries/{hash}")).await;
+    assert_eq!(entry["hash"], hash);
+    assert_eq!(entry["proof"].as_array().unwrap().len(), 2);
+    // The body hashes to the entry hash exactly as the page checks it.
+    let body = entry["body"].as_str().unwrap();
+    assert_eq!(hex::encode(support::leaf(body.as_bytes())), hash);
+
+    let (status, _, body) = get(&hub, "/api/ledger/blocks/9").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, body) = get(&hub, "/api/ledger/blocks/x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("not a number"));
+    let (status, _, body) = get(&hub, "/api/ledger/entries/not-hex").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("not hexadecimal"), "{body}");
+}
+
+#[tokio::test]
+async fn alerts_cover_congestion_quarantine_and_imbalance() {
+    let up = support::start(6).await;
+    let hub = hub_for(&up).await;
+    let alerts = get_json(&hub, "/api/alerts").await;
+    let kinds: Vec<&str> = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["congestion", "quarantine", "imbalance"], "{alerts}");
+    let quarantine = &alerts["alerts"][1];
+    assert!(
+        quarantine["message"]
+            .as_str()
+            .unwrap()
+            .contains("register went down")
+    );
+    let status = get_json(&hub, "/api/status").await;
+    assert_eq!(status["alerts"], 3);
+    let ready = get_json(&hub, "/api/ready").await;
+    assert_eq!(ready["ready"], true, "{ready}");
+}
+
+#[tokio::test]
+async fn an_unreachable_market_is_named_and_settlement_still_updates() {
+    let up = support::start(2).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let hub = Hub::new(WebConfig {
+        market_url: format!("http://{closed}"),
+        settlement_url: format!("http://{}", up.settlement),
+        request_timeout_ms: 1_000,
+        ..WebConfig::default()
+    });
+    refresh::refresh_once(&hub, "test").await;
+    let grid = get_json(&hub, "/api/grid").await;
+    let error = grid["sources"]["market"]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!("market unreachable at http://{closed}/status")),
+        "{error}"
+    );
+    assert_eq!(grid["sources"]["settlement"]["ok"], true);
+    assert!(grid["branches"].as_array().unwrap().is_empty());
+    let blocks = get_json(&hub, "/api/ledger/blocks").await;
+    assert_eq!(blocks["blocks"].as_array().unwrap().len(), 1);
+    let alerts = get_json(&hub, "/api/alerts").await;
+    assert_eq!(alerts["alerts"][0]["kind"], "service");
+    assert_eq!(alerts["alerts"][0]["subject"], "market");
+    let (_, _, svg) = get(&hub, "/charts/prices.svg").await;
+    assert!(svg.contains("No cleared intervals yet"));
+    let (_, _, metrics) = get(&hub, "/metrics").await;
+    assert!(metrics.contains("gridmesh_web_market_up 0"), "{metrics}");
+    assert!(metrics.contains("gridmesh_web_upstream_errors_total{service=\"market\"} 1"));
+    let ready = get_json(&hub, "/api/ready").await;
+    assert_eq!(ready["ready"], false);
+    assert_eq!(ready["missing"][0], "market reachable");
+    let health = get_json(&hub, "/healthz").await;
+    assert_eq!(health["status"], "ok");
+}
+
+/// The library entry point over a real socket: binds port 0, refreshes from the doubles on its
+/// own, streams a change to a browser-like SSE client, and shuts down cleanly.
+#[tokio::test]
+async fn serve_binds_refreshes_and_streams_changes() {
+    let up = support::start(3).await;
+    let shutdown = Shutdown::new();
+    let running = gridmesh_web::serve(
+        WebConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            market_url: format!("http://{}", up.market),
+            settlement_url: format!("http://{}", up.settlement),
+            poll_interval_ms: 100,
+            ..WebConfig::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    assert_ne!(running.addr.port(), 0);
+    let client = reqwest::Client::new();
+    let mut events = client
+        .get(format!("{}/api/events", running.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    // Wait (bounded) for an update that reports the market reachable.
+    let mut seen = String::new();
+    let found = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(chunk) = events.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("\"market_ok\":true") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(found, "no update with the market reachable: {seen}");
+    assert!(seen.contains("event: update"));
+    let grid: Value = client
+        .get(format!("{}/api/grid", running.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(grid["branches"].as_array().unwrap().len(), 5);
+    drop(events);
+    tokio::time::timeout(std::time::Duration::from_secs(10), shutdown.wait())
+        .await
+        .expect("every task stops on shutdown");
+}

@@ -1,0 +1,415 @@
+//! **Test double, for the dashboard's own tests and local development only**: tiny axum servers
+//! on 127.0.0.1:0 that play the market and settlement with replies shaped like the shared REST
+//! contract (protocol types for the market; settlement's documented ledger hashing for entries
+//! and inclusion proofs). The real services replace them in the neighbourhood tests.
+#![allow(dead_code)]
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::response::sse::{Event, Sse};
+use axum::routing::get;
+use axum::{Json, Router};
+use gridmesh_protocol::GatewayId;
+use gridmesh_protocol::grid::{Branch, Network, UtilityTariff};
+use gridmesh_protocol::market::{BranchFlow, ClearedOrder, Counterparty, IntervalResult, Trade};
+use gridmesh_protocol::order::Side;
+use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
+use gridmesh_protocol::signing::PublicKey;
+use gridmesh_protocol::{Interval, Money, NodeId, ParticipantId, PricePerMwh, Wh};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+fn node(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+fn pid(s: &str) -> ParticipantId {
+    ParticipantId::new(s).unwrap()
+}
+
+/// Substation `sub`, feeders `f1` (5 kWh import limit) and `f2` (20 kWh), homes below them.
+pub fn network() -> Network {
+    let b = |n: &str, p: &str, imp: Option<i64>, exp: Option<i64>| Branch {
+        node: node(n),
+        parent: node(p),
+        import_limit_wh: imp.map(Wh),
+        export_limit_wh: exp.map(Wh),
+        fee_per_mwh: None,
+    };
+    Network {
+        root: node("sub"),
+        branches: vec![
+            b("f1", "sub", Some(5_000), Some(4_000)),
+            b("f2", "sub", Some(20_000), Some(20_000)),
+            b("h001", "f1", None, None),
+            b("h002", "f1", None, None),
+            b("h003", "f2", None, None),
+        ],
+        utility: UtilityTariff {
+            retail_price: Some(PricePerMwh(300_000)),
+            feed_in_price: Some(PricePerMwh(80_000)),
+            import_limit_wh: Some(Wh(100_000)),
+            export_limit_wh: None,
+        },
+    }
+}
+
+/// Three households.
+pub fn participants() -> Vec<Participant> {
+    ["h001", "h002", "h003"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| Participant {
+            id: pid(id),
+            public_key: PublicKey([i as u8 + 1; 32]),
+            node: node(id),
+            kind: ParticipantKind::Household,
+        })
+        .collect()
+}
+
+/// Their gateways.
+pub fn gateways() -> Vec<GatewayEnrollment> {
+    participants()
+        .into_iter()
+        .map(|p| GatewayEnrollment {
+            gateway: GatewayId::new(format!("gw-{}", p.id)).unwrap(),
+            participant: p.id.clone(),
+            node: p.node.clone(),
+            public_key: p.public_key,
+            inverter_w: 5_000,
+            battery_w: 3_000,
+            latitude_microdeg: 48_000_000,
+            longitude_microdeg: 11_000_000,
+        })
+        .collect()
+}
+
+/// `n` cleared intervals from 12:00 UTC; the last one has feeder f1 at its import limit.
+pub fn results(n: usize) -> Vec<IntervalResult> {
+    let mut out = Vec::new();
+    let mut interval = Interval::parse("2026-06-21T12:00:00Z", 15).unwrap();
+    for i in 0..n {
+        let last = i + 1 == n;
+        let f1_flow = if last { 5_000 } else { 2_000 + 100 * i as i64 };
+        let price = PricePerMwh(200_000 + 5_000 * i as i64);
+        let order = |id: &str, who: &str, side: Side, q: i64| ClearedOrder {
+            order_id: id.into(),
+            participant: pid(who),
+            node: node(who),
+            side,
+            quantity: Wh(q),
+            limit_price: price,
+            cleared: Wh(q),
+            price,
+        };
+        out.push(IntervalResult {
+            interval,
+            zone: "test".into(),
+            cleared_at: interval.start() - chrono::Duration::minutes(5),
+            prices: BTreeMap::from([
+                (
+                    node("f1"),
+                    PricePerMwh(price.0 + if last { 40_000 } else { 0 }),
+                ),
+                (node("f2"), price),
+                (node("sub"), price),
+            ]),
+            orders: vec![
+                order(&format!("o{i}a"), "h001", Side::Buy, 1_500),
+                order(&format!("o{i}b"), "h003", Side::Sell, 1_000),
+            ],
+            trades: vec![
+                Trade {
+                    buyer: Counterparty::Order {
+                        order_id: format!("o{i}a"),
+                        participant: pid("h001"),
+                        node: node("h001"),
+                    },
+                    seller: Counterparty::Order {
+                        order_id: format!("o{i}b"),
+                        participant: pid("h003"),
+                        node: node("h003"),
+                    },
+                    energy: Wh(1_000),
+                    price,
+                },
+                Trade {
+                    buyer: Counterparty::Order {
+                        order_id: format!("o{i}a"),
+                        participant: pid("h001"),
+                        node: node("h001"),
+                    },
+                    seller: Counterparty::Utility,
+                    energy: Wh(500),
+                    price,
+                },
+            ],
+            utility_import: Wh(if last { 9_000 } else { 500 }),
+            utility_export: Wh(0),
+            flows: vec![
+                BranchFlow {
+                    node: node("f1"),
+                    flow: Wh(f1_flow),
+                    import_limit: Some(Wh(5_000)),
+                    export_limit: Some(Wh(4_000)),
+                    congested: last,
+                },
+                BranchFlow {
+                    node: node("f2"),
+                    flow: Wh(-1_000),
+                    import_limit: Some(Wh(20_000)),
+                    export_limit: Some(Wh(20_000)),
+                    congested: false,
+                },
+            ],
+            welfare: Money(123),
+            network: network(),
+        });
+        interval = interval.next();
+    }
+    out
+}
+
+/// SHA-256(0x00 ‖ body), as settlement documents it.
+pub fn leaf(body: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(body);
+    h.finalize().into()
+}
+
+fn inner(l: &[u8; 32], r: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([1u8]);
+    h.update(l);
+    h.update(r);
+    h.finalize().into()
+}
+
+fn levels(leaves: &[[u8; 32]]) -> Vec<Vec<[u8; 32]>> {
+    let mut out = vec![leaves.to_vec()];
+    while out.last().unwrap().len() > 1 {
+        let next = out
+            .last()
+            .unwrap()
+            .chunks(2)
+            .map(|p| {
+                if p.len() == 2 {
+                    inner(&p[0], &p[1])
+                } else {
+                    p[0]
+                }
+            })
+            .collect();
+        out.push(next);
+    }
+    out
+}
+
+/// The ledger double: three mint entries in block 0, with real hashes and proofs.
+pub struct Ledger {
+    /// Entry bodies (verbatim JSON text) by hex hash.
+    pub bodies: Vec<(String, String)>,
+    /// Merkle root (hex).
+    pub root: String,
+}
+
+impl Ledger {
+    /// Builds it.
+    pub fn new() -> Self {
+        let bodies: Vec<String> = (0..3)
+            .map(|i| {
+                json!({"kind": "mint", "interval": "2026-06-21T12:00:00Z/15", "trade_index": i,
+                       "seller": "h003", "buyer": "h001", "seller_order": "o0b", "buyer_order": "o0a",
+                       "source": "pv", "price": 200000, "amount": 1000 + i,
+                       "seller_readings": [format!("{:064x}", 0xaa00 + i)],
+                       "buyer_readings": [format!("{:064x}", 0xbb00 + i)], "released": false})
+                .to_string()
+            })
+            .collect();
+        let leaves: Vec<[u8; 32]> = bodies.iter().map(|b| leaf(b.as_bytes())).collect();
+        let levels = levels(&leaves);
+        Ledger {
+            bodies: bodies
+                .into_iter()
+                .zip(&leaves)
+                .map(|(b, l)| (hex::encode(l), b))
+                .collect(),
+            root: hex::encode(levels.last().unwrap()[0]),
+        }
+    }
+
+    /// The inclusion proof of entry `index`.
+    pub fn proof(&self, mut index: usize) -> Vec<Value> {
+        let leaves: Vec<[u8; 32]> = self
+            .bodies
+            .iter()
+            .map(|(_, b)| leaf(b.as_bytes()))
+            .collect();
+        let mut proof = Vec::new();
+        for level in levels(&leaves).iter().take_while(|l| l.len() > 1) {
+            let sibling = index ^ 1;
+            if sibling < level.len() {
+                proof.push(json!({"sibling": hex::encode(level[sibling]),
+                                  "side": if sibling < index { "left" } else { "right" }}));
+            }
+            index /= 2;
+        }
+        proof
+    }
+}
+
+/// What the doubles serve; tests may change it between refreshes.
+pub struct Fixture {
+    /// Cleared results.
+    pub results: Vec<IntervalResult>,
+    /// The ledger.
+    pub ledger: Ledger,
+}
+
+type Shared = Arc<std::sync::Mutex<Fixture>>;
+
+/// A running pair of doubles.
+pub struct Upstreams {
+    /// Market double address.
+    pub market: SocketAddr,
+    /// Settlement double address.
+    pub settlement: SocketAddr,
+    /// The data they serve.
+    pub fixture: Shared,
+}
+
+async fn spawn(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+/// Starts both doubles with `n` cleared intervals.
+pub async fn start(n: usize) -> Upstreams {
+    let fixture = Arc::new(std::sync::Mutex::new(Fixture {
+        results: results(n),
+        ledger: Ledger::new(),
+    }));
+    let market = Router::new()
+        .route(
+            "/status",
+            get(|| async {
+                Json(json!({"zone": "test", "interval_minutes": 15, "gate_closure_lead_s": 300,
+                            "next_open_interval": "2026-06-21T13:00:00Z", "clock": "2026-06-21T12:50:00Z"}))
+            }),
+        )
+        .route("/topology", get(|| async { Json(network()) }))
+        .route("/participants", get(|| async { Json(participants()) }))
+        .route("/gateways", get(|| async { Json(gateways()) }))
+        .route(
+            "/results",
+            get(|State(f): State<Shared>, Query(q): Query<HashMap<String, String>>| async move {
+                let since = q.get("since").cloned().unwrap_or_default();
+                let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+                let f = f.lock().unwrap();
+                let list: Vec<_> = f
+                    .results
+                    .iter()
+                    .filter(|r| r.interval.start().format("%Y-%m-%dT%H:%M:%SZ").to_string() >= since)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                Json(list)
+            }),
+        )
+        .route(
+            "/intervals/{start}/book",
+            get(|Path(start): Path<String>| async move {
+                if start != "2026-06-21T13:00:00Z" {
+                    return (StatusCode::NOT_FOUND, Json(json!({"code": "not_found", "message": "no such interval"}))).into_response();
+                }
+                Json(json!({"interval": start, "nodes": {
+                    "h001": {"bids": [{"price": 310000, "quantity_wh": 1200, "orders": 1}, {"price": 250000, "quantity_wh": 800, "orders": 2}], "asks": []},
+                    "h003": {"bids": [], "asks": [{"price": 150000, "quantity_wh": 900, "orders": 1}, {"price": 220000, "quantity_wh": 1500, "orders": 1}]}}}))
+                .into_response()
+            }),
+        )
+        .route(
+            "/events",
+            get(|| async {
+                let stream = futures::stream::iter(vec![Ok::<_, Infallible>(Event::default().event("result").data("{}"))]);
+                Sse::new(stream)
+            }),
+        )
+        .with_state(fixture.clone());
+    let settlement = Router::new()
+        .route(
+            "/quarantine",
+            get(|| async {
+                Json(json!([{"id": 7, "key": "gw-h002/home/2026-06-21T12:30:00Z", "gateway": "gw-h002",
+                             "interval": "2026-06-21T12:30:00Z/15", "reason": "register went down without a reset flag"}]))
+            }),
+        )
+        .route(
+            "/ledger/blocks",
+            get(|State(f): State<Shared>| async move {
+                let f = f.lock().unwrap();
+                Json(json!([{"height": 0, "interval": {"start": "2026-06-21T12:00:00Z", "minutes": 15},
+                             "prev_hash": "00".repeat(32), "merkle_root": f.ledger.root, "entry_count": 3,
+                             "sealed_at": "2026-06-21T12:20:00Z", "hash": "ab".repeat(32)}]))
+            }),
+        )
+        .route(
+            "/ledger/blocks/{height}",
+            get(|State(f): State<Shared>, Path(h): Path<u64>| async move {
+                let f = f.lock().unwrap();
+                if h != 0 {
+                    return (StatusCode::NOT_FOUND, Json(json!({"code": "not_found", "message": "no block"}))).into_response();
+                }
+                Json(json!({"height": 0, "merkle_root": f.ledger.root, "entry_count": 3, "prev_hash": "00".repeat(32),
+                            "entries": f.ledger.bodies.iter().map(|(h, _)| json!({"hash": h, "kind": "mint"})).collect::<Vec<_>>()}))
+                .into_response()
+            }),
+        )
+        .route(
+            "/ledger/entries/{hash}",
+            get(|State(f): State<Shared>, Path(hash): Path<String>| async move {
+                let f = f.lock().unwrap();
+                match f.ledger.bodies.iter().position(|(h, _)| *h == hash) {
+                    Some(i) => Json(json!({"hash": hash, "body": f.ledger.bodies[i].1, "block_height": 0,
+                                           "merkle_root": f.ledger.root, "proof": f.ledger.proof(i)})).into_response(),
+                    None => (StatusCode::NOT_FOUND, Json(json!({"code": "not_found", "message": "no such entry"}))).into_response(),
+                }
+            }),
+        )
+        .route(
+            "/balances/{participant}",
+            get(|State(f): State<Shared>, Path(p): Path<String>| async move {
+                let f = f.lock().unwrap();
+                let holdings: Vec<Value> = if p == "h001" {
+                    f.ledger.bodies.iter().enumerate().map(|(i, (h, _))| json!({"lot": h, "amount": 1000 + i,
+                        "provenance": {"interval": "2026-06-21T12:00:00Z/15", "source": "pv", "seller": "h003"}})).collect()
+                } else {
+                    Vec::new()
+                };
+                Json(json!({"participant": p, "holdings": holdings}))
+            }),
+        )
+        .route(
+            "/statements",
+            get(|| async {
+                Json(json!([{"participant": "h001", "interval": "2026-06-21T12:00:00Z/15", "generation_wh": 300, "consumption_wh": 2100, "export_wh": 0},
+                            {"participant": "h003", "interval": "2026-06-21T12:00:00Z/15", "generation_wh": 2500, "consumption_wh": 400, "export_wh": 1900}]))
+            }),
+        )
+        .route("/events", get(|| async { Sse::new(futures::stream::pending::<Result<Event, Infallible>>()) }))
+        .with_state(fixture.clone());
+    Upstreams {
+        market: spawn(market).await,
+        settlement: spawn(settlement).await,
+        fixture,
+    }
+}
