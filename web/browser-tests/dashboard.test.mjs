@@ -1,0 +1,191 @@
+// Browser tests of the gridmesh dashboard in Debian's headless Chromium.
+// Needs only GRIDMESH_DASHBOARD_URL (a running dashboard with data); screenshots go to
+// $GRIDMESH_ARTIFACTS/screenshots (default ../../artifacts relative to this folder).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const base = (process.env.GRIDMESH_DASHBOARD_URL || '').replace(/\/+$/, '');
+const artifacts = resolve(process.env.GRIDMESH_ARTIFACTS || join(here, '..', '..', 'artifacts'));
+const shots = join(artifacts, 'screenshots');
+const TIMEOUT = 20_000;
+
+let browser;
+before(async () => {
+  assert.ok(base, 'set GRIDMESH_DASHBOARD_URL to the dashboard, e.g. http://127.0.0.1:8080');
+  mkdirSync(shots, { recursive: true });
+  browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+  });
+});
+after(async () => { await browser?.close(); });
+
+/** A fresh page that records console errors and uncaught exceptions. */
+async function openPage(viewport = { width: 1280, height: 900 }) {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  const errors = [];
+  page.on('console', (m) => { if (m.type() === 'error') errors.push('console: ' + m.text()); });
+  page.on('pageerror', (e) => errors.push('exception: ' + e.message));
+  return { page, errors, close: () => context.close() };
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(shots, name + '.png'), fullPage: true });
+}
+
+/** Waits until `selector` matches at least one element. */
+async function waitForAny(page, selector) {
+  await page.waitForSelector(selector, { state: 'attached', timeout: TIMEOUT });
+  return page.locator(selector).count();
+}
+
+const PAGES = [
+  { path: '/grid', heading: 'Grid', ready: '#grid-tree li.branch' },
+  { path: '/market', heading: 'Market', ready: '#chart-prices svg' },
+  { path: '/participants', heading: 'Participants', ready: '#participants tbody tr[data-participant]' },
+  { path: '/ledger', heading: 'Ledger', ready: '#ledger-blocks tbody a[href^="/ledger/blocks/"]' },
+  { path: '/alerts', heading: 'Alerts', ready: '#alerts tbody tr' },
+];
+
+for (const p of PAGES) {
+  test(`${p.heading} page loads with data and without console errors`, async () => {
+    const { page, errors, close } = await openPage();
+    try {
+      await page.goto(base + p.path);
+      await waitForAny(page, p.ready);
+      assert.equal(await page.locator('h1:visible').innerText(), p.heading);
+      assert.equal(await page.locator('nav a[aria-current="page"]').innerText().then((t) => t.split(/\s/)[0]), p.heading);
+      // Both services reachable: the banner naming an unreachable service is hidden.
+      assert.equal(await page.locator('#banner').isHidden(), true, 'service banner: ' + (await page.locator('#banner').innerText().catch(() => '')));
+      await shot(page, p.path.slice(1));
+      assert.deepEqual(errors, []);
+    } finally { await close(); }
+  });
+}
+
+test('market charts are drawn from real data', async () => {
+  const { page, errors, close } = await openPage();
+  try {
+    await page.goto(base + '/market');
+    await waitForAny(page, '#chart-prices svg');
+    await waitForAny(page, '#chart-volume svg');
+    await waitForAny(page, '#chart-depth svg');
+    for (const id of ['prices', 'volume']) {
+      assert.equal(await page.locator(`#chart-${id} svg[data-empty]`).count(), 0, `${id} chart is not the placeholder`);
+    }
+    // Price lines: at least one polyline with two or more points.
+    const pricePoints = await page.$$eval('#chart-prices svg polyline', (ls) => ls.map((l) => (l.getAttribute('points') || '').trim().split(/\s+/).filter(Boolean).length));
+    assert.ok(pricePoints.some((n) => n >= 2), 'price chart has a line with data: ' + JSON.stringify(pricePoints));
+    // Volume bars: filled rectangles with a positive height besides the background.
+    const bars = await page.$$eval('#chart-volume svg rect', (rs) => rs.filter((r) => Number(r.getAttribute('height')) > 0 && r.getAttribute('fill') !== '#FFFFFF').length);
+    assert.ok(bars >= 2, 'volume chart has bars: ' + bars);
+    const depthEmpty = await page.locator('#chart-depth svg[data-empty]').count();
+    if (depthEmpty === 0) {
+      const shapes = await page.$$eval('#chart-depth svg polygon, #chart-depth svg polyline', (ps) => ps.filter((p) => (p.getAttribute('points') || '').trim().split(/\s+/).length >= 2).length);
+      assert.ok(shapes >= 1, 'depth chart draws its curves');
+    } else {
+      test.diagnostic?.('the open interval has no orders yet, so the depth chart shows its placeholder');
+    }
+    assert.deepEqual(errors, []);
+  } finally { await close(); }
+});
+
+test('click-through: congested feeder → its participants → a token\'s provenance with a verified proof', async () => {
+  const { page, errors, close } = await openPage();
+  try {
+    await page.goto(base + '/grid');
+    await waitForAny(page, '#grid-tree li.branch');
+    // A branch congested now, else one congested in the shown history.
+    let link = page.locator('#grid-tree li.branch[data-congested="true"] a.name').first();
+    if (await link.count() === 0) link = page.locator('#grid-congestion a[data-congested-node]').first();
+    assert.ok(await link.count() > 0, 'no branch was at its limit in the shown history: the neighbourhood produced no congestion');
+    const feeder = (await link.innerText()).trim();
+    await link.click();
+    await page.waitForURL((u) => u.pathname === '/participants' && u.searchParams.get('node') === feeder);
+    await page.waitForSelector('#participant-filter:not([hidden])');
+    assert.match(await page.locator('#participant-filter').innerText(), new RegExp('Within ' + feeder));
+    await waitForAny(page, '#participants tbody tr[data-participant]');
+    const rows = page.locator('#participants tbody tr[data-participant]');
+    assert.ok(await rows.count() > 0, 'the congested branch has participants');
+    // A participant of that branch holding tokens (last column); else any holder, noted.
+    const pickHolder = async () => {
+      const n = await rows.count();
+      for (let i = 0; i < n; i++) {
+        const tokens = (await rows.nth(i).locator('td').last().innerText()).replace(/[,–\s]/g, '');
+        if (Number(tokens) > 0) return rows.nth(i).locator('td').first().locator('a');
+      }
+      return null;
+    };
+    let holder = await pickHolder();
+    if (!holder) {
+      test.diagnostic?.(`no participant below ${feeder} holds tokens; following a holder elsewhere`);
+      await page.locator('#participant-filter a').click();
+      await page.waitForSelector('#participant-filter[hidden]', { state: 'attached' });
+      await waitForAny(page, '#participants tbody tr[data-participant]');
+      holder = await pickHolder();
+    }
+    assert.ok(holder, 'some participant holds tokens');
+    const who = (await holder.innerText()).trim();
+    await holder.click();
+    await page.waitForURL((u) => u.pathname === '/participants/' + who);
+    await waitForAny(page, '#holdings tbody tr[data-lot] a');
+    await shot(page, 'participant-detail');
+    await page.locator('#holdings tbody tr[data-lot] a').first().click();
+    await page.waitForURL((u) => u.pathname.startsWith('/ledger/entries/'));
+    // Follow transfers back to their mint.
+    for (let hops = 0; hops < 10; hops++) {
+      await page.waitForSelector('#proof-verdict:not([data-ok="pending"])');
+      const back = page.locator('#ledger-detail a[href^="/ledger/entries/"]');
+      const isMint = await page.locator('#ledger-detail [data-readings]').count() > 0;
+      if (isMint || await back.count() === 0) break;
+      await back.first().click();
+      await page.waitForURL((u) => u.pathname.startsWith('/ledger/entries/'));
+    }
+    const verdict = page.locator('#proof-verdict');
+    assert.equal(await verdict.getAttribute('data-ok'), 'true', 'inclusion proof: ' + (await verdict.innerText()));
+    const readings = await page.locator('#ledger-detail [data-reading]').count();
+    assert.ok(readings > 0, 'the mint names the signed readings behind it');
+    await shot(page, 'ledger-provenance');
+    assert.deepEqual(errors, []);
+  } finally { await close(); }
+});
+
+test('search box filters participants without reloading the page', async () => {
+  const { page, errors, close } = await openPage();
+  try {
+    await page.goto(base + '/participants');
+    await waitForAny(page, '#participants tbody tr[data-participant]');
+    const first = await page.locator('#participants tbody tr[data-participant]').first().getAttribute('data-participant');
+    await page.evaluate(() => { window.__noReload = true; });
+    await page.getByLabel('Search participants').fill(first);
+    await page.waitForFunction((id) => {
+      const rows = [...document.querySelectorAll('#participants tbody tr[data-participant]')];
+      return rows.length > 0 && rows.every((r) => r.textContent.toLowerCase().includes(id.toLowerCase()));
+    }, first);
+    assert.equal(await page.evaluate(() => window.__noReload), true, 'no full-page reload');
+    await page.getByLabel('Search participants').fill('no-such-participant-zz');
+    await page.waitForSelector('#participants tbody td.empty');
+    assert.deepEqual(errors, []);
+  } finally { await close(); }
+});
+
+test('phone width: no horizontal page overflow, pages still readable', async () => {
+  const { page, errors, close } = await openPage({ width: 390, height: 844 });
+  try {
+    for (const p of ['/grid', '/market', '/participants']) {
+      await page.goto(base + p);
+      await waitForAny(page, PAGES.find((x) => x.path === p).ready);
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert.ok(overflow <= 1, `${p} overflows the phone width by ${overflow}px`);
+      await shot(page, 'phone-' + p.slice(1));
+    }
+    assert.deepEqual(errors, []);
+  } finally { await close(); }
+});
