@@ -1,0 +1,287 @@
+//! Settling intervals, minting, transfers, retirements, withheld mints and the audit, on SQLite
+//! and PostgreSQL.
+
+mod common;
+
+use common::*;
+use gridmesh_protocol::market::Counterparty;
+use gridmesh_protocol::signing::SignedEnvelope;
+use gridmesh_protocol::token::{TokenRetire, TokenTransfer};
+use gridmesh_protocol::{ParticipantId, Wh};
+use settlement::audit;
+use settlement::ledger::{parse_hex32, verify_proof};
+use settlement::service::{Service, ServiceError, SettleOutcome};
+use sqlx::Row;
+
+fn lot(hex: &str) -> [u8; 32] {
+    parse_hex32(hex).unwrap()
+}
+
+fn transfer(from: &str, to: &str, lot_hex: &str, amount: i64, nonce: u64, signer: &str) -> SignedEnvelope {
+    let t = TokenTransfer {
+        from: ParticipantId::new(from).unwrap(),
+        to: ParticipantId::new(to).unwrap(),
+        lot: lot(lot_hex),
+        amount: Wh(amount),
+        nonce,
+    };
+    SignedEnvelope::sign(&t, &participant_key(signer))
+}
+
+fn retire(holder: &str, lot_hex: &str, amount: i64, nonce: u64) -> SignedEnvelope {
+    let t = TokenRetire {
+        holder: ParticipantId::new(holder).unwrap(),
+        lot: lot(lot_hex),
+        amount: Wh(amount),
+        nonce,
+    };
+    SignedEnvelope::sign(&t, &participant_key(holder))
+}
+
+async fn count(s: &Service, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+        .fetch_one(&s.db().pool)
+        .await
+        .unwrap()
+}
+
+/// Interval 12:00: alice sells 1000 to bob and 100 to the utility, carol sells 500 to bob and
+/// buys 200 from the utility; alice under-delivers, carol over-delivers, bob under-consumes.
+async fn settle_scenario(s: &Service) {
+    let i = interval("12:00");
+    let trades = vec![
+        trade(order("alice", "o-a1"), order("bob", "o-b1"), 1000, 200_000),
+        trade(order("carol", "o-c1"), order("bob", "o-b1"), 500, 200_000),
+        trade(Counterparty::Utility, order("carol", "o-c2"), 200, 300_000),
+        trade(order("alice", "o-a1"), Counterparty::Utility, 100, 80_000),
+    ];
+    s.add_result(&result(i, trades)).await.unwrap();
+    let out = s
+        .ingest(submit(&[
+            sign(&reading("gw-alice", 1, i, 0, 800, 900, 1_000)),
+            sign(&reading("gw-bob", 1, i, 1_200, 0, 0, 1_000)),
+            sign(&reading("gw-carol", 1, i, 150, 700, 800, 1_000)),
+        ]))
+        .await
+        .unwrap();
+    assert!(out.iter().all(|o| o.status == "accepted"), "{out:?}");
+    // The result for 14:00 is not due yet (it ends after now); 12:00 is (end + grace < now).
+    s.add_result(&result(interval("14:00"), vec![])).await.unwrap();
+    let settled = s.settle_due().await.unwrap();
+    assert_eq!(settled, vec![i.key()]);
+}
+
+async fn full_flow(backend: &str) {
+    let (url, _dir) = database(backend, "settle").await;
+    let s = service(&url).await;
+    settle_scenario(&s).await;
+    let i = interval("12:00");
+
+    // Statements, to the unit.
+    let st = s.statements(None, Some(&i.key())).await.unwrap();
+    let by = |p: &str| st.iter().find(|x| x.participant.as_str() == p).unwrap().clone();
+    let (alice, bob, carol) = (by("alice"), by("bob"), by("carol"));
+    // alice: +200 (1000 Wh @ 200/MWh... in minor units) +8 (100 Wh to utility) −90 (300 Wh shortfall at retail).
+    assert_eq!(alice.net.0, 200 + 8 - 90, "{alice:?}");
+    // bob: −200 −100 (purchases) +24 (300 Wh untaken at feed-in).
+    assert_eq!(bob.net.0, -300 + 24, "{bob:?}");
+    // carol: +100 (sale) −60 (utility purchase) +16 (200 Wh surplus) +4 (50 Wh untaken).
+    assert_eq!(carol.net.0, 100 - 60 + 16 + 4, "{carol:?}");
+    let p2p: i64 = st
+        .iter()
+        .flat_map(|x| &x.lines)
+        .filter(|l| l.counterparty != "utility")
+        .map(|l| l.amount.0)
+        .sum();
+    assert_eq!(p2p, 0);
+    // Filters by participant and by the interval's start work too.
+    assert_eq!(s.statements(Some("bob"), None).await.unwrap().len(), 1);
+
+    // Tokens: alice's 800 Wh delivered splits 727/73 over her two sales; bob's 1200 Wh
+    // consumed splits 800/400 over his purchases: mints 727 (alice→bob) + 400 (carol→bob).
+    assert_eq!(bob.tokens, Wh(1_127));
+    let balances = s.balances("bob").await.unwrap();
+    assert_eq!(balances["balance"], 1_127);
+    let holdings = balances["holdings"].as_array().unwrap();
+    assert_eq!(holdings.len(), 2);
+    let from_alice = holdings
+        .iter()
+        .find(|h| h["provenance"]["seller"] == "alice")
+        .unwrap()
+        .clone();
+    assert_eq!(from_alice["amount"], 727);
+    assert_eq!(from_alice["provenance"]["source"], "pv");
+    assert_eq!(from_alice["provenance"]["price"], 200_000);
+    assert_eq!(from_alice["provenance"]["interval"], i.key());
+    let alice_digest = sign(&reading("gw-alice", 1, i, 0, 800, 900, 1_000)).digest_hex();
+    assert_eq!(from_alice["provenance"]["seller_readings"][0], alice_digest);
+    assert_eq!(s.metrics.tokens_minted_wh.get(), 1_127);
+
+    // Settling again changes nothing.
+    let before = (count(&s, "entries").await, count(&s, "blocks").await, count(&s, "statements").await);
+    assert_eq!(s.settle(&i.key()).await.unwrap(), SettleOutcome::AlreadySettled);
+    let after = (count(&s, "entries").await, count(&s, "blocks").await, count(&s, "statements").await);
+    assert_eq!(before, after);
+
+    // A partial transfer and a retirement.
+    let lot_a = from_alice["lot"].as_str().unwrap().to_owned();
+    let t = transfer("bob", "carol", &lot_a, 300, 1, "bob");
+    let receipt = s.transfer(t.clone()).await.unwrap();
+    assert!(!receipt.duplicate);
+    assert!(s.transfer(t).await.unwrap().duplicate, "a replayed transfer applies once");
+    let forged = transfer("bob", "carol", &lot_a, 10, 2, "carol");
+    assert!(matches!(s.transfer(forged).await, Err(ServiceError::Forbidden(_))));
+    let too_much = transfer("bob", "carol", &lot_a, 428, 3, "bob");
+    assert!(matches!(s.transfer(too_much).await, Err(ServiceError::Conflict(_))));
+    let r = s.retire(retire("carol", &receipt.lot, 100, 1)).await.unwrap();
+    assert_eq!(r.lot, receipt.lot);
+    let over = s.retire(retire("carol", &receipt.lot, 201, 2)).await;
+    assert!(matches!(over, Err(ServiceError::Conflict(_))), "{over:?}");
+    assert_eq!(s.balances("bob").await.unwrap()["balance"], 827);
+    let c = s.balances("carol").await.unwrap();
+    assert_eq!((c["balance"].as_i64(), c["retired"].as_i64()), (Some(200), Some(100)));
+    assert_eq!(c["holdings"][0]["parent_lot"], lot_a.as_str());
+    assert_eq!(c["holdings"][0]["provenance"]["seller"], "alice", "provenance follows the tokens");
+
+    // The next interval's block seals the transfer and the retirement, with proofs.
+    let i2 = interval("12:15");
+    s.add_result(&result(i2, vec![])).await.unwrap();
+    assert_eq!(s.settle(&i2.key()).await.unwrap(), SettleOutcome::Settled { height: 1 });
+    let block = s.block(1).await.unwrap().unwrap();
+    let hashes: Vec<&str> = block["entries"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(hashes, vec![receipt.entry.as_str(), r.entry.as_str()]);
+    for h in hashes {
+        let e = s.entry(h).await.unwrap().unwrap();
+        let proof: Vec<settlement::ledger::ProofStep> = serde_json::from_value(e["proof"].clone()).unwrap();
+        assert!(verify_proof(lot(h), &proof, lot(block["merkle_root"].as_str().unwrap())));
+    }
+    let b0 = s.block(0).await.unwrap().unwrap();
+    assert_eq!(block["prev_hash"], b0["hash"]);
+
+    let report = audit::verify(s.db(), Some(s.authority())).await.unwrap();
+    assert_eq!((report.blocks, report.entries, report.mints, report.lots, report.readings), (2, 4, 2, 3, 3));
+    let other = gridmesh_protocol::keys::SigningKeyPair::from_seed([7; 32]).public_key();
+    let err = audit::verify(s.db(), Some(other)).await.unwrap_err().to_string();
+    assert!(err.contains("block 0") && err.contains("not by the settlement authority"), "{err}");
+
+    tamper(&s).await;
+}
+
+async fn get_blob(pool: &sqlx::AnyPool, sql: &str, key_col: &str, key: &str) -> Vec<u8> {
+    let q = sqlx::query(sql);
+    let q = if key_col == "reading_key" { q.bind(key.to_owned()) } else { q.bind(key.parse::<i64>().unwrap()) };
+    q.fetch_one(pool).await.unwrap().get(0)
+}
+
+async fn set_blob(pool: &sqlx::AnyPool, sql: &str, key_col: &str, key: &str, value: Vec<u8>) {
+    let q = sqlx::query(sql).bind(value);
+    let q = if key_col == "reading_key" { q.bind(key.to_owned()) } else { q.bind(key.parse::<i64>().unwrap()) };
+    q.execute(pool).await.unwrap();
+}
+
+/// Flips one byte of each kind of stored record; the audit names it; restoring fixes it.
+async fn tamper(s: &Service) {
+    let pool = &s.db().pool;
+    let targets: [(&str, &str, &str, &str, &str); 6] = [
+        ("entries", "body", "seq", "1", "ledger entry #1"),
+        ("entries", "body", "seq", "3", "ledger entry #3"),
+        ("blocks", "header", "height", "0", "block 0"),
+        ("blocks", "signature", "height", "1", "block 1"),
+        ("readings", "payload", "reading_key", "gw-bob/home/1782043200", "reading gw-bob/home/1782043200"),
+        ("readings", "signature", "reading_key", "gw-alice/home/1782043200", "reading gw-alice/home/1782043200"),
+    ];
+    for (table, column, key_col, key, expect) in targets {
+        let select = format!("SELECT {column} FROM {table} WHERE {key_col} = $1");
+        let update = format!("UPDATE {table} SET {column} = $1 WHERE {key_col} = $2");
+        let original = get_blob(pool, &select, key_col, key).await;
+        let mut flipped = original.clone();
+        let at = flipped.len() / 2;
+        flipped[at] ^= 0x01;
+        set_blob(pool, &update, key_col, key, flipped).await;
+        let err = audit::verify(s.db(), None).await.unwrap_err().to_string();
+        assert!(err.contains(expect), "flipping {table}.{column}: {err}");
+        set_blob(pool, &update, key_col, key, original).await;
+        audit::verify(s.db(), None).await.unwrap();
+    }
+    // Balances that disagree with the ledger, and statements whose lines do not add up.
+    sqlx::query("UPDATE lots SET remaining = remaining + 1 WHERE holder = 'bob' AND parent_lot IS NULL AND initial = 400")
+        .execute(pool)
+        .await
+        .unwrap();
+    let err = audit::verify(s.db(), None).await.unwrap_err().to_string();
+    assert!(err.contains("balance of lot"), "{err}");
+    sqlx::query("UPDATE lots SET remaining = remaining - 1 WHERE holder = 'bob' AND parent_lot IS NULL AND initial = 400")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE statements SET net = net + 1 WHERE participant = 'carol'")
+        .execute(pool)
+        .await
+        .unwrap();
+    let err = audit::verify(s.db(), None).await.unwrap_err().to_string();
+    assert!(err.contains("statement of carol"), "{err}");
+    sqlx::query("UPDATE statements SET net = net - 1 WHERE participant = 'carol'")
+        .execute(pool)
+        .await
+        .unwrap();
+    audit::verify(s.db(), None).await.unwrap();
+}
+
+#[tokio::test]
+async fn settle_mint_transfer_retire_audit_sqlite() {
+    full_flow("sqlite").await;
+}
+
+#[tokio::test]
+async fn settle_mint_transfer_retire_audit_postgres() {
+    full_flow("postgres").await;
+}
+
+async fn withheld(backend: &str) {
+    let (url, _dir) = database(backend, "withheld").await;
+    let s = service(&url).await;
+    let i = interval("12:30");
+    s.add_result(&result(i, vec![trade(order("alice", "a"), order("bob", "b"), 500, 150_000)]))
+        .await
+        .unwrap();
+    // 3100 Wh in 15 min is more than 8 kW + 4 kW can deliver (3000 Wh): flagged.
+    let out = s
+        .ingest(submit(&[
+            sign(&reading("gw-alice", 1, i, 0, 3_100, 3_200, 1_000)),
+            sign(&reading("gw-bob", 1, i, 500, 0, 0, 1_000)),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(out[0].code.unwrap().as_str(), "implausible_export");
+    s.settle(&i.key()).await.unwrap();
+    assert_eq!(s.balances("bob").await.unwrap()["balance"], 0, "not tokenized while flagged");
+    // Money still settles on the meter.
+    let alice = &s.statements(Some("alice"), None).await.unwrap()[0];
+    assert_eq!(alice.delivered, Wh(500));
+    let q = s.quarantine(10).await.unwrap();
+    let id = q[0]["id"].as_i64().unwrap();
+    assert_eq!(q[0]["acceptable"], true);
+    assert_eq!(s.accept_quarantined(id).await.unwrap(), 1);
+    assert_eq!(s.balances("bob").await.unwrap()["balance"], 500);
+    assert_eq!(s.accept_quarantined(id).await.unwrap(), 0, "accepting twice releases nothing more");
+    // A forged reading can never be accepted.
+    let mut bad = sign(&reading("gw-carol", 1, i, 1, 1, 1, 1));
+    bad.signature[0] ^= 1;
+    s.ingest(submit(&[bad])).await.unwrap();
+    let forged_id = s.quarantine(1).await.unwrap()[0]["id"].as_i64().unwrap();
+    assert!(matches!(s.accept_quarantined(forged_id).await, Err(ServiceError::Conflict(_))));
+    s.add_result(&result(interval("12:45"), vec![])).await.unwrap();
+    s.settle(&interval("12:45").key()).await.unwrap();
+    let report = audit::verify(s.db(), None).await.unwrap();
+    assert_eq!(report.mints, 1);
+}
+
+#[tokio::test]
+async fn flagged_reading_withholds_mint_until_accepted_sqlite() {
+    withheld("sqlite").await;
+}
+
+#[tokio::test]
+async fn flagged_reading_withholds_mint_until_accepted_postgres() {
+    withheld("postgres").await;
+}
