@@ -1,1 +1,54 @@
-//! placeholder
+//! The gridmesh edge gateway: the homeowner's Raspberry Pi that reads the home's inverter,
+//! battery and grid meter, signs what was metered per delivery interval, never loses a reading,
+//! and bids for the household.
+//!
+//! The pipeline, one module per stage, with bounded channels between the tasks:
+//!
+//! - [`config`]: the TOML config, environment overrides, validation with fixes;
+//! - [`modbus`], [`sunspec`], [`mqtt_devices`], [`reader`]: reading devices (Modbus TCP, RTU,
+//!   RTU over TCP with SunSpec discovery; Tasmota, Shelly, OpenDTU over MQTT) into [`sample`]s;
+//! - [`accountant`]: interval energy from cumulative counters, with resets, wraps, missed
+//!   boundaries and clock steps flagged (pure);
+//! - [`outbox`]: signing into the protocol's [`Reading`](gridmesh_protocol::Reading) and the
+//!   durable SQLite outbox, with the sequence number and resume state in the same transaction;
+//! - [`uplink`]: delivery by MQTT QoS 1 (PUBACK) or HTTP to settlement, in order, with backoff;
+//! - [`agent`] (pure) and [`agent_loop`]: the household bidding agent and battery steering;
+//! - [`status`] and [`health`]: `/healthz` and Prometheus `/metrics`;
+//! - [`detect`]: the `detect HOST` scan; [`gateway`]: wiring it all up ([`run`]).
+//!
+//! Architecture invariant: the gateway knows nothing of clearing or settlement rules, and pulls
+//! in neither an LP solver nor a PostgreSQL driver.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), edge_gateway::GatewayError> {
+//! use edge_gateway::config::{DeviceConfig, GatewayConfig, Role};
+//! let mut config = GatewayConfig::default();
+//! config.devices.push(DeviceConfig::modbus_tcp("inverter", Role::Inverter, "127.0.0.1", 15020, 1));
+//! config.health_listen = "127.0.0.1:0".into();
+//! let shutdown = gridmesh_runtime::shutdown::Shutdown::new();
+//! let running = edge_gateway::run(config, gridmesh_runtime::clock::Clock::system(), shutdown.clone()).await?;
+//! println!("health on {}", running.health_addr);
+//! shutdown.wait().await;
+//! # Ok(()) }
+//! ```
+
+pub mod accountant;
+pub mod agent;
+pub mod agent_loop;
+pub mod config;
+pub mod detect;
+pub mod gateway;
+pub mod health;
+pub mod modbus;
+pub mod mqtt_devices;
+pub mod outbox;
+pub mod reader;
+pub mod sample;
+pub mod status;
+pub mod sunspec;
+pub mod uplink;
+
+pub use config::GatewayConfig;
+pub use gateway::{GatewayError, KeySource, RunningGateway, run, run_with_key};

@@ -1,0 +1,119 @@
+//! The bidding agent's task: wakes before each gate closure, plans with [`crate::agent`],
+//! signs and posts the orders to the market, and after clearing steers the battery.
+
+use crate::config::GatewayConfig;
+use crate::outbox::Outbox;
+use crate::status::Status;
+use chrono::Duration as ChronoDuration;
+use gridmesh_protocol::keys::SigningKeyPair;
+use gridmesh_protocol::market::IntervalResult;
+use gridmesh_protocol::{Interval, SignedEnvelope};
+use gridmesh_runtime::clock::Clock;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Everything the agent task needs.
+pub struct AgentTask {
+    /// The gateway config.
+    pub config: GatewayConfig,
+    /// The market's base URL.
+    pub market: String,
+    /// The participant's key.
+    pub key: SigningKeyPair,
+    /// For history.
+    pub outbox: Outbox,
+    /// Simulated or system time.
+    pub clock: Clock,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// Status.
+    pub status: Arc<Status>,
+    /// Latest battery SoC.
+    pub soc: Arc<Mutex<Option<u16>>>,
+    /// Battery steering commands to the reader.
+    pub steer: mpsc::Sender<i64>,
+    /// Shutdown.
+    pub cancel: CancellationToken,
+}
+
+/// Runs the agent until shutdown.
+pub async fn run(task: AgentTask) {
+    let length = task.config.interval_length();
+    let lead = ChronoDuration::seconds(task.config.agent.gate_closure_lead_s);
+    let margin = ChronoDuration::seconds(task.config.agent.submit_margin_s);
+    let market = task.market.trim_end_matches('/').to_owned();
+    loop {
+        let now = task.clock.now();
+        let mut target = Interval::next_open(now, length, lead);
+        if target.gate_closure(lead) - margin < now {
+            target = target.next();
+        }
+        let submit_at = target.gate_closure(lead) - margin;
+        tokio::select! {
+            _ = task.cancel.cancelled() => return,
+            _ = task.clock.sleep_until(submit_at) => {}
+        }
+        let history = task.outbox.history(8 * 96).await.unwrap_or_default();
+        let soc = *task.soc.lock().unwrap_or_else(|e| e.into_inner());
+        let orders = crate::agent::plan(
+            &task.config.agent,
+            &task.config.participant,
+            &task.config.node,
+            target,
+            &history,
+            soc,
+            task.config.site.battery_w,
+        );
+        for order in &orders {
+            let envelope = SignedEnvelope::sign(order, &task.key);
+            let result = task
+                .http
+                .post(format!("{market}/orders"))
+                .json(&envelope)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            match result {
+                Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::CONFLICT => {
+                    task.status.update(|s| s.orders_submitted += 1);
+                    tracing::info!(interval = %target, side = ?order.side, quantity = order.quantity.0, "order submitted");
+                }
+                Ok(r) => {
+                    let code = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    task.status.update(|s| s.orders_failed += 1);
+                    tracing::warn!(%code, body = %text, "the market refused an order");
+                }
+                Err(e) => {
+                    task.status.update(|s| s.orders_failed += 1);
+                    tracing::warn!(error = %e, "cannot reach the market to submit an order");
+                }
+            }
+        }
+        if task.config.agent.steer_battery && !orders.is_empty() {
+            let forecast = crate::agent::forecast_net(&history, &target).unwrap_or(0);
+            tokio::select! {
+                _ = task.cancel.cancelled() => return,
+                _ = task.clock.sleep_until(target.start()) => {}
+            }
+            let url = format!(
+                "{market}/intervals/{}/result",
+                target.start().format("%Y-%m-%dT%H:%M:%SZ")
+            );
+            if let Ok(r) = task
+                .http
+                .get(url)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                && r.status().is_success()
+                && let Ok(result) = r.json::<IntervalResult>().await
+            {
+                let watts = crate::agent::steering_for(&result, &task.config.participant, forecast);
+                let _ = task.steer.send(watts).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! The gateway's configuration: TOML with environment overrides, validated into clear errors.
+//!
+//! Loading happens in two stages, as ripgrep does it: [`GatewayConfig::load`] parses the file
+//! (serde reports the line and column of a mistake), then [`GatewayConfig::validate`] checks
+//! what serde cannot (a Modbus device without a host, an `mqtts://` URL without a CA, ...) and
+//! says how to fix it.
+
+use gridmesh_protocol::{DeviceId, GatewayId, IntervalLength, NodeId, ParticipantId, PricePerMwh};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Environment prefix for overrides: `GRIDMESH_GATEWAY_MARKET_URL=...`.
+pub const ENV_PREFIX: &str = "GRIDMESH_GATEWAY";
+
+/// Why a configuration is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed (the message names the line).
+    #[error(transparent)]
+    Load(#[from] gridmesh_runtime::config::ConfigError),
+    /// A value parsed but does not make sense.
+    #[error("config problem in {field}: {problem}. Fix: {fix}")]
+    Invalid {
+        /// The offending key, for example `devices[2].host`.
+        field: String,
+        /// What is wrong.
+        problem: String,
+        /// What to do.
+        fix: String,
+    },
+}
+
+fn invalid(
+    field: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// The complete gateway configuration. Every field has a default, so `GatewayConfig::default()`
+/// is a valid starting point for code that builds a config (the in-process launcher, tests).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// This gateway's id (also in its MQTT topic and client id).
+    pub gateway_id: GatewayId,
+    /// The household it meters and trades for.
+    pub participant: ParticipantId,
+    /// The household's grid node (feeder connection).
+    pub node: NodeId,
+    /// The device-set id signed into readings (usually the whole home).
+    pub device_set: DeviceId,
+    /// Delivery interval length in minutes (5, 15, 30 or 60).
+    pub interval_minutes: u16,
+    /// The ed25519 key file (mode 0600), created by `edge-gateway keygen`.
+    pub key_path: PathBuf,
+    /// The SQLite outbox file.
+    pub outbox_path: PathBuf,
+    /// Largest outbox size in bytes of stored readings before the oldest are dropped (with a
+    /// loud warning from 80% on).
+    pub outbox_cap_bytes: u64,
+    /// The market's REST base URL (orders, enrolment), for example `http://127.0.0.1:8081`.
+    pub market_url: Option<String>,
+    /// Settlement's REST base URL (HTTP fallback for readings), e.g. `http://127.0.0.1:8082`.
+    pub settlement_url: Option<String>,
+    /// The operator/enrolment token for `edge-gateway enroll`.
+    pub enroll_token: Option<String>,
+    /// The MQTT broker (readings uplink and MQTT devices).
+    pub mqtt: MqttConfig,
+    /// How often to poll devices, in real milliseconds.
+    pub poll_ms: u64,
+    /// Timeout of every single Modbus call, in real milliseconds.
+    pub modbus_timeout_ms: u64,
+    /// A value older than this (simulated seconds) at interval close is stale.
+    pub stale_after_s: u64,
+    /// Where `/healthz` and `/metrics` listen (`127.0.0.1:0` picks a free port).
+    pub health_listen: String,
+    /// The firmware version signed into readings (at most 16 ASCII bytes).
+    pub firmware: String,
+    /// Accelerated time for demos and tests (absent: the system clock).
+    pub clock: Option<ClockConfig>,
+    /// The household bidding agent.
+    pub agent: AgentConfig,
+    /// Site data sent with `enroll`.
+    pub site: SiteConfig,
+    /// The devices to read.
+    pub devices: Vec<DeviceConfig>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            gateway_id: GatewayId::new("gateway-1").expect("valid id"),
+            participant: ParticipantId::new("household-1").expect("valid id"),
+            node: NodeId::new("home-1").expect("valid id"),
+            device_set: DeviceId::new("home").expect("valid id"),
+            interval_minutes: 15,
+            key_path: PathBuf::from("gateway.key"),
+            outbox_path: PathBuf::from("outbox.db"),
+            outbox_cap_bytes: 64 * 1024 * 1024,
+            market_url: None,
+            settlement_url: None,
+            enroll_token: None,
+            mqtt: MqttConfig::default(),
+            poll_ms: 1000,
+            modbus_timeout_ms: 1000,
+            stale_after_s: 60,
+            health_listen: "127.0.0.1:9100".into(),
+            firmware: concat!("gw-", env!("CARGO_PKG_VERSION")).into(),
+            clock: None,
+            agent: AgentConfig::default(),
+            site: SiteConfig::default(),
+            devices: Vec::new(),
+        }
+    }
+}
+
+/// MQTT broker settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host:port` (absent: readings go over HTTP only).
+    pub url: Option<String>,
+    /// CA certificate for `mqtts://` (not supported by this build).
+    pub ca_file: Option<PathBuf>,
+    /// Client id (default `gridmesh-gw-<gateway id>`).
+    pub client_id: Option<String>,
+}
+
+/// Accelerated time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockConfig {
+    /// Simulated time at start, RFC 3339.
+    pub epoch: chrono::DateTime<chrono::Utc>,
+    /// Simulated seconds per real second.
+    pub speed: f64,
+}
+
+/// The household bidding agent's limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Whether to submit orders at all.
+    pub enabled: bool,
+    /// Lowest price to sell at, minor units per MWh.
+    pub min_sell_price: PricePerMwh,
+    /// Highest price to buy at, minor units per MWh.
+    pub max_buy_price: PricePerMwh,
+    /// Battery state of charge (percent) never offered for sale.
+    pub battery_reserve_pct: u8,
+    /// Usable battery capacity in Wh (0: no battery energy is offered).
+    pub battery_capacity_wh: i64,
+    /// Whether to steer the battery (SunSpec model 124 writes) toward the cleared position.
+    pub steer_battery: bool,
+    /// Submit orders this many simulated seconds before gate closure.
+    pub submit_margin_s: i64,
+    /// The market's gate-closure lead time in simulated seconds.
+    pub gate_closure_lead_s: i64,
+    /// Smallest order worth sending, Wh.
+    pub min_order_wh: i64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            enabled: false,
+            min_sell_price: PricePerMwh(80_000),
+            max_buy_price: PricePerMwh(300_000),
+            battery_reserve_pct: 20,
+            battery_capacity_wh: 0,
+            steer_battery: false,
+            submit_margin_s: 60,
+            gate_closure_lead_s: 300,
+            min_order_wh: 10,
+        }
+    }
+}
+
+/// Site facts for enrolment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Rated PV inverter power, W.
+    pub inverter_w: u32,
+    /// Rated battery discharge power, W.
+    pub battery_w: u32,
+    /// Latitude, degrees north.
+    pub latitude: f64,
+    /// Longitude, degrees east.
+    pub longitude: f64,
+}
+
+/// What a device is in the home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A PV inverter (PV energy).
+    Inverter,
+    /// A battery (charge/discharge energy, SoC).
+    Battery,
+    /// The grid connection meter (import/export energy).
+    GridMeter,
+}
+
+/// How a device is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// Modbus TCP.
+    ModbusTcp,
+    /// Modbus RTU on a serial port.
+    ModbusRtu,
+    /// Modbus RTU frames over a TCP connection (serial gateways).
+    RtuOverTcp,
+    /// An MQTT-publishing device.
+    Mqtt,
+}
+
+/// The payload format of an MQTT device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MqttFormat {
+    /// Tasmota `tele/<topic>/SENSOR` (ENERGY.Total kWh, ENERGY.Power W).
+    Tasmota,
+    /// Shelly Gen2+ `<id>/status/switch:0` (aenergy.total Wh) or `<id>/status/emdata:0`.
+    ShellyGen2,
+    /// OpenDTU `solar/<serial>/0/yieldtotal` (kWh) and `.../power` (W).
+    Opendtu,
+}
+
+/// Serial parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parity {
+    /// No parity (8N1).
+    #[default]
+    None,
+    /// Even parity (8E1).
+    Even,
+    /// Odd parity (8O1).
+    Odd,
+}
+
+/// One device. Which fields apply depends on `transport`; [`GatewayConfig::validate`] checks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// A short name for logs and metrics.
+    pub name: String,
+    /// Inverter, battery or grid meter.
+    pub role: Role,
+    /// How it is reached.
+    pub transport: Transport,
+    /// Host (Modbus TCP, RTU over TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Port (Modbus TCP default 502).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Modbus unit id (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<u8>,
+    /// Serial device path (Modbus RTU), e.g. `/dev/ttyUSB0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_path: Option<PathBuf>,
+    /// Baud rate (Modbus RTU, default 9600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baud: Option<u32>,
+    /// Parity (Modbus RTU, default none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parity: Option<Parity>,
+    /// SunSpec base address (default: probe 40000, 0, 50000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sunspec_base: Option<u16>,
+    /// MQTT payload format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<MqttFormat>,
+    /// MQTT device topic or id (Tasmota topic, Shelly id, OpenDTU serial).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+}
+
+impl DeviceConfig {
+    /// A Modbus TCP device.
+    pub fn modbus_tcp(name: &str, role: Role, host: &str, port: u16, unit: u8) -> Self {
+        DeviceConfig {
+            name: name.into(),
+            role,
+            transport: Transport::ModbusTcp,
+            host: Some(host.into()),
+            port: Some(port),
+            unit: Some(unit),
+            serial_path: None,
+            baud: None,
+            parity: None,
+            sunspec_base: None,
+            format: None,
+            topic: None,
+        }
+    }
+
+    /// An MQTT device.
+    pub fn mqtt(name: &str, role: Role, format: MqttFormat, topic: &str) -> Self {
+        DeviceConfig {
+            transport: Transport::Mqtt,
+            host: None,
+            port: None,
+            unit: None,
+            format: Some(format),
+            topic: Some(topic.into()),
+            ..Self::modbus_tcp(name, role, "", 0, 0)
+        }
+    }
+
+    /// Where the device is, for messages: `host:port unit 1`.
+    pub fn location(&self) -> String {
+        match self.transport {
+            Transport::ModbusTcp | Transport::RtuOverTcp => format!(
+                "{}:{} unit {}",
+                self.host.as_deref().unwrap_or("?"),
+                self.port.unwrap_or(502),
+                self.unit.unwrap_or(1)
+            ),
+            Transport::ModbusRtu => format!(
+                "{} unit {}",
+                self.serial_path
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                self.unit.unwrap_or(1)
+            ),
+            Transport::Mqtt => format!("mqtt topic {}", self.topic.as_deref().unwrap_or("?")),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Loads a TOML file (or only defaults) plus `GRIDMESH_GATEWAY_*` overrides, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let config: GatewayConfig = gridmesh_runtime::config::load(path, ENV_PREFIX)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text (no environment) and validates, for tests and `check-config`.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: GatewayConfig = toml::from_str(text).map_err(|e| {
+            ConfigError::Load(gridmesh_runtime::config::ConfigError::Invalid {
+                path: PathBuf::from("(text)"),
+                message: e.to_string(),
+            })
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The interval length.
+    pub fn interval_length(&self) -> IntervalLength {
+        IntervalLength::from_minutes(self.interval_minutes.into()).unwrap_or_default()
+    }
+
+    /// The MQTT client id.
+    pub fn mqtt_client_id(&self) -> String {
+        self.mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("gridmesh-gw-{}", self.gateway_id))
+    }
+
+    /// Checks what parsing cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if IntervalLength::from_minutes(self.interval_minutes.into()).is_err() {
+            return Err(invalid(
+                "interval_minutes",
+                format!(
+                    "{} minutes is not an allowed interval",
+                    self.interval_minutes
+                ),
+                "use 5, 15, 30 or 60 (it must match the market's interval)",
+            ));
+        }
+        if self.firmware.len() > 16 || !self.firmware.is_ascii() {
+            return Err(invalid(
+                "firmware",
+                "longer than 16 ASCII bytes",
+                "shorten it",
+            ));
+        }
+        if self.poll_ms == 0 || self.modbus_timeout_ms == 0 {
+            return Err(invalid(
+                "poll_ms / modbus_timeout_ms",
+                "must be positive",
+                "set poll_ms = 1000 and modbus_timeout_ms = 1000",
+            ));
+        }
+        if let Some(url) = &self.mqtt.url {
+            if url.starts_with("mqtts://") {
+                return Err(invalid(
+                    "mqtt.url",
+                    "mqtts (TLS) is not supported in this build",
+                    "use mqtt:// to a broker on the local network, or terminate TLS in a local bridge broker",
+                ));
+            }
+            if !(url.starts_with("mqtt://") || url.starts_with("tcp://")) {
+                return Err(invalid(
+                    "mqtt.url",
+                    format!("`{url}` is not an MQTT URL"),
+                    "write it as mqtt://host:1883",
+                ));
+            }
+        }
+        for (name, url) in [
+            ("market_url", &self.market_url),
+            ("settlement_url", &self.settlement_url),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(invalid(
+                    name,
+                    format!("`{url}` is not an HTTP URL"),
+                    "write it as http://host:port",
+                ));
+            }
+        }
+        if self.health_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "health_listen",
+                format!("`{}` is not an IP:port address", self.health_listen),
+                "write it as 127.0.0.1:9100",
+            ));
+        }
+        if let Some(clock) = &self.clock
+            && !(clock.speed.is_finite() && clock.speed > 0.0)
+        {
+            return Err(invalid(
+                "clock.speed",
+                "must be a positive number",
+                "use 1.0 for real time",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, device) in self.devices.iter().enumerate() {
+            let field = |key: &str| format!("devices[{i}] ({}).{key}", device.name);
+            if !names.insert(device.name.as_str()) {
+                return Err(invalid(
+                    field("name"),
+                    "the name is used twice",
+                    "give every device its own name",
+                ));
+            }
+            match device.transport {
+                Transport::ModbusTcp | Transport::RtuOverTcp => {
+                    if device.host.as_deref().unwrap_or("").is_empty() {
+                        return Err(invalid(
+                            field("host"),
+                            "a Modbus TCP device needs a host",
+                            "add host = \"192.168.1.50\" (run `edge-gateway detect HOST` to find devices)",
+                        ));
+                    }
+                }
+                Transport::ModbusRtu => {
+                    if device.serial_path.is_none() {
+                        return Err(invalid(
+                            field("serial_path"),
+                            "a Modbus RTU device needs a serial port",
+                            "add serial_path = \"/dev/ttyUSB0\"",
+                        ));
+                    }
+                }
+                Transport::Mqtt => {
+                    if device.format.is_none() || device.topic.is_none() {
+                        return Err(invalid(
+                            field("format"),
+                            "an MQTT device needs a format and a topic",
+                            "add format = \"tasmota\" | \"shelly_gen2\" | \"opendtu\" and topic = \"<device topic>\"",
+                        ));
+                    }
+                    if self.mqtt.url.is_none() {
+                        return Err(invalid(
+                            "mqtt.url",
+                            format!(
+                                "device `{}` is an MQTT device but no broker is configured",
+                                device.name
+                            ),
+                            "set [mqtt] url = \"mqtt://host:1883\"",
+                        ));
+                    }
+                }
+            }
+            if device.unit == Some(0) && device.transport != Transport::Mqtt {
+                return Err(invalid(
+                    field("unit"),
+                    "unit 0 is the broadcast address and never answers",
+                    "use the device's unit id (often 1; SunSpec meters often 2 or 126)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_err(text: &str, expected: &[&str]) {
+        let err = GatewayConfig::from_toml(text).unwrap_err().to_string();
+        for piece in expected {
+            assert!(err.contains(piece), "`{piece}` not in: {err}");
+        }
+    }
+
+    #[test]
+    fn minimal_and_full_configs_parse() {
+        let c = GatewayConfig::from_toml("").unwrap();
+        assert_eq!(c.interval_minutes, 15);
+        let c = GatewayConfig::from_toml(
+            r#"
+gateway_id = "gw-h001"
+participant = "h001"
+node = "f1-h001"
+market_url = "http://127.0.0.1:8081"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+[[devices]]
+name = "inv"
+role = "inverter"
+transport = "modbus_tcp"
+host = "127.0.0.1"
+port = 15020
+unit = 1
+[[devices]]
+name = "plug"
+role = "grid_meter"
+transport = "mqtt"
+format = "tasmota"
+topic = "meter1"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.devices.len(), 2);
+        assert_eq!(c.devices[0].location(), "127.0.0.1:15020 unit 1");
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_fix() {
+        check_err(
+            "interval_minutes = \"x\"\n",
+            &["line 1", "interval_minutes"],
+        );
+        check_err("\n\nbogus = 1\n", &["line 3", "bogus"]);
+        check_err("gateway_id = \"gw 1\"\n", &["line 1", "letters, digits"]);
+        check_err(
+            "interval_minutes = 10\n",
+            &["interval_minutes", "5, 15, 30 or 60"],
+        );
+        check_err(
+            "[[devices]]\nname = \"a\"\nrole = \"inverter\"\ntransport = \"modbus_tcp\"\n",
+            &["devices[0] (a).host", "detect"],
+        );
+        check_err(
+            "[[devices]]\nname = \"a\"\nrole = \"solar\"\ntransport = \"modbus_tcp\"\n",
+            &["line 3", "inverter"],
+        );
+        check_err(
+            "[mqtt]\nurl = \"mqtts://x:8883\"\n",
+            &["mqtts", "not supported in this build"],
+        );
+        check_err(
+            "[[devices]]\nname = \"a\"\nrole = \"inverter\"\ntransport = \"mqtt\"\nformat = \"tasmota\"\ntopic = \"t\"\n",
+            &["mqtt.url", "no broker"],
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! The `edge-gateway` binary: CLI glue over the `edge_gateway` library.
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use edge_gateway::config::GatewayConfig;
+use edge_gateway::reader::Device;
+use gridmesh_protocol::keys::SigningKeyPair;
+use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
+use gridmesh_runtime::clock::Clock;
+use gridmesh_runtime::shutdown::Shutdown;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The gridmesh edge gateway: reads the home's inverter, battery and meter, signs metered
+/// energy per interval, delivers it without loss and bids for the household.
+#[derive(Debug, Parser)]
+#[command(name = "edge-gateway", version, about)]
+struct Cli {
+    /// The TOML config file (environment overrides: GRIDMESH_GATEWAY_<KEY>, nested keys joined
+    /// with `__`).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the gateway until Ctrl-C or SIGTERM.
+    Run,
+    /// Creates the signing key (mode 0600) at the config's key_path or --out.
+    Keygen {
+        /// Where to write the key (default: key_path from the config).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Key operations.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Registers this gateway and its household with the market (needs the enrolment token).
+    Enroll {
+        /// The operator/enrolment token (default: enroll_token from the config).
+        #[arg(long, env = "GRIDMESH_GATEWAY_ENROLL_TOKEN")]
+        token: Option<String>,
+    },
+    /// Scans HOST for SunSpec devices and prints a config to paste.
+    Detect {
+        /// The host to scan.
+        host: String,
+        /// Ports to scan (default: 502, 1502, 15020-15040).
+        #[arg(long, value_delimiter = ',')]
+        ports: Vec<u16>,
+        /// Timeout per connection and request, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        timeout_ms: u64,
+    },
+    /// Checks the config, the key and that every device answers.
+    CheckConfig {
+        /// Only check the file, do not contact devices.
+        #[arg(long)]
+        offline: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Prints the public key (base64) to register with the market.
+    Show {
+        /// Key file (default: key_path from the config).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+}
+
+fn load(cli: &Cli) -> anyhow::Result<GatewayConfig> {
+    Ok(GatewayConfig::load(cli.config.as_deref())?)
+}
+
+fn clock_for(config: &GatewayConfig) -> Clock {
+    match &config.clock {
+        Some(c) => Clock::scaled(c.epoch, c.speed),
+        None => Clock::system(),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    gridmesh_runtime::telemetry::init("info");
+    if let Err(error) = dispatch(cli).await {
+        eprintln!("error: {error}");
+        for cause in error.chain().skip(1) {
+            eprintln!("  because: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Run => {
+            let config = load(&cli)?;
+            let shutdown = Shutdown::new();
+            shutdown.trigger_on_signals();
+            let running =
+                edge_gateway::run(config.clone(), clock_for(&config), shutdown.clone()).await?;
+            eprintln!(
+                "edge-gateway {} running: /healthz and /metrics on http://{}",
+                config.gateway_id, running.health_addr
+            );
+            shutdown.triggered().await;
+            shutdown.wait().await;
+            Ok(())
+        }
+        Command::Keygen { out } => {
+            let path = match out {
+                Some(p) => p.clone(),
+                None => load(&cli)?.key_path,
+            };
+            let key = SigningKeyPair::generate_file(&path)?;
+            println!("wrote {} (mode 0600)", path.display());
+            println!("public key: {}", key.public_key());
+            Ok(())
+        }
+        Command::Key {
+            command: KeyCommand::Show { key },
+        } => {
+            let path = match key {
+                Some(p) => p.clone(),
+                None => load(&cli)?.key_path,
+            };
+            println!("{}", SigningKeyPair::load(&path)?.public_key());
+            Ok(())
+        }
+        Command::Enroll { token } => {
+            let config = load(&cli)?;
+            let key = SigningKeyPair::load(&config.key_path)?;
+            let Some(market) = config.market_url.clone() else {
+                bail!("market_url is not set in the config; add market_url = \"http://HOST:8081\"");
+            };
+            let Some(token) = token.clone().or(config.enroll_token.clone()) else {
+                bail!("no enrolment token: pass --token TOKEN or set enroll_token in the config");
+            };
+            let participant = Participant {
+                id: config.participant.clone(),
+                public_key: key.public_key(),
+                node: config.node.clone(),
+                kind: ParticipantKind::Household,
+            };
+            let enrollment = GatewayEnrollment {
+                gateway: config.gateway_id.clone(),
+                participant: config.participant.clone(),
+                node: config.node.clone(),
+                public_key: key.public_key(),
+                inverter_w: config.site.inverter_w,
+                battery_w: config.site.battery_w,
+                latitude_microdeg: (config.site.latitude * 1e6).round() as i32,
+                longitude_microdeg: (config.site.longitude * 1e6).round() as i32,
+            };
+            let http = reqwest::Client::new();
+            let base = market.trim_end_matches('/');
+            for (path, body) in [
+                ("participants", serde_json::to_value(&participant)?),
+                ("gateways", serde_json::to_value(&enrollment)?),
+            ] {
+                let response = http
+                    .post(format!("{base}/{path}"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .timeout(Duration::from_secs(15))
+                    .send()
+                    .await
+                    .with_context(|| {
+                        format!("cannot reach the market at {base}; is market_url right?")
+                    })?;
+                let code = response.status();
+                let text = response.text().await.unwrap_or_default();
+                if code.is_success() {
+                    println!("{path}: registered ({code})");
+                } else if code == reqwest::StatusCode::CONFLICT {
+                    println!("{path}: already registered ({text})");
+                } else if code == reqwest::StatusCode::UNAUTHORIZED
+                    || code == reqwest::StatusCode::FORBIDDEN
+                {
+                    bail!(
+                        "the market refused the enrolment token ({code}): {text}. Ask the operator for a valid token"
+                    );
+                } else {
+                    bail!("the market refused the {path} registration ({code}): {text}");
+                }
+            }
+            Ok(())
+        }
+        Command::Detect {
+            host,
+            ports,
+            timeout_ms,
+        } => {
+            let ports = if ports.is_empty() {
+                edge_gateway::detect::default_ports()
+            } else {
+                ports.clone()
+            };
+            let found =
+                edge_gateway::detect::scan(host, &ports, Duration::from_millis(*timeout_ms)).await;
+            print!("{}", edge_gateway::detect::render(host, &found));
+            Ok(())
+        }
+        Command::CheckConfig { offline } => {
+            let config = load(&cli)?;
+            println!("config: ok ({} devices)", config.devices.len());
+            match SigningKeyPair::load(&config.key_path) {
+                Ok(key) => println!("key: ok ({})", key.public_key()),
+                Err(e) => bail!("key: {e}"),
+            }
+            if *offline {
+                return Ok(());
+            }
+            let mut failed = 0;
+            for device in &config.devices {
+                let mut d = Device::new(
+                    device.clone(),
+                    Duration::from_millis(config.modbus_timeout_ms),
+                );
+                match &mut d {
+                    Device::Modbus(m) => match m.poll().await {
+                        Ok(_) => println!(
+                            "device {}: ok (SunSpec models {:?})",
+                            device.name,
+                            m.models()
+                                .unwrap_or_default()
+                                .iter()
+                                .map(|m| m.id)
+                                .collect::<Vec<_>>()
+                        ),
+                        Err(e) => {
+                            failed += 1;
+                            println!("device {}: {e}", device.name);
+                        }
+                    },
+                    Device::Mqtt(_) => {
+                        println!("device {}: MQTT device (checked when running)", device.name)
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!(
+                    "{failed} device(s) did not answer; fix the addresses above or run `edge-gateway detect HOST`"
+                );
+            }
+            Ok(())
+        }
+    }
+}
