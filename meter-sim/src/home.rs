@@ -8,7 +8,8 @@
 //! - `battery` (AC side, + = discharge) from the controller in [`BatteryControl`], limited by the
 //!   power rating, the state of charge (reserve .. 100 %) and split efficiency
 //!   √(round trip) on each way;
-//! - `grid = load − pv − battery` (+ = import).
+//! - `grid = load − pv − battery` (+ = import); in self-consumption the battery aims for a
+//!   small import (`grid_setpoint_w`, 30 W by default), as real controllers do.
 //!
 //! Energy is integrated in f64 Wh accumulators; the device counters are their floors, so they
 //! only grow, and `load = pv + import − export + discharge − charge` holds at every step to
@@ -191,6 +192,10 @@ pub struct Home {
     pub control: BatteryControl,
     /// Fault state per device (index = [`DeviceKind::index`]).
     pub faults: [DeviceFaults; 3],
+    /// What the counters showed when the simulation started (devices are not new), in the
+    /// order import, export, pv, charge, discharge. Never 0, which SunSpec reads as "not
+    /// implemented" for acc32.
+    pub base: [u64; 5],
     truth: VecDeque<(i64, [u64; 5])>,
     truth_capacity: usize,
 }
@@ -199,6 +204,7 @@ impl Home {
     /// A home whose physics starts at `time` (Unix seconds).
     pub fn new(params: HomeParams, seed: u64, time: i64, history_days: u32) -> Self {
         let capacity_wh = params.battery_kwh * 1000.0;
+        let params_index = params.index as u64;
         let stored = capacity_wh * params.initial_soc_pct / 100.0;
         let control = BatteryControl {
             stor_ctl_mod: 0,
@@ -224,6 +230,10 @@ impl Home {
             initial_stored_wh: stored,
             control,
             faults: Default::default(),
+            base: std::array::from_fn(|i| {
+                let key = (params_index << 4) | i as u64;
+                1_000 + (crate::scenario::unit_hash(seed ^ 0xBA5E, key) * 5_000_000.0) as u64
+            }),
             truth: VecDeque::new(),
             truth_capacity: (history_days as usize * 86_400 / SNAPSHOT_SECONDS as usize) + 1,
         };
@@ -291,7 +301,7 @@ impl Home {
         };
         let mut charge_limit = reference;
         let mut discharge_limit = reference;
-        let mut wanted = load_w - pv_w;
+        let mut wanted = load_w - pv_w - self.params.grid_setpoint_w;
         if mode & 1 != 0 {
             if in_rte < 0 {
                 wanted = reference * (-in_rte as f64) / 100.0;
@@ -420,7 +430,8 @@ impl Home {
     pub fn live_values(&self, kind: DeviceKind) -> DeviceValues {
         let offsets = self.faults[kind.index()].offsets;
         let floors = self.energy.floors();
-        let counters = std::array::from_fn(|i| floors[i].saturating_sub(offsets[i]));
+        let counters =
+            std::array::from_fn(|i| (floors[i] + self.base[i]).saturating_sub(offsets[i]));
         let cycles = if self.params.has_battery() {
             (self.energy.battery_discharge / self.capacity_wh()) as u32
         } else {
@@ -451,7 +462,8 @@ impl Home {
         let device = &mut self.faults[kind.index()];
         match fault {
             Fault::CounterReset => {
-                device.offsets = self.energy.floors();
+                let floors = self.energy.floors();
+                device.offsets = std::array::from_fn(|i| floors[i] + self.base[i]);
                 device.resets += 1;
                 if let Some(frozen) = &mut device.frozen {
                     frozen.counters = [0; 5];

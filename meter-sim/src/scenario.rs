@@ -117,6 +117,9 @@ pub struct HomeDefaults {
     pub reserve_pct: f64,
     /// When a count of homes is given: every how-many-th home has no battery (0 = all have one).
     pub no_battery_every: usize,
+    /// Grid power the battery controller aims for in self-consumption, W (+ = import), as real
+    /// controllers keep a small import to avoid feeding the battery into the grid.
+    pub grid_setpoint_w: f64,
 }
 
 impl Default for HomeDefaults {
@@ -131,6 +134,7 @@ impl Default for HomeDefaults {
             initial_soc_pct: 50.0,
             reserve_pct: 5.0,
             no_battery_every: 3,
+            grid_setpoint_w: 30.0,
         }
     }
 }
@@ -266,6 +270,8 @@ pub struct HomeParams {
     pub latitude: f64,
     /// Longitude in degrees.
     pub longitude: f64,
+    /// Grid set-point of the battery controller in W.
+    pub grid_setpoint_w: f64,
 }
 
 impl HomeParams {
@@ -499,6 +505,7 @@ impl Scenario {
             reserve_pct: d.reserve_pct,
             latitude: self.latitude,
             longitude: self.longitude,
+            grid_setpoint_w: d.grid_setpoint_w,
         })
     }
 }
