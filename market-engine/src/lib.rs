@@ -10,7 +10,16 @@
 //! - [`reference`]: the plain good_lp LP over every order, kept as the reference;
 //! - [`prices`]: node prices from duals, pay-as-bid, deterministic tie-breaking;
 //! - [`decompose`]: bilateral trades routed along the tree, integer Wh;
+//! - [`store`]: SQLite/PostgreSQL persistence (orders with nonces, immutable results);
+//! - [`service`]: order intake with signature, nonce and gate checks; clearing an interval;
+//! - [`gate`]: automatic clearing at gate closure and MQTT publishing;
+//! - [`api`]: the REST API (axum), [`openapi`]: its OpenAPI document, [`metrics`]: Prometheus;
+//! - [`config`], [`error`], [`server`]: configuration, the typed error, and [`serve`];
 //! - [`cli`]: the command line behind `main.rs`.
+//!
+//! Architecture invariant: the clearing core (`network`, `book`, `clearing`, `fast`,
+//! `prices`, `decompose`) does no I/O, reads no clock and uses no floats; `reference` is the
+//! only place with floating point and is never on the service path.
 //!
 //! # Example
 //!
@@ -29,11 +38,24 @@
 //! assert_eq!(outcome.solution.prices, vec![30000]);   // at the retail price
 //! ```
 
+pub mod api;
 pub mod book;
 pub mod clearing;
 pub mod cli;
+pub mod config;
 pub mod decompose;
+pub mod error;
 pub mod fast;
+pub mod gate;
+pub mod metrics;
 pub mod network;
+pub mod openapi;
 pub mod prices;
 pub mod reference;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use config::MarketConfig;
+pub use error::MarketError;
+pub use server::{RunningMarket, serve};

@@ -1,0 +1,60 @@
+//! The market's configuration (TOML file plus `GRIDMESH_MARKET_*` environment overrides).
+
+use crate::prices::PricingRule;
+use gridmesh_protocol::IntervalLength;
+use gridmesh_protocol::grid::Network;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Environment prefix for overrides, e.g. `GRIDMESH_MARKET_LISTEN=0.0.0.0:8081`.
+pub const ENV_PREFIX: &str = "GRIDMESH_MARKET";
+
+/// Everything the market needs to run. `MarketConfig::default()` is a working local market.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MarketConfig {
+    /// REST listen address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// `sqlite://FILE` or `postgres://…`.
+    pub database_url: String,
+    /// The market zone's name (in MQTT topics and results).
+    pub zone: String,
+    /// Delivery interval length in minutes (5, 15, 30 or 60).
+    pub interval_minutes: IntervalLength,
+    /// Orders for an interval close this many seconds before it starts.
+    pub gate_closure_lead_seconds: i64,
+    /// Bearer token for operator endpoints; `None` disables them.
+    pub operator_token: Option<String>,
+    /// `mqtt://host:port` to publish retained results on; `None` = REST and SSE only.
+    pub broker_url: Option<String>,
+    /// Pay-as-clear (default) or pay-as-bid.
+    pub pricing: PricingRule,
+    /// The topology to start with when the database has none.
+    pub topology: Option<Network>,
+    /// Most orders written in one database transaction.
+    pub max_write_batch: usize,
+}
+
+impl Default for MarketConfig {
+    fn default() -> Self {
+        MarketConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            database_url: "sqlite://market.db".to_owned(),
+            zone: "default".to_owned(),
+            interval_minutes: IntervalLength::Min15,
+            gate_closure_lead_seconds: 300,
+            operator_token: None,
+            broker_url: None,
+            pricing: PricingRule::PayAsClear,
+            topology: None,
+            max_write_batch: 512,
+        }
+    }
+}
+
+impl MarketConfig {
+    /// The gate-closure lead as a duration.
+    pub fn lead(&self) -> chrono::Duration {
+        chrono::Duration::seconds(self.gate_closure_lead_seconds.max(0))
+    }
+}

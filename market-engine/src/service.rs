@@ -1,0 +1,448 @@
+//! The market service's state and operations: order intake, cancellation, clearing one interval.
+//!
+//! Order intake and clearing meet at one lock: an order holds a read guard from its gate
+//! check until it is committed, and clearing takes the write guard to close the gate. So an
+//! order that got `201 Created` is always in the book its interval clears, and no order enters
+//! a book after it was cleared. Orders are written in batches (one transaction for all the
+//! orders waiting), which keeps intake fast on SQLite's synchronous commits.
+
+use crate::book::{BookOrder, MAX_ORDERS, check_order_values};
+use crate::clearing::{clear, interval_result};
+use crate::config::MarketConfig;
+use crate::error::MarketError;
+use crate::metrics::Metrics;
+use crate::network::Topology;
+use crate::store::{Store, StoredOrder};
+use gridmesh_protocol::layout::LayoutError;
+use gridmesh_protocol::market::IntervalResult;
+use gridmesh_protocol::order::{Order, OrderCancel};
+use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
+use gridmesh_protocol::signing::{Signable, SigningError};
+use gridmesh_protocol::{Interval, ParticipantId, SignedEnvelope};
+use gridmesh_runtime::clock::Clock;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// How far ahead orders are accepted.
+const MAX_DAYS_AHEAD: i64 = 7;
+
+/// One order waiting to be written.
+pub(crate) struct WriteJob {
+    order: StoredOrder,
+    done: oneshot::Sender<Result<bool, String>>,
+}
+
+/// The shared state of a running market.
+pub struct Market {
+    /// Storage.
+    pub store: Store,
+    /// The configuration it runs with.
+    pub config: MarketConfig,
+    /// Market time.
+    pub clock: Clock,
+    /// Metrics.
+    pub metrics: Metrics,
+    topology: RwLock<Arc<Topology>>,
+    participants: RwLock<HashMap<ParticipantId, Participant>>,
+    /// Start (Unix s) of the latest interval whose gate is closed by the clearing.
+    gate: tokio::sync::RwLock<i64>,
+    events: broadcast::Sender<Arc<IntervalResult>>,
+    writer: mpsc::Sender<WriteJob>,
+}
+
+impl std::fmt::Debug for Market {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Market")
+            .field("zone", &self.config.zone)
+            .finish()
+    }
+}
+
+fn signing_error(e: SigningError, participant: &str) -> MarketError {
+    match e {
+        SigningError::BadSignature | SigningError::BadPublicKey => MarketError::BadSignature,
+        SigningError::KeyMismatch { .. } => MarketError::KeyMismatch(participant.to_owned()),
+        SigningError::Layout(l) => layout_error(l),
+    }
+}
+
+fn layout_error(e: LayoutError) -> MarketError {
+    match &e {
+        LayoutError::BadField {
+            field: "quantity_wh",
+            reason,
+            ..
+        } => {
+            let q = reason
+                .split_whitespace()
+                .next()
+                .and_then(|s| s.parse().ok());
+            MarketError::InvalidQuantity(q.unwrap_or(0))
+        }
+        _ => MarketError::Malformed(e.to_string()),
+    }
+}
+
+impl Market {
+    /// Builds the state and the order writer's receiving end.
+    pub(crate) async fn new(
+        config: MarketConfig,
+        clock: Clock,
+    ) -> Result<(Arc<Self>, mpsc::Receiver<WriteJob>), MarketError> {
+        let store = Store::open(&config.database_url, config.interval_minutes).await?;
+        let network = match store.topology().await? {
+            Some(n) => n,
+            None => {
+                let n = config.topology.clone().unwrap_or_else(default_network);
+                store.put_topology(&n).await?;
+                n
+            }
+        };
+        let topology =
+            Topology::new(&network).map_err(|e| MarketError::InvalidTopology(e.to_string()))?;
+        let participants = store
+            .participants()
+            .await?
+            .into_iter()
+            .map(|p| (p.id.clone(), p))
+            .collect();
+        let gate = store.last_result_start().await?.unwrap_or(i64::MIN);
+        let (events, _) = broadcast::channel(64);
+        let (writer, jobs) = mpsc::channel(4096);
+        let market = Market {
+            store,
+            config,
+            clock,
+            metrics: Metrics::default(),
+            topology: RwLock::new(Arc::new(topology)),
+            participants: RwLock::new(participants),
+            gate: tokio::sync::RwLock::new(gate),
+            events,
+            writer,
+        };
+        Ok((Arc::new(market), jobs))
+    }
+
+    /// The current topology.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topology.read().expect("topology lock").clone()
+    }
+
+    /// Validates, stores and installs a new topology (used from the next clearing on).
+    pub async fn set_topology(
+        &self,
+        network: gridmesh_protocol::grid::Network,
+    ) -> Result<(), MarketError> {
+        let topology =
+            Topology::new(&network).map_err(|e| MarketError::InvalidTopology(e.to_string()))?;
+        self.store.put_topology(&network).await?;
+        *self.topology.write().expect("topology lock") = Arc::new(topology);
+        Ok(())
+    }
+
+    /// Registers (or re-registers) a participant.
+    pub async fn register_participant(&self, p: Participant) -> Result<(), MarketError> {
+        if self.topology().index_of(&p.node).is_none() {
+            return Err(MarketError::UnknownNode(p.node.to_string()));
+        }
+        p.public_key.verifying_key().map_err(|_| {
+            MarketError::InvalidRequest("public_key is not a valid ed25519 key".into())
+        })?;
+        self.store.put_participant(&p).await?;
+        self.participants
+            .write()
+            .expect("participants lock")
+            .insert(p.id.clone(), p);
+        Ok(())
+    }
+
+    /// Every participant.
+    pub fn participants(&self) -> Vec<Participant> {
+        let mut all: Vec<Participant> = self
+            .participants
+            .read()
+            .expect("participants lock")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    fn participant(&self, id: &ParticipantId) -> Option<Participant> {
+        self.participants
+            .read()
+            .expect("participants lock")
+            .get(id)
+            .cloned()
+    }
+
+    /// Enrols a gateway for a registered participant.
+    pub async fn enroll_gateway(&self, g: GatewayEnrollment) -> Result<(), MarketError> {
+        let p = self
+            .participant(&g.participant)
+            .ok_or_else(|| MarketError::UnknownParticipant(g.participant.to_string()))?;
+        if p.node != g.node {
+            return Err(MarketError::WrongNode {
+                participant: p.id.to_string(),
+                registered: p.node.to_string(),
+                node: g.node.to_string(),
+            });
+        }
+        self.store.put_gateway(&g).await?;
+        Ok(())
+    }
+
+    /// The interval the market trades next.
+    pub fn next_open(&self) -> Interval {
+        Interval::next_open(
+            self.clock.now(),
+            self.config.interval_minutes,
+            self.config.lead(),
+        )
+    }
+
+    fn check_open(&self, interval: &Interval, gate: i64) -> Result<(), MarketError> {
+        let now = self.clock.now();
+        let lead = self.config.lead();
+        if interval.start_unix() <= gate || !interval.accepts_orders_at(now, lead) {
+            return Err(MarketError::GateClosed {
+                interval: interval.key(),
+                closure: interval.gate_closure(lead).to_rfc3339(),
+                next_open: self.next_open().key(),
+            });
+        }
+        if interval.start() > now + chrono::Duration::days(MAX_DAYS_AHEAD) {
+            return Err(MarketError::TooFarAhead(interval.key()));
+        }
+        Ok(())
+    }
+
+    /// Verifies and books a signed order; returns its id.
+    pub async fn submit_order(&self, envelope: SignedEnvelope) -> Result<String, MarketError> {
+        let result = self.submit_order_inner(envelope).await;
+        match &result {
+            Ok(_) => Metrics::inc(&self.metrics.orders_accepted),
+            Err(_) => Metrics::inc(&self.metrics.orders_rejected),
+        }
+        result
+    }
+
+    async fn submit_order_inner(&self, envelope: SignedEnvelope) -> Result<String, MarketError> {
+        if !envelope.is::<Order>() {
+            return Err(MarketError::WrongMessage("an order (gridmesh/order/v1)"));
+        }
+        // Decode (unverified) only to learn who claims to sign; nothing is trusted before the
+        // signature checks out against that participant's registered key.
+        let claimed = Order::decode(&envelope.payload).map_err(layout_error)?;
+        let participant = self
+            .participant(&claimed.participant)
+            .ok_or_else(|| MarketError::UnknownParticipant(claimed.participant.to_string()))?;
+        let order: Order = envelope
+            .open_by(&participant.public_key)
+            .map_err(|e| signing_error(e, participant.id.as_str()))?;
+        if order.interval.length() != self.config.interval_minutes {
+            return Err(MarketError::WrongIntervalLength {
+                expected: self.config.interval_minutes.minutes(),
+                found: order.interval.length().minutes(),
+            });
+        }
+        check_order_values("", order.quantity.0, order.limit_price.0).map_err(|e| match e {
+            crate::book::BookError::BadQuantity { quantity, .. } => {
+                MarketError::InvalidQuantity(quantity)
+            }
+            _ => MarketError::InvalidPrice(order.limit_price.0),
+        })?;
+        if self.topology().index_of(&order.node).is_none() {
+            return Err(MarketError::UnknownNode(order.node.to_string()));
+        }
+        if participant.kind == ParticipantKind::Household && participant.node != order.node {
+            return Err(MarketError::WrongNode {
+                participant: participant.id.to_string(),
+                registered: participant.node.to_string(),
+                node: order.node.to_string(),
+            });
+        }
+        let order_id = format!("{}:{}", order.participant, order.nonce);
+        let stored = StoredOrder {
+            order_id: order_id.clone(),
+            participant: order.participant.clone(),
+            nonce: order.nonce,
+            interval: order.interval,
+            node: order.node.clone(),
+            side: order.side,
+            quantity_wh: order.quantity.0,
+            limit_price: order.limit_price.0,
+            cancelled: false,
+            received_at: self.clock.now().to_rfc3339(),
+            envelope,
+        };
+        // Hold the gate open from the check until the order is committed.
+        let gate = self.gate.read().await;
+        self.check_open(&order.interval, *gate)?;
+        let (done, wait) = oneshot::channel();
+        self.writer
+            .send(WriteJob {
+                order: stored,
+                done,
+            })
+            .await
+            .map_err(|_| MarketError::ShuttingDown)?;
+        let fresh = wait
+            .await
+            .map_err(|_| MarketError::ShuttingDown)?
+            .map_err(|e| MarketError::Storage(crate::store::StoreError::Corrupt(e)))?;
+        drop(gate);
+        if !fresh {
+            return Err(MarketError::ReplayedNonce {
+                participant: order.participant.to_string(),
+                nonce: order.nonce,
+            });
+        }
+        Ok(order_id)
+    }
+
+    /// Cancels an order before its gate closure, on the owner's signed request.
+    pub async fn cancel_order(&self, envelope: SignedEnvelope) -> Result<String, MarketError> {
+        if !envelope.is::<OrderCancel>() {
+            return Err(MarketError::WrongMessage(
+                "a cancellation (gridmesh/cancel/v1)",
+            ));
+        }
+        let claimed = OrderCancel::decode(&envelope.payload).map_err(layout_error)?;
+        let participant = self
+            .participant(&claimed.participant)
+            .ok_or_else(|| MarketError::UnknownParticipant(claimed.participant.to_string()))?;
+        let cancel: OrderCancel = envelope
+            .open_by(&participant.public_key)
+            .map_err(|e| signing_error(e, participant.id.as_str()))?;
+        let order = self
+            .store
+            .order(&cancel.participant, cancel.order_nonce)
+            .await?
+            .ok_or_else(|| MarketError::OrderNotFound {
+                participant: cancel.participant.to_string(),
+                nonce: cancel.order_nonce,
+            })?;
+        let gate = self.gate.read().await;
+        self.check_open(&order.interval, *gate)?;
+        self.store
+            .cancel_order(&cancel.participant, cancel.order_nonce)
+            .await?;
+        drop(gate);
+        Metrics::inc(&self.metrics.orders_cancelled);
+        Ok(order.order_id)
+    }
+
+    /// Subscribes to results as they are cleared.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<IntervalResult>> {
+        self.events.subscribe()
+    }
+
+    /// Closes the gate of `interval` and clears it; returns the stored result. Clearing an
+    /// interval again returns the result stored the first time.
+    pub async fn clear_interval(&self, interval: Interval) -> Result<IntervalResult, MarketError> {
+        {
+            let mut gate = self.gate.write().await;
+            *gate = (*gate).max(interval.start_unix());
+        }
+        if let Some(existing) = self.store.result(&interval).await? {
+            return Ok(existing);
+        }
+        let started = std::time::Instant::now();
+        let stored = self.store.orders(None, Some(&interval), true).await?;
+        let topology = self.topology();
+        let mut orders = Vec::with_capacity(stored.len().min(MAX_ORDERS));
+        let mut owners = Vec::with_capacity(stored.len());
+        for o in stored.into_iter().take(MAX_ORDERS) {
+            let Some(node) = topology.index_of(&o.node) else {
+                tracing::warn!(order = %o.order_id, node = %o.node, "order's node left the topology; it does not clear");
+                continue;
+            };
+            orders.push(BookOrder {
+                id: o.order_id,
+                node,
+                side: o.side,
+                quantity: o.quantity_wh,
+                limit_price: o.limit_price,
+            });
+            owners.push(o.participant);
+        }
+        let outcome = clear(&topology, &orders, self.config.pricing);
+        let result = interval_result(
+            &topology,
+            &orders,
+            &owners,
+            &outcome,
+            interval,
+            &self.config.zone,
+            self.clock.now(),
+        );
+        let stored = self.store.put_result(&result).await?;
+        self.metrics.last_clearing_micros.store(
+            started.elapsed().as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.metrics
+            .last_clearing_orders
+            .store(orders.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Metrics::inc(&self.metrics.intervals_cleared);
+        tracing::info!(interval = %interval, orders = orders.len(), welfare = stored.welfare.0, "interval cleared");
+        let _ = self.events.send(Arc::new(stored.clone()));
+        Ok(stored)
+    }
+}
+
+/// A one-node network with no utility: used when neither the database nor the config has one.
+pub fn default_network() -> gridmesh_protocol::grid::Network {
+    gridmesh_protocol::grid::Network {
+        root: gridmesh_protocol::NodeId::new("sub").expect("valid id"),
+        branches: Vec::new(),
+        utility: Default::default(),
+    }
+}
+
+/// Writes waiting orders in batches until shutdown; on shutdown writes what is queued.
+pub(crate) async fn run_writer(
+    store: Store,
+    market: std::sync::Weak<Market>,
+    mut jobs: mpsc::Receiver<WriteJob>,
+    max_batch: usize,
+    cancel: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    loop {
+        let first = tokio::select! {
+            job = jobs.recv() => job,
+            _ = cancel.cancelled() => { jobs.close(); jobs.recv().await }
+        };
+        let Some(first) = first else { return };
+        batch.push(first);
+        while batch.len() < max_batch {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let orders: Vec<StoredOrder> = batch.iter().map(|j| j.order.clone()).collect();
+        let outcome = store.insert_orders(&orders).await;
+        if let Some(m) = market.upgrade() {
+            Metrics::inc(&m.metrics.order_batches);
+        }
+        match outcome {
+            Ok(fresh) => {
+                for (job, fresh) in batch.drain(..).zip(fresh) {
+                    let _ = job.done.send(Ok(fresh));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not store orders");
+                for job in batch.drain(..) {
+                    let _ = job.done.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Persistence on SQLite or PostgreSQL through `gridmesh_runtime::db::Database`.
+//!
+//! Participants, gateways and the topology are small JSON documents keyed by id. Orders keep
+//! their signed envelope next to the decoded fields; `(participant, nonce)` is unique, so a
+//! replayed nonce can never enter the book, even across restarts. Results are written once
+//! (`ON CONFLICT DO NOTHING`) and then only read: clearing an interval twice returns the stored
+//! result, so a result never changes.
+
+use gridmesh_protocol::grid::Network;
+use gridmesh_protocol::market::IntervalResult;
+use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
+use gridmesh_protocol::{Interval, IntervalLength, NodeId, ParticipantId, Side, SignedEnvelope};
+use gridmesh_runtime::db::{Database, DbError};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Opening or migrating the database failed.
+    #[error(transparent)]
+    Open(#[from] DbError),
+    /// A query failed.
+    #[error("database query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    /// A stored document does not parse (the database was edited by hand?).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// An order as stored and listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredOrder {
+    /// The market's id: `<participant>:<nonce>`.
+    pub order_id: String,
+    /// The owner.
+    pub participant: ParticipantId,
+    /// The owner's nonce.
+    pub nonce: u64,
+    /// The interval.
+    pub interval: Interval,
+    /// The node.
+    pub node: NodeId,
+    /// Buy or sell.
+    pub side: Side,
+    /// Quantity, Wh.
+    pub quantity_wh: i64,
+    /// Limit price, minor units per MWh.
+    pub limit_price: i64,
+    /// Whether it was cancelled before gate closure.
+    pub cancelled: bool,
+    /// When it was received (RFC 3339, market clock).
+    pub received_at: String,
+    /// The signed envelope it arrived in.
+    pub envelope: SignedEnvelope,
+}
+
+/// The market's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Database,
+    length: IntervalLength,
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn side_text(side: Side) -> &'static str {
+    match side {
+        Side::Buy => "buy",
+        Side::Sell => "sell",
+    }
+}
+
+const ORDER_COLUMNS: &str = "order_id, participant, nonce, interval_start, node, side, quantity, \
+                             limit_price, envelope, received_at, cancelled";
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database.
+    pub async fn open(url: &str, length: IntervalLength) -> Result<Self, StoreError> {
+        let db = Database::connect(url).await?;
+        db.migrate(&SQLITE, &POSTGRES).await?;
+        Ok(Store { db, length })
+    }
+
+    /// The database, for diagnostics.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    async fn put_doc(&self, sql: &str, key: &str, body: String) -> Result<(), StoreError> {
+        sqlx::query(sql)
+            .bind(key.to_owned())
+            .bind(body)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn docs<T: for<'de> Deserialize<'de>>(&self, sql: &str) -> Result<Vec<T>, StoreError> {
+        let rows = sqlx::query(sql).fetch_all(&self.db.pool).await?;
+        rows.iter()
+            .map(|r| serde_json::from_str(&r.try_get::<String, _>(0)?).map_err(corrupt))
+            .collect()
+    }
+
+    /// Registers a participant, replacing an earlier registration with the same id.
+    pub async fn put_participant(&self, p: &Participant) -> Result<(), StoreError> {
+        let body = serde_json::to_string(p).map_err(corrupt)?;
+        self.put_doc(
+            "INSERT INTO participants (id, body) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+            p.id.as_str(),
+            body,
+        )
+        .await
+    }
+
+    /// Every participant, by id.
+    pub async fn participants(&self) -> Result<Vec<Participant>, StoreError> {
+        self.docs("SELECT body FROM participants ORDER BY id").await
+    }
+
+    /// Registers a gateway, replacing an earlier enrolment with the same id.
+    pub async fn put_gateway(&self, g: &GatewayEnrollment) -> Result<(), StoreError> {
+        let body = serde_json::to_string(g).map_err(corrupt)?;
+        sqlx::query(
+            "INSERT INTO gateways (gateway, participant, body) VALUES ($1, $2, $3) \
+             ON CONFLICT (gateway) DO UPDATE SET participant = excluded.participant, body = excluded.body",
+        )
+        .bind(g.gateway.to_string())
+        .bind(g.participant.to_string())
+        .bind(body)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every gateway, by id.
+    pub async fn gateways(&self) -> Result<Vec<GatewayEnrollment>, StoreError> {
+        self.docs("SELECT body FROM gateways ORDER BY gateway")
+            .await
+    }
+
+    /// The stored topology, if one was set.
+    pub async fn topology(&self) -> Result<Option<Network>, StoreError> {
+        Ok(self
+            .docs("SELECT body FROM topology WHERE id = 1")
+            .await?
+            .pop())
+    }
+
+    /// Replaces the topology.
+    pub async fn put_topology(&self, network: &Network) -> Result<(), StoreError> {
+        let body = serde_json::to_string(network).map_err(corrupt)?;
+        sqlx::query(
+            "INSERT INTO topology (id, body) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+        )
+        .bind(body)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Inserts orders in one transaction. Returns, per order, whether it was new (`false` = its
+    /// `(participant, nonce)` was already used).
+    pub async fn insert_orders(&self, orders: &[StoredOrder]) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.db.pool.begin().await?;
+        let mut fresh = Vec::with_capacity(orders.len());
+        for o in orders {
+            let envelope = serde_json::to_string(&o.envelope).map_err(corrupt)?;
+            let done = sqlx::query(
+                "INSERT INTO orders (order_id, participant, nonce, interval_start, node, side, \
+                 quantity, limit_price, envelope, received_at, cancelled) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0) ON CONFLICT DO NOTHING",
+            )
+            .bind(o.order_id.clone())
+            .bind(o.participant.to_string())
+            .bind(o.nonce as i64)
+            .bind(o.interval.start_unix())
+            .bind(o.node.to_string())
+            .bind(side_text(o.side))
+            .bind(o.quantity_wh)
+            .bind(o.limit_price)
+            .bind(envelope)
+            .bind(o.received_at.clone())
+            .execute(&mut *tx)
+            .await?;
+            fresh.push(done.rows_affected() == 1);
+        }
+        tx.commit().await?;
+        Ok(fresh)
+    }
+
+    fn order_from_row(&self, r: &sqlx::any::AnyRow) -> Result<StoredOrder, StoreError> {
+        let start: i64 = r.try_get("interval_start")?;
+        let side: String = r.try_get("side")?;
+        Ok(StoredOrder {
+            order_id: r.try_get("order_id")?,
+            participant: ParticipantId::new(r.try_get::<String, _>("participant")?)
+                .map_err(corrupt)?,
+            nonce: r.try_get::<i64, _>("nonce")? as u64,
+            interval: Interval::from_unix(start, self.length.minutes().into()).map_err(corrupt)?,
+            node: NodeId::new(r.try_get::<String, _>("node")?).map_err(corrupt)?,
+            side: if side == "buy" { Side::Buy } else { Side::Sell },
+            quantity_wh: r.try_get("quantity")?,
+            limit_price: r.try_get("limit_price")?,
+            cancelled: r.try_get::<i64, _>("cancelled")? != 0,
+            received_at: r.try_get("received_at")?,
+            envelope: serde_json::from_str(&r.try_get::<String, _>("envelope")?)
+                .map_err(corrupt)?,
+        })
+    }
+
+    /// Orders, optionally of one participant and/or one interval, in arrival order.
+    pub async fn orders(
+        &self,
+        participant: Option<&ParticipantId>,
+        interval: Option<&Interval>,
+        only_open: bool,
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        let sql = format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE ($1 = '' OR participant = $1) \
+             AND ($2 = 0 OR interval_start = $3) AND ($4 = 0 OR cancelled = 0) ORDER BY seq"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(participant.map(|p| p.to_string()).unwrap_or_default())
+            .bind(i64::from(interval.is_some()))
+            .bind(interval.map_or(0, |i| i.start_unix()))
+            .bind(i64::from(only_open))
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter().map(|r| self.order_from_row(r)).collect()
+    }
+
+    /// One order by owner and nonce.
+    pub async fn order(
+        &self,
+        participant: &ParticipantId,
+        nonce: u64,
+    ) -> Result<Option<StoredOrder>, StoreError> {
+        let sql =
+            format!("SELECT {ORDER_COLUMNS} FROM orders WHERE participant = $1 AND nonce = $2");
+        let row = sqlx::query(&sql)
+            .bind(participant.to_string())
+            .bind(nonce as i64)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        row.as_ref().map(|r| self.order_from_row(r)).transpose()
+    }
+
+    /// Marks an order cancelled.
+    pub async fn cancel_order(
+        &self,
+        participant: &ParticipantId,
+        nonce: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE orders SET cancelled = 1 WHERE participant = $1 AND nonce = $2")
+            .bind(participant.to_string())
+            .bind(nonce as i64)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The earliest interval start with orders, at or after `from` (Unix seconds).
+    pub async fn earliest_order_interval(&self, from: i64) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT MIN(interval_start) FROM orders WHERE interval_start >= $1")
+            .bind(from)
+            .fetch_one(&self.db.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?)
+    }
+
+    /// Stores a result unless one exists; returns the stored one (the first ever written).
+    pub async fn put_result(&self, result: &IntervalResult) -> Result<IntervalResult, StoreError> {
+        let body = serde_json::to_string(result).map_err(corrupt)?;
+        sqlx::query(
+            "INSERT INTO results (interval_start, body) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(result.interval.start_unix())
+        .bind(body)
+        .execute(&self.db.pool)
+        .await?;
+        self.result(&result.interval)
+            .await?
+            .ok_or_else(|| corrupt("a result just written is missing"))
+    }
+
+    /// The result of an interval, if cleared.
+    pub async fn result(&self, interval: &Interval) -> Result<Option<IntervalResult>, StoreError> {
+        let row = sqlx::query("SELECT body FROM results WHERE interval_start = $1")
+            .bind(interval.start_unix())
+            .fetch_optional(&self.db.pool)
+            .await?;
+        row.map(|r| serde_json::from_str(&r.try_get::<String, _>(0)?).map_err(corrupt))
+            .transpose()
+    }
+
+    /// Results from `since` on (inclusive), oldest first, at most `limit`.
+    pub async fn results_since(
+        &self,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<IntervalResult>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT body FROM results WHERE interval_start >= $1 ORDER BY interval_start LIMIT $2",
+        )
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| serde_json::from_str(&r.try_get::<String, _>(0)?).map_err(corrupt))
+            .collect()
+    }
+
+    /// The start of the latest cleared interval.
+    pub async fn last_result_start(&self) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT MAX(interval_start) FROM results")
+            .fetch_one(&self.db.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?)
+    }
+}
