@@ -27,6 +27,8 @@ pub struct AppState {
     pub service: Arc<Service>,
     /// The operator's bearer token (`None` = operator endpoints disabled).
     pub operator_token: Option<String>,
+    /// Ends open event streams on shutdown (so graceful shutdown does not wait for them).
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// An HTTP error with a stable code.
@@ -232,6 +234,7 @@ async fn get_events(
         let data = serde_json::to_string(&e).ok()?;
         Some(Ok(SseEvent::default().event(e.name()).data(data)))
     });
+    let stream = futures::StreamExt::take_until(stream, s.stop.cancelled_owned());
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 

@@ -205,6 +205,7 @@ pub async fn serve_with_source(
     let app = api::router(api::AppState {
         service: service.clone(),
         operator_token: config.operator_token.clone(),
+        stop: shutdown.token(),
     });
     let stop = shutdown.clone();
     shutdown.spawn(async move {

@@ -814,18 +814,20 @@ impl Service {
         Ok(released)
     }
 
-    /// Statements, filtered by participant and/or interval key.
+    /// Statements, filtered by participant and/or interval (its key `START/MINUTES` or its
+    /// RFC 3339 start).
     pub async fn statements(
         &self,
         participant: Option<&str>,
         interval: Option<&str>,
     ) -> Result<Vec<Statement>, ServiceError> {
         let rows = sqlx::query(
-            "SELECT body FROM statements WHERE ($1 = '' OR participant = $1) AND ($2 = '' OR interval_key = $2) \
+            "SELECT body FROM statements WHERE ($1 = '' OR participant = $1) AND ($2 = '' OR interval_key = $2 OR interval_key LIKE $3) \
              ORDER BY interval_start, participant",
         )
         .bind(participant.unwrap_or("").to_owned())
         .bind(interval.unwrap_or("").to_owned())
+        .bind(format!("{}/%", interval.unwrap_or("")))
         .fetch_all(&self.db.pool)
         .await?;
         rows.iter()
