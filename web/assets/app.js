@@ -185,9 +185,9 @@ async function renderParticipants(r) {
   fillBody($('#participants'), data.participants.map((p) => h('tr', { 'data-participant': p.id },
     cell(link('/participants/' + encodeURIComponent(p.id), p.id)), cell(p.node), cell(p.feeder || '–'),
     cell(p.gateway ? h('span', {}, p.gateway + ' ', h('span', { class: 'badge ' + p.gateway_status, text: p.gateway_status })) : '–'),
-    cell(kwh(p.generation_wh), true), cell(kwh(p.consumption_wh), true), cell(kwh(p.export_wh), true),
-    cell(kwh(p.bought_wh), true), cell(kwh(p.sold_wh), true), cell(money(p.earned), true), cell(money(p.spent), true),
-    cell(p.tokens_wh === null ? '–' : p.tokens_wh.toLocaleString('en'), true))), q || node ? 'No participant matches.' : 'No participants registered yet.', 12);
+    cell(kwh(p.generation_wh), true), cell(kwh(p.consumption_wh), true), cell(kwh(p.import_wh), true), cell(kwh(p.export_wh), true),
+    cell(kwh(p.bought_wh), true), cell(kwh(p.sold_wh), true), cell(money(p.earned), true), cell(money(p.spent), true), cell(money(p.settled_net), true),
+    cell(p.tokens_wh === null ? '–' : p.tokens_wh.toLocaleString('en'), true))), q || node ? 'No participant matches.' : 'No participants registered yet.', 14);
   const detail = $('#participant-detail');
   if (r.seg.length > 1) await renderParticipantDetail(decodeURIComponent(r.seg[1]), detail); else detail.hidden = true;
 }
@@ -271,6 +271,31 @@ async function sha256(...parts) {
   for (const p of parts) { buf.set(p, at); at += p.length; }
   return new Uint8Array(await crypto.subtle.digest('SHA-256', buf));
 }
+// Field order of settlement's entry bodies as it stores (and hashes) them: serde writes the
+// `kind` tag first, then the struct's fields in declaration order (settlement/src/ledger.rs).
+const ENTRY_FIELDS = {
+  mint: ['kind', 'interval', 'trade_index', 'seller', 'buyer', 'seller_order', 'buyer_order', 'source', 'price', 'amount', 'seller_readings', 'buyer_readings', 'released'],
+  transfer: ['kind', 'envelope', 'lot', 'from', 'to', 'amount'],
+  retire: ['kind', 'envelope', 'lot', 'holder', 'amount'],
+};
+const ENVELOPE_FIELDS = ['payload', 'signature', 'public_key'];
+function canonicalBody(body) {
+  const order = ENTRY_FIELDS[body && body.kind];
+  if (!order) return null;
+  const out = {};
+  for (const k of order) if (k in body) out[k] = (k === 'envelope' && body[k]) ? Object.fromEntries(ENVELOPE_FIELDS.filter((f) => f in body[k]).map((f) => [f, body[k][f]])) : body[k];
+  for (const k of Object.keys(body)) if (!(k in out)) out[k] = body[k];
+  return out;
+}
+/** Candidate byte strings for the entry body: exact bytes when the service sends them, else the
+ * JSON as received and in settlement's canonical field order. */
+function bodyCandidates(entry) {
+  const exact = bodyBytes(entry);
+  if (!exact || exact.exact) return exact ? [exact] : [];
+  const body = pick(entry, ['body']);
+  const canonical = canonicalBody(body);
+  return [exact].concat(canonical ? [{ bytes: new TextEncoder().encode(JSON.stringify(canonical)), exact: false }] : []);
+}
 function bodyBytes(entry) {
   const b64 = pick(entry, ['body_base64', 'body_b64']);
   if (typeof b64 === 'string') return { bytes: Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)), exact: true };
@@ -285,11 +310,15 @@ function bodyBytes(entry) {
 }
 async function verifyInclusion(entry, root) {
   if (!window.crypto || !crypto.subtle) return { ok: false, text: 'This browser offers no WebCrypto here (it needs https or localhost), so the proof cannot be checked.' };
-  const body = bodyBytes(entry);
+  const candidates = bodyCandidates(entry);
   const claimed = pick(entry, ['hash', 'entry_hash']);
-  if (!body) return { ok: false, text: 'The entry came without its body bytes; nothing to verify.' };
-  const leaf = await sha256(new Uint8Array([0]), body.bytes);
-  if (claimed && hex(leaf) !== claimed) return { ok: false, text: 'The body does not hash to the entry hash: SHA-256(0x00 ‖ body) = ' + hex(leaf) + (body.exact ? '' : ' (body re-serialised)') };
+  if (!candidates.length) return { ok: false, text: 'The entry came without its body; nothing to verify.' };
+  let leaf = null;
+  for (const c of candidates) {
+    const l = await sha256(new Uint8Array([0]), c.bytes);
+    if (!claimed || hex(l) === claimed) { leaf = l; break; }
+  }
+  if (!leaf) return { ok: false, text: 'The body does not hash to the entry hash ' + claimed + ': it was altered, or it is not in the layout settlement hashes.' };
   const proofObj = pick(entry, ['proof', 'inclusion_proof']);
   const steps = Array.isArray(proofObj) ? proofObj : (pick(proofObj, ['steps', 'path', 'siblings']) || []);
   let acc = leaf;
@@ -297,7 +326,7 @@ async function verifyInclusion(entry, root) {
     const sib = unhex(pick(s, ['sibling', 'hash']));
     acc = pick(s, ['side']) === 'left' ? await sha256(new Uint8Array([1]), sib, acc) : await sha256(new Uint8Array([1]), acc, sib);
   }
-  if (!root) return { ok: false, text: 'No Merkle root to compare with.' };
+  if (!root) return { ok: false, text: 'This entry is not in a sealed block yet, so there is no Merkle root to check it against; it will be once its interval\'s block is sealed.' };
   const ok = hex(acc) === String(root).toLowerCase();
   return { ok, text: ok
     ? 'Verified in your browser: SHA-256(0x00 ‖ body) is the entry hash, and ' + steps.length + ' proof steps lead to the block\'s Merkle root ' + short(root) + '.'

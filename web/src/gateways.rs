@@ -1,11 +1,18 @@
-//! Gateway liveness from the broker: every gateway keeps a retained `online`/`offline` status
-//! on `gridmesh/gateways/<id>/status` (its last will is `offline`). This is the only thing the
-//! dashboard reads from MQTT, and only when a broker URL is configured.
+//! What the dashboard reads from the broker, only when a broker URL is configured:
+//!
+//! - gateway liveness: every gateway keeps a retained `online`/`offline` status on
+//!   `gridmesh/gateways/<id>/status` (its last will is `offline`);
+//! - the signed readings gateways publish on `gridmesh/readings/<id>`, observed with a clean
+//!   session of its own (settlement's persistent session is unaffected). Each is verified
+//!   (ed25519) before its interval deltas count toward a home's generation and consumption;
+//!   a gateway that publishes a reading is also known to be online.
 
 use crate::hub::Hub;
 use crate::snapshot::GatewayLiveness;
 use chrono::Utc;
-use gridmesh_protocol::topics::GATEWAY_STATUS_FILTER;
+use gridmesh_protocol::reading::{Reading, Registers};
+use gridmesh_protocol::signing::SignedEnvelope;
+use gridmesh_protocol::topics::{GATEWAY_STATUS_FILTER, READINGS_FILTER};
 use gridmesh_runtime::mqtt::{MqttError, MqttSession, MqttSettings};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +53,7 @@ pub fn start(hub: Arc<Hub>, url: &str, token: CancellationToken) -> Result<(), M
         ),
     );
     settings.clean_session = true;
-    settings.subscriptions = vec![GATEWAY_STATUS_FILTER.to_owned()];
+    settings.subscriptions = vec![GATEWAY_STATUS_FILTER.to_owned(), READINGS_FILTER.to_owned()];
     let (handle, mut incoming) = MqttSession::start(settings, token.clone())?;
     tokio::spawn(async move {
         let mut last_connected = None;
@@ -55,7 +62,15 @@ pub fn start(hub: Arc<Hub>, url: &str, token: CancellationToken) -> Result<(), M
                 _ = token.cancelled() => return,
                 message = incoming.recv() => {
                     let Some(message) = message else { return };
-                    if let Some(gateway) = gateway_of(&message.topic) {
+                    if message.topic.starts_with("gridmesh/readings/") {
+                        match verified_reading(&message.payload) {
+                            Some(reading) => {
+                                let history = hub.config.history_intervals;
+                                hub.update("reading", |snap| record_reading(snap, &reading, history));
+                            }
+                            None => tracing::debug!(topic = %message.topic, "ignoring a reading that does not verify"),
+                        }
+                    } else if let Some(gateway) = gateway_of(&message.topic) {
                         let status = status_of(&message.payload);
                         let gateway = gateway.to_owned();
                         hub.update("gateway", |snap| {
@@ -89,6 +104,54 @@ pub fn start(hub: Arc<Hub>, url: &str, token: CancellationToken) -> Result<(), M
     Ok(())
 }
 
+/// A reading envelope whose signature verifies, decoded.
+pub fn verified_reading(payload: &[u8]) -> Option<Reading> {
+    let envelope: SignedEnvelope = serde_json::from_slice(payload).ok()?;
+    envelope.open::<Reading>().ok()
+}
+
+/// Records a verified reading: its deltas under its gateway and interval (a repeat replaces
+/// the same interval, so redelivery never double-counts), keeping the newest `history`
+/// intervals per gateway. Marks the gateway online unless the broker said otherwise later.
+pub fn record_reading(snap: &mut crate::snapshot::Snapshot, reading: &Reading, history: usize) {
+    let gateway = reading.gateway.to_string();
+    let intervals = snap.readings.entry(gateway.clone()).or_default();
+    intervals.insert(reading.interval.key(), reading.deltas);
+    while intervals.len() > history.max(1) {
+        let oldest = intervals.keys().next().cloned();
+        if let Some(k) = oldest {
+            intervals.remove(&k);
+        }
+    }
+    let newer = snap
+        .gateway_status
+        .get(&gateway)
+        .is_some_and(|l| l.source == "mqtt" && l.seen_at > reading.measured_at);
+    if !newer {
+        snap.gateway_status.insert(
+            gateway,
+            GatewayLiveness {
+                status: "online".into(),
+                source: "readings".into(),
+                seen_at: reading.measured_at,
+            },
+        );
+    }
+}
+
+/// Sums interval deltas.
+pub fn total(deltas: &std::collections::BTreeMap<String, Registers>) -> Registers {
+    let mut t = Registers::default();
+    for d in deltas.values() {
+        t.grid_import.0 += d.grid_import.0;
+        t.grid_export.0 += d.grid_export.0;
+        t.pv.0 += d.pv.0;
+        t.battery_charge.0 += d.battery_charge.0;
+        t.battery_discharge.0 += d.battery_discharge.0;
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +169,25 @@ mod tests {
         assert_eq!(status_of(br#"{"status":"online","at":"x"}"#), "online");
         assert_eq!(status_of(b"\"offline\""), "offline");
         assert_eq!(status_of(b"weird"), "unknown");
+    }
+
+    #[test]
+    fn readings_verify_and_count_once_per_interval() {
+        use gridmesh_protocol::example::{example_key, example_reading};
+        let reading = example_reading();
+        let envelope = SignedEnvelope::sign(&reading, &example_key());
+        let bytes = serde_json::to_vec(&envelope).unwrap();
+        let decoded = verified_reading(&bytes).expect("a signed reading verifies");
+        assert_eq!(decoded, reading);
+        let mut tampered = envelope.clone();
+        tampered.payload[40] ^= 1;
+        assert!(verified_reading(&serde_json::to_vec(&tampered).unwrap()).is_none());
+
+        let mut snap = crate::snapshot::Snapshot::default();
+        record_reading(&mut snap, &decoded, 4);
+        record_reading(&mut snap, &decoded, 4);
+        let t = total(&snap.readings["gw-h001"]);
+        assert_eq!(t, reading.deltas, "a redelivered reading counts once");
+        assert_eq!(snap.gateway_status["gw-h001"].status, "online");
     }
 }

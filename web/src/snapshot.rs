@@ -8,6 +8,7 @@
 use chrono::{DateTime, Utc};
 use gridmesh_protocol::grid::Network;
 use gridmesh_protocol::market::IntervalResult;
+use gridmesh_protocol::reading::Registers;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
 use serde::Serialize;
 use serde_json::Value;
@@ -104,6 +105,9 @@ pub struct Snapshot {
     pub balances: BTreeMap<String, Value>,
     /// Gateway liveness by gateway id.
     pub gateway_status: BTreeMap<String, GatewayLiveness>,
+    /// Interval deltas of signed readings seen on the broker (verified), by gateway id then
+    /// interval key.
+    pub readings: BTreeMap<String, BTreeMap<String, Registers>>,
 }
 
 impl Snapshot {
@@ -132,6 +136,7 @@ impl Snapshot {
             "bk": self.book, "q": self.quarantine, "bl": self.blocks, "sm": self.statements,
             "ba": self.balances,
             "gs": self.gateway_status.iter().map(|(k, v)| (k, &v.status)).collect::<Vec<_>>(),
+            "rd": self.readings.iter().map(|(k, v)| (k, v.len())).collect::<Vec<_>>(),
         });
         data.to_string().hash(&mut hasher);
         hasher.finish()

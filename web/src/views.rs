@@ -287,12 +287,17 @@ pub struct ParticipantRow {
     pub spent: i64,
     /// What it earned from cleared sells, minor units.
     pub earned: i64,
-    /// PV generation from settlement statements, Wh.
+    /// PV generation from the home's verified readings (needs the broker), Wh.
     pub generation_wh: Option<i64>,
-    /// Consumption from settlement statements, Wh.
+    /// Consumption from the home's verified readings: import + PV + battery discharge − export
+    /// − battery charge, Wh.
     pub consumption_wh: Option<i64>,
-    /// Grid export from settlement statements, Wh.
+    /// Metered grid export: settlement's statements, else the readings, Wh.
     pub export_wh: Option<i64>,
+    /// Metered grid import: settlement's statements, else the readings, Wh.
+    pub import_wh: Option<i64>,
+    /// Settled money over the statements (positive = received), minor units.
+    pub settled_net: Option<i64>,
     /// Tokens held, Wh.
     pub tokens_wh: Option<i64>,
     /// Lots (holdings) held.
@@ -384,6 +389,9 @@ pub fn participants(
             let (bought, sold, spent, earned) = market_figures(&snap.results, id);
             let gateway = snap.gateways.iter().find(|g| g.participant == p.id);
             let balance = snap.balances.get(id);
+            let metered = gateway
+                .and_then(|g| snap.readings.get(g.gateway.as_str()))
+                .map(crate::gateways::total);
             let lots = balance.map(holdings).unwrap_or_default();
             ParticipantRow {
                 id: id.to_owned(),
@@ -403,23 +411,27 @@ pub fn participants(
                 sold_wh: sold.0,
                 spent: spent.0,
                 earned: earned.0,
-                generation_wh: statement_sum(
-                    &snap.statements,
-                    id,
-                    &["generation_wh", "pv_wh", "pv", "generation"],
-                ),
-                consumption_wh: statement_sum(
-                    &snap.statements,
-                    id,
-                    &["consumption_wh", "consumption", "load_wh"],
-                ),
+                generation_wh: metered.map(|m| m.pv.0),
+                consumption_wh: metered.map(|m| {
+                    m.grid_import.0 + m.pv.0 + m.battery_discharge.0
+                        - m.grid_export.0
+                        - m.battery_charge.0
+                }),
                 export_wh: statement_sum(
                     &snap.statements,
                     id,
-                    &["export_wh", "grid_export_wh", "grid_export", "export"],
-                ),
+                    &["exported", "export_wh", "grid_export"],
+                )
+                .or(metered.map(|m| m.grid_export.0)),
+                import_wh: statement_sum(
+                    &snap.statements,
+                    id,
+                    &["imported", "import_wh", "grid_import"],
+                )
+                .or(metered.map(|m| m.grid_import.0)),
+                settled_net: statement_sum(&snap.statements, id, &["net"]),
                 tokens_wh: balance.map(|b| {
-                    find_i64(b, &["total", "total_wh", "tokens_wh"])
+                    find_i64(b, &["balance", "total", "total_wh", "tokens_wh"])
                         .unwrap_or_else(|| lots.iter().map(holding_amount).sum())
                 }),
                 lots: lots.len(),

@@ -223,14 +223,22 @@ pub struct Ledger {
 impl Ledger {
     /// Builds it.
     pub fn new() -> Self {
+        // Written out in settlement's stored field order (the `kind` tag, then the struct's
+        // fields), which differs from the sorted order a re-serialised JSON value has.
         let bodies: Vec<String> = (0..3)
             .map(|i| {
-                json!({"kind": "mint", "interval": "2026-06-21T12:00:00Z/15", "trade_index": i,
-                       "seller": "h003", "buyer": "h001", "seller_order": "o0b", "buyer_order": "o0a",
-                       "source": "pv", "price": 200000, "amount": 1000 + i,
-                       "seller_readings": [format!("{:064x}", 0xaa00 + i)],
-                       "buyer_readings": [format!("{:064x}", 0xbb00 + i)], "released": false})
-                .to_string()
+                format!(
+                    concat!(
+                        r#"{{"kind":"mint","interval":"2026-06-21T12:00:00Z/15","trade_index":{i},"#,
+                        r#""seller":"h003","buyer":"h001","seller_order":"o0b","buyer_order":"o0a","#,
+                        r#""source":"pv","price":200000,"amount":{amount},"seller_readings":["{sr:064x}"],"#,
+                        r#""buyer_readings":["{br:064x}"],"released":false}}"#
+                    ),
+                    i = i,
+                    amount = 1000 + i,
+                    sr = 0xaa00 + i,
+                    br = 0xbb00 + i
+                )
             })
             .collect();
         let leaves: Vec<[u8; 32]> = bodies.iter().map(|b| leaf(b.as_bytes())).collect();
@@ -263,6 +271,17 @@ impl Ledger {
         }
         proof
     }
+}
+
+/// The body as settlement returns it: a re-serialised JSON value whose key order differs from
+/// the stored bytes (here reversed, so the page must rebuild the stored order to verify).
+fn reordered(body: &str) -> Value {
+    let parsed: serde_json::Map<String, Value> = serde_json::from_str(body).unwrap();
+    let mut out = serde_json::Map::new();
+    for (k, v) in parsed.into_iter().collect::<Vec<_>>().into_iter().rev() {
+        out.insert(k, v);
+    }
+    Value::Object(out)
 }
 
 /// What the doubles serve; tests may change it between refreshes.
@@ -357,9 +376,10 @@ pub async fn start(n: usize) -> Upstreams {
             "/ledger/blocks",
             get(|State(f): State<Shared>| async move {
                 let f = f.lock().unwrap();
-                Json(json!([{"height": 0, "interval": {"start": "2026-06-21T12:00:00Z", "minutes": 15},
+                Json(json!([{"height": 0, "interval": "2026-06-21T12:00:00Z/15",
                              "prev_hash": "00".repeat(32), "merkle_root": f.ledger.root, "entry_count": 3,
-                             "sealed_at": "2026-06-21T12:20:00Z", "hash": "ab".repeat(32)}]))
+                             "sealed_at": "2026-06-21T12:20:00Z", "hash": "ab".repeat(32),
+                             "entries": f.ledger.bodies.iter().map(|(h, _)| h.clone()).collect::<Vec<_>>()}]))
             }),
         )
         .route(
@@ -370,7 +390,7 @@ pub async fn start(n: usize) -> Upstreams {
                     return (StatusCode::NOT_FOUND, Json(json!({"code": "not_found", "message": "no block"}))).into_response();
                 }
                 Json(json!({"height": 0, "merkle_root": f.ledger.root, "entry_count": 3, "prev_hash": "00".repeat(32),
-                            "entries": f.ledger.bodies.iter().map(|(h, _)| json!({"hash": h, "kind": "mint"})).collect::<Vec<_>>()}))
+                            "entries": f.ledger.bodies.iter().map(|(h, _)| h.clone()).collect::<Vec<_>>()}))
                 .into_response()
             }),
         )
@@ -379,7 +399,8 @@ pub async fn start(n: usize) -> Upstreams {
             get(|State(f): State<Shared>, Path(hash): Path<String>| async move {
                 let f = f.lock().unwrap();
                 match f.ledger.bodies.iter().position(|(h, _)| *h == hash) {
-                    Some(i) => Json(json!({"hash": hash, "body": f.ledger.bodies[i].1, "block_height": 0,
+                    Some(i) => Json(json!({"hash": hash, "seq": i, "kind": "mint",
+                                           "body": reordered(&f.ledger.bodies[i].1), "block_height": 0,
                                            "merkle_root": f.ledger.root, "proof": f.ledger.proof(i)})).into_response(),
                     None => (StatusCode::NOT_FOUND, Json(json!({"code": "not_found", "message": "no such entry"}))).into_response(),
                 }
@@ -390,19 +411,24 @@ pub async fn start(n: usize) -> Upstreams {
             get(|State(f): State<Shared>, Path(p): Path<String>| async move {
                 let f = f.lock().unwrap();
                 let holdings: Vec<Value> = if p == "h001" {
-                    f.ledger.bodies.iter().enumerate().map(|(i, (h, _))| json!({"lot": h, "amount": 1000 + i,
-                        "provenance": {"interval": "2026-06-21T12:00:00Z/15", "source": "pv", "seller": "h003"}})).collect()
+                    f.ledger.bodies.iter().enumerate().map(|(i, (h, b))| json!({"lot": h, "amount": 1000 + i,
+                        "retired": 0, "received": 1000 + i, "parent_lot": null, "origin_mint": h,
+                        "provenance": serde_json::from_str::<Value>(b).unwrap()})).collect()
                 } else {
                     Vec::new()
                 };
-                Json(json!({"participant": p, "holdings": holdings}))
+                let balance: i64 = holdings.iter().map(|h| h["amount"].as_i64().unwrap()).sum();
+                Json(json!({"participant": p, "balance": balance, "retired": 0, "holdings": holdings}))
             }),
         )
         .route(
             "/statements",
             get(|| async {
-                Json(json!([{"participant": "h001", "interval": "2026-06-21T12:00:00Z/15", "generation_wh": 300, "consumption_wh": 2100, "export_wh": 0},
-                            {"participant": "h003", "interval": "2026-06-21T12:00:00Z/15", "generation_wh": 2500, "consumption_wh": 400, "export_wh": 1900}]))
+                let st = |p: &str, sold: i64, bought: i64, exported: i64, imported: i64, net: i64| json!({
+                    "participant": p, "interval": "2026-06-21T12:00:00Z/15", "sold": sold, "bought": bought,
+                    "exported": exported, "imported": imported, "delivered": sold.min(exported),
+                    "consumed": bought.min(imported), "tokens": 0, "estimated": false, "lines": [], "net": net});
+                Json(json!([st("h001", 0, 1500, 0, 2100, -300), st("h003", 1000, 0, 1900, 50, 200)]))
             }),
         )
         .route("/events", get(|| async { Sse::new(futures::stream::pending::<Result<Event, Infallible>>()) }))
