@@ -189,3 +189,28 @@ test('phone width: no horizontal page overflow, pages still readable', async () 
     assert.deepEqual(errors, []);
   } finally { await close(); }
 });
+
+test('a tampered inclusion proof is rejected in the browser', async () => {
+  const { page, close } = await openPage();
+  try {
+    // Find an entry through the ledger: the newest block's first entry.
+    const blocks = await (await fetch(base + '/api/ledger/blocks')).json();
+    const block = blocks.blocks.find((b) => (b.entries || []).length > 0);
+    assert.ok(block, 'a block with entries');
+    const first = block.entries[0];
+    const hash = typeof first === 'string' ? first : first.hash;
+    // Flip one bit of the first sibling (or of the root when the block has a single entry).
+    await page.route('**/api/ledger/entries/*', async (route) => {
+      const response = await route.fetch();
+      const entry = await response.json();
+      const flip = (hx) => (parseInt(hx[0], 16) ^ 1).toString(16) + hx.slice(1);
+      if (Array.isArray(entry.proof) && entry.proof.length) entry.proof[0].sibling = flip(entry.proof[0].sibling);
+      else entry.merkle_root = flip(entry.merkle_root);
+      await route.fulfill({ response, json: entry });
+    });
+    await page.goto(base + '/ledger/entries/' + hash);
+    await page.waitForSelector('#proof-verdict:not([data-ok="pending"])');
+    assert.equal(await page.locator('#proof-verdict').getAttribute('data-ok'), 'false');
+    assert.match(await page.locator('#proof-verdict').innerText(), /FAILED/);
+  } finally { await close(); }
+});
