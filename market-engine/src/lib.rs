@@ -15,7 +15,7 @@
 //! - [`gate`]: automatic clearing at gate closure and MQTT publishing;
 //! - [`api`]: the REST API (axum), [`openapi`]: its OpenAPI document, [`metrics`]: Prometheus;
 //! - [`config`], [`error`], [`server`]: configuration, the typed error, and [`serve`];
-//! - [`cli`]: the command line behind `main.rs`.
+//! - [`cli`]: the command line behind `main.rs`; [`client`]: its trader commands.
 //!
 //! Architecture invariant: the clearing core (`network`, `book`, `clearing`, `fast`,
 //! `prices`, `decompose`) does no I/O, reads no clock and uses no floats; `reference` is the
@@ -42,6 +42,7 @@ pub mod api;
 pub mod book;
 pub mod clearing;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod decompose;
 pub mod error;

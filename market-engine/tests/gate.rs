@@ -1,0 +1,182 @@
+//! Automatic clearing at gate closure on an accelerated clock: the result arrives on SSE, on
+//! REST and retained on MQTT (Mosquitto at 127.0.0.1:1883), and later orders are refused.
+
+use chrono::{DateTime, Utc};
+use gridmesh_protocol::grid::{Network, UtilityTariff};
+use gridmesh_protocol::keys::SigningKeyPair;
+use gridmesh_protocol::market::IntervalResult;
+use gridmesh_protocol::order::Order;
+use gridmesh_protocol::registry::{Participant, ParticipantKind};
+use gridmesh_protocol::{Interval, NodeId, ParticipantId, PricePerMwh, Side, SignedEnvelope, Wh};
+use gridmesh_runtime::clock::Clock;
+use gridmesh_runtime::shutdown::Shutdown;
+use market_engine::{MarketConfig, serve};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clears_at_gate_closure_and_publishes_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = format!("gate{}", std::process::id());
+    let epoch = DateTime::parse_from_rfc3339("2026-06-21T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    // 300× real time: the 12:15 interval's gate closes at 12:10, two real seconds from now.
+    let clock = Clock::scaled(epoch, 300.0);
+    let shutdown = Shutdown::new();
+    let config = MarketConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: format!("sqlite://{}", dir.path().join("m.db").display()),
+        zone: zone.clone(),
+        operator_token: Some("op".into()),
+        broker_url: Some("mqtt://127.0.0.1:1883".into()),
+        topology: Some(Network {
+            root: NodeId::new("sub").unwrap(),
+            branches: vec![],
+            utility: UtilityTariff {
+                retail_price: Some(PricePerMwh(30_000)),
+                feed_in_price: Some(PricePerMwh(8_000)),
+                ..Default::default()
+            },
+        }),
+        ..MarketConfig::default()
+    };
+    let m = serve(config, clock.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let key = SigningKeyPair::from_seed([5; 32]);
+    let alice = Participant {
+        id: ParticipantId::new("alice").unwrap(),
+        public_key: key.public_key(),
+        node: NodeId::new("sub").unwrap(),
+        kind: ParticipantKind::Household,
+    };
+    let r = http
+        .post(format!("{}/participants", m.url()))
+        .bearer_auth("op")
+        .json(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // Follow the SSE stream before the gate closes.
+    let mut events = http
+        .get(format!("{}/events", m.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+
+    let interval = Interval::parse("2026-06-21T12:15:00Z", 15).unwrap();
+    let order = Order {
+        participant: alice.id.clone(),
+        node: alice.node.clone(),
+        interval,
+        side: Side::Buy,
+        quantity: Wh(2_000),
+        limit_price: PricePerMwh(35_000),
+        nonce: 1,
+    };
+    let r = http
+        .post(format!("{}/orders", m.url()))
+        .json(&SignedEnvelope::sign(&order, &key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !text.contains("\n\n") || !text.contains("event: result") {
+        let chunk = tokio::time::timeout_at(deadline, events.chunk())
+            .await
+            .expect("a result event before the deadline")
+            .unwrap()
+            .expect("stream open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("data line");
+    let from_sse: IntervalResult = serde_json::from_str(data).unwrap();
+    assert_eq!(from_sse.interval, interval);
+    assert_eq!(from_sse.orders[0].cleared, Wh(2_000));
+    assert_eq!(from_sse.utility_import, Wh(2_000));
+    assert!(clock.now() >= interval.gate_closure(chrono::Duration::minutes(5)));
+
+    let from_rest: IntervalResult = http
+        .get(format!("{}/intervals/2026-06-21T12:15:00Z/result", m.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(from_rest, from_sse);
+
+    let late = Order { nonce: 2, ..order };
+    let r = http
+        .post(format!("{}/orders", m.url()))
+        .json(&SignedEnvelope::sign(&late, &key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+
+    // The retained MQTT copy: wait for the broker's PUBACK of the publish, then subscribe.
+    let published = tokio::time::timeout(Duration::from_secs(20), async {
+        while m
+            .market
+            .metrics
+            .results_published
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        published.is_ok(),
+        "the result was never acknowledged by the broker"
+    );
+    let topic = gridmesh_protocol::topics::result(&zone, &interval);
+    let mut options = rumqttc::MqttOptions::new(format!("check-{zone}"), "127.0.0.1", 1883);
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    client
+        .subscribe(topic.clone(), rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let from_mqtt = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) =
+                eventloop.poll().await.unwrap()
+            {
+                assert!(p.retain);
+                return serde_json::from_slice::<IntervalResult>(&p.payload).unwrap();
+            }
+        }
+    })
+    .await
+    .expect("a retained result on MQTT");
+    assert_eq!(from_mqtt, from_sse);
+    // Clean up the retained message so reruns start fresh.
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, true, Vec::<u8>::new())
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = eventloop.poll().await
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    drop(events);
+    shutdown.wait().await;
+}
