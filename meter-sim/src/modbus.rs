@@ -123,7 +123,7 @@ impl tokio_modbus::server::Service for DeviceService {
         let stats = &self.shared.stats;
         stats.modbus_requests.fetch_add(1, Ordering::Relaxed);
         let (answer, delay) = self.handle(req.slave, req.request);
-        if matches!(answer, Err(_)) {
+        if answer.is_err() {
             stats.modbus_exceptions.fetch_add(1, Ordering::Relaxed);
         }
         match delay {
