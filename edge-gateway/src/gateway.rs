@@ -472,7 +472,9 @@ async fn accountant_task(
                             digest = %envelope.digest_hex(),
                             "reading signed and stored"
                         );
+                        let depth = signer.outbox.depth().await.unwrap_or_default();
                         status.update(|s| {
+                            (s.outbox_count, s.outbox_bytes) = depth;
                             s.readings_signed += 1;
                             s.last_interval = Some(reading.interval.key());
                             s.last_sequence = Some(reading.sequence);

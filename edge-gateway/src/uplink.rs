@@ -44,7 +44,9 @@ impl Uplink {
             if cancel.is_cancelled() {
                 return;
             }
-            let delivered_all = match self.deliver_some().await {
+            let outcome = self.deliver_some().await;
+            self.refresh_depth().await;
+            let delivered_all = match outcome {
                 Ok(all) => {
                     backoff = Duration::from_millis(500);
                     all
@@ -52,25 +54,24 @@ impl Uplink {
                 Err(error) => {
                     self.status.update(|s| s.delivery_failures += 1);
                     tracing::warn!(%error, retry_in = ?backoff, "readings not delivered; kept in the outbox");
+                    // Wait out the backoff, but retry at once when the broker comes back.
+                    let reconnected = async {
+                        match &self.mqtt {
+                            Some(mqtt) if !mqtt.is_connected() => {
+                                mqtt.wait_connected(backoff).await;
+                            }
+                            _ => std::future::pending::<()>().await,
+                        }
+                    };
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
+                        _ = reconnected => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;
                 }
             };
-            if let Ok((count, bytes)) = self.outbox.depth().await {
-                let dropped = self
-                    .outbox
-                    .dropped
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                self.status.update(|s| {
-                    s.outbox_count = count;
-                    s.outbox_bytes = bytes;
-                    s.outbox_dropped = dropped;
-                });
-            }
             if delivered_all {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -79,6 +80,21 @@ impl Uplink {
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
             }
+        }
+    }
+
+    /// Updates the outbox gauges.
+    pub async fn refresh_depth(&self) {
+        if let Ok((count, bytes)) = self.outbox.depth().await {
+            let dropped = self
+                .outbox
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed);
+            self.status.update(|s| {
+                s.outbox_count = count;
+                s.outbox_bytes = bytes;
+                s.outbox_dropped = dropped;
+            });
         }
     }
 
