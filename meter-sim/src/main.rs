@@ -2,7 +2,6 @@
 
 use anyhow::Context;
 use clap::Parser;
-use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::shutdown::Shutdown;
 use meter_sim::{Homes, Scenario};
 use std::path::PathBuf;
@@ -77,10 +76,7 @@ async fn main() -> anyhow::Result<()> {
         None => {}
     }
     scenario.resolve()?;
-    let clock = match scenario.start {
-        None if scenario.speed == 1.0 => Clock::system(),
-        start => Clock::scaled(start.unwrap_or_else(chrono::Utc::now), scenario.speed),
-    };
+    let clock = scenario.clock();
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let sim = meter_sim::start(scenario.clone(), clock, &shutdown).await?;
@@ -93,31 +89,14 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot write the manifest to {}", path.display()))?;
         tracing::info!(path = %path.display(), "manifest written");
     }
-    let listener = tokio::net::TcpListener::bind(&cli.control)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} for the control API; choose another --control address",
-                cli.control
-            )
-        })?;
+    let control = sim.serve_control(&cli.control, &shutdown).await?;
     tracing::info!(
         homes = manifest.homes.len(),
         first_port = manifest.homes.first().and_then(|h| h.devices.first()).map(|d| d.port),
-        control = %listener.local_addr()?,
+        %control,
         speed = scenario.speed,
         "meter-sim running"
     );
-    let token = shutdown.token();
-    let router = sim.control_router();
-    shutdown.spawn(async move {
-        if let Err(error) = axum::serve(listener, router)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
-        {
-            tracing::error!(%error, "control API stopped");
-        }
-    });
     if cli.status_every > 0 {
         let sim = sim.clone();
         let token = shutdown.token();

@@ -313,6 +313,17 @@ impl Scenario {
         }
     }
 
+    /// A clock for this scenario: simulated time from `start` (or now) at `speed`. Hand clones
+    /// of it to every service that must agree on simulated time.
+    pub fn clock(&self) -> gridmesh_runtime::clock::Clock {
+        match self.start {
+            None if self.speed == 1.0 => gridmesh_runtime::clock::Clock::system(),
+            start => {
+                gridmesh_runtime::clock::Clock::scaled(start.unwrap_or_else(Utc::now), self.speed)
+            }
+        }
+    }
+
     /// Parses a scenario from TOML text.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)

@@ -38,6 +38,16 @@ pub enum SimError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The control API's address could not be bound.
+    #[error(
+        "cannot listen on {addr} for the control API: {source}; choose a free address with --control"
+    )]
+    ControlBind {
+        /// The address.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// No home has this id.
     #[error("no home is called `{0}`; see GET /manifest for the ids")]
     UnknownHome(String),
@@ -436,7 +446,11 @@ impl Simulator {
     }
 
     /// The true energy of a home over an interval, once the interval has passed in simulated
-    /// time and while it is within the kept history (`history_days`). `None` otherwise.
+    /// time and while it is within the kept history (`history_days`). `None` otherwise
+    /// (also for an interval that began before the simulation started).
+    ///
+    /// Intervals are on the home's device clock, which equals the shared clock unless a
+    /// `clock_jump` fault moved it.
     pub fn ground_truth(&self, home: &str, interval: &Interval) -> Option<TrueEnergy> {
         let i = *self.shared.index.get(home)?;
         let h = self.shared.home(i);
@@ -554,6 +568,34 @@ impl Simulator {
             steps: self.shared.stats.steps.load(Ordering::Relaxed),
             homes,
         }
+    }
+
+    /// Binds the control/status HTTP API on `addr` (`127.0.0.1:0` works) and serves it until
+    /// shutdown. Returns the bound address.
+    pub async fn serve_control(
+        &self,
+        addr: &str,
+        shutdown: &Shutdown,
+    ) -> Result<SocketAddr, SimError> {
+        let bind_error = |source| SimError::ControlBind {
+            addr: addr.to_owned(),
+            source,
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(bind_error)?;
+        let bound = listener.local_addr().map_err(bind_error)?;
+        let router = self.control_router();
+        let token = shutdown.token();
+        shutdown.spawn(async move {
+            if let Err(error) = axum::serve(listener, router)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+            {
+                tracing::error!(%error, "control API stopped");
+            }
+        });
+        Ok(bound)
     }
 
     /// The control/status HTTP API as an axum router (see [`crate::control`]).

@@ -703,15 +703,17 @@ pub fn render(kind: DeviceKind, id: &Identity<'_>, v: &DeviceValues) -> Vec<u16>
             }
             img.set(203, "Hz_SF", -2);
             img.set(203, "Hz", 5000);
-            img.set(203, "W_SF", 0);
-            img.set(203, "W", scaled(w, 0));
+            // W is int16: above 32 kW the scale factor moves to 1 (10 W resolution).
+            let wsf = if w.abs() > 32_000.0 { 1 } else { 0 };
+            img.set(203, "W_SF", wsf as i64);
+            img.set(203, "W", scaled(w, wsf));
             for ph in ["WphA", "WphB", "WphC"] {
-                img.set(203, ph, scaled(w / 3.0, 0));
+                img.set(203, ph, scaled(w / 3.0, wsf));
             }
-            img.set(203, "VA_SF", 0);
-            img.set(203, "VA", scaled(w.abs(), 0));
+            img.set(203, "VA_SF", wsf as i64);
+            img.set(203, "VA", scaled(w.abs(), wsf));
             for ph in ["VAphA", "VAphB", "VAphC"] {
-                img.set(203, ph, scaled(w.abs() / 3.0, 0));
+                img.set(203, ph, scaled(w.abs() / 3.0, wsf));
             }
             img.set(203, "VAR_SF", 0);
             for ph in ["VAR", "VARphA", "VARphB", "VARphC"] {

@@ -206,3 +206,30 @@ async fn binary_writes_the_manifest_and_serves_modbus() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("step_seconds"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_api_serves_over_tcp_and_stops_on_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (sim, shutdown) = start(1, 2, 1.0).await;
+    let addr = sim.serve_control("127.0.0.1:0", &shutdown).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /status HTTP/1.1\r\nHost: sim\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"simulated_time\""));
+    // The port is taken: a second bind fails with a helpful message.
+    let err = sim
+        .serve_control(&addr.to_string(), &shutdown)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("--control"), "{err}");
+    shutdown.wait().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "closed after shutdown"
+    );
+}
