@@ -14,7 +14,7 @@ pub fn default_ports() -> Vec<u16> {
 }
 
 /// Unit ids tried on each open port.
-pub const UNITS: [u8; 6] = [1, 2, 3, 126, 247, 100];
+pub const UNITS: [u8; 8] = [1, 2, 3, 4, 5, 126, 247, 100];
 
 /// One SunSpec device found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +119,7 @@ pub async fn scan(host: &str, ports: &[u16], timeout: Duration) -> Vec<Found> {
 pub fn render(host: &str, found: &[Found]) -> String {
     if found.is_empty() {
         return format!(
-            "# No SunSpec device answered on {host} (ports 502, 1502, 15020-15040; units 1, 2, 3, 126, 247, 100).\n# Check that Modbus TCP is enabled on the device and that this machine may reach it.\n"
+            "# No SunSpec device answered on {host} (ports 502, 1502, 15020-15040; units 1-5, 126, 247, 100).\n# Check that Modbus TCP is enabled on the device and that this machine may reach it.\n"
         );
     }
     let mut out =
