@@ -122,7 +122,7 @@ async function renderGrid() {
           ' ', h('span', { class: 'badge ' + b.loading, text: label })),
         h('div', { class: 'bar', role: 'meter', 'aria-label': 'Loading of ' + b.node, 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': String(Math.min(100, pct ?? 0)) },
           h('span', { style: 'width:' + Math.min(100, pct ?? 0) + '%' })),
-        h('div', {}, link('/participants?node=' + encodeURIComponent(b.node), b.participants + ' participants →')),
+        h('div', {}, link('/participants?node=' + encodeURIComponent(b.node), b.participants + (b.participants === 1 ? ' participant →' : ' participants →'))),
         h('div', { class: 'figures', text: figures }));
     }));
   }
