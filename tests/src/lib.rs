@@ -1,5 +1,10 @@
 //! The whole gridmesh neighbourhood in one process tree: the demo launcher and the harness the
 //! end-to-end tests use.
 //!
-//! - [`broker`]: the embedded MQTT broker (demo and embedded-broker tests only).
+//! - [`broker`]: the embedded MQTT broker (demo and embedded-broker tests only);
+//! - [`neighbourhood`]: starts meter-sim, a gateway per home, the market, settlement and the
+//!   dashboard on one accelerated clock;
+//! - [`progress`]: the one-line-per-interval report the demo prints.
 pub mod broker;
+pub mod neighbourhood;
+pub mod progress;

@@ -1,0 +1,492 @@
+//! The whole neighbourhood in one process: meter-sim, one edge-gateway per home, the market,
+//! settlement and the dashboard, all on one accelerated clock.
+//!
+//! Each service is started through its own library entry point exactly as its binary would, and
+//! they talk to each other only over their real interfaces: Modbus TCP, MQTT and REST on
+//! loopback. The demo binary and the end-to-end tests both use [`Neighbourhood::start`].
+
+use crate::broker::{BrokerError, EmbeddedBroker};
+use chrono::{DateTime, Utc};
+use edge_gateway::config::{DeviceConfig, GatewayConfig, Role};
+use edge_gateway::{KeySource, RunningGateway};
+use gridmesh_protocol::grid::{Branch, Network, UtilityTariff};
+use gridmesh_protocol::keys::{KeyFileError, SigningKeyPair};
+use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
+use gridmesh_protocol::{GatewayId, NodeId, ParticipantId, PricePerMwh, Wh};
+use gridmesh_runtime::clock::Clock;
+use gridmesh_runtime::shutdown::Shutdown;
+use market_engine::{MarketConfig, server::RunningMarket};
+use meter_sim::scenario::HomeSpec;
+use meter_sim::{DeviceKind, Homes, Scenario, Simulator};
+use serde::{Deserialize, Serialize};
+use settlement::{RunningSettlement, SettlementConfig};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The operator token the launcher uses for registrations (local demo only).
+pub const DEMO_OPERATOR_TOKEN: &str = "demo-operator-token";
+
+/// How to run the neighbourhood.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Number of simulated homes.
+    pub homes: usize,
+    /// Number of feeders (`f1` is the tight one that congests at midday).
+    pub feeders: usize,
+    /// Simulated seconds per real second (60: one 15-minute interval every 15 s).
+    pub speed: f64,
+    /// Seed of the physics.
+    pub seed: u64,
+    /// Simulated time to start at when there is no stored state.
+    pub start: DateTime<Utc>,
+    /// Where keys, databases, outboxes and the resume state live.
+    pub data_dir: PathBuf,
+    /// `None`: SQLite files in `data_dir`. `Some(postgres://…/db)`: the market and settlement
+    /// use the databases `<db>_market` and `<db>_settlement` on that server (created if absent).
+    pub database: Option<String>,
+    /// `None`: the embedded broker. `Some(mqtt://…)`: that broker.
+    pub broker: Option<String>,
+    /// Dashboard port; the market listens on +1, settlement on +2, the embedded broker on +3.
+    /// 0 = ephemeral ports everywhere (tests).
+    pub ports_from: u16,
+    /// First home's Modbus port (0 = ephemeral).
+    pub modbus_base_port: u16,
+    /// How often gateways poll their devices, in real milliseconds.
+    pub poll_ms: u64,
+    /// Whether the households' gateways bid.
+    pub bidding: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            homes: 24,
+            feeders: 3,
+            speed: 60.0,
+            seed: 42,
+            start: DateTime::parse_from_rfc3339("2026-06-21T09:00:00Z")
+                .expect("valid literal")
+                .with_timezone(&Utc),
+            data_dir: PathBuf::from("demo-data"),
+            database: None,
+            broker: None,
+            ports_from: 8080,
+            modbus_base_port: 15020,
+            poll_ms: 250,
+            bidding: true,
+        }
+    }
+}
+
+/// Why the neighbourhood did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A file or directory could not be created or read.
+    #[error("cannot use {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A key file is unusable.
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    /// The embedded broker did not start.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// meter-sim did not start.
+    #[error("meter-sim: {0}")]
+    Sim(#[from] meter_sim::SimError),
+    /// The market did not start or refused a registration.
+    #[error("market-engine: {0}")]
+    Market(#[from] market_engine::error::MarketError),
+    /// Settlement did not start.
+    #[error("settlement: {0}")]
+    Settlement(#[from] settlement::Error),
+    /// A gateway did not start.
+    #[error("edge-gateway {gateway}: {source}")]
+    Gateway {
+        /// Which gateway.
+        gateway: String,
+        /// Why.
+        source: edge_gateway::GatewayError,
+    },
+    /// The dashboard did not start.
+    #[error("dashboard: {0}")]
+    Web(#[from] gridmesh_web::WebError),
+    /// The PostgreSQL server could not be prepared.
+    #[error("database: {0}")]
+    Database(#[from] gridmesh_runtime::db::DbError),
+    /// An option is invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What the launcher remembers between runs.
+#[derive(Debug, Serialize, Deserialize)]
+struct ResumeState {
+    /// Simulated time when the previous run stopped.
+    simulated_now: DateTime<Utc>,
+}
+
+const STATE_FILE: &str = "resume.json";
+
+/// A running neighbourhood.
+pub struct Neighbourhood {
+    /// The shared accelerated clock.
+    pub clock: Clock,
+    /// The simulator (ground truth, faults, manifest).
+    pub sim: Simulator,
+    /// The market.
+    pub market: RunningMarket,
+    /// Settlement.
+    pub settlement: RunningSettlement,
+    /// One gateway per home, in manifest order.
+    pub gateways: Vec<RunningGateway>,
+    /// The dashboard's address.
+    pub dashboard: SocketAddr,
+    /// The broker URL in use.
+    pub broker_url: String,
+    /// The topology the market clears on.
+    pub network: Network,
+    /// Whether this run resumed from stored state.
+    pub resumed: bool,
+    data_dir: PathBuf,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
+    move |source| StartError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The demo grid: substation `sub`, feeders `f1..fN`; `f1` has a tight export limit so that it
+/// congests when the sun is high. Limits are per interval.
+pub fn demo_network(feeders: usize, homes: usize) -> Network {
+    let homes_per_feeder = homes.div_ceil(feeders.max(1)).max(1) as i64;
+    let branches = (1..=feeders)
+        .map(|f| Branch {
+            node: NodeId::new(format!("f{f}")).expect("valid id"),
+            parent: NodeId::new("sub").expect("valid id"),
+            import_limit_wh: Some(Wh(homes_per_feeder * 2_000)),
+            export_limit_wh: Some(Wh(if f == 1 {
+                homes_per_feeder * 150
+            } else {
+                homes_per_feeder * 2_000
+            })),
+            fee_per_mwh: Some(PricePerMwh(1_000)),
+        })
+        .collect();
+    Network {
+        root: NodeId::new("sub").expect("valid id"),
+        branches,
+        utility: UtilityTariff {
+            retail_price: Some(PricePerMwh(30_000)),
+            feed_in_price: Some(PricePerMwh(8_000)),
+            import_limit_wh: None,
+            export_limit_wh: None,
+        },
+    }
+}
+
+/// The demo's homes: spread round-robin over the feeders; every third home is a flat without
+/// PV or battery (a buyer at midday), the others vary in PV size.
+pub fn demo_homes(homes: usize, feeders: usize) -> Vec<HomeSpec> {
+    (1..=homes)
+        .map(|i| {
+            let prosumer = i % 3 != 0;
+            HomeSpec {
+                id: format!("h{i:03}"),
+                feeder: Some(format!("f{}", (i - 1) % feeders.max(1) + 1)),
+                kwp: Some(if prosumer {
+                    4.0 + (i % 4) as f64 * 1.5
+                } else {
+                    0.0
+                }),
+                battery_kwh: Some(if prosumer && i % 2 == 0 { 10.0 } else { 0.0 }),
+                annual_load_kwh: Some(if prosumer { 3_500.0 } else { 5_000.0 }),
+                ..HomeSpec::default()
+            }
+        })
+        .collect()
+}
+
+fn port(base: u16, offset: u16) -> u16 {
+    if base == 0 { 0 } else { base + offset }
+}
+
+async fn database_url(options: &Options, service: &str) -> Result<String, StartError> {
+    match &options.database {
+        None => Ok(format!(
+            "sqlite://{}",
+            options.data_dir.join(format!("{service}.db")).display()
+        )),
+        Some(base) if base.starts_with("postgres") => {
+            let mut url = url::Url::parse(base)
+                .map_err(|_| StartError::Invalid(format!("--database `{base}` is not a URL")))?;
+            let name = format!("{}_{service}", url.path().trim_start_matches('/'));
+            let admin = gridmesh_runtime::db::Database::connect(base).await?;
+            let exists: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+                    .bind(name.clone())
+                    .fetch_optional(&admin.pool)
+                    .await
+                    .map_err(|e| StartError::Invalid(format!("cannot query {base}: {e}")))?;
+            if exists.is_none() {
+                sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+                    .execute(&admin.pool)
+                    .await
+                    .map_err(|e| {
+                        StartError::Invalid(format!("cannot create database {name}: {e}"))
+                    })?;
+            }
+            admin.pool.close().await;
+            url.set_path(&name);
+            Ok(url.to_string())
+        }
+        Some(other) => Err(StartError::Invalid(format!(
+            "--database must be a postgres:// URL (SQLite is the default), not `{other}`"
+        ))),
+    }
+}
+
+fn load_or_create_key(path: &Path) -> Result<SigningKeyPair, StartError> {
+    if path.exists() {
+        Ok(SigningKeyPair::load(path)?)
+    } else {
+        Ok(SigningKeyPair::generate_file(path)?)
+    }
+}
+
+impl Neighbourhood {
+    /// Starts everything. Stop it by triggering `shutdown` and then calling
+    /// [`Neighbourhood::stop`].
+    pub async fn start(options: Options, shutdown: &Shutdown) -> Result<Self, StartError> {
+        if options.homes == 0 || options.feeders == 0 || options.feeders > options.homes {
+            return Err(StartError::Invalid(format!(
+                "need at least one home per feeder (got {} homes on {} feeders)",
+                options.homes, options.feeders
+            )));
+        }
+        let data_dir = options.data_dir.clone();
+        for dir in [
+            data_dir.clone(),
+            data_dir.join("keys"),
+            data_dir.join("outbox"),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        }
+
+        // Resume from the simulated time the previous run reached.
+        let state_path = data_dir.join(STATE_FILE);
+        let previous: Option<ResumeState> = std::fs::read(&state_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let resumed = previous.is_some();
+        let epoch = previous.map_or(options.start, |s| s.simulated_now);
+        let clock = Clock::scaled(epoch, options.speed);
+
+        let broker_url = match &options.broker {
+            Some(url) => url.clone(),
+            None => {
+                let addr = SocketAddr::from(([127, 0, 0, 1], port(options.ports_from, 3)));
+                EmbeddedBroker::start(addr)?.url()
+            }
+        };
+
+        let mut scenario = Scenario::small(options.homes, options.seed);
+        scenario.feeders = options.feeders;
+        scenario.homes = Homes::List(demo_homes(options.homes, options.feeders));
+        scenario.base_port = options.modbus_base_port;
+        scenario.start = Some(epoch);
+        scenario.speed = options.speed;
+        let sim = meter_sim::start(scenario, clock.clone(), shutdown).await?;
+        let manifest = sim.manifest();
+
+        let network = demo_network(options.feeders, options.homes);
+        let market = market_engine::server::serve(
+            MarketConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], port(options.ports_from, 1))),
+                database_url: database_url(&options, "market").await?,
+                zone: "demo".to_owned(),
+                operator_token: Some(DEMO_OPERATOR_TOKEN.to_owned()),
+                broker_url: Some(broker_url.clone()),
+                topology: Some(network.clone()),
+                ..MarketConfig::default()
+            },
+            clock.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+
+        let settlement = settlement::serve(
+            SettlementConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], port(options.ports_from, 2))),
+                database_url: database_url(&options, "settlement").await?,
+                market_url: Some(market.url()),
+                broker_url: Some(broker_url.clone()),
+                authority_key: {
+                    let path = data_dir.join("keys").join("settlement-authority.key");
+                    load_or_create_key(&path)?;
+                    Some(path)
+                },
+                operator_token: Some(DEMO_OPERATOR_TOKEN.to_owned()),
+                grace_secs: 60,
+                poll_secs: 0.5,
+                ..SettlementConfig::default()
+            },
+            clock.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+
+        let mut gateways = Vec::with_capacity(manifest.homes.len());
+        for home in &manifest.homes {
+            let participant = ParticipantId::new(home.id.clone())
+                .map_err(|e| StartError::Invalid(e.to_string()))?;
+            let gateway_id = GatewayId::new(format!("gw-{}", home.id))
+                .map_err(|e| StartError::Invalid(e.to_string()))?;
+            let node =
+                NodeId::new(home.feeder.clone()).map_err(|e| StartError::Invalid(e.to_string()))?;
+            let key = load_or_create_key(&data_dir.join("keys").join(format!("{}.key", home.id)))?;
+            market
+                .market
+                .register_participant(Participant {
+                    id: participant.clone(),
+                    public_key: key.public_key(),
+                    node: node.clone(),
+                    kind: ParticipantKind::Household,
+                })
+                .await?;
+            market
+                .market
+                .enroll_gateway(GatewayEnrollment {
+                    gateway: gateway_id.clone(),
+                    participant: participant.clone(),
+                    node: node.clone(),
+                    public_key: key.public_key(),
+                    inverter_w: home.inverter_w,
+                    battery_w: home.battery_w,
+                    latitude_microdeg: (home.latitude * 1e6).round() as i32,
+                    longitude_microdeg: (home.longitude * 1e6).round() as i32,
+                })
+                .await?;
+
+            let mut config = GatewayConfig {
+                gateway_id: gateway_id.clone(),
+                participant,
+                node,
+                outbox_path: data_dir.join("outbox").join(format!("{}.db", home.id)),
+                market_url: Some(market.url()),
+                settlement_url: Some(format!("http://{}", settlement.addr)),
+                poll_ms: options.poll_ms,
+                modbus_timeout_ms: 1_000,
+                health_listen: "127.0.0.1:0".to_owned(),
+                ..GatewayConfig::default()
+            };
+            config.mqtt.url = Some(broker_url.clone());
+            config.agent.enabled = options.bidding;
+            // Households sell above the utility's feed-in and buy below its retail price, so
+            // trading locally beats the utility for both sides (tariffs of `demo_network`).
+            config.agent.min_sell_price = PricePerMwh(9_000);
+            config.agent.max_buy_price = PricePerMwh(29_000);
+            config.agent.battery_capacity_wh = (home.battery_kwh * 1000.0).round() as i64;
+            config.agent.gate_closure_lead_s = market_lead_seconds();
+            config.site.inverter_w = home.inverter_w;
+            config.site.battery_w = home.battery_w;
+            config.site.latitude = home.latitude;
+            config.site.longitude = home.longitude;
+            for device in &home.devices {
+                let role = match device.kind {
+                    DeviceKind::Inverter => Role::Inverter,
+                    DeviceKind::Battery => Role::Battery,
+                    DeviceKind::Meter => Role::GridMeter,
+                };
+                config.devices.push(DeviceConfig::modbus_tcp(
+                    &format!("{:?}", device.kind).to_lowercase(),
+                    role,
+                    &device.host,
+                    device.port,
+                    device.unit,
+                ));
+            }
+            let running = edge_gateway::run_with_key(
+                config,
+                KeySource::Key(Box::new(key)),
+                clock.clone(),
+                shutdown.clone(),
+            )
+            .await
+            .map_err(|source| StartError::Gateway {
+                gateway: gateway_id.to_string(),
+                source,
+            })?;
+            gateways.push(running);
+        }
+
+        let web = gridmesh_web::serve(
+            gridmesh_web::WebConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], port(options.ports_from, 0))),
+                market_url: market.url(),
+                settlement_url: format!("http://{}", settlement.addr),
+                broker_url: Some(broker_url.clone()),
+                ..gridmesh_web::WebConfig::default()
+            },
+            shutdown.clone(),
+        )
+        .await?;
+
+        Ok(Neighbourhood {
+            clock,
+            sim,
+            market,
+            settlement,
+            gateways,
+            dashboard: web.addr,
+            broker_url,
+            network,
+            resumed,
+            data_dir,
+        })
+    }
+
+    /// The dashboard's URL.
+    pub fn dashboard_url(&self) -> String {
+        format!("http://{}/", self.dashboard)
+    }
+
+    /// Settlement's base URL.
+    pub fn settlement_url(&self) -> String {
+        format!("http://{}", self.settlement.addr)
+    }
+
+    /// Writes the resume state (the simulated time reached), so the next run continues from it.
+    pub fn save_resume_state(&self) -> Result<(), StartError> {
+        let path = self.data_dir.join(STATE_FILE);
+        let state = ResumeState {
+            simulated_now: self.clock.now(),
+        };
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&state).expect("serialisable"),
+        )
+        .map_err(io_error(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_error(&path))
+    }
+
+    /// Waits for every task to finish after `shutdown` was triggered, then saves the resume state.
+    pub async fn stop(self, shutdown: &Shutdown) -> Result<(), StartError> {
+        self.save_resume_state()?;
+        shutdown.wait().await;
+        Ok(())
+    }
+}
+
+/// The market's gate-closure lead in simulated seconds (the market's default), which the
+/// gateways' bidding agents must know to submit in time.
+pub fn market_lead_seconds() -> i64 {
+    MarketConfig::default().gate_closure_lead_seconds
+}
