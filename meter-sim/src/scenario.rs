@@ -562,6 +562,18 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_resolves() {
+        let text = include_str!("../scenarios/neighbourhood.toml");
+        let s = Scenario::from_toml(text).unwrap();
+        let homes = s.resolve().unwrap();
+        assert_eq!(homes.len(), 6);
+        assert!(!homes[2].has_pv() && !homes[2].has_battery());
+        assert_eq!(homes[3].battery_w, 5000);
+        assert_eq!(s.faults.len(), 1);
+        assert_eq!(s.defaults.reserve_pct, 10.0);
+    }
+
+    #[test]
     fn bad_values_name_the_field() {
         let mut s = Scenario::small(2, 1);
         s.step_seconds = 7;

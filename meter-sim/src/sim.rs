@@ -316,7 +316,10 @@ fn manifest_for(
 }
 
 /// Binds the Modbus ports, starts the physics (and, if configured, MQTT) in the background and
-/// returns the running simulator. Physics starts at `clock.now()` (rounded down to a step).
+/// returns the running simulator. Physics starts at the scenario's `start` when the clock is
+/// at most a day past it (the usual case: the clock was made from the scenario), otherwise at
+/// the 5-minute boundary before `clock.now()`, and is brought up to `clock.now()` before this
+/// returns.
 pub async fn start(
     scenario: Scenario,
     clock: Clock,
@@ -324,7 +327,14 @@ pub async fn start(
 ) -> Result<Simulator, SimError> {
     let params = scenario.resolve()?;
     let dt = scenario.step_seconds as i64;
-    let t0 = clock.now().timestamp().div_euclid(dt) * dt;
+    // Physics starts at the scenario's start if the clock is at most a day past it, otherwise
+    // at the 5-minute boundary before now; either way it catches up to now before returning,
+    // so ground truth exists for the first whole interval however long start-up took.
+    let now = clock.now().timestamp();
+    let t0 = match scenario.start.map(|s| s.timestamp()) {
+        Some(s) if s <= now && now - s <= 86_400 => s.div_euclid(dt) * dt,
+        _ => now.div_euclid(crate::home::SNAPSHOT_SECONDS) * crate::home::SNAPSHOT_SECONDS,
+    };
     let homes: Vec<Mutex<Home>> = params
         .iter()
         .map(|p| {
@@ -386,6 +396,7 @@ pub async fn start(
         schedule: Mutex::new(schedule),
     });
     shared.stats.physics_time.store(t0, Ordering::Relaxed);
+    shared.advance();
     for (home, listener) in listeners {
         crate::modbus::serve_home(shared.clone(), home, listener, shutdown);
     }

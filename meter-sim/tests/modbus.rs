@@ -349,3 +349,24 @@ async fn counters_at_speed_3600_advance_by_the_integrated_energy() {
     assert!(pv2 - pv1 > 1_000, "{}", pv2 - pv1);
     shutdown.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_seed_same_ground_truth_and_the_simulator_is_shareable() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    shareable::<meter_sim::Simulator>();
+    let (a, stop_a) = start(2, 77, 3600.0).await;
+    let (b, stop_b) = start(2, 77, 3600.0).await;
+    let (c, stop_c) = start(2, 78, 3600.0).await;
+    let interval = gridmesh_protocol::Interval::parse("2026-06-21T10:00:00Z", 15).unwrap();
+    a.clock().sleep_until(interval.end()).await;
+    b.clock().sleep_until(interval.end()).await;
+    c.clock().sleep_until(interval.end()).await;
+    for home in ["h001", "h002"] {
+        let ta = a.ground_truth(home, &interval).expect("passed");
+        assert_eq!(Some(ta), b.ground_truth(home, &interval));
+        assert_ne!(Some(ta), c.ground_truth(home, &interval));
+    }
+    stop_a.wait().await;
+    stop_b.wait().await;
+    stop_c.wait().await;
+}
