@@ -19,7 +19,7 @@
 
 use crate::faults::{DeviceKind, Fault};
 use crate::home::DeviceValues;
-use crate::scenario::{MeterFlavour, MqttOptions, PvFlavour};
+use crate::scenario::{HomeParams, MeterFlavour, MqttOptions, PvFlavour};
 use crate::sim::Shared;
 use gridmesh_runtime::mqtt::{MqttSession, MqttSettings, Qos};
 use gridmesh_runtime::shutdown::Shutdown;
@@ -43,28 +43,21 @@ fn opendtu_serial(index: usize) -> String {
 /// The topic the manifest names for a device, if it publishes.
 pub(crate) fn main_topic(
     options: &MqttOptions,
-    home: &str,
-    _serial: &str,
+    home: &HomeParams,
     kind: DeviceKind,
 ) -> Option<String> {
+    let id = &home.id;
     let topic = match kind {
         DeviceKind::Meter => match options.meter {
-            MeterFlavour::Tasmota => format!("tele/{home}-meter/SENSOR"),
-            MeterFlavour::Shelly => format!("shellypro3em-{home}/status/emdata:0"),
+            MeterFlavour::Tasmota => format!("tele/{id}-meter/SENSOR"),
+            MeterFlavour::Shelly => format!("shellypro3em-{id}/status/emdata:0"),
             MeterFlavour::None => return None,
         },
         DeviceKind::Inverter => match options.pv {
-            PvFlavour::Opendtu => {
-                let index = home
-                    .trim_start_matches(|c: char| !c.is_ascii_digit())
-                    .parse::<usize>()
-                    .ok()?;
-                format!(
-                    "solar/{}/0/yieldtotal",
-                    opendtu_serial(index.saturating_sub(1))
-                )
+            PvFlavour::Opendtu if home.has_pv() => {
+                format!("solar/{}/0/yieldtotal", opendtu_serial(home.index))
             }
-            PvFlavour::None => return None,
+            _ => return None,
         },
         DeviceKind::Battery => return None,
     };

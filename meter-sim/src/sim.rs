@@ -265,7 +265,7 @@ fn manifest_for(
                 }
                 let serial = sunspec::serial(&p.id, kind);
                 let mqtt = scenario.mqtt.as_ref().and_then(|m| {
-                    let topic = crate::mqtt_devices::main_topic(m, &p.id, &serial, kind)?;
+                    let topic = crate::mqtt_devices::main_topic(m, p, kind)?;
                     let format = match kind {
                         DeviceKind::Meter => match m.meter {
                             MeterFlavour::Tasmota => "tasmota",
