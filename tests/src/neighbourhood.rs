@@ -162,8 +162,8 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
     }
 }
 
-/// The demo grid: substation `sub`, feeders `f1..fN`; `f1` has a tight export limit so that it
-/// congests when the sun is high. Limits are per interval.
+/// The demo grid: substation `sub`, feeders `f1..fN`; `f1` has a tight export limit (40 Wh per
+/// home and interval) so that it congests when the sun is high. Limits are per interval.
 pub fn demo_network(feeders: usize, homes: usize) -> Network {
     let homes_per_feeder = homes.div_ceil(feeders.max(1)).max(1) as i64;
     let branches = (1..=feeders)
@@ -172,7 +172,7 @@ pub fn demo_network(feeders: usize, homes: usize) -> Network {
             parent: NodeId::new("sub").expect("valid id"),
             import_limit_wh: Some(Wh(homes_per_feeder * 2_000)),
             export_limit_wh: Some(Wh(if f == 1 {
-                homes_per_feeder * 150
+                homes_per_feeder * 40
             } else {
                 homes_per_feeder * 2_000
             })),
@@ -390,8 +390,14 @@ impl Neighbourhood {
             config.agent.enabled = options.bidding;
             // Households sell above the utility's feed-in and buy below its retail price, so
             // trading locally beats the utility for both sides (tariffs of `demo_network`).
-            config.agent.min_sell_price = PricePerMwh(9_000);
-            config.agent.max_buy_price = PricePerMwh(29_000);
+            // f1 is a "solar street": its households ask the least, so at midday they would
+            // export more than f1's tight limit allows, and f1's price separates.
+            config.agent.min_sell_price = PricePerMwh(if home.feeder == "f1" {
+                9_000
+            } else {
+                10_000 + (gateways.len() as i64 % 3) * 500
+            });
+            config.agent.max_buy_price = PricePerMwh(29_000 - (gateways.len() as i64 % 4) * 1_000);
             config.agent.battery_capacity_wh = (home.battery_kwh * 1000.0).round() as i64;
             config.agent.gate_closure_lead_s = market_lead_seconds();
             config.site.inverter_w = home.inverter_w;
