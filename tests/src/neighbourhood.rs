@@ -152,6 +152,8 @@ pub struct Neighbourhood {
     pub network: Network,
     /// Whether this run resumed from stored state.
     pub resumed: bool,
+    /// Settlement's database URL (for audits).
+    pub settlement_database_url: String,
     data_dir: PathBuf,
 }
 
@@ -321,10 +323,11 @@ impl Neighbourhood {
         )
         .await?;
 
+        let settlement_database_url = database_url(&options, "settlement").await?;
         let settlement = settlement::serve(
             SettlementConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], port(options.ports_from, 2))),
-                database_url: database_url(&options, "settlement").await?,
+                database_url: settlement_database_url.clone(),
                 market_url: Some(market.url()),
                 broker_url: Some(broker_url.clone()),
                 authority_key: {
@@ -454,6 +457,7 @@ impl Neighbourhood {
             broker_url,
             network,
             resumed,
+            settlement_database_url,
             data_dir,
         })
     }
