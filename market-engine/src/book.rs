@@ -176,12 +176,14 @@ pub struct NodeDepth {
     pub asks: Vec<DepthStep>,
 }
 
+/// Quantity and order count per price.
+type Steps = BTreeMap<i64, (i64, usize)>;
+
 /// Aggregates orders into price steps per node.
 pub fn depth<'a>(
     orders: impl IntoIterator<Item = (&'a str, Side, i64, i64)>,
 ) -> BTreeMap<String, NodeDepth> {
-    let mut acc: BTreeMap<String, (BTreeMap<i64, (i64, usize)>, BTreeMap<i64, (i64, usize)>)> =
-        BTreeMap::new();
+    let mut acc: BTreeMap<String, (Steps, Steps)> = BTreeMap::new();
     for (node, side, quantity, price) in orders {
         let entry = acc.entry(node.to_owned()).or_default();
         let map = match side {

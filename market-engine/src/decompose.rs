@@ -37,6 +37,9 @@ pub struct RawTrade {
     pub price: i64,
 }
 
+/// Energy still to be matched, per party.
+type Packets = Vec<(Party, i64)>;
+
 /// Decomposes a solution into trades.
 pub fn decompose(
     topology: &Topology,
@@ -57,8 +60,7 @@ pub fn decompose(
         (Party::Utility, PricingRule::PayAsClear) => solution.prices[0],
         (Party::Utility, PricingRule::PayAsBid) => topology.utility.feed_in.unwrap_or(0),
     };
-    let mut left_over: Vec<(Vec<(Party, i64)>, Vec<(Party, i64)>)> =
-        vec![(Vec::new(), Vec::new()); nodes.len()];
+    let mut left_over: Vec<(Packets, Packets)> = vec![(Vec::new(), Vec::new()); nodes.len()];
     let mut trades = Vec::new();
     for v in (0..nodes.len()).rev() {
         let mut supply = Vec::new();

@@ -167,33 +167,65 @@ impl Store {
         Ok(())
     }
 
-    /// Inserts orders in one transaction. Returns, per order, whether it was new (`false` = its
-    /// `(participant, nonce)` was already used).
+    /// Inserts orders in one statement (one transaction). Returns, per order, whether it was
+    /// new (`false` = its `(participant, nonce)` was already used, before or earlier in the same
+    /// batch).
     pub async fn insert_orders(&self, orders: &[StoredOrder]) -> Result<Vec<bool>, StoreError> {
-        let mut tx = self.db.pool.begin().await?;
-        let mut fresh = Vec::with_capacity(orders.len());
-        for o in orders {
-            let envelope = serde_json::to_string(&o.envelope).map_err(corrupt)?;
-            let done = sqlx::query(
+        let mut fresh = vec![false; orders.len()];
+        let mut seen = std::collections::HashSet::new();
+        let candidates: Vec<usize> = (0..orders.len())
+            .filter(|&i| seen.insert(orders[i].order_id.as_str()))
+            .collect();
+        for chunk in candidates.chunks(1000) {
+            let mut sql = String::from(
                 "INSERT INTO orders (order_id, participant, nonce, interval_start, node, side, \
-                 quantity, limit_price, envelope, received_at, cancelled) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0) ON CONFLICT DO NOTHING",
-            )
-            .bind(o.order_id.clone())
-            .bind(o.participant.to_string())
-            .bind(o.nonce as i64)
-            .bind(o.interval.start_unix())
-            .bind(o.node.to_string())
-            .bind(side_text(o.side))
-            .bind(o.quantity_wh)
-            .bind(o.limit_price)
-            .bind(envelope)
-            .bind(o.received_at.clone())
-            .execute(&mut *tx)
-            .await?;
-            fresh.push(done.rows_affected() == 1);
+                 quantity, limit_price, envelope, received_at, cancelled) VALUES ",
+            );
+            for k in 0..chunk.len() {
+                let b = k * 10;
+                if k > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${},${},${},${},${},${},${},${},${},${},0)",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8,
+                    b + 9,
+                    b + 10
+                ));
+            }
+            sql.push_str(" ON CONFLICT DO NOTHING RETURNING order_id");
+            let mut query = sqlx::query(&sql);
+            for &i in chunk {
+                let o = &orders[i];
+                let envelope = serde_json::to_string(&o.envelope).map_err(corrupt)?;
+                query = query
+                    .bind(o.order_id.clone())
+                    .bind(o.participant.to_string())
+                    .bind(o.nonce as i64)
+                    .bind(o.interval.start_unix())
+                    .bind(o.node.to_string())
+                    .bind(side_text(o.side))
+                    .bind(o.quantity_wh)
+                    .bind(o.limit_price)
+                    .bind(envelope)
+                    .bind(o.received_at.clone());
+            }
+            let rows = query.fetch_all(&self.db.pool).await?;
+            let inserted: std::collections::HashSet<String> = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<_, _>>()?;
+            for &i in chunk {
+                fresh[i] = inserted.contains(&orders[i].order_id);
+            }
         }
-        tx.commit().await?;
         Ok(fresh)
     }
 
