@@ -336,6 +336,16 @@ impl Accountant {
                     else {
                         return out;
                     };
+                    // Wait (up to the grace period) until every channel with data has seen
+                    // that boundary, so the first interval starts complete.
+                    let all_seen = self
+                        .channels
+                        .iter()
+                        .filter(|c| c.expected && c.last.is_some())
+                        .all(|c| c.ends.contains_key(&first));
+                    if !all_seen && now < first + self.settings.grace_ms {
+                        return out;
+                    }
                     for ch in &mut self.channels {
                         if let Some((v, _)) = ch.ends.get(&first).copied() {
                             ch.start = Some(v);

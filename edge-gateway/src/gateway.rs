@@ -339,7 +339,7 @@ async fn reader_task(
             }
         }
         last = Some((now, tokio::time::Instant::now()));
-        let samples = poll_all(&mut devices, now, stale_ms).await;
+        let samples = poll_all(&mut devices, &clock, stale_ms).await;
         for s in &samples {
             status.device_polled(&s.device, s.values.as_ref().err().cloned());
             if let Err(e) = &s.values {

@@ -80,7 +80,7 @@ fn load(cli: &Cli) -> anyhow::Result<GatewayConfig> {
 
 fn clock_for(config: &GatewayConfig) -> Clock {
     match &config.clock {
-        Some(c) => Clock::scaled(c.epoch, c.speed),
+        Some(c) => c.clock(),
         None => Clock::system(),
     }
 }

@@ -9,13 +9,34 @@ use crate::config::{DeviceConfig, MqttFormat, Role};
 use crate::sample::{Channel, Counter, DeviceValues, float_to_milli};
 use serde_json::Value;
 
+/// The topic prefix a device's messages share: a bare Tasmota topic name, Shelly id or
+/// OpenDTU serial expands to the formats' usual topics; a value with `/` in it is taken as the
+/// full topic as the device (or meter-sim's manifest) names it, so prefixed set-ups work.
+pub fn base_topic(device: &DeviceConfig) -> String {
+    let topic = device.topic.as_deref().unwrap_or("").trim_end_matches('/');
+    match device.format {
+        Some(MqttFormat::Tasmota) if topic.contains('/') => topic.to_owned(),
+        Some(MqttFormat::Tasmota) => format!("tele/{topic}/SENSOR"),
+        Some(MqttFormat::ShellyGen2) => match topic.find("/status/") {
+            Some(i) => topic[..i].to_owned(),
+            None => topic.to_owned(),
+        },
+        Some(MqttFormat::Opendtu) if topic.contains('/') => match topic.rfind("/0/") {
+            Some(i) => topic[..i].to_owned(),
+            None => topic.to_owned(),
+        },
+        Some(MqttFormat::Opendtu) => format!("solar/{topic}"),
+        None => topic.to_owned(),
+    }
+}
+
 /// The topic filters a device needs.
 pub fn subscriptions(device: &DeviceConfig) -> Vec<String> {
-    let topic = device.topic.as_deref().unwrap_or("");
+    let base = base_topic(device);
     match device.format {
-        Some(MqttFormat::Tasmota) => vec![format!("tele/{topic}/SENSOR")],
-        Some(MqttFormat::ShellyGen2) => vec![format!("{topic}/status/+")],
-        Some(MqttFormat::Opendtu) => vec![format!("solar/{topic}/0/+")],
+        Some(MqttFormat::Tasmota) => vec![base],
+        Some(MqttFormat::ShellyGen2) => vec![format!("{base}/status/+")],
+        Some(MqttFormat::Opendtu) => vec![format!("{base}/0/+")],
         None => Vec::new(),
     }
 }
@@ -76,11 +97,14 @@ impl MqttDeviceState {
         now_ms: i64,
     ) -> bool {
         let role = device.role;
-        let base = device.topic.as_deref().unwrap_or("");
+        let base = base_topic(device);
         let text = String::from_utf8_lossy(payload);
         let mut understood = false;
         match device.format {
             Some(MqttFormat::Tasmota) => {
+                if topic != base {
+                    return false;
+                }
                 let Ok(json) = serde_json::from_str::<Value>(&text) else {
                     return false;
                 };
@@ -104,6 +128,9 @@ impl MqttDeviceState {
                 }
             }
             Some(MqttFormat::ShellyGen2) => {
+                if !topic.starts_with(&format!("{base}/status/")) {
+                    return false;
+                }
                 let Ok(json) = serde_json::from_str::<Value>(&text) else {
                     return false;
                 };
@@ -145,7 +172,7 @@ impl MqttDeviceState {
                 }
             }
             Some(MqttFormat::Opendtu) => {
-                let prefix = format!("solar/{base}/0/");
+                let prefix = format!("{base}/0/");
                 let Some(point) = topic.strip_prefix(&prefix) else {
                     return false;
                 };
@@ -236,6 +263,24 @@ mod tests {
 
         let d = dev(MqttFormat::Opendtu, Role::Inverter, "114172220000");
         assert_eq!(subscriptions(&d), vec!["solar/114172220000/0/+"]);
+        let full = dev(
+            MqttFormat::Opendtu,
+            Role::Inverter,
+            "p1/solar/116100000001/0/yieldtotal",
+        );
+        assert_eq!(subscriptions(&full), vec!["p1/solar/116100000001/0/+"]);
+        let full = dev(
+            MqttFormat::Tasmota,
+            Role::GridMeter,
+            "p1/tele/h001-meter/SENSOR",
+        );
+        assert_eq!(subscriptions(&full), vec!["p1/tele/h001-meter/SENSOR"]);
+        let full = dev(
+            MqttFormat::ShellyGen2,
+            Role::GridMeter,
+            "p1/shellypro3em-h001/status/emdata:0",
+        );
+        assert_eq!(subscriptions(&full), vec!["p1/shellypro3em-h001/status/+"]);
         let mut s = MqttDeviceState::default();
         assert!(s.apply(&d, "solar/114172220000/0/yieldtotal", b"123.456", 1));
         assert!(!s.apply(&d, "solar/114172220000/0/yieldday", b"789", 2));

@@ -7,7 +7,8 @@ use crate::modbus::ModbusLink;
 use crate::mqtt_devices::MqttDeviceState;
 use crate::sample::{DeviceValues, Sample};
 use crate::sunspec::{self, DiscoveryError, ModelHeader, ReadFailure};
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
+use gridmesh_runtime::clock::Clock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -217,16 +218,23 @@ impl Device {
         }
     }
 
-    /// Polls once; the sample carries the time of the poll.
-    pub async fn poll(&mut self, now: DateTime<Utc>, stale_ms: i64) -> Sample {
+    /// Polls once. A Modbus sample is timestamped at the middle of its request/response
+    /// exchange (the best estimate of when the device sampled its registers); an MQTT sample
+    /// carries the time its message arrived.
+    pub async fn poll(&mut self, clock: &Clock, stale_ms: i64) -> Sample {
         let name = self.config().name.clone();
+        let now = clock.now();
         match self {
-            Device::Modbus(d) => Sample {
-                at: now,
-                device: name,
-                values: d.poll().await.map_err(|e| e.to_string()),
-                stale: false,
-            },
+            Device::Modbus(d) => {
+                let values = d.poll().await.map_err(|e| e.to_string());
+                let done = clock.now();
+                Sample {
+                    at: now + (done - now) / 2,
+                    device: name,
+                    values,
+                    stale: false,
+                }
+            }
             Device::Mqtt(d) => {
                 let state = d.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 match state.updated_ms {
@@ -257,6 +265,6 @@ impl Device {
 }
 
 /// Polls every device concurrently; one result per device, in order.
-pub async fn poll_all(devices: &mut [Device], now: DateTime<Utc>, stale_ms: i64) -> Vec<Sample> {
-    futures::future::join_all(devices.iter_mut().map(|d| d.poll(now, stale_ms))).await
+pub async fn poll_all(devices: &mut [Device], clock: &Clock, stale_ms: i64) -> Vec<Sample> {
+    futures::future::join_all(devices.iter_mut().map(|d| d.poll(clock, stale_ms))).await
 }

@@ -368,10 +368,12 @@ pub fn decode(role: Role, models: &[Vec<u16>]) -> DeviceValues {
 /// Model 124 register writes that make a battery charge (`watts > 0`) or discharge
 /// (`watts < 0`) at about `watts`, or return to automatic operation (`watts == 0`).
 ///
-/// Returns `(address offset from the model's id register, values)` pairs. `w_cha_max` is the
-/// battery's WChaMax in W; rates are percent of it with scale factor `rate_sf`
-/// (InOutWRte_SF). The reversion timeout makes the battery fall back to automatic on its own if
-/// the gateway dies.
+/// SunSpec semantics: with `StorCtl_Mod` bit 0 (charge limit) set, a negative `InWRte` forces
+/// a discharge at that rate; with bit 1 (discharge limit) set, a negative `OutWRte` forces a
+/// charge (from the grid when `ChaGriSet` = 1). Rates are percent of `WChaMax` (`w_cha_max`, W)
+/// with scale factor `rate_sf` (InOutWRte_SF). The reversion timeout makes the battery fall
+/// back to automatic on its own if the gateway dies. Returns `(offset from the model's id
+/// register, values)` pairs.
 pub fn steer_124(watts: i64, w_cha_max: i64, rate_sf: i16, revert_s: u16) -> Vec<(u16, Vec<u16>)> {
     if watts == 0 || w_cha_max <= 0 {
         return vec![(5, vec![0])];
@@ -384,17 +386,17 @@ pub fn steer_124(watts: i64, w_cha_max: i64, rate_sf: i16, revert_s: u16) -> Vec
     } else {
         pct_milli * 10i64.pow((-exp) as u32)
     };
-    let reg = reg.clamp(0, i64::from(i16::MAX)) as u16;
-    let (mode, out_rte, in_rte) = if watts > 0 {
-        (1u16, 0u16, reg)
+    let forced = (-reg.clamp(0, i64::from(i16::MAX))) as i16 as u16;
+    if watts < 0 {
+        vec![(12, vec![0, forced]), (15, vec![revert_s]), (5, vec![1])]
     } else {
-        (2u16, reg, 0u16)
-    };
-    vec![
-        (5, vec![mode]),
-        (12, vec![out_rte, in_rte]),
-        (15, vec![revert_s]),
-    ]
+        vec![
+            (12, vec![forced, 0]),
+            (15, vec![revert_s]),
+            (17, vec![1]),
+            (5, vec![2]),
+        ]
+    }
 }
 
 #[cfg(test)]
@@ -588,13 +590,19 @@ mod tests {
     #[test]
     fn steering_writes() {
         assert_eq!(steer_124(0, 5000, 0, 900), vec![(5, vec![0])]);
+        let minus = |v: i16| v as u16;
         assert_eq!(
-            steer_124(2500, 5000, 0, 900),
-            vec![(5, vec![1]), (12, vec![0, 50]), (15, vec![900])]
+            steer_124(-2500, 5000, 0, 900),
+            vec![(12, vec![0, minus(-50)]), (15, vec![900]), (5, vec![1])]
         );
         assert_eq!(
-            steer_124(-1000, 5000, -2, 900),
-            vec![(5, vec![2]), (12, vec![2000, 0]), (15, vec![900])]
+            steer_124(1000, 5000, -2, 900),
+            vec![
+                (12, vec![minus(-2000), 0]),
+                (15, vec![900]),
+                (17, vec![1]),
+                (5, vec![2])
+            ]
         );
     }
 }

@@ -73,6 +73,7 @@ async fn sigkill_mid_publish_and_restart_loses_and_duplicates_nothing() {
         clock: Some(ClockConfig {
             epoch: clock.now(),
             speed: 300.0,
+            anchor: Some(chrono::Utc::now()),
         }),
         ..GatewayConfig::default()
     };
@@ -101,6 +102,7 @@ async fn sigkill_mid_publish_and_restart_loses_and_duplicates_nothing() {
     config.clock = Some(ClockConfig {
         epoch: clock.now(),
         speed: 300.0,
+        anchor: Some(chrono::Utc::now()),
     });
     write_config(&config_path, &config);
     let mut child = spawn_run(&config_path, &log);
