@@ -72,7 +72,12 @@ impl Curve {
         } else {
             steps.sort_unstable_by_key(|s| s.price);
         }
-        let mut merged: Vec<Step> = Vec::with_capacity(steps.len());
+        Self::from_sorted(xmin, steps)
+    }
+
+    fn from_sorted(xmin: i64, steps: impl IntoIterator<Item = Step>) -> Self {
+        let steps = steps.into_iter();
+        let mut merged: Vec<Step> = Vec::with_capacity(steps.size_hint().0);
         for s in steps {
             if s.qty == 0 {
                 continue;
@@ -181,10 +186,14 @@ fn through_branch_steps(curve: &Curve, node: &Node, out: &mut Vec<Step>) -> i64 
 
 /// Clears `orders` on `topology` exactly. Orders must be validated (positive quantities,
 /// bounded prices, known nodes).
+///
+/// Memory access is kept sequential where the book is large: orders are scattered once into a
+/// per-node array of price steps (counting sort by node), the tree passes touch only the
+/// aggregated curves, and the final fill is one pass over the orders in book order.
 pub fn solve(topology: &Topology, orders: &[BookOrder]) -> Solution {
     let nodes = topology.nodes();
     let n = nodes.len();
-    // Orders grouped by node (counting sort of indices).
+    // Pass 1: orders per node.
     let mut start = vec![0usize; n + 1];
     for o in orders {
         start[o.node + 1] += 1;
@@ -192,16 +201,25 @@ pub fn solve(topology: &Topology, orders: &[BookOrder]) -> Solution {
     for i in 0..n {
         start[i + 1] += start[i];
     }
+    // Pass 2: scatter price steps by node; total bought per node.
+    let mut flat = vec![Step { price: 0, qty: 0 }; orders.len()];
     let mut fill = start.clone();
-    let mut by_node = vec![0u32; orders.len()];
-    for (i, o) in orders.iter().enumerate() {
-        by_node[fill[o.node]] = i as u32;
+    let mut local_buy = vec![0i64; n];
+    let mut book_total: i64 = 1;
+    for o in orders {
+        flat[fill[o.node]] = Step {
+            price: o.limit_price,
+            qty: o.quantity,
+        };
         fill[o.node] += 1;
+        if o.side == Side::Buy {
+            local_buy[o.node] += o.quantity;
+        }
+        book_total += o.quantity;
     }
-    let local = |v: usize| &by_node[start[v]..start[v + 1]];
+    drop(fill);
 
     // The utility: as large as the whole book, or its limit.
-    let book_total: i64 = orders.iter().map(|o| o.quantity).sum::<i64>() + 1;
     let u = topology.utility;
     let u_sell = u
         .retail
@@ -210,22 +228,15 @@ pub fn solve(topology: &Topology, orders: &[BookOrder]) -> Solution {
         .feed_in
         .map(|p| (p, u.export_limit.unwrap_or(book_total).min(book_total)));
 
-    // Bottom-up: merge each node's own steps with its children's steps through their branches.
-    let mut curves: Vec<Curve> = (0..n).map(|_| Curve::default()).collect();
+    // Bottom-up: each node's own curve, and its subtree's curve (own steps merged with the
+    // children's steps seen through their branches). A leaf's subtree curve is its own.
+    let mut own: Vec<Curve> = (0..n).map(|_| Curve::default()).collect();
+    let mut merged: Vec<Option<Curve>> = (0..n).map(|_| None).collect();
     for v in (0..n).rev() {
-        let mut xmin = 0;
-        let mut steps = Vec::with_capacity(local(v).len() + 2);
-        for &i in local(v) {
-            let o = &orders[i as usize];
-            if o.side == Side::Buy {
-                xmin -= o.quantity;
-            }
-            steps.push(Step {
-                price: o.limit_price,
-                qty: o.quantity,
-            });
-        }
-        if v == 0 {
+        let slice = &mut flat[start[v]..start[v + 1]];
+        let mut xmin = -local_buy[v];
+        own[v] = if v == 0 {
+            let mut steps = slice.to_vec();
             if let Some((price, qty)) = u_sell {
                 steps.push(Step { price, qty });
             }
@@ -233,16 +244,22 @@ pub fn solve(topology: &Topology, orders: &[BookOrder]) -> Solution {
                 xmin -= qty;
                 steps.push(Step { price, qty });
             }
-        }
-        let has_children = !nodes[v].children.is_empty();
-        if has_children {
-            steps.sort_unstable_by_key(|s| s.price);
+            Curve::new(xmin, steps, false)
+        } else {
+            slice.sort_unstable_by_key(|s| s.price);
+            Curve::from_sorted(xmin, slice.iter().copied())
+        };
+        if !nodes[v].children.is_empty() {
+            let mut steps = own[v].steps.clone();
+            let mut xmin = own[v].xmin;
             for &c in &nodes[v].children {
-                xmin += through_branch_steps(&curves[c], &nodes[c], &mut steps);
+                let child = merged[c].as_ref().unwrap_or(&own[c]);
+                xmin += through_branch_steps(child, &nodes[c], &mut steps);
             }
+            merged[v] = Some(Curve::new(xmin, steps, true));
         }
-        curves[v] = Curve::new(xmin, steps, has_children);
     }
+    let subtree = |v: usize| merged[v].as_ref().unwrap_or(&own[v]);
 
     // Top-down: price each node, split its net export among its own orders and its children.
     let mut solution = Solution {
@@ -254,46 +271,26 @@ pub fn solve(topology: &Topology, orders: &[BookOrder]) -> Solution {
     };
     let mut target = vec![0i64; n];
     let mut allowed = vec![(NEG_INF, POS_INF); n];
+    let mut own_take = vec![0i64; n];
+    let mut low = Vec::new();
+    let mut slack = Vec::new();
     for v in 0..n {
-        let (lo, hi) = curves[v].price_interval(target[v]);
+        let (lo, hi) = subtree(v).price_interval(target[v]);
         let price = match nodes[v].parent {
             None => choose_root_price(lo, hi),
             Some(p) => choose_child_price(solution.prices[p], (lo, hi), allowed[v]),
         };
         solution.prices[v] = price;
 
-        // Sources: own orders first, then children; each can take [low, high] at this price.
-        let mut low = Vec::with_capacity(nodes[v].children.len() + 1);
-        let mut slack = Vec::with_capacity(nodes[v].children.len() + 1);
-        let (mut own_low, mut own_high) = (0i64, 0i64);
-        for &i in local(v) {
-            let o = &orders[i as usize];
-            if o.side == Side::Buy {
-                own_low -= o.quantity;
-                own_high -= o.quantity;
-            }
-            if o.limit_price < price {
-                own_low += o.quantity;
-            }
-            if o.limit_price <= price {
-                own_high += o.quantity;
-            }
-        }
-        if v == 0 {
-            if let Some((p, q)) = u_sell {
-                own_low += if p < price { q } else { 0 };
-                own_high += if p <= price { q } else { 0 };
-            }
-            if let Some((p, q)) = u_buy {
-                own_low += if p < price { 0 } else { -q };
-                own_high += if p <= price { 0 } else { -q };
-            }
-        }
+        // Sources: own orders first, then children; each can take [low, low + slack].
+        low.clear();
+        slack.clear();
+        let own_low = own[v].below(price);
         low.push(own_low);
-        slack.push(own_high - own_low);
+        slack.push(own[v].at_or_below(price) - own_low);
         for &c in &nodes[v].children {
-            let l = through_branch(&curves[c], &nodes[c], price, false);
-            let h = through_branch(&curves[c], &nodes[c], price, true);
+            let l = through_branch(subtree(c), &nodes[c], price, false);
+            let h = through_branch(subtree(c), &nodes[c], price, true);
             low.push(l);
             slack.push(h - l);
         }
@@ -301,6 +298,7 @@ pub fn solve(topology: &Topology, orders: &[BookOrder]) -> Solution {
         let extra = (target[v] - sum_low).clamp(0, slack.iter().sum());
         debug_assert_eq!(extra, target[v] - sum_low, "node {v}: target outside range");
         let shares = pro_rata(extra, &slack);
+        own_take[v] = shares[0];
         for (k, &c) in nodes[v].children.iter().enumerate() {
             let x = low[k + 1] + shares[k + 1];
             target[c] = x;
@@ -322,84 +320,99 @@ pub fn solve(topology: &Topology, orders: &[BookOrder]) -> Solution {
             };
             allowed[c] = (lower, upper);
         }
-        allocate_own(
-            orders,
-            local(v),
-            price,
-            shares[0],
-            if v == 0 { u_sell } else { None },
-            if v == 0 { u_buy } else { None },
-            &mut solution,
-        );
     }
+    fill_orders(orders, &own_take, u_sell, u_buy, &mut solution);
     solution
 }
 
-/// Fills a node's own orders at `price`, consuming `tied` units among those priced exactly at
-/// it: first the utility's purchase is cut, then participants' sells fill, then participants'
-/// buys are cut, and the utility's sale comes last; pro rata within each class.
-fn allocate_own(
+/// Fills every order from its node's price and the number of tied units its node consumes.
+///
+/// Among a node's own units priced exactly at the node price, the utility's purchase is cut
+/// first, then participants' sells fill, then participants' buys are cut, and the utility's
+/// sale comes last; pro rata within each class by largest remainder (equal remainders: the
+/// earlier order in the book).
+fn fill_orders(
     orders: &[BookOrder],
-    own: &[u32],
-    price: i64,
-    tied: i64,
+    own_take: &[i64],
     u_sell: Option<(i64, i64)>,
     u_buy: Option<(i64, i64)>,
     solution: &mut Solution,
 ) {
-    let mut tied_sells = Vec::new();
-    let mut tied_buys = Vec::new();
-    for &i in own {
-        let o = &orders[i as usize];
-        let i = i as usize;
-        // Consumed = sold for a sell, cancelled for a buy.
-        let consumed = if o.limit_price < price {
-            o.quantity
-        } else if o.limit_price > price {
-            0
-        } else {
-            match o.side {
-                Side::Sell => tied_sells.push(i),
-                Side::Buy => tied_buys.push(i),
+    let n = own_take.len();
+    let prices = &solution.prices;
+    // Tied participant quantity per node and class (0 = sells, 1 = buys).
+    let mut tied = vec![[0i64; 2]; n];
+    for o in orders {
+        if o.limit_price == prices[o.node] {
+            tied[o.node][usize::from(o.side == Side::Buy)] += o.quantity;
+        }
+    }
+    let mut take = vec![[0i64; 2]; n];
+    for v in 0..n {
+        let mut left = own_take[v];
+        if v == 0 {
+            if let Some((p, q)) = u_buy {
+                let cut = if p < prices[0] {
+                    q
+                } else if p == prices[0] {
+                    let c = left.min(q);
+                    left -= c;
+                    c
+                } else {
+                    0
+                };
+                solution.utility_export = q - cut;
             }
-            0
+        }
+        for class in 0..2 {
+            take[v][class] = left.min(tied[v][class]);
+            left -= take[v][class];
+        }
+        if v == 0 {
+            if let Some((p, q)) = u_sell {
+                solution.utility_import = if p < prices[0] {
+                    q
+                } else if p == prices[0] {
+                    left.min(q)
+                } else {
+                    0
+                };
+            }
+        }
+    }
+    // One pass in book order: consumed = sold for a sell, cut for a buy.
+    let mut given = vec![[0i64; 2]; n];
+    let mut remainders: Vec<(usize, usize, i128, usize)> = Vec::new();
+    for (i, o) in orders.iter().enumerate() {
+        let v = o.node;
+        let class = usize::from(o.side == Side::Buy);
+        let consumed = match o.limit_price.cmp(&prices[v]) {
+            std::cmp::Ordering::Less => o.quantity,
+            std::cmp::Ordering::Greater => 0,
+            std::cmp::Ordering::Equal => {
+                let exact = i128::from(take[v][class]) * i128::from(o.quantity);
+                let total = i128::from(tied[v][class]);
+                let share = (exact / total) as i64;
+                let rem = exact % total;
+                if rem > 0 {
+                    remainders.push((v, class, rem, i));
+                }
+                given[v][class] += share;
+                share
+            }
         };
         solution.cleared[i] = match o.side {
             Side::Sell => consumed,
             Side::Buy => o.quantity - consumed,
         };
     }
-    let mut left = tied;
-    if let Some((p, q)) = u_buy {
-        let cut = if p < price {
-            q
-        } else if p == price {
-            let c = left.min(q);
-            left -= c;
-            c
-        } else {
-            0
-        };
-        solution.utility_export = q - cut;
-    }
-    for (class, side) in [(&tied_sells, Side::Sell), (&tied_buys, Side::Buy)] {
-        let weights: Vec<i64> = class.iter().map(|&i| orders[i].quantity).collect();
-        let take = left.min(weights.iter().sum());
-        left -= take;
-        for (&i, share) in class.iter().zip(pro_rata(take, &weights)) {
-            solution.cleared[i] = match side {
-                Side::Sell => share,
-                Side::Buy => orders[i].quantity - share,
-            };
+    if !remainders.is_empty() {
+        remainders.sort_unstable_by(|a, b| (a.0, a.1, b.2, a.3).cmp(&(b.0, b.1, a.2, b.3)));
+        for (v, class, _, i) in remainders {
+            if given[v][class] < take[v][class] {
+                given[v][class] += 1;
+                solution.cleared[i] += if class == 0 { 1 } else { -1 };
+            }
         }
-    }
-    if let Some((p, q)) = u_sell {
-        solution.utility_import = if p < price {
-            q
-        } else if p == price {
-            left.min(q)
-        } else {
-            0
-        };
     }
 }
