@@ -1,0 +1,283 @@
+//! HTTP paths: the settlement fallback when there is no broker, the bidding agent's orders to
+//! the market, and `enroll` — each against a small recording server on 127.0.0.1:0.
+
+mod common;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use common::*;
+use edge_gateway::config::{DeviceConfig, GatewayConfig, Role};
+use edge_gateway::{KeySource, run_with_key};
+use gridmesh_protocol::keys::SigningKeyPair;
+use gridmesh_protocol::order::{Order, Side};
+use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
+use gridmesh_protocol::{GatewayId, Reading, SignedEnvelope};
+use gridmesh_runtime::clock::Clock;
+use gridmesh_runtime::shutdown::Shutdown;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Default)]
+struct Recorder {
+    bodies: Arc<Mutex<Vec<(HeaderMap, Value)>>>,
+    failures_left: Arc<Mutex<u32>>,
+    received_at: Arc<Mutex<Vec<chrono::DateTime<chrono::Utc>>>>,
+    clock: Option<Clock>,
+}
+
+async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
+async fn readings(
+    State(r): State<Recorder>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    {
+        let mut left = r.failures_left.lock().unwrap();
+        if *left > 0 {
+            *left -= 1;
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"code":"unavailable","message":"try later"})),
+            );
+        }
+    }
+    let mut out = Vec::new();
+    for item in body.as_array().unwrap() {
+        let envelope: SignedEnvelope = serde_json::from_value(item.clone()).unwrap();
+        let reading: Reading = envelope.open().unwrap();
+        out.push(json!({"key": reading.idempotency_key(), "status": "accepted", "reason": null}));
+    }
+    r.bodies.lock().unwrap().push((headers, body));
+    (StatusCode::OK, Json(Value::Array(out)))
+}
+
+fn base(gw: &str, home: &Home, dir: &std::path::Path) -> GatewayConfig {
+    let port = home.addr.port();
+    GatewayConfig {
+        gateway_id: GatewayId::new(gw).unwrap(),
+        interval_minutes: 5,
+        outbox_path: dir.join("outbox.db"),
+        poll_ms: 50,
+        modbus_timeout_ms: 200,
+        health_listen: "127.0.0.1:0".into(),
+        devices: vec![
+            DeviceConfig::modbus_tcp("inverter", Role::Inverter, "127.0.0.1", port, 1),
+            DeviceConfig::modbus_tcp("battery", Role::Battery, "127.0.0.1", port, 2),
+            DeviceConfig::modbus_tcp("meter", Role::GridMeter, "127.0.0.1", port, 3),
+        ],
+        ..GatewayConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_fallback_delivers_in_order_after_settlement_errors() {
+    let clock = Clock::scaled(epoch(), 300.0);
+    let home = start_home(clock.clone(), epoch()).await;
+    let recorder = Recorder::default();
+    *recorder.failures_left.lock().unwrap() = 2;
+    let url = serve(
+        axum::Router::new()
+            .route("/readings", post(readings))
+            .with_state(recorder.clone()),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = base(&unique("http"), &home, dir.path());
+    config.settlement_url = Some(url);
+    let shutdown = Shutdown::new();
+    let running = run_with_key(
+        config,
+        KeySource::Key(Box::new(SigningKeyPair::from_seed([8; 32]))),
+        clock,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut got: Vec<Reading> = Vec::new();
+    while got.len() < 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        got = recorder
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, body)| body.as_array().unwrap().clone())
+            .map(|v| {
+                serde_json::from_value::<SignedEnvelope>(v)
+                    .unwrap()
+                    .open()
+                    .unwrap()
+            })
+            .collect();
+    }
+    assert!(got.len() >= 4, "only {} readings over HTTP", got.len());
+    assert_contiguous(&got);
+    // The gateway counts a delivery once it has read the reply.
+    for _ in 0..50 {
+        if running.status.snapshot().delivered_http >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let snapshot = running.status.snapshot();
+    assert!(snapshot.delivery_failures >= 2, "the 503s were counted");
+    assert!(snapshot.delivered_http >= 4);
+    shutdown.wait().await;
+}
+
+async fn orders(
+    State(r): State<Recorder>,
+    Json(envelope): Json<SignedEnvelope>,
+) -> (StatusCode, Json<Value>) {
+    r.received_at
+        .lock()
+        .unwrap()
+        .push(r.clock.as_ref().unwrap().now());
+    r.bodies
+        .lock()
+        .unwrap()
+        .push((HeaderMap::new(), serde_json::to_value(&envelope).unwrap()));
+    (StatusCode::CREATED, Json(json!({"order_id": "o1"})))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_submits_signed_orders_before_gate_closure() {
+    let clock = Clock::scaled(epoch(), 300.0);
+    let home = start_home(clock.clone(), epoch()).await;
+    let recorder = Recorder {
+        clock: Some(clock.clone()),
+        ..Recorder::default()
+    };
+    let url = serve(
+        axum::Router::new()
+            .route("/orders", post(orders))
+            .with_state(recorder.clone()),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = base(&unique("agent"), &home, dir.path());
+    config.market_url = Some(url);
+    config.agent.enabled = true;
+    config.agent.gate_closure_lead_s = 60;
+    config.agent.submit_margin_s = 30;
+    let key = SigningKeyPair::from_seed([9; 32]);
+    let shutdown = Shutdown::new();
+    run_with_key(
+        config.clone(),
+        KeySource::Key(Box::new(key.clone())),
+        clock.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while recorder.bodies.lock().unwrap().len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bodies = recorder.bodies.lock().unwrap().clone();
+    let times = recorder.received_at.lock().unwrap().clone();
+    assert!(bodies.len() >= 2, "orders received: {}", bodies.len());
+    let mut intervals = Vec::new();
+    for ((_, body), at) in bodies.iter().zip(times) {
+        let envelope: SignedEnvelope = serde_json::from_value(body.clone()).unwrap();
+        let order: Order = envelope.open_by(&key.public_key()).unwrap();
+        assert!(
+            order
+                .interval
+                .accepts_orders_at(at, chrono::Duration::seconds(60)),
+            "order for {} arrived at {at}, after gate closure",
+            order.interval
+        );
+        // The home exports 1.5 kW steadily: 125 Wh per 5 minutes, offered at the minimum price.
+        assert_eq!(order.side, Side::Sell);
+        assert!((order.quantity.0 - 125).abs() <= 2, "{order:?}");
+        assert_eq!(order.limit_price, config.agent.min_sell_price);
+        assert_eq!(order.participant, config.participant);
+        intervals.push(order.interval);
+    }
+    intervals.dedup();
+    assert!(intervals.len() >= 2, "one order per interval");
+    shutdown.wait().await;
+}
+
+async fn enroll_handler(
+    State(r): State<Recorder>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer right-token") {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"code":"unauthorized","message":"the operator token is wrong"})),
+        );
+    }
+    r.bodies.lock().unwrap().push((headers, body));
+    (StatusCode::CREATED, Json(json!({})))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_registers_participant_and_gateway_with_the_token() {
+    let recorder = Recorder::default();
+    let url = serve(
+        axum::Router::new()
+            .route("/participants", post(enroll_handler))
+            .route("/gateways", post(enroll_handler))
+            .with_state(recorder.clone()),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("gw.key");
+    let key = SigningKeyPair::generate_file(&key_path).unwrap();
+    let mut config = GatewayConfig {
+        key_path,
+        market_url: Some(url),
+        ..GatewayConfig::default()
+    };
+    config.site.inverter_w = 6000;
+    config.site.latitude = 48.14;
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let bin = env!("CARGO_BIN_EXE_edge-gateway");
+    let run = |token: &'static str| {
+        let path = path.clone();
+        async move {
+            let out = tokio::process::Command::new(bin)
+                .args(["enroll", "--token", token, "--config"])
+                .arg(&path)
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).to_string()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
+        }
+    };
+    let (code, text) = run("wrong").await;
+    assert_eq!(code, Some(1));
+    assert!(
+        text.contains("refused the enrolment token") && text.contains("operator token is wrong"),
+        "{text}"
+    );
+    let (code, text) = run("right-token").await;
+    assert_eq!(code, Some(0), "{text}");
+    let bodies = recorder.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 2);
+    let participant: Participant = serde_json::from_value(bodies[0].1.clone()).unwrap();
+    let gateway: GatewayEnrollment = serde_json::from_value(bodies[1].1.clone()).unwrap();
+    assert_eq!(participant.public_key, key.public_key());
+    assert_eq!(gateway.public_key, key.public_key());
+    assert_eq!(gateway.inverter_w, 6000);
+    assert_eq!(gateway.latitude_microdeg, 48_140_000);
+}
