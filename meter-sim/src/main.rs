@@ -11,8 +11,8 @@ use std::time::Duration;
 ///
 /// Without --scenario the built-in neighbourhood runs: 12 homes on 2 feeders, ports 15020..,
 /// unit 1 = inverter (models 1,103), 2 = battery (1,124,802,701), 3 = meter (1,203).
-/// Scenario fields can also be set with METER_SIM_<FIELD> environment variables
-/// (nested with __, e.g. METER_SIM_MQTT__URL).
+/// Scenario fields can also be set with GRIDMESH_SIM_<FIELD> environment variables
+/// (nested with __, e.g. GRIDMESH_SIM_MQTT__URL).
 #[derive(Debug, Parser)]
 #[command(name = "meter-sim", version)]
 struct Cli {
@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
     gridmesh_runtime::telemetry::init("meter_sim=info,info");
     let cli = Cli::parse();
     let mut scenario: Scenario =
-        gridmesh_runtime::config::load(cli.scenario.as_deref(), "METER_SIM")?;
+        gridmesh_runtime::config::load(cli.scenario.as_deref(), "GRIDMESH_SIM")?;
     if let Some(n) = cli.homes {
         scenario.homes = Homes::Count(n);
     }
