@@ -164,7 +164,7 @@ impl RegisterSource for ModbusLink {
 }
 
 /// RTU serial ports through termios and a non-blocking file descriptor.
-mod serial {
+pub mod serial {
     use super::Parity;
     use std::io;
     use std::os::fd::{AsRawFd, OwnedFd};
@@ -230,9 +230,26 @@ mod serial {
                 return Err(io::Error::last_os_error());
             }
         }
-        // SAFETY: `fd` is an open descriptor that the AsyncFd owns for its whole lifetime.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(SerialPort { fd })
+        SerialPort::from_fd(fd)
+    }
+
+    impl SerialPort {
+        /// Wraps an already configured descriptor (a serial port or a pseudo-terminal),
+        /// switching it to non-blocking mode.
+        pub fn from_fd(fd: OwnedFd) -> io::Result<SerialPort> {
+            let raw = fd.as_raw_fd();
+            // SAFETY: fcntl on an open descriptor owned by `fd`.
+            unsafe {
+                let flags = libc::fcntl(raw, libc::F_GETFL);
+                if flags < 0 || libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // SAFETY: `fd` is an open descriptor that the AsyncFd owns for its whole lifetime.
+            let fd =
+                unsafe { AsyncFd::register(fd) }.map_err(|e| io::Error::other(e.to_string()))?;
+            Ok(SerialPort { fd })
+        }
     }
 
     impl AsyncRead for SerialPort {

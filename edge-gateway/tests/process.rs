@@ -266,3 +266,34 @@ async fn keygen_key_show_and_detect() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn install_script_lays_out_binary_unit_config_and_key() {
+    let root = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/install.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .args(["--binary", BIN, "--no-systemctl", "--no-user", "--root"])
+        .arg(root.path())
+        .output()
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let r = root.path();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| std::fs::metadata(r.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("usr/local/bin/edge-gateway"), 0o755);
+    assert_eq!(mode("var/lib/gridmesh-gateway"), 0o700);
+    assert_eq!(mode("var/lib/gridmesh-gateway/gateway.key"), 0o600);
+    let unit = std::fs::read_to_string(r.join("etc/systemd/system/edge-gateway.service")).unwrap();
+    assert!(unit.contains("User=gridmesh") && unit.contains("NoNewPrivileges=true"));
+    // The installed example config is valid as shipped.
+    GatewayConfig::from_toml(
+        &std::fs::read_to_string(r.join("etc/gridmesh/gateway.toml")).unwrap(),
+    )
+    .unwrap();
+    let key = SigningKeyPair::load(&r.join("var/lib/gridmesh-gateway/gateway.key")).unwrap();
+    assert!(text.contains(&key.public_key().to_string()), "{text}");
+}

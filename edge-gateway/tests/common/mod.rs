@@ -224,6 +224,22 @@ pub async fn start_home(clock: Clock, epoch: DateTime<Utc>) -> Home {
     home
 }
 
+/// Serves the same home as Modbus RTU frames over TCP (a serial-to-Ethernet gateway).
+pub async fn serve_rtu_over_tcp(home: &Home) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = Service { home: home.clone() };
+    tokio::spawn(async move {
+        let server = tokio_modbus::server::rtu_over_tcp::Server::new(listener);
+        let on_connected = |stream, _addr| {
+            let service = service.clone();
+            async move { Ok(Some((service, stream))) }
+        };
+        let _ = server.serve(&on_connected, |_err| {}).await;
+    });
+    addr
+}
+
 /// Subscribes to a gateway's readings; every verified reading goes to the channel.
 pub fn subscribe_readings(
     gateway: &str,
