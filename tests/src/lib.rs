@@ -4,7 +4,11 @@
 //! - [`broker`]: the embedded MQTT broker (demo and embedded-broker tests only);
 //! - [`neighbourhood`]: starts meter-sim, a gateway per home, the market, settlement and the
 //!   dashboard on one accelerated clock;
-//! - [`progress`]: the one-line-per-interval report the demo prints.
+//! - [`progress`]: the one-line-per-interval report the demo prints;
+//! - [`processes`]: services as OS child processes (binaries, a private Mosquitto, TOML files);
+//! - [`invariants`]: "nothing lost, nothing counted twice", checked through settlement's API.
 pub mod broker;
+pub mod invariants;
 pub mod neighbourhood;
+pub mod processes;
 pub mod progress;

@@ -16,6 +16,7 @@ use gridmesh_protocol::{GatewayId, NodeId, ParticipantId, PricePerMwh, Wh};
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::shutdown::Shutdown;
 use market_engine::{MarketConfig, server::RunningMarket};
+use meter_sim::manifest::ManifestHome;
 use meter_sim::scenario::HomeSpec;
 use meter_sim::{DeviceKind, Homes, Scenario, Simulator};
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,13 @@ pub struct Options {
     pub poll_ms: u64,
     /// Whether the households' gateways bid.
     pub bidding: bool,
+    /// Homes (meter-sim ids such as `h002`) whose gateway the launcher registers but does not
+    /// run: the caller runs it, for example as a child process from
+    /// [`Neighbourhood::external_gateways`]' configs.
+    pub external_gateways: Vec<String>,
+    /// Simulated seconds settlement waits after an interval's end before settling it: the
+    /// longest outage (gateway, broker) whose readings still count.
+    pub settlement_grace_secs: u64,
 }
 
 impl Default for Options {
@@ -74,6 +82,8 @@ impl Default for Options {
             modbus_base_port: 15020,
             poll_ms: 250,
             bidding: true,
+            external_gateways: Vec::new(),
+            settlement_grace_secs: 60,
         }
     }
 }
@@ -154,7 +164,15 @@ pub struct Neighbourhood {
     pub resumed: bool,
     /// Settlement's database URL (for audits).
     pub settlement_database_url: String,
+    /// The configs of the gateways named in [`Options::external_gateways`] (key file written,
+    /// no clock set), for the caller to run.
+    pub external_gateways: Vec<GatewayConfig>,
     data_dir: PathBuf,
+    market_config: MarketConfig,
+    /// The market runs on its own shutdown (bridged to the neighbourhood's), so that it alone
+    /// can be stopped and started again.
+    market_shutdown: Option<Shutdown>,
+    shutdown: Shutdown,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
@@ -308,20 +326,24 @@ impl Neighbourhood {
         let manifest = sim.manifest();
 
         let network = demo_network(options.feeders, options.homes);
+        let mut market_config = MarketConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], port(options.ports_from, 1))),
+            database_url: database_url(&options, "market").await?,
+            zone: "demo".to_owned(),
+            operator_token: Some(DEMO_OPERATOR_TOKEN.to_owned()),
+            broker_url: Some(broker_url.clone()),
+            topology: Some(network.clone()),
+            ..MarketConfig::default()
+        };
+        let market_shutdown = bridged_shutdown(shutdown);
         let market = market_engine::server::serve(
-            MarketConfig {
-                listen: SocketAddr::from(([127, 0, 0, 1], port(options.ports_from, 1))),
-                database_url: database_url(&options, "market").await?,
-                zone: "demo".to_owned(),
-                operator_token: Some(DEMO_OPERATOR_TOKEN.to_owned()),
-                broker_url: Some(broker_url.clone()),
-                topology: Some(network.clone()),
-                ..MarketConfig::default()
-            },
+            market_config.clone(),
             clock.clone(),
-            shutdown.clone(),
+            market_shutdown.clone(),
         )
         .await?;
+        // A restart binds the same port again.
+        market_config.listen = market.addr;
 
         let settlement_database_url = database_url(&options, "settlement").await?;
         let settlement = settlement::serve(
@@ -336,7 +358,7 @@ impl Neighbourhood {
                     Some(path)
                 },
                 operator_token: Some(DEMO_OPERATOR_TOKEN.to_owned()),
-                grace_secs: 60,
+                grace_secs: options.settlement_grace_secs,
                 poll_secs: 0.5,
                 ..SettlementConfig::default()
             },
@@ -346,7 +368,8 @@ impl Neighbourhood {
         .await?;
 
         let mut gateways = Vec::with_capacity(manifest.homes.len());
-        for home in &manifest.homes {
+        let mut external_gateways = Vec::new();
+        for (index, home) in manifest.homes.iter().enumerate() {
             let participant = ParticipantId::new(home.id.clone())
                 .map_err(|e| StartError::Invalid(e.to_string()))?;
             let gateway_id = GatewayId::new(format!("gw-{}", home.id))
@@ -377,49 +400,21 @@ impl Neighbourhood {
                 })
                 .await?;
 
-            let mut config = GatewayConfig {
-                gateway_id: gateway_id.clone(),
-                participant,
-                node,
-                outbox_path: data_dir.join("outbox").join(format!("{}.db", home.id)),
-                market_url: Some(market.url()),
-                settlement_url: Some(format!("http://{}", settlement.addr)),
-                poll_ms: options.poll_ms,
-                modbus_timeout_ms: 1_000,
-                health_listen: "127.0.0.1:0".to_owned(),
-                ..GatewayConfig::default()
-            };
-            config.mqtt.url = Some(broker_url.clone());
+            let mut config = gateway_config(
+                home,
+                index,
+                &market.url(),
+                &format!("http://{}", settlement.addr),
+                Some(&broker_url),
+            )
+            .map_err(StartError::Invalid)?;
+            config.outbox_path = data_dir.join("outbox").join(format!("{}.db", home.id));
+            config.key_path = data_dir.join("keys").join(format!("{}.key", home.id));
+            config.poll_ms = options.poll_ms;
             config.agent.enabled = options.bidding;
-            // Households sell above the utility's feed-in and buy below its retail price, so
-            // trading locally beats the utility for both sides (tariffs of `demo_network`).
-            // f1 is a "solar street": its households ask the least, so at midday they would
-            // export more than f1's tight limit allows, and f1's price separates.
-            config.agent.min_sell_price = PricePerMwh(if home.feeder == "f1" {
-                9_000
-            } else {
-                10_000 + (gateways.len() as i64 % 3) * 500
-            });
-            config.agent.max_buy_price = PricePerMwh(29_000 - (gateways.len() as i64 % 4) * 1_000);
-            config.agent.battery_capacity_wh = (home.battery_kwh * 1000.0).round() as i64;
-            config.agent.gate_closure_lead_s = market_lead_seconds();
-            config.site.inverter_w = home.inverter_w;
-            config.site.battery_w = home.battery_w;
-            config.site.latitude = home.latitude;
-            config.site.longitude = home.longitude;
-            for device in &home.devices {
-                let role = match device.kind {
-                    DeviceKind::Inverter => Role::Inverter,
-                    DeviceKind::Battery => Role::Battery,
-                    DeviceKind::Meter => Role::GridMeter,
-                };
-                config.devices.push(DeviceConfig::modbus_tcp(
-                    &format!("{:?}", device.kind).to_lowercase(),
-                    role,
-                    &device.host,
-                    device.port,
-                    device.unit,
-                ));
+            if options.external_gateways.contains(&home.id) {
+                external_gateways.push(config);
+                continue;
             }
             let running = edge_gateway::run_with_key(
                 config,
@@ -458,8 +453,36 @@ impl Neighbourhood {
             network,
             resumed,
             settlement_database_url,
+            external_gateways,
             data_dir,
+            market_config,
+            market_shutdown: Some(market_shutdown),
+            shutdown: shutdown.clone(),
         })
+    }
+
+    /// Stops only the market (its REST server, clearing loop and MQTT publisher) and waits
+    /// until all its tasks have finished. Everything else keeps running.
+    pub async fn stop_market(&mut self) {
+        if let Some(market_shutdown) = self.market_shutdown.take() {
+            market_shutdown.trigger();
+            market_shutdown.wait().await;
+        }
+    }
+
+    /// Starts the market again (after [`Neighbourhood::stop_market`]) on the same port, the
+    /// same database and the same clock; it recovers its state from the database.
+    pub async fn start_market(&mut self) -> Result<(), StartError> {
+        self.stop_market().await;
+        let market_shutdown = bridged_shutdown(&self.shutdown);
+        self.market = market_engine::server::serve(
+            self.market_config.clone(),
+            self.clock.clone(),
+            market_shutdown.clone(),
+        )
+        .await?;
+        self.market_shutdown = Some(market_shutdown);
+        Ok(())
     }
 
     /// The dashboard's URL.
@@ -493,6 +516,76 @@ impl Neighbourhood {
         shutdown.wait().await;
         Ok(())
     }
+}
+
+/// A shutdown of its own that the neighbourhood's `shutdown` triggers and waits for.
+fn bridged_shutdown(shutdown: &Shutdown) -> Shutdown {
+    let own = Shutdown::new();
+    let bridged = own.clone();
+    let parent = shutdown.clone();
+    shutdown.spawn(async move {
+        tokio::select! {
+            _ = parent.triggered() => bridged.trigger(),
+            _ = bridged.triggered() => {}
+        }
+        bridged.wait().await;
+    });
+    own
+}
+
+/// The gateway config the launcher uses for `home` (the `index`-th home of the manifest):
+/// its three Modbus devices, the household's bidding limits and site data. Paths (key, outbox)
+/// are left at their defaults for the caller to set, and so is the clock.
+pub fn gateway_config(
+    home: &ManifestHome,
+    index: usize,
+    market_url: &str,
+    settlement_url: &str,
+    broker_url: Option<&str>,
+) -> Result<GatewayConfig, String> {
+    let mut config = GatewayConfig {
+        gateway_id: GatewayId::new(format!("gw-{}", home.id)).map_err(|e| e.to_string())?,
+        participant: ParticipantId::new(home.id.clone()).map_err(|e| e.to_string())?,
+        node: NodeId::new(home.feeder.clone()).map_err(|e| e.to_string())?,
+        market_url: Some(market_url.to_owned()),
+        settlement_url: Some(settlement_url.to_owned()),
+        modbus_timeout_ms: 1_000,
+        health_listen: "127.0.0.1:0".to_owned(),
+        ..GatewayConfig::default()
+    };
+    config.mqtt.url = broker_url.map(str::to_owned);
+    config.agent.enabled = true;
+    // Households sell above the utility's feed-in and buy below its retail price, so
+    // trading locally beats the utility for both sides (tariffs of `demo_network`).
+    // f1 is a "solar street": its households ask the least, so at midday they would
+    // export more than f1's tight limit allows, and f1's price separates.
+    config.agent.min_sell_price = PricePerMwh(if home.feeder == "f1" {
+        9_000
+    } else {
+        10_000 + (index as i64 % 3) * 500
+    });
+    config.agent.max_buy_price = PricePerMwh(29_000 - (index as i64 % 4) * 1_000);
+    config.agent.battery_capacity_wh = (home.battery_kwh * 1000.0).round() as i64;
+    config.agent.gate_closure_lead_s = market_lead_seconds();
+    config.site.inverter_w = home.inverter_w;
+    config.site.battery_w = home.battery_w;
+    config.site.latitude = home.latitude;
+    config.site.longitude = home.longitude;
+    for device in &home.devices {
+        let role = match device.kind {
+            DeviceKind::Inverter => Role::Inverter,
+            DeviceKind::Battery => Role::Battery,
+            DeviceKind::Meter => Role::GridMeter,
+        };
+        config.devices.push(DeviceConfig::modbus_tcp(
+            &format!("{:?}", device.kind).to_lowercase(),
+            role,
+            &device.host,
+            device.port,
+            device.unit,
+        ));
+    }
+    Ok(config)
 }
 
 /// The market's gate-closure lead in simulated seconds (the market's default), which the
