@@ -137,7 +137,7 @@ fn clearing(reference_limit: usize) {
     for n in [1_000usize, 10_000, 100_000] {
         for feeders in [1usize, 10, 50] {
             let (topology, orders) = book(n, feeders, 42 + n as u64 + feeders as u64);
-            let reps = if n >= 100_000 { 11 } else { 31 };
+            let reps = if n >= 100_000 { 21 } else { 31 };
             let sort = time(reps, || merit_order_sort(&orders));
             let solve = time(reps, || market_engine::fast::solve(&topology, &orders));
             let full = time(reps, || clear(&topology, &orders, PricingRule::PayAsClear));
@@ -320,6 +320,22 @@ async fn intake(orders: usize, concurrency: usize, database: Option<String>) {
         ms(pct(0.99)),
         ms(*latencies.last().unwrap()),
     );
+    // The server's own CPU time (Linux): how much of the machine the intake needs per order.
+    let cpu = std::fs::read_to_string(format!("/proc/{}/stat", server.id()))
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+            let ticks: f64 =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        });
+    if let Some(cpu) = cpu {
+        println!(
+            "server CPU: {:.2} s in total ({:.0} µs per order, including start-up and registration)",
+            cpu,
+            cpu * 1e6 / orders as f64
+        );
+    }
     let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
