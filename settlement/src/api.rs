@@ -152,13 +152,21 @@ fn envelope(body: &[u8]) -> ApiResult<SignedEnvelope> {
 
 async fn post_transfer(State(s): State<AppState>, body: axum::body::Bytes) -> ApiResult<Response> {
     let r = s.service.transfer(envelope(&body)?).await?;
-    let status = if r.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if r.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(r)).into_response())
 }
 
 async fn post_retire(State(s): State<AppState>, body: axum::body::Bytes) -> ApiResult<Response> {
     let r = s.service.retire(envelope(&body)?).await?;
-    let status = if r.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if r.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(r)).into_response())
 }
 

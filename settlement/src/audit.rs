@@ -19,7 +19,7 @@ use crate::verify::verify_signatures;
 use gridmesh_protocol::market::{Counterparty, IntervalResult};
 use gridmesh_protocol::reading::Reading;
 use gridmesh_protocol::registry::GatewayEnrollment;
-use gridmesh_protocol::signing::{PublicKey, SignedEnvelope, Signable};
+use gridmesh_protocol::signing::{PublicKey, Signable, SignedEnvelope};
 use gridmesh_protocol::token::{TokenRetire, TokenTransfer};
 use gridmesh_runtime::db::Database;
 use serde::Serialize;
@@ -73,6 +73,9 @@ fn bad(location: impl Into<String>, problem: impl Into<String>) -> AuditError {
     })
 }
 
+/// seq, hash, kind, body, block height.
+type StoredEntry = (i64, String, String, Vec<u8>, Option<i64>);
+
 struct ReadingInfo {
     participant: String,
     interval_start: i64,
@@ -92,7 +95,10 @@ struct Lot {
 
 /// Audits the whole store. `authority`: the expected block signer (default: whoever signed
 /// block 0, and every block must be signed by the same key).
-pub async fn verify(db: &Database, authority: Option<PublicKey>) -> Result<AuditReport, AuditError> {
+pub async fn verify(
+    db: &Database,
+    authority: Option<PublicKey>,
+) -> Result<AuditReport, AuditError> {
     let pool = &db.pool;
     let mut report = AuditReport::default();
 
@@ -105,7 +111,7 @@ pub async fn verify(db: &Database, authority: Option<PublicKey>) -> Result<Audit
     .fetch_all(pool)
     .await?;
     let mut entries_by_block: BTreeMap<i64, Vec<(i64, String, Vec<u8>)>> = BTreeMap::new();
-    let mut all_entries: Vec<(i64, String, String, Vec<u8>, Option<i64>)> = Vec::new();
+    let mut all_entries: Vec<StoredEntry> = Vec::new();
     for r in sqlx::query("SELECT seq, hash, kind, body, block_height FROM entries ORDER BY seq")
         .fetch_all(pool)
         .await?
@@ -120,7 +126,10 @@ pub async fn verify(db: &Database, authority: Option<PublicKey>) -> Result<Audit
             ));
         }
         if let Some(h) = height {
-            entries_by_block.entry(h).or_default().push((seq, hash.clone(), body.clone()));
+            entries_by_block
+                .entry(h)
+                .or_default()
+                .push((seq, hash.clone(), body.clone()));
         }
         all_entries.push((seq, hash, kind, body, height));
     }
@@ -135,18 +144,29 @@ pub async fn verify(db: &Database, authority: Option<PublicKey>) -> Result<Audit
         let hash: String = r.get(3);
         let signature: Vec<u8> = r.get(4);
         let public_key: String = r.get(5);
-        let header = BlockHeader::from_bytes(&header_bytes).map_err(|e| bad(&loc, e.to_string()))?;
+        let header =
+            BlockHeader::from_bytes(&header_bytes).map_err(|e| bad(&loc, e.to_string()))?;
         if header.height != height as u64 || header.interval.key() != key {
-            return Err(bad(&loc, "the header's height or interval differs from the block's row"));
+            return Err(bad(
+                &loc,
+                "the header's height or interval differs from the block's row",
+            ));
         }
         let computed = hex::encode(header.hash());
         if computed != hash {
-            return Err(bad(&loc, format!("header hashes to {computed}, but the stored hash is {hash}")));
+            return Err(bad(
+                &loc,
+                format!("header hashes to {computed}, but the stored hash is {hash}"),
+            ));
         }
         if header.prev_hash != prev_hash {
             return Err(bad(
                 &loc,
-                format!("previous hash {} does not link to block {}'s hash {prev_hash}", header.prev_hash, height - 1),
+                format!(
+                    "previous hash {} does not link to block {}'s hash {prev_hash}",
+                    header.prev_hash,
+                    height - 1
+                ),
             ));
         }
         let key: PublicKey = public_key
@@ -155,7 +175,10 @@ pub async fn verify(db: &Database, authority: Option<PublicKey>) -> Result<Audit
         match authority {
             None => authority = Some(key),
             Some(a) if a != key => {
-                return Err(bad(&loc, format!("signed by {key}, not by the settlement authority {a}")));
+                return Err(bad(
+                    &loc,
+                    format!("signed by {key}, not by the settlement authority {a}"),
+                ));
             }
             _ => {}
         }
@@ -164,33 +187,58 @@ pub async fn verify(db: &Database, authority: Option<PublicKey>) -> Result<Audit
             .try_into()
             .map_err(|_| bad(&loc, "the signature is not 64 bytes"))?;
         if key.verify(&header_bytes, &sig).is_err() {
-            return Err(bad(&loc, "the authority's signature over the header does not verify"));
+            return Err(bad(
+                &loc,
+                "the authority's signature over the header does not verify",
+            ));
         }
         let entries = entries_by_block.remove(&height).unwrap_or_default();
         if entries.len() as u64 != header.entry_count {
-            return Err(bad(&loc, format!("header counts {} entries, {} are stored", header.entry_count, entries.len())));
+            return Err(bad(
+                &loc,
+                format!(
+                    "header counts {} entries, {} are stored",
+                    header.entry_count,
+                    entries.len()
+                ),
+            ));
         }
         let leaves: Vec<[u8; 32]> = entries.iter().map(|(_, _, b)| entry_hash(b)).collect();
         let root = hex::encode(merkle_root(&leaves));
         if root != header.merkle_root {
-            return Err(bad(&loc, format!("Merkle root of its entries is {root}, the header says {}", header.merkle_root)));
+            return Err(bad(
+                &loc,
+                format!(
+                    "Merkle root of its entries is {root}, the header says {}",
+                    header.merkle_root
+                ),
+            ));
         }
         prev_hash = hash;
         report.blocks += 1;
     }
     if let Some((h, entries)) = entries_by_block.into_iter().next() {
-        return Err(bad(format!("ledger entry #{}", entries[0].0), format!("claims block {h}, which does not exist")));
+        return Err(bad(
+            format!("ledger entry #{}", entries[0].0),
+            format!("claims block {h}, which does not exist"),
+        ));
     }
     report.authority = authority.map(|a| a.to_string());
     report.entries = all_entries.len();
 
     // (2) Readings.
-    let gateways: HashMap<String, GatewayEnrollment> = sqlx::query("SELECT gateway, body FROM gateways")
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .filter_map(|r| Some((r.get::<String, _>(0), serde_json::from_str(&r.get::<String, _>(1)).ok()?)))
-        .collect();
+    let gateways: HashMap<String, GatewayEnrollment> =
+        sqlx::query("SELECT gateway, body FROM gateways")
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.get::<String, _>(0),
+                    serde_json::from_str(&r.get::<String, _>(1)).ok()?,
+                ))
+            })
+            .collect();
     let rows = sqlx::query(
         "SELECT reading_key, gateway, device, participant, interval_start, minutes, sequence, payload, \
          signature, public_key, digest, grid_import, grid_export, pv, battery_discharge, status \
@@ -206,8 +254,13 @@ pub async fn verify(db: &Database, authority: Option<PublicKey>) -> Result<Audit
         let loc = format!("reading {key}");
         let env = SignedEnvelope {
             payload: r.get(7),
-            signature: signature.as_slice().try_into().map_err(|_| bad(&loc, "signature is not 64 bytes"))?,
-            public_key: pk.parse().map_err(|_| bad(&loc, "public key is malformed"))?,
+            signature: signature
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad(&loc, "signature is not 64 bytes"))?,
+            public_key: pk
+                .parse()
+                .map_err(|_| bad(&loc, "public key is malformed"))?,
         };
         envelopes.push(env);
     }
@@ -218,7 +271,10 @@ pub async fn verify(db: &Database, authority: Option<PublicKey>) -> Result<Audit
         let key: String = r.get(0);
         let loc = format!("reading {key}");
         if !ok {
-            return Err(bad(&loc, "the signature does not verify over the stored payload: the reading was altered"));
+            return Err(bad(
+                &loc,
+                "the signature does not verify over the stored payload: the reading was altered",
+            ));
         }
         let reading = Reading::decode(&env.payload).map_err(|e| bad(&loc, e.to_string()))?;
         let participant: String = r.get(3);
@@ -226,24 +282,54 @@ pub async fn verify(db: &Database, authority: Option<PublicKey>) -> Result<Audit
             ("key", reading.idempotency_key() == key),
             ("gateway", reading.gateway.as_str() == r.get::<String, _>(1)),
             ("device", reading.device.as_str() == r.get::<String, _>(2)),
-            ("interval_start", reading.interval.start_unix() == r.get::<i64, _>(4)),
-            ("minutes", i64::from(reading.interval.length().minutes()) == r.get::<i64, _>(5)),
+            (
+                "interval_start",
+                reading.interval.start_unix() == r.get::<i64, _>(4),
+            ),
+            (
+                "minutes",
+                i64::from(reading.interval.length().minutes()) == r.get::<i64, _>(5),
+            ),
             ("sequence", reading.sequence as i64 == r.get::<i64, _>(6)),
             ("digest", env.digest_hex() == r.get::<String, _>(10)),
-            ("grid_import", reading.deltas.grid_import.0 == r.get::<i64, _>(11)),
-            ("grid_export", reading.deltas.grid_export.0 == r.get::<i64, _>(12)),
+            (
+                "grid_import",
+                reading.deltas.grid_import.0 == r.get::<i64, _>(11),
+            ),
+            (
+                "grid_export",
+                reading.deltas.grid_export.0 == r.get::<i64, _>(12),
+            ),
             ("pv", reading.deltas.pv.0 == r.get::<i64, _>(13)),
-            ("battery_discharge", reading.deltas.battery_discharge.0 == r.get::<i64, _>(14)),
+            (
+                "battery_discharge",
+                reading.deltas.battery_discharge.0 == r.get::<i64, _>(14),
+            ),
         ];
         if let Some((column, _)) = checks.iter().find(|(_, ok)| !ok) {
-            return Err(bad(&loc, format!("stored column `{column}` differs from the signed payload")));
+            return Err(bad(
+                &loc,
+                format!("stored column `{column}` differs from the signed payload"),
+            ));
         }
         if let Some(g) = gateways.get(reading.gateway.as_str()) {
             if g.public_key != env.public_key {
-                return Err(bad(&loc, format!("signed by {}, but the gateway's registered key is {}", env.public_key, g.public_key)));
+                return Err(bad(
+                    &loc,
+                    format!(
+                        "signed by {}, but the gateway's registered key is {}",
+                        env.public_key, g.public_key
+                    ),
+                ));
             }
             if g.participant.as_str() != participant {
-                return Err(bad(&loc, format!("attributed to {participant}, but gateway {} meters {}", g.gateway, g.participant)));
+                return Err(bad(
+                    &loc,
+                    format!(
+                        "attributed to {participant}, but gateway {} meters {}",
+                        g.gateway, g.participant
+                    ),
+                ));
             }
         }
         readings.insert(
@@ -262,113 +348,226 @@ pub async fn verify(db: &Database, authority: Option<PublicKey>) -> Result<Audit
 
     // (3) + (4) Mints against trades and readings; replay of the ledger.
     let mut results: HashMap<String, (IntervalResult, bool)> = HashMap::new();
-    for r in sqlx::query("SELECT interval_key, body, settled FROM results").fetch_all(pool).await? {
+    for r in sqlx::query("SELECT interval_key, body, settled FROM results")
+        .fetch_all(pool)
+        .await?
+    {
         let key: String = r.get(0);
         let result: IntervalResult = serde_json::from_str(&r.get::<String, _>(1))
             .map_err(|e| bad(format!("result {key}"), format!("does not parse: {e}")))?;
         results.insert(key, (result, r.get::<i64, _>(2) != 0));
     }
-    let participant_keys: HashMap<String, PublicKey> = sqlx::query("SELECT participant, public_key FROM participants")
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .filter_map(|r| Some((r.get::<String, _>(0), r.get::<String, _>(1).parse().ok()?)))
-        .collect();
+    let participant_keys: HashMap<String, PublicKey> =
+        sqlx::query("SELECT participant, public_key FROM participants")
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .filter_map(|r| Some((r.get::<String, _>(0), r.get::<String, _>(1).parse().ok()?)))
+            .collect();
     let mut lots: HashMap<String, Lot> = HashMap::new();
     let mut minted_by_seller: HashMap<(String, String), i64> = HashMap::new();
     let mut minted_to_buyer: HashMap<(String, String), i64> = HashMap::new();
     for (seq, hash, kind, body, _) in &all_entries {
         let loc = format!("ledger entry #{seq} ({kind} {hash})");
-        let entry: EntryBody = serde_json::from_slice(body).map_err(|e| bad(&loc, format!("does not parse: {e}")))?;
+        let entry: EntryBody =
+            serde_json::from_slice(body).map_err(|e| bad(&loc, format!("does not parse: {e}")))?;
         if entry.kind() != kind {
-            return Err(bad(&loc, format!("stored kind `{kind}` differs from its body `{}`", entry.kind())));
+            return Err(bad(
+                &loc,
+                format!(
+                    "stored kind `{kind}` differs from its body `{}`",
+                    entry.kind()
+                ),
+            ));
         }
         match entry {
             EntryBody::Mint(m) => {
-                let (result, settled) = results
-                    .get(&m.interval)
-                    .ok_or_else(|| bad(&loc, format!("no stored market result for interval {}", m.interval)))?;
+                let (result, settled) = results.get(&m.interval).ok_or_else(|| {
+                    bad(
+                        &loc,
+                        format!("no stored market result for interval {}", m.interval),
+                    )
+                })?;
                 if !settled {
                     return Err(bad(&loc, format!("interval {} is not settled", m.interval)));
                 }
-                let trade = result
-                    .trades
-                    .get(m.trade_index as usize)
-                    .ok_or_else(|| bad(&loc, format!("trade {} does not exist in the result", m.trade_index)))?;
-                let matches = |c: &Counterparty, who: &str, order: &str| {
-                    matches!(c, Counterparty::Order { participant, order_id, .. } if participant.as_str() == who && order_id == order)
-                };
+                let trade = result.trades.get(m.trade_index as usize).ok_or_else(|| {
+                    bad(
+                        &loc,
+                        format!("trade {} does not exist in the result", m.trade_index),
+                    )
+                })?;
+                let matches = |c: &Counterparty, who: &str, order: &str| matches!(c, Counterparty::Order { participant, order_id, .. } if participant.as_str() == who && order_id == order);
                 if !matches(&trade.seller, m.seller.as_str(), &m.seller_order)
                     || !matches(&trade.buyer, m.buyer.as_str(), &m.buyer_order)
                     || trade.price != m.price
                     || m.amount.0 <= 0
                     || m.amount > trade.energy
                 {
-                    return Err(bad(&loc, format!("is not backed by trade {} of interval {}", m.trade_index, m.interval)));
+                    return Err(bad(
+                        &loc,
+                        format!(
+                            "is not backed by trade {} of interval {}",
+                            m.trade_index, m.interval
+                        ),
+                    ));
                 }
-                for (side, digests, who) in [("seller", &m.seller_readings, &m.seller), ("buyer", &m.buyer_readings, &m.buyer)] {
+                for (side, digests, who) in [
+                    ("seller", &m.seller_readings, &m.seller),
+                    ("buyer", &m.buyer_readings, &m.buyer),
+                ] {
                     if digests.is_empty() {
                         return Err(bad(&loc, format!("names no {side} reading")));
                     }
                     for d in digests {
-                        let info = readings
-                            .get(d)
-                            .ok_or_else(|| bad(&loc, format!("{side} reading {d} is not stored")))?;
+                        let info = readings.get(d).ok_or_else(|| {
+                            bad(&loc, format!("{side} reading {d} is not stored"))
+                        })?;
                         if info.participant != who.as_str()
                             || info.interval_start != result.interval.start_unix()
                             || info.minutes != i64::from(result.interval.length().minutes())
                         {
-                            return Err(bad(&loc, format!("{side} reading {d} is not {who}'s reading for {}", m.interval)));
+                            return Err(bad(
+                                &loc,
+                                format!(
+                                    "{side} reading {d} is not {who}'s reading for {}",
+                                    m.interval
+                                ),
+                            ));
                         }
                         if info.status != "accepted" {
-                            return Err(bad(&loc, format!("{side} reading {d} is `{}`, not accepted", info.status)));
+                            return Err(bad(
+                                &loc,
+                                format!("{side} reading {d} is `{}`, not accepted", info.status),
+                            ));
                         }
                     }
                 }
                 let exported: i64 = m.seller_readings.iter().map(|d| readings[d].export).sum();
                 let imported: i64 = m.buyer_readings.iter().map(|d| readings[d].import).sum();
-                let s = minted_by_seller.entry((m.interval.clone(), m.seller.to_string())).or_default();
+                let s = minted_by_seller
+                    .entry((m.interval.clone(), m.seller.to_string()))
+                    .or_default();
                 *s += m.amount.0;
                 if *s > exported {
-                    return Err(bad(&loc, format!("{} minted from {}'s sales in {} exceeds its metered export of {exported} Wh", s, m.seller, m.interval)));
+                    return Err(bad(
+                        &loc,
+                        format!(
+                            "{} minted from {}'s sales in {} exceeds its metered export of {exported} Wh",
+                            s, m.seller, m.interval
+                        ),
+                    ));
                 }
-                let b = minted_to_buyer.entry((m.interval.clone(), m.buyer.to_string())).or_default();
+                let b = minted_to_buyer
+                    .entry((m.interval.clone(), m.buyer.to_string()))
+                    .or_default();
                 *b += m.amount.0;
                 if *b > imported {
-                    return Err(bad(&loc, format!("{} minted to {} in {} exceeds its metered import of {imported} Wh", b, m.buyer, m.interval)));
+                    return Err(bad(
+                        &loc,
+                        format!(
+                            "{} minted to {} in {} exceeds its metered import of {imported} Wh",
+                            b, m.buyer, m.interval
+                        ),
+                    ));
                 }
-                lots.insert(hash.clone(), Lot { holder: m.buyer.to_string(), initial: m.amount.0, remaining: m.amount.0, retired: 0 });
+                lots.insert(
+                    hash.clone(),
+                    Lot {
+                        holder: m.buyer.to_string(),
+                        initial: m.amount.0,
+                        remaining: m.amount.0,
+                        retired: 0,
+                    },
+                );
                 report.mints += 1;
             }
             EntryBody::Transfer(t) => {
-                let op: TokenTransfer = t.envelope.open().map_err(|e| bad(&loc, format!("holder's signature: {e}")))?;
-                if hex::encode(op.lot) != t.lot || op.from != t.from || op.to != t.to || op.amount != t.amount {
-                    return Err(bad(&loc, "the recorded fields differ from the signed transfer"));
+                let op: TokenTransfer = t
+                    .envelope
+                    .open()
+                    .map_err(|e| bad(&loc, format!("holder's signature: {e}")))?;
+                if hex::encode(op.lot) != t.lot
+                    || op.from != t.from
+                    || op.to != t.to
+                    || op.amount != t.amount
+                {
+                    return Err(bad(
+                        &loc,
+                        "the recorded fields differ from the signed transfer",
+                    ));
                 }
-                spend(&mut lots, &participant_keys, &loc, &t.lot, op.from.as_str(), &t.envelope.public_key, op.amount.0, false)?;
-                lots.insert(hash.clone(), Lot { holder: op.to.to_string(), initial: op.amount.0, remaining: op.amount.0, retired: 0 });
+                spend(
+                    &mut lots,
+                    &participant_keys,
+                    &loc,
+                    &t.lot,
+                    op.from.as_str(),
+                    &t.envelope.public_key,
+                    op.amount.0,
+                    false,
+                )?;
+                lots.insert(
+                    hash.clone(),
+                    Lot {
+                        holder: op.to.to_string(),
+                        initial: op.amount.0,
+                        remaining: op.amount.0,
+                        retired: 0,
+                    },
+                );
             }
             EntryBody::Retire(t) => {
-                let op: TokenRetire = t.envelope.open().map_err(|e| bad(&loc, format!("holder's signature: {e}")))?;
+                let op: TokenRetire = t
+                    .envelope
+                    .open()
+                    .map_err(|e| bad(&loc, format!("holder's signature: {e}")))?;
                 if hex::encode(op.lot) != t.lot || op.holder != t.holder || op.amount != t.amount {
-                    return Err(bad(&loc, "the recorded fields differ from the signed retirement"));
+                    return Err(bad(
+                        &loc,
+                        "the recorded fields differ from the signed retirement",
+                    ));
                 }
-                spend(&mut lots, &participant_keys, &loc, &t.lot, op.holder.as_str(), &t.envelope.public_key, op.amount.0, true)?;
+                spend(
+                    &mut lots,
+                    &participant_keys,
+                    &loc,
+                    &t.lot,
+                    op.holder.as_str(),
+                    &t.envelope.public_key,
+                    op.amount.0,
+                    true,
+                )?;
             }
         }
     }
-    let stored = sqlx::query("SELECT lot, holder, initial, remaining, retired FROM lots ORDER BY lot")
-        .fetch_all(pool)
-        .await?;
+    let stored =
+        sqlx::query("SELECT lot, holder, initial, remaining, retired FROM lots ORDER BY lot")
+            .fetch_all(pool)
+            .await?;
     if stored.len() != lots.len() {
-        return Err(bad("lots", format!("{} lots stored, the ledger creates {}", stored.len(), lots.len())));
+        return Err(bad(
+            "lots",
+            format!(
+                "{} lots stored, the ledger creates {}",
+                stored.len(),
+                lots.len()
+            ),
+        ));
     }
     for r in &stored {
         let lot: String = r.get(0);
         let loc = format!("balance of lot {lot}");
-        let want = lots.get(&lot).ok_or_else(|| bad(&loc, "no ledger entry creates it"))?;
-        let (holder, initial, remaining, retired): (String, i64, i64, i64) = (r.get(1), r.get(2), r.get(3), r.get(4));
-        if holder != want.holder || initial != want.initial || remaining != want.remaining || retired != want.retired {
+        let want = lots
+            .get(&lot)
+            .ok_or_else(|| bad(&loc, "no ledger entry creates it"))?;
+        let (holder, initial, remaining, retired): (String, i64, i64, i64) =
+            (r.get(1), r.get(2), r.get(3), r.get(4));
+        if holder != want.holder
+            || initial != want.initial
+            || remaining != want.remaining
+            || retired != want.retired
+        {
             return Err(bad(
                 &loc,
                 format!(
@@ -397,7 +596,10 @@ pub async fn verify(db: &Database, authority: Option<PublicKey>) -> Result<Audit
         report.statements += 1;
     }
     if let Some((key, sum)) = p2p.into_iter().find(|(_, s)| *s != 0) {
-        return Err(bad(format!("statements for {key}"), format!("payments between participants sum to {sum}, not 0")));
+        return Err(bad(
+            format!("statements for {key}"),
+            format!("payments between participants sum to {sum}, not 0"),
+        ));
     }
     Ok(report)
 }
@@ -417,14 +619,34 @@ fn spend(
         .get(holder)
         .ok_or_else(|| bad(loc, format!("{holder} has no registered key")))?;
     if registered != signer {
-        return Err(bad(loc, format!("signed by {signer}, not by {holder}'s registered key {registered}")));
+        return Err(bad(
+            loc,
+            format!("signed by {signer}, not by {holder}'s registered key {registered}"),
+        ));
     }
-    let l = lots.get_mut(lot).ok_or_else(|| bad(loc, format!("spends lot {lot}, which no earlier entry created")))?;
+    let l = lots.get_mut(lot).ok_or_else(|| {
+        bad(
+            loc,
+            format!("spends lot {lot}, which no earlier entry created"),
+        )
+    })?;
     if l.holder != holder {
-        return Err(bad(loc, format!("spends lot {lot} held by {}, not by the signer {holder}", l.holder)));
+        return Err(bad(
+            loc,
+            format!(
+                "spends lot {lot} held by {}, not by the signer {holder}",
+                l.holder
+            ),
+        ));
     }
     if l.remaining < amount {
-        return Err(bad(loc, format!("spends {amount} from lot {lot}, which holds only {}: tokens spent twice", l.remaining)));
+        return Err(bad(
+            loc,
+            format!(
+                "spends {amount} from lot {lot}, which holds only {}: tokens spent twice",
+                l.remaining
+            ),
+        ));
     }
     l.remaining -= amount;
     if retire {

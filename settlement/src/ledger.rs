@@ -251,8 +251,8 @@ impl BlockHeader {
         let merkle_root = hex::encode(take(32));
         let entry_count = u64::from_be_bytes(take(8).try_into().expect("8"));
         let sealed = i64::from_be_bytes(take(8).try_into().expect("8"));
-        let interval = Interval::from_unix(start, minutes.into())
-            .map_err(|e| HeaderError(e.to_string()))?;
+        let interval =
+            Interval::from_unix(start, minutes.into()).map_err(|e| HeaderError(e.to_string()))?;
         let sealed_at = Utc
             .timestamp_millis_opt(sealed)
             .single()

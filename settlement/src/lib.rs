@@ -186,7 +186,12 @@ pub async fn serve_with_source(
             tracing::warn!(error = %e, "first market poll failed; will retry");
         }
         let every = Duration::from_secs_f64(config.poll_secs.max(0.05));
-        shutdown.spawn(sources::run_poller(service.clone(), source, every, shutdown.clone()));
+        shutdown.spawn(sources::run_poller(
+            service.clone(),
+            source,
+            every,
+            shutdown.clone(),
+        ));
     }
     if let Some(url) = &config.broker_url {
         ingest::start_mqtt(service.clone(), url, &config.mqtt_client_id, &shutdown)?;

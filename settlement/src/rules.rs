@@ -322,7 +322,10 @@ pub fn settle(
                 buyer_alloc.insert(*i, v);
             }
         }
-        facts.insert(p.clone(), (exported, imported, delivered, consumed, m.is_none()));
+        facts.insert(
+            p.clone(),
+            (exported, imported, delivered, consumed, m.is_none()),
+        );
     }
 
     let mut mints = Vec::new();
@@ -399,7 +402,12 @@ mod tests {
 
     #[test]
     fn allocation_is_exact_and_deterministic() {
-        assert_eq!(allocate(Wh(10), &[Wh(1), Wh(1), Wh(1)]), vec![Wh(4), Wh(3), Wh(3)]);
+        assert_eq!(
+            allocate(Wh(10), &[Wh(7), Wh(7), Wh(7)]),
+            vec![Wh(4), Wh(3), Wh(3)]
+        );
+        // Never more than the weights add up to.
+        assert_eq!(allocate(Wh(10), &[Wh(1), Wh(1)]), vec![Wh(1), Wh(1)]);
         assert_eq!(allocate(Wh(100), &[Wh(30), Wh(20)]), vec![Wh(30), Wh(20)]);
         assert_eq!(allocate(Wh(0), &[Wh(30), Wh(20)]), vec![Wh(0), Wh(0)]);
         assert_eq!(allocate(Wh(7), &[Wh(0), Wh(20)]), vec![Wh(0), Wh(7)]);

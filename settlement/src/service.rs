@@ -12,7 +12,7 @@ use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::reading::Reading;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
-use gridmesh_protocol::signing::{PublicKey, SignedEnvelope, Signable};
+use gridmesh_protocol::signing::{PublicKey, Signable, SignedEnvelope};
 use gridmesh_protocol::token::{TokenRetire, TokenTransfer};
 use gridmesh_protocol::{GatewayId, Interval, ParticipantId, Wh};
 use gridmesh_runtime::clock::Clock;
@@ -229,10 +229,9 @@ impl Service {
             let payload: Vec<u8> = row.get(0);
             let reading = Reading::decode(&payload)
                 .map_err(|e| StoreError::Corrupt(format!("stored reading: {e}")))?;
-            let digest: [u8; 32] = sha2::Digest::finalize(
-                <sha2::Sha256 as sha2::Digest>::new_with_prefix(&payload),
-            )
-            .into();
+            let digest: [u8; 32] =
+                sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&payload))
+                    .into();
             state.chain.record(&reading, digest);
         }
         for row in sqlx::query("SELECT interval_key FROM results WHERE settled = 1")
@@ -346,7 +345,9 @@ impl Service {
                 let env: SignedEnvelope = serde_json::from_slice(&s.raw).map_err(|e| {
                     Reason::new(
                         ReasonCode::Malformed,
-                        format!("not a JSON signed envelope {{payload, signature, public_key}}: {e}"),
+                        format!(
+                            "not a JSON signed envelope {{payload, signature, public_key}}: {e}"
+                        ),
                     )
                 })?;
                 let reading = verify::decode(&env)?;
@@ -389,7 +390,10 @@ impl Service {
                             reading.gateway
                         ),
                     );
-                    quarantine.push((reason.code, q_row(item, Some(&key), Some(reading), &reason, now_ms)));
+                    quarantine.push((
+                        reason.code,
+                        q_row(item, Some(&key), Some(reading), &reason, now_ms),
+                    ));
                     outcomes.push(quarantined(Some(key), &reason));
                     continue;
                 };
@@ -416,8 +420,10 @@ impl Service {
                         continue;
                     }
                     Verdict::Reject(reason) => {
-                        quarantine
-                            .push((reason.code, q_row(item, Some(&key), Some(reading), reason, now_ms)));
+                        quarantine.push((
+                            reason.code,
+                            q_row(item, Some(&key), Some(reading), reason, now_ms),
+                        ));
                         outcomes.push(quarantined(Some(key), reason));
                         continue;
                     }
@@ -445,8 +451,10 @@ impl Service {
                 });
                 match verdict {
                     Verdict::Flag(reason) | Verdict::Late(reason) => {
-                        quarantine
-                            .push((reason.code, q_row(item, Some(&key), Some(reading), &reason, now_ms)));
+                        quarantine.push((
+                            reason.code,
+                            q_row(item, Some(&key), Some(reading), &reason, now_ms),
+                        ));
                         outcomes.push(quarantined(Some(key), &reason));
                     }
                     _ => outcomes.push(ItemOutcome {
@@ -475,7 +483,9 @@ impl Service {
         let dups = outcomes.iter().filter(|o| o.status == "duplicate").count();
         self.metrics.readings_accepted.add(accepted as u64);
         self.metrics.readings_duplicate.add(dups as u64);
-        self.metrics.readings_quarantined.add(quarantine.len() as u64);
+        self.metrics
+            .readings_quarantined
+            .add(quarantine.len() as u64);
         for ((code, row), id) in quarantine.iter().zip(ids) {
             let code = *code;
             let _ = self.events.send(Event::Quarantined {
@@ -585,11 +595,13 @@ impl Service {
             minted = minted.checked_add(plan.amount).unwrap_or(minted);
         }
         for plan in &settlement.withheld {
-            sqlx::query("INSERT INTO withheld_mints (interval_key, body, released) VALUES ($1, $2, 0)")
-                .bind(interval_key.to_owned())
-                .bind(serde_json::to_string(plan).expect("serialisable"))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO withheld_mints (interval_key, body, released) VALUES ($1, $2, 0)",
+            )
+            .bind(interval_key.to_owned())
+            .bind(serde_json::to_string(plan).expect("serialisable"))
+            .execute(&mut *tx)
+            .await?;
         }
         let block = store::seal_block(&mut tx, result.interval, &self.authority, now).await?;
         sqlx::query("UPDATE results SET settled = 1 WHERE interval_key = $1")
@@ -612,7 +624,12 @@ impl Service {
             hash: block.hash,
             interval: interval_key.to_owned(),
         });
-        tracing::info!(interval = interval_key, height = block.header.height, minted = minted.0, "interval settled");
+        tracing::info!(
+            interval = interval_key,
+            height = block.header.height,
+            minted = minted.0,
+            "interval settled"
+        );
         Ok(SettleOutcome::Settled {
             height: block.header.height,
         })
@@ -708,7 +725,11 @@ impl Service {
         {
             let entry: String = row.get(0);
             return Ok(Receipt {
-                lot: if to.is_some() { entry.clone() } else { lot.to_owned() },
+                lot: if to.is_some() {
+                    entry.clone()
+                } else {
+                    lot.to_owned()
+                },
                 entry,
                 duplicate: true,
             });
@@ -718,7 +739,8 @@ impl Service {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("no token lot {lot}")))?;
-        let (owner, remaining, origin): (String, i64, String) = (row.get(0), row.get(1), row.get(2));
+        let (owner, remaining, origin): (String, i64, String) =
+            (row.get(0), row.get(1), row.get(2));
         if owner != holder.as_str() {
             return Err(ServiceError::Forbidden(format!(
                 "lot {lot} is held by {owner}, not {holder}"
@@ -746,7 +768,11 @@ impl Service {
         }
         tx.commit().await?;
         Ok(Receipt {
-            lot: if to.is_some() { entry.clone() } else { lot.to_owned() },
+            lot: if to.is_some() {
+                entry.clone()
+            } else {
+                lot.to_owned()
+            },
             entry,
             duplicate: false,
         })
@@ -779,14 +805,18 @@ impl Service {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE readings SET status = 'accepted' WHERE reading_key = $1 AND status = 'flagged'")
-            .bind(key.unwrap_or_default())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE readings SET status = 'accepted' WHERE reading_key = $1 AND status = 'flagged'",
+        )
+        .bind(key.unwrap_or_default())
+        .execute(&mut *tx)
+        .await?;
         let mut released = 0;
-        for row in sqlx::query("SELECT id, interval_key, body FROM withheld_mints WHERE released = 0 ORDER BY id")
-            .fetch_all(&mut *tx)
-            .await?
+        for row in sqlx::query(
+            "SELECT id, interval_key, body FROM withheld_mints WHERE released = 0 ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?
         {
             let (wid, interval, body): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
             let plan: MintPlan = serde_json::from_str(&body)
@@ -875,12 +905,10 @@ impl Service {
 
     /// Block list (newest first, at most `limit`).
     pub async fn blocks(&self, limit: i64) -> Result<Vec<serde_json::Value>, ServiceError> {
-        let rows = sqlx::query(
-            "SELECT height FROM blocks ORDER BY height DESC LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.db.pool)
-        .await?;
+        let rows = sqlx::query("SELECT height FROM blocks ORDER BY height DESC LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.db.pool)
+            .await?;
         let mut out = Vec::new();
         for r in rows {
             if let Some(b) = self.block(r.get(0)).await? {
@@ -892,12 +920,11 @@ impl Service {
 
     /// One block with its entry hashes.
     pub async fn block(&self, height: i64) -> Result<Option<serde_json::Value>, ServiceError> {
-        let Some(r) = sqlx::query(
-            "SELECT header, hash, signature, public_key FROM blocks WHERE height = $1",
-        )
-        .bind(height)
-        .fetch_optional(&self.db.pool)
-        .await?
+        let Some(r) =
+            sqlx::query("SELECT header, hash, signature, public_key FROM blocks WHERE height = $1")
+                .bind(height)
+                .fetch_optional(&self.db.pool)
+                .await?
         else {
             return Ok(None);
         };
@@ -924,10 +951,11 @@ impl Service {
 
     /// One entry with its inclusion proof (once it is in a block).
     pub async fn entry(&self, hash: &str) -> Result<Option<serde_json::Value>, ServiceError> {
-        let Some(r) = sqlx::query("SELECT seq, kind, body, block_height FROM entries WHERE hash = $1")
-            .bind(hash.to_owned())
-            .fetch_optional(&self.db.pool)
-            .await?
+        let Some(r) =
+            sqlx::query("SELECT seq, kind, body, block_height FROM entries WHERE hash = $1")
+                .bind(hash.to_owned())
+                .fetch_optional(&self.db.pool)
+                .await?
         else {
             return Ok(None);
         };

@@ -174,7 +174,10 @@ pub async fn poll_once(service: &Service, source: &dyn MarketSource) -> Result<u
         .latest_result_start()
         .await
         .map_err(|e| e.to_string())?;
-    let results = source.results_since(since).await.map_err(|e| e.to_string())?;
+    let results = source
+        .results_since(since)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut new = 0;
     for r in &results {
         if service.add_result(r).await.map_err(|e| e.to_string())? {

@@ -23,7 +23,7 @@
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use gridmesh_protocol::reading::{Reading, ReadingFlags, Registers};
 use gridmesh_protocol::registry::GatewayEnrollment;
-use gridmesh_protocol::signing::{SignedEnvelope, Signable, verify_batch};
+use gridmesh_protocol::signing::{Signable, SignedEnvelope, verify_batch};
 use gridmesh_protocol::{DeviceId, GatewayId};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -180,7 +180,11 @@ impl GatewayHistory {
             }
         }
         if let Some((next_start, points)) = self.by_interval.range(start + 1..).next() {
-            let min = points.iter().map(|(_, p)| p.sequence).min().unwrap_or(u64::MAX);
+            let min = points
+                .iter()
+                .map(|(_, p)| p.sequence)
+                .min()
+                .unwrap_or(u64::MAX);
             if sequence >= min {
                 return Err(Reason::new(
                     ReasonCode::SequenceNotIncreasing,
@@ -201,7 +205,12 @@ impl GatewayHistory {
         Ok(())
     }
 
-    fn check_registers(&self, start: i64, device: &DeviceId, reading: &Reading) -> Result<(), Reason> {
+    fn check_registers(
+        &self,
+        start: i64,
+        device: &DeviceId,
+        reading: &Reading,
+    ) -> Result<(), Reason> {
         let find = |points: &Vec<(DeviceId, ChainPoint)>| {
             points.iter().find(|(d, _)| d == device).map(|(_, p)| *p)
         };

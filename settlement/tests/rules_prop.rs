@@ -104,12 +104,25 @@ proptest! {
 
 #[test]
 fn missing_readings_follow_the_documented_rule() {
-    let trades = vec![trade(order("alice", "a"), order("bob", "b"), 1_000, 200_000)];
+    let trades = vec![trade(
+        order("alice", "a"),
+        order("bob", "b"),
+        1_000,
+        200_000,
+    )];
     // Neither has a reading: alice's sale is a shortfall at retail, bob is taken at his word,
     // and nothing is minted.
     let s = settle(&result(interval("12:00"), trades), &BTreeMap::new()).unwrap();
-    let alice = s.statements.iter().find(|x| x.participant.as_str() == "alice").unwrap();
-    let bob = s.statements.iter().find(|x| x.participant.as_str() == "bob").unwrap();
+    let alice = s
+        .statements
+        .iter()
+        .find(|x| x.participant.as_str() == "alice")
+        .unwrap();
+    let bob = s
+        .statements
+        .iter()
+        .find(|x| x.participant.as_str() == "bob")
+        .unwrap();
     assert!(alice.estimated && bob.estimated);
     assert_eq!(alice.net.0, 200 - 300);
     assert_eq!(bob.net.0, -200);

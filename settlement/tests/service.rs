@@ -12,8 +12,8 @@ use gridmesh_runtime::mqtt::{MqttSession, MqttSettings, Qos};
 use gridmesh_runtime::shutdown::Shutdown;
 use serde_json::Value;
 use settlement::service::Event;
-use settlement::verify::ReasonCode;
 use settlement::sources::StaticSource;
+use settlement::verify::ReasonCode;
 use settlement::{SettlementConfig, serve_with_source};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,36 +60,85 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
     let bob = sign(&reading("gw-bob", 1, i, 600, 0, 0, 1_000));
     let mut forged = sign(&reading("gw-bob", 2, interval("12:15"), 1, 1, 1, 2_000));
     forged.signature[10] ^= 0x80;
-    let resp = http.post(format!("{base}/readings")).json(&vec![&good, &bob, &forged]).send().await.unwrap();
+    let resp = http
+        .post(format!("{base}/readings"))
+        .json(&vec![&good, &bob, &forged])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let body: Vec<Value> = resp.json().await.unwrap();
     let statuses: Vec<&str> = body.iter().map(|v| v["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, vec!["accepted", "accepted", "quarantined"]);
     assert_eq!(body[2]["code"], "bad_signature");
-    let resp = http.post(format!("{base}/readings")).body("{\"not\": \"an array\"}").send().await.unwrap();
+    let resp = http
+        .post(format!("{base}/readings"))
+        .body("{\"not\": \"an array\"}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     let err: Value = resp.json().await.unwrap();
     assert_eq!(err["code"], "bad_request");
 
     // Operator endpoints need the bearer token; a forged reading can never be accepted.
-    let q: Vec<Value> = http.get(format!("{base}/quarantine")).send().await.unwrap().json().await.unwrap();
+    let q: Vec<Value> = http
+        .get(format!("{base}/quarantine"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let id = q[0]["id"].as_i64().unwrap();
     let url = format!("{base}/quarantine/{id}/accept");
     assert_eq!(http.post(&url).send().await.unwrap().status(), 401);
-    let resp = http.post(&url).bearer_auth("op-secret").send().await.unwrap();
+    let resp = http
+        .post(&url)
+        .bearer_auth("op-secret")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 409);
 
     // Health, metrics, OpenAPI.
-    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
-    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("settlement_readings_accepted_total 2"), "{metrics}");
-    let doc: Value = http.get(format!("{base}/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("settlement_readings_accepted_total 2"),
+        "{metrics}"
+    );
+    let doc: Value = http
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(doc["paths"]["/ledger/entries/{hash}"].is_object());
 
     // SSE: a result arrives through the source; the settler settles it (its end + grace has
     // passed on the clock) and announces `settled` and `block`.
     let mut sse = http.get(format!("{base}/events")).send().await.unwrap();
-    source.add_result(result(i, vec![trade(order("alice", "a"), order("bob", "b"), 500, 200_000)]));
+    source.add_result(result(
+        i,
+        vec![trade(order("alice", "a"), order("bob", "b"), 500, 200_000)],
+    ));
     let mut seen = String::new();
     tokio::time::timeout(Duration::from_secs(20), async {
         while !(seen.contains("event: settled") && seen.contains("event: block")) {
@@ -99,10 +148,19 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
     })
     .await
     .expect("settled and block events");
-    let balances: Value = http.get(format!("{base}/balances/bob")).send().await.unwrap().json().await.unwrap();
+    let balances: Value = http
+        .get(format!("{base}/balances/bob"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(balances["balance"], 500);
     let statements: Vec<Value> = http
-        .get(format!("{base}/statements?participant=alice&interval=2026-06-21T12:00:00Z"))
+        .get(format!(
+            "{base}/statements?participant=alice&interval=2026-06-21T12:00:00Z"
+        ))
         .send()
         .await
         .unwrap()
@@ -110,7 +168,11 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
         .await
         .unwrap();
     assert_eq!(statements.len(), 1);
-    assert_eq!(statements[0]["net"], 100 + 8, "500 Wh sold at 200/MWh, 100 Wh surplus at feed-in");
+    assert_eq!(
+        statements[0]["net"],
+        100 + 8,
+        "500 Wh sold at 200/MWh, 100 Wh surplus at feed-in"
+    );
 
     // A holder-signed transfer over REST, then the block and entry endpoints.
     let lot = balances["holdings"][0]["lot"].as_str().unwrap();
@@ -122,20 +184,49 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
         nonce: 1,
     };
     let env = SignedEnvelope::sign(&t, &participant_key("bob"));
-    let resp = http.post(format!("{base}/tokens/transfer")).json(&env).send().await.unwrap();
+    let resp = http
+        .post(format!("{base}/tokens/transfer"))
+        .json(&env)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 201);
-    let blocks: Vec<Value> = http.get(format!("{base}/ledger/blocks")).send().await.unwrap().json().await.unwrap();
+    let blocks: Vec<Value> = http
+        .get(format!("{base}/ledger/blocks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(blocks.len(), 1);
     let entry_hash = blocks[0]["entries"][0].as_str().unwrap();
-    let entry: Value = http.get(format!("{base}/ledger/entries/{entry_hash}")).send().await.unwrap().json().await.unwrap();
+    let entry: Value = http
+        .get(format!("{base}/ledger/entries/{entry_hash}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(entry["kind"], "mint");
     assert_eq!(entry["block_height"], 0);
-    assert_eq!(http.get(format!("{base}/ledger/blocks/9")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        http.get(format!("{base}/ledger/blocks/9"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 
     // MQTT: readings on gridmesh/readings/<gateway> are stored, then acknowledged; junk is
     // quarantined with its topic. Publish until the subscription is in place.
     let (publisher, _) = MqttSession::start(
-        MqttSettings::new(broker(), format!("settlement-test-pub-{}", std::process::id())),
+        MqttSettings::new(
+            broker(),
+            format!("settlement-test-pub-{}", std::process::id()),
+        ),
         shutdown.token(),
     )
     .unwrap();
@@ -145,29 +236,66 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
     let mut events = running.service.subscribe();
     let mut arrived = false;
     for attempt in 0..20 {
-        publisher.publish(topic.clone(), serde_json::to_vec(&carol).unwrap(), Qos::AtLeastOnce, false).await.unwrap();
-        publisher.publish(topic.clone(), format!("junk {attempt}").into_bytes(), Qos::AtLeastOnce, false).await.unwrap();
+        publisher
+            .publish(
+                topic.clone(),
+                serde_json::to_vec(&carol).unwrap(),
+                Qos::AtLeastOnce,
+                false,
+            )
+            .await
+            .unwrap();
+        publisher
+            .publish(
+                topic.clone(),
+                format!("junk {attempt}").into_bytes(),
+                Qos::AtLeastOnce,
+                false,
+            )
+            .await
+            .unwrap();
         let wait = async {
             loop {
-                if let Ok(Event::Quarantined { code: ReasonCode::Malformed, .. }) = events.recv().await {
+                if let Ok(Event::Quarantined {
+                    code: ReasonCode::Malformed,
+                    ..
+                }) = events.recv().await
+                {
                     return;
                 }
             }
         };
-        if tokio::time::timeout(Duration::from_millis(500), wait).await.is_ok() {
+        if tokio::time::timeout(Duration::from_millis(500), wait)
+            .await
+            .is_ok()
+        {
             arrived = true;
             break;
         }
     }
     assert!(arrived, "MQTT readings reached settlement");
-    let q: Vec<Value> = http.get(format!("{base}/quarantine")).send().await.unwrap().json().await.unwrap();
-    assert!(q.iter().any(|r| r["source"] == format!("mqtt:{topic}") && r["code"] == "malformed"));
-    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM readings WHERE reading_key = 'gw-carol/home/1782044100'")
-        .fetch_one(&running.service.db().pool)
+    let q: Vec<Value> = http
+        .get(format!("{base}/quarantine"))
+        .send()
+        .await
+        .unwrap()
+        .json()
         .await
         .unwrap();
+    assert!(
+        q.iter()
+            .any(|r| r["source"] == format!("mqtt:{topic}") && r["code"] == "malformed")
+    );
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM readings WHERE reading_key = 'gw-carol/home/1782044100'",
+    )
+    .fetch_one(&running.service.db().pool)
+    .await
+    .unwrap();
     assert_eq!(stored, 1);
 
     shutdown.trigger();
-    tokio::time::timeout(Duration::from_secs(10), shutdown.wait()).await.expect("clean shutdown");
+    tokio::time::timeout(Duration::from_secs(10), shutdown.wait())
+        .await
+        .expect("clean shutdown");
 }

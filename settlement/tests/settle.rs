@@ -17,7 +17,14 @@ fn lot(hex: &str) -> [u8; 32] {
     parse_hex32(hex).unwrap()
 }
 
-fn transfer(from: &str, to: &str, lot_hex: &str, amount: i64, nonce: u64, signer: &str) -> SignedEnvelope {
+fn transfer(
+    from: &str,
+    to: &str,
+    lot_hex: &str,
+    amount: i64,
+    nonce: u64,
+    signer: &str,
+) -> SignedEnvelope {
     let t = TokenTransfer {
         from: ParticipantId::new(from).unwrap(),
         to: ParticipantId::new(to).unwrap(),
@@ -66,7 +73,9 @@ async fn settle_scenario(s: &Service) {
         .unwrap();
     assert!(out.iter().all(|o| o.status == "accepted"), "{out:?}");
     // The result for 14:00 is not due yet (it ends after now); 12:00 is (end + grace < now).
-    s.add_result(&result(interval("14:00"), vec![])).await.unwrap();
+    s.add_result(&result(interval("14:00"), vec![]))
+        .await
+        .unwrap();
     let settled = s.settle_due().await.unwrap();
     assert_eq!(settled, vec![i.key()]);
 }
@@ -79,7 +88,12 @@ async fn full_flow(backend: &str) {
 
     // Statements, to the unit.
     let st = s.statements(None, Some(&i.key())).await.unwrap();
-    let by = |p: &str| st.iter().find(|x| x.participant.as_str() == p).unwrap().clone();
+    let by = |p: &str| {
+        st.iter()
+            .find(|x| x.participant.as_str() == p)
+            .unwrap()
+            .clone()
+    };
     let (alice, bob, carol) = (by("alice"), by("bob"), by("carol"));
     // alice: +200 (1000 Wh @ 200/MWh... in minor units) +8 (100 Wh to utility) −90 (300 Wh shortfall at retail).
     assert_eq!(alice.net.0, 200 + 8 - 90, "{alice:?}");
@@ -118,9 +132,20 @@ async fn full_flow(backend: &str) {
     assert_eq!(s.metrics.tokens_minted_wh.get(), 1_127);
 
     // Settling again changes nothing.
-    let before = (count(&s, "entries").await, count(&s, "blocks").await, count(&s, "statements").await);
-    assert_eq!(s.settle(&i.key()).await.unwrap(), SettleOutcome::AlreadySettled);
-    let after = (count(&s, "entries").await, count(&s, "blocks").await, count(&s, "statements").await);
+    let before = (
+        count(&s, "entries").await,
+        count(&s, "blocks").await,
+        count(&s, "statements").await,
+    );
+    assert_eq!(
+        s.settle(&i.key()).await.unwrap(),
+        SettleOutcome::AlreadySettled
+    );
+    let after = (
+        count(&s, "entries").await,
+        count(&s, "blocks").await,
+        count(&s, "statements").await,
+    );
     assert_eq!(before, after);
 
     // A partial transfer and a retirement.
@@ -128,54 +153,108 @@ async fn full_flow(backend: &str) {
     let t = transfer("bob", "carol", &lot_a, 300, 1, "bob");
     let receipt = s.transfer(t.clone()).await.unwrap();
     assert!(!receipt.duplicate);
-    assert!(s.transfer(t).await.unwrap().duplicate, "a replayed transfer applies once");
+    assert!(
+        s.transfer(t).await.unwrap().duplicate,
+        "a replayed transfer applies once"
+    );
     let forged = transfer("bob", "carol", &lot_a, 10, 2, "carol");
-    assert!(matches!(s.transfer(forged).await, Err(ServiceError::Forbidden(_))));
+    assert!(matches!(
+        s.transfer(forged).await,
+        Err(ServiceError::Forbidden(_))
+    ));
     let too_much = transfer("bob", "carol", &lot_a, 428, 3, "bob");
-    assert!(matches!(s.transfer(too_much).await, Err(ServiceError::Conflict(_))));
-    let r = s.retire(retire("carol", &receipt.lot, 100, 1)).await.unwrap();
+    assert!(matches!(
+        s.transfer(too_much).await,
+        Err(ServiceError::Conflict(_))
+    ));
+    let r = s
+        .retire(retire("carol", &receipt.lot, 100, 1))
+        .await
+        .unwrap();
     assert_eq!(r.lot, receipt.lot);
     let over = s.retire(retire("carol", &receipt.lot, 201, 2)).await;
     assert!(matches!(over, Err(ServiceError::Conflict(_))), "{over:?}");
     assert_eq!(s.balances("bob").await.unwrap()["balance"], 827);
     let c = s.balances("carol").await.unwrap();
-    assert_eq!((c["balance"].as_i64(), c["retired"].as_i64()), (Some(200), Some(100)));
+    assert_eq!(
+        (c["balance"].as_i64(), c["retired"].as_i64()),
+        (Some(200), Some(100))
+    );
     assert_eq!(c["holdings"][0]["parent_lot"], lot_a.as_str());
-    assert_eq!(c["holdings"][0]["provenance"]["seller"], "alice", "provenance follows the tokens");
+    assert_eq!(
+        c["holdings"][0]["provenance"]["seller"], "alice",
+        "provenance follows the tokens"
+    );
 
     // The next interval's block seals the transfer and the retirement, with proofs.
     let i2 = interval("12:15");
     s.add_result(&result(i2, vec![])).await.unwrap();
-    assert_eq!(s.settle(&i2.key()).await.unwrap(), SettleOutcome::Settled { height: 1 });
+    assert_eq!(
+        s.settle(&i2.key()).await.unwrap(),
+        SettleOutcome::Settled { height: 1 }
+    );
     let block = s.block(1).await.unwrap().unwrap();
-    let hashes: Vec<&str> = block["entries"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let hashes: Vec<&str> = block["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert_eq!(hashes, vec![receipt.entry.as_str(), r.entry.as_str()]);
     for h in hashes {
         let e = s.entry(h).await.unwrap().unwrap();
-        let proof: Vec<settlement::ledger::ProofStep> = serde_json::from_value(e["proof"].clone()).unwrap();
-        assert!(verify_proof(lot(h), &proof, lot(block["merkle_root"].as_str().unwrap())));
+        let proof: Vec<settlement::ledger::ProofStep> =
+            serde_json::from_value(e["proof"].clone()).unwrap();
+        assert!(verify_proof(
+            lot(h),
+            &proof,
+            lot(block["merkle_root"].as_str().unwrap())
+        ));
     }
     let b0 = s.block(0).await.unwrap().unwrap();
     assert_eq!(block["prev_hash"], b0["hash"]);
 
     let report = audit::verify(s.db(), Some(s.authority())).await.unwrap();
-    assert_eq!((report.blocks, report.entries, report.mints, report.lots, report.readings), (2, 4, 2, 3, 3));
+    assert_eq!(
+        (
+            report.blocks,
+            report.entries,
+            report.mints,
+            report.lots,
+            report.readings
+        ),
+        (2, 4, 2, 3, 3)
+    );
     let other = gridmesh_protocol::keys::SigningKeyPair::from_seed([7; 32]).public_key();
-    let err = audit::verify(s.db(), Some(other)).await.unwrap_err().to_string();
-    assert!(err.contains("block 0") && err.contains("not by the settlement authority"), "{err}");
+    let err = audit::verify(s.db(), Some(other))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("block 0") && err.contains("not by the settlement authority"),
+        "{err}"
+    );
 
     tamper(&s).await;
 }
 
 async fn get_blob(pool: &sqlx::AnyPool, sql: &str, key_col: &str, key: &str) -> Vec<u8> {
     let q = sqlx::query(sql);
-    let q = if key_col == "reading_key" { q.bind(key.to_owned()) } else { q.bind(key.parse::<i64>().unwrap()) };
+    let q = if key_col == "reading_key" {
+        q.bind(key.to_owned())
+    } else {
+        q.bind(key.parse::<i64>().unwrap())
+    };
     q.fetch_one(pool).await.unwrap().get(0)
 }
 
 async fn set_blob(pool: &sqlx::AnyPool, sql: &str, key_col: &str, key: &str, value: Vec<u8>) {
     let q = sqlx::query(sql).bind(value);
-    let q = if key_col == "reading_key" { q.bind(key.to_owned()) } else { q.bind(key.parse::<i64>().unwrap()) };
+    let q = if key_col == "reading_key" {
+        q.bind(key.to_owned())
+    } else {
+        q.bind(key.parse::<i64>().unwrap())
+    };
     q.execute(pool).await.unwrap();
 }
 
@@ -187,8 +266,20 @@ async fn tamper(s: &Service) {
         ("entries", "body", "seq", "3", "ledger entry #3"),
         ("blocks", "header", "height", "0", "block 0"),
         ("blocks", "signature", "height", "1", "block 1"),
-        ("readings", "payload", "reading_key", "gw-bob/home/1782043200", "reading gw-bob/home/1782043200"),
-        ("readings", "signature", "reading_key", "gw-alice/home/1782043200", "reading gw-alice/home/1782043200"),
+        (
+            "readings",
+            "payload",
+            "reading_key",
+            "gw-bob/home/1782043200",
+            "reading gw-bob/home/1782043200",
+        ),
+        (
+            "readings",
+            "signature",
+            "reading_key",
+            "gw-alice/home/1782043200",
+            "reading gw-alice/home/1782043200",
+        ),
     ];
     for (table, column, key_col, key, expect) in targets {
         let select = format!("SELECT {column} FROM {table} WHERE {key_col} = $1");
@@ -241,9 +332,12 @@ async fn withheld(backend: &str) {
     let (url, _dir) = database(backend, "withheld").await;
     let s = service(&url).await;
     let i = interval("12:30");
-    s.add_result(&result(i, vec![trade(order("alice", "a"), order("bob", "b"), 500, 150_000)]))
-        .await
-        .unwrap();
+    s.add_result(&result(
+        i,
+        vec![trade(order("alice", "a"), order("bob", "b"), 500, 150_000)],
+    ))
+    .await
+    .unwrap();
     // 3100 Wh in 15 min is more than 8 kW + 4 kW can deliver (3000 Wh): flagged.
     let out = s
         .ingest(submit(&[
@@ -254,7 +348,11 @@ async fn withheld(backend: &str) {
         .unwrap();
     assert_eq!(out[0].code.unwrap().as_str(), "implausible_export");
     s.settle(&i.key()).await.unwrap();
-    assert_eq!(s.balances("bob").await.unwrap()["balance"], 0, "not tokenized while flagged");
+    assert_eq!(
+        s.balances("bob").await.unwrap()["balance"],
+        0,
+        "not tokenized while flagged"
+    );
     // Money still settles on the meter.
     let alice = &s.statements(Some("alice"), None).await.unwrap()[0];
     assert_eq!(alice.delivered, Wh(500));
@@ -263,14 +361,23 @@ async fn withheld(backend: &str) {
     assert_eq!(q[0]["acceptable"], true);
     assert_eq!(s.accept_quarantined(id).await.unwrap(), 1);
     assert_eq!(s.balances("bob").await.unwrap()["balance"], 500);
-    assert_eq!(s.accept_quarantined(id).await.unwrap(), 0, "accepting twice releases nothing more");
+    assert_eq!(
+        s.accept_quarantined(id).await.unwrap(),
+        0,
+        "accepting twice releases nothing more"
+    );
     // A forged reading can never be accepted.
     let mut bad = sign(&reading("gw-carol", 1, i, 1, 1, 1, 1));
     bad.signature[0] ^= 1;
     s.ingest(submit(&[bad])).await.unwrap();
     let forged_id = s.quarantine(1).await.unwrap()[0]["id"].as_i64().unwrap();
-    assert!(matches!(s.accept_quarantined(forged_id).await, Err(ServiceError::Conflict(_))));
-    s.add_result(&result(interval("12:45"), vec![])).await.unwrap();
+    assert!(matches!(
+        s.accept_quarantined(forged_id).await,
+        Err(ServiceError::Conflict(_))
+    ));
+    s.add_result(&result(interval("12:45"), vec![]))
+        .await
+        .unwrap();
     s.settle(&interval("12:45").key()).await.unwrap();
     let report = audit::verify(s.db(), None).await.unwrap();
     assert_eq!(report.mints, 1);

@@ -9,7 +9,9 @@ use gridmesh_protocol::market::{Counterparty, IntervalResult, Trade};
 use gridmesh_protocol::reading::{Reading, ReadingFlags, Registers};
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
 use gridmesh_protocol::signing::SignedEnvelope;
-use gridmesh_protocol::{DeviceId, GatewayId, Interval, Money, NodeId, ParticipantId, PricePerMwh, Wh};
+use gridmesh_protocol::{
+    DeviceId, GatewayId, Interval, Money, NodeId, ParticipantId, PricePerMwh, Wh,
+};
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::db::scratch;
 use settlement::service::{CoreSettings, Service, Submission};
@@ -19,7 +21,9 @@ use std::collections::BTreeMap;
 pub const EPOCH: &str = "2026-06-21T14:00:00Z";
 
 pub fn epoch() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(EPOCH).unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(EPOCH)
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 pub fn interval(hhmm: &str) -> Interval {
@@ -27,15 +31,27 @@ pub fn interval(hhmm: &str) -> Interval {
 }
 
 /// The test households: (participant, gateway, key seed).
-pub const HOMES: [(&str, &str, u8); 3] = [("alice", "gw-alice", 1), ("bob", "gw-bob", 2), ("carol", "gw-carol", 3)];
+pub const HOMES: [(&str, &str, u8); 3] = [
+    ("alice", "gw-alice", 1),
+    ("bob", "gw-bob", 2),
+    ("carol", "gw-carol", 3),
+];
 
 pub fn gateway_key(name: &str) -> SigningKeyPair {
-    let seed = HOMES.iter().find(|h| h.1 == name).map(|h| h.2).unwrap_or(99);
+    let seed = HOMES
+        .iter()
+        .find(|h| h.1 == name)
+        .map(|h| h.2)
+        .unwrap_or(99);
     SigningKeyPair::from_seed([seed; 32])
 }
 
 pub fn participant_key(name: &str) -> SigningKeyPair {
-    let seed = HOMES.iter().find(|h| h.0 == name).map(|h| h.2).unwrap_or(98);
+    let seed = HOMES
+        .iter()
+        .find(|h| h.0 == name)
+        .map(|h| h.2)
+        .unwrap_or(98);
     SigningKeyPair::from_seed([seed + 100; 32])
 }
 
@@ -69,7 +85,15 @@ pub fn participants() -> Vec<Participant> {
 }
 
 /// A reading of `gateway` for `interval` with cumulative registers `base + deltas`.
-pub fn reading(gateway: &str, sequence: u64, interval: Interval, import: i64, export: i64, pv: i64, base: i64) -> Reading {
+pub fn reading(
+    gateway: &str,
+    sequence: u64,
+    interval: Interval,
+    import: i64,
+    export: i64,
+    pv: i64,
+    base: i64,
+) -> Reading {
     Reading {
         gateway: GatewayId::new(gateway).unwrap(),
         device: DeviceId::new("home").unwrap(),
