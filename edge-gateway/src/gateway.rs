@@ -69,7 +69,11 @@ pub enum KeySource {
     Key(Box<SigningKeyPair>),
 }
 
-/// Starts the gateway with the key from `config.key_path`.
+/// Starts the gateway with the key from `config.key_path` and returns once every task runs.
+///
+/// Bind `health_listen` to `127.0.0.1:0` when several gateways share a process; the bound
+/// address is in [`RunningGateway::health_addr`]. `shutdown.wait()` stops every task after
+/// in-flight writes complete.
 pub async fn run(
     config: GatewayConfig,
     clock: Clock,
@@ -234,6 +238,7 @@ pub async fn run_with_key(
         wake,
         status.clone(),
         soc.clone(),
+        shutdown.token(),
     ));
     if config.agent.enabled
         && let Some(market) = config.market_url.clone()
@@ -321,6 +326,7 @@ async fn reader_task(
     let length = config.interval_length();
     let stale_ms = config.stale_after_s as i64 * 1000;
     let mut last: Option<(DateTime<Utc>, tokio::time::Instant)> = None;
+    let mut healthy = std::collections::HashMap::<String, bool>::new();
     loop {
         let now = clock.now();
         // Detect a clock step: wall time moving differently from monotonic time.
@@ -342,8 +348,17 @@ async fn reader_task(
         let samples = poll_all(&mut devices, &clock, stale_ms).await;
         for s in &samples {
             status.device_polled(&s.device, s.values.as_ref().err().cloned());
-            if let Err(e) = &s.values {
-                tracing::debug!(device = %s.device, error = %e, "poll failed");
+            // Log state changes once, not every poll.
+            let was_ok = healthy.insert(s.device.clone(), s.values.is_ok());
+            match (&s.values, was_ok) {
+                (Err(e), Some(true) | None) => {
+                    tracing::warn!(device = %s.device, error = %e, "device cannot be read; retrying with backoff")
+                }
+                (Ok(_), Some(false)) => tracing::info!(device = %s.device, "device answers again"),
+                (Err(e), Some(false)) => {
+                    tracing::debug!(device = %s.device, error = %e, "poll failed")
+                }
+                _ => {}
             }
         }
         if out
@@ -445,6 +460,7 @@ async fn accountant_task(
     wake: Arc<Notify>,
     status: Arc<Status>,
     soc: Arc<Mutex<Option<u16>>>,
+    cancel: tokio_util::sync::CancellationToken,
 ) {
     // Runs until the reader stops sending (shutdown), so a closed interval is always stored.
     while let Some(cycle) = cycles.recv().await {
@@ -483,6 +499,10 @@ async fn accountant_task(
                         break;
                     }
                     Ok(Stored::AlreadySigned) => break,
+                    Err(error) if cancel.is_cancelled() => {
+                        tracing::error!(%error, interval = %closed.interval, "shutting down with a reading that could not be stored; it will be re-measured (interpolated) after restart");
+                        break;
+                    }
                     Err(error) => {
                         attempt += 1;
                         tracing::error!(%error, attempt, "cannot store a reading; retrying (is the disk full?)");

@@ -34,6 +34,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod accountant;
 pub mod agent;
 pub mod agent_loop;
