@@ -410,6 +410,23 @@ mod tests {
     }
 
     #[test]
+    fn pay_as_bid_keeps_quantities_and_settles_at_limits() {
+        let text = book(
+            F1,
+            TARIFF,
+            r#"{"id":"b1","side":"buy","node":"f1","quantity_wh":1200,"limit_price":25000},
+               {"id":"s1","side":"sell","node":"f1","quantity_wh":1000,"limit_price":10000}"#,
+        );
+        let (t, o) = BookFile::parse(&text).unwrap().validate().unwrap();
+        let clear_price = clear(&t, &o, PricingRule::PayAsClear);
+        let bid = clear(&t, &o, PricingRule::PayAsBid);
+        assert_eq!(bid.solution, clear_price.solution);
+        assert_eq!(clear_price.order_prices, vec![25_000, 25_000]);
+        assert_eq!(bid.order_prices, vec![25_000, 10_000]);
+        assert_eq!(bid.trades[0].price, 25_000);
+    }
+
+    #[test]
     fn ties_share_pro_rata() {
         let r = check(&book(
             F1,

@@ -62,6 +62,14 @@ pub async fn serve(
             let (handle, _incoming) = MqttSession::start(settings, shutdown.token())
                 .map_err(|e| MarketError::Mqtt(e.to_string()))?;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            // Republish the latest results: a crash between storing a result and the broker's
+            // acknowledgement must not leave the retained topic without it.
+            if let Some(last) = market.store.last_result_start().await? {
+                let since = last - 3 * config.interval_minutes.seconds();
+                for result in market.store.results_since(since, 4).await? {
+                    let _ = tx.send(result);
+                }
+            }
             shutdown.spawn(crate::gate::publish_results(
                 market.clone(),
                 handle,

@@ -166,6 +166,70 @@ fn check_duals(topology: &Topology, orders: &[BookOrder], s: &market_engine::fas
     }
 }
 
+/// Trades follow the tree: summing every trade's energy along its path gives exactly the branch
+/// flows, and each order trades exactly what it cleared.
+fn check_trades(
+    topology: &Topology,
+    orders: &[BookOrder],
+    outcome: &market_engine::clearing::ClearingOutcome,
+) {
+    use market_engine::decompose::Party;
+    let nodes = topology.nodes();
+    let s = &outcome.solution;
+    let mut flows = vec![0i64; nodes.len()];
+    let mut traded = vec![0i64; orders.len()];
+    let (mut bought, mut sold) = (0i64, 0i64);
+    let node_of = |p: Party| match p {
+        Party::Order(i) => orders[i].node,
+        Party::Utility => 0,
+    };
+    let depth = |mut v: usize| {
+        let mut d = 0;
+        while let Some(p) = nodes[v].parent {
+            v = p;
+            d += 1;
+        }
+        d
+    };
+    for t in &outcome.trades {
+        assert!(t.wh > 0);
+        match t.buyer {
+            Party::Order(i) => {
+                assert_eq!(orders[i].side, Side::Buy);
+                traded[i] += t.wh;
+            }
+            Party::Utility => bought += t.wh,
+        }
+        match t.seller {
+            Party::Order(i) => {
+                assert_eq!(orders[i].side, Side::Sell);
+                traded[i] += t.wh;
+            }
+            Party::Utility => sold += t.wh,
+        }
+        // Walk both ends up to their common ancestor.
+        let (mut a, mut b) = (node_of(t.seller), node_of(t.buyer));
+        let (mut da, mut db) = (depth(a), depth(b));
+        while a != b {
+            if da >= db {
+                flows[a] -= t.wh; // out of the seller's subtree
+                a = nodes[a].parent.unwrap();
+                da -= 1;
+            } else {
+                flows[b] += t.wh; // into the buyer's subtree
+                b = nodes[b].parent.unwrap();
+                db -= 1;
+            }
+        }
+    }
+    assert_eq!(flows, s.flows, "trades do not add up to the branch flows");
+    assert_eq!(
+        traded, s.cleared,
+        "trades do not add up to the cleared quantities"
+    );
+    assert_eq!((bought, sold), (s.utility_export, s.utility_import));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
@@ -175,6 +239,7 @@ proptest! {
         let outcome = clear(&topology, &orders, PricingRule::PayAsClear);
         check_feasible(&topology, &orders, &outcome.solution).map_err(TestCaseError::fail)?;
         check_duals(&topology, &orders, &outcome.solution);
+        check_trades(&topology, &orders, &outcome);
         prop_assert_eq!(outcome.welfare_micro, welfare_micro(&topology, &orders, &outcome.solution));
         let fast = outcome.welfare_micro as f64;
         let reference = reference::solve(&topology, &orders).unwrap();
