@@ -382,7 +382,7 @@ async fn reader_task(
             Some(watts) = steer.recv() => {
                 for d in devices.iter_mut() {
                     if let Device::Modbus(m) = d && m.config.role == Role::Battery {
-                        match m.steer(watts).await {
+                        match m.steer(watts, length.seconds().min(i64::from(u16::MAX)) as u16).await {
                             Ok(()) => tracing::info!(device = %m.config.name, watts, "battery steered"),
                             Err(e) => tracing::warn!(error = %e, "battery steering failed"),
                         }

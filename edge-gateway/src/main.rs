@@ -237,7 +237,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                         ),
                         Err(e) => {
                             failed += 1;
-                            println!("device {}: {e}", device.name);
+                            println!("{e}");
                         }
                     },
                     Device::Mqtt(_) => {

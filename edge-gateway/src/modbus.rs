@@ -55,11 +55,7 @@ impl ModbusLink {
         }
         self.retry_at = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-        ReadFailure::Transport(format!(
-            "{} ({}): {why}",
-            self.device.name,
-            self.device.location()
-        ))
+        ReadFailure::Transport(format!("at {}: {why}", self.device.location()))
     }
 
     async fn connect(&mut self) -> Result<(), ReadFailure> {
@@ -67,8 +63,7 @@ impl ModbusLink {
             && Instant::now() < at
         {
             return Err(ReadFailure::Transport(format!(
-                "{} ({}): waiting {:?} before reconnecting",
-                self.device.name,
+                "at {}: waiting {:?} before reconnecting",
                 self.device.location(),
                 at - Instant::now()
             )));

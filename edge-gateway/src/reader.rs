@@ -16,7 +16,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeviceError {
     /// Connection or timeout problem (retried with backoff).
-    #[error("device `{device}` is unreachable: {detail}")]
+    #[error("device `{device}` is unreachable {detail}")]
     Unreachable {
         /// The device name.
         device: String,
@@ -145,8 +145,9 @@ impl ModbusDevice {
         Ok(sunspec::decode(self.config.role, &registers))
     }
 
-    /// Applies model-124 steering writes (charge > 0, discharge < 0, 0 = automatic).
-    pub async fn steer(&mut self, watts: i64) -> Result<(), DeviceError> {
+    /// Applies model-124 steering writes (charge > 0, discharge < 0, 0 = automatic) that
+    /// revert to automatic after `revert_s` seconds unless renewed.
+    pub async fn steer(&mut self, watts: i64, revert_s: u16) -> Result<(), DeviceError> {
         let Some(m124) = self
             .models
             .as_ref()
@@ -166,7 +167,7 @@ impl ModbusDevice {
             .map_err(|e| self.transport_error(e))?;
         let w_max = sunspec_scaled(regs[2], regs[18]);
         let rate_sf = regs[25] as i16;
-        for (offset, values) in sunspec::steer_124(watts, w_max, rate_sf, 900) {
+        for (offset, values) in sunspec::steer_124(watts, w_max, rate_sf, revert_s) {
             self.link
                 .write(m124.address + offset, &values)
                 .await

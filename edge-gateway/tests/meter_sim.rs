@@ -231,7 +231,7 @@ async fn battery_steering_through_model_124() {
         .unwrap();
     let mut device = ModbusDevice::new(battery, Duration::from_millis(500));
     device.poll().await.unwrap();
-    device.steer(-2000).await.unwrap();
+    device.steer(-2000, 900).await.unwrap();
     let id = home.id.clone();
     let mut discharging = 0;
     for _ in 0..50 {
@@ -252,6 +252,6 @@ async fn battery_steering_through_model_124() {
         (1900..=2100).contains(&discharging),
         "battery W after steering: {discharging}"
     );
-    device.steer(0).await.unwrap();
+    device.steer(0, 900).await.unwrap();
     shutdown.wait().await;
 }
