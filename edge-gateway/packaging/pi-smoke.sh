@@ -17,6 +17,7 @@ need_apt=()
 command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
 command -v aarch64-linux-gnu-strip >/dev/null || need_apt+=(binutils-aarch64-linux-gnu)
+command -v file >/dev/null || need_apt+=(file)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "pi-smoke: installing ${need_apt[*]}"
     command -v apt-get >/dev/null || fail "apt-get is not available; install ${need_apt[*]} by hand"
