@@ -687,6 +687,47 @@ mod tests {
         assert_eq!(closed[0].soc_permille, Some(500));
     }
 
+    proptest::proptest! {
+        /// Whatever the polling pattern: intervals come out contiguous, energies are never
+        /// negative, deltas telescope exactly to the register difference, and without resets
+        /// the total is within 1 Wh of the counter's increase.
+        #[test]
+        fn accounting_invariants(
+            steps in proptest::collection::vec((100i64..400_000, 0i64..12_000), 5..300),
+            start in 0i64..10_000_000,
+        ) {
+            let mut acc = Accountant::new(settings(), &[Channel::Pv], None);
+            let mut t = boundary(0) - 1_000;
+            let mut counter = start;
+            let first = counter;
+            let mut closed = Vec::new();
+            for (gap_ms, power_w) in &steps {
+                t += gap_ms;
+                counter += power_w * gap_ms / 3_600;
+                acc.feed(&pv(t, counter));
+                closed.extend(acc.close_ready(at(t)));
+            }
+            for pair in closed.windows(2) {
+                proptest::prop_assert_eq!(pair[1].interval, pair[0].interval.next());
+                proptest::prop_assert_eq!(
+                    pair[1].registers.pv.0 - pair[0].registers.pv.0,
+                    pair[1].deltas.pv.0
+                );
+            }
+            for c in &closed {
+                proptest::prop_assert!(c.deltas.pv.0 >= 0);
+                proptest::prop_assert!(!c.flags.contains(ReadingFlags::COUNTER_RESET));
+            }
+            if let (Some(a), Some(b)) = (closed.first(), closed.last()) {
+                let total: i64 = closed.iter().map(|c| c.deltas.pv.0).sum();
+                let span = b.registers.pv.0 - a.registers.pv.0 + a.deltas.pv.0;
+                proptest::prop_assert_eq!(total, span);
+                proptest::prop_assert!(b.registers.pv.0 <= counter / 1000);
+                proptest::prop_assert!(a.registers.pv.0 - a.deltas.pv.0 >= first / 1000);
+            }
+        }
+    }
+
     #[test]
     fn clock_step_flag() {
         let mut acc = Accountant::new(settings(), &[Channel::Pv], None);
