@@ -40,8 +40,13 @@ pub struct Inconsistency {
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     /// The database could not be read.
-    #[error("cannot read the settlement database: {0}")]
+    #[error("cannot read the settlement database")]
     Database(#[from] sqlx::Error),
+    /// The database has no settlement tables.
+    #[error(
+        "this database has no settlement tables; check --database (it must be the URL `settlement serve` uses)"
+    )]
+    NotSettlement,
     /// The stored data is inconsistent.
     #[error("INCONSISTENT: {0}")]
     Inconsistent(#[from] Inconsistency),
@@ -101,6 +106,13 @@ pub async fn verify(
 ) -> Result<AuditReport, AuditError> {
     let pool = &db.pool;
     let mut report = AuditReport::default();
+    if sqlx::query("SELECT COUNT(*) FROM blocks")
+        .fetch_one(pool)
+        .await
+        .is_err()
+    {
+        return Err(AuditError::NotSettlement);
+    }
 
     // (1) Blocks and entries.
     let mut authority = authority;

@@ -77,6 +77,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map(|a| a.parse())
                 .transpose()
                 .context("--authority must be a base64 ed25519 public key")?;
+            if let Some(path) = database.strip_prefix("sqlite:") {
+                let path = path.trim_start_matches("//");
+                anyhow::ensure!(
+                    std::path::Path::new(path).exists(),
+                    "no database file at {path}; pass the database_url that `settlement serve` uses"
+                );
+            }
             let db = gridmesh_runtime::db::Database::connect(&database).await?;
             match settlement::audit::verify(&db, authority).await {
                 Ok(report) => {

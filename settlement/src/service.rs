@@ -503,7 +503,7 @@ impl Service {
         quarantine: &[(ReasonCode, QuarantineRow)],
     ) -> Result<Vec<i64>, ServiceError> {
         let mut tx = self.db.pool.begin().await?;
-        store::insert_readings(&mut tx, rows).await?;
+        store::insert_readings(&mut tx, rows, store::rows_per_statement(self.db.backend)).await?;
         let mut ids = Vec::with_capacity(quarantine.len());
         for (_, row) in quarantine {
             ids.push(store::insert_quarantine(&mut tx, row).await?);

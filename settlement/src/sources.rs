@@ -194,19 +194,20 @@ pub async fn run_poller(
     every: Duration,
     shutdown: Shutdown,
 ) {
+    // The caller polled once already; start with a wait.
     let mut delay = every;
     loop {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.triggered() => return,
+        }
         match poll_once(&service, source.as_ref()).await {
             Ok(_) => delay = every,
             Err(e) => {
                 service.metrics.source_errors.add(1);
-                tracing::warn!(error = %e, retry_in = ?delay, "market poll failed");
                 delay = (delay * 2).min(Duration::from_secs(60)).max(every);
+                tracing::warn!(error = %e, retry_in = ?delay, "market poll failed");
             }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.triggered() => return,
         }
     }
 }

@@ -6,7 +6,7 @@
 use crate::ledger::{BlockHeader, EntryBody, entry_hash, merkle_root};
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::{Interval, Wh};
-use gridmesh_runtime::db::{Database, DbError};
+use gridmesh_runtime::db::{Backend, Database, DbError};
 use sqlx::migrate::Migrator;
 use sqlx::{Any, Row, Transaction};
 
@@ -75,12 +75,24 @@ pub struct ReadingRow {
 
 const READING_COLUMNS: usize = 17;
 
-/// Inserts readings with multi-row statements (an existing key is left untouched).
+/// Rows per multi-row INSERT that measured fastest per back end: sqlx's SQLite driver slows
+/// down sharply with many parameters per statement (2 000 rows: 20 per statement ≈ 50 ms,
+/// 400 ≈ 500 ms, 1 000 ≈ 2.6 s), PostgreSQL is flat between 100 and 400.
+pub fn rows_per_statement(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 20,
+        Backend::Postgres => 200,
+    }
+}
+
+/// Inserts readings with multi-row statements of `rows_per_statement` rows (an existing key is
+/// left untouched).
 pub async fn insert_readings(
     tx: &mut Transaction<'_, Any>,
     rows: &[ReadingRow],
+    rows_per_statement: usize,
 ) -> Result<(), StoreError> {
-    for chunk in rows.chunks(400) {
+    for chunk in rows.chunks(rows_per_statement.max(1)) {
         let mut sql = String::from(
             "INSERT INTO readings (reading_key, gateway, device, participant, interval_start, minutes, \
              sequence, payload, signature, public_key, digest, grid_import, grid_export, pv, \
