@@ -75,7 +75,10 @@ async fn main() {
         outbox_path: dir.path().join("outbox.db"),
         interval_minutes: 5,
         poll_ms: 1000,
-        health_listen: "127.0.0.1:0".into(),
+        health_listen: {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().to_string()
+        },
         devices,
         ..GatewayConfig::default()
     };
@@ -104,6 +107,22 @@ async fn main() {
     let wall = t0.elapsed().as_secs_f64();
     let rss = proc_kib(pid, "VmRSS:");
     let hwm = proc_kib(pid, "VmHWM:");
+    // Proof that it really polled: the gateway's own counters.
+    let metrics = reqwest::get(format!("http://{}/metrics", config.health_listen))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    let sum = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let polls = sum("gridmesh_gateway_device_polls_total");
+    let errors = sum("gridmesh_gateway_device_poll_errors_total");
     let _ = child.kill();
     let _ = child.wait();
     let size = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
@@ -119,6 +138,7 @@ async fn main() {
         cpu_s,
         100.0 * cpu_s / wall
     );
+    println!("  device polls {polls} (errors {errors}) since start");
     println!("  binary {} ({:.1} MiB)", bin, size as f64 / 1_048_576.0);
     shutdown.wait().await;
 }
