@@ -313,6 +313,12 @@ async fn route_mqtt(
     }
 }
 
+/// Whether the wall clock moved by `actual_s` while monotonic time says `expected_s` passed
+/// (both in simulated seconds): more than 2 s plus 5% apart is a step (NTP slews stay below).
+pub fn clock_stepped(expected_s: f64, actual_s: f64) -> bool {
+    (actual_s - expected_s).abs() > 2.0 + expected_s.abs() * 0.05
+}
+
 async fn reader_task(
     mut devices: Vec<Device>,
     config: GatewayConfig,
@@ -334,7 +340,7 @@ async fn reader_task(
         if let Some((wall, mono)) = last {
             let expected = mono.elapsed().as_secs_f64() * clock.speed();
             let actual = (now - wall).num_milliseconds() as f64 / 1000.0;
-            if (actual - expected).abs() > 2.0 + expected * 0.05 {
+            if clock_stepped(expected, actual) {
                 clock_step = true;
                 status.update(|s| s.clock_steps += 1);
                 tracing::warn!(
@@ -517,4 +523,19 @@ async fn accountant_task(
 /// Signs an envelope for tests and tools (a reading with the gateway's key).
 pub fn sign_reading(reading: &Reading, key: &SigningKeyPair) -> SignedEnvelope {
     SignedEnvelope::sign(reading, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_steps_are_told_from_slew_and_jitter() {
+        assert!(!clock_stepped(1.0, 1.0));
+        assert!(!clock_stepped(1.0, 1.5));
+        assert!(!clock_stepped(100.0, 104.0));
+        assert!(clock_stepped(1.0, 3600.0));
+        assert!(clock_stepped(1.0, -5.0));
+        assert!(clock_stepped(100.0, 110.0));
+    }
 }

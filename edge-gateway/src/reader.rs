@@ -269,3 +269,48 @@ impl Device {
 pub async fn poll_all(devices: &mut [Device], clock: &Clock, stale_ms: i64) -> Vec<Sample> {
     futures::future::join_all(devices.iter_mut().map(|d| d.poll(clock, stale_ms))).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MqttFormat, Role};
+
+    #[tokio::test]
+    async fn mqtt_values_go_stale() {
+        let epoch = chrono::DateTime::parse_from_rfc3339("2026-06-21T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let clock = Clock::scaled(epoch, 1.0);
+        let config = DeviceConfig::mqtt("plug", Role::Inverter, MqttFormat::Tasmota, "plug");
+        let mut device = Device::new(config.clone(), Duration::from_millis(100));
+        let sample = device.poll(&clock, 60_000).await;
+        assert!(
+            sample
+                .values
+                .unwrap_err()
+                .contains("published nothing usable yet")
+        );
+        let Device::Mqtt(mqtt) = &device else {
+            unreachable!()
+        };
+        let now = clock.now().timestamp_millis();
+        mqtt.state.lock().unwrap().apply(
+            &config,
+            "tele/plug/SENSOR",
+            br#"{"ENERGY":{"Total":1.0}}"#,
+            now - 30_000,
+        );
+        let fresh = device.poll(&clock, 60_000).await;
+        assert!(!fresh.stale && fresh.values.is_ok());
+        assert_eq!(
+            fresh.at.timestamp_millis(),
+            now - 30_000,
+            "timestamped when published"
+        );
+        let Device::Mqtt(mqtt) = &device else {
+            unreachable!()
+        };
+        mqtt.state.lock().unwrap().updated_ms = Some(now - 61_000);
+        assert!(device.poll(&clock, 60_000).await.stale);
+    }
+}

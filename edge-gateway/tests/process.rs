@@ -172,6 +172,21 @@ async fn each_mistake_gives_one_clear_message() {
         "{text}"
     );
 
+    // An environment override is validated like the file.
+    write_config(&path, &config);
+    let out = Command::new(BIN)
+        .args(["check-config", "--offline", "--config"])
+        .arg(&path)
+        .env("GRIDMESH_GATEWAY_MQTT__URL", "mqtts://broker:8883")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("mqtt.url") && text.contains("mqtts"),
+        "{text}"
+    );
+
     // A world-readable key.
     write_config(&path, &config);
     let (code, text) = cli(&["check-config", "--offline"], Some(&path)).await;
