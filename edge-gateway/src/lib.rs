@@ -14,7 +14,8 @@
 //! - [`uplink`]: delivery by MQTT QoS 1 (PUBACK) or HTTP to settlement, in order, with backoff;
 //! - [`agent`] (pure) and [`agent_loop`]: the household bidding agent and battery steering;
 //! - [`status`] and [`health`]: `/healthz` and Prometheus `/metrics`;
-//! - [`detect`]: the `detect HOST` scan; [`gateway`]: wiring it all up ([`run`]).
+//! - [`detect`]: the `detect HOST` scan; [`enroll`]: registration with the market;
+//! - [`gateway`]: wiring it all up ([`run`]).
 //!
 //! Architecture invariant: the gateway knows nothing of clearing or settlement rules, and pulls
 //! in neither an LP solver nor a PostgreSQL driver.
@@ -41,6 +42,7 @@ pub mod agent;
 pub mod agent_loop;
 pub mod config;
 pub mod detect;
+pub mod enroll;
 pub mod gateway;
 pub mod health;
 pub mod modbus;

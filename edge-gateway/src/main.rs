@@ -1,11 +1,10 @@
 //! The `edge-gateway` binary: CLI glue over the `edge_gateway` library.
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 use edge_gateway::config::GatewayConfig;
 use edge_gateway::reader::Device;
 use gridmesh_protocol::keys::SigningKeyPair;
-use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::shutdown::Shutdown;
 use std::path::PathBuf;
@@ -137,60 +136,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Enroll { token } => {
             let config = load(&cli)?;
             let key = SigningKeyPair::load(&config.key_path)?;
-            let Some(market) = config.market_url.clone() else {
-                bail!("market_url is not set in the config; add market_url = \"http://HOST:8081\"");
-            };
             let Some(token) = token.clone().or(config.enroll_token.clone()) else {
                 bail!("no enrolment token: pass --token TOKEN or set enroll_token in the config");
             };
-            let participant = Participant {
-                id: config.participant.clone(),
-                public_key: key.public_key(),
-                node: config.node.clone(),
-                kind: ParticipantKind::Household,
-            };
-            let enrollment = GatewayEnrollment {
-                gateway: config.gateway_id.clone(),
-                participant: config.participant.clone(),
-                node: config.node.clone(),
-                public_key: key.public_key(),
-                inverter_w: config.site.inverter_w,
-                battery_w: config.site.battery_w,
-                latitude_microdeg: (config.site.latitude * 1e6).round() as i32,
-                longitude_microdeg: (config.site.longitude * 1e6).round() as i32,
-            };
-            let http = reqwest::Client::new();
-            let base = market.trim_end_matches('/');
-            for (path, body) in [
-                ("participants", serde_json::to_value(&participant)?),
-                ("gateways", serde_json::to_value(&enrollment)?),
-            ] {
-                let response = http
-                    .post(format!("{base}/{path}"))
-                    .bearer_auth(&token)
-                    .json(&body)
-                    .timeout(Duration::from_secs(15))
-                    .send()
-                    .await
-                    .with_context(|| {
-                        format!("cannot reach the market at {base}; is market_url right?")
-                    })?;
-                let code = response.status();
-                let text = response.text().await.unwrap_or_default();
-                if code.is_success() {
-                    println!("{path}: registered ({code})");
-                } else if code == reqwest::StatusCode::CONFLICT {
-                    println!("{path}: already registered ({text})");
-                } else if code == reqwest::StatusCode::UNAUTHORIZED
-                    || code == reqwest::StatusCode::FORBIDDEN
-                {
-                    bail!(
-                        "the market refused the enrolment token ({code}): {text}. Ask the operator for a valid token"
-                    );
-                } else {
-                    bail!("the market refused the {path} registration ({code}): {text}");
-                }
+            let outcome = edge_gateway::enroll::enroll(&config, &key.public_key(), &token).await?;
+            for (what, registered) in ["participant", "gateway"].iter().zip(outcome) {
+                println!("{what}: {registered:?}");
             }
+            println!("public key: {}", key.public_key());
             Ok(())
         }
         Command::Detect {

@@ -1,0 +1,133 @@
+//! Enrolment: registering the household (participant) and this gateway with its key at the
+//! market, with the operator's enrolment token.
+
+use crate::config::GatewayConfig;
+use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
+use gridmesh_protocol::signing::PublicKey;
+use std::time::Duration;
+
+/// Why enrolment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// No market URL configured.
+    #[error("market_url is not set in the config; add market_url = \"http://HOST:8081\"")]
+    NoMarket,
+    /// The market could not be reached.
+    #[error(
+        "cannot reach the market at {url}: {detail}; is market_url right and the market running?"
+    )]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// The transport error.
+        detail: String,
+    },
+    /// The token was refused.
+    #[error(
+        "the market refused the enrolment token ({status}): {body}. Ask the operator for a valid token"
+    )]
+    Token {
+        /// HTTP status.
+        status: u16,
+        /// The market's message.
+        body: String,
+    },
+    /// The market refused a registration.
+    #[error("the market refused the {what} registration ({status}): {body}")]
+    Refused {
+        /// `participants` or `gateways`.
+        what: &'static str,
+        /// HTTP status.
+        status: u16,
+        /// The market's message.
+        body: String,
+    },
+}
+
+/// What each registration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// Newly registered.
+    Created,
+    /// Already known to the market (409).
+    AlreadyRegistered,
+}
+
+/// The participant and gateway records for `config` with `key`.
+pub fn records(config: &GatewayConfig, key: &PublicKey) -> (Participant, GatewayEnrollment) {
+    (
+        Participant {
+            id: config.participant.clone(),
+            public_key: *key,
+            node: config.node.clone(),
+            kind: ParticipantKind::Household,
+        },
+        GatewayEnrollment {
+            gateway: config.gateway_id.clone(),
+            participant: config.participant.clone(),
+            node: config.node.clone(),
+            public_key: *key,
+            inverter_w: config.site.inverter_w,
+            battery_w: config.site.battery_w,
+            latitude_microdeg: (config.site.latitude * 1e6).round() as i32,
+            longitude_microdeg: (config.site.longitude * 1e6).round() as i32,
+        },
+    )
+}
+
+/// Registers the participant, then the gateway. Returns what happened to each.
+pub async fn enroll(
+    config: &GatewayConfig,
+    key: &PublicKey,
+    token: &str,
+) -> Result<[Registered; 2], EnrollError> {
+    let market = config.market_url.as_deref().ok_or(EnrollError::NoMarket)?;
+    let base = market.trim_end_matches('/');
+    let (participant, gateway) = records(config, key);
+    let http = reqwest::Client::new();
+    let mut out = [Registered::Created; 2];
+    let bodies = [
+        (
+            "participants",
+            serde_json::to_value(&participant).expect("serialisable"),
+        ),
+        (
+            "gateways",
+            serde_json::to_value(&gateway).expect("serialisable"),
+        ),
+    ];
+    for (i, (what, body)) in bodies.into_iter().enumerate() {
+        let url = format!("{base}/{what}");
+        let response = http
+            .post(&url)
+            .bearer_auth(token)
+            .json(&body)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+            .map_err(|e| EnrollError::Unreachable {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        out[i] = match status.as_u16() {
+            200..=299 => Registered::Created,
+            409 => Registered::AlreadyRegistered,
+            401 | 403 => {
+                return Err(EnrollError::Token {
+                    status: status.as_u16(),
+                    body: text,
+                });
+            }
+            code => {
+                return Err(EnrollError::Refused {
+                    what,
+                    status: code,
+                    body: text,
+                });
+            }
+        };
+    }
+    Ok(out)
+}
