@@ -147,9 +147,12 @@ impl Market {
         if self.topology().index_of(&p.node).is_none() {
             return Err(MarketError::UnknownNode(p.node.to_string()));
         }
-        p.public_key.verifying_key().map_err(|_| {
-            MarketError::InvalidRequest("public_key is not a valid ed25519 key".into())
-        })?;
+        let weak = p.public_key.verifying_key().map(|k| k.is_weak());
+        if weak != Ok(false) {
+            return Err(MarketError::InvalidRequest(
+                "public_key is not a usable ed25519 key (invalid or of small order)".into(),
+            ));
+        }
         self.store.put_participant(&p).await?;
         self.participants
             .write()

@@ -381,3 +381,55 @@ async fn rest_on_postgres() {
         .unwrap();
     scenario(url).await;
 }
+
+/// Many orders in flight at once share one batch verification; forgeries among them are
+/// still found one by one and only they are rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_forgeries_are_singled_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, shutdown) = start(
+        format!("sqlite://{}", dir.path().join("m.db").display()),
+        Clock::scaled(epoch(), 1.0),
+    )
+    .await;
+    let c = Client::new(&m);
+    let trader = Participant {
+        id: ParticipantId::new("tom").unwrap(),
+        public_key: key(3).public_key(),
+        node: node("sub"),
+        kind: ParticipantKind::Trader,
+    };
+    assert_eq!(c.post("/participants", &trader, Some(TOKEN)).await.0, 201);
+    let open = Interval::parse("2026-06-21T12:15:00Z", 15).unwrap();
+    let mut requests = Vec::new();
+    for nonce in 0..60u64 {
+        let mut env = SignedEnvelope::sign(
+            &order(
+                "tom",
+                "sub",
+                open,
+                Side::Buy,
+                100 + nonce as i64,
+                20_000,
+                nonce,
+            ),
+            &key(3),
+        );
+        if nonce % 7 == 3 {
+            env.signature[5] ^= 0x40;
+        }
+        let (http, url) = (c.http.clone(), format!("{}/orders", c.base));
+        requests.push(tokio::spawn(async move {
+            let r = http.post(url).json(&env).send().await.unwrap();
+            (nonce, r.status().as_u16())
+        }));
+    }
+    for r in requests {
+        let (nonce, status) = r.await.unwrap();
+        let expected = if nonce % 7 == 3 { 401 } else { 201 };
+        assert_eq!(status, expected, "nonce {nonce}");
+    }
+    let (_, book) = c.get("/intervals/2026-06-21T12:15:00Z/book").await;
+    assert_eq!(book["orders"], 60 - 9);
+    shutdown.wait().await;
+}

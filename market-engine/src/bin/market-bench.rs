@@ -320,6 +320,24 @@ async fn intake(orders: usize, concurrency: usize, database: Option<String>) {
         ms(pct(0.99)),
         ms(*latencies.last().unwrap()),
     );
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    if let Some(batches) = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("market_order_write_batches_total "))
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        println!(
+            "write batches: {batches} ({:.1} orders per batch)",
+            orders as f64 / batches.max(1.0)
+        );
+    }
     // The server's own CPU time (Linux): how much of the machine the intake needs per order.
     let cpu = std::fs::read_to_string(format!("/proc/{}/stat", server.id()))
         .ok()
@@ -341,6 +359,84 @@ async fn intake(orders: usize, concurrency: usize, database: Option<String>) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Where an order's server-side CPU goes: JSON parse, strict verification, batched insert.
+async fn micro() {
+    let key = SigningKeyPair::from_seed([1; 32]);
+    let interval = Interval::parse("2030-01-01T00:00:00Z", 15).unwrap();
+    let n = 5_000;
+    let bodies: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let order = Order {
+                participant: ParticipantId::new("p").unwrap(),
+                node: NodeId::new("sub").unwrap(),
+                interval,
+                side: Side::Buy,
+                quantity: Wh(1_000),
+                limit_price: PricePerMwh(20_000),
+                nonce: i as u64,
+            };
+            serde_json::to_vec(&SignedEnvelope::sign(&order, &key)).unwrap()
+        })
+        .collect();
+    let t = Instant::now();
+    let envelopes: Vec<SignedEnvelope> = bodies
+        .iter()
+        .map(|b| serde_json::from_slice(b).unwrap())
+        .collect();
+    let parse = t.elapsed();
+    let t = Instant::now();
+    let registered = key.public_key();
+    for e in &envelopes {
+        let _: Order = e.open_by(&registered).unwrap();
+    }
+    let verify = t.elapsed();
+    let t = Instant::now();
+    let refs: Vec<&SignedEnvelope> = envelopes.iter().collect();
+    for chunk in refs.chunks(64) {
+        gridmesh_protocol::signing::verify_batch(chunk).unwrap();
+    }
+    let batch = t.elapsed();
+    let dir = std::env::temp_dir().join(format!("market-micro-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = market_engine::store::Store::open(
+        &format!("sqlite://{}", dir.join("m.db").display()),
+        gridmesh_protocol::IntervalLength::Min15,
+    )
+    .await
+    .unwrap();
+    let stored: Vec<market_engine::store::StoredOrder> = envelopes
+        .iter()
+        .enumerate()
+        .map(|(i, e)| market_engine::store::StoredOrder {
+            order_id: format!("p:{i}"),
+            participant: ParticipantId::new("p").unwrap(),
+            nonce: i as u64,
+            interval,
+            node: NodeId::new("sub").unwrap(),
+            side: Side::Buy,
+            quantity_wh: 1_000,
+            limit_price: 20_000,
+            cancelled: false,
+            received_at: "2030-01-01T00:00:00Z".into(),
+            envelope: e.clone(),
+        })
+        .collect();
+    let t = Instant::now();
+    for chunk in stored.chunks(64) {
+        store.insert_orders(chunk).await.unwrap();
+    }
+    let insert = t.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    println!(
+        "per order: JSON parse {:.1} µs, strict verify {:.1} µs (batch of 64: {:.1} µs), SQLite insert in batches of 64 {:.1} µs (wall, incl. fsync)",
+        per(parse),
+        per(verify),
+        per(batch),
+        per(insert)
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| {
@@ -355,6 +451,14 @@ fn main() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(100_000),
         ),
+        Some("micro") => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(micro());
+        }
         Some("intake") => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
