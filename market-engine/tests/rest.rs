@@ -433,3 +433,48 @@ async fn concurrent_forgeries_are_singled_out() {
     assert_eq!(book["orders"], 60 - 9);
     shutdown.wait().await;
 }
+
+/// A market that was down over a gate closure clears the missed interval as soon as it is back,
+/// from the book it stored before going down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catches_up_after_downtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    let (m, shutdown) = start(url.clone(), Clock::scaled(epoch(), 1.0)).await;
+    let c = Client::new(&m);
+    let trader = Participant {
+        id: ParticipantId::new("tom").unwrap(),
+        public_key: key(3).public_key(),
+        node: node("sub"),
+        kind: ParticipantKind::Trader,
+    };
+    assert_eq!(c.post("/participants", &trader, Some(TOKEN)).await.0, 201);
+    let open = Interval::parse("2026-06-21T12:15:00Z", 15).unwrap();
+    let buy = SignedEnvelope::sign(
+        &order("tom", "sub", open, Side::Buy, 500, 40_000, 1),
+        &key(3),
+    );
+    assert_eq!(c.post("/orders", &buy, None).await.0, 201);
+    shutdown.wait().await;
+
+    // Back at 12:20, after the 12:10 gate closure.
+    let later = epoch() + chrono::Duration::minutes(20);
+    let (m, shutdown) = start(url, Clock::scaled(later, 1.0)).await;
+    let c = Client::new(&m);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let result = loop {
+        let (status, body) = c.get("/intervals/2026-06-21T12:15:00Z/result").await;
+        if status == 200 {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not cleared: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(result["orders"][0]["cleared"], 500);
+    assert_eq!(result["utility_import"], 500);
+    assert_eq!(result["prices"]["sub"], 30_000);
+    shutdown.wait().await;
+}
