@@ -38,6 +38,8 @@
 //! assert_eq!(outcome.solution.prices, vec![30000]);   // at the retail price
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod book;
 pub mod clearing;
