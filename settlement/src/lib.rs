@@ -179,7 +179,9 @@ pub async fn serve_with_source(
         }
     };
     let db = store::open(&config.database_url).await?;
-    let service = Arc::new(Service::open(db, authority, clock, config.settings()).await?);
+    let mut service = Service::open(db, authority, clock, config.settings()).await?;
+    service.use_postgres_copy(&config.database_url).await?;
+    let service = Arc::new(service);
     if let Some(source) = source {
         // Load registrations once before accepting readings, when the market is up.
         if let Err(e) = sources::poll_once(&service, source.as_ref()).await {

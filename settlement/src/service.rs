@@ -168,6 +168,8 @@ pub struct Service {
     pub metrics: Metrics,
     /// Woken when a new result is stored.
     pub results_changed: Notify,
+    /// A native PostgreSQL pool for COPY-based batch inserts (see [`Service::use_postgres_copy`]).
+    pg: Option<sqlx::PgPool>,
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -195,9 +197,23 @@ impl Service {
             events,
             metrics: Metrics::default(),
             results_changed: Notify::new(),
+            pg: None,
         };
         service.load().await?;
         Ok(service)
+    }
+
+    /// On PostgreSQL, stores reading batches with `COPY` through a native pool opened on
+    /// `url` (the same database). A no-op on SQLite.
+    pub async fn use_postgres_copy(&mut self, url: &str) -> Result<(), ServiceError> {
+        if self.db.backend == gridmesh_runtime::db::Backend::Postgres {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .connect(url)
+                .await?;
+            self.pg = Some(pool);
+        }
+        Ok(())
     }
 
     /// The database.
@@ -502,6 +518,29 @@ impl Service {
         rows: &[ReadingRow],
         quarantine: &[(ReasonCode, QuarantineRow)],
     ) -> Result<Vec<i64>, ServiceError> {
+        if let Some(pg) = &self.pg {
+            let mut tx = pg.begin().await?;
+            store::copy_readings(&mut tx, rows).await?;
+            let mut ids = Vec::with_capacity(quarantine.len());
+            for (_, row) in quarantine {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO quarantine (received_at, source, reading_key, gateway, raw, code, reason, status) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'open') RETURNING id",
+                )
+                .bind(row.received_at)
+                .bind(&row.source)
+                .bind(&row.reading_key)
+                .bind(&row.gateway)
+                .bind(&row.raw)
+                .bind(row.code)
+                .bind(&row.reason)
+                .fetch_one(&mut *tx)
+                .await?;
+                ids.push(id);
+            }
+            tx.commit().await?;
+            return Ok(ids);
+        }
         let mut tx = self.db.pool.begin().await?;
         store::insert_readings(&mut tx, rows, store::rows_per_statement(self.db.backend)).await?;
         let mut ids = Vec::with_capacity(quarantine.len());
@@ -525,10 +564,18 @@ impl Service {
             let key: String = row.get(0);
             let interval = Interval::from_unix(row.get(1), row.get(2))
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            if interval.end() + self.settings.grace <= now
-                && let SettleOutcome::Settled { .. } = self.settle(&key).await?
-            {
-                done.push(key);
+            if interval.end() + self.settings.grace > now {
+                continue;
+            }
+            match self.settle(&key).await {
+                Ok(SettleOutcome::Settled { .. }) => done.push(key),
+                Ok(SettleOutcome::AlreadySettled) => {}
+                // Storage trouble: stop and let the caller retry later.
+                Err(e @ ServiceError::Store(_)) => return Err(e),
+                // A result that cannot be settled must not block the intervals after it.
+                Err(e) => {
+                    tracing::error!(interval = %key, error = %e, "cannot settle interval; skipping it")
+                }
             }
         }
         Ok(done)

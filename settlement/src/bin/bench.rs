@@ -38,6 +38,9 @@ struct Args {
     /// Concurrent ingest workers.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Measure ingest only (skip settlement and the audit).
+    #[arg(long)]
+    ingest_only: bool,
 }
 
 fn start() -> DateTime<Utc> {
@@ -178,16 +181,19 @@ async fn run(backend: &str, url: String, w: &World, args: &Args) {
         },
         grace: chrono::Duration::seconds(0),
     };
-    let service = Arc::new(
-        Service::open(
-            db,
-            SigningKeyPair::from_seed([9; 32]),
-            Clock::scaled(end, 1.0),
-            settings,
-        )
-        .await
-        .unwrap(),
-    );
+    let mut service = Service::open(
+        db,
+        SigningKeyPair::from_seed([9; 32]),
+        Clock::scaled(end, 1.0),
+        settings,
+    )
+    .await
+    .unwrap();
+    // BENCH_NO_COPY=1 measures the portable multi-row INSERT path on PostgreSQL too.
+    if std::env::var_os("BENCH_NO_COPY").is_none() {
+        service.use_postgres_copy(&url).await.unwrap();
+    }
+    let service = Arc::new(service);
     service.set_gateways(&w.gateways).await.unwrap();
     service.set_participants(&w.participants).await.unwrap();
 
@@ -233,6 +239,9 @@ async fn run(backend: &str, url: String, w: &World, args: &Args) {
         accepted as f64 / secs
     );
 
+    if args.ingest_only {
+        return;
+    }
     let t = Instant::now();
     for r in &w.results {
         service.add_result(r).await.unwrap();

@@ -210,9 +210,10 @@ pub async fn database(backend: &str, label: &str) -> (String, Option<tempfile::T
 /// A service with the test registrations, its clock at [`EPOCH`] (running in real time).
 pub async fn service(url: &str) -> Service {
     let db = settlement::store::open(url).await.unwrap();
-    let s = Service::open(db, authority(), Clock::scaled(epoch(), 1.0), settings())
+    let mut s = Service::open(db, authority(), Clock::scaled(epoch(), 1.0), settings())
         .await
         .unwrap();
+    s.use_postgres_copy(url).await.unwrap();
     s.set_gateways(&enrollments()).await.unwrap();
     s.set_participants(&participants()).await.unwrap();
     s
