@@ -272,6 +272,10 @@ async fn database_url(options: &Options, service: &str) -> Result<String, StartE
     }
 }
 
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
 fn load_or_create_key(path: &Path) -> Result<SigningKeyPair, StartError> {
     if path.exists() {
         Ok(SigningKeyPair::load(path)?)
@@ -346,17 +350,22 @@ impl Neighbourhood {
         market_config.listen = market.addr;
 
         let settlement_database_url = database_url(&options, "settlement").await?;
+        let authority_path = data_dir.join("keys").join("settlement-authority.key");
+        let authority = load_or_create_key(&authority_path)?;
         let settlement = settlement::serve(
             SettlementConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], port(options.ports_from, 2))),
                 database_url: settlement_database_url.clone(),
                 market_url: Some(market.url()),
                 broker_url: Some(broker_url.clone()),
-                authority_key: {
-                    let path = data_dir.join("keys").join("settlement-authority.key");
-                    load_or_create_key(&path)?;
-                    Some(path)
-                },
+                authority_key: Some(authority_path),
+                // The persistent MQTT session belongs to this deployment: stable across resumes
+                // (so readings queued while it was down arrive), distinct from any other
+                // neighbourhood sharing the broker.
+                mqtt_client_id: format!(
+                    "gridmesh-settlement-{}",
+                    &hex_prefix(&authority.public_key().0)
+                ),
                 operator_token: Some(DEMO_OPERATOR_TOKEN.to_owned()),
                 grace_secs: options.settlement_grace_secs,
                 poll_secs: 0.5,
