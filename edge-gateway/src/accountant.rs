@@ -14,7 +14,9 @@
 //! - **Resets and wraps.** A counter that goes down is a wrap (when it was near the register's
 //!   modulus and is now near zero: `COUNTER_WRAP`) or a reset (`COUNTER_RESET`, the counter is
 //!   taken to restart from zero). A counter that jumps up by more than a plausible power allows
-//!   is a meter swap (`COUNTER_RESET`, the jump is not counted). Either way the gateway's own
+//!   is a meter swap (`COUNTER_RESET`, the jump is not counted); likewise a counter that goes
+//!   down to a value that could not have accrued since the previous poll is a replacement meter
+//!   whose reading becomes the new baseline. Either way the gateway's own
 //!   register continues monotonically: it never produces negative or huge energy.
 //! - **Rounding.** Registers are the gateway's continuous counter floored to whole Wh, and each
 //!   delta is the difference of two such registers, so rounding never accumulates: the sum of
@@ -283,8 +285,14 @@ impl Accountant {
                 if wrapped {
                     ch.offset += counter.modulus_mwh.unwrap_or(0);
                     flags.push(ReadingFlags::COUNTER_WRAP);
-                } else {
+                } else if raw <= plausible(at - last.at) {
+                    // Reset to (near) zero: what it counts now accrued since the reset.
                     ch.offset = last.adjusted;
+                    flags.push(ReadingFlags::COUNTER_RESET);
+                } else {
+                    // A replacement meter that starts from its own large value: its reading
+                    // is a new baseline, not energy.
+                    ch.offset = last.adjusted - raw;
                     flags.push(ReadingFlags::COUNTER_RESET);
                 }
             } else if raw - last.raw > plausible(at - last.at) {
@@ -591,6 +599,19 @@ mod tests {
         });
         assert_eq!(closed[0].deltas.pv, Wh(299));
         assert!(closed[0].flags.contains(ReadingFlags::COUNTER_RESET));
+        // A meter swapped for one that starts lower, but far from zero (a used replacement):
+        // its first reading is a new baseline, never counted as energy.
+        let mut acc = Accountant::new(settings(), &[Channel::Pv], None);
+        let closed = run(&mut acc, 0, 600, |s| {
+            if s < 100 {
+                900_000_000_000 + s * 1000
+            } else {
+                500_000_000_000 + s * 1000
+            }
+        });
+        assert_eq!(closed[0].deltas.pv, Wh(299));
+        assert!(closed[0].flags.contains(ReadingFlags::COUNTER_RESET));
+        assert_eq!(closed[1].deltas.pv, Wh(300));
     }
 
     #[test]
