@@ -392,3 +392,64 @@ async fn flagged_reading_withholds_mint_until_accepted_sqlite() {
 async fn flagged_reading_withholds_mint_until_accepted_postgres() {
     withheld("postgres").await;
 }
+
+/// A failure in the middle of settling (here: the block insert, after the statements and mints
+/// were written inside the transaction) leaves nothing of the interval behind; settling again
+/// once the cause is gone works.
+async fn failure_mid_settlement(backend: &str) {
+    let (url, _dir) = database(backend, "crash").await;
+    let s = service(&url).await;
+    let i = interval("12:00");
+    s.add_result(&result(
+        i,
+        vec![trade(order("alice", "a"), order("bob", "b"), 400, 100_000)],
+    ))
+    .await
+    .unwrap();
+    s.ingest(submit(&[
+        sign(&reading("gw-alice", 1, i, 0, 400, 500, 1_000)),
+        sign(&reading("gw-bob", 1, i, 400, 0, 0, 1_000)),
+    ]))
+    .await
+    .unwrap();
+    // A stray block row for the same interval makes the block insert fail late.
+    sqlx::query(
+        "INSERT INTO blocks (height, interval_key, header, hash, signature, public_key) VALUES (99, $1, $2, 'x', $3, 'k')",
+    )
+    .bind(i.key())
+    .bind(vec![0u8])
+    .bind(vec![0u8])
+    .execute(&s.db().pool)
+    .await
+    .unwrap();
+    let err = s.settle(&i.key()).await;
+    assert!(matches!(err, Err(ServiceError::Store(_))), "{err:?}");
+    for table in ["statements", "entries", "lots", "withheld_mints"] {
+        assert_eq!(count(&s, table).await, 0, "{table} must be untouched");
+    }
+    let settled: i64 = sqlx::query_scalar("SELECT settled FROM results")
+        .fetch_one(&s.db().pool)
+        .await
+        .unwrap();
+    assert_eq!(settled, 0);
+    sqlx::query("DELETE FROM blocks WHERE height = 99")
+        .execute(&s.db().pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.settle(&i.key()).await.unwrap(),
+        SettleOutcome::Settled { height: 0 }
+    );
+    assert_eq!(s.balances("bob").await.unwrap()["balance"], 400);
+    audit::verify(s.db(), None).await.unwrap();
+}
+
+#[tokio::test]
+async fn failure_mid_settlement_writes_nothing_sqlite() {
+    failure_mid_settlement("sqlite").await;
+}
+
+#[tokio::test]
+async fn failure_mid_settlement_writes_nothing_postgres() {
+    failure_mid_settlement("postgres").await;
+}
