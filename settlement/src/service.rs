@@ -5,7 +5,7 @@
 use crate::ledger::{EntryBody, MintEntry, RetireEntry, TransferEntry, inclusion_proof};
 use crate::metrics::Metrics;
 use crate::rules::{self, Metered, MintPlan, Statement};
-use crate::store::{self, QuarantineRow, ReadingRow, StoreError};
+use crate::store::{self, QuarantineRow, ReadingRow, StoreError, Value};
 use crate::verify::{self, ChainState, Context, Limits, Reason, ReasonCode, Verdict};
 use chrono::{DateTime, Utc};
 use gridmesh_protocol::keys::SigningKeyPair;
@@ -623,24 +623,67 @@ impl Service {
         let metered = metered_for(&mut tx, &result.interval).await?;
         let settlement = rules::settle(&result, &metered)
             .map_err(|e| ServiceError::Conflict(format!("cannot settle {interval_key}: {e}")))?;
-        for s in &settlement.statements {
-            sqlx::query(
-                "INSERT INTO statements (interval_key, participant, interval_start, net, body) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(interval_key.to_owned())
-            .bind(s.participant.to_string())
-            .bind(result.interval.start_unix())
-            .bind(s.net.0)
-            .bind(serde_json::to_string(s).expect("serialisable"))
-            .execute(&mut *tx)
-            .await?;
-        }
+        let per = store::rows_per_statement(self.db.backend);
+        let statement_rows: Vec<Vec<Value>> = settlement
+            .statements
+            .iter()
+            .map(|s| {
+                vec![
+                    Value::Text(interval_key.to_owned()),
+                    Value::Text(s.participant.to_string()),
+                    Value::Int(result.interval.start_unix()),
+                    Value::Int(s.net.0),
+                    Value::Text(serde_json::to_string(s).expect("serialisable")),
+                ]
+            })
+            .collect();
+        store::insert_many(
+            &mut tx,
+            "statements",
+            "interval_key, participant, interval_start, net, body",
+            &statement_rows,
+            per,
+        )
+        .await?;
         let mut minted = Wh(0);
+        let (mut entry_rows, mut lot_rows) = (Vec::new(), Vec::new());
         for plan in &settlement.mints {
-            mint(&mut tx, interval_key, plan, false, ms(now)).await?;
+            let body = mint_body(interval_key, plan, false).to_bytes();
+            let hash = hex::encode(crate::ledger::entry_hash(&body));
+            entry_rows.push(vec![
+                Value::Text(hash.clone()),
+                Value::Text("mint".into()),
+                Value::Bytes(body),
+                Value::Null,
+                Value::Int(ms(now)),
+            ]);
+            lot_rows.push(vec![
+                Value::Text(hash.clone()),
+                Value::Text(plan.buyer.to_string()),
+                Value::Text(hash),
+                Value::Null,
+                Value::Int(plan.amount.0),
+                Value::Int(plan.amount.0),
+                Value::Int(0),
+            ]);
             minted = minted.checked_add(plan.amount).unwrap_or(minted);
         }
+        store::insert_many(
+            &mut tx,
+            "entries",
+            "hash, kind, body, op_digest, created_at",
+            &entry_rows,
+            per,
+        )
+        .await?;
+        store::insert_many(
+            &mut tx,
+            "lots",
+            "lot, holder, origin_mint, parent_lot, initial, remaining, retired",
+            &lot_rows,
+            per,
+        )
+        .await?;
         for plan in &settlement.withheld {
             sqlx::query(
                 "INSERT INTO withheld_mints (interval_key, body, released) VALUES ($1, $2, 0)",
@@ -1120,14 +1163,8 @@ async fn metered_for(
     Ok(out)
 }
 
-async fn mint(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    interval: &str,
-    plan: &MintPlan,
-    released: bool,
-    now_ms: i64,
-) -> Result<String, ServiceError> {
-    let body = EntryBody::Mint(MintEntry {
+fn mint_body(interval: &str, plan: &MintPlan, released: bool) -> EntryBody {
+    EntryBody::Mint(MintEntry {
         interval: interval.to_owned(),
         trade_index: plan.trade_index,
         seller: plan.seller.clone(),
@@ -1140,7 +1177,17 @@ async fn mint(
         seller_readings: plan.seller_readings.clone(),
         buyer_readings: plan.buyer_readings.clone(),
         released,
-    });
+    })
+}
+
+async fn mint(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    interval: &str,
+    plan: &MintPlan,
+    released: bool,
+    now_ms: i64,
+) -> Result<String, ServiceError> {
+    let body = mint_body(interval, plan, released);
     let hash = store::insert_entry(tx, &body, None, now_ms).await?;
     store::insert_lot(tx, &hash, plan.buyer.as_str(), &hash, None, plan.amount).await?;
     Ok(hash)

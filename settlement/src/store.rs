@@ -354,3 +354,55 @@ pub async fn copy_readings(
     copy.finish().await?;
     Ok(())
 }
+
+/// A value for [`insert_many`].
+#[derive(Debug, Clone)]
+pub enum Value {
+    /// An integer.
+    Int(i64),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Bytes(Vec<u8>),
+    /// Text NULL.
+    Null,
+}
+
+/// Inserts rows of equal width with multi-row statements of `rows_per_statement` rows.
+pub async fn insert_many(
+    tx: &mut Transaction<'_, Any>,
+    table: &str,
+    columns: &str,
+    rows: &[Vec<Value>],
+    rows_per_statement: usize,
+) -> Result<(), StoreError> {
+    let Some(width) = rows.first().map(Vec::len) else {
+        return Ok(());
+    };
+    for chunk in rows.chunks(rows_per_statement.max(1)) {
+        let mut sql = format!("INSERT INTO {table} ({columns}) VALUES ");
+        for i in 0..chunk.len() {
+            sql.push_str(if i > 0 { ",(" } else { "(" });
+            for c in 0..width {
+                if c > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("${}", i * width + c + 1));
+            }
+            sql.push(')');
+        }
+        let mut q = sqlx::query(&sql);
+        for row in chunk {
+            for v in row {
+                q = match v {
+                    Value::Int(i) => q.bind(*i),
+                    Value::Text(t) => q.bind(t.clone()),
+                    Value::Bytes(b) => q.bind(b.clone()),
+                    Value::Null => q.bind(Option::<String>::None),
+                };
+            }
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
