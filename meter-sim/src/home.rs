@@ -206,6 +206,7 @@ impl Home {
         let capacity_wh = params.battery_kwh * 1000.0;
         let params_index = params.index as u64;
         let stored = capacity_wh * params.initial_soc_pct / 100.0;
+        let start_counters = params.counters_wh;
         let control = BatteryControl {
             stor_ctl_mod: 0,
             w_cha_max: params.battery_w.min(u16::MAX as u32) as u16,
@@ -230,10 +231,13 @@ impl Home {
             initial_stored_wh: stored,
             control,
             faults: Default::default(),
-            base: std::array::from_fn(|i| {
-                let key = (params_index << 4) | i as u64;
-                1_000 + (crate::scenario::unit_hash(seed ^ 0xBA5E, key) * 5_000_000.0) as u64
-            }),
+            base: match start_counters {
+                Some(counters) => counters.map(|wh| wh.max(1)),
+                None => std::array::from_fn(|i| {
+                    let key = (params_index << 4) | i as u64;
+                    1_000 + (crate::scenario::unit_hash(seed ^ 0xBA5E, key) * 5_000_000.0) as u64
+                }),
+            },
             truth: VecDeque::new(),
             truth_capacity: (history_days as usize * 86_400 / SNAPSHOT_SECONDS as usize) + 1,
         };

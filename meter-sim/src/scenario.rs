@@ -93,6 +93,12 @@ pub struct HomeSpec {
     pub inverter_w: Option<u32>,
     /// Charge and discharge power limit of the battery in W.
     pub battery_w: Option<u32>,
+    /// What the counters show at start, in Wh: grid import, grid export, PV, battery charge,
+    /// battery discharge. Lets a stopped simulation resume where its meters were (default: a
+    /// used-looking value derived from the seed).
+    pub counters_wh: Option<[u64; 5]>,
+    /// State of charge at start, percent (default: `defaults.initial_soc_pct`).
+    pub soc_pct: Option<f64>,
 }
 
 /// Defaults for homes.
@@ -266,6 +272,8 @@ pub struct HomeParams {
     pub initial_soc_pct: f64,
     /// Minimum reserve, percent.
     pub reserve_pct: f64,
+    /// Counter readings at start, if given (see [`HomeSpec::counters_wh`]).
+    pub counters_wh: Option<[u64; 5]>,
     /// Latitude in degrees.
     pub latitude: f64,
     /// Longitude in degrees.
@@ -512,8 +520,9 @@ impl Scenario {
             tilt_deg: d.tilt_deg,
             azimuth_deg: d.azimuth_deg,
             round_trip_efficiency: d.round_trip_efficiency,
-            initial_soc_pct: d.initial_soc_pct,
+            initial_soc_pct: spec.soc_pct.unwrap_or(d.initial_soc_pct).clamp(0.0, 100.0),
             reserve_pct: d.reserve_pct,
+            counters_wh: spec.counters_wh,
             latitude: self.latitude,
             longitude: self.longitude,
             grid_setpoint_w: d.grid_setpoint_w,

@@ -21,6 +21,7 @@ use meter_sim::scenario::HomeSpec;
 use meter_sim::{DeviceKind, Homes, Scenario, Simulator};
 use serde::{Deserialize, Serialize};
 use settlement::{RunningSettlement, SettlementConfig};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -138,6 +139,19 @@ pub enum StartError {
 struct ResumeState {
     /// Simulated time when the previous run stopped.
     simulated_now: DateTime<Utc>,
+    /// Each simulated home's meters and battery then, so the devices continue where they were
+    /// (a gateway would otherwise see every meter replaced).
+    #[serde(default)]
+    homes: BTreeMap<String, HomeResume>,
+}
+
+/// One simulated home's state at a stop.
+#[derive(Debug, Serialize, Deserialize)]
+struct HomeResume {
+    /// Import, export, PV, battery charge, battery discharge counters, Wh.
+    counters_wh: [u64; 5],
+    /// Battery state of charge, percent.
+    soc_pct: f64,
 }
 
 const STATE_FILE: &str = "resume.json";
@@ -172,6 +186,8 @@ pub struct Neighbourhood {
     /// The market runs on its own shutdown (bridged to the neighbourhood's), so that it alone
     /// can be stopped and started again.
     market_shutdown: Option<Shutdown>,
+    /// The gateways' own shutdown (bridged), so they can stop before the devices they read.
+    gateway_shutdown: Shutdown,
     shutdown: Shutdown,
 }
 
@@ -309,7 +325,16 @@ impl Neighbourhood {
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok());
         let resumed = previous.is_some();
-        let epoch = previous.map_or(options.start, |s| s.simulated_now);
+        let epoch = previous.as_ref().map_or(options.start, |s| s.simulated_now);
+        let mut homes = demo_homes(options.homes, options.feeders);
+        if let Some(previous) = &previous {
+            for home in &mut homes {
+                if let Some(state) = previous.homes.get(&home.id) {
+                    home.counters_wh = Some(state.counters_wh);
+                    home.soc_pct = Some(state.soc_pct);
+                }
+            }
+        }
         let clock = Clock::scaled(epoch, options.speed);
 
         let broker_url = match &options.broker {
@@ -322,7 +347,7 @@ impl Neighbourhood {
 
         let mut scenario = Scenario::small(options.homes, options.seed);
         scenario.feeders = options.feeders;
-        scenario.homes = Homes::List(demo_homes(options.homes, options.feeders));
+        scenario.homes = Homes::List(homes);
         scenario.base_port = options.modbus_base_port;
         scenario.start = Some(epoch);
         scenario.speed = options.speed;
@@ -376,6 +401,7 @@ impl Neighbourhood {
         )
         .await?;
 
+        let gateway_shutdown = bridged_shutdown(shutdown);
         let mut gateways = Vec::with_capacity(manifest.homes.len());
         let mut external_gateways = Vec::new();
         for (index, home) in manifest.homes.iter().enumerate() {
@@ -429,7 +455,7 @@ impl Neighbourhood {
                 config,
                 KeySource::Key(Box::new(key)),
                 clock.clone(),
-                shutdown.clone(),
+                gateway_shutdown.clone(),
             )
             .await
             .map_err(|source| StartError::Gateway {
@@ -466,6 +492,7 @@ impl Neighbourhood {
             data_dir,
             market_config,
             market_shutdown: Some(market_shutdown),
+            gateway_shutdown,
             shutdown: shutdown.clone(),
         })
     }
@@ -504,11 +531,31 @@ impl Neighbourhood {
         format!("http://{}", self.settlement.addr)
     }
 
-    /// Writes the resume state (the simulated time reached), so the next run continues from it.
+    /// Writes the resume state (the simulated time reached and every home's meters), so the next
+    /// run continues from it.
     pub fn save_resume_state(&self) -> Result<(), StartError> {
         let path = self.data_dir.join(STATE_FILE);
+        // The simulator's own time, so that counters and time belong together.
+        let status = self.sim.status();
+        let homes = status
+            .homes
+            .iter()
+            .filter_map(|h| {
+                // What the devices' registers show (not energy since start).
+                let (_, registers) = self.sim.register_counters(&h.id).ok()?;
+                let counters = registers.as_array().map(|wh| wh.0.max(0) as u64);
+                Some((
+                    h.id.clone(),
+                    HomeResume {
+                        counters_wh: counters,
+                        soc_pct: h.soc_pct,
+                    },
+                ))
+            })
+            .collect();
         let state = ResumeState {
-            simulated_now: self.clock.now(),
+            simulated_now: status.simulated_time,
+            homes,
         };
         let tmp = path.with_extension("json.tmp");
         std::fs::write(
@@ -519,8 +566,12 @@ impl Neighbourhood {
         std::fs::rename(&tmp, &path).map_err(io_error(&path))
     }
 
-    /// Waits for every task to finish after `shutdown` was triggered, then saves the resume state.
+    /// Stops everything in order: the gateways first (each finishes and stores its in-flight
+    /// reading), then the resume state is saved, then every other service. Works whether or not
+    /// `shutdown` was already triggered.
     pub async fn stop(self, shutdown: &Shutdown) -> Result<(), StartError> {
+        self.gateway_shutdown.trigger();
+        self.gateway_shutdown.wait().await;
         self.save_resume_state()?;
         shutdown.wait().await;
         Ok(())

@@ -56,8 +56,11 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     gridmesh_runtime::telemetry::init("warn,gridmesh_e2e=info");
+    // Ctrl-C or SIGTERM ends the wait below; the neighbourhood then stops in order (gateways
+    // first, so none is cut off mid-reading by its devices disappearing).
+    let signals = Shutdown::new();
+    signals.trigger_on_signals();
     let shutdown = Shutdown::new();
-    shutdown.trigger_on_signals();
     let options = Options {
         homes: args.homes,
         feeders: args.feeders,
@@ -97,9 +100,9 @@ async fn main() -> anyhow::Result<()> {
     let reporter = tokio::spawn(gridmesh_e2e::progress::report(
         neighbourhood.market.url(),
         neighbourhood.settlement_url(),
-        shutdown.token(),
+        signals.token(),
     ));
-    shutdown.triggered().await;
+    signals.triggered().await;
     println!("stopping: finishing in-flight work…");
     let _ = reporter.await;
     neighbourhood.stop(&shutdown).await?;
