@@ -15,8 +15,8 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(name = "edge-gateway", version, about)]
 struct Cli {
-    /// The TOML config file (environment overrides: GRIDMESH_GATEWAY_<KEY>, nested keys joined
-    /// with `__`).
+    /// The TOML config file (default: /etc/gridmesh/gateway.toml when it exists; environment
+    /// overrides: GRIDMESH_GATEWAY_<KEY>, nested keys joined with `__`).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -73,8 +73,17 @@ enum KeyCommand {
     },
 }
 
+/// Where `packaging/install.sh` puts the config; used when `--config` is not given.
+const INSTALLED_CONFIG: &str = "/etc/gridmesh/gateway.toml";
+
 fn load(cli: &Cli) -> anyhow::Result<GatewayConfig> {
-    Ok(GatewayConfig::load(cli.config.as_deref())?)
+    let installed = std::path::Path::new(INSTALLED_CONFIG);
+    let path = match &cli.config {
+        Some(path) => Some(path.as_path()),
+        None if installed.exists() => Some(installed),
+        None => None,
+    };
+    Ok(GatewayConfig::load(path)?)
 }
 
 fn clock_for(config: &GatewayConfig) -> Clock {
