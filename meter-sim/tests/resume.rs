@@ -34,9 +34,20 @@ async fn counters_and_state_of_charge_resume_from_the_scenario() {
         );
     }
     let status = sim.status();
-    let soc = status.homes.iter().find(|h| h.id == "h001").unwrap().soc_pct;
-    assert!((soc - 80.0).abs() < 1.0, "state of charge {soc} % should resume near 80 %");
+    let soc = status
+        .homes
+        .iter()
+        .find(|h| h.id == "h001")
+        .unwrap()
+        .soc_pct;
+    assert!(
+        (soc - 80.0).abs() < 1.0,
+        "state of charge {soc} % should resume near 80 %"
+    );
     let (_, other) = sim.register_counters("h002").unwrap();
-    assert!(other.grid_import.0 > 0, "default counters stay used-looking");
+    assert!(
+        other.grid_import.0 > 0,
+        "default counters stay used-looking"
+    );
     shutdown.wait().await;
 }
