@@ -91,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ledger/blocks", get(get_blocks))
         .route("/ledger/blocks/{height}", get(get_block))
         .route("/ledger/entries/{hash}", get(get_entry))
+        .route("/readings/{digest}", get(get_reading))
         .route("/quarantine", get(get_quarantine))
         .route("/quarantine/{id}/accept", post(post_accept))
         .route("/events", get(get_events))
@@ -202,6 +203,17 @@ async fn get_entry(State(s): State<AppState>, Path(hash): Path<String>) -> ApiRe
     }
 }
 
+async fn get_reading(State(s): State<AppState>, Path(digest): Path<String>) -> ApiResult<Response> {
+    match s.service.reading_by_digest(&digest).await? {
+        Some(r) => Ok(Json(r).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no stored reading whose signed payload has SHA-256 {digest}"),
+        )),
+    }
+}
+
 async fn get_quarantine(State(s): State<AppState>, Query(q): Query<Limit>) -> ApiResult<Response> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     Ok(Json(s.service.quarantine(limit).await?).into_response())
@@ -268,7 +280,8 @@ pub fn openapi() -> serde_json::Value {
             "/tokens/retire": {"post": op("Apply a holder-signed TokenRetire envelope; 201 with {entry, lot}")},
             "/ledger/blocks": {"get": op("Blocks, newest first (query: limit)")},
             "/ledger/blocks/{height}": {"get": op("One block: header fields, hash, authority signature, entry hashes")},
-            "/ledger/entries/{hash}": {"get": op("One ledger entry with its Merkle inclusion proof")},
+            "/ledger/entries/{hash}": {"get": op("One ledger entry (body and its exact hashed bytes as body_base64) with its Merkle inclusion proof")},
+            "/readings/{digest}": {"get": op("A stored signed reading by the SHA-256 of its payload (as named in token provenance): the envelope verbatim, the decoded reading and its status")},
             "/quarantine": {"get": op("Quarantined, flagged and late readings with reasons, newest first")},
             "/quarantine/{id}/accept": {"post": op("Operator (Bearer token): accept a reading flagged as implausible; withheld mints are released")},
             "/events": {"get": op("Server-sent events: settled, block, quarantined")},

@@ -7,6 +7,7 @@ use crate::metrics::Metrics;
 use crate::rules::{self, Metered, MintPlan, Statement};
 use crate::store::{self, QuarantineRow, ReadingRow, StoreError, Value};
 use crate::verify::{self, ChainState, Context, Limits, Reason, ReasonCode, Verdict};
+use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::market::IntervalResult;
@@ -1039,6 +1040,41 @@ impl Service {
         })))
     }
 
+    /// A stored reading by the SHA-256 of its signed payload (the digest token provenance
+    /// names): the signed envelope verbatim, the decoded reading and its status.
+    pub async fn reading_by_digest(
+        &self,
+        digest: &str,
+    ) -> Result<Option<serde_json::Value>, ServiceError> {
+        let Some(r) = sqlx::query(
+            "SELECT reading_key, participant, payload, signature, public_key, status \
+             FROM readings WHERE digest = $1",
+        )
+        .bind(digest.to_owned())
+        .fetch_optional(&self.db.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let payload: Vec<u8> = r.get(2);
+        let signature: Vec<u8> = r.get(3);
+        let reading = <Reading as gridmesh_protocol::signing::Signable>::decode(&payload)
+            .map_err(|e| StoreError::Corrupt(format!("reading {digest}: {e}")))?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Ok(Some(serde_json::json!({
+            "digest": digest,
+            "key": r.get::<String, _>(0),
+            "participant": r.get::<String, _>(1),
+            "status": r.get::<String, _>(5),
+            "envelope": {
+                "payload": b64.encode(&payload),
+                "signature": b64.encode(&signature),
+                "public_key": r.get::<String, _>(4),
+            },
+            "reading": reading,
+        })))
+    }
+
     /// One entry with its inclusion proof (once it is in a block).
     pub async fn entry(&self, hash: &str) -> Result<Option<serde_json::Value>, ServiceError> {
         let Some(r) =
@@ -1049,7 +1085,8 @@ impl Service {
         else {
             return Ok(None);
         };
-        let body: serde_json::Value = serde_json::from_slice(&r.get::<Vec<u8>, _>(2))
+        let body_bytes: Vec<u8> = r.get(2);
+        let body: serde_json::Value = serde_json::from_slice(&body_bytes)
             .map_err(|e| StoreError::Corrupt(format!("entry: {e}")))?;
         let height: Option<i64> = r.get(3);
         let mut proof = serde_json::Value::Null;
@@ -1070,6 +1107,8 @@ impl Service {
             "seq": r.get::<i64, _>(0),
             "kind": r.get::<String, _>(1),
             "body": body,
+            // The exact bytes that were hashed, so anyone can recompute the leaf.
+            "body_base64": base64::engine::general_purpose::STANDARD.encode(&body_bytes),
             "block_height": height,
             "merkle_root": root,
             "proof": proof,

@@ -211,6 +211,40 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
         .unwrap();
     assert_eq!(entry["kind"], "mint");
     assert_eq!(entry["block_height"], 0);
+    // The exact hashed bytes travel with the entry: SHA-256(0x00 || bytes) is its hash.
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(entry["body_base64"].as_str().unwrap())
+        .unwrap();
+    let leaf = sha2::Sha256::digest([&[0u8][..], &bytes].concat());
+    assert_eq!(hex::encode(leaf), entry_hash);
+    // Provenance down to the signed readings: each digest a mint names fetches the reading,
+    // whose envelope verifies and hashes to that digest.
+    let digests = entry["body"]["seller_readings"].as_array().unwrap();
+    assert!(!digests.is_empty());
+    for digest in digests {
+        let digest = digest.as_str().unwrap();
+        let stored: Value = http
+            .get(format!("{base}/readings/{digest}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let envelope: SignedEnvelope = serde_json::from_value(stored["envelope"].clone()).unwrap();
+        assert_eq!(envelope.digest_hex(), digest);
+        let reading: gridmesh_protocol::Reading = envelope.open().unwrap();
+        assert_eq!(reading.gateway.as_str(), stored["reading"]["gateway"]);
+        assert_eq!(stored["participant"], "alice");
+    }
+    let missing = http
+        .get(format!("{base}/readings/{}", "0".repeat(64)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
     assert_eq!(
         http.get(format!("{base}/ledger/blocks/9"))
             .send()

@@ -336,6 +336,39 @@ function kvList(obj, skip) {
   return h('dl', { class: 'kv' }, ...Object.entries(obj || {}).filter(([k]) => !(skip || []).includes(k)).flatMap(([k, v]) => [
     h('dt', { text: k.replaceAll('_', ' ') }), h('dd', { class: typeof v === 'string' && /^[0-9a-f]{64}$/.test(v) ? 'hash' : '', text: typeof v === 'object' ? JSON.stringify(v) : String(v) })]));
 }
+// Bit i of a reading's flags (docs/protocol.md).
+const READING_FLAGS = ['counter reset', 'counter wrap', 'interpolated', 'clock step', 'device error', 'stale', 'partial (a device is absent)'];
+function b64bytes(text) {
+  return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+}
+// Fetches the signed reading a mint names and checks it here, in the browser: its payload
+// hashes to the digest (SHA-256), and its ed25519 signature verifies with the gateway's key.
+async function showReading(li, digest) {
+  const out = h('div', { class: 'reading', 'data-verified': 'pending', text: 'Fetching the signed reading…' });
+  li.append(out);
+  try {
+    const r = await getJson('/api/readings/' + encodeURIComponent(digest));
+    const env = r.envelope;
+    const payload = b64bytes(env.payload);
+    const hashOk = hex(new Uint8Array(await crypto.subtle.digest('SHA-256', payload))) === digest;
+    let sigOk = false;
+    let sigText = 'signature verified (ed25519, in your browser)';
+    try {
+      const key = await crypto.subtle.importKey('raw', b64bytes(env.public_key), { name: 'Ed25519' }, false, ['verify']);
+      sigOk = await crypto.subtle.verify({ name: 'Ed25519' }, key, b64bytes(env.signature), payload);
+      if (!sigOk) sigText = 'SIGNATURE INVALID';
+    } catch (_) { sigText = 'this browser cannot check ed25519 signatures'; }
+    const rd = r.reading;
+    const d = rd.deltas || {};
+    out.dataset.verified = String(hashOk && sigOk);
+    out.textContent = 'Gateway ' + rd.gateway + ', sequence ' + rd.sequence + ', interval ' + intervalText(rd.interval.start + '/' + rd.interval.minutes) +
+      ': export ' + d.grid_export + ' Wh, import ' + d.grid_import + ' Wh, PV ' + d.pv + ' Wh' +
+      (rd.flags ? ', flags: ' + READING_FLAGS.filter((_, bit) => rd.flags & (1 << bit)).join(', ') : '') + ' · ' + (hashOk ? 'payload hashes to this digest' : 'PAYLOAD DOES NOT HASH TO THIS DIGEST') + ' · ' + sigText + '.';
+  } catch (err) {
+    out.dataset.verified = 'false';
+    out.textContent = 'The signed reading could not be fetched: ' + err.message;
+  }
+}
 async function renderEntry(hash, detail, token) {
   const e = await getJson('/api/ledger/entries/' + encodeURIComponent(hash));
   if (token !== state.detailToken) return;
@@ -352,6 +385,7 @@ async function renderEntry(hash, detail, token) {
   }
   const verdict = h('p', { class: 'verdict', id: 'proof-verdict', 'data-ok': 'pending', role: 'status', text: 'Checking the inclusion proof…' });
   const prov = [];
+  const readingChecks = [];
   const kind = pick(body, ['kind']) || pick(entry, ['kind']) || 'entry';
   if (kind === 'mint') {
     prov.push(h('p', {}, 'Minted ' + Number(body.amount).toLocaleString('en') + ' tokens (Wh) for trade ' + body.trade_index + ' of interval ' + intervalText(body.interval) +
@@ -361,7 +395,7 @@ async function renderEntry(hash, detail, token) {
       String(pick(rd, ['gateway']) || ''), ' ', String(pick(rd, ['status', 'verified']) ?? ''), ' ', typeof pick(rd, ['reading']) === 'object' ? JSON.stringify(pick(rd, ['reading']).deltas || pick(rd, ['reading'])) : ''));
     for (const [who, list] of [['Seller ' + body.seller, body.seller_readings || []], ['Buyer ' + body.buyer, body.buyer_readings || []]]) {
       prov.push(h('h4', { text: who + '\'s signed readings (SHA-256 of each signed envelope)' }),
-        h('ul', { class: 'plain', 'data-readings': who }, ...(list.length ? list.map((x) => h('li', { class: 'hash', 'data-reading': x, text: x })) : [h('li', { class: 'empty', text: 'none listed' })])));
+        h('ul', { class: 'plain', 'data-readings': who }, ...(list.length ? list.map((x) => { const li = h('li', { 'data-reading': x }, h('span', { class: 'hash', text: x })); readingChecks.push(showReading(li, x)); return li; }) : [h('li', { class: 'empty', text: 'none listed' })])));
     }
     if (readingRows.length) prov.push(h('h4', { text: 'The readings' }), h('ul', { class: 'plain' }, ...readingRows));
   } else if (kind === 'transfer' || kind === 'retire') {

@@ -152,6 +152,13 @@ test('click-through: congested feeder → its participants → a token\'s proven
     assert.equal(await verdict.getAttribute('data-ok'), 'true', 'inclusion proof: ' + (await verdict.innerText()));
     const readings = await page.locator('#ledger-detail [data-reading]').count();
     assert.ok(readings > 0, 'the mint names the signed readings behind it');
+    // Down to the signed readings: fetched, hashed and signature-checked in the browser.
+    await page.waitForSelector('#ledger-detail .reading:not([data-verified="pending"])');
+    const checked = page.locator('#ledger-detail .reading');
+    for (let i = 0; i < await checked.count(); i++) {
+      await page.waitForFunction((n) => document.querySelectorAll('#ledger-detail .reading')[n].dataset.verified !== 'pending', i);
+      assert.equal(await checked.nth(i).getAttribute('data-verified'), 'true', 'signed reading: ' + await checked.nth(i).innerText());
+    }
     await shot(page, 'ledger-provenance');
     assert.deepEqual(errors, []);
   } finally { await close(); }

@@ -99,6 +99,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/ledger/blocks", get(api_blocks))
         .route("/api/ledger/blocks/{height}", get(api_block))
         .route("/api/ledger/entries/{hash}", get(api_entry))
+        .route("/api/readings/{digest}", get(api_reading))
         .route("/api/events", get(api_events))
         .route("/charts/prices.svg", get(chart_prices))
         .route("/charts/volume.svg", get(chart_volume))
@@ -300,6 +301,21 @@ async fn api_entry(
         hub.settlement
             .get(&format!("/ledger/entries/{hash}"))
             .await?,
+    ))
+}
+
+/// A signed reading by the SHA-256 its token provenance names (settlement's `/readings/{digest}`).
+async fn api_reading(
+    State(hub): State<Arc<Hub>>,
+    Path(digest): Path<String>,
+) -> ApiResult<Json<Value>> {
+    if digest.len() != 64 || !digest.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest(format!(
+            "reading digest `{digest}` is not 64 hexadecimal characters; copy it from a mint's provenance"
+        )));
+    }
+    Ok(Json(
+        hub.settlement.get(&format!("/readings/{digest}")).await?,
     ))
 }
 
