@@ -132,36 +132,9 @@ pub struct MqttConfig {
     pub client_id: Option<String>,
 }
 
-/// Accelerated time.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClockConfig {
-    /// Simulated time at start, RFC 3339.
-    pub epoch: chrono::DateTime<chrono::Utc>,
-    /// Simulated seconds per real second.
-    pub speed: f64,
-    /// The real (wall-clock) instant at which simulated time was `epoch`. With it, several
-    /// processes started at different moments share one simulated clock; without it, simulated
-    /// time starts at `epoch` when the gateway starts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub anchor: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-impl ClockConfig {
-    /// The clock this describes, as of now.
-    pub fn clock(&self) -> gridmesh_runtime::clock::Clock {
-        let epoch = match self.anchor {
-            Some(anchor) => {
-                let real = (chrono::Utc::now() - anchor)
-                    .num_microseconds()
-                    .unwrap_or(0) as f64;
-                self.epoch + chrono::Duration::microseconds((real * self.speed) as i64)
-            }
-            None => self.epoch,
-        };
-        gridmesh_runtime::clock::Clock::scaled(epoch, self.speed)
-    }
-}
+/// Accelerated time (`[clock]`): the runtime's shared settings, so every service reads the same
+/// table.
+pub use gridmesh_runtime::clock::ClockSettings as ClockConfig;
 
 /// The household bidding agent's limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -268,13 +268,10 @@ async fn serve_command(path: Option<PathBuf>) -> Result<(), Failure> {
             .map_err(Failure::input)?;
     let shutdown = gridmesh_runtime::shutdown::Shutdown::new();
     shutdown.trigger_on_signals();
-    let running = crate::serve(
-        config,
-        gridmesh_runtime::clock::Clock::system(),
-        shutdown.clone(),
-    )
-    .await
-    .map_err(Failure::runtime)?;
+    let clock = gridmesh_runtime::clock::ClockSettings::clock_or_system(config.clock.as_ref());
+    let running = crate::serve(config, clock, shutdown.clone())
+        .await
+        .map_err(Failure::runtime)?;
     eprintln!("market engine listening on {}", running.url());
     shutdown.triggered().await;
     shutdown.wait().await;

@@ -3,6 +3,7 @@
 use crate::prices::PricingRule;
 use gridmesh_protocol::IntervalLength;
 use gridmesh_protocol::grid::Network;
+use gridmesh_runtime::clock::ClockSettings;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -33,6 +34,8 @@ pub struct MarketConfig {
     pub topology: Option<Network>,
     /// Most orders written in one database transaction.
     pub max_write_batch: usize,
+    /// Accelerated time shared with the other services (`[clock]`); absent = the system clock.
+    pub clock: Option<ClockSettings>,
 }
 
 impl Default for MarketConfig {
@@ -48,6 +51,7 @@ impl Default for MarketConfig {
             pricing: PricingRule::PayAsClear,
             topology: None,
             max_write_batch: 512,
+            clock: None,
         }
     }
 }

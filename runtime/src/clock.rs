@@ -9,6 +9,7 @@
 //! deterministic in tests.
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -101,6 +102,49 @@ impl Clock {
     }
 }
 
+/// Accelerated time as it appears in a service's config file (`[clock]`); absent means the
+/// system clock.
+///
+/// ```toml
+/// [clock]
+/// epoch = "2026-06-21T09:00:00Z"   # simulated time at `anchor`
+/// speed = 60.0                      # simulated seconds per real second
+/// anchor = "2026-11-21T10:00:00Z"  # optional: the real instant at which it was `epoch`
+/// ```
+///
+/// With an anchor, several processes started at different moments share one simulated clock;
+/// without one, simulated time starts at `epoch` when the process starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockSettings {
+    /// Simulated time at `anchor` (or at start), RFC 3339.
+    pub epoch: DateTime<Utc>,
+    /// Simulated seconds per real second.
+    pub speed: f64,
+    /// The real (wall-clock) instant at which simulated time was `epoch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<DateTime<Utc>>,
+}
+
+impl ClockSettings {
+    /// The clock these settings describe, as of now.
+    pub fn clock(&self) -> Clock {
+        let epoch = match self.anchor {
+            Some(anchor) => {
+                let real = (Utc::now() - anchor).num_microseconds().unwrap_or(0) as f64;
+                self.epoch + ChronoDuration::microseconds((real * self.speed) as i64)
+            }
+            None => self.epoch,
+        };
+        Clock::scaled(epoch, self.speed)
+    }
+
+    /// The clock for an optional `[clock]` table: the system clock when it is absent.
+    pub fn clock_or_system(settings: Option<&ClockSettings>) -> Clock {
+        settings.map_or_else(Clock::system, ClockSettings::clock)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +165,31 @@ mod tests {
         assert_eq!(
             clock.real_duration(ChronoDuration::minutes(15)),
             Duration::from_secs(15)
+        );
+    }
+
+    #[test]
+    fn anchored_settings_agree_across_processes_started_later() {
+        let epoch = DateTime::parse_from_rfc3339("2026-06-21T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        // Anchored ten real seconds ago at speed 60: ten simulated minutes have passed.
+        let settings = ClockSettings {
+            epoch,
+            speed: 60.0,
+            anchor: Some(Utc::now() - ChronoDuration::seconds(10)),
+        };
+        let now = settings.clock().now();
+        assert!(now >= epoch + ChronoDuration::minutes(10), "{now}");
+        assert!(now < epoch + ChronoDuration::minutes(11), "{now}");
+        let parsed: ClockSettings =
+            toml::from_str("epoch = \"2026-06-21T12:00:00Z\"\nspeed = 60.0\n").unwrap();
+        assert_eq!(parsed.anchor, None);
+        assert!(
+            toml::from_str::<ClockSettings>(
+                "epoch = \"2026-06-21T12:00:00Z\"\nspeed = 1.0\nsped = 2.0\n"
+            )
+            .is_err()
         );
     }
 }

@@ -84,6 +84,8 @@ pub struct SettlementConfig {
     pub operator_token: Option<String>,
     /// How often to poll the market, in real seconds.
     pub poll_secs: f64,
+    /// Accelerated time shared with the other services (`[clock]`); absent = the system clock.
+    pub clock: Option<gridmesh_runtime::clock::ClockSettings>,
 }
 
 impl Default for SettlementConfig {
@@ -100,6 +102,7 @@ impl Default for SettlementConfig {
             max_clock_skew_secs: 60,
             operator_token: None,
             poll_secs: 2.0,
+            clock: None,
         }
     }
 }

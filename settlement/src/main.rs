@@ -3,7 +3,6 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gridmesh_protocol::keys::SigningKeyPair;
-use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::shutdown::Shutdown;
 use settlement::SettlementConfig;
 use std::path::PathBuf;
@@ -61,7 +60,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 gridmesh_runtime::config::load(config.as_deref(), "GRIDMESH_SETTLEMENT")?;
             let shutdown = Shutdown::new();
             shutdown.trigger_on_signals();
-            let running = settlement::serve(config, Clock::system(), shutdown.clone())
+            let clock =
+                gridmesh_runtime::clock::ClockSettings::clock_or_system(config.clock.as_ref());
+            let running = settlement::serve(config, clock, shutdown.clone())
                 .await
                 .context("settlement could not start")?;
             eprintln!("settlement listening on http://{}", running.addr);

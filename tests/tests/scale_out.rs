@@ -8,7 +8,6 @@
 //! `gridmesh/readings/+` would quarantine the other zone's readings as unknown gateways.
 
 use chrono::Utc;
-use edge_gateway::config::ClockConfig;
 use gridmesh_e2e::invariants::{check_settled, get_json, intervals_from, wait_sealed};
 use gridmesh_e2e::neighbourhood::{demo_homes, gateway_config};
 use gridmesh_e2e::processes::{
@@ -18,6 +17,7 @@ use gridmesh_protocol::grid::Network;
 use gridmesh_protocol::interval::{Interval, IntervalLength};
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::market::IntervalResult;
+use gridmesh_runtime::clock::ClockSettings;
 use gridmesh_runtime::db::{Database, scratch};
 use meter_sim::{Homes, Manifest, Scenario};
 use std::net::SocketAddr;
@@ -50,13 +50,14 @@ fn zone_network(feeder: &str) -> Network {
 }
 
 async fn start_zone(
-    node: &Path,
     dir: &Path,
     name: &str,
     feeder: &str,
     broker: &str,
-    clock_args: &[String],
+    clock: &ClockSettings,
 ) -> Zone {
+    let market_bin = service_binary("market-engine", "market-engine").unwrap();
+    let settlement_bin = service_binary("settlement", "settlement").unwrap();
     let market_db = scratch::fresh_postgres(&format!("scale_{name}_market"))
         .await
         .unwrap();
@@ -71,21 +72,16 @@ async fn start_zone(
         operator_token: Some(TOKEN.to_owned()),
         broker_url: Some(broker.to_owned()),
         topology: Some(zone_network(feeder)),
+        clock: Some(clock.clone()),
         ..market_engine::MarketConfig::default()
     };
     let market_toml = dir.join(format!("{name}-market.toml"));
     write_toml(&market_toml, &market_config).unwrap();
-    let mut args: Vec<String> = clock_args.to_vec();
-    args.extend([
-        "market".into(),
-        "--config".into(),
-        market_toml.display().to_string(),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let market_toml_arg = market_toml.display().to_string();
     let market = ChildProcess::spawn(
         &format!("market {name}"),
-        node,
-        &args,
+        &market_bin,
+        &["serve", "--config", &market_toml_arg],
         &[],
         &dir.join(format!("{name}-market.log")),
     )
@@ -105,23 +101,20 @@ async fn start_zone(
             "listen = \"{settlement_addr}\"\ndatabase_url = \"{settlement_db}\"\n\
              market_url = \"http://{market_addr}\"\nmqtt_client_id = \"settlement-{name}-{pid}\"\n\
              authority_key = \"{key}\"\noperator_token = \"{TOKEN}\"\ngrace_secs = 600\n\
-             poll_secs = 0.5\n",
+             poll_secs = 0.5\n\n[clock]\nepoch = \"{epoch}\"\nspeed = {speed:?}\nanchor = \"{anchor}\"\n",
             pid = std::process::id(),
             key = authority_path.display(),
+            epoch = rfc3339(clock.epoch),
+            speed = clock.speed,
+            anchor = rfc3339(clock.anchor.expect("anchored")),
         ),
     )
     .unwrap();
-    let mut args: Vec<String> = clock_args.to_vec();
-    args.extend([
-        "settlement".into(),
-        "--config".into(),
-        settlement_toml.display().to_string(),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let settlement_toml_arg = settlement_toml.display().to_string();
     let settlement = ChildProcess::spawn(
         &format!("settlement {name}"),
-        node,
-        &args,
+        &settlement_bin,
+        &["serve", "--config", &settlement_toml_arg],
         &[],
         &dir.join(format!("{name}-settlement.log")),
     )
@@ -152,7 +145,6 @@ fn logs(processes: &[&ChildProcess]) -> String {
 async fn two_zones_clear_and_settle_independently_as_separate_processes() {
     let gateway_bin = service_binary("edge-gateway", "edge-gateway").unwrap();
     let sim_bin = service_binary("meter-sim", "meter-sim").unwrap();
-    let node_bin = Path::new(env!("CARGO_BIN_EXE_gridmesh-node"));
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let broker = Mosquitto::start(&dir.join("mosquitto")).await.unwrap();
@@ -160,16 +152,11 @@ async fn two_zones_clear_and_settle_independently_as_separate_processes() {
     // One simulated clock for every process: the same epoch, speed and real anchor.
     let epoch: chrono::DateTime<Utc> = "2026-06-21T10:55:00Z".parse().unwrap();
     let anchor = Utc::now();
-    let clock_config = ClockConfig {
+    let clock_config = ClockSettings {
         epoch,
         speed: SPEED,
         anchor: Some(anchor),
     };
-    let clock_args = vec![
-        format!("--epoch={}", rfc3339(epoch)),
-        format!("--speed={SPEED}"),
-        format!("--anchor={}", rfc3339(anchor)),
-    ];
 
     // meter-sim: four homes, h001/h003 on f1 (zone A), h002/h004 on f2 (zone B).
     let mut scenario = Scenario::small(4, 7);
@@ -201,8 +188,8 @@ async fn two_zones_clear_and_settle_independently_as_separate_processes() {
     .unwrap();
 
     let zones = [
-        start_zone(node_bin, dir, "zone-a", "f1", &broker.url(), &clock_args).await,
-        start_zone(node_bin, dir, "zone-b", "f2", &broker.url(), &clock_args).await,
+        start_zone(dir, "zone-a", "f1", &broker.url(), &clock_config).await,
+        start_zone(dir, "zone-b", "f2", &broker.url(), &clock_config).await,
     ];
 
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
