@@ -38,7 +38,7 @@ export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 echo "pi-smoke: cross-building (release) for $target"
 cargo build --release -p edge-gateway --target "$target" || fail "the cross build failed"
 
-bin="target/$target/release/edge-gateway"
+bin="${CARGO_TARGET_DIR:-target}/$target/release/edge-gateway"
 [ -x "$bin" ] || fail "$bin was not produced"
 file "$bin" 2>/dev/null | grep -q "aarch64" || fail "$bin is not an aarch64 binary"
 run() { qemu-aarch64 -L /usr/aarch64-linux-gnu "$bin" "$@"; }
