@@ -627,6 +627,10 @@ pub fn gateway_config(
     config.agent.max_buy_price = PricePerMwh(29_000 - (index as i64 % 4) * 1_000);
     config.agent.battery_capacity_wh = (home.battery_kwh * 1000.0).round() as i64;
     config.agent.gate_closure_lead_s = market_lead_seconds();
+    // Bid four simulated minutes before gate closure: late enough that the previous interval's
+    // reading is in the forecast history, early enough that the open book (and the dashboard's
+    // depth curve) shows orders for a good part of each interval.
+    config.agent.submit_margin_s = 240;
     config.site.inverter_w = home.inverter_w;
     config.site.battery_w = home.battery_w;
     config.site.latitude = home.latitude;
