@@ -41,49 +41,49 @@ impl Metrics {
             );
         };
         metric(
-            "market_orders_accepted_total",
+            "gridmesh_market_orders_accepted_total",
             "counter",
             "Orders accepted.",
             &self.orders_accepted,
         );
         metric(
-            "market_orders_rejected_total",
+            "gridmesh_market_orders_rejected_total",
             "counter",
             "Orders rejected.",
             &self.orders_rejected,
         );
         metric(
-            "market_orders_cancelled_total",
+            "gridmesh_market_orders_cancelled_total",
             "counter",
             "Orders cancelled.",
             &self.orders_cancelled,
         );
         metric(
-            "market_order_write_batches_total",
+            "gridmesh_market_order_write_batches_total",
             "counter",
             "Database transactions writing orders.",
             &self.order_batches,
         );
         metric(
-            "market_intervals_cleared_total",
+            "gridmesh_market_intervals_cleared_total",
             "counter",
             "Intervals cleared.",
             &self.intervals_cleared,
         );
         metric(
-            "market_last_clearing_duration_microseconds",
+            "gridmesh_market_last_clearing_duration_microseconds",
             "gauge",
             "Time the last clearing took.",
             &self.last_clearing_micros,
         );
         metric(
-            "market_last_clearing_orders",
+            "gridmesh_market_last_clearing_orders",
             "gauge",
             "Orders in the last cleared interval.",
             &self.last_clearing_orders,
         );
         metric(
-            "market_results_published_total",
+            "gridmesh_market_results_published_total",
             "counter",
             "Results published on MQTT.",
             &self.results_published,

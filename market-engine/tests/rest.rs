@@ -360,7 +360,7 @@ async fn scenario(url: String) {
         metrics
             .as_str()
             .unwrap()
-            .contains("market_intervals_cleared_total 1")
+            .contains("gridmesh_market_intervals_cleared_total 1")
     );
     let (_, api) = c.get("/openapi.json").await;
     assert_eq!(api["openapi"], "3.0.3");

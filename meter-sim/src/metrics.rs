@@ -15,55 +15,55 @@ pub fn render(sim: &Simulator) -> String {
         );
     };
     metric(
-        "meter_sim_homes",
+        "gridmesh_sim_homes",
         "gauge",
         "Simulated homes.",
         sim.homes().len() as f64,
     );
     metric(
-        "meter_sim_simulated_time_seconds",
+        "gridmesh_sim_simulated_time_seconds",
         "gauge",
         "Simulated Unix time the physics has reached.",
         s.physics_time.load(Ordering::Relaxed) as f64,
     );
     metric(
-        "meter_sim_speed_ratio",
+        "gridmesh_sim_speed_ratio",
         "gauge",
         "Simulated seconds per real second.",
         sim.clock().speed(),
     );
     metric(
-        "meter_sim_physics_steps_total",
+        "gridmesh_sim_physics_steps_total",
         "counter",
         "Physics steps taken over all homes.",
         s.steps.load(Ordering::Relaxed) as f64,
     );
     metric(
-        "meter_sim_modbus_requests_total",
+        "gridmesh_sim_modbus_requests_total",
         "counter",
         "Modbus requests received.",
         s.modbus_requests.load(Ordering::Relaxed) as f64,
     );
     metric(
-        "meter_sim_modbus_exceptions_total",
+        "gridmesh_sim_modbus_exceptions_total",
         "counter",
         "Modbus requests answered with an exception.",
         s.modbus_exceptions.load(Ordering::Relaxed) as f64,
     );
     metric(
-        "meter_sim_modbus_dropped_connections_total",
+        "gridmesh_sim_modbus_dropped_connections_total",
         "counter",
         "Connections closed by the drop fault.",
         s.dropped_connections.load(Ordering::Relaxed) as f64,
     );
     metric(
-        "meter_sim_mqtt_published_total",
+        "gridmesh_sim_mqtt_published_total",
         "counter",
         "MQTT device messages published.",
         s.mqtt_published.load(Ordering::Relaxed) as f64,
     );
     metric(
-        "meter_sim_faults_active",
+        "gridmesh_sim_faults_active",
         "gauge",
         "Lasting faults now active.",
         sim.faults().len() as f64,

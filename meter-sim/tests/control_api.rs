@@ -139,9 +139,9 @@ async fn status_manifest_truth_faults_and_metrics() {
 
     let (code, body) = call(&sim, "GET", "/metrics", None).await;
     assert_eq!(code, StatusCode::OK);
-    assert!(body.contains("# TYPE meter_sim_modbus_requests_total counter"));
-    assert!(body.contains("meter_sim_homes 2"));
-    assert!(body.contains("meter_sim_faults_active 1"));
+    assert!(body.contains("# TYPE gridmesh_sim_modbus_requests_total counter"));
+    assert!(body.contains("gridmesh_sim_homes 2"));
+    assert!(body.contains("gridmesh_sim_faults_active 1"));
     shutdown.wait().await;
 }
 

@@ -48,47 +48,47 @@ impl Metrics {
         let mut out = String::new();
         let items: [(&str, &str, &Counter); 9] = [
             (
-                "settlement_readings_accepted_total",
+                "gridmesh_settlement_readings_accepted_total",
                 "Signed readings verified and stored.",
                 &self.readings_accepted,
             ),
             (
-                "settlement_readings_duplicate_total",
+                "gridmesh_settlement_readings_duplicate_total",
                 "Readings acknowledged again as duplicates (counted once).",
                 &self.readings_duplicate,
             ),
             (
-                "settlement_readings_quarantined_total",
+                "gridmesh_settlement_readings_quarantined_total",
                 "Readings quarantined, flagged or late, each with a reason.",
                 &self.readings_quarantined,
             ),
             (
-                "settlement_intervals_settled_total",
+                "gridmesh_settlement_intervals_settled_total",
                 "Intervals settled.",
                 &self.intervals_settled,
             ),
             (
-                "settlement_blocks_sealed_total",
+                "gridmesh_settlement_blocks_sealed_total",
                 "Ledger blocks sealed.",
                 &self.blocks_sealed,
             ),
             (
-                "settlement_tokens_minted_wh_total",
+                "gridmesh_settlement_tokens_minted_wh_total",
                 "Tokens minted (1 token = 1 Wh).",
                 &self.tokens_minted_wh,
             ),
             (
-                "settlement_tokens_transferred_wh_total",
+                "gridmesh_settlement_tokens_transferred_wh_total",
                 "Tokens transferred.",
                 &self.tokens_transferred_wh,
             ),
             (
-                "settlement_tokens_retired_wh_total",
+                "gridmesh_settlement_tokens_retired_wh_total",
                 "Tokens retired.",
                 &self.tokens_retired_wh,
             ),
             (
-                "settlement_source_errors_total",
+                "gridmesh_settlement_source_errors_total",
                 "Failed polls of the market.",
                 &self.source_errors,
             ),

@@ -119,7 +119,7 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("settlement_readings_accepted_total 2"),
+        metrics.contains("gridmesh_settlement_readings_accepted_total 2"),
         "{metrics}"
     );
     let doc: Value = http

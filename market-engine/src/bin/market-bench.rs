@@ -330,7 +330,7 @@ async fn intake(orders: usize, concurrency: usize, database: Option<String>) {
         .unwrap();
     if let Some(batches) = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("market_order_write_batches_total "))
+        .find_map(|l| l.strip_prefix("gridmesh_market_order_write_batches_total "))
         .and_then(|v| v.parse::<f64>().ok())
     {
         println!(
