@@ -33,7 +33,13 @@ async function openPage(viewport = { width: 1280, height: 900 }) {
   const errors = [];
   page.on('console', (m) => { if (m.type() === 'error') errors.push('console: ' + m.text()); });
   page.on('pageerror', (e) => errors.push('exception: ' + e.message));
-  return { page, errors, close: () => context.close() };
+  // The live page keeps fetching (server-sent updates); drop any request interception still in
+  // flight before the context goes, so no route callback outlives its test.
+  const close = async () => {
+    await page.unrouteAll({ behavior: 'ignoreErrors' });
+    await context.close();
+  };
+  return { page, errors, close };
 }
 
 async function shot(page, name) {
