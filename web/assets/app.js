@@ -271,54 +271,18 @@ async function sha256(...parts) {
   for (const p of parts) { buf.set(p, at); at += p.length; }
   return new Uint8Array(await crypto.subtle.digest('SHA-256', buf));
 }
-// Field order of settlement's entry bodies as it stores (and hashes) them: serde writes the
-// `kind` tag first, then the struct's fields in declaration order (settlement/src/ledger.rs).
-const ENTRY_FIELDS = {
-  mint: ['kind', 'interval', 'trade_index', 'seller', 'buyer', 'seller_order', 'buyer_order', 'source', 'price', 'amount', 'seller_readings', 'buyer_readings', 'released'],
-  transfer: ['kind', 'envelope', 'lot', 'from', 'to', 'amount'],
-  retire: ['kind', 'envelope', 'lot', 'holder', 'amount'],
-};
-const ENVELOPE_FIELDS = ['payload', 'signature', 'public_key'];
-function canonicalBody(body) {
-  const order = ENTRY_FIELDS[body && body.kind];
-  if (!order) return null;
-  const out = {};
-  for (const k of order) if (k in body) out[k] = (k === 'envelope' && body[k]) ? Object.fromEntries(ENVELOPE_FIELDS.filter((f) => f in body[k]).map((f) => [f, body[k][f]])) : body[k];
-  for (const k of Object.keys(body)) if (!(k in out)) out[k] = body[k];
-  return out;
-}
-/** Candidate byte strings for the entry body: exact bytes when the service sends them, else the
- * JSON as received and in settlement's canonical field order. */
-function bodyCandidates(entry) {
-  const exact = bodyBytes(entry);
-  if (!exact || exact.exact) return exact ? [exact] : [];
-  const body = pick(entry, ['body']);
-  const canonical = canonicalBody(body);
-  return [exact].concat(canonical ? [{ bytes: new TextEncoder().encode(JSON.stringify(canonical)), exact: false }] : []);
-}
+// The exact bytes settlement hashed for an entry (its `body_base64`).
 function bodyBytes(entry) {
-  const b64 = pick(entry, ['body_base64', 'body_b64']);
-  if (typeof b64 === 'string') return { bytes: Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)), exact: true };
-  const hx = pick(entry, ['body_hex']);
-  if (typeof hx === 'string') return { bytes: unhex(hx), exact: true };
-  const raw = pick(entry, ['body_json', 'body_raw', 'raw']);
-  if (typeof raw === 'string') return { bytes: new TextEncoder().encode(raw), exact: true };
-  const body = pick(entry, ['body']);
-  if (typeof body === 'string') return { bytes: new TextEncoder().encode(body), exact: true };
-  if (body) return { bytes: new TextEncoder().encode(JSON.stringify(body)), exact: false };
-  return null;
+  const b64 = pick(entry, ['body_base64']);
+  return typeof b64 === 'string' ? Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)) : null;
 }
 async function verifyInclusion(entry, root) {
   if (!window.crypto || !crypto.subtle) return { ok: false, text: 'This browser offers no WebCrypto here (it needs https or localhost), so the proof cannot be checked.' };
-  const candidates = bodyCandidates(entry);
+  const bytes = bodyBytes(entry);
   const claimed = pick(entry, ['hash', 'entry_hash']);
-  if (!candidates.length) return { ok: false, text: 'The entry came without its body; nothing to verify.' };
-  let leaf = null;
-  for (const c of candidates) {
-    const l = await sha256(new Uint8Array([0]), c.bytes);
-    if (!claimed || hex(l) === claimed) { leaf = l; break; }
-  }
-  if (!leaf) return { ok: false, text: 'The body does not hash to the entry hash ' + claimed + ': it was altered, or it is not in the layout settlement hashes.' };
+  if (!bytes) return { ok: false, text: 'Settlement sent this entry without its hashed bytes; nothing to verify.' };
+  const leaf = await sha256(new Uint8Array([0]), bytes);
+  if (claimed && hex(leaf) !== claimed) return { ok: false, text: 'The body does not hash to the entry hash ' + claimed + ': it was altered.' };
   const proofObj = pick(entry, ['proof', 'inclusion_proof']);
   const steps = Array.isArray(proofObj) ? proofObj : (pick(proofObj, ['steps', 'path', 'siblings']) || []);
   let acc = leaf;
@@ -375,7 +339,7 @@ async function renderEntry(hash, detail, token) {
   const entry = e.entry && typeof e.entry === 'object' && !Array.isArray(e.entry) ? Object.assign({}, e, e.entry) : e;
   let body = pick(entry, ['body']);
   if (typeof body === 'string') { try { body = JSON.parse(body); } catch (_) { /* shown raw */ } }
-  if (!body || typeof body !== 'object') { const b = bodyBytes(entry); try { body = b ? JSON.parse(new TextDecoder().decode(b.bytes)) : {}; } catch (_) { body = {}; } }
+  if (!body || typeof body !== 'object') { const b = bodyBytes(entry); try { body = b ? JSON.parse(new TextDecoder().decode(b)) : {}; } catch (_) { body = {}; } }
   const block = pick(entry, ['block']);
   const height = pick(entry, ['block_height', 'height']) ?? pick(block, ['height']);
   let root = pick(entry, ['merkle_root', 'root']) ?? pick(pick(entry, ['proof']), ['root', 'merkle_root']) ?? pick(pick(block, ['header']) || block, ['merkle_root']);

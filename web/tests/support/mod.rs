@@ -10,6 +10,8 @@ use axum::response::IntoResponse;
 use axum::response::sse::{Event, Sse};
 use axum::routing::get;
 use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use gridmesh_protocol::GatewayId;
 use gridmesh_protocol::grid::{Branch, Network, UtilityTariff};
 use gridmesh_protocol::market::{BranchFlow, ClearedOrder, Counterparty, IntervalResult, Trade};
@@ -273,17 +275,6 @@ impl Ledger {
     }
 }
 
-/// The body as settlement returns it: a re-serialised JSON value whose key order differs from
-/// the stored bytes (here reversed, so the page must rebuild the stored order to verify).
-fn reordered(body: &str) -> Value {
-    let parsed: serde_json::Map<String, Value> = serde_json::from_str(body).unwrap();
-    let mut out = serde_json::Map::new();
-    for (k, v) in parsed.into_iter().collect::<Vec<_>>().into_iter().rev() {
-        out.insert(k, v);
-    }
-    Value::Object(out)
-}
-
 /// What the doubles serve; tests may change it between refreshes.
 pub struct Fixture {
     /// Cleared results.
@@ -400,7 +391,8 @@ pub async fn start(n: usize) -> Upstreams {
                 let f = f.lock().unwrap();
                 match f.ledger.bodies.iter().position(|(h, _)| *h == hash) {
                     Some(i) => Json(json!({"hash": hash, "seq": i, "kind": "mint",
-                                           "body": reordered(&f.ledger.bodies[i].1), "block_height": 0,
+                                           "body": serde_json::from_str::<Value>(&f.ledger.bodies[i].1).unwrap(),
+                                           "body_base64": BASE64.encode(&f.ledger.bodies[i].1), "block_height": 0,
                                            "merkle_root": f.ledger.root, "proof": f.ledger.proof(i)})).into_response(),
                     None => (StatusCode::NOT_FOUND, Json(json!({"code": "not_found", "message": "no such entry"}))).into_response(),
                 }
