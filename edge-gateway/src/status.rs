@@ -1,12 +1,15 @@
 //! Live status shared by the pipeline tasks, shown on `/healthz` and `/metrics`.
 //!
-//! Metrics are written in the Prometheus text format by a small encoder (no extra crate):
+//! Metrics are written in the Prometheus text format by `gridmesh_runtime::metrics`:
 //! names follow `gridmesh_gateway_<name>_<unit>[_total]`.
 
+use gridmesh_runtime::metrics::{Exposition, MetricKind};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
+
+/// One sample of a metric family: its labels and value.
+type Sample = (Vec<(&'static str, String)>, u64);
 
 /// One device's health.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -88,109 +91,106 @@ impl Status {
     /// The Prometheus text exposition.
     pub fn metrics(&self) -> String {
         let s = self.snapshot();
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-            let _ = writeln!(out, "# HELP gridmesh_gateway_{name} {help}");
-            let _ = writeln!(out, "# TYPE gridmesh_gateway_{name} {kind}");
+        let mut out = Exposition::new();
+        let mut metric = |name: &str, kind: MetricKind, help: &str, samples: &[Sample]| {
+            let mut family = out.family(&format!("gridmesh_gateway_{name}"), kind, help);
             for (labels, value) in samples {
-                let _ = writeln!(out, "gridmesh_gateway_{name}{labels} {value}");
+                let labels: Vec<(&str, &str)> =
+                    labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                family.sample(&labels, value);
             }
         };
-        let one = |v: u64| vec![(String::new(), v)];
-        let per_device = |f: &dyn Fn(&DeviceStatus) -> u64| -> Vec<(String, u64)> {
+        let one = |v: u64| vec![(Vec::new(), v)];
+        let per_device = |f: &dyn Fn(&DeviceStatus) -> u64| -> Vec<Sample> {
             s.devices
                 .iter()
-                .map(|(name, d)| {
-                    (
-                        format!("{{device=\"{}\"}}", name.replace(['"', '\\'], "_")),
-                        f(d),
-                    )
-                })
+                .map(|(name, d)| (vec![("device", name.clone())], f(d)))
                 .collect()
         };
         metric(
             "device_polls_total",
-            "counter",
+            MetricKind::Counter,
             "Device polls attempted.",
             &per_device(&|d| d.polls),
         );
         metric(
             "device_poll_errors_total",
-            "counter",
+            MetricKind::Counter,
             "Device polls failed.",
             &per_device(&|d| d.errors),
         );
         metric(
             "device_up",
-            "gauge",
+            MetricKind::Gauge,
             "Whether the last poll succeeded.",
             &per_device(&|d| u64::from(d.ok)),
         );
         metric(
             "readings_signed_total",
-            "counter",
+            MetricKind::Counter,
             "Readings signed.",
             &one(s.readings_signed),
         );
         metric(
             "readings_delivered_total",
-            "counter",
+            MetricKind::Counter,
             "Readings delivered, by path.",
             &[
-                ("{path=\"mqtt\"}".into(), s.delivered_mqtt),
-                ("{path=\"http\"}".into(), s.delivered_http),
+                (vec![("path", "mqtt".to_owned())], s.delivered_mqtt),
+                (vec![("path", "http".to_owned())], s.delivered_http),
             ],
         );
         metric(
             "delivery_failures_total",
-            "counter",
+            MetricKind::Counter,
             "Failed delivery attempts.",
             &one(s.delivery_failures),
         );
         metric(
             "outbox_readings",
-            "gauge",
+            MetricKind::Gauge,
             "Readings waiting in the outbox.",
             &one(s.outbox_count),
         );
         metric(
             "outbox_bytes",
-            "gauge",
+            MetricKind::Gauge,
             "Bytes waiting in the outbox.",
             &one(s.outbox_bytes),
         );
         metric(
             "outbox_dropped_total",
-            "counter",
+            MetricKind::Counter,
             "Readings dropped because the outbox was full.",
             &one(s.outbox_dropped),
         );
         metric(
             "orders_submitted_total",
-            "counter",
+            MetricKind::Counter,
             "Orders accepted by the market.",
             &one(s.orders_submitted),
         );
         metric(
             "orders_failed_total",
-            "counter",
+            MetricKind::Counter,
             "Orders refused or undelivered.",
             &one(s.orders_failed),
         );
         metric(
             "mqtt_connected",
-            "gauge",
+            MetricKind::Gauge,
             "Whether the MQTT session is up.",
             &one(u64::from(s.mqtt_connected)),
         );
         metric(
             "clock_steps_total",
-            "counter",
+            MetricKind::Counter,
             "Clock steps detected.",
             &one(s.clock_steps),
         );
-        out.push_str("# EOF\n");
-        out
+        let mut text = out.finish();
+        text.push_str("# EOF\n");
+        text
     }
 }
 

@@ -1,6 +1,6 @@
 //! Counters and gauges, rendered in the Prometheus text format on `/metrics`.
 
-use std::fmt::Write;
+use gridmesh_runtime::metrics::{Exposition, MetricKind};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The market's metrics.
@@ -32,62 +32,58 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: &AtomicU64| {
-            let v = value.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
+        let mut out = Exposition::new();
+        let mut metric = |name: &str, kind: MetricKind, help: &str, value: &AtomicU64| {
+            out.single(name, kind, help, value.load(Ordering::Relaxed));
         };
         metric(
             "gridmesh_market_orders_accepted_total",
-            "counter",
+            MetricKind::Counter,
             "Orders accepted.",
             &self.orders_accepted,
         );
         metric(
             "gridmesh_market_orders_rejected_total",
-            "counter",
+            MetricKind::Counter,
             "Orders rejected.",
             &self.orders_rejected,
         );
         metric(
             "gridmesh_market_orders_cancelled_total",
-            "counter",
+            MetricKind::Counter,
             "Orders cancelled.",
             &self.orders_cancelled,
         );
         metric(
             "gridmesh_market_order_write_batches_total",
-            "counter",
+            MetricKind::Counter,
             "Database transactions writing orders.",
             &self.order_batches,
         );
         metric(
             "gridmesh_market_intervals_cleared_total",
-            "counter",
+            MetricKind::Counter,
             "Intervals cleared.",
             &self.intervals_cleared,
         );
         metric(
             "gridmesh_market_last_clearing_duration_microseconds",
-            "gauge",
+            MetricKind::Gauge,
             "Time the last clearing took.",
             &self.last_clearing_micros,
         );
         metric(
             "gridmesh_market_last_clearing_orders",
-            "gauge",
+            MetricKind::Gauge,
             "Orders in the last cleared interval.",
             &self.last_clearing_orders,
         );
         metric(
             "gridmesh_market_results_published_total",
-            "counter",
+            MetricKind::Counter,
             "Results published on MQTT.",
             &self.results_published,
         );
-        out
+        out.finish()
     }
 }

@@ -1,72 +1,69 @@
-//! A small hand-written Prometheus text encoder for the simulator's metrics.
+//! The simulator's metrics, in the Prometheus text format of `gridmesh_runtime::metrics`.
 
 use crate::sim::Simulator;
-use std::fmt::Write;
+use gridmesh_runtime::metrics::{Exposition, MetricKind};
 use std::sync::atomic::Ordering;
 
 /// Renders every metric in the Prometheus text exposition format.
 pub fn render(sim: &Simulator) -> String {
     let s = &sim.shared.stats;
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
+    let mut out = Exposition::new();
+    let mut metric = |name: &str, kind: MetricKind, help: &str, value: f64| {
+        out.single(name, kind, help, value);
     };
     metric(
         "gridmesh_sim_homes",
-        "gauge",
+        MetricKind::Gauge,
         "Simulated homes.",
         sim.homes().len() as f64,
     );
     metric(
         "gridmesh_sim_simulated_time_seconds",
-        "gauge",
+        MetricKind::Gauge,
         "Simulated Unix time the physics has reached.",
         s.physics_time.load(Ordering::Relaxed) as f64,
     );
     metric(
         "gridmesh_sim_speed_ratio",
-        "gauge",
+        MetricKind::Gauge,
         "Simulated seconds per real second.",
         sim.clock().speed(),
     );
     metric(
         "gridmesh_sim_physics_steps_total",
-        "counter",
+        MetricKind::Counter,
         "Physics steps taken over all homes.",
         s.steps.load(Ordering::Relaxed) as f64,
     );
     metric(
         "gridmesh_sim_modbus_requests_total",
-        "counter",
+        MetricKind::Counter,
         "Modbus requests received.",
         s.modbus_requests.load(Ordering::Relaxed) as f64,
     );
     metric(
         "gridmesh_sim_modbus_exceptions_total",
-        "counter",
+        MetricKind::Counter,
         "Modbus requests answered with an exception.",
         s.modbus_exceptions.load(Ordering::Relaxed) as f64,
     );
     metric(
         "gridmesh_sim_modbus_dropped_connections_total",
-        "counter",
+        MetricKind::Counter,
         "Connections closed by the drop fault.",
         s.dropped_connections.load(Ordering::Relaxed) as f64,
     );
     metric(
         "gridmesh_sim_mqtt_published_total",
-        "counter",
+        MetricKind::Counter,
         "MQTT device messages published.",
         s.mqtt_published.load(Ordering::Relaxed) as f64,
     );
     metric(
         "gridmesh_sim_faults_active",
-        "gauge",
+        MetricKind::Gauge,
         "Lasting faults now active.",
         sim.faults().len() as f64,
     );
-    out
+    out.finish()
 }

@@ -6,6 +6,7 @@
 //! - [`clock`]: wall-clock or accelerated time that every service agrees on;
 //! - [`config`]: TOML config files with environment overrides and errors that name the line;
 //! - [`telemetry`]: `tracing` set-up;
+//! - [`metrics`]: the Prometheus text encoder behind every `/metrics`;
 //! - [`shutdown`]: one shutdown signal for every task, and waiting for them all;
 //! - [`mqtt`] (feature `mqtt`): an MQTT session that reconnects with backoff, re-subscribes on
 //!   every connection, confirms QoS 1 publishes by their PUBACK and lets the consumer
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod config;
 #[cfg(feature = "db")]
 pub mod db;
+pub mod metrics;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod shutdown;

@@ -1,6 +1,6 @@
 //! Counters in the Prometheus text format (a small hand-written encoder, no registry needed).
 
-use std::fmt::Write as _;
+use gridmesh_runtime::metrics::{Exposition, MetricKind};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A monotonically increasing counter.
@@ -45,7 +45,7 @@ pub struct Metrics {
 impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
-        let mut out = String::new();
+        let mut out = Exposition::new();
         let items: [(&str, &str, &Counter); 9] = [
             (
                 "gridmesh_settlement_readings_accepted_total",
@@ -94,12 +94,8 @@ impl Metrics {
             ),
         ];
         for (name, help, c) in items {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                c.get()
-            );
+            out.single(name, MetricKind::Counter, help, c.get());
         }
-        out
+        out.finish()
     }
 }

@@ -1,6 +1,7 @@
-//! Counters for `/metrics`, encoded in the Prometheus text format by hand (a handful of
-//! counters does not need a registry).
+//! Counters for `/metrics`, encoded in the Prometheus text format by
+//! `gridmesh_runtime::metrics`.
 
+use gridmesh_runtime::metrics::{Exposition, MetricKind};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A monotonically increasing counter.
@@ -39,7 +40,7 @@ pub struct Metrics {
 impl Metrics {
     /// The Prometheus text exposition, with the given gauges appended (`name`, help, value).
     pub fn encode(&self, gauges: &[(&str, &str, i64)]) -> String {
-        let mut out = String::new();
+        let mut out = Exposition::new();
         let counters = [
             (
                 "gridmesh_web_refreshes_total",
@@ -63,24 +64,22 @@ impl Metrics {
             ),
         ];
         for (name, help, c) in counters {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                c.get()
-            ));
+            out.single(name, MetricKind::Counter, help, c.get());
         }
-        let name = "gridmesh_web_upstream_errors_total";
-        out.push_str(&format!(
-            "# HELP {name} Refreshes in which an upstream service could not be read.\n# TYPE {name} counter\n\
-             {name}{{service=\"market\"}} {}\n{name}{{service=\"settlement\"}} {}\n",
-            self.upstream_errors_market.get(),
-            self.upstream_errors_settlement.get()
-        ));
+        out.family(
+            "gridmesh_web_upstream_errors_total",
+            MetricKind::Counter,
+            "Refreshes in which an upstream service could not be read.",
+        )
+        .sample(&[("service", "market")], self.upstream_errors_market.get())
+        .sample(
+            &[("service", "settlement")],
+            self.upstream_errors_settlement.get(),
+        );
         for (name, help, value) in gauges {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
-            ));
+            out.single(name, MetricKind::Gauge, help, value);
         }
-        out
+        out.finish()
     }
 }
 
