@@ -258,6 +258,7 @@ pub fn interval_result(
         Party::Utility => Counterparty::Utility,
     };
     IntervalResult {
+        envelopes: Vec::new(),
         interval,
         zone: zone.to_owned(),
         cleared_at,

@@ -33,6 +33,7 @@ async fn clears_at_gate_closure_and_publishes_everywhere() {
             root: NodeId::new("sub").unwrap(),
             branches: vec![],
             utility: UtilityTariff {
+                envelope_excess_price: Default::default(),
                 retail_price: Some(PricePerMwh(30_000)),
                 feed_in_price: Some(PricePerMwh(8_000)),
                 ..Default::default()

@@ -77,17 +77,20 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                     let utility = match utility_kind {
                         0 => UtilityTariff::default(),
                         1 => UtilityTariff {
+                            envelope_excess_price: Default::default(),
                             retail_price: Some(PricePerMwh(25_000)),
                             feed_in_price: Some(PricePerMwh(12_500)),
                             ..Default::default()
                         },
                         2 => UtilityTariff {
+                            envelope_excess_price: Default::default(),
                             retail_price: Some(PricePerMwh(25_000)),
                             feed_in_price: None,
                             import_limit_wh: Some(Wh(300)),
                             export_limit_wh: None,
                         },
                         _ => UtilityTariff {
+                            envelope_excess_price: Default::default(),
                             retail_price: None,
                             feed_in_price: Some(PricePerMwh(15_000)),
                             import_limit_wh: None,

@@ -37,6 +37,7 @@ fn network() -> Network {
         root: node("sub"),
         branches: vec![branch("f1", 50_000), branch("f2", 500)],
         utility: UtilityTariff {
+            envelope_excess_price: Default::default(),
             retail_price: Some(PricePerMwh(30_000)),
             feed_in_price: Some(PricePerMwh(8_000)),
             ..Default::default()

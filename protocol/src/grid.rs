@@ -36,6 +36,10 @@ pub struct UtilityTariff {
     /// Most energy per interval the utility takes from the root; `null` = unlimited.
     #[serde(default)]
     pub export_limit_wh: Option<Wh>,
+    /// What a household is paid per MWh of export beyond its operating envelope: 0 = nothing
+    /// (the default), negative = a penalty it pays. Such energy is never tokenized.
+    #[serde(default)]
+    pub envelope_excess_price: PricePerMwh,
 }
 
 /// A whole topology.
@@ -47,4 +51,27 @@ pub struct Network {
     pub branches: Vec<Branch>,
     /// The utility's tariffs and limits.
     pub utility: UtilityTariff,
+}
+
+/// An operator's time-ranged override of one branch's limits (a dynamic limit from the grid
+/// operator). While in force it replaces the branch's configured limits for clearing and
+/// envelopes; `null` keeps the configured limit for that direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitOverride {
+    /// The market's id for it (assigned on creation).
+    #[serde(default)]
+    pub id: i64,
+    /// The branch's child node.
+    pub node: NodeId,
+    /// In force from (inclusive; an interval is covered when it starts in `[from, until)`).
+    pub from: chrono::DateTime<chrono::Utc>,
+    /// In force until (exclusive).
+    pub until: chrono::DateTime<chrono::Utc>,
+    /// Import limit per interval while in force; `null` = keep the configured one.
+    pub import_limit_wh: Option<Wh>,
+    /// Export limit per interval while in force; `null` = keep the configured one.
+    pub export_limit_wh: Option<Wh>,
+    /// Why (shown to operators).
+    #[serde(default)]
+    pub reason: String,
 }

@@ -188,6 +188,11 @@ impl<'a> Reader<'a> {
         self.take::<32>()
     }
 
+    /// `N` reserved bytes (the caller checks they are zero).
+    pub fn take_reserved<const N: usize>(&mut self) -> [u8; N] {
+        self.take::<N>()
+    }
+
     /// One byte.
     pub fn u8(&mut self) -> u8 {
         self.take::<1>()[0]

@@ -13,6 +13,8 @@
 //!   them, and batch verification;
 //! - [`grid`], [`market`], [`registry`], [`topics`]: the network, clearing results, who may sign
 //!   what, and MQTT topic names;
+//! - [`envelope`]: operating envelopes per connection point and interval, signed results, and
+//!   what settlement measured against them;
 //! - [`keys`]: key files (generate, store with mode 0600, load, show the public key).
 //!
 //! # Example
@@ -36,6 +38,7 @@
 //! assert_eq!(verified, order);
 //! ```
 
+pub mod envelope;
 pub mod example;
 pub mod grid;
 pub mod ids;

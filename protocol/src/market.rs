@@ -98,6 +98,10 @@ pub struct IntervalResult {
     pub flows: Vec<BranchFlow>,
     /// Welfare in minor units.
     pub welfare: Money,
-    /// The topology and tariffs the interval was cleared with.
+    /// The topology and tariffs the interval was cleared with (operator limit overrides for
+    /// the interval already applied to the branches' limits).
     pub network: Network,
+    /// Every enrolled connection point's operating envelope for the interval.
+    #[serde(default)]
+    pub envelopes: Vec<crate::envelope::EnvelopeAllocation>,
 }

@@ -203,15 +203,22 @@ pub fn verify_batch(envelopes: &[&SignedEnvelope]) -> Result<(), SigningError> {
         .map_err(|_| SigningError::BadSignature)
 }
 
+/// Serde helper: bytes as standard base64 (signed payloads, exact body bytes).
+pub mod base64_vec {
+    pub use super::base64_bytes::{deserialize, serialize};
+}
+
 mod base64_bytes {
     use super::BASE64;
     use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Serialises bytes as base64.
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&BASE64.encode(bytes))
     }
 
+    /// Parses base64.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
         BASE64

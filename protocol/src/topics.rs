@@ -34,3 +34,25 @@ pub fn result(zone: &str, interval: &Interval) -> String {
 
 /// The filter for all results of all zones.
 pub const RESULTS_FILTER: &str = "gridmesh/results/#";
+
+/// A gateway's current operating envelope (retained, QoS 1, JSON [`SignedEnvelope`] of an
+/// [`OperatingEnvelope`]): the market republishes it for every interval it clears.
+///
+/// [`SignedEnvelope`]: crate::signing::SignedEnvelope
+/// [`OperatingEnvelope`]: crate::envelope::OperatingEnvelope
+pub fn envelope(gateway: &GatewayId) -> String {
+    format!("{ROOT}/envelopes/{gateway}")
+}
+
+/// The filter for every gateway's envelope.
+pub const ENVELOPES_FILTER: &str = "gridmesh/envelopes/+";
+
+/// A gateway's retained control status (JSON `protocol::envelope::ControlStatus`): the
+/// envelope in force, compliance so far and curtailed energy. Beside the online/offline
+/// [`gateway_status`] topic.
+pub fn gateway_control(gateway: &GatewayId) -> String {
+    format!("{ROOT}/gateways/{gateway}/control")
+}
+
+/// The filter for all gateways' control status.
+pub const GATEWAY_CONTROL_FILTER: &str = "gridmesh/gateways/+/control";

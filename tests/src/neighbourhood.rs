@@ -219,6 +219,7 @@ pub fn demo_network(feeders: usize, homes: usize) -> Network {
         root: NodeId::new("sub").expect("valid id"),
         branches,
         utility: UtilityTariff {
+            envelope_excess_price: Default::default(),
             retail_price: Some(PricePerMwh(30_000)),
             feed_in_price: Some(PricePerMwh(8_000)),
             import_limit_wh: None,

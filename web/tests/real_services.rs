@@ -33,6 +33,7 @@ async fn reads_the_real_market_and_settlement() {
             fee_per_mwh: None,
         }],
         utility: UtilityTariff {
+            envelope_excess_price: Default::default(),
             retail_price: Some(PricePerMwh(300_000)),
             feed_in_price: Some(PricePerMwh(80_000)),
             import_limit_wh: None,

@@ -67,6 +67,7 @@ fn book(n: usize, feeders: usize, seed: u64) -> (Topology, Vec<BookOrder>) {
         root: id("sub".into()),
         branches,
         utility: UtilityTariff {
+            envelope_excess_price: Default::default(),
             retail_price: Some(PricePerMwh(30_000)),
             feed_in_price: Some(PricePerMwh(8_000)),
             ..Default::default()

@@ -141,6 +141,7 @@ fn world(homes: usize, days: usize) -> World {
             }
         }
         results.push(IntervalResult {
+            envelopes: Vec::new(),
             interval,
             zone: "bench".into(),
             cleared_at: interval.start(),
@@ -155,6 +156,7 @@ fn world(homes: usize, days: usize) -> World {
                 root: NodeId::new("root").unwrap(),
                 branches: vec![],
                 utility: UtilityTariff {
+                    envelope_excess_price: Default::default(),
                     retail_price: Some(PricePerMwh(300_000)),
                     feed_in_price: Some(PricePerMwh(80_000)),
                     import_limit_wh: None,

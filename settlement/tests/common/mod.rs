@@ -149,6 +149,7 @@ pub const FEED_IN: PricePerMwh = PricePerMwh(80_000);
 
 pub fn result(interval: Interval, trades: Vec<Trade>) -> IntervalResult {
     IntervalResult {
+        envelopes: Vec::new(),
         interval,
         zone: "test".into(),
         cleared_at: interval.start() - chrono::Duration::minutes(5),
@@ -163,6 +164,7 @@ pub fn result(interval: Interval, trades: Vec<Trade>) -> IntervalResult {
             root: NodeId::new("root").unwrap(),
             branches: vec![],
             utility: UtilityTariff {
+                envelope_excess_price: Default::default(),
                 retail_price: Some(RETAIL),
                 feed_in_price: Some(FEED_IN),
                 import_limit_wh: None,

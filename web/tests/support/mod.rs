@@ -53,6 +53,7 @@ pub fn network() -> Network {
             b("h003", "f2", None, None),
         ],
         utility: UtilityTariff {
+            envelope_excess_price: Default::default(),
             retail_price: Some(PricePerMwh(300_000)),
             feed_in_price: Some(PricePerMwh(80_000)),
             import_limit_wh: Some(Wh(100_000)),
@@ -111,6 +112,7 @@ pub fn results(n: usize) -> Vec<IntervalResult> {
             price,
         };
         out.push(IntervalResult {
+            envelopes: Vec::new(),
             interval,
             zone: "test".into(),
             cleared_at: interval.start() - chrono::Duration::minutes(5),
