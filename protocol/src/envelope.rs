@@ -419,6 +419,30 @@ pub struct MeasuredFlows {
     pub branches: Vec<MeasuredBranchFlow>,
 }
 
+/// A home that exceeded its envelope in consecutive intervals (settlement's
+/// `GET /compliance/alerts`; raised from two intervals in a row).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvelopeAlert {
+    /// The gateway.
+    pub gateway: GatewayId,
+    /// The household.
+    pub participant: ParticipantId,
+    /// Its grid node.
+    pub node: NodeId,
+    /// The first interval of the run of violations.
+    pub first_interval: Interval,
+    /// The latest interval of the run.
+    pub last_interval: Interval,
+    /// Intervals in the run (≥ 2).
+    pub intervals: u32,
+    /// Σ export beyond the envelope over the run.
+    pub excess_export_wh: Wh,
+    /// Σ import beyond the envelope over the run.
+    pub excess_import_wh: Wh,
+    /// Whether the run is still going (its last interval is the latest settled one).
+    pub active: bool,
+}
+
 /// Where the envelope a gateway enforces came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
