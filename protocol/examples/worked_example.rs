@@ -1,6 +1,8 @@
 //! Prints the worked example of docs/protocol.md: key, canonical bytes and signatures.
 
-use gridmesh_protocol::example::{example_key, example_order, example_reading};
+use gridmesh_protocol::example::{
+    example_attestation, example_envelope, example_key, example_order, example_reading,
+};
 use gridmesh_protocol::signing::SignedEnvelope;
 
 fn main() {
@@ -30,4 +32,21 @@ fn main() {
     );
     println!("reading signature:\n{}", hex::encode(reading.signature));
     println!("reading sha256: {}", reading.digest_hex());
+    let envelope = SignedEnvelope::sign(&example_envelope(), &key);
+    println!(
+        "\nenvelope bytes ({}):\n{}",
+        envelope.payload.len(),
+        hex::encode(&envelope.payload)
+    );
+    println!("envelope signature:\n{}", hex::encode(envelope.signature));
+    let attestation = SignedEnvelope::sign(&example_attestation(), &key);
+    println!(
+        "\nresult attestation bytes ({}):\n{}",
+        attestation.payload.len(),
+        hex::encode(&attestation.payload)
+    );
+    println!(
+        "result attestation signature:\n{}",
+        hex::encode(attestation.signature)
+    );
 }

@@ -5,6 +5,7 @@
 //! document cannot drift from the code. `cargo run -p gridmesh-protocol --example worked_example`
 //! prints the values.
 
+use crate::envelope::{EnvelopeBasis, OperatingEnvelope, ResultAttestation};
 use crate::ids::{DeviceId, GatewayId, NodeId, ParticipantId};
 use crate::interval::Interval;
 use crate::keys::SigningKeyPair;
@@ -66,5 +67,37 @@ pub fn example_reading() -> Reading {
         },
         soc_permille: Some(655),
         flags: ReadingFlags::empty(),
+    }
+}
+
+/// The market of zone `demo` attests a result body for 12:15–12:30 UTC whose SHA-256 is the
+/// bytes 0x20 … 0x3f, cleared at 12:10:00 UTC.
+pub fn example_attestation() -> ResultAttestation {
+    let mut digest = [0u8; 32];
+    for (i, b) in digest.iter_mut().enumerate() {
+        *b = 0x20 + i as u8;
+    }
+    ResultAttestation {
+        zone: "demo".to_owned(),
+        interval: Interval::parse("2026-06-21T12:15:00Z", 15).expect("aligned"),
+        body_digest: digest,
+        cleared_at: Utc.timestamp_opt(1_782_043_800, 0).single().expect("valid"),
+    }
+}
+
+/// Gateway gw-h001 (household h001 on f1) may export at most 40 Wh (160 W on average) and
+/// import at most 2750 Wh (11 kW) in 12:15–12:30 UTC, computed from the result above.
+pub fn example_envelope() -> OperatingEnvelope {
+    OperatingEnvelope {
+        zone: "demo".to_owned(),
+        gateway: GatewayId::new("gw-h001").expect("valid"),
+        participant: ParticipantId::new("h001").expect("valid"),
+        node: NodeId::new("f1").expect("valid"),
+        interval: Interval::parse("2026-06-21T12:15:00Z", 15).expect("aligned"),
+        export_limit: Wh(40),
+        import_limit: Wh(2_750),
+        basis: EnvelopeBasis::Cleared,
+        result_digest: example_attestation().body_digest,
+        issued_at: Utc.timestamp_opt(1_782_043_801, 0).single().expect("valid"),
     }
 }

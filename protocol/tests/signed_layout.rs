@@ -1,7 +1,9 @@
 //! The canonical signed layout: round trips, RFC 8032 vectors, tamper detection and the worked
 //! example in docs/protocol.md.
 
-use gridmesh_protocol::example::{example_key, example_order, example_reading};
+use gridmesh_protocol::example::{
+    example_attestation, example_envelope, example_key, example_order, example_reading,
+};
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::layout::LayoutError;
 use gridmesh_protocol::order::{Order, OrderCancel, Side};
@@ -69,6 +71,8 @@ fn every_message_round_trips() {
         ..example_order()
     });
     assert_round_trip(example_reading());
+    assert_round_trip(example_envelope());
+    assert_round_trip(example_attestation());
     let mut reading = example_reading();
     reading.soc_permille = None;
     reading.flags = ReadingFlags::COUNTER_RESET.with(ReadingFlags::INTERPOLATED);
@@ -221,4 +225,22 @@ fn docs_worked_example_matches_the_code() {
     );
     let envelope: SignedEnvelope = serde_json::from_str(&block("example-order-envelope")).unwrap();
     assert_eq!(envelope, order);
+    let operating = SignedEnvelope::sign(&example_envelope(), &key);
+    assert_eq!(
+        block("example-envelope-bytes"),
+        hex::encode(&operating.payload)
+    );
+    assert_eq!(
+        block("example-envelope-signature"),
+        hex::encode(operating.signature)
+    );
+    let attestation = SignedEnvelope::sign(&example_attestation(), &key);
+    assert_eq!(
+        block("example-attestation-bytes"),
+        hex::encode(&attestation.payload)
+    );
+    assert_eq!(
+        block("example-attestation-signature"),
+        hex::encode(attestation.signature)
+    );
 }
