@@ -2,8 +2,10 @@
 //!
 //! Per step of `dt` seconds at time `t` (powers taken at `t`, held for the step):
 //!
-//! - `pv` = kWp × plane-of-array irradiance / 1000 × 0.86 (losses) × cloud factor, clipped to the
-//!   inverter's AC rating;
+//! - `pv_available` = kWp × plane-of-array irradiance / 1000 × 0.86 (losses) × cloud factor,
+//!   clipped to the inverter's AC rating; `pv` = `pv_available`, or min(`pv_available`,
+//!   WMaxLimPct × rating) while a SunSpec model 123 power limit is enabled and not reverted
+//!   ([`PvControl`]); the difference is counted as curtailed energy;
 //! - `load` from the household profile;
 //! - `battery` (AC side, + = discharge) from the controller in [`BatteryControl`], limited by the
 //!   power rating, the state of charge (reserve .. 100 %) and split efficiency
@@ -13,7 +15,8 @@
 //!
 //! Energy is integrated in f64 Wh accumulators; the device counters are their floors, so they
 //! only grow, and `load = pv + import − export + discharge − charge` holds at every step to
-//! floating-point precision. The floors at every 5-minute boundary are kept as ground truth.
+//! floating-point precision. The floors at every 5-minute boundary (and the battery's stored
+//! energy there) are kept as ground truth.
 
 use crate::faults::{DeviceKind, Fault};
 use crate::scenario::HomeParams;
@@ -24,7 +27,11 @@ use std::collections::VecDeque;
 /// Seconds between ground-truth snapshots (the finest interval length).
 pub const SNAPSHOT_SECONDS: i64 = 300;
 
-/// The five cumulative energies of a home in Wh (f64, exact integration).
+/// How many cumulative energies the ground truth keeps per snapshot: the five device counters
+/// (see [`Energies::floors`]) then available and curtailed PV.
+pub const TRUTH_COUNTERS: usize = 7;
+
+/// The cumulative energies of a home in Wh (f64, exact integration).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Energies {
     /// Grid import.
@@ -39,6 +46,10 @@ pub struct Energies {
     pub battery_discharge: f64,
     /// Household consumption (not a device counter; for conservation checks).
     pub load: f64,
+    /// PV the sun offered (before any power limit; not a device counter).
+    pub pv_available: f64,
+    /// PV withheld by the model 123 power limit: `pv_available − pv` (not a device counter).
+    pub pv_curtailed: f64,
 }
 
 impl Energies {
@@ -53,6 +64,96 @@ impl Energies {
             self.battery_discharge.floor() as u64,
         ]
     }
+
+    /// What the ground truth keeps: the five device counters of [`Energies::floors`], then the
+    /// floors of available and curtailed PV.
+    pub fn truth_floors(&self) -> [u64; TRUTH_COUNTERS] {
+        let f = self.floors();
+        [
+            f[0],
+            f[1],
+            f[2],
+            f[3],
+            f[4],
+            self.pv_available.floor() as u64,
+            self.pv_curtailed.floor() as u64,
+        ]
+    }
+}
+
+/// The inverter's SunSpec model 123 "Immediate Controls" power limit, as written over Modbus.
+///
+/// While `enabled` = 1 and not reverted, PV output is at most `WMaxLimPct` × the inverter's
+/// rated W. Time windows and ramps (`WinTms`, `RmpTms`) are stored and shown but not simulated:
+/// a limit acts at the next physics step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PvControl {
+    /// WMaxLimPct as a register value: tenths of a percent of the rated W (WMaxLimPct_SF = −1).
+    pub limit_tenths_pct: u16,
+    /// WMaxLimPct_WinTms, seconds (stored only).
+    pub window_seconds: u16,
+    /// WMaxLimPct_RvrtTms: seconds after the last write of WMaxLimPct or WMaxLim_Ena at which
+    /// the limit is dropped (0 = never).
+    pub revert_seconds: u16,
+    /// WMaxLimPct_RmpTms, seconds (stored only).
+    pub ramp_seconds: u16,
+    /// WMaxLim_Ena: 0 disabled, 1 enabled.
+    pub enabled: u16,
+    /// Device-clock Unix time of the last accepted write of WMaxLimPct or WMaxLim_Ena.
+    pub last_write: i64,
+}
+
+impl PvControl {
+    /// The state after power-up: 100 %, disabled, no revert timer.
+    pub fn new(time: i64) -> Self {
+        PvControl {
+            limit_tenths_pct: 1000,
+            window_seconds: 0,
+            revert_seconds: 0,
+            ramp_seconds: 0,
+            enabled: 0,
+            last_write: time,
+        }
+    }
+
+    /// Whether the revert timer has run out at device time `t`.
+    pub fn reverted(&self, t: i64) -> bool {
+        self.revert_seconds > 0 && t - self.last_write >= self.revert_seconds as i64
+    }
+
+    /// Whether the limit is in force at device time `t`: enabled and not reverted.
+    pub fn active(&self, t: i64) -> bool {
+        self.enabled == 1 && !self.reverted(t)
+    }
+
+    /// The limit in percent of the rated W.
+    pub fn limit_pct(&self) -> f64 {
+        self.limit_tenths_pct as f64 / 10.0
+    }
+}
+
+/// One home's ground truth over an interval (see [`Home::truth_between`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TruthSpan {
+    /// Counter increases in Wh: import, export, pv, charge, discharge, pv available,
+    /// pv curtailed.
+    pub counters: [u64; TRUTH_COUNTERS],
+    /// Energy stored in the battery (DC side) at the start, Wh.
+    pub stored_start_wh: f64,
+    /// Energy stored in the battery (DC side) at the end, Wh.
+    pub stored_end_wh: f64,
+    /// The most AC-side energy the battery could have absorbed over the interval from its
+    /// state at the start: min(rated W × duration, room up to the upper SoC limit ÷ √η), Wh.
+    pub headroom_wh: f64,
+}
+
+/// A ground-truth snapshot at a 5-minute boundary.
+#[derive(Debug, Clone, Copy)]
+struct Snapshot {
+    time: i64,
+    counters: [u64; TRUTH_COUNTERS],
+    stored_wh: f64,
+    room_wh: f64,
 }
 
 /// Battery set-points written over Modbus (models 124 and 802).
@@ -117,8 +218,10 @@ impl ChargeState {
 /// Instantaneous powers in W.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Powers {
-    /// PV production (≥ 0).
+    /// PV production (≥ 0), after any power limit.
     pub pv_w: f64,
+    /// PV the sun offers (≥ 0, ≥ `pv_w`): production without a power limit.
+    pub pv_available_w: f64,
     /// Household load (≥ 0).
     pub load_w: f64,
     /// Battery AC power, + = discharge.
@@ -164,6 +267,8 @@ pub struct DeviceValues {
     pub charge_state: ChargeState,
     /// Battery controls.
     pub control: BatteryControl,
+    /// Inverter power limit (model 123).
+    pub pv_control: PvControl,
     /// Heartbeat (802 Hb): simulated seconds modulo 65536.
     pub heartbeat: u16,
     /// Full equivalent cycles.
@@ -190,13 +295,15 @@ pub struct Home {
     pub initial_stored_wh: f64,
     /// Battery controls.
     pub control: BatteryControl,
+    /// Inverter power limit (model 123).
+    pub pv_control: PvControl,
     /// Fault state per device (index = [`DeviceKind::index`]).
     pub faults: [DeviceFaults; 3],
     /// What the counters showed when the simulation started (devices are not new), in the
     /// order import, export, pv, charge, discharge. Never 0, which SunSpec reads as "not
     /// implemented" for acc32.
     pub base: [u64; 5],
-    truth: VecDeque<(i64, [u64; 5])>,
+    truth: VecDeque<Snapshot>,
     truth_capacity: usize,
 }
 
@@ -230,6 +337,7 @@ impl Home {
             stored_wh: stored,
             initial_stored_wh: stored,
             control,
+            pv_control: PvControl::new(time),
             faults: Default::default(),
             base: match start_counters {
                 Some(counters) => counters.map(|wh| wh.max(1)),
@@ -243,9 +351,24 @@ impl Home {
         };
         home.powers = home.powers_at(time, 1.0);
         if time.rem_euclid(SNAPSHOT_SECONDS) == 0 {
-            home.truth.push_back((time, home.energy.floors()));
+            home.truth.push_back(home.snapshot());
         }
         home
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            time: self.time,
+            counters: self.energy.truth_floors(),
+            stored_wh: self.stored_wh,
+            room_wh: if self.params.has_battery() {
+                (self.capacity_wh() * self.control.max_soc_pct.clamp(0.0, 100.0) / 100.0
+                    - self.stored_wh)
+                    .max(0.0)
+            } else {
+                0.0
+            },
+        }
     }
 
     fn capacity_wh(&self) -> f64 {
@@ -269,11 +392,16 @@ impl Home {
     /// over the step).
     fn powers_at(&self, t: i64, dt: f64) -> Powers {
         let p = &self.params;
-        let pv_w = if p.has_pv() {
+        let pv_available_w = if p.has_pv() {
             let poa = weather::clear_sky_poa(t, p.latitude, p.longitude, p.tilt_deg, p.azimuth_deg);
             (p.pv_kwp * poa * 0.86 * weather::cloud_factor(self.seed, t)).min(p.inverter_w as f64)
         } else {
             0.0
+        };
+        let pv_w = if self.pv_control.active(t) {
+            pv_available_w.min(self.pv_control.limit_pct() / 100.0 * p.inverter_w as f64)
+        } else {
+            pv_available_w
         };
         let load_w =
             weather::household_load(self.seed, p.index as u64, p.annual_load_kwh, t, p.longitude);
@@ -284,6 +412,7 @@ impl Home {
         };
         Powers {
             pv_w,
+            pv_available_w,
             load_w,
             battery_w,
             grid_w: load_w - pv_w - battery_w,
@@ -344,6 +473,8 @@ impl Home {
         let eta = self.efficiency();
         let e = &mut self.energy;
         e.pv += p.pv_w * hours;
+        e.pv_available += p.pv_available_w * hours;
+        e.pv_curtailed += (p.pv_available_w - p.pv_w) * hours;
         e.load += p.load_w * hours;
         if p.grid_w >= 0.0 {
             e.grid_import += p.grid_w * hours;
@@ -364,7 +495,11 @@ impl Home {
             if self.truth.len() == self.truth_capacity {
                 self.truth.pop_front();
             }
-            self.truth.push_back((self.time, self.energy.floors()));
+            self.truth.push_back(self.snapshot());
+        }
+        if self.pv_control.enabled == 1 && self.pv_control.reverted(self.time) {
+            self.pv_control.enabled = 0;
+            tracing::debug!(home = %self.params.id, "PV power limit reverted (WMaxLimPct_RvrtTms ran out)");
         }
         if self.control.revert_seconds > 0
             && self.time - self.control.last_write >= self.control.revert_seconds as i64
@@ -389,25 +524,37 @@ impl Home {
         steps
     }
 
-    /// The true counter increase over `[start, end)` in Wh (import, export, pv, charge,
-    /// discharge), if both boundaries are in the history.
-    pub fn truth_between(&self, start: i64, end: i64) -> Option<[u64; 5]> {
-        let first = self.truth.front()?.0;
-        let at = |t: i64| -> Option<[u64; 5]> {
+    /// The ground truth over `[start, end)`: counter increases in Wh (import, export, pv,
+    /// charge, discharge, pv available, pv curtailed) and the battery's state, if both
+    /// boundaries are in the history.
+    pub fn truth_between(&self, start: i64, end: i64) -> Option<TruthSpan> {
+        let first = self.truth.front()?.time;
+        let at = |t: i64| -> Option<Snapshot> {
             if t < first || (t - first) % SNAPSHOT_SECONDS != 0 {
                 return None;
             }
             let entry = self.truth.get(((t - first) / SNAPSHOT_SECONDS) as usize)?;
-            (entry.0 == t).then_some(entry.1)
+            (entry.time == t).then_some(*entry)
         };
         let a = at(start)?;
         let b = at(end)?;
-        Some(std::array::from_fn(|i| b[i] - a[i]))
+        let hours = (end - start) as f64 / 3600.0;
+        let headroom_wh = if self.params.has_battery() {
+            (self.params.battery_w as f64 * hours).min(a.room_wh / self.efficiency())
+        } else {
+            0.0
+        };
+        Some(TruthSpan {
+            counters: std::array::from_fn(|i| b.counters[i] - a.counters[i]),
+            stored_start_wh: a.stored_wh,
+            stored_end_wh: b.stored_wh,
+            headroom_wh,
+        })
     }
 
     /// The oldest and newest ground-truth boundary kept.
     pub fn truth_range(&self) -> Option<(i64, i64)> {
-        Some((self.truth.front()?.0, self.truth.back()?.0))
+        Some((self.truth.front()?.time, self.truth.back()?.time))
     }
 
     /// The charge state as SunSpec's ChaSt.
@@ -448,6 +595,7 @@ impl Home {
             soc_pct: self.soc_pct(),
             charge_state: self.charge_state(),
             control: self.control,
+            pv_control: self.pv_control,
             heartbeat: (self.time.rem_euclid(65_536)) as u16,
             cycles,
         }
@@ -539,14 +687,19 @@ mod tests {
         assert!(e.battery_charge > 1_000.0, "{e:?}");
         // Ground truth: 288 five-minute slots summing to the floors.
         let start = h.time - 86_400;
-        let day = h.truth_between(start, h.time).unwrap();
-        assert_eq!(day, h.energy.floors());
-        let mut sum = [0u64; 5];
+        let day = h.truth_between(start, h.time).unwrap().counters;
+        assert_eq!(day, h.energy.truth_floors());
+        assert_eq!(day[..5], h.energy.floors());
+        // No limit was written: nothing curtailed, available = produced.
+        assert_eq!(day[6], 0);
+        assert_eq!(day[5], day[2]);
+        let mut sum = [0u64; TRUTH_COUNTERS];
         for k in 0..96 {
             let q = h
                 .truth_between(start + k * 900, start + (k + 1) * 900)
-                .unwrap();
-            for i in 0..5 {
+                .unwrap()
+                .counters;
+            for i in 0..TRUTH_COUNTERS {
                 sum[i] += q[i];
             }
         }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 /// Renders every metric in the Prometheus text exposition format.
 pub fn render(sim: &Simulator) -> String {
     let s = &sim.shared.stats;
+    let (curtailed_wh, limits_active) = sim.pv_curtailment();
     let mut out = Exposition::new();
     let mut metric = |name: &str, kind: MetricKind, help: &str, value: f64| {
         out.single(name, kind, help, value);
@@ -64,6 +65,18 @@ pub fn render(sim: &Simulator) -> String {
         MetricKind::Gauge,
         "Lasting faults now active.",
         sim.faults().len() as f64,
+    );
+    metric(
+        "gridmesh_sim_pv_curtailed_wh_total",
+        MetricKind::Counter,
+        "PV energy withheld by inverter power limits (SunSpec model 123), all homes, Wh.",
+        curtailed_wh as f64,
+    );
+    metric(
+        "gridmesh_sim_pv_limits_active",
+        MetricKind::Gauge,
+        "Inverters whose model 123 power limit is enabled and not reverted.",
+        limits_active as f64,
     );
     out.finish()
 }

@@ -1,11 +1,14 @@
 //! Modbus TCP: one tokio-modbus server per home, three SunSpec devices behind it by unit id.
 //!
 //! Requests: function 3 (read holding registers) on any device; functions 6 and 16 (write) on
-//! the battery's writable points of models 124 and 802. Answers follow the Modbus rules:
+//! the battery's writable points of models 124 and 802 and the inverter's power limit in model
+//! 123 (`WMaxLimPct`, `WMaxLim_Ena` and their `WinTms`/`RvrtTms`/`RmpTms`). Answers follow the
+//! Modbus rules:
 //! a read of 0 or more than 125 registers → IllegalDataValue (3); addresses outside the
 //! device's map, or a write to a read-only point → IllegalDataAddress (2); other function
-//! codes → IllegalFunction (1); a unit id other than 1–3, or a device the home does not have →
-//! GatewayTargetDevice (0x0B). Faults (see [`crate::faults`]) are applied per device.
+//! codes → IllegalFunction (1); a value out of range (a limit above 100 %, an enum that is not
+//! 0 or 1, the "not implemented" 0xFFFF as a time) → IllegalDataValue (3); a unit id other than
+//! 1–3, or a device the home does not have → GatewayTargetDevice (0x0B). Faults (see [`crate::faults`]) are applied per device.
 
 use crate::faults::{DeviceKind, Fault};
 use crate::scenario::device_for_unit;
@@ -212,7 +215,9 @@ impl DeviceService {
     }
 }
 
-/// Validates and applies a write to writable points; all or nothing.
+/// Validates and applies a write to writable points; all or nothing. A write of 123
+/// `WMaxLimPct` or `WMaxLim_Ena` restarts the power limit's revert timer; any battery write
+/// restarts the battery's.
 fn write(
     home: &mut crate::home::Home,
     kind: DeviceKind,
@@ -224,6 +229,8 @@ fn write(
         return Err(ExceptionCode::IllegalDataAddress);
     }
     let mut control = home.control;
+    let mut pv = home.pv_control;
+    let mut pv_timer = false;
     for (i, &value) in values.iter().enumerate() {
         let offset = address - BASE_ADDRESS + i as u16;
         let Some((model, name, slot)) = layout.point_at(offset) else {
@@ -280,11 +287,44 @@ fn write(
                 (1..=3).contains(&value)
             }
             (802, "CtrlHb") | (802, "AlmRst") => true,
+            (123, "WMaxLimPct") => {
+                pv.limit_tenths_pct = value;
+                pv_timer = true;
+                // 100.0 % at WMaxLimPct_SF = -1.
+                value <= 1000
+            }
+            (123, "WMaxLim_Ena") => {
+                pv.enabled = value;
+                pv_timer = true;
+                value <= 1
+            }
+            (123, "WMaxLimPct_WinTms") => {
+                pv.window_seconds = value;
+                value != 0xFFFF
+            }
+            (123, "WMaxLimPct_RvrtTms") => {
+                pv.revert_seconds = value;
+                value != 0xFFFF
+            }
+            (123, "WMaxLimPct_RmpTms") => {
+                pv.ramp_seconds = value;
+                value != 0xFFFF
+            }
             _ => false,
         };
         if !ok {
             return Err(ExceptionCode::IllegalDataValue);
         }
+    }
+    if kind == DeviceKind::Inverter {
+        if pv_timer {
+            pv.last_write = home.time;
+        }
+        if pv != home.pv_control {
+            tracing::debug!(home = %home.params.id, limit_pct = pv.limit_pct(), enabled = pv.enabled, revert_seconds = pv.revert_seconds, "PV power limit written");
+        }
+        home.pv_control = pv;
+        return Ok(());
     }
     if control.reserve_pct > control.max_soc_pct {
         return Err(ExceptionCode::IllegalDataValue);

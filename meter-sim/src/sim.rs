@@ -1,7 +1,7 @@
 //! The running simulator: homes behind locks, the physics task, faults and ground truth.
 
 use crate::faults::{DeviceKind, Fault};
-use crate::home::{ActiveFault, Home};
+use crate::home::{ActiveFault, Home, TruthSpan};
 use crate::manifest::{Manifest, ManifestDevice, ManifestHome, MqttEndpoint};
 use crate::scenario::{
     HomeParams, MeterFlavour, PvFlavour, Scenario, ScenarioError, ScheduledFault,
@@ -65,30 +65,59 @@ pub enum SimError {
 }
 
 /// The true energy of one home over one interval, in Wh: exactly the increase of the device
-/// counters (before any counter-reset fault) between the interval's boundaries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// counters (before any counter-reset fault) between the interval's boundaries, plus what the
+/// devices do not count: the PV the sun offered, the PV the model 123 power limit withheld, and
+/// the battery's state.
+///
+/// `pv_available − pv − pv_curtailed` is within ±1 Wh (each is the difference of two floors of
+/// exact accumulators). To tell whether the battery took the surplus before PV was curtailed,
+/// compare `battery_charge` with `battery_headroom` (the most it could have taken).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrueEnergy {
     /// Grid meter import.
     pub grid_import: Wh,
     /// Grid meter export.
     pub grid_export: Wh,
-    /// PV inverter production.
+    /// PV inverter production (after any power limit).
     pub pv: Wh,
-    /// Battery charge.
+    /// Battery charge (AC side).
     pub battery_charge: Wh,
-    /// Battery discharge.
+    /// Battery discharge (AC side).
     pub battery_discharge: Wh,
+    /// PV the sun offered: what the inverter would have produced without a power limit.
+    #[serde(default)]
+    pub pv_available: Wh,
+    /// PV withheld by the power limit (available − produced).
+    #[serde(default)]
+    pub pv_curtailed: Wh,
+    /// Energy stored in the battery at the interval's start (DC side, floor; 0 without one).
+    #[serde(default)]
+    pub battery_stored_start: Wh,
+    /// Energy stored in the battery at the interval's end (DC side, floor; 0 without one).
+    #[serde(default)]
+    pub battery_stored_end: Wh,
+    /// The most AC-side energy the battery could have absorbed in the interval from its state
+    /// at the start: min(rated power × duration, room up to its upper SoC limit ÷ √round-trip
+    /// efficiency), floor; 0 without a battery. Charge well below this while PV was curtailed
+    /// means the battery did not take the surplus first.
+    #[serde(default)]
+    pub battery_headroom: Wh,
 }
 
 impl TrueEnergy {
-    fn from_array(a: [u64; 5]) -> Self {
-        let w = |i: usize| Wh(a[i] as i64);
+    fn from_span(span: &TruthSpan) -> Self {
+        let w = |i: usize| Wh(span.counters[i] as i64);
         TrueEnergy {
             grid_import: w(0),
             grid_export: w(1),
             pv: w(2),
             battery_charge: w(3),
             battery_discharge: w(4),
+            pv_available: w(5),
+            pv_curtailed: w(6),
+            battery_stored_start: Wh(span.stored_start_wh.floor() as i64),
+            battery_stored_end: Wh(span.stored_end_wh.floor() as i64),
+            battery_headroom: Wh(span.headroom_wh.floor() as i64),
         }
     }
 
@@ -115,8 +144,15 @@ pub struct HomeStatus {
     pub port: u16,
     /// The home's device-clock time.
     pub device_time: DateTime<Utc>,
-    /// PV power in W.
+    /// PV power in W (after any power limit).
     pub pv_w: i64,
+    /// PV power the sun offers now in W (what the inverter would produce without a limit).
+    #[serde(default)]
+    pub pv_available_w: i64,
+    /// The inverter's model 123 power limit in percent of its rated W while it is enabled and
+    /// not reverted; `None` when PV runs unlimited.
+    #[serde(default)]
+    pub pv_limit_pct: Option<f64>,
     /// Household load in W.
     pub load_w: i64,
     /// Battery power in W (+ = discharge).
@@ -471,7 +507,8 @@ impl Simulator {
         }
         let h = self.shared.home(i);
         h.truth_between(interval.start_unix(), interval.end().timestamp())
-            .map(TrueEnergy::from_array)
+            .as_ref()
+            .map(TrueEnergy::from_span)
     }
 
     /// What a home's registers show right now (after reset offsets, honouring freezes): the
@@ -536,6 +573,19 @@ impl Simulator {
         out
     }
 
+    /// PV curtailment over all homes: the energy withheld by power limits since start (Wh,
+    /// sum of floors) and how many inverters have a limit in force now.
+    pub fn pv_curtailment(&self) -> (u64, usize) {
+        let mut wh = 0;
+        let mut active = 0;
+        for mutex in &self.shared.homes {
+            let h = mutex.lock().unwrap_or_else(|p| p.into_inner());
+            wh += h.energy.pv_curtailed.floor() as u64;
+            active += usize::from(h.pv_control.active(h.time));
+        }
+        (wh, active)
+    }
+
     /// Simulated time and every home's power flows.
     pub fn status(&self) -> Status {
         let mut totals = Totals::default();
@@ -558,6 +608,11 @@ impl Simulator {
                     port: self.shared.addrs[i].map(|a| a.port()).unwrap_or(0),
                     device_time: DateTime::from_timestamp(h.time, 0).unwrap_or_default(),
                     pv_w: pw.pv_w.round() as i64,
+                    pv_available_w: pw.pv_available_w.round() as i64,
+                    pv_limit_pct: h
+                        .pv_control
+                        .active(h.time)
+                        .then(|| h.pv_control.limit_pct()),
                     load_w: pw.load_w.round() as i64,
                     battery_w: pw.battery_w.round() as i64,
                     grid_w: pw.grid_w.round() as i64,

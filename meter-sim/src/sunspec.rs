@@ -8,7 +8,7 @@
 //!
 //! | unit | device | models |
 //! |---|---|---|
-//! | 1 | inverter | 1, 103 (WH = PV energy, acc32 Wh, WH_SF 0) |
+//! | 1 | inverter | 1, 103 (WH = PV energy, acc32 Wh, WH_SF 0), 123 (power limit: WMaxLimPct, SF −1) |
 //! | 2 | battery | 1, 124, 802, 701 (TotWhAbs = charge Wh, TotWhInj = discharge Wh, uint64, TotWh_SF 0) |
 //! | 3 | meter | 1, 203 (TotWhImp/TotWhExp acc32 Wh, TotWh_SF 0) |
 
@@ -156,6 +156,47 @@ pub static MODEL_103: ModelDef = ModelDef {
     ],
     writable: &[],
 };
+
+/// Immediate inverter controls (the PV power limit).
+pub static MODEL_123: ModelDef = ModelDef {
+    id: 123,
+    points: &[
+        ("Conn_WinTms", U16),
+        ("Conn_RvrtTms", U16),
+        ("Conn", Enum16),
+        ("WMaxLimPct", U16),
+        ("WMaxLimPct_WinTms", U16),
+        ("WMaxLimPct_RvrtTms", U16),
+        ("WMaxLimPct_RmpTms", U16),
+        ("WMaxLim_Ena", Enum16),
+        ("OutPFSet", I16),
+        ("OutPFSet_WinTms", U16),
+        ("OutPFSet_RvrtTms", U16),
+        ("OutPFSet_RmpTms", U16),
+        ("OutPFSet_Ena", Enum16),
+        ("VArWMaxPct", I16),
+        ("VArMaxPct", I16),
+        ("VArAvalPct", I16),
+        ("VArPct_WinTms", U16),
+        ("VArPct_RvrtTms", U16),
+        ("VArPct_RmpTms", U16),
+        ("VArPct_Mod", Enum16),
+        ("VArPct_Ena", Enum16),
+        ("WMaxLimPct_SF", Sf),
+        ("OutPFSet_SF", Sf),
+        ("VArPct_SF", Sf),
+    ],
+    writable: &[
+        "WMaxLimPct",
+        "WMaxLimPct_WinTms",
+        "WMaxLimPct_RvrtTms",
+        "WMaxLimPct_RmpTms",
+        "WMaxLim_Ena",
+    ],
+};
+
+/// The scale factor of 123 `WMaxLimPct`: tenths of a percent.
+pub const WMAX_LIM_PCT_SF: i16 = -1;
 
 /// Basic storage controls.
 pub static MODEL_124: ModelDef = ModelDef {
@@ -430,7 +471,7 @@ pub static MODEL_802: ModelDef = ModelDef {
 
 /// The models of a device, in map order (after the "SunS" marker).
 pub fn models(kind: DeviceKind) -> &'static [&'static ModelDef] {
-    static INVERTER: [&ModelDef; 2] = [&MODEL_1, &MODEL_103];
+    static INVERTER: [&ModelDef; 3] = [&MODEL_1, &MODEL_103, &MODEL_123];
     static BATTERY: [&ModelDef; 4] = [&MODEL_1, &MODEL_124, &MODEL_802, &MODEL_701];
     static METER: [&ModelDef; 2] = [&MODEL_1, &MODEL_203];
     match kind {
@@ -686,6 +727,15 @@ pub fn render(kind: DeviceKind, id: &Identity<'_>, v: &DeviceValues) -> Vec<u16>
             img.set(103, "St", if w > 0.0 { 4 } else { 2 }); // MPPT or SLEEPING
             img.set(103, "Evt1", 0);
             img.set(103, "Evt2", 0);
+            // 123 immediate controls: the power limit; the rest is not implemented.
+            let c = &v.pv_control;
+            img.set(123, "Conn", 1); // CONNECT
+            img.set(123, "WMaxLimPct_SF", WMAX_LIM_PCT_SF as i64);
+            img.set(123, "WMaxLimPct", c.limit_tenths_pct as i64);
+            img.set(123, "WMaxLimPct_WinTms", c.window_seconds as i64);
+            img.set(123, "WMaxLimPct_RvrtTms", c.revert_seconds as i64);
+            img.set(123, "WMaxLimPct_RmpTms", c.ramp_seconds as i64);
+            img.set(123, "WMaxLim_Ena", c.active(v.time) as i64);
         }
         DeviceKind::Meter => {
             let w = p.grid_w;
@@ -840,6 +890,7 @@ mod tests {
     fn lengths_match_the_standard() {
         assert_eq!(MODEL_1.length(), 66);
         assert_eq!(MODEL_103.length(), 50);
+        assert_eq!(MODEL_123.length(), 24);
         assert_eq!(MODEL_124.length(), 24);
         assert_eq!(MODEL_203.length(), 105);
         assert_eq!(MODEL_802.length(), 62);
@@ -849,7 +900,20 @@ mod tests {
     #[test]
     fn key_offsets() {
         let inv = Layout::of(DeviceKind::Inverter);
-        assert_eq!(inv.model_offsets, vec![(1, 2), (103, 70)]);
+        assert_eq!(inv.model_offsets, vec![(1, 2), (103, 70), (123, 122)]);
+        for (name, offset) in [
+            ("Conn", 4),
+            ("WMaxLimPct", 5),
+            ("WMaxLimPct_RvrtTms", 7),
+            ("WMaxLim_Ena", 9),
+            ("OutPFSet", 10),
+            ("VArPct_Ena", 22),
+            ("WMaxLimPct_SF", 23),
+            ("VArPct_SF", 25),
+        ] {
+            assert_eq!(inv.point(123, name).unwrap().offset, 122 + offset, "{name}");
+        }
+        assert_eq!(inv.len(), 122 + 26 + 2);
         assert_eq!(inv.point(103, "W").unwrap().offset, 70 + 14);
         assert_eq!(inv.point(103, "WH").unwrap().offset, 70 + 24);
         assert_eq!(inv.point(103, "St").unwrap().offset, 70 + 38);

@@ -56,7 +56,7 @@ async fn status_manifest_truth_faults_and_metrics() {
     assert_eq!(device["kind"], "inverter");
     assert_eq!(device["host"], "127.0.0.1");
     assert_eq!(device["unit"], 1);
-    assert_eq!(device["models"], serde_json::json!([1, 103]));
+    assert_eq!(device["models"], serde_json::json!([1, 103, 123]));
 
     // Ground truth: 404 with a reason until the interval has passed, then the exact values.
     let (code, body) = call(

@@ -21,7 +21,7 @@ async fn discovery_finds_the_models_on_the_documented_units() {
             let ids: Vec<u16> = discover(&mut ctx).await.iter().map(|m| m.id).collect();
             assert_eq!(ids, device.models, "{} {}", home.id, device.kind);
             let expected: &[u16] = match device.kind {
-                DeviceKind::Inverter => &[1, 103],
+                DeviceKind::Inverter => &[1, 103, 123],
                 DeviceKind::Battery => &[1, 124, 802, 701],
                 DeviceKind::Meter => &[1, 203],
             };
@@ -318,13 +318,7 @@ async fn counters_at_speed_3600_advance_by_the_integrated_energy() {
     };
     let sum = |from: gridmesh_protocol::Interval, to: gridmesh_protocol::Interval| {
         let mut i = from;
-        let mut total = meter_sim::TrueEnergy {
-            grid_import: Default::default(),
-            grid_export: Default::default(),
-            pv: Default::default(),
-            battery_charge: Default::default(),
-            battery_discharge: Default::default(),
-        };
+        let mut total = meter_sim::TrueEnergy::default();
         while i.start() <= to.start() {
             let g = sim
                 .ground_truth("h001", &i)
