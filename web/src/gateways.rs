@@ -5,14 +5,18 @@
 //! - the signed readings gateways publish on `gridmesh/readings/<id>`, observed with a clean
 //!   session of its own (settlement's persistent session is unaffected). Each is verified
 //!   (ed25519) before its interval deltas count toward a home's generation and consumption;
-//!   a gateway that publishes a reading is also known to be online.
+//!   a gateway that publishes a reading is also known to be online;
+//! - every gateway's retained control status on `gridmesh/gateways/<id>/control`
+//!   ([`ControlStatus`]: the envelope in force, where it came from, curtailed energy), which the
+//!   Grid page sums per branch.
 
 use crate::hub::Hub;
 use crate::snapshot::GatewayLiveness;
 use chrono::Utc;
+use gridmesh_protocol::envelope::ControlStatus;
 use gridmesh_protocol::reading::{Reading, Registers};
 use gridmesh_protocol::signing::SignedEnvelope;
-use gridmesh_protocol::topics::{GATEWAY_STATUS_FILTER, READINGS_FILTER};
+use gridmesh_protocol::topics::{GATEWAY_CONTROL_FILTER, GATEWAY_STATUS_FILTER, READINGS_FILTER};
 use gridmesh_runtime::mqtt::{MqttError, MqttSession, MqttSettings};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +24,101 @@ use tokio_util::sync::CancellationToken;
 
 /// The gateway id in a status topic, if it is one.
 pub fn gateway_of(topic: &str) -> Option<&str> {
+    gateway_topic(topic, "/status")
+}
+
+/// The gateway id in a control-status topic (`gridmesh/gateways/<id>/control`), if it is one.
+pub fn control_gateway_of(topic: &str) -> Option<&str> {
+    gateway_topic(topic, "/control")
+}
+
+fn gateway_topic<'a>(topic: &'a str, suffix: &str) -> Option<&'a str> {
     let rest = topic.strip_prefix("gridmesh/gateways/")?;
-    let id = rest.strip_suffix("/status")?;
+    let id = rest.strip_suffix(suffix)?;
     (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// Why a control-status message was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlMessageError {
+    /// The payload is not a `protocol::envelope::ControlStatus` document.
+    #[error("control status on {topic} is not a ControlStatus document: {reason}")]
+    Malformed {
+        /// The topic.
+        topic: String,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The payload names another gateway than its topic.
+    #[error("control status on {topic} names gateway {named}; only a gateway's own topic counts")]
+    WrongGateway {
+        /// The topic.
+        topic: String,
+        /// The gateway the payload names.
+        named: String,
+    },
+}
+
+/// Records (or, for an empty retained payload, forgets) one gateway's control status.
+pub fn record_control(
+    snap: &mut crate::snapshot::Snapshot,
+    topic: &str,
+    gateway: &str,
+    payload: &[u8],
+) -> Result<(), ControlMessageError> {
+    if payload.is_empty() {
+        snap.control.remove(gateway);
+        return Ok(());
+    }
+    let status: ControlStatus =
+        serde_json::from_slice(payload).map_err(|e| ControlMessageError::Malformed {
+            topic: topic.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if status.gateway.as_str() != gateway {
+        return Err(ControlMessageError::WrongGateway {
+            topic: topic.to_owned(),
+            named: status.gateway.to_string(),
+        });
+    }
+    snap.control.insert(gateway.to_owned(), status);
+    Ok(())
+}
+
+/// Applies one broker message to the hub: a signed reading, a gateway's online/offline status
+/// or its control status. Anything else is ignored.
+pub fn apply_message(hub: &Hub, topic: &str, payload: &[u8]) {
+    if topic.starts_with("gridmesh/readings/") {
+        match verified_reading(payload) {
+            Some(reading) => {
+                let history = hub.config.history_intervals;
+                hub.update("reading", |snap| record_reading(snap, &reading, history));
+            }
+            None => tracing::debug!(%topic, "ignoring a reading that does not verify"),
+        }
+    } else if let Some(gateway) = control_gateway_of(topic) {
+        let mut outcome = Ok(());
+        hub.update("control", |snap| {
+            outcome = record_control(snap, topic, gateway, payload);
+        });
+        if let Err(e) = outcome {
+            hub.metrics.bad_control_messages.inc();
+            tracing::warn!(error = %e, "ignoring a control status");
+        }
+    } else if let Some(gateway) = gateway_of(topic) {
+        let status = status_of(payload);
+        let gateway = gateway.to_owned();
+        hub.update("gateway", |snap| {
+            snap.gateway_status.insert(
+                gateway,
+                GatewayLiveness {
+                    status,
+                    source: "mqtt".into(),
+                    seen_at: Utc::now(),
+                },
+            );
+        });
+    }
 }
 
 /// The status in a payload: plain `online`/`offline`, or JSON with a `status` field.
@@ -53,7 +149,11 @@ pub fn start(hub: Arc<Hub>, url: &str, token: CancellationToken) -> Result<(), M
         ),
     );
     settings.clean_session = true;
-    settings.subscriptions = vec![GATEWAY_STATUS_FILTER.to_owned(), READINGS_FILTER.to_owned()];
+    settings.subscriptions = vec![
+        GATEWAY_STATUS_FILTER.to_owned(),
+        GATEWAY_CONTROL_FILTER.to_owned(),
+        READINGS_FILTER.to_owned(),
+    ];
     let (handle, mut incoming) = MqttSession::start(settings, token.clone())?;
     tokio::spawn(async move {
         let mut last_connected = None;
@@ -62,25 +162,7 @@ pub fn start(hub: Arc<Hub>, url: &str, token: CancellationToken) -> Result<(), M
                 _ = token.cancelled() => return,
                 message = incoming.recv() => {
                     let Some(message) = message else { return };
-                    if message.topic.starts_with("gridmesh/readings/") {
-                        match verified_reading(&message.payload) {
-                            Some(reading) => {
-                                let history = hub.config.history_intervals;
-                                hub.update("reading", |snap| record_reading(snap, &reading, history));
-                            }
-                            None => tracing::debug!(topic = %message.topic, "ignoring a reading that does not verify"),
-                        }
-                    } else if let Some(gateway) = gateway_of(&message.topic) {
-                        let status = status_of(&message.payload);
-                        let gateway = gateway.to_owned();
-                        hub.update("gateway", |snap| {
-                            snap.gateway_status.insert(gateway, GatewayLiveness {
-                                status,
-                                source: "mqtt".into(),
-                                seen_at: Utc::now(),
-                            });
-                        });
-                    }
+                    apply_message(&hub, &message.topic, &message.payload);
                     handle.ack(message).await;
                 }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -4,18 +4,22 @@
 //! It reads **only** through the services' APIs (the market's and settlement's REST and SSE,
 //! and optionally gateways' retained MQTT status) and never touches a database.
 //!
+//! The grid's state on every page is what was **measured** (settlement's `GET /flows`, summed
+//! from verified readings); the market's cleared flows are shown beside it, labelled as a plan.
+//!
 //! Module map, following the data:
 //!
 //! - [`config`]: [`WebConfig`] (listen address, upstream URLs, poll interval);
 //! - [`upstream`]: JSON clients for the market and settlement with errors naming the service
 //!   and URL ("market unreachable at …");
 //! - [`follow`]: follows the upstream `/events` streams and wakes the refresher;
-//! - [`gateways`]: gateway online/offline from the broker's retained status topics;
+//! - [`gateways`]: gateway online/offline and control status (envelope source, curtailed
+//!   energy) from the broker's retained topics;
 //! - [`refresh`]: polls the upstreams into a [`snapshot::Snapshot`]; a service that is down
 //!   keeps its last data and says why;
 //! - [`hub`]: the shared snapshot and the change broadcast for browsers;
-//! - [`views`]: pure derivations for each page (feeder loading at 80 %/100 %, participants,
-//!   congestion, alerts);
+//! - [`views`]: pure derivations for each page (measured flow against its limit: over it red,
+//!   from 90 % amber; cleared plan beside it; participants; alerts);
 //! - [`charts`]: server-side SVG charts drawn with `plotters`;
 //! - [`routes`] and [`assets`]: pages, JSON API, charts, the browser event stream, `/healthz`,
 //!   `/metrics`;

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub requests: Counter,
     /// Browser event streams opened.
     pub browser_streams: Counter,
+    /// Control-status messages ignored (malformed, or naming another gateway than their topic).
+    pub bad_control_messages: Counter,
 }
 
 impl Metrics {
@@ -61,6 +63,11 @@ impl Metrics {
                 "gridmesh_web_browser_streams_total",
                 "Browser event streams opened.",
                 &self.browser_streams,
+            ),
+            (
+                "gridmesh_web_control_messages_rejected_total",
+                "Gateway control-status messages ignored (malformed or naming another gateway).",
+                &self.bad_control_messages,
             ),
         ];
         for (name, help, c) in counters {

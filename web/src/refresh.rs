@@ -10,6 +10,7 @@ use crate::hub::Hub;
 use crate::snapshot::{Snapshot, as_list, find_i64, find_str};
 use crate::upstream::{UpstreamError, encode_component};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use gridmesh_protocol::envelope::{EnvelopeAlert, MeasuredFlows};
 use gridmesh_protocol::grid::Network;
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
@@ -50,7 +51,13 @@ struct SettlementRead {
     blocks: Option<Vec<Value>>,
     statements: Option<Vec<Value>>,
     balances: BTreeMap<String, Value>,
+    flows: Vec<MeasuredFlows>,
+    envelope_alerts: Option<Vec<EnvelopeAlert>>,
 }
+
+/// How many of the newest intervals with measured flows are read again on every refresh:
+/// settlement's figures for an interval grow while late readings still arrive.
+pub const REREAD_MEASURED_INTERVALS: i32 = 4;
 
 /// Reads both services once and publishes the new snapshot.
 pub async fn refresh_once(hub: &Hub, cause: &str) {
@@ -90,6 +97,12 @@ pub async fn refresh_once(hub: &Hub, cause: &str) {
                 if !s.balances.is_empty() {
                     snap.balances = s.balances;
                 }
+                merge_by_interval(&mut snap.measured_flows, s.flows, history, |m| {
+                    m.interval.start()
+                });
+                if let Some(a) = s.envelope_alerts {
+                    snap.envelope_alerts = a;
+                }
             }
             Err(e) => snap.settlement.failed(e.to_string()),
         }
@@ -119,15 +132,27 @@ fn apply_market(snap: &mut Snapshot, m: MarketRead, history: usize) {
 /// Adds `new` results to `results` (oldest first), replacing same-interval duplicates and
 /// keeping only the newest `history`.
 pub fn merge_results(results: &mut Vec<IntervalResult>, new: Vec<IntervalResult>, history: usize) {
-    for r in new {
-        match results.binary_search_by(|x| x.interval.start().cmp(&r.interval.start())) {
-            Ok(i) => results[i] = r,
-            Err(i) => results.insert(i, r),
+    merge_by_interval(results, new, history, |r| r.interval.start());
+}
+
+/// Adds `new` items to `held` (sorted by `start`, oldest first), replacing items of the same
+/// interval and keeping only the newest `history`.
+pub fn merge_by_interval<T>(
+    held: &mut Vec<T>,
+    new: Vec<T>,
+    history: usize,
+    start: impl Fn(&T) -> DateTime<Utc>,
+) {
+    for item in new {
+        let at = start(&item);
+        match held.binary_search_by(|x| start(x).cmp(&at)) {
+            Ok(i) => held[i] = item,
+            Err(i) => held.insert(i, item),
         }
     }
-    if results.len() > history {
-        let excess = results.len() - history;
-        results.drain(..excess);
+    if held.len() > history {
+        let excess = held.len() - history;
+        held.drain(..excess);
     }
 }
 
@@ -208,11 +233,15 @@ async fn read_market(hub: &Hub, before: &Snapshot) -> Result<MarketRead, Upstrea
 
 async fn read_settlement(hub: &Hub, before: &Snapshot) -> Result<SettlementRead, UpstreamError> {
     let s = &hub.settlement;
-    let (quarantine, blocks, statements) = tokio::join!(
+    let (quarantine, blocks, statements, flows, envelope_alerts) = tokio::join!(
         s.get::<Value>("/quarantine"),
         s.get::<Value>("/ledger/blocks"),
         s.get::<Value>("/statements"),
+        read_flows(hub, before),
+        s.get::<Vec<EnvelopeAlert>>("/compliance/alerts"),
     );
+    let flows = flows?;
+    let envelope_alerts = lenient(envelope_alerts)?;
     let quarantine = lenient(quarantine)?.map(|v| as_list(v, &["quarantine", "items", "readings"]));
     let blocks = lenient(blocks)?.map(|v| {
         let mut list = as_list(v, &["blocks", "items"]);
@@ -245,7 +274,44 @@ async fn read_settlement(hub: &Hub, before: &Snapshot) -> Result<SettlementRead,
         blocks,
         statements,
         balances,
+        flows,
+        envelope_alerts,
     })
+}
+
+/// Settlement's measured flows (`GET /flows?since=&limit=`, oldest first, `since` inclusive),
+/// from a few intervals before the newest held one (their figures may still grow with late
+/// readings), or from the oldest held cleared interval on the first read. Before any interval
+/// is known there is nothing to ask for.
+async fn read_flows(hub: &Hub, before: &Snapshot) -> Result<Vec<MeasuredFlows>, UpstreamError> {
+    let mut since = match (before.measured_flows.last(), before.results.first()) {
+        (Some(last), _) => {
+            last.interval.start()
+                - last.interval.length().duration() * REREAD_MEASURED_INTERVALS
+        }
+        (None, Some(first)) => first.interval.start(),
+        (None, None) => return Ok(Vec::new()),
+    };
+    let limit = hub.config.history_intervals;
+    let mut out = Vec::new();
+    for _page in 0..20 {
+        let path = format!(
+            "/flows?since={}&limit={limit}",
+            encode_component(&since.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        );
+        let page: Vec<MeasuredFlows> = match lenient(hub.settlement.get(&path).await)? {
+            Some(page) => page,
+            None => break,
+        };
+        let full = page.len() >= limit;
+        let newest = page.iter().map(|m| m.interval.start()).max();
+        out.extend(page);
+        match newest {
+            Some(n) if full && n > since => since = n,
+            _ => break,
+        }
+    }
+    Ok(out)
 }
 
 /// 404 → `None`; anything else passes through.
@@ -263,6 +329,10 @@ fn lenient<T>(r: Result<T, UpstreamError>) -> Result<Option<T>, UpstreamError> {
     match r {
         Ok(v) => Ok(Some(v)),
         Err(e) if e.is_unreachable() => Err(e),
+        Err(e @ UpstreamError::Decode { .. }) => {
+            tracing::warn!(error = %e, "upstream reply does not match the shared protocol types; ignoring it");
+            Ok(None)
+        }
         Err(e) => {
             tracing::debug!(error = %e, "upstream resource not available");
             Ok(None)

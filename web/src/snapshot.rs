@@ -6,6 +6,7 @@
 //! showing something useful next to "market unreachable at URL".
 
 use chrono::{DateTime, Utc};
+use gridmesh_protocol::envelope::{ControlStatus, EnvelopeAlert, MeasuredFlows};
 use gridmesh_protocol::grid::Network;
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::reading::Registers;
@@ -108,12 +109,36 @@ pub struct Snapshot {
     /// Interval deltas of signed readings seen on the broker (verified), by gateway id then
     /// interval key.
     pub readings: BTreeMap<String, BTreeMap<String, Registers>>,
+    /// Measured flows per interval from settlement's verified readings (`GET /flows`), oldest
+    /// first (at most the configured history).
+    pub measured_flows: Vec<MeasuredFlows>,
+    /// Homes that exceeded their operating envelope in consecutive intervals (settlement's
+    /// `GET /compliance/alerts`).
+    pub envelope_alerts: Vec<EnvelopeAlert>,
+    /// Each gateway's latest control status from its retained `…/control` topic, by gateway id.
+    pub control: BTreeMap<String, ControlStatus>,
 }
 
 impl Snapshot {
     /// The newest cleared interval.
     pub fn latest_result(&self) -> Option<&IntervalResult> {
         self.results.last()
+    }
+
+    /// The newest interval with measured flows in which at least one home reported.
+    pub fn latest_measured(&self) -> Option<&MeasuredFlows> {
+        self.measured_flows
+            .iter()
+            .rev()
+            .find(|m| m.branches.iter().any(|b| b.homes_reporting > 0))
+    }
+
+    /// The held clearing result of the interval starting at `start`.
+    pub fn result_for(&self, interval: &gridmesh_protocol::Interval) -> Option<&IntervalResult> {
+        self.results
+            .binary_search_by(|r| r.interval.start().cmp(&interval.start()))
+            .ok()
+            .map(|i| &self.results[i])
     }
 
     /// The topology in force: the market's current one, else the latest result's.
@@ -137,6 +162,7 @@ impl Snapshot {
             "ba": self.balances,
             "gs": self.gateway_status.iter().map(|(k, v)| (k, &v.status)).collect::<Vec<_>>(),
             "rd": self.readings.iter().map(|(k, v)| (k, v.len())).collect::<Vec<_>>(),
+            "mf": self.measured_flows, "ea": self.envelope_alerts, "ct": self.control,
         });
         data.to_string().hash(&mut hasher);
         hasher.finish()

@@ -1,7 +1,16 @@
-//! Pure derivations from a [`Snapshot`] to what each page shows: the feeder tree with its
-//! loading, per-participant figures, and alerts. No I/O; every function is deterministic.
+//! Pure derivations from a [`Snapshot`] to what each page shows: the feeder tree with the
+//! measured flows beside the cleared plan and the limits, per-participant figures, and alerts.
+//! No I/O; every function is deterministic.
+//!
+//! The grid's state is what was **measured** (settlement's flows from verified readings); the
+//! market's cleared flows are a plan and are always labelled as one. Colours, statuses and
+//! congestion alerts follow the measured flow only.
 
 use crate::snapshot::{GatewayLiveness, Snapshot, SourceHealth, as_list, find_i64, find_str};
+use gridmesh_protocol::Interval;
+use gridmesh_protocol::envelope::{
+    EnvelopeAlert, EnvelopeSource, MeasuredBranchFlow, MeasuredFlows,
+};
 use gridmesh_protocol::grid::Network;
 use gridmesh_protocol::market::{Counterparty, IntervalResult};
 use gridmesh_protocol::order::Side;
@@ -10,71 +19,122 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
-/// How loaded a branch is: below 80 %, from 80 %, from 100 % of its limit in the flow's
-/// direction, or without a limit.
+/// A measured flow against its limit. It is derived from the **measured** (metered) flow only,
+/// never from the cleared plan: over the limit, from 90 % of it, below that, no limit in the
+/// flow's direction, or nothing measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Loading {
-    /// Under 80 % of the limit.
+#[serde(rename_all = "snake_case")]
+pub enum FlowStatus {
+    /// Under 90 % of the limit.
     Normal,
-    /// 80 % to under 100 %.
-    High,
-    /// At or over the limit (congested).
-    Full,
-    /// No limit in this direction.
+    /// 90 % of the limit or more, but not over it (amber).
+    Near,
+    /// Over the limit (red).
+    Over,
+    /// No limit in the measured flow's direction.
     Unlimited,
+    /// No home below reported a verified reading for the interval.
+    NoData,
 }
 
-/// Percentage of `limit` that `flow` uses, rounded half up; `None` without a (positive) limit.
+/// Percentage of `limit` that `flow` uses, rounded half up; `None` without a limit.
 pub fn utilisation_pct(flow: Wh, limit: Option<Wh>) -> Option<i64> {
     let limit = limit?.0;
     if limit <= 0 {
         return Some(if flow.0 == 0 { 0 } else { 100 });
     }
-    let flow = i128::from(flow.0.unsigned_abs() as i64);
+    let flow = i128::from(flow.0).abs();
     let limit = i128::from(limit);
-    Some(((flow * 100 + limit / 2) / limit) as i64)
+    Some(i64::try_from((flow * 100 + limit / 2) / limit).unwrap_or(i64::MAX))
 }
 
-/// The loading class of a percentage (80 % and 100 % are the thresholds).
-pub fn loading(pct: Option<i64>, congested: bool) -> Loading {
-    match pct {
-        _ if congested => Loading::Full,
-        None => Loading::Unlimited,
-        Some(p) if p >= 100 => Loading::Full,
-        Some(p) if p >= 80 => Loading::High,
-        Some(_) => Loading::Normal,
+/// The status of a measured `flow` against the `limit` in its direction: over it is
+/// [`FlowStatus::Over`], from 90 % of it [`FlowStatus::Near`] (exact integer comparison, no
+/// rounding).
+pub fn flow_status(flow: Wh, limit: Option<Wh>) -> FlowStatus {
+    let Some(limit) = limit else {
+        return FlowStatus::Unlimited;
+    };
+    let flow = i128::from(flow.0).abs();
+    let limit = i128::from(limit.0.max(0));
+    if flow > limit {
+        FlowStatus::Over
+    } else if flow > 0 && flow * 10 >= limit * 9 {
+        FlowStatus::Near
+    } else {
+        FlowStatus::Normal
     }
 }
 
-/// One branch of the feeder tree as the Grid page draws it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BranchView {
-    /// The child node.
-    pub node: String,
-    /// Its parent.
-    pub parent: String,
-    /// Depth below the root (feeders are 1).
-    pub depth: usize,
-    /// Flow into the subtree in the latest cleared interval, Wh (negative = export).
-    pub flow_wh: i64,
-    /// Import limit, Wh per interval.
-    pub import_limit_wh: Option<i64>,
-    /// Export limit, Wh per interval.
-    pub export_limit_wh: Option<i64>,
-    /// The limit that applies to the flow's direction.
-    pub limit_wh: Option<i64>,
-    /// Percentage of that limit in use.
-    pub utilisation_pct: Option<i64>,
-    /// The loading class.
-    pub loading: Loading,
-    /// Whether the market reported a binding limit.
-    pub congested: bool,
-    /// Participants at this node or below it.
-    pub participants: usize,
+/// The limit that applies to `flow` (≥ 0 = into the subtree, so the import limit).
+fn directed_limit(flow: Wh, import: Option<Wh>, export: Option<Wh>) -> Option<Wh> {
+    if flow.0 >= 0 { import } else { export }
 }
 
-/// A gateway with its liveness.
+/// What the homes' verified readings say about one branch (or the utility connection).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MeasuredView {
+    /// Net metered flow into the subtree, Wh (negative = export out of it).
+    pub flow_wh: i64,
+    /// Σ metered export of the homes below, Wh.
+    pub export_wh: i64,
+    /// Σ metered import of the homes below, Wh.
+    pub import_wh: i64,
+    /// Homes below with a verified reading for the interval.
+    pub homes_reporting: u32,
+    /// Homes enrolled below.
+    pub homes_enrolled: u32,
+}
+
+/// The gateways' control loops below one branch (from their retained control status).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ControlView {
+    /// Gateways enrolled below.
+    pub gateways: usize,
+    /// Of them, those whose control status is for the current control interval.
+    pub reporting: usize,
+    /// Of those, the ones enforcing their configured default envelope (no valid market
+    /// envelope for the interval).
+    pub on_default: usize,
+    /// PV energy curtailed so far in the current control interval, Wh.
+    pub curtailed_wh: i64,
+    /// PV energy curtailed since each gateway started, Wh (running total).
+    pub curtailed_total_wh: i64,
+}
+
+/// One row of the Grid page: a branch, or the utility connection at the root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowRow {
+    /// The branch's child node (the root for the utility connection).
+    pub node: String,
+    /// Its parent (`None` for the utility connection).
+    pub parent: Option<String>,
+    /// Depth below the root (the utility connection is 0, feeders 1).
+    pub depth: usize,
+    /// Participants at this node or below it.
+    pub participants: usize,
+    /// The measured (metered) flow of the measured interval; `None` when no home below
+    /// reported (then there is no metered data: the plan is never shown in its place).
+    pub measured: Option<MeasuredView>,
+    /// The market's cleared flow (a plan) for the same interval, Wh into the subtree.
+    pub cleared_flow_wh: Option<i64>,
+    /// Whether the plan used the whole limit (an informational note, not a grid state).
+    pub cleared_at_limit: bool,
+    /// Import limit in force for the interval, Wh.
+    pub import_limit_wh: Option<i64>,
+    /// Export limit in force for the interval, Wh.
+    pub export_limit_wh: Option<i64>,
+    /// The limit in the measured flow's direction.
+    pub limit_wh: Option<i64>,
+    /// Percentage of that limit the measured flow uses.
+    pub utilisation_pct: Option<i64>,
+    /// The status, from the measured flow only.
+    pub status: FlowStatus,
+    /// Control loops below: curtailment and default envelopes.
+    pub control: ControlView,
+}
+
+/// A gateway with its liveness and control status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GatewayView {
     /// The gateway id.
@@ -87,6 +147,11 @@ pub struct GatewayView {
     pub status: String,
     /// When the status was observed.
     pub seen_at: Option<String>,
+    /// Where its envelope for the current control interval comes from (`market` or
+    /// `default`); `None` when it has not reported a control status for that interval.
+    pub envelope: Option<EnvelopeSource>,
+    /// PV energy it curtailed so far in the current control interval, Wh.
+    pub curtailed_wh: Option<i64>,
 }
 
 /// The Grid page.
@@ -94,20 +159,24 @@ pub struct GatewayView {
 pub struct GridView {
     /// Upstream health (market, settlement, broker).
     pub sources: Sources,
-    /// The interval the flows belong to.
-    pub interval: Option<String>,
+    /// The newest interval with measured flows (settlement's verified readings).
+    pub measured_interval: Option<String>,
+    /// One sentence on what is measured: the interval and how many homes reported, or
+    /// "no metered data yet".
+    pub metered_summary: String,
+    /// The interval of the "Cleared (plan)" figures: the measured interval, or the latest
+    /// cleared one while nothing is measured.
+    pub cleared_interval: Option<String>,
+    /// The newest cleared interval (a plan for now or the near future).
+    pub latest_cleared_interval: Option<String>,
+    /// The interval the gateways' control status refers to (the newest any gateway reports).
+    pub control_interval: Option<String>,
     /// The substation node.
     pub root: Option<String>,
-    /// Energy the utility sold into the root in that interval.
-    pub utility_import_wh: i64,
-    /// Energy the utility bought from the root.
-    pub utility_export_wh: i64,
-    /// The utility's import limit.
-    pub utility_import_limit_wh: Option<i64>,
-    /// The utility's export limit.
-    pub utility_export_limit_wh: Option<i64>,
+    /// The utility connection at the root.
+    pub utility: Option<FlowRow>,
     /// Branches in tree order (depth first).
-    pub branches: Vec<BranchView>,
+    pub branches: Vec<FlowRow>,
     /// Enrolled gateways and their liveness.
     pub gateways: Vec<GatewayView>,
 }
@@ -143,122 +212,273 @@ fn parents(network: &Network) -> HashMap<&str, &str> {
         .collect()
 }
 
-/// Whether `node` is `ancestor` or lies below it.
-pub fn is_within(network: &Network, node: &str, ancestor: &str) -> bool {
-    let parents = parents(network);
+/// `node` and every node above it up to the root (bounded, so a malformed tree cannot loop).
+fn ancestors<'a>(parents: &HashMap<&'a str, &'a str>, node: &'a str) -> Vec<&'a str> {
+    let mut out = vec![node];
     let mut current = node;
-    for _ in 0..=network.branches.len() {
-        if current == ancestor {
-            return true;
-        }
+    for _ in 0..parents.len() {
         match parents.get(current) {
-            Some(p) => current = p,
-            None => return false,
+            Some(p) => {
+                out.push(*p);
+                current = p;
+            }
+            None => break,
         }
     }
-    false
+    out
+}
+
+/// Whether `node` is `ancestor` or lies below it.
+pub fn is_within(network: &Network, node: &str, ancestor: &str) -> bool {
+    ancestors(&parents(network), node).contains(&ancestor)
 }
 
 /// The feeder (the root's child) that `node` hangs from.
 pub fn feeder_of(network: &Network, node: &str) -> Option<String> {
     let parents = parents(network);
-    let mut current = node;
-    for _ in 0..=network.branches.len() {
-        let parent = parents.get(current)?;
-        if *parent == network.root.as_str() {
-            return Some(current.to_owned());
+    let chain = ancestors(&parents, node);
+    let at = chain.iter().position(|n| *n == network.root.as_str())?;
+    (at >= 1).then(|| chain[at - 1].to_owned())
+}
+
+/// Import and export limits of `node` (a branch, or the root for the utility connection) in
+/// a network.
+fn network_limits(network: &Network, node: &str) -> Option<(Option<Wh>, Option<Wh>)> {
+    if network.root.as_str() == node {
+        return Some((
+            network.utility.import_limit_wh,
+            network.utility.export_limit_wh,
+        ));
+    }
+    network
+        .branches
+        .iter()
+        .find(|b| b.node.as_str() == node)
+        .map(|b| (b.import_limit_wh, b.export_limit_wh))
+}
+
+/// Import and export limits of `node` as they applied in `result` (its flows and network
+/// carry the interval's operator overrides), else in the network in force now.
+fn limits_of(
+    snap: &Snapshot,
+    result: Option<&IntervalResult>,
+    node: &str,
+) -> (Option<Wh>, Option<Wh>) {
+    if let Some(r) = result {
+        if let Some(f) = r.flows.iter().find(|f| f.node.as_str() == node) {
+            return (f.import_limit, f.export_limit);
         }
-        current = parent;
+        if let Some(limits) = network_limits(&r.network, node) {
+            return limits;
+        }
+    }
+    snap.network()
+        .and_then(|n| network_limits(n, node))
+        .unwrap_or((None, None))
+}
+
+/// The cleared flow (plan) of `node` in `result` and whether it used the whole limit.
+fn cleared_of(result: &IntervalResult, node: &str) -> Option<(Wh, bool)> {
+    if let Some(f) = result.flows.iter().find(|f| f.node.as_str() == node) {
+        return Some((f.flow, f.congested));
+    }
+    if result.network.root.as_str() == node {
+        let flow = result.utility_import.checked_sub(result.utility_export).ok()?;
+        let utility = &result.network.utility;
+        let limit = directed_limit(flow, utility.import_limit_wh, utility.export_limit_wh);
+        let at_limit = limit.is_some_and(|l| flow.0 != 0 && flow.0.abs() >= l.0);
+        return Some((flow, at_limit));
     }
     None
 }
 
-/// Builds the Grid page.
+/// The interval the gateways' control status refers to: the newest one any gateway reports.
+pub fn control_interval(snap: &Snapshot) -> Option<Interval> {
+    snap.control.values().map(|c| c.interval).max()
+}
+
+/// Groups an integer in threes with spaces, as the alerts print energy (`9 980`).
+pub fn grouped(value: i64) -> String {
+    let digits = value.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if value < 0 {
+        out.push('-');
+    }
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Builds the Grid page: per branch and for the utility connection, the measured flow of the
+/// newest metered interval beside the cleared flow of the same interval and the limit; the
+/// status follows the measured flow only.
 pub fn grid(snap: &Snapshot) -> GridView {
-    let latest = snap.latest_result();
+    let measured = snap.latest_measured();
+    let compared = match measured {
+        Some(m) => snap.result_for(&m.interval),
+        None => snap.latest_result(),
+    };
+    let control_at = control_interval(snap);
     let mut view = GridView {
         sources: Sources::of(snap),
-        interval: latest.map(|r| r.interval.key()),
+        measured_interval: measured.map(|m| m.interval.key()),
+        metered_summary: String::new(),
+        cleared_interval: compared.map(|r| r.interval.key()),
+        latest_cleared_interval: snap.latest_result().map(|r| r.interval.key()),
+        control_interval: control_at.map(|i| i.key()),
         root: None,
-        utility_import_wh: latest.map_or(0, |r| r.utility_import.0),
-        utility_export_wh: latest.map_or(0, |r| r.utility_export.0),
-        utility_import_limit_wh: None,
-        utility_export_limit_wh: None,
+        utility: None,
         branches: Vec::new(),
-        gateways: gateways(snap),
+        gateways: gateways(snap, control_at),
     };
-    let Some(network) = snap.network() else {
+    let network = snap.network();
+    view.metered_summary = metered_summary(measured, network);
+    let Some(network) = network else {
         return view;
     };
     view.root = Some(network.root.to_string());
-    view.utility_import_limit_wh = network.utility.import_limit_wh.map(|w| w.0);
-    view.utility_export_limit_wh = network.utility.export_limit_wh.map(|w| w.0);
-    let flows: HashMap<&str, _> = latest
-        .map(|r| r.flows.iter().map(|f| (f.node.as_str(), f)).collect())
+    let parents = parents(network);
+    let measured_at: HashMap<&str, &MeasuredBranchFlow> = measured
+        .map(|m| {
+            m.branches
+                .iter()
+                .map(|b| (b.node.as_str(), b))
+                .collect()
+        })
         .unwrap_or_default();
-    let mut children: BTreeMap<&str, Vec<&gridmesh_protocol::grid::Branch>> = BTreeMap::new();
-    for b in &network.branches {
-        children.entry(b.parent.as_str()).or_default().push(b);
+
+    // Participants and control loops summed up the tree, once per node.
+    let mut participants: HashMap<&str, usize> = HashMap::new();
+    for p in &snap.participants {
+        for n in ancestors(&parents, p.node.as_str()) {
+            *participants.entry(n).or_default() += 1;
+        }
     }
-    let mut stack: Vec<(&str, usize)> = vec![(network.root.as_str(), 0)];
-    let mut seen = 0;
-    while let Some((node, depth)) = stack.pop() {
-        if let Some(kids) = children.get(node) {
-            for b in kids.iter().rev() {
-                stack.push((b.node.as_str(), depth + 1));
+    let mut control: HashMap<&str, ControlView> = HashMap::new();
+    for g in &snap.gateways {
+        let status = snap.control.get(g.gateway.as_str());
+        let current = status.filter(|c| Some(c.interval) == control_at);
+        for n in ancestors(&parents, g.node.as_str()) {
+            let c = control.entry(n).or_default();
+            c.gateways += 1;
+            if let Some(s) = status {
+                c.curtailed_total_wh = c.curtailed_total_wh.saturating_add(s.curtailed_total_wh.0);
+            }
+            if let Some(s) = current {
+                c.reporting += 1;
+                c.on_default += usize::from(s.source == EnvelopeSource::Default);
+                c.curtailed_wh = c.curtailed_wh.saturating_add(s.curtailed_wh.0);
             }
         }
-        let Some(branch) = network.branches.iter().find(|b| b.node.as_str() == node) else {
-            continue;
+    }
+
+    let row = |node: &str, parent: Option<String>, depth: usize| -> FlowRow {
+        let m = measured_at
+            .get(node)
+            .filter(|b| b.homes_reporting > 0)
+            .map(|b| MeasuredView {
+                flow_wh: b.flow_wh.0,
+                export_wh: b.export_wh.0,
+                import_wh: b.import_wh.0,
+                homes_reporting: b.homes_reporting,
+                homes_enrolled: b.homes_enrolled,
+            });
+        let (import_limit, export_limit) = limits_of(snap, compared, node);
+        let cleared = compared.and_then(|r| cleared_of(r, node));
+        let (limit, pct, status) = match &m {
+            Some(m) => {
+                let flow = Wh(m.flow_wh);
+                let limit = directed_limit(flow, import_limit, export_limit);
+                (limit, utilisation_pct(flow, limit), flow_status(flow, limit))
+            }
+            None => (None, None, FlowStatus::NoData),
         };
-        seen += 1;
-        if seen > network.branches.len() {
-            break;
-        }
-        let flow = flows.get(node).map_or(Wh(0), |f| f.flow);
-        let congested = flows.get(node).is_some_and(|f| f.congested);
-        let (import_limit, export_limit) = match flows.get(node) {
-            Some(f) => (f.import_limit, f.export_limit),
-            None => (branch.import_limit_wh, branch.export_limit_wh),
-        };
-        let limit = if flow.0 >= 0 {
-            import_limit
-        } else {
-            export_limit
-        };
-        let pct = utilisation_pct(flow, limit);
-        view.branches.push(BranchView {
+        FlowRow {
             node: node.to_owned(),
-            parent: branch.parent.to_string(),
+            parent,
             depth,
-            flow_wh: flow.0,
+            participants: participants.get(node).copied().unwrap_or(0),
+            measured: m,
+            cleared_flow_wh: cleared.map(|(f, _)| f.0),
+            cleared_at_limit: cleared.is_some_and(|(_, at)| at),
             import_limit_wh: import_limit.map(|w| w.0),
             export_limit_wh: export_limit.map(|w| w.0),
             limit_wh: limit.map(|w| w.0),
             utilisation_pct: pct,
-            loading: loading(pct, congested),
-            congested,
-            participants: snap
-                .participants
-                .iter()
-                .filter(|p| is_within(network, p.node.as_str(), node))
-                .count(),
-        });
+            status,
+            control: control.get(node).cloned().unwrap_or_default(),
+        }
+    };
+
+    view.utility = Some(row(network.root.as_str(), None, 0));
+    let mut children: BTreeMap<&str, Vec<&gridmesh_protocol::grid::Branch>> = BTreeMap::new();
+    for b in &network.branches {
+        children.entry(b.parent.as_str()).or_default().push(b);
+    }
+    let mut stack: Vec<(&gridmesh_protocol::grid::Branch, usize)> = children
+        .get(network.root.as_str())
+        .map(|kids| kids.iter().rev().map(|b| (*b, 1)).collect())
+        .unwrap_or_default();
+    while let Some((branch, depth)) = stack.pop() {
+        if view.branches.len() >= network.branches.len() {
+            break;
+        }
+        if let Some(kids) = children.get(branch.node.as_str()) {
+            stack.extend(kids.iter().rev().map(|b| (*b, depth + 1)));
+        }
+        view.branches.push(row(
+            branch.node.as_str(),
+            Some(branch.parent.to_string()),
+            depth,
+        ));
     }
     view
 }
 
-fn gateways(snap: &Snapshot) -> Vec<GatewayView> {
+/// "Metered interval … : n of m homes reported", or "no metered data yet".
+fn metered_summary(measured: Option<&MeasuredFlows>, network: Option<&Network>) -> String {
+    let Some(m) = measured else {
+        return "no metered data yet: settlement has no verified readings for any interval shown"
+            .into();
+    };
+    let root = network.map(|n| n.root.as_str());
+    let totals = m
+        .branches
+        .iter()
+        .find(|b| Some(b.node.as_str()) == root)
+        .or_else(|| m.branches.iter().max_by_key(|b| b.homes_enrolled));
+    match totals {
+        Some(t) => format!(
+            "Metered interval {}: {} of {} homes reported",
+            m.interval.key(),
+            t.homes_reporting,
+            t.homes_enrolled
+        ),
+        None => format!("Metered interval {}", m.interval.key()),
+    }
+}
+
+fn gateways(snap: &Snapshot, control_at: Option<Interval>) -> Vec<GatewayView> {
     snap.gateways
         .iter()
         .map(|g| {
             let live: Option<&GatewayLiveness> = snap.gateway_status.get(g.gateway.as_str());
+            let control = snap
+                .control
+                .get(g.gateway.as_str())
+                .filter(|c| Some(c.interval) == control_at);
             GatewayView {
                 gateway: g.gateway.to_string(),
                 participant: g.participant.to_string(),
                 node: g.node.to_string(),
                 status: live.map_or_else(|| "unknown".into(), |l| l.status.clone()),
                 seen_at: live.map(|l| l.seen_at.to_rfc3339()),
+                envelope: control.map(|c| c.source),
+                curtailed_wh: control.map(|c| c.curtailed_wh.0),
             }
         })
         .collect()
@@ -574,7 +794,8 @@ pub fn market(snap: &Snapshot) -> MarketView {
 /// An alert on the Alerts page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Alert {
-    /// `congestion`, `gateway_offline`, `quarantine`, `imbalance` or `service`.
+    /// `service`, `congestion` (a measured flow over its limit), `envelope_violation`,
+    /// `gateway_offline`, `quarantine`, `imbalance` or `cleared_at_limit` (a plan, informational).
     pub kind: String,
     /// `critical`, `warning` or `info`.
     pub severity: String,
@@ -606,22 +827,12 @@ pub fn alerts(snap: &Snapshot, spike_factor: u32) -> Vec<Alert> {
             });
         }
     }
-    for e in congestion_events(&snap.results) {
-        out.push(Alert {
-            kind: "congestion".into(),
-            severity: "warning".into(),
-            message: format!(
-                "Branch {} at its {} limit: {} Wh of {} Wh",
-                e.node,
-                if e.flow_wh >= 0 { "import" } else { "export" },
-                e.flow_wh.abs(),
-                e.limit_wh.map_or_else(|| "?".into(), |l| l.to_string())
-            ),
-            interval: Some(e.interval),
-            subject: e.node,
-        });
-    }
-    for g in gateways(snap).into_iter().filter(|g| g.status == "offline") {
+    out.extend(measured_congestion(snap));
+    out.extend(envelope_violations(&snap.envelope_alerts));
+    for g in gateways(snap, None)
+        .into_iter()
+        .filter(|g| g.status == "offline")
+    {
         out.push(Alert {
             kind: "gateway_offline".into(),
             severity: "warning".into(),
@@ -652,7 +863,129 @@ pub fn alerts(snap: &Snapshot, spike_factor: u32) -> Vec<Alert> {
         });
     }
     out.extend(imbalance_spikes(&snap.results, spike_factor));
+    out.extend(cleared_at_limit(snap));
     out
+}
+
+/// Branches (and the utility connection) whose **measured** flow exceeded the limit in its
+/// direction, for every held interval with measurements, newest first: "f1 exported 9 980 Wh,
+/// limit 320 Wh (measured)". The limit is the one in force for that interval (with operator
+/// overrides, from the interval's result when held).
+pub fn measured_congestion(snap: &Snapshot) -> Vec<Alert> {
+    let root = snap.network().map(|n| n.root.to_string());
+    let mut out = Vec::new();
+    for m in snap.measured_flows.iter().rev() {
+        let result = snap.result_for(&m.interval);
+        for b in m.branches.iter().filter(|b| b.homes_reporting > 0) {
+            let node = b.node.as_str();
+            let (import, export) = limits_of(snap, result, node);
+            let limit = directed_limit(b.flow_wh, import, export);
+            if flow_status(b.flow_wh, limit) != FlowStatus::Over {
+                continue;
+            }
+            let Some(limit) = limit else { continue };
+            let exported = b.flow_wh.0 < 0;
+            let name = if root.as_deref() == Some(node) {
+                format!("Utility connection ({node})")
+            } else {
+                node.to_owned()
+            };
+            let mut message = format!(
+                "{name} {} {} Wh, limit {} Wh (measured)",
+                if exported { "exported" } else { "imported" },
+                grouped(b.flow_wh.0.saturating_abs()),
+                grouped(limit.0)
+            );
+            if b.homes_reporting < b.homes_enrolled {
+                message.push_str(&format!(
+                    "; {} of {} homes reported, so the real flow may be larger",
+                    b.homes_reporting, b.homes_enrolled
+                ));
+            }
+            if let Some((cleared, _)) = result.and_then(|r| cleared_of(r, node)) {
+                message.push_str(&format!(
+                    "; cleared (plan) {} Wh {}",
+                    grouped(cleared.0.saturating_abs()),
+                    if cleared.0 < 0 { "export" } else { "import" }
+                ));
+            }
+            out.push(Alert {
+                kind: "congestion".into(),
+                severity: "critical".into(),
+                interval: Some(m.interval.key()),
+                subject: node.to_owned(),
+                message,
+            });
+        }
+    }
+    out
+}
+
+/// Homes that exceeded their operating envelope in consecutive intervals (settlement's
+/// compliance alerts), naming the home and the intervals.
+pub fn envelope_violations(alerts: &[EnvelopeAlert]) -> Vec<Alert> {
+    alerts
+        .iter()
+        .map(|a| {
+            let mut beyond = Vec::new();
+            if a.excess_export_wh.0 > 0 {
+                beyond.push(format!("{} Wh export", grouped(a.excess_export_wh.0)));
+            }
+            if a.excess_import_wh.0 > 0 {
+                beyond.push(format!("{} Wh import", grouped(a.excess_import_wh.0)));
+            }
+            Alert {
+                kind: "envelope_violation".into(),
+                severity: if a.active { "critical" } else { "warning" }.into(),
+                interval: Some(a.last_interval.key()),
+                subject: a.participant.to_string(),
+                message: format!(
+                    "Home {} (gateway {}, node {}) exceeded its operating envelope in {} intervals in a row, {} to {}: {} beyond it{}",
+                    a.participant,
+                    a.gateway,
+                    a.node,
+                    a.intervals,
+                    a.first_interval.key(),
+                    a.last_interval.key(),
+                    if beyond.is_empty() {
+                        "no energy".to_owned()
+                    } else {
+                        beyond.join(" and ")
+                    },
+                    if a.active { "; still going" } else { "; since back inside" }
+                ),
+            }
+        })
+        .collect()
+}
+
+/// Informational notes: branches the market cleared at their limit in the newest cleared
+/// interval. A plan at its limit is not congestion of the grid.
+pub fn cleared_at_limit(snap: &Snapshot) -> Vec<Alert> {
+    let Some(r) = snap.latest_result() else {
+        return Vec::new();
+    };
+    r.flows
+        .iter()
+        .filter(|f| f.congested)
+        .map(|f| {
+            let export = f.flow.0 < 0;
+            let limit = if export { f.export_limit } else { f.import_limit };
+            Alert {
+                kind: "cleared_at_limit".into(),
+                severity: "info".into(),
+                interval: Some(r.interval.key()),
+                subject: f.node.to_string(),
+                message: format!(
+                    "{} cleared at limit (plan): {} Wh {} of {} Wh; a plan, not a measurement",
+                    f.node,
+                    grouped(f.flow.0.saturating_abs()),
+                    if export { "export" } else { "import" },
+                    limit.map_or_else(|| "?".into(), |l| grouped(l.0))
+                ),
+            }
+        })
+        .collect()
 }
 
 /// Intervals whose utility exchange (import + export) exceeds `factor` times the median of the
@@ -676,7 +1009,7 @@ pub fn imbalance_spikes(results: &[IntervalResult], factor: u32) -> Vec<Alert> {
                 interval: Some(r.interval.key()),
                 subject: "utility".into(),
                 message: format!(
-                    "Utility exchange spiked to {now} Wh (median of the previous intervals {median} Wh)"
+                    "Cleared utility exchange (plan) spiked to {now} Wh (median of the previous intervals {median} Wh)"
                 ),
             });
         }
