@@ -10,6 +10,8 @@
 //! - [`reference`]: the plain good_lp LP over every order, kept as the reference;
 //! - [`prices`]: node prices from duals, pay-as-bid, deterministic tie-breaking;
 //! - [`decompose`]: bilateral trades routed along the tree, integer Wh;
+//! - [`envelopes`]: operating envelopes per connection point (cleared positions, then the
+//!   branches' headroom water-filled max-min fairly);
 //! - [`store`]: SQLite/PostgreSQL persistence (orders with nonces, immutable results);
 //! - [`service`]: order intake with signature, nonce and gate checks; clearing an interval;
 //! - [`gate`]: automatic clearing at gate closure and MQTT publishing;
@@ -18,7 +20,7 @@
 //! - [`cli`]: the command line behind `main.rs`; [`client`]: its trader commands.
 //!
 //! Architecture invariant: the clearing core (`network`, `book`, `clearing`, `fast`,
-//! `prices`, `decompose`) does no I/O, reads no clock and uses no floats; `reference` is the
+//! `prices`, `decompose`, `envelopes`) does no I/O, reads no clock and uses no floats; `reference` is the
 //! only place with floating point and is never on the service path.
 //!
 //! # Example
@@ -47,6 +49,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod decompose;
+pub mod envelopes;
 pub mod error;
 pub mod fast;
 pub mod gate;
