@@ -1,5 +1,6 @@
 //! The REST API (axum): readings in, statements, balances, ledger, token operations,
-//! quarantine, server-sent events, health, metrics and the OpenAPI document.
+//! quarantine, envelope compliance, alerts and measured flows, server-sent events, health,
+//! metrics and the OpenAPI document.
 //!
 //! Errors are `{"code": "snake_case", "message": "human sentence"}` with a 4xx/5xx status;
 //! storage details are logged, never sent to clients.
@@ -94,6 +95,9 @@ pub fn router(state: AppState) -> Router {
         .route("/readings/{digest}", get(get_reading))
         .route("/quarantine", get(get_quarantine))
         .route("/quarantine/{id}/accept", post(post_accept))
+        .route("/compliance", get(get_compliance))
+        .route("/compliance/alerts", get(get_alerts))
+        .route("/flows", get(get_flows))
         .route("/events", get(get_events))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(get_metrics))
@@ -219,12 +223,13 @@ async fn get_quarantine(State(s): State<AppState>, Query(q): Query<Limit>) -> Ap
     Ok(Json(s.service.quarantine(limit).await?).into_response())
 }
 
-async fn post_accept(
-    State(s): State<AppState>,
-    Path(id): Path<i64>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
+/// Checks the operator's bearer token. Without a configured token, `required` endpoints are
+/// disabled (403) and the others are open.
+fn operator(s: &AppState, headers: &HeaderMap, required: bool) -> ApiResult<()> {
     let Some(expected) = &s.operator_token else {
+        if !required {
+            return Ok(());
+        }
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "operator_disabled",
@@ -242,8 +247,61 @@ async fn post_accept(
             "operator endpoints need `Authorization: Bearer <operator token>`",
         ));
     }
+    Ok(())
+}
+
+async fn post_accept(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    operator(&s, &headers, true)?;
     let released = s.service.accept_quarantined(id).await?;
     Ok(Json(json!({"id": id, "status": "accepted", "mints_released": released})).into_response())
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    since: Option<String>,
+    limit: Option<i64>,
+    participant: Option<String>,
+}
+
+fn since(q: &PageQuery) -> ApiResult<Option<chrono::DateTime<chrono::Utc>>> {
+    match q.since.as_deref().filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => chrono::DateTime::parse_from_rfc3339(v)
+            .map(|t| Some(t.with_timezone(&chrono::Utc)))
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("since `{v}` is not an RFC 3339 time such as 2026-06-21T12:00:00Z"),
+                )
+            }),
+    }
+}
+
+async fn get_compliance(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Response> {
+    // Per-home figures: operator only when an operator token is configured.
+    operator(&s, &headers, false)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let who = q.participant.as_deref().filter(|p| !p.is_empty());
+    Ok(Json(s.service.compliance(since(&q)?, limit, who).await?).into_response())
+}
+
+async fn get_alerts(State(s): State<AppState>, Query(q): Query<Limit>) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000) as usize;
+    Ok(Json(s.service.envelope_alerts(limit).await?).into_response())
+}
+
+async fn get_flows(State(s): State<AppState>, Query(q): Query<PageQuery>) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(s.service.flows(since(&q)?, limit).await?).into_response())
 }
 
 async fn get_events(
@@ -284,7 +342,10 @@ pub fn openapi() -> serde_json::Value {
             "/readings/{digest}": {"get": op("A stored signed reading by the SHA-256 of its payload (as named in token provenance): the envelope verbatim, the decoded reading and its status")},
             "/quarantine": {"get": op("Quarantined, flagged and late readings with reasons, newest first")},
             "/quarantine/{id}/accept": {"post": op("Operator (Bearer token): accept a reading flagged as implausible; withheld mints are released")},
-            "/events": {"get": op("Server-sent events: settled, block, quarantined")},
+            "/compliance": {"get": op("Operator (Bearer token, when one is configured): per home and interval, metered export/import against the operating envelope, Vec<EnvelopeCompliance>, oldest first (query: since = RFC 3339 interval start, limit = at most this many intervals (default 100, max 1000), participant)")},
+            "/compliance/alerts": {"get": op("Public: homes over their operating envelope in two or more consecutive settled intervals, Vec<EnvelopeAlert>, newest first; active = the run includes the latest settled interval (query: limit)")},
+            "/flows": {"get": op("Public aggregates: per branch of each result's network and the root last, the metered export/import of the homes enrolled below it from verified readings, Vec<MeasuredFlows>, for intervals that have ended, oldest first (query: since = RFC 3339 interval start, limit)")},
+            "/events": {"get": op("Server-sent events: settled, block, quarantined, envelope_alert (a home over its envelope in a second consecutive settled interval)")},
             "/healthz": {"get": op("Liveness")},
             "/metrics": {"get": op("Prometheus text metrics")},
             "/openapi.json": {"get": op("This document")}

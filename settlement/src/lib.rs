@@ -5,12 +5,16 @@
 //! Module map (pure core first, I/O at the edges):
 //! - [`verify`]: pure reading checks (signature, registered key, sequence, registers, time
 //!   window, plausibility incl. a solar-elevation night test);
-//! - [`rules`]: pure settlement of one interval (statements, imbalances, mints);
+//! - [`rules`]: pure settlement of one interval (statements, imbalances, envelope excess,
+//!   mints);
+//! - [`compliance`]: pure operating-envelope compliance, envelope alerts and measured branch
+//!   flows;
 //! - [`ledger`]: entry bodies, Merkle trees, inclusion proofs, signed block headers;
 //! - [`store`]: SQLite/PostgreSQL schema and transactional writes;
 //! - [`service`]: the core that ties them together (ingest, settle, token operations, queries);
 //! - [`ingest`]: MQTT ingest (QoS 1, persistent session, ack after storing) and the settler loop;
-//! - [`sources`]: gateway keys, participant keys and results from the market (a trait);
+//! - [`sources`]: gateway keys, participant keys and results (signed, when a market key is
+//!   configured) from the market (a trait);
 //! - [`api`]: REST + SSE + `/metrics` + `/openapi.json`;
 //! - [`audit`]: `settlement verify`, a full re-check from storage;
 //! - [`metrics`]: Prometheus text counters.
@@ -36,6 +40,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod compliance;
 pub mod ingest;
 pub mod ledger;
 pub mod metrics;
@@ -67,6 +72,10 @@ pub struct SettlementConfig {
     pub database_url: String,
     /// The market-engine's base URL (gateway keys, participants, results); `None` = no polling.
     pub market_url: Option<String>,
+    /// The market's public key (base64 ed25519, as its `GET /market-key` serves it). When set,
+    /// results are read from `GET /results/signed` and only those signed by this key are
+    /// settled; `None` = results are read unsigned and not authenticated (a warning at start).
+    pub market_public_key: Option<PublicKey>,
     /// The MQTT broker (`mqtt://host:port`); `None` = REST ingest only.
     pub broker_url: Option<String>,
     /// MQTT client id of the persistent session.
@@ -94,6 +103,7 @@ impl Default for SettlementConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
             database_url: "sqlite://settlement.db".into(),
             market_url: Some("http://127.0.0.1:8081".into()),
+            market_public_key: None,
             broker_url: None,
             mqtt_client_id: "gridmesh-settlement".into(),
             authority_key: None,
@@ -184,8 +194,18 @@ pub async fn serve_with_source(
     let db = store::open(&config.database_url).await?;
     let mut service = Service::open(db, authority, clock, config.settings()).await?;
     service.use_postgres_copy(&config.database_url).await?;
+    service.set_market_key(config.market_public_key);
     let service = Arc::new(service);
     if let Some(source) = source {
+        match config.market_public_key {
+            Some(key) => {
+                tracing::info!(market_key = %key, "market results must be signed by this key")
+            }
+            None => tracing::warn!(
+                "no market_public_key configured: market results are read unsigned and NOT authenticated; \
+                 pin the key from the market's GET /market-key in the settlement config"
+            ),
+        }
         // Load registrations once before accepting readings, when the market is up.
         if let Err(e) = sources::poll_once(&service, source.as_ref()).await {
             tracing::warn!(error = %e, "first market poll failed; will retry");

@@ -40,13 +40,21 @@ pub struct Metrics {
     pub tokens_retired_wh: Counter,
     /// Failed polls of the market.
     pub source_errors: Counter,
+    /// Market results refused (signature, digest or body did not verify).
+    pub results_refused: Counter,
+    /// Home-intervals whose metered export or import exceeded the operating envelope.
+    pub envelope_violations: Counter,
+    /// Export beyond operating envelopes, Wh.
+    pub envelope_excess_wh: Counter,
+    /// Envelope alerts raised (a home over its envelope in two consecutive settled intervals).
+    pub envelope_alerts: Counter,
 }
 
 impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = Exposition::new();
-        let items: [(&str, &str, &Counter); 9] = [
+        let items: [(&str, &str, &Counter); 13] = [
             (
                 "gridmesh_settlement_readings_accepted_total",
                 "Signed readings verified and stored.",
@@ -91,6 +99,26 @@ impl Metrics {
                 "gridmesh_settlement_source_errors_total",
                 "Failed polls of the market.",
                 &self.source_errors,
+            ),
+            (
+                "gridmesh_settlement_results_refused_total",
+                "Market results refused because their signature, digest or body did not verify.",
+                &self.results_refused,
+            ),
+            (
+                "gridmesh_settlement_envelope_violations_total",
+                "Home-intervals whose metered export or import exceeded the operating envelope.",
+                &self.envelope_violations,
+            ),
+            (
+                "gridmesh_settlement_envelope_excess_wh_total",
+                "Metered export beyond operating envelopes (never tokenized).",
+                &self.envelope_excess_wh,
+            ),
+            (
+                "gridmesh_settlement_envelope_alerts_total",
+                "Envelope alerts raised (a home over its envelope in two consecutive settled intervals).",
+                &self.envelope_alerts,
             ),
         ];
         for (name, help, c) in items {

@@ -8,10 +8,17 @@
 //! - **Trades are firm**: for every trade the buyer pays the seller `price × energy` (rounded
 //!   once per trade, see `PricePerMwh::cost_of`), whatever is delivered. The utility is the
 //!   counterparty of trades against the root.
-//! - **Seller under-delivers** (`exported < sold`): `delivered = min(exported, sold)`; the
+//! - **Seller under-delivers** (`within < sold`, `within` as below): `delivered =
+//!   min(within, sold)`; the
 //!   shortfall `sold − delivered` is energy the utility supplied in the seller's place: the
 //!   seller pays the utility the *retail* price for it.
-//! - **Seller over-delivers**: `exported − delivered` is sold to the utility at the *feed-in*
+//! - **Operating envelope**: `excess` is the participant's export beyond its gateways'
+//!   operating envelopes (see [`crate::compliance`]; 0 without an envelope), and
+//!   `within = exported − excess`. Only `within` counts as delivery: `delivered =
+//!   min(within, sold)`. The excess is a line of its own, `envelope_excess`, priced at the
+//!   network's `utility.envelope_excess_price` (0 = paid nothing, the default; negative = a
+//!   penalty the participant pays the utility); it is never sold at feed-in and never minted.
+//! - **Seller over-delivers**: `within − delivered` is sold to the utility at the *feed-in*
 //!   price.
 //! - **Buyer under-consumes** (`imported < bought`): `consumed = min(imported, bought)`; the
 //!   energy bought but not taken went back to the grid: the utility pays the buyer the
@@ -55,12 +62,16 @@ pub struct Metered {
     pub readings: Vec<String>,
     /// Whether any of them is flagged and awaits an operator.
     pub flagged: bool,
+    /// Export beyond the operating envelopes of the participant's gateways, Wh (0 without an
+    /// envelope; at most `exported`).
+    pub envelope_excess: Wh,
 }
 
 /// One line of a statement: positive `amount` = the participant receives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoneyLine {
-    /// `trade_sale`, `trade_purchase`, `shortfall`, `surplus_export`, `untaken`, `extra_import`.
+    /// `trade_sale`, `trade_purchase`, `shortfall`, `surplus_export`, `envelope_excess`,
+    /// `untaken`, `extra_import`.
     pub kind: String,
     /// The other side: a participant id or `utility`.
     pub counterparty: String,
@@ -87,7 +98,11 @@ pub struct Statement {
     pub exported: Wh,
     /// Metered import.
     pub imported: Wh,
-    /// Export allocated to sales.
+    /// Export beyond the operating envelope (its own `envelope_excess` line; never counted as
+    /// delivery, never tokenized).
+    #[serde(default)]
+    pub envelope_excess: Wh,
+    /// Export allocated to sales (within the envelope).
     pub delivered: Wh,
     /// Import allocated to purchases.
     pub consumed: Wh,
@@ -196,6 +211,16 @@ fn source_of(m: &Metered) -> &'static str {
     }
 }
 
+#[derive(Clone, Copy)]
+struct Facts {
+    exported: Wh,
+    imported: Wh,
+    excess: Wh,
+    delivered: Wh,
+    consumed: Wh,
+    estimated: bool,
+}
+
 #[derive(Default)]
 struct Acc {
     lines: Vec<MoneyLine>,
@@ -221,6 +246,7 @@ pub fn settle(
         .utility
         .feed_in_price
         .unwrap_or(PricePerMwh(0));
+    let excess_price = result.network.utility.envelope_excess_price;
     let mut acc: BTreeMap<ParticipantId, Acc> = BTreeMap::new();
     let mut utility_lines: Vec<Money> = Vec::new();
     let mut sales: BTreeMap<ParticipantId, Vec<usize>> = BTreeMap::new();
@@ -271,13 +297,17 @@ pub fn settle(
     let mut seller_alloc: BTreeMap<usize, Wh> = BTreeMap::new();
     let mut buyer_alloc: BTreeMap<usize, Wh> = BTreeMap::new();
     let mut statements = Vec::with_capacity(acc.len());
-    let mut facts: BTreeMap<ParticipantId, (Wh, Wh, Wh, Wh, bool)> = BTreeMap::new();
+    let mut facts: BTreeMap<ParticipantId, Facts> = BTreeMap::new();
     for (p, a) in acc.iter_mut() {
         let m = metered.get(p);
         let (exported, imported) = m.map_or((Wh(0), Wh(0)), |m| (m.exported, m.imported));
-        let delivered = exported.min(a.sold);
+        let excess = m.map_or(Wh(0), |m| {
+            m.envelope_excess.max(Wh(0)).min(exported.max(Wh(0)))
+        });
+        let within = exported.checked_sub(excess)?;
+        let delivered = within.min(a.sold);
         let shortfall = a.sold.checked_sub(delivered)?;
-        let surplus = exported.checked_sub(delivered)?;
+        let surplus = within.checked_sub(delivered)?;
         let (consumed, untaken, extra) = match m {
             Some(_) => {
                 let consumed = imported.min(a.bought);
@@ -307,6 +337,7 @@ pub fn settle(
         };
         push("shortfall", shortfall, retail, false)?;
         push("surplus_export", surplus, feed_in, true)?;
+        push("envelope_excess", excess, excess_price, true)?;
         push("untaken", untaken, feed_in, true)?;
         push("extra_import", extra, retail, false)?;
         if let Some(idx) = sales.get(p) {
@@ -324,7 +355,14 @@ pub fn settle(
         }
         facts.insert(
             p.clone(),
-            (exported, imported, delivered, consumed, m.is_none()),
+            Facts {
+                exported,
+                imported,
+                excess,
+                delivered,
+                consumed,
+                estimated: m.is_none(),
+            },
         );
     }
 
@@ -370,19 +408,20 @@ pub fn settle(
     }
 
     for (p, a) in acc {
-        let (exported, imported, delivered, consumed, estimated) = facts[&p];
+        let f = facts[&p];
         let net = Money::checked_sum(a.lines.iter().map(|l| l.amount))?;
         statements.push(Statement {
             participant: p,
             interval: interval.clone(),
             sold: a.sold,
             bought: a.bought,
-            exported,
-            imported,
-            delivered,
-            consumed,
+            exported: f.exported,
+            imported: f.imported,
+            envelope_excess: f.excess,
+            delivered: f.delivered,
+            consumed: f.consumed,
             tokens: a.tokens,
-            estimated,
+            estimated: f.estimated,
             lines: a.lines,
             net,
         });

@@ -2,6 +2,7 @@
 //! token operations and answer queries. Owns the in-memory verification state; every write is
 //! one database transaction.
 
+use crate::compliance::{self, GatewayMetered};
 use crate::ledger::{EntryBody, MintEntry, RetireEntry, TransferEntry, inclusion_proof};
 use crate::metrics::Metrics;
 use crate::rules::{self, Metered, MintPlan, Statement};
@@ -9,13 +10,14 @@ use crate::store::{self, QuarantineRow, ReadingRow, StoreError, Value};
 use crate::verify::{self, ChainState, Context, Limits, Reason, ReasonCode, Verdict};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use gridmesh_protocol::envelope::{EnvelopeAlert, EnvelopeCompliance, MeasuredFlows, SignedResult};
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::reading::Reading;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
 use gridmesh_protocol::signing::{PublicKey, Signable, SignedEnvelope};
 use gridmesh_protocol::token::{TokenRetire, TokenTransfer};
-use gridmesh_protocol::{GatewayId, Interval, ParticipantId, Wh};
+use gridmesh_protocol::{GatewayId, Interval, NodeId, ParticipantId, Wh};
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::db::Database;
 use serde::Serialize;
@@ -103,6 +105,10 @@ pub enum Event {
         /// Reason sentence.
         reason: String,
     },
+    /// A home exceeded its operating envelope in a second consecutive settled interval (the
+    /// alert starts; it is not repeated while the run goes on).
+    #[serde(rename = "envelope_alert")]
+    EnvelopeAlert(EnvelopeAlert),
 }
 
 impl Event {
@@ -112,6 +118,7 @@ impl Event {
             Event::Settled { .. } => "settled",
             Event::Block { .. } => "block",
             Event::Quarantined { .. } => "quarantined",
+            Event::EnvelopeAlert(_) => "envelope_alert",
         }
     }
 }
@@ -171,6 +178,11 @@ pub struct Service {
     pub results_changed: Notify,
     /// A native PostgreSQL pool for COPY-based batch inserts (see [`Service::use_postgres_copy`]).
     pg: Option<sqlx::PgPool>,
+    /// The market's key that must sign every result (`None` = results are not authenticated).
+    market_key: Option<PublicKey>,
+    /// Signed results already refused (interval key, SHA-256 of the signed attestation), so a
+    /// result the market keeps serving is logged and counted once.
+    refused: std::sync::Mutex<HashSet<(String, [u8; 32])>>,
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -199,6 +211,8 @@ impl Service {
             metrics: Metrics::default(),
             results_changed: Notify::new(),
             pg: None,
+            market_key: None,
+            refused: std::sync::Mutex::new(HashSet::new()),
         };
         service.load().await?;
         Ok(service)
@@ -215,6 +229,17 @@ impl Service {
             self.pg = Some(pool);
         }
         Ok(())
+    }
+
+    /// Requires every market result to be signed by `key` (see [`Service::add_signed_result`]);
+    /// `None` reads results unsigned.
+    pub fn set_market_key(&mut self, key: Option<PublicKey>) {
+        self.market_key = key;
+    }
+
+    /// The market key results must be signed with, if one is configured.
+    pub fn market_key(&self) -> Option<PublicKey> {
+        self.market_key
     }
 
     /// The database.
@@ -342,6 +367,81 @@ impl Service {
             self.results_changed.notify_one();
         }
         Ok(new)
+    }
+
+    /// Verifies a result signed by the market (with the configured market key) and stores it
+    /// with the exact signed body bytes and the attestation. A result that does not verify is
+    /// not stored (so it is never settled): it is logged as an error naming the interval and
+    /// the reason, and counted in `gridmesh_settlement_results_refused_total` (once per
+    /// distinct signed result). Returns whether a new result was stored.
+    pub async fn add_signed_result(&self, signed: &SignedResult) -> Result<bool, ServiceError> {
+        let Some(key) = self.market_key else {
+            return Err(ServiceError::BadRequest(
+                "no market_public_key is configured, so signed results cannot be verified; set it in the settlement config".into(),
+            ));
+        };
+        let opened = signed.open(&key).and_then(|result| {
+            String::from_utf8(signed.body_base64.clone())
+                .map(|body| (result, body))
+                .map_err(|e| gridmesh_protocol::envelope::SignedResultError::BadBody(e.to_string()))
+        });
+        let (result, body) = match opened {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.refuse(signed, &e.to_string());
+                return Ok(false);
+            }
+        };
+        let attestation = serde_json::to_string(&signed.attestation).expect("serialisable");
+        let done = sqlx::query(
+            "INSERT INTO results (interval_key, interval_start, minutes, body, settled, attestation) \
+             VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (interval_key) DO NOTHING",
+        )
+        .bind(result.interval.key())
+        .bind(result.interval.start_unix())
+        .bind(i64::from(result.interval.length().minutes()))
+        .bind(body)
+        .bind(attestation)
+        .execute(&self.db.pool)
+        .await?;
+        let new = done.rows_affected() > 0;
+        if new {
+            self.results_changed.notify_one();
+        }
+        Ok(new)
+    }
+
+    fn refuse(&self, signed: &SignedResult, why: &str) {
+        // Name the interval from the attestation if it decodes, else from the body.
+        let interval = <gridmesh_protocol::envelope::ResultAttestation as Signable>::decode(
+            &signed.attestation.payload,
+        )
+        .map(|a| a.interval.key())
+        .or_else(|_| {
+            serde_json::from_slice::<IntervalResult>(&signed.body_base64).map(|r| r.interval.key())
+        })
+        .unwrap_or_else(|_| "an unknown interval".to_owned());
+        use sha2::Digest as _;
+        let fingerprint: [u8; 32] = sha2::Sha256::new()
+            .chain_update(&signed.attestation.payload)
+            .chain_update(signed.attestation.signature)
+            .chain_update(&signed.body_base64)
+            .finalize()
+            .into();
+        let first = self
+            .refused
+            .lock()
+            .expect("refused lock")
+            .insert((interval.clone(), fingerprint));
+        if first {
+            self.metrics.results_refused.add(1);
+            tracing::error!(
+                interval = %interval,
+                reason = %why,
+                signer = %signed.attestation.public_key,
+                "REFUSED the market result for {interval}: {why}. It is not stored and will not be settled; check market_public_key against the market's GET /market-key"
+            );
+        }
     }
 
     /// The start of the newest stored result, if any.
@@ -621,7 +721,15 @@ impl Service {
         }
         let result: IntervalResult = serde_json::from_str(&row.get::<String, _>(0))
             .map_err(|e| StoreError::Corrupt(format!("stored result {interval_key}: {e}")))?;
-        let metered = metered_for(&mut tx, &result.interval).await?;
+        let (mut metered, by_gateway) = metered_for(&mut *tx, &result.interval).await?;
+        let compliance_rows = compliance::compliance(&result, &by_gateway);
+        let excess = compliance::excess_by_participant(&compliance_rows, &by_gateway)
+            .map_err(|e| ServiceError::Conflict(format!("cannot settle {interval_key}: {e}")))?;
+        for (p, wh) in excess {
+            if let Some(m) = metered.get_mut(&p) {
+                m.envelope_excess = wh;
+            }
+        }
         let settlement = rules::settle(&result, &metered)
             .map_err(|e| ServiceError::Conflict(format!("cannot settle {interval_key}: {e}")))?;
         let per = store::rows_per_statement(self.db.backend);
@@ -646,6 +754,29 @@ impl Service {
             per,
         )
         .await?;
+        let compliance_values: Vec<Vec<Value>> = compliance_rows
+            .iter()
+            .map(|c| {
+                vec![
+                    Value::Text(interval_key.to_owned()),
+                    Value::Int(result.interval.start_unix()),
+                    Value::Text(c.gateway.to_string()),
+                    Value::Text(c.participant.to_string()),
+                    Value::Int(c.excess_export_wh.0),
+                    Value::Int(c.excess_import_wh.0),
+                    Value::Text(serde_json::to_string(c).expect("serialisable")),
+                ]
+            })
+            .collect();
+        store::insert_many(
+            &mut tx,
+            "compliance",
+            "interval_key, interval_start, gateway, participant, excess_export, excess_import, body",
+            &compliance_values,
+            per,
+        )
+        .await?;
+        let started_alerts = alerts_started(&mut tx, &result.interval, &compliance_rows).await?;
         let mut minted = Wh(0);
         let (mut entry_rows, mut lot_rows) = (Vec::new(), Vec::new());
         for plan in &settlement.mints {
@@ -715,6 +846,40 @@ impl Service {
             hash: block.hash,
             interval: interval_key.to_owned(),
         });
+        let violations: Vec<&EnvelopeCompliance> =
+            compliance_rows.iter().filter(|c| !c.compliant()).collect();
+        self.metrics
+            .envelope_violations
+            .add(violations.len() as u64);
+        let excess_wh: i64 = violations.iter().map(|c| c.excess_export_wh.0).sum();
+        self.metrics.envelope_excess_wh.add(excess_wh.max(0) as u64);
+        for c in &violations {
+            tracing::info!(
+                interval = interval_key,
+                gateway = %c.gateway,
+                participant = %c.participant,
+                export_wh = c.export_wh.0,
+                export_limit_wh = c.export_limit_wh.0,
+                import_wh = c.import_wh.0,
+                import_limit_wh = c.import_limit_wh.0,
+                "home exceeded its operating envelope"
+            );
+        }
+        for alert in started_alerts {
+            self.metrics.envelope_alerts.add(1);
+            tracing::warn!(
+                gateway = %alert.gateway,
+                participant = %alert.participant,
+                node = %alert.node,
+                first = %alert.first_interval.key(),
+                last = %alert.last_interval.key(),
+                excess_export_wh = alert.excess_export_wh.0,
+                excess_import_wh = alert.excess_import_wh.0,
+                "ENVELOPE ALERT: {} exceeded its operating envelope in two settled intervals in a row",
+                alert.gateway
+            );
+            let _ = self.events.send(Event::EnvelopeAlert(alert));
+        }
         tracing::info!(
             interval = interval_key,
             height = block.header.height,
@@ -959,6 +1124,111 @@ impl Service {
             .collect()
     }
 
+    /// Compliance rows (metered energy against the operating envelope) of at most `limit`
+    /// intervals starting at or after `since`, oldest first, every row of each interval
+    /// (only `participant`'s rows when given).
+    pub async fn compliance(
+        &self,
+        since: Option<DateTime<Utc>>,
+        limit: i64,
+        participant: Option<&str>,
+    ) -> Result<Vec<EnvelopeCompliance>, ServiceError> {
+        let since = since.map_or(i64::MIN, |t| t.timestamp());
+        let who = participant.unwrap_or("").to_owned();
+        let starts: Vec<i64> = sqlx::query_scalar(
+            "SELECT DISTINCT interval_start FROM compliance \
+             WHERE interval_start >= $1 AND ($2 = '' OR participant = $2) \
+             ORDER BY interval_start LIMIT $3",
+        )
+        .bind(since)
+        .bind(who.clone())
+        .bind(limit)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let (Some(first), Some(last)) = (starts.first(), starts.last()) else {
+            return Ok(Vec::new());
+        };
+        sqlx::query(
+            "SELECT body FROM compliance \
+             WHERE interval_start >= $1 AND interval_start <= $2 AND ($3 = '' OR participant = $3) \
+             ORDER BY interval_start, gateway",
+        )
+        .bind(*first)
+        .bind(*last)
+        .bind(who)
+        .fetch_all(&self.db.pool)
+        .await?
+        .iter()
+        .map(|r| parse_compliance(&r.get::<String, _>(0)))
+        .collect()
+    }
+
+    /// Envelope alerts over every settled interval (see [`compliance::alerts`]), newest first,
+    /// at most `limit`.
+    pub async fn envelope_alerts(&self, limit: usize) -> Result<Vec<EnvelopeAlert>, ServiceError> {
+        let mut settled = Vec::new();
+        for r in sqlx::query("SELECT interval_start, minutes FROM results WHERE settled = 1")
+            .fetch_all(&self.db.pool)
+            .await?
+        {
+            settled.push(
+                Interval::from_unix(r.get(0), r.get(1))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            );
+        }
+        let violations =
+            sqlx::query("SELECT body FROM compliance WHERE excess_export > 0 OR excess_import > 0")
+                .fetch_all(&self.db.pool)
+                .await?
+                .iter()
+                .map(|r| parse_compliance(&r.get::<String, _>(0)))
+                .collect::<Result<Vec<_>, _>>()?;
+        let mut alerts = compliance::alerts(&settled, &violations);
+        alerts.truncate(limit);
+        Ok(alerts)
+    }
+
+    /// Measured flows of at most `limit` intervals with a stored result that starts at or after
+    /// `since` and has ended by now, oldest first: per branch of the result's network and the
+    /// root, from the readings settlement uses for money (see [`compliance::measured_flows`]).
+    pub async fn flows(
+        &self,
+        since: Option<DateTime<Utc>>,
+        limit: i64,
+    ) -> Result<Vec<MeasuredFlows>, ServiceError> {
+        let now = self.clock.now().timestamp();
+        let rows = sqlx::query(
+            "SELECT interval_key, body FROM results \
+             WHERE interval_start >= $1 AND interval_start + minutes * 60 <= $2 \
+             ORDER BY interval_start LIMIT $3",
+        )
+        .bind(since.map_or(i64::MIN, |t| t.timestamp()))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let enrolled: BTreeMap<GatewayId, NodeId> = self
+            .registry
+            .read()
+            .expect("registry lock")
+            .values()
+            .map(|g| (g.gateway.clone(), g.node.clone()))
+            .collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let key: String = r.get(0);
+            let result: IntervalResult = serde_json::from_str(&r.get::<String, _>(1))
+                .map_err(|e| StoreError::Corrupt(format!("stored result {key}: {e}")))?;
+            let (_, by_gateway) = metered_for(&self.db.pool, &result.interval).await?;
+            out.push(
+                compliance::measured_flows(&result, &enrolled, &by_gateway).map_err(|e| {
+                    StoreError::Corrupt(format!("measured flows of {key} overflow: {e}"))
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
     /// A participant's holdings with provenance.
     pub async fn balances(&self, participant: &str) -> Result<serde_json::Value, ServiceError> {
         let rows = sqlx::query(
@@ -1156,6 +1426,54 @@ fn quarantined(key: Option<String>, reason: &Reason) -> ItemOutcome {
     }
 }
 
+/// The envelope alerts that start with `interval` (being settled in `tx`): homes over their
+/// envelope now and in the previous settled interval, but not in the one before.
+async fn alerts_started(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    interval: &Interval,
+    rows: &[EnvelopeCompliance],
+) -> Result<Vec<EnvelopeAlert>, ServiceError> {
+    if rows.iter().all(EnvelopeCompliance::compliant) {
+        return Ok(Vec::new());
+    }
+    let mut window = vec![*interval];
+    for r in sqlx::query(
+        "SELECT interval_start, minutes FROM results WHERE settled = 1 AND interval_start < $1 \
+         ORDER BY interval_start DESC LIMIT 2",
+    )
+    .bind(interval.start_unix())
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        window.push(
+            Interval::from_unix(r.get(0), r.get(1))
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        );
+    }
+    let oldest = window.iter().map(Interval::start_unix).min().unwrap_or(0);
+    let mut violations: Vec<EnvelopeCompliance> = rows.to_vec();
+    for r in sqlx::query(
+        "SELECT body FROM compliance WHERE interval_start >= $1 AND interval_start < $2 \
+         AND (excess_export > 0 OR excess_import > 0)",
+    )
+    .bind(oldest)
+    .bind(interval.start_unix())
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        violations.push(parse_compliance(&r.get::<String, _>(0))?);
+    }
+    Ok(compliance::alerts(&window, &violations)
+        .into_iter()
+        .filter(|a| a.intervals == 2 && a.last_interval == *interval)
+        .collect())
+}
+
+fn parse_compliance(body: &str) -> Result<EnvelopeCompliance, ServiceError> {
+    serde_json::from_str(body)
+        .map_err(|e| StoreError::Corrupt(format!("stored compliance row: {e}")).into())
+}
+
 fn q_row(
     item: &Submission,
     key: Option<&str>,
@@ -1174,32 +1492,59 @@ fn q_row(
     }
 }
 
-async fn metered_for(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+/// Metered energy of one interval from the readings settlement uses for money (`accepted` and
+/// `flagged`): per participant (for the rules) and per gateway (for envelopes and flows).
+type MeteredInterval = (
+    BTreeMap<ParticipantId, Metered>,
+    BTreeMap<GatewayId, GatewayMetered>,
+);
+
+async fn metered_for<'e, E>(
+    executor: E,
     interval: &Interval,
-) -> Result<BTreeMap<ParticipantId, Metered>, ServiceError> {
+) -> Result<MeteredInterval, ServiceError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let rows = sqlx::query(
-        "SELECT participant, digest, status, grid_import, grid_export, pv, battery_discharge \
+        "SELECT participant, digest, status, grid_import, grid_export, pv, battery_discharge, gateway \
          FROM readings WHERE interval_start = $1 AND minutes = $2 AND status IN ('accepted', 'flagged') \
          ORDER BY reading_key",
     )
     .bind(interval.start_unix())
     .bind(i64::from(interval.length().minutes()))
-    .fetch_all(&mut **tx)
+    .fetch_all(executor)
     .await?;
+    let corrupt = |e: gridmesh_protocol::units::Overflow| {
+        StoreError::Corrupt(format!("metered energy of {interval} overflows: {e}"))
+    };
     let mut out: BTreeMap<ParticipantId, Metered> = BTreeMap::new();
+    let mut by_gateway: BTreeMap<GatewayId, GatewayMetered> = BTreeMap::new();
     for r in rows {
         let p = ParticipantId::new(r.get::<String, _>(0))
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let g = GatewayId::new(r.get::<String, _>(7))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (import, export) = (Wh(r.get::<i64, _>(3)), Wh(r.get::<i64, _>(4)));
+        let gm = by_gateway.entry(g).or_insert_with(|| GatewayMetered {
+            participant: p.clone(),
+            exported: Wh(0),
+            imported: Wh(0),
+        });
+        gm.imported = gm.imported.checked_add(import).map_err(corrupt)?;
+        gm.exported = gm.exported.checked_add(export).map_err(corrupt)?;
         let m = out.entry(p).or_default();
         m.readings.push(r.get(1));
         m.flagged |= r.get::<String, _>(2) == "flagged";
-        m.imported.0 += r.get::<i64, _>(3);
-        m.exported.0 += r.get::<i64, _>(4);
-        m.pv.0 += r.get::<i64, _>(5);
-        m.battery_discharge.0 += r.get::<i64, _>(6);
+        m.imported = m.imported.checked_add(import).map_err(corrupt)?;
+        m.exported = m.exported.checked_add(export).map_err(corrupt)?;
+        m.pv = m.pv.checked_add(Wh(r.get::<i64, _>(5))).map_err(corrupt)?;
+        m.battery_discharge = m
+            .battery_discharge
+            .checked_add(Wh(r.get::<i64, _>(6)))
+            .map_err(corrupt)?;
     }
-    Ok(out)
+    Ok((out, by_gateway))
 }
 
 fn mint_body(interval: &str, plan: &MintPlan, released: bool) -> EntryBody {

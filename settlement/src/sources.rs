@@ -1,12 +1,18 @@
 //! Where settlement learns gateway keys, participant keys and cleared results: the market's
 //! REST API in production, a hand-fed [`StaticSource`] in tests. The poller keeps the local
 //! copies fresh, with exponential backoff while the market is unreachable.
+//!
+//! With a market key configured ([`Service::set_market_key`]) results are read *signed*
+//! (`GET /results/signed`, [`SignedResult`]) and only those that verify are stored; without
+//! one they are read unsigned (`GET /results`) and trusted as served.
 
 use crate::service::Service;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use gridmesh_protocol::envelope::{ResultAttestation, SignedResult};
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
+use gridmesh_protocol::signing::Signable;
 use gridmesh_runtime::shutdown::Shutdown;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,6 +40,19 @@ pub trait MarketSource: Send + Sync + 'static {
         &self,
         since: Option<DateTime<Utc>>,
     ) -> BoxFuture<'_, Result<Vec<IntervalResult>, SourceError>>;
+    /// Results as the market signed them, interval start ≥ `since` (all if `None`), oldest
+    /// first. Nothing is verified here: the caller checks every one with the market's key.
+    fn signed_results_since(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> BoxFuture<'_, Result<Vec<SignedResult>, SourceError>>;
+}
+
+fn since_query(since: Option<DateTime<Utc>>) -> String {
+    match since {
+        Some(t) => format!("?since={}&limit=500", t.format("%Y-%m-%dT%H:%M:%SZ")),
+        None => "?limit=500".to_owned(),
+    }
 }
 
 /// The market-engine's REST API.
@@ -92,14 +111,17 @@ impl MarketSource for HttpMarket {
         &self,
         since: Option<DateTime<Utc>>,
     ) -> BoxFuture<'_, Result<Vec<IntervalResult>, SourceError>> {
-        let path = match since {
-            Some(t) => format!(
-                "/results?since={}&limit=500",
-                t.format("%Y-%m-%dT%H:%M:%SZ")
-            ),
-            None => "/results?limit=500".to_owned(),
-        };
-        Box::pin(self.get("results", path))
+        Box::pin(self.get("results", format!("/results{}", since_query(since))))
+    }
+
+    fn signed_results_since(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> BoxFuture<'_, Result<Vec<SignedResult>, SourceError>> {
+        Box::pin(self.get(
+            "signed results",
+            format!("/results/signed{}", since_query(since)),
+        ))
     }
 }
 
@@ -114,6 +136,7 @@ struct StaticInner {
     gateways: Vec<GatewayEnrollment>,
     participants: Vec<Participant>,
     results: Vec<IntervalResult>,
+    signed: Vec<SignedResult>,
 }
 
 impl StaticSource {
@@ -129,6 +152,22 @@ impl StaticSource {
     pub fn add_result(&self, r: IntervalResult) {
         self.inner.lock().expect("lock").results.push(r);
     }
+    /// Adds a signed result (served as is, even if it does not verify).
+    pub fn add_signed_result(&self, r: SignedResult) {
+        self.inner.lock().expect("lock").signed.push(r);
+    }
+}
+
+/// The interval start a signed result claims (attestation first, else the body), unverified.
+fn claimed_start(r: &SignedResult) -> Option<DateTime<Utc>> {
+    ResultAttestation::decode(&r.attestation.payload)
+        .map(|a| a.interval.start())
+        .ok()
+        .or_else(|| {
+            serde_json::from_slice::<IntervalResult>(&r.body_base64)
+                .ok()
+                .map(|b| b.interval.start())
+        })
 }
 
 impl MarketSource for StaticSource {
@@ -156,6 +195,25 @@ impl MarketSource for StaticSource {
         v.sort_by_key(|r| r.interval.start());
         Box::pin(async move { Ok(v) })
     }
+    fn signed_results_since(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> BoxFuture<'_, Result<Vec<SignedResult>, SourceError>> {
+        let mut v: Vec<SignedResult> = self
+            .inner
+            .lock()
+            .expect("lock")
+            .signed
+            .iter()
+            .filter(|r| match (since, claimed_start(r)) {
+                (Some(s), Some(start)) => start >= s,
+                _ => true,
+            })
+            .cloned()
+            .collect();
+        v.sort_by_key(claimed_start);
+        Box::pin(async move { Ok(v) })
+    }
 }
 
 /// One poll: refresh registrations and fetch new results. Returns how many results were new.
@@ -174,14 +232,31 @@ pub async fn poll_once(service: &Service, source: &dyn MarketSource) -> Result<u
         .latest_result_start()
         .await
         .map_err(|e| e.to_string())?;
-    let results = source
-        .results_since(since)
-        .await
-        .map_err(|e| e.to_string())?;
     let mut new = 0;
-    for r in &results {
-        if service.add_result(r).await.map_err(|e| e.to_string())? {
-            new += 1;
+    if service.market_key().is_some() {
+        let signed = source
+            .signed_results_since(since)
+            .await
+            .map_err(|e| e.to_string())?;
+        for r in &signed {
+            // A result that does not verify is logged, counted and skipped inside.
+            if service
+                .add_signed_result(r)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                new += 1;
+            }
+        }
+    } else {
+        let results = source
+            .results_since(since)
+            .await
+            .map_err(|e| e.to_string())?;
+        for r in &results {
+            if service.add_result(r).await.map_err(|e| e.to_string())? {
+                new += 1;
+            }
         }
     }
     Ok(new)

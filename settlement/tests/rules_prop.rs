@@ -37,7 +37,7 @@ prop_compose! {
             let (imported, exported, pv, bat, flagged) = m?;
             Some((ParticipantId::new(NAMES[i]).unwrap(), Metered {
                 imported: Wh(imported), exported: Wh(exported), pv: Wh(pv), battery_discharge: Wh(bat),
-                readings: vec![format!("{i:064x}")], flagged,
+                readings: vec![format!("{i:064x}")], flagged, envelope_excess: Wh(0),
             }))
         }).collect()
     }

@@ -1,0 +1,220 @@
+//! Operating-envelope compliance, envelope alerts and measured branch flows: pure functions of
+//! an interval's market result, the verified readings' energy per gateway and the enrolments.
+//!
+//! - **Compliance** ([`compliance`]): for every gateway that has an envelope in the result
+//!   (`IntervalResult::envelopes`) *and* at least one reading settlement uses for money
+//!   (status `accepted` or `flagged`), its metered export and import against the envelope's
+//!   limits; anything beyond a limit is excess. A gateway without an envelope gets no row (there
+//!   is nothing to comply with); a gateway without readings gets no row either (nothing was
+//!   measured; its statement is `estimated`).
+//! - **Alerts** ([`alerts`]): a gateway whose rows exceed the envelope in two or more
+//!   *consecutive settled intervals* (adjacent in the list of settled intervals, ordered by
+//!   start). An interval in which it has no violating row (compliant, or no reading) ends the
+//!   run. A run is `active` when it includes the latest settled interval.
+//! - **Measured flows** ([`measured_flows`]): per branch of the result's network (in the
+//!   network's order) and then the root, the sums of metered export and import of the homes
+//!   enrolled at or below the branch's node; a home whose node is not in the network is not
+//!   counted anywhere.
+
+use gridmesh_protocol::envelope::{
+    EnvelopeAlert, EnvelopeCompliance, MeasuredBranchFlow, MeasuredFlows,
+};
+use gridmesh_protocol::market::IntervalResult;
+use gridmesh_protocol::units::Overflow;
+use gridmesh_protocol::{GatewayId, Interval, NodeId, ParticipantId, Wh};
+use std::collections::{BTreeMap, HashMap};
+
+/// What one gateway's readings settlement uses for money say about one interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayMetered {
+    /// The participant the readings were attributed to at ingest (from the enrolment).
+    pub participant: ParticipantId,
+    /// Σ grid export, Wh.
+    pub exported: Wh,
+    /// Σ grid import, Wh.
+    pub imported: Wh,
+}
+
+/// The compliance rows of one interval (see the module docs), ordered by gateway.
+pub fn compliance(
+    result: &IntervalResult,
+    metered: &BTreeMap<GatewayId, GatewayMetered>,
+) -> Vec<EnvelopeCompliance> {
+    let mut rows: Vec<EnvelopeCompliance> = result
+        .envelopes
+        .iter()
+        .filter_map(|e| {
+            let m = metered.get(&e.gateway)?;
+            Some(EnvelopeCompliance {
+                interval: result.interval,
+                gateway: e.gateway.clone(),
+                participant: e.participant.clone(),
+                node: e.node.clone(),
+                export_wh: m.exported,
+                import_wh: m.imported,
+                export_limit_wh: e.export_limit_wh,
+                import_limit_wh: e.import_limit_wh,
+                excess_export_wh: beyond(m.exported, e.export_limit_wh),
+                excess_import_wh: beyond(m.imported, e.import_limit_wh),
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| a.gateway.cmp(&b.gateway));
+    // Two allocations for one gateway would be a market bug; keep the first (the stricter
+    // reading would be arbitrary), so a gateway has one row per interval.
+    rows.dedup_by(|a, b| a.gateway == b.gateway);
+    rows
+}
+
+/// `value − limit` when positive, else 0 (never overflows: both are non-negative i64).
+fn beyond(value: Wh, limit: Wh) -> Wh {
+    Wh(value.0.saturating_sub(limit.0.max(0)).max(0))
+}
+
+/// Export beyond the envelope per participant (the one the readings were attributed to),
+/// summed over its gateways: what `rules::settle` books as `envelope_excess`.
+pub fn excess_by_participant(
+    rows: &[EnvelopeCompliance],
+    metered: &BTreeMap<GatewayId, GatewayMetered>,
+) -> Result<BTreeMap<ParticipantId, Wh>, Overflow> {
+    let mut out: BTreeMap<ParticipantId, Wh> = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.excess_export_wh.0 > 0) {
+        let who = metered
+            .get(&row.gateway)
+            .map_or(&row.participant, |m| &m.participant);
+        let v = out.entry(who.clone()).or_default();
+        *v = v.checked_add(row.excess_export_wh)?;
+    }
+    Ok(out)
+}
+
+/// Runs of violations of two or more consecutive settled intervals (see the module docs).
+///
+/// `settled` lists the settled intervals (any order); `violations` holds compliance rows, of
+/// which only those exceeding the envelope count. Alerts come newest first (by last interval,
+/// then gateway).
+pub fn alerts(settled: &[Interval], violations: &[EnvelopeCompliance]) -> Vec<EnvelopeAlert> {
+    let mut order: Vec<Interval> = settled.to_vec();
+    order.sort_by_key(|i| i.start());
+    order.dedup();
+    let position: HashMap<Interval, usize> =
+        order.iter().enumerate().map(|(n, i)| (*i, n)).collect();
+    let latest = order.len().checked_sub(1);
+    let mut by_gateway: BTreeMap<&GatewayId, Vec<(usize, &EnvelopeCompliance)>> = BTreeMap::new();
+    for row in violations.iter().filter(|r| !r.compliant()) {
+        if let Some(&n) = position.get(&row.interval) {
+            by_gateway.entry(&row.gateway).or_default().push((n, row));
+        }
+    }
+    let mut out = Vec::new();
+    for (_, mut rows) in by_gateway {
+        rows.sort_by_key(|(n, _)| *n);
+        rows.dedup_by_key(|(n, _)| *n);
+        let mut start = 0;
+        while start < rows.len() {
+            let mut end = start;
+            while end + 1 < rows.len() && rows[end + 1].0 == rows[end].0 + 1 {
+                end += 1;
+            }
+            let run = &rows[start..=end];
+            if run.len() >= 2 {
+                let (first, last) = (run[0].1, run[run.len() - 1].1);
+                // Excess is bounded by metered energy; saturate rather than fail a read-only view.
+                let sum = |f: fn(&EnvelopeCompliance) -> Wh| {
+                    Wh(run.iter().fold(0i64, |a, (_, r)| a.saturating_add(f(r).0)))
+                };
+                out.push(EnvelopeAlert {
+                    gateway: last.gateway.clone(),
+                    participant: last.participant.clone(),
+                    node: last.node.clone(),
+                    first_interval: first.interval,
+                    last_interval: last.interval,
+                    intervals: run.len() as u32,
+                    excess_export_wh: sum(|r| r.excess_export_wh),
+                    excess_import_wh: sum(|r| r.excess_import_wh),
+                    active: Some(run[run.len() - 1].0) == latest,
+                });
+            }
+            start = end + 1;
+        }
+    }
+    out.sort_by(|a, b| {
+        b.last_interval
+            .start()
+            .cmp(&a.last_interval.start())
+            .then_with(|| a.gateway.cmp(&b.gateway))
+    });
+    out
+}
+
+/// The measured flows of one interval (see the module docs). `enrolled` maps every enrolled
+/// gateway to its node.
+pub fn measured_flows(
+    result: &IntervalResult,
+    enrolled: &BTreeMap<GatewayId, NodeId>,
+    metered: &BTreeMap<GatewayId, GatewayMetered>,
+) -> Result<MeasuredFlows, Overflow> {
+    let network = &result.network;
+    let parent: HashMap<&NodeId, &NodeId> = network
+        .branches
+        .iter()
+        .map(|b| (&b.node, &b.parent))
+        .collect();
+    let mut acc: HashMap<&NodeId, MeasuredBranchFlow> = HashMap::new();
+    let zero = |node: &NodeId| MeasuredBranchFlow {
+        node: node.clone(),
+        flow_wh: Wh(0),
+        export_wh: Wh(0),
+        import_wh: Wh(0),
+        homes_reporting: 0,
+        homes_enrolled: 0,
+    };
+    for node in network
+        .branches
+        .iter()
+        .map(|b| &b.node)
+        .chain([&network.root])
+    {
+        acc.insert(node, zero(node));
+    }
+    for (gateway, node) in enrolled {
+        if !acc.contains_key(node) {
+            continue;
+        }
+        let m = metered.get(gateway);
+        // The node itself, then its ancestors up to the root (bounded against a cyclic network).
+        let mut at = node;
+        for _ in 0..=network.branches.len() {
+            let Some(f) = acc.get_mut(at) else { break };
+            f.homes_enrolled += 1;
+            if let Some(m) = m {
+                f.homes_reporting += 1;
+                f.export_wh = f.export_wh.checked_add(m.exported)?;
+                f.import_wh = f.import_wh.checked_add(m.imported)?;
+            }
+            if at == &network.root {
+                break;
+            }
+            match parent.get(at) {
+                Some(p) => at = p,
+                None => break,
+            }
+        }
+    }
+    let mut branches = Vec::with_capacity(acc.len());
+    for node in network
+        .branches
+        .iter()
+        .map(|b| &b.node)
+        .chain([&network.root])
+    {
+        if let Some(mut f) = acc.remove(node) {
+            f.flow_wh = f.import_wh.checked_sub(f.export_wh)?;
+            branches.push(f);
+        }
+    }
+    Ok(MeasuredFlows {
+        interval: result.interval,
+        branches,
+    })
+}
