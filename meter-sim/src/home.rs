@@ -743,6 +743,69 @@ mod tests {
     }
 
     #[test]
+    fn pv_limit_caps_production_counts_curtailment_and_reverts() {
+        let mut h = home(3, 0);
+        h.time += 11 * 3600; // midday: the sun offers more than 20 % of the rating
+        let rating = h.params.inverter_w as f64;
+        h.pv_control = PvControl {
+            limit_tenths_pct: 200,
+            revert_seconds: 600,
+            enabled: 1,
+            ..PvControl::new(h.time)
+        };
+        for _ in 0..599 {
+            h.step(1);
+            assert!(h.powers.pv_w <= 0.2 * rating + 1e-9, "{:?}", h.powers);
+            assert!(h.powers.pv_available_w > 0.2 * rating, "{:?}", h.powers);
+            assert_eq!(h.pv_control.enabled, 1);
+        }
+        // The 600th step still starts inside the window; then the limit reverts.
+        h.step(1);
+        assert!(h.powers.pv_w <= 0.2 * rating + 1e-9);
+        assert_eq!(h.pv_control.enabled, 0, "reverted after RvrtTms");
+        assert!(!h.pv_control.active(h.time));
+        h.step(1);
+        assert_eq!(h.powers.pv_w, h.powers.pv_available_w);
+        let e = h.energy;
+        assert!(
+            (e.pv_available - e.pv - e.pv_curtailed).abs() < 1e-6,
+            "{e:?}"
+        );
+        // About 10 minutes at 80 % of a ~6 kW rating withheld.
+        assert!(e.pv_curtailed > 0.5 * 0.8 * rating / 6.0, "{e:?}");
+        let balance =
+            e.pv + e.grid_import - e.grid_export + e.battery_discharge - e.battery_charge - e.load;
+        assert!(balance.abs() < 1e-6, "{balance}");
+    }
+
+    #[test]
+    fn headroom_is_the_most_the_battery_could_take() {
+        let mut h = home(3, 0);
+        let start = h.time;
+        h.advance_to(start + 900, 1);
+        let span = h.truth_between(start, start + 900).unwrap();
+        let rating_wh = h.params.battery_w as f64 / 4.0;
+        let room = h.capacity_wh() - span.stored_start_wh;
+        assert!(
+            (span.headroom_wh - rating_wh.min(room / h.efficiency())).abs() < 1e-9,
+            "{span:?}"
+        );
+        // A full battery (held at 0 W) has no headroom.
+        h.stored_wh = h.capacity_wh();
+        h.control.set_op = 2;
+        h.advance_to(start + 1200, 1);
+        h.advance_to(start + 1500, 1);
+        let full = h.truth_between(start + 1200, start + 1500).unwrap();
+        assert!(full.headroom_wh < 1e-6, "{full:?}");
+        // A home without a battery has none either.
+        let mut nb = home(3, 2);
+        assert!(!nb.params.has_battery());
+        let t = nb.time;
+        nb.advance_to(t + 300, 1);
+        assert_eq!(nb.truth_between(t, t + 300).unwrap().headroom_wh, 0.0);
+    }
+
+    #[test]
     fn counter_reset_and_freeze() {
         let mut h = home(4, 0);
         h.time += 11 * 3600;
@@ -763,17 +826,22 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
-        fn energy_is_conserved_and_counters_only_grow(seed in 0u64..1000, index in 0usize..3, hours in 1i64..6, start_hour in 0i64..24, mode in 0u16..4, rte in -100i16..=100) {
+        fn energy_is_conserved_and_counters_only_grow(seed in 0u64..1000, index in 0usize..3, hours in 1i64..6, start_hour in 0i64..24, mode in 0u16..4, rte in -100i16..=100, limit in proptest::option::of(0u16..=1000)) {
             let mut h = home(seed, index);
             h.time += start_hour * 3600;
             h.control.stor_ctl_mod = mode;
             h.control.in_w_rte = rte;
             h.control.out_w_rte = -rte;
-            let mut last = h.energy.floors();
+            if let Some(limit) = limit {
+                h.pv_control = PvControl { limit_tenths_pct: limit, enabled: 1, ..PvControl::new(h.time) };
+            }
+            let cap = limit.map_or(f64::INFINITY, |l| l as f64 / 1000.0 * h.params.inverter_w as f64);
+            let mut last = h.energy.truth_floors();
             for _ in 0..hours * 60 {
                 h.advance_to(h.time + 60, 1);
-                let now = h.energy.floors();
-                for i in 0..5 { prop_assert!(now[i] >= last[i]); }
+                prop_assert!(h.powers.pv_w <= cap + 1e-9 && h.powers.pv_w <= h.powers.pv_available_w);
+                let now = h.energy.truth_floors();
+                for i in 0..TRUTH_COUNTERS { prop_assert!(now[i] >= last[i]); }
                 last = now;
                 let soc = h.soc_pct();
                 prop_assert!(!h.params.has_battery() || (-1e-9..=100.0 + 1e-9).contains(&soc), "soc {}", soc);
@@ -785,6 +853,8 @@ mod tests {
             let stored = h.initial_stored_wh + e.battery_charge * eta - e.battery_discharge / eta;
             prop_assert!((stored - h.stored_wh).abs() < 1e-6);
             prop_assert!(e.grid_import >= 0.0 && e.grid_export >= 0.0 && e.pv >= 0.0);
+            prop_assert!((e.pv_available - e.pv - e.pv_curtailed).abs() < 1e-6);
+            prop_assert!(limit.is_some() || e.pv_curtailed == 0.0);
         }
     }
 }

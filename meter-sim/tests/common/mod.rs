@@ -114,3 +114,4 @@ pub const M203: u16 = 40_070;
 pub const M124: u16 = 40_070;
 pub const M802: u16 = 40_096;
 pub const M701: u16 = 40_160;
+pub const M123: u16 = 40_122;
