@@ -94,46 +94,70 @@ async function render(pageChanged) {
 }
 
 // ---------- Grid ----------
+// The grid's state is what the meters measured (settlement's flows from verified readings);
+// the market's cleared flow is a plan and is always labelled as one. Status and colour follow
+// the measured flow only.
+const STATUS_TEXT = { normal: 'under 90 %', near: '90 % of limit or more', over: 'over limit', unlimited: 'no limit', no_data: 'no metered data' };
+const flowText = (wh) => wh === null || wh === undefined ? '–' : (wh === 0 ? '0.0 kWh' : kwh(Math.abs(wh)) + ' kWh ' + (wh < 0 ? 'export' : 'import'));
 async function renderGrid() {
   const g = await getJson('/api/grid');
   showSources(g.sources);
+  const measured = g.measured_interval !== null && g.measured_interval !== undefined;
+  const metered = $('#grid-metered');
+  metered.textContent = measured ? g.metered_summary.replace(g.measured_interval, intervalText(g.measured_interval)) : g.metered_summary;
+  metered.dataset.measured = String(measured);
   const online = g.gateways.filter((x) => x.status === 'online').length;
   const offline = g.gateways.filter((x) => x.status === 'offline').length;
-  const limit = (v) => v === null || v === undefined ? 'no limit' : 'limit ' + kwh(v) + ' kWh';
-  const card = (label, value, sub) => h('div', { class: 'card' }, h('div', { class: 'label', text: label }), h('div', { class: 'value', text: value }), sub ? h('div', { class: 'label', text: sub }) : null);
+  const card = (label, value, sub, id) => h('div', { class: 'card', id }, h('div', { class: 'label', text: label }), h('div', { class: 'value', text: value }), sub ? h('div', { class: 'label', text: sub }) : null);
+  const all = (g.utility && g.utility.control) || { gateways: 0, reporting: 0, on_default: 0, curtailed_wh: 0, curtailed_total_wh: 0 };
   $('#grid-cards').replaceChildren(
-    card('Interval', intervalText(g.interval)),
-    card('Utility import', kwh(g.utility_import_wh) + ' kWh', limit(g.utility_import_limit_wh)),
-    card('Utility export', kwh(g.utility_export_wh) + ' kWh', limit(g.utility_export_limit_wh)),
+    card('Measured (metered) interval', measured ? intervalText(g.measured_interval) : 'no metered data yet', measured ? g.metered_summary.replace(/^.*: /, '') : 'waiting for verified readings', 'card-measured'),
+    card('Cleared (plan) interval shown', intervalText(g.cleared_interval), g.latest_cleared_interval && g.latest_cleared_interval !== g.cleared_interval ? 'latest plan: ' + intervalText(g.latest_cleared_interval) : null),
+    card('PV curtailed this interval', kwh(all.curtailed_wh) + ' kWh', g.control_interval ? intervalText(g.control_interval) + ' · ' + kwh(all.curtailed_total_wh) + ' kWh since the gateways started' : 'no gateway control status yet', 'card-curtailed'),
+    card('Homes on default envelope', all.on_default + ' of ' + all.reporting, all.reporting < all.gateways ? (all.gateways - all.reporting) + ' of ' + all.gateways + ' gateways have not reported control status' : 'all gateways report control status', 'card-default'),
     card('Gateways online', online + ' of ' + g.gateways.length, offline ? offline + ' offline' : (g.gateways.length - online ? (g.gateways.length - online) + ' unknown' : 'all online')),
   );
-  const tree = $('#grid-tree');
-  if (!g.branches.length) {
-    tree.replaceChildren(h('li', { class: 'empty', text: 'No topology yet: waiting for the market.' }));
-  } else {
-    tree.replaceChildren(...g.branches.map((b) => {
-      const pct = b.utilisation_pct;
-      const dir = b.flow_wh >= 0 ? 'import' : 'export';
-      const figures = (b.flow_wh === 0 && pct === null ? 'no flow' : kwh(Math.abs(b.flow_wh)) + ' kWh ' + dir) +
-        (b.limit_wh === null ? ' · no ' + dir + ' limit' : ' of ' + kwh(b.limit_wh) + ' kWh (' + pct + ' %)');
-      const label = { normal: 'under 80 %', high: '80 % or more', full: 'congested', unlimited: 'no limit' }[b.loading];
-      return h('li', { class: 'branch', 'data-node': b.node, 'data-loading': b.loading, 'data-congested': String(b.congested), style: 'margin-left:' + Math.max(0, b.depth - 1) * 1.2 + 'rem' },
-        h('div', {}, link('/participants?node=' + encodeURIComponent(b.node), b.node, { class: 'name', 'aria-label': 'Branch ' + b.node + ': show its ' + b.participants + ' participants' }),
-          ' ', h('span', { class: 'badge ' + b.loading, text: label })),
-        h('div', { class: 'bar', role: 'meter', 'aria-label': 'Loading of ' + b.node, 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': String(Math.min(100, pct ?? 0)) },
-          h('span', { style: 'width:' + Math.min(100, pct ?? 0) + '%' })),
-        h('div', {}, link('/participants?node=' + encodeURIComponent(b.node), b.participants + (b.participants === 1 ? ' participant →' : ' participants →'))),
-        h('div', { class: 'figures', text: figures }));
-    }));
-  }
+  const rows = g.utility ? [g.utility, ...g.branches] : [];
+  const flowRow = (b) => {
+    const isUtility = b.parent === null;
+    const nameText = isUtility ? 'Utility connection (' + b.node + ')' : b.node;
+    const m = b.measured;
+    const measuredCell = m
+      ? h('td', { class: 'num', 'data-measured': 'true' }, flowText(m.flow_wh), h('div', { class: 'sub', text: m.homes_reporting + ' of ' + m.homes_enrolled + ' homes reported' }))
+      : h('td', { class: 'num empty', 'data-measured': 'false', text: measured ? 'no home below reported' : 'no metered data yet' });
+    const clearedCell = h('td', { class: 'num', 'data-cleared': b.cleared_flow_wh === null ? 'false' : 'true' }, flowText(b.cleared_flow_wh),
+      b.cleared_at_limit ? h('div', { class: 'sub', text: 'cleared at limit' }) : null);
+    const limitText = m
+      ? (b.limit_wh === null ? 'no ' + (m.flow_wh < 0 ? 'export' : 'import') + ' limit' : kwh(b.limit_wh) + ' kWh ' + (m.flow_wh < 0 ? 'export' : 'import'))
+      : (b.import_limit_wh === null && b.export_limit_wh === null ? 'no limit' : 'import ' + (b.import_limit_wh === null ? '–' : kwh(b.import_limit_wh)) + ' / export ' + (b.export_limit_wh === null ? '–' : kwh(b.export_limit_wh)) + ' kWh');
+    const statusText = STATUS_TEXT[b.status] + (b.utilisation_pct === null || b.utilisation_pct === undefined ? '' : ' (' + b.utilisation_pct + ' %)');
+    const c = b.control;
+    return h('tr', { class: 'branch', 'data-node': b.node, 'data-status': b.status, 'data-cleared-at-limit': String(b.cleared_at_limit), 'data-utility': String(isUtility) },
+      h('th', { scope: 'row', style: 'padding-left:' + (0.6 + Math.max(0, b.depth - 1) * 1.1) + 'rem' },
+        link('/participants' + (isUtility ? '' : '?node=' + encodeURIComponent(b.node)), nameText, { class: 'name', 'aria-label': nameText + ': show its ' + b.participants + ' participants' }),
+        h('div', { class: 'sub', text: b.participants + (b.participants === 1 ? ' participant' : ' participants') })),
+      measuredCell, clearedCell, h('td', { class: 'num', text: limitText }),
+      h('td', {}, h('span', { class: 'badge ' + b.status, text: statusText })),
+      cell(c.gateways ? kwh(c.curtailed_wh) + ' kWh' : '–', true),
+      cell(c.gateways ? kwh(c.curtailed_total_wh) + ' kWh' : '–', true),
+      cell(c.gateways ? c.on_default + ' of ' + c.reporting : '–', true));
+  };
+  fillBody($('#grid-flows'), rows.map(flowRow), 'No topology yet: waiting for the market.', 8);
   fillBody($('#grid-gateways'), g.gateways.map((x) => h('tr', {}, cell(x.gateway), cell(link('/participants/' + encodeURIComponent(x.participant), x.participant)), cell(x.node),
-    cell(h('span', { class: 'badge ' + x.status, text: x.status }, ), false))), 'No gateways enrolled yet.', 4);
-  const m = await getJson('/api/market');
+    cell(h('span', { class: 'badge ' + x.status, text: x.status })),
+    cell(x.envelope ? h('span', { class: 'badge ' + (x.envelope === 'default' ? 'warning' : 'ok'), text: x.envelope === 'default' ? 'default envelope' : 'market envelope' }) : '–'),
+    cell(x.curtailed_wh === null || x.curtailed_wh === undefined ? '–' : kwh(x.curtailed_wh) + ' kWh', true))), 'No gateways enrolled yet.', 6);
+  const [a, m] = await Promise.all([getJson('/api/alerts'), getJson('/api/market')]);
+  const over = a.alerts.filter((x) => x.kind === 'congestion').slice(0, 8);
+  $('#grid-over').replaceChildren(...(over.length ? over.map((x) => h('li', {},
+    h('span', { class: 'badge over', text: 'over limit' }), ' ', link('/participants?node=' + encodeURIComponent(x.subject), x.subject, { 'data-over-node': x.subject }),
+    ' · ' + intervalText(x.interval) + ' · ' + x.message))
+    : [h('li', { class: 'empty', text: measured ? 'No measured flow exceeded its limit in the shown history.' : 'No metered data yet.' })]));
   const recent = m.congestion.slice(0, 8);
   $('#grid-congestion').replaceChildren(...(recent.length ? recent.map((c) => h('li', {},
-    h('span', { class: 'badge full', text: 'congested' }), ' ', link('/participants?node=' + encodeURIComponent(c.node), c.node, { 'data-congested-node': c.node }),
-    ' · ' + intervalText(c.interval) + ' · ' + kwh(Math.abs(c.flow_wh)) + ' of ' + (c.limit_wh === null ? '?' : kwh(c.limit_wh)) + ' kWh'))
-    : [h('li', { class: 'empty', text: 'No branch has been at its limit in the shown history.' })]));
+    h('span', { class: 'badge info', text: 'cleared at limit' }), ' ', link('/participants?node=' + encodeURIComponent(c.node), c.node, { 'data-congested-node': c.node }),
+    ' · ' + intervalText(c.interval) + ' · plan ' + kwh(Math.abs(c.flow_wh)) + ' of ' + (c.limit_wh === null ? '?' : kwh(c.limit_wh)) + ' kWh'))
+    : [h('li', { class: 'empty', text: 'The market cleared no branch at its limit in the shown history.' })]));
 }
 
 // ---------- Market ----------
@@ -152,7 +176,7 @@ async function renderMarket() {
   const latest = m.intervals[0];
   fillBody($('#market-prices'), latest ? Object.entries(latest.prices).map(([node, p]) => h('tr', {}, cell(node), cell(cPerKwh(p), true))) : [], 'No prices yet.', 2);
   fillBody($('#market-congestion'), m.congestion.slice(0, 50).map((c) => h('tr', {}, cell(intervalText(c.interval)),
-    cell(link('/participants?node=' + encodeURIComponent(c.node), c.node)), cell(kwh(c.flow_wh), true), cell(c.limit_wh === null ? '–' : kwh(c.limit_wh), true))), 'No congestion in the shown history.', 4);
+    cell(link('/participants?node=' + encodeURIComponent(c.node), c.node)), cell(flowText(c.flow_wh), true), cell(c.limit_wh === null ? '–' : kwh(c.limit_wh), true))), 'The market cleared no branch at its limit in the shown history.', 4);
   fillBody($('#market-intervals'), m.intervals.slice(0, 24).map((i) => h('tr', {}, cell(intervalText(i.interval)), cell(kwh(i.traded_wh), true), cell(kwh(i.local_wh), true),
     cell(kwh(i.utility_import_wh), true), cell(kwh(i.utility_export_wh), true), cell(i.congested.join(', ') || '–'))), 'No cleared intervals yet.', 6);
 }
@@ -381,8 +405,13 @@ async function renderEntry(hash, detail, token) {
 async function renderAlerts() {
   const a = await getJson('/api/alerts');
   showSources(a.sources);
-  fillBody($('#alerts'), a.alerts.map((x) => h('tr', { 'data-kind': x.kind }, cell(h('span', { class: 'badge ' + x.severity, text: x.severity })), cell(x.kind.replace('_', ' ')),
-    cell(intervalText(x.interval)), cell(x.kind === 'congestion' ? link('/participants?node=' + encodeURIComponent(x.subject), x.subject) : x.subject), h('td', { class: 'wrap', text: x.message }))), 'No alerts. All quiet.', 5);
+  fillBody($('#alerts'), a.alerts.map((x) => h('tr', { 'data-kind': x.kind }, cell(h('span', { class: 'badge ' + x.severity, text: x.severity })), cell(x.kind.replaceAll('_', ' ')),
+    cell(intervalText(x.interval)), cell(alertSubject(x)), h('td', { class: 'wrap', text: x.message }))), 'No alerts. All quiet.', 5);
+}
+function alertSubject(x) {
+  if (x.kind === 'congestion' || x.kind === 'cleared_at_limit') return link('/participants?node=' + encodeURIComponent(x.subject), x.subject);
+  if (x.kind === 'envelope_violation') return link('/participants/' + encodeURIComponent(x.subject), x.subject);
+  return x.subject;
 }
 async function refreshAlertCount() {
   try {

@@ -286,8 +286,7 @@ async fn read_settlement(hub: &Hub, before: &Snapshot) -> Result<SettlementRead,
 async fn read_flows(hub: &Hub, before: &Snapshot) -> Result<Vec<MeasuredFlows>, UpstreamError> {
     let mut since = match (before.measured_flows.last(), before.results.first()) {
         (Some(last), _) => {
-            last.interval.start()
-                - last.interval.length().duration() * REREAD_MEASURED_INTERVALS
+            last.interval.start() - last.interval.length().duration() * REREAD_MEASURED_INTERVALS
         }
         (None, Some(first)) => first.interval.start(),
         (None, None) => return Ok(Vec::new()),

@@ -283,7 +283,10 @@ fn cleared_of(result: &IntervalResult, node: &str) -> Option<(Wh, bool)> {
         return Some((f.flow, f.congested));
     }
     if result.network.root.as_str() == node {
-        let flow = result.utility_import.checked_sub(result.utility_export).ok()?;
+        let flow = result
+            .utility_import
+            .checked_sub(result.utility_export)
+            .ok()?;
         let utility = &result.network.utility;
         let limit = directed_limit(flow, utility.import_limit_wh, utility.export_limit_wh);
         let at_limit = limit.is_some_and(|l| flow.0 != 0 && flow.0.abs() >= l.0);
@@ -343,12 +346,7 @@ pub fn grid(snap: &Snapshot) -> GridView {
     view.root = Some(network.root.to_string());
     let parents = parents(network);
     let measured_at: HashMap<&str, &MeasuredBranchFlow> = measured
-        .map(|m| {
-            m.branches
-                .iter()
-                .map(|b| (b.node.as_str(), b))
-                .collect()
-        })
+        .map(|m| m.branches.iter().map(|b| (b.node.as_str(), b)).collect())
         .unwrap_or_default();
 
     // Participants and control loops summed up the tree, once per node.
@@ -393,7 +391,11 @@ pub fn grid(snap: &Snapshot) -> GridView {
             Some(m) => {
                 let flow = Wh(m.flow_wh);
                 let limit = directed_limit(flow, import_limit, export_limit);
-                (limit, utilisation_pct(flow, limit), flow_status(flow, limit))
+                (
+                    limit,
+                    utilisation_pct(flow, limit),
+                    flow_status(flow, limit),
+                )
             }
             None => (None, None, FlowStatus::NoData),
         };
@@ -970,7 +972,11 @@ pub fn cleared_at_limit(snap: &Snapshot) -> Vec<Alert> {
         .filter(|f| f.congested)
         .map(|f| {
             let export = f.flow.0 < 0;
-            let limit = if export { f.export_limit } else { f.import_limit };
+            let limit = if export {
+                f.export_limit
+            } else {
+                f.import_limit
+            };
             Alert {
                 kind: "cleared_at_limit".into(),
                 severity: "info".into(),

@@ -96,17 +96,36 @@ async fn every_page_serves_the_shell_and_assets() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+fn row<'a>(grid: &'a Value, node: &str) -> &'a Value {
+    grid["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["node"] == node)
+        .unwrap_or_else(|| panic!("no row for {node}: {grid}"))
+}
+
 #[tokio::test]
-async fn grid_shows_flows_against_limits_and_congestion() {
+async fn grid_shows_measured_beside_cleared_with_the_colour_from_measured() {
     let up = support::start(6).await;
     let hub = hub_for(&up).await;
     let grid = get_json(&hub, "/api/grid").await;
     assert_eq!(grid["sources"]["market"]["ok"], true);
     assert_eq!(grid["root"], "sub");
-    assert_eq!(grid["interval"], "2026-06-21T13:15:00Z/15");
-    assert_eq!(grid["utility_import_wh"], 9000);
-    let branches = grid["branches"].as_array().unwrap();
-    let names: Vec<&str> = branches
+    // The newest measured interval is 13:00; 13:15 is cleared (a plan) but not measured yet.
+    assert_eq!(grid["measured_interval"], "2026-06-21T13:00:00Z/15");
+    assert_eq!(grid["latest_cleared_interval"], "2026-06-21T13:15:00Z/15");
+    assert_eq!(
+        grid["cleared_interval"], "2026-06-21T13:00:00Z/15",
+        "the plan shown is the one of the measured interval"
+    );
+    assert_eq!(
+        grid["metered_summary"],
+        "Metered interval 2026-06-21T13:00:00Z/15: 2 of 3 homes reported"
+    );
+    let names: Vec<&str> = grid["branches"]
+        .as_array()
+        .unwrap()
         .iter()
         .map(|b| b["node"].as_str().unwrap())
         .collect();
@@ -115,25 +134,172 @@ async fn grid_shows_flows_against_limits_and_congestion() {
         ["f1", "h001", "h002", "f2", "h003"],
         "depth-first tree order"
     );
-    let f1 = &branches[0];
-    assert_eq!(f1["utilisation_pct"], 100);
-    assert_eq!(f1["loading"], "full");
-    assert_eq!(f1["congested"], true);
+
+    // f1: the plan had it importing 2 400 Wh (48 % of its import limit, which would be green);
+    // the meters say it exported 4 500 Wh against a 4 000 Wh export limit: red, over limit.
+    let f1 = row(&grid, "f1");
+    assert_eq!(f1["measured"]["flow_wh"], -4500);
+    assert_eq!(f1["measured"]["homes_reporting"], 1);
+    assert_eq!(f1["measured"]["homes_enrolled"], 2);
+    assert_eq!(f1["cleared_flow_wh"], 2400);
+    assert_eq!(f1["cleared_at_limit"], false);
+    assert_eq!(f1["limit_wh"], 4000, "the limit in the measured direction");
+    assert_eq!(f1["import_limit_wh"], 5000);
+    assert_eq!(f1["utilisation_pct"], 113);
+    assert_eq!(f1["status"], "over");
     assert_eq!(f1["participants"], 2);
-    let f2 = &branches[3];
-    assert_eq!(f2["flow_wh"], -1000);
-    assert_eq!(
-        f2["limit_wh"], 20000,
-        "export flow is measured against the export limit"
-    );
-    assert_eq!(f2["utilisation_pct"], 5);
-    assert_eq!(f2["loading"], "normal");
-    assert_eq!(branches[1]["loading"], "unlimited");
+    // f2: 18 500 of 20 000 Wh measured (92.5 %) is amber; its plan (1 000 Wh) was not.
+    let f2 = row(&grid, "f2");
+    assert_eq!(f2["measured"]["flow_wh"], -18500);
+    assert_eq!(f2["cleared_flow_wh"], -1000);
+    assert_eq!(f2["status"], "near");
+    // A home that did not report has no metered data (not its plan).
+    let h002 = row(&grid, "h002");
+    assert_eq!(h002["measured"], Value::Null);
+    assert_eq!(h002["status"], "no_data");
+    assert_eq!(row(&grid, "h001")["status"], "unlimited");
+    // The utility connection: measured net export 23 000 Wh beside the cleared 500 Wh import.
+    let utility = &grid["utility"];
+    assert_eq!(utility["node"], "sub");
+    assert_eq!(utility["parent"], Value::Null);
+    assert_eq!(utility["measured"]["flow_wh"], -23000);
+    assert_eq!(utility["measured"]["homes_reporting"], 2);
+    assert_eq!(utility["cleared_flow_wh"], 500);
+    assert_eq!(utility["limit_wh"], Value::Null, "no utility export limit");
+    assert_eq!(utility["import_limit_wh"], 100000);
+    assert_eq!(utility["status"], "unlimited");
+    assert_eq!(utility["participants"], 3);
+
     assert_eq!(grid["gateways"].as_array().unwrap().len(), 3);
     assert_eq!(
         grid["gateways"][0]["status"], "unknown",
         "no broker configured"
     );
+    assert_eq!(grid["gateways"][0]["envelope"], Value::Null);
+    // The page labels its columns without ambiguity.
+    let (_, _, html) = get(&hub, "/grid").await;
+    for label in ["Measured (metered)", "Cleared (plan)", "Limit"] {
+        assert!(html.contains(label), "the Grid table has a {label} column");
+    }
+}
+
+#[tokio::test]
+async fn grid_says_no_metered_data_yet_and_never_colours_the_plan() {
+    let up = support::start(6).await;
+    up.fixture.lock().unwrap().flows.clear();
+    let hub = hub_for(&up).await;
+    let grid = get_json(&hub, "/api/grid").await;
+    assert_eq!(grid["measured_interval"], Value::Null);
+    assert!(
+        grid["metered_summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("no metered data yet"),
+        "{grid}"
+    );
+    // The latest plan has f1 at its import limit, yet nothing is coloured from it.
+    assert_eq!(grid["cleared_interval"], "2026-06-21T13:15:00Z/15");
+    let f1 = row(&grid, "f1");
+    assert_eq!(f1["cleared_flow_wh"], 5000);
+    assert_eq!(f1["cleared_at_limit"], true);
+    assert_eq!(f1["measured"], Value::Null);
+    assert_eq!(f1["status"], "no_data");
+    assert_eq!(f1["utilisation_pct"], Value::Null);
+    for b in grid["branches"].as_array().unwrap() {
+        assert_eq!(b["status"], "no_data", "{b}");
+    }
+    assert_eq!(grid["utility"]["status"], "no_data");
+    assert_eq!(grid["utility"]["cleared_flow_wh"], 9000);
+    let alerts = get_json(&hub, "/api/alerts").await;
+    assert!(
+        !alerts["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "congestion"),
+        "a plan at its limit is no congestion alert: {alerts}"
+    );
+    let (_, _, script) = get(&hub, "/assets/app.js").await;
+    assert!(script.contains("no metered data yet"));
+}
+
+/// Control status as the gateways publish it on their retained `…/control` topics, applied
+/// through the same code path the broker subscription uses.
+#[tokio::test]
+async fn curtailed_energy_per_feeder_from_control_status() {
+    use gridmesh_protocol::Interval;
+    use gridmesh_protocol::envelope::EnvelopeSource;
+    let up = support::start(6).await;
+    let hub = hub_for(&up).await;
+    let now = Interval::parse("2026-06-21T13:15:00Z", 15).unwrap();
+    let before = Interval::parse("2026-06-21T13:00:00Z", 15).unwrap();
+    let publish = |gateway: &str, status: &gridmesh_protocol::envelope::ControlStatus| {
+        let topic = gridmesh_protocol::topics::gateway_control(
+            &gridmesh_protocol::GatewayId::new(gateway).unwrap(),
+        );
+        gridmesh_web::gateways::apply_message(&hub, &topic, &serde_json::to_vec(status).unwrap());
+    };
+    publish(
+        "gw-h001",
+        &support::control_status("gw-h001", now, EnvelopeSource::Market, 250, 4_000),
+    );
+    publish(
+        "gw-h002",
+        &support::control_status("gw-h002", now, EnvelopeSource::Default, 700, 1_000),
+    );
+    // h003 still reports the previous interval: it counts toward the running total only.
+    publish(
+        "gw-h003",
+        &support::control_status("gw-h003", before, EnvelopeSource::Default, 90, 500),
+    );
+    // A message naming another gateway than its topic, and a malformed one, are ignored.
+    publish(
+        "gw-h003",
+        &support::control_status("gw-h001", now, EnvelopeSource::Default, 9_999, 9_999),
+    );
+    gridmesh_web::gateways::apply_message(&hub, "gridmesh/gateways/gw-h003/control", b"{\"x\":1}");
+
+    let grid = get_json(&hub, "/api/grid").await;
+    assert_eq!(grid["control_interval"], "2026-06-21T13:15:00Z/15");
+    let f1 = &row(&grid, "f1")["control"];
+    assert_eq!(f1["gateways"], 2);
+    assert_eq!(f1["reporting"], 2);
+    assert_eq!(f1["curtailed_wh"], 950);
+    assert_eq!(f1["curtailed_total_wh"], 5000);
+    assert_eq!(f1["on_default"], 1);
+    let f2 = &row(&grid, "f2")["control"];
+    assert_eq!(f2["gateways"], 1);
+    assert_eq!(f2["reporting"], 0);
+    assert_eq!(f2["curtailed_wh"], 0);
+    assert_eq!(f2["curtailed_total_wh"], 500);
+    assert_eq!(f2["on_default"], 0);
+    let all = &grid["utility"]["control"];
+    assert_eq!(all["curtailed_wh"], 950);
+    assert_eq!(all["curtailed_total_wh"], 5500);
+    assert_eq!(all["on_default"], 1);
+    let gw = |id: &str| {
+        grid["gateways"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["gateway"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(gw("gw-h002")["envelope"], "default");
+    assert_eq!(gw("gw-h002")["curtailed_wh"], 700);
+    assert_eq!(gw("gw-h001")["envelope"], "market");
+    assert_eq!(gw("gw-h003")["envelope"], Value::Null, "stale status");
+    let (_, _, metrics) = get(&hub, "/metrics").await;
+    assert!(
+        metrics.contains("gridmesh_web_control_messages_rejected_total 2"),
+        "{metrics}"
+    );
+    // An empty retained payload clears the gateway's status.
+    gridmesh_web::gateways::apply_message(&hub, "gridmesh/gateways/gw-h002/control", b"");
+    let grid = get_json(&hub, "/api/grid").await;
+    assert_eq!(row(&grid, "f1")["control"]["curtailed_wh"], 250);
+    assert_eq!(row(&grid, "f1")["control"]["on_default"], 0);
 }
 
 #[tokio::test]
@@ -251,26 +417,62 @@ async fn ledger_routes_pass_entries_and_proofs_through() {
 }
 
 #[tokio::test]
-async fn alerts_cover_congestion_quarantine_and_imbalance() {
+async fn alerts_cover_measured_congestion_envelopes_quarantine_and_imbalance() {
     let up = support::start(6).await;
     let hub = hub_for(&up).await;
     let alerts = get_json(&hub, "/api/alerts").await;
-    let kinds: Vec<&str> = alerts["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["congestion", "quarantine", "imbalance"], "{alerts}");
-    let quarantine = &alerts["alerts"][1];
+    let list = alerts["alerts"].as_array().unwrap();
+    let kinds: Vec<&str> = list.iter().map(|a| a["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "congestion",
+            "envelope_violation",
+            "quarantine",
+            "imbalance",
+            "cleared_at_limit"
+        ],
+        "{alerts}"
+    );
+    // Congestion is what the meters saw, against the limit, with the plan beside it.
+    let congestion = &list[0];
+    assert_eq!(congestion["severity"], "critical");
+    assert_eq!(congestion["subject"], "f1");
+    assert_eq!(congestion["interval"], "2026-06-21T13:00:00Z/15");
+    assert_eq!(
+        congestion["message"],
+        "f1 exported 4 500 Wh, limit 4 000 Wh (measured); 1 of 2 homes reported, so the real flow may be larger; cleared (plan) 2 400 Wh import"
+    );
+    // The envelope violation names the home and the intervals.
+    let envelope = &list[1];
+    assert_eq!(envelope["severity"], "critical");
+    assert_eq!(envelope["subject"], "h001");
+    assert_eq!(envelope["interval"], "2026-06-21T13:00:00Z/15");
+    let message = envelope["message"].as_str().unwrap();
     assert!(
-        quarantine["message"]
+        message.starts_with("Home h001 (gateway gw-h001, node h001) exceeded its operating envelope in 3 intervals in a row, 2026-06-21T12:30:00Z/15 to 2026-06-21T13:00:00Z/15: 1 800 Wh export beyond it"),
+        "{message}"
+    );
+    assert!(
+        list[2]["message"]
             .as_str()
             .unwrap()
             .contains("register went down")
     );
+    // The plan at its limit is only an informational note.
+    let note = &list[4];
+    assert_eq!(note["severity"], "info");
+    assert_eq!(note["subject"], "f1");
+    assert_eq!(note["interval"], "2026-06-21T13:15:00Z/15");
+    assert!(
+        note["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("f1 cleared at limit (plan): 5 000 Wh import of 5 000 Wh"),
+        "{note}"
+    );
     let status = get_json(&hub, "/api/status").await;
-    assert_eq!(status["alerts"], 3);
+    assert_eq!(status["alerts"], 5);
     let ready = get_json(&hub, "/api/ready").await;
     assert_eq!(ready["ready"], true, "{ready}");
 }

@@ -13,6 +13,9 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use gridmesh_protocol::GatewayId;
+use gridmesh_protocol::envelope::{
+    ControlStatus, EnvelopeAlert, EnvelopeSource, MeasuredBranchFlow, MeasuredFlows,
+};
 use gridmesh_protocol::grid::{Branch, Network, UtilityTariff};
 use gridmesh_protocol::market::{BranchFlow, ClearedOrder, Counterparty, IntervalResult, Trade};
 use gridmesh_protocol::order::Side;
@@ -180,6 +183,101 @@ pub fn results(n: usize) -> Vec<IntervalResult> {
     out
 }
 
+/// Settlement's measured flows for the first `n − 1` of the `n` cleared intervals of
+/// [`results`] (the newest cleared interval is still a plan, not measured yet). In the newest
+/// measured one, h001 exports 4.5 kWh and h002 did not report: feeder f1 exports 4 500 Wh
+/// against its 4 000 Wh export limit (over it, while the plan had f1 *importing* 2 400 Wh), f2
+/// exports 18 500 Wh of 20 000 (92.5 %), the utility connection exports 23 000 Wh (no limit).
+/// Earlier intervals are well inside every limit.
+pub fn measured_flows(n: usize) -> Vec<MeasuredFlows> {
+    let mut out = Vec::new();
+    let measured = n.saturating_sub(1);
+    for (i, r) in results(n).into_iter().take(measured).enumerate() {
+        let newest = i + 1 == measured;
+        // (home, export, reported)
+        let homes = [
+            ("h001", if newest { 4_500 } else { 1_000 }, true),
+            ("h002", 500, !newest),
+            ("h003", if newest { 18_500 } else { 5_000 }, true),
+        ];
+        let flow = |members: &[&str]| {
+            let reporting: Vec<_> = homes
+                .iter()
+                .filter(|(h, _, reported)| *reported && members.contains(h))
+                .collect();
+            let export: i64 = reporting.iter().map(|(_, e, _)| e).sum();
+            (export, reporting.len() as u32, members.len() as u32)
+        };
+        let entry = |n: &str, members: &[&str]| {
+            let (export, reporting, enrolled) = flow(members);
+            MeasuredBranchFlow {
+                node: node(n),
+                flow_wh: Wh(-export),
+                export_wh: Wh(export),
+                import_wh: Wh(0),
+                homes_reporting: reporting,
+                homes_enrolled: enrolled,
+            }
+        };
+        out.push(MeasuredFlows {
+            interval: r.interval,
+            branches: vec![
+                entry("f1", &["h001", "h002"]),
+                entry("f2", &["h003"]),
+                entry("h001", &["h001"]),
+                entry("h002", &["h002"]),
+                entry("h003", &["h003"]),
+                entry("sub", &["h001", "h002", "h003"]),
+            ],
+        });
+    }
+    out
+}
+
+/// Settlement's compliance alerts: h001 exceeded its envelope in the three newest measured
+/// intervals of [`results`]`(n)` (needs `n ≥ 4`; none otherwise), and is still doing so.
+pub fn envelope_alerts(n: usize) -> Vec<EnvelopeAlert> {
+    if n < 4 {
+        return Vec::new();
+    }
+    let results = results(n);
+    vec![EnvelopeAlert {
+        gateway: GatewayId::new("gw-h001").unwrap(),
+        participant: pid("h001"),
+        node: node("h001"),
+        first_interval: results[n - 4].interval,
+        last_interval: results[n - 2].interval,
+        intervals: 3,
+        excess_export_wh: Wh(1_800),
+        excess_import_wh: Wh(0),
+        active: true,
+    }]
+}
+
+/// A gateway's control status as it publishes it on `gridmesh/gateways/<id>/control`.
+pub fn control_status(
+    gateway: &str,
+    interval: Interval,
+    source: EnvelopeSource,
+    curtailed_wh: i64,
+    curtailed_total_wh: i64,
+) -> ControlStatus {
+    ControlStatus {
+        gateway: GatewayId::new(gateway).unwrap(),
+        interval,
+        source,
+        export_limit_wh: Wh(400),
+        import_limit_wh: Wh(2_750),
+        exported_wh: Wh(380),
+        imported_wh: Wh(0),
+        curtailed_wh: Wh(curtailed_wh),
+        curtailed_total_wh: Wh(curtailed_total_wh),
+        pv_limit_pct: (curtailed_wh > 0).then_some(40),
+        battery_setpoint_w: -3_000,
+        violations_in_a_row: 0,
+    }
+}
+
 /// SHA-256(0x00 ‖ body), as settlement documents it.
 pub fn leaf(body: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -283,6 +381,10 @@ pub struct Fixture {
     pub results: Vec<IntervalResult>,
     /// The ledger.
     pub ledger: Ledger,
+    /// Settlement's measured flows (`GET /flows`).
+    pub flows: Vec<MeasuredFlows>,
+    /// Settlement's envelope alerts (`GET /compliance/alerts`).
+    pub envelope_alerts: Vec<EnvelopeAlert>,
 }
 
 type Shared = Arc<std::sync::Mutex<Fixture>>;
@@ -309,6 +411,8 @@ pub async fn start(n: usize) -> Upstreams {
     let fixture = Arc::new(std::sync::Mutex::new(Fixture {
         results: results(n),
         ledger: Ledger::new(),
+        flows: measured_flows(n),
+        envelope_alerts: envelope_alerts(n),
     }));
     let market = Router::new()
         .route(
@@ -424,6 +528,34 @@ pub async fn start(n: usize) -> Upstreams {
                     "consumed": bought.min(imported), "tokens": 0, "estimated": false, "lines": [], "net": net});
                 Json(json!([st("h001", 0, 1500, 0, 2100, -300), st("h003", 1000, 0, 1900, 50, 200)]))
             }),
+        )
+        .route(
+            "/flows",
+            get(|State(f): State<Shared>, Query(q): Query<HashMap<String, String>>| async move {
+                // Settlement's paging: `since` inclusive (RFC 3339), oldest first, `limit` items.
+                let since = match q.get("since") {
+                    Some(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+                        Ok(t) => Some(t.with_timezone(&chrono::Utc)),
+                        Err(_) => return (StatusCode::BAD_REQUEST, Json(json!({"code": "bad_request",
+                            "message": format!("since `{s}` is not an RFC 3339 time")}))).into_response(),
+                    },
+                    None => None,
+                };
+                let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+                let f = f.lock().unwrap();
+                let list: Vec<MeasuredFlows> = f
+                    .flows
+                    .iter()
+                    .filter(|m| since.is_none_or(|s| m.interval.start() >= s))
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                Json(list).into_response()
+            }),
+        )
+        .route(
+            "/compliance/alerts",
+            get(|State(f): State<Shared>| async move { Json(f.lock().unwrap().envelope_alerts.clone()) }),
         )
         .route("/events", get(|| async { Sse::new(futures::stream::pending::<Result<Event, Infallible>>()) }))
         .with_state(fixture.clone());
