@@ -95,6 +95,17 @@ pub fn plan(
     orders
 }
 
+/// Caps every sell order at `cap` (the envelope's export limit: the home may not export more,
+/// so it never offers more); an order capped below `min_order_wh` (at least 1 Wh) is dropped.
+pub fn cap_sells(orders: &mut Vec<Order>, cap: Wh, min_order_wh: i64) {
+    for o in orders.iter_mut() {
+        if o.side == Side::Sell && o.quantity.0 > cap.0 {
+            o.quantity = Wh(cap.0.max(0));
+        }
+    }
+    orders.retain(|o| o.side != Side::Sell || o.quantity.0 >= min_order_wh.max(1));
+}
+
 /// The battery power (W, + charge / − discharge, 0 = automatic) that delivers the cleared
 /// sale beyond the forecast surplus.
 pub fn steering_for(
@@ -148,6 +159,29 @@ mod tests {
         let mut h = history.clone();
         h.push(row(t, 9999, 0));
         assert_eq!(forecast_net(&h, &target), Some(100));
+    }
+
+    #[test]
+    fn sells_are_capped_at_the_envelope() {
+        let target = Interval::from_unix(1_782_000_000 / 900 * 900, 15).unwrap();
+        let t = target.start_unix();
+        let p = ParticipantId::new("h1").unwrap();
+        let n = NodeId::new("n1").unwrap();
+        let config = AgentConfig::default();
+        let sell = plan(&config, &p, &n, target, &[row(t - 900, 0, 500)], None, 0);
+        let check = |cap: i64, expected: Option<i64>| {
+            let mut orders = sell.clone();
+            cap_sells(&mut orders, Wh(cap), config.min_order_wh);
+            assert_eq!(orders.first().map(|o| o.quantity.0), expected, "cap {cap}");
+        };
+        check(10_000, Some(500));
+        check(320, Some(320));
+        check(9, None);
+        check(0, None);
+        // Buys are never capped by the export limit.
+        let mut buy = plan(&config, &p, &n, target, &[row(t - 900, 700, 0)], None, 0);
+        cap_sells(&mut buy, Wh(0), config.min_order_wh);
+        assert_eq!(buy[0].quantity, Wh(700));
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! The bidding agent's task: wakes before each gate closure, plans with [`crate::agent`],
-//! signs and posts the orders to the market, and after clearing steers the battery.
+//! The bidding agent's task: wakes before each gate closure, plans with [`crate::agent`]
+//! (sell quantities capped at the operating envelope's export limit), signs and posts the
+//! orders to the market, and after clearing asks the control loop to steer the battery.
 
 use crate::config::GatewayConfig;
+use crate::envelope::Intake;
 use crate::outbox::Outbox;
 use crate::status::Status;
 use chrono::Duration as ChronoDuration;
@@ -32,10 +34,47 @@ pub struct AgentTask {
     pub status: Arc<Status>,
     /// Latest battery SoC.
     pub soc: Arc<Mutex<Option<u16>>>,
-    /// Battery steering commands to the reader.
-    pub steer: mpsc::Sender<i64>,
+    /// Battery steering requests to the reader (the control loop clips them to the envelope).
+    pub steer: mpsc::Sender<SteerRequest>,
+    /// The operating envelopes held (the agent never offers more than the home may export).
+    pub intake: Arc<Intake>,
     /// Shutdown.
     pub cancel: CancellationToken,
+}
+
+/// A battery power for one interval: + charge, − discharge, 0 automatic (SunSpec model 124).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SteerRequest {
+    /// The interval it is for.
+    pub interval: Interval,
+    /// The power, W.
+    pub watts: i64,
+}
+
+/// How the market answered an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submission {
+    /// Accepted (2xx), or already accepted before (409 `replayed_nonce`: a duplicate).
+    Submitted,
+    /// Refused (any other 4xx/5xx, including 409 `gate_closed`).
+    Failed,
+}
+
+/// Classifies the market's answer to `POST /orders` from its status and JSON body
+/// `{code, message}`: a 409 counts as submitted only when it is a duplicate.
+pub fn classify(status: u16, body: &str) -> Submission {
+    if (200..300).contains(&status) {
+        return Submission::Submitted;
+    }
+    if status == 409 {
+        let code = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_owned));
+        if code.as_deref() == Some("replayed_nonce") {
+            return Submission::Submitted;
+        }
+    }
+    Submission::Failed
 }
 
 /// Runs the agent until shutdown.
@@ -57,7 +96,7 @@ pub async fn run(task: AgentTask) {
         }
         let history = task.outbox.history(8 * 96).await.unwrap_or_default();
         let soc = *task.soc.lock().unwrap_or_else(|e| e.into_inner());
-        let orders = crate::agent::plan(
+        let mut orders = crate::agent::plan(
             &task.config.agent,
             &task.config.participant,
             &task.config.node,
@@ -66,6 +105,8 @@ pub async fn run(task: AgentTask) {
             soc,
             task.config.site.battery_w,
         );
+        let cap = task.intake.export_cap(&target);
+        crate::agent::cap_sells(&mut orders, cap, task.config.agent.min_order_wh);
         for order in &orders {
             let envelope = SignedEnvelope::sign(order, &task.key);
             let result = task
@@ -76,15 +117,19 @@ pub async fn run(task: AgentTask) {
                 .send()
                 .await;
             match result {
-                Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::CONFLICT => {
-                    task.status.update(|s| s.orders_submitted += 1);
-                    tracing::info!(interval = %target, side = ?order.side, quantity = order.quantity.0, "order submitted");
-                }
                 Ok(r) => {
                     let code = r.status();
                     let text = r.text().await.unwrap_or_default();
-                    task.status.update(|s| s.orders_failed += 1);
-                    tracing::warn!(%code, body = %text, "the market refused an order");
+                    match classify(code.as_u16(), &text) {
+                        Submission::Submitted => {
+                            task.status.update(|s| s.orders_submitted += 1);
+                            tracing::info!(interval = %target, side = ?order.side, quantity = order.quantity.0, "order submitted");
+                        }
+                        Submission::Failed => {
+                            task.status.update(|s| s.orders_failed += 1);
+                            tracing::warn!(%code, body = %text, "the market refused an order");
+                        }
+                    }
                 }
                 Err(e) => {
                     task.status.update(|s| s.orders_failed += 1);
@@ -112,8 +157,37 @@ pub async fn run(task: AgentTask) {
                 && let Ok(result) = r.json::<IntervalResult>().await
             {
                 let watts = crate::agent::steering_for(&result, &task.config.participant, forecast);
-                let _ = task.steer.send(watts).await;
+                let _ = task
+                    .steer
+                    .send(SteerRequest {
+                        interval: target,
+                        watts,
+                    })
+                    .await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_duplicate_409_counts_as_submitted() {
+        assert_eq!(classify(201, "{}"), Submission::Submitted);
+        assert_eq!(
+            classify(409, r#"{"code":"replayed_nonce","message":"seen"}"#),
+            Submission::Submitted
+        );
+        assert_eq!(
+            classify(409, r#"{"code":"gate_closed","message":"too late"}"#),
+            Submission::Failed
+        );
+        assert_eq!(classify(409, "not json"), Submission::Failed);
+        assert_eq!(
+            classify(422, r#"{"code":"invalid_quantity"}"#),
+            Submission::Failed
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! what serde cannot (a Modbus device without a host, an `mqtts://` URL without a CA, ...) and
 //! says how to fix it.
 
+use gridmesh_protocol::signing::PublicKey;
 use gridmesh_protocol::{DeviceId, GatewayId, IntervalLength, NodeId, ParticipantId, PricePerMwh};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -70,6 +71,10 @@ pub struct GatewayConfig {
     pub settlement_url: Option<String>,
     /// The operator/enrolment token for `edge-gateway enroll`.
     pub enroll_token: Option<String>,
+    /// The market's public key (base64 ed25519, from `GET {market_url}/market-key`; `edge-gateway
+    /// enroll` prints it). Only envelopes signed by this key are acted on; without it the
+    /// default envelope of `[control]` always applies.
+    pub market_public_key: Option<PublicKey>,
     /// The MQTT broker (readings uplink and MQTT devices).
     pub mqtt: MqttConfig,
     /// How often to poll devices, in real milliseconds.
@@ -88,6 +93,8 @@ pub struct GatewayConfig {
     pub agent: AgentConfig,
     /// Site data sent with `enroll`.
     pub site: SiteConfig,
+    /// The control loop that keeps the home inside its operating envelope.
+    pub control: ControlConfig,
     /// The devices to read.
     pub devices: Vec<DeviceConfig>,
 }
@@ -106,6 +113,7 @@ impl Default for GatewayConfig {
             market_url: None,
             settlement_url: None,
             enroll_token: None,
+            market_public_key: None,
             mqtt: MqttConfig::default(),
             poll_ms: 1000,
             modbus_timeout_ms: 1000,
@@ -115,6 +123,7 @@ impl Default for GatewayConfig {
             clock: None,
             agent: AgentConfig::default(),
             site: SiteConfig::default(),
+            control: ControlConfig::default(),
             devices: Vec::new(),
         }
     }
@@ -188,6 +197,37 @@ pub struct SiteConfig {
     pub latitude: f64,
     /// Longitude, degrees east.
     pub longitude: f64,
+}
+
+/// The envelope control loop (`[control]`): battery first, then PV curtailment through SunSpec
+/// model 123, so that the interval's metered export and import stay inside the envelope.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Whether the gateway controls devices at all (false: it only measures and reports).
+    pub enabled: bool,
+    /// Export limit of the default envelope (no valid, current market envelope held), W
+    /// averaged over the interval.
+    pub default_export_w: u32,
+    /// Import limit of the default envelope, W averaged over the interval.
+    pub default_import_w: u32,
+    /// The inverter drops a power limit this many seconds (device clock) after the last write
+    /// (`WMaxLimPct_RvrtTms`); the gateway refreshes the limit at half of it while needed.
+    pub revert_secs: u16,
+    /// Least real time between two control writes to one device, unless the envelope changed.
+    pub min_write_interval_ms: u64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            enabled: true,
+            default_export_w: 1_500,
+            default_import_w: 11_000,
+            revert_secs: 120,
+            min_write_interval_ms: 1_000,
+        }
+    }
 }
 
 /// What a device is in the home.
@@ -437,6 +477,16 @@ impl GatewayConfig {
                 "clock.speed",
                 "must be a positive number",
                 "use 1.0 for real time",
+            ));
+        }
+        if self.control.revert_secs < 2 {
+            return Err(invalid(
+                "control.revert_secs",
+                format!(
+                    "{} s leaves no time to refresh a limit before the inverter drops it",
+                    self.control.revert_secs
+                ),
+                "use at least 2 (default 120)",
             ));
         }
         let mut names = std::collections::HashSet::new();

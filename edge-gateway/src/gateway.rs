@@ -4,13 +4,17 @@
 //! [`Shutdown`].
 
 use crate::accountant::{Accountant, AccountantSettings, ClosedInterval};
+use crate::agent_loop::SteerRequest;
 use crate::config::{GatewayConfig, Role, Transport};
+use crate::control::{ControlLoop, ControlSettings, PvCommand};
+use crate::envelope::Intake;
 use crate::outbox::{Outbox, OutboxError, Stored};
 use crate::reader::{Device, poll_all};
 use crate::sample::{Channel, Sample};
 use crate::status::Status;
 use crate::uplink::Uplink;
 use chrono::{DateTime, Utc};
+use gridmesh_protocol::envelope::ControlStatus;
 use gridmesh_protocol::keys::{KeyFileError, SigningKeyPair};
 use gridmesh_protocol::reading::ReadingFlags;
 use gridmesh_protocol::signing::PublicKey;
@@ -21,7 +25,7 @@ use gridmesh_runtime::shutdown::Shutdown;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +128,7 @@ pub async fn run_with_key(
         KeySource::Key(k) => *k,
     };
     let status = Arc::new(Status::default());
+    let intake = Arc::new(Intake::new(&config, status.clone()));
     let outbox = Outbox::open(&config.outbox_path, config.outbox_cap_bytes).await?;
     let resume = outbox.resume().await?;
 
@@ -143,6 +148,8 @@ pub async fn run_with_key(
                 .filter(|d| d.config().transport == Transport::Mqtt)
                 .flat_map(|d| crate::mqtt_devices::subscriptions(d.config()))
                 .collect();
+            let envelope_topic = intake.can_verify().then(|| crate::envelope::topic(&config));
+            settings.subscriptions.extend(envelope_topic.clone());
             let (handle, incoming) = MqttSession::start(settings, shutdown.token())
                 .map_err(|e| GatewayError::Mqtt(e.to_string()))?;
             let routes: Vec<(crate::config::DeviceConfig, Arc<Mutex<_>>)> = devices
@@ -156,6 +163,7 @@ pub async fn run_with_key(
                 incoming,
                 handle.clone(),
                 routes,
+                envelope_topic.map(|t| (t, intake.clone())),
                 clock.clone(),
                 status.clone(),
             ));
@@ -210,14 +218,40 @@ pub async fn run_with_key(
     let accountant = Accountant::new(settings, &expected_channels(&config), resume.as_ref());
     let soc = Arc::new(Mutex::new(None::<u16>));
     let (samples_tx, samples_rx) = mpsc::channel::<Cycle>(16);
-    let (steer_tx, steer_rx) = mpsc::channel::<i64>(4);
+    let (steer_tx, steer_rx) = mpsc::channel::<SteerRequest>(4);
+    let (control_tx, control_rx) = watch::channel(None::<ControlStatus>);
 
+    if intake.can_verify()
+        && let Some(market) = config.market_url.clone()
+    {
+        shutdown.spawn(crate::envelope::poll_market(
+            intake.clone(),
+            http.clone(),
+            market,
+            clock.clone(),
+            crate::envelope::http_period(config.poll_ms),
+            shutdown.token(),
+        ));
+    }
+    if let Some(handle) = &mqtt {
+        shutdown.spawn(publish_control(
+            handle.clone(),
+            topics::gateway_control(&config.gateway_id),
+            control_rx,
+            Duration::from_millis(config.poll_ms.max(250)),
+            shutdown.token(),
+        ));
+    }
     shutdown.spawn(reader_task(
         std::mem::take(&mut devices),
         config.clone(),
         clock.clone(),
         samples_tx,
-        steer_rx,
+        Control {
+            intake: intake.clone(),
+            steer: steer_rx,
+            published: control_tx,
+        },
         status.clone(),
         shutdown.clone(),
     ));
@@ -253,6 +287,7 @@ pub async fn run_with_key(
             status: status.clone(),
             soc,
             steer: steer_tx,
+            intake: intake.clone(),
             cancel: shutdown.token(),
         }));
     }
@@ -297,10 +332,18 @@ async fn route_mqtt(
         crate::config::DeviceConfig,
         Arc<Mutex<crate::mqtt_devices::MqttDeviceState>>,
     )>,
+    envelopes: Option<(String, Arc<Intake>)>,
     clock: Clock,
     status: Arc<Status>,
 ) {
     while let Some(message) = incoming.recv().await {
+        if let Some((topic, intake)) = &envelopes
+            && &message.topic == topic
+        {
+            intake.offer_json(&message.payload, "mqtt", clock.now());
+            handle.ack(message).await;
+            continue;
+        }
         let now = clock.now().timestamp_millis();
         for (device, state) in &routes {
             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
@@ -319,12 +362,113 @@ pub fn clock_stepped(expected_s: f64, actual_s: f64) -> bool {
     (actual_s - expected_s).abs() > 2.0 + expected_s.abs() * 0.05
 }
 
+/// Publishes the control status (retained, QoS 1) when it changes, at most once per `period`.
+async fn publish_control(
+    handle: MqttHandle,
+    topic: String,
+    mut status: watch::Receiver<Option<ControlStatus>>,
+    period: Duration,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut published: Option<ControlStatus> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = status.changed() => if changed.is_err() { return },
+        }
+        let current = status.borrow_and_update().clone();
+        if let Some(current) = current
+            && published.as_ref() != Some(&current)
+        {
+            let payload = serde_json::to_vec(&current).expect("a status serialises");
+            match handle
+                .publish(&topic, payload, rumqttc::QoS::AtLeastOnce, true)
+                .await
+            {
+                Ok(()) => published = Some(current),
+                Err(e) => tracing::debug!(error = %e, "control status not published"),
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+/// What the reader needs for the control loop.
+struct Control {
+    intake: Arc<Intake>,
+    steer: mpsc::Receiver<SteerRequest>,
+    published: watch::Sender<Option<ControlStatus>>,
+}
+
+/// Whether PV can be curtailed, and why not, from the inverters' discovered models.
+fn curtailment_availability(devices: &[Device], config: &GatewayConfig) -> Option<(bool, String)> {
+    let inverters: Vec<&crate::reader::ModbusDevice> = devices
+        .iter()
+        .filter_map(|d| match d {
+            Device::Modbus(m) if m.config.role == Role::Inverter => Some(&**m),
+            _ => None,
+        })
+        .collect();
+    if inverters.is_empty() {
+        let any = config.devices.iter().any(|d| d.role == Role::Inverter);
+        return Some((
+            false,
+            if any {
+                "the inverter is read over MQTT, which offers no control: PV cannot be curtailed"
+                    .into()
+            } else {
+                "no inverter is configured: PV cannot be curtailed".into()
+            },
+        ));
+    }
+    if let Some(m) = inverters.iter().find(|m| m.immediate_controls().is_some()) {
+        if config.site.inverter_w == 0 {
+            return Some((
+                false,
+                format!(
+                    "inverter `{}` offers SunSpec model 123, but site.inverter_w is 0: set the inverter's rated power so limits can be computed",
+                    m.config.name
+                ),
+            ));
+        }
+        return Some((
+            true,
+            format!("inverter `{}` offers SunSpec model 123", m.config.name),
+        ));
+    }
+    let discovered: Vec<_> = inverters.iter().filter_map(|m| m.models()).collect();
+    if discovered.len() < inverters.len() {
+        return None;
+    }
+    Some((
+        false,
+        format!(
+            "the inverter offers SunSpec models {:?} but not 123 (immediate controls): PV cannot be curtailed, only the battery is used",
+            discovered
+                .iter()
+                .flat_map(|m| m.iter().map(|h| h.id))
+                .collect::<Vec<_>>()
+        ),
+    ))
+}
+
+/// Whether some battery can be steered (a Modbus battery with model 124).
+fn battery_steerable(devices: &[Device]) -> bool {
+    devices.iter().any(|d| {
+        matches!(d, Device::Modbus(m) if m.config.role == Role::Battery
+            && m.models().is_some_and(|ms| ms.iter().any(|h| h.id == 124)))
+    })
+}
+
 async fn reader_task(
     mut devices: Vec<Device>,
     config: GatewayConfig,
     clock: Clock,
     out: mpsc::Sender<Cycle>,
-    mut steer: mpsc::Receiver<i64>,
+    mut control: Control,
     status: Arc<Status>,
     shutdown: Shutdown,
 ) {
@@ -333,6 +477,22 @@ async fn reader_task(
     let stale_ms = config.stale_after_s as i64 * 1000;
     let mut last: Option<(DateTime<Utc>, tokio::time::Instant)> = None;
     let mut healthy = std::collections::HashMap::<String, bool>::new();
+    let started = tokio::time::Instant::now();
+    let revert_s = config.control.revert_secs;
+    let mut control_loop = ControlLoop::new(
+        config.gateway_id.clone(),
+        length,
+        ControlSettings {
+            rating_w: i64::from(config.site.inverter_w),
+            battery_w: i64::from(config.site.battery_w),
+            revert_s,
+            min_write_interval_ms: config.control.min_write_interval_ms,
+        },
+        config.control.enabled,
+    );
+    let mut steer_request: Option<SteerRequest> = None;
+    let mut availability: Option<(bool, String)> = None;
+    let mut last_pv: Option<PvCommand> = None;
     loop {
         let now = clock.now();
         // Detect a clock step: wall time moving differently from monotonic time.
@@ -367,6 +527,109 @@ async fn reader_task(
                 _ => {}
             }
         }
+        // The control loop, at the poll rate.
+        let found = curtailment_availability(&devices, &config);
+        if found.is_some() && found != availability {
+            if let Some((ok, note)) = &found {
+                if *ok {
+                    tracing::info!(%note, "PV curtailment available");
+                } else {
+                    tracing::warn!(%note, "PV curtailment unavailable");
+                }
+                status.update(|s| {
+                    s.pv_curtailment_available = Some(*ok);
+                    s.pv_curtailment_note = (!ok).then(|| note.clone());
+                });
+            }
+            availability = found;
+        }
+        let now_c = clock.now();
+        let mut observed = crate::control::observe(&samples);
+        if !battery_steerable(&devices) {
+            observed.battery_w = None;
+        }
+        if availability.as_ref().is_some_and(|(ok, _)| !ok) {
+            observed.pv_limit = None;
+        }
+        let in_force = control.intake.in_force(now_c);
+        let steer_w = steer_request
+            .as_ref()
+            .filter(|r| r.interval.contains(now_c))
+            .map_or(0, |r| (-r.watts).max(0));
+        let outcome = control_loop.step(
+            now_c,
+            started.elapsed().as_millis() as u64,
+            in_force,
+            &observed,
+            steer_w,
+        );
+        if let Some(pv) = outcome.commands.pv {
+            let target = outcome.pv_device.as_deref().and_then(|name| {
+                devices.iter_mut().find_map(|d| match d {
+                    Device::Modbus(m) if m.config.name == name => Some(m),
+                    _ => None,
+                })
+            });
+            if let Some(m) = target {
+                let (pct, sf) = match pv {
+                    PvCommand::Limit { pct_milli, sf, .. } => (Some(pct_milli), sf),
+                    PvCommand::Release => (None, 0),
+                };
+                match m.write_pv_limit(pct, sf, revert_s).await {
+                    Ok(()) => {
+                        status.update(|s| s.control_writes += 1);
+                        if last_pv == Some(pv) {
+                            tracing::debug!(device = %m.config.name, ?pv, "PV limit refreshed");
+                        } else {
+                            tracing::info!(device = %m.config.name, ?pv, allowed_export_w = control_loop.controller().allowed_export_w(), "PV limit written");
+                        }
+                        last_pv = Some(pv);
+                    }
+                    Err(e) => {
+                        control_loop.controller().pv_write_failed();
+                        status.update(|s| s.control_write_errors += 1);
+                        tracing::warn!(error = %e, "cannot write the PV limit; retrying");
+                    }
+                }
+            }
+        }
+        if let Some(watts) = outcome.commands.battery {
+            let mut ok = false;
+            for d in devices.iter_mut() {
+                if let Device::Modbus(m) = d
+                    && m.config.role == Role::Battery
+                {
+                    match m.steer(-watts, revert_s).await {
+                        Ok(()) => {
+                            ok = true;
+                            status.update(|s| s.control_writes += 1);
+                            tracing::info!(device = %m.config.name, discharge_w = watts, "battery set");
+                        }
+                        Err(e) => {
+                            status.update(|s| s.control_write_errors += 1);
+                            tracing::warn!(error = %e, "battery control failed");
+                        }
+                    }
+                }
+            }
+            if !ok {
+                control_loop.controller().battery_write_failed();
+            }
+        }
+        if let Some((closed, exceeded)) = outcome.closed {
+            if exceeded {
+                tracing::warn!(interval = %closed.interval, exported_wh = closed.exported_mwh / 1000, imported_wh = closed.imported_mwh / 1000, "the interval's metered flow exceeded the envelope");
+            } else {
+                tracing::debug!(interval = %closed.interval, exported_wh = closed.exported_mwh / 1000, "interval inside its envelope");
+            }
+        }
+        let allowed = control_loop.controller().allowed_export_w();
+        status.update(|s| {
+            s.control = Some(outcome.status.clone());
+            s.allowed_export_w = Some(allowed);
+        });
+        control.published.send_replace(Some(outcome.status));
+
         if out
             .send(Cycle {
                 now,
@@ -385,12 +648,18 @@ async fn reader_task(
         tokio::select! {
             _ = shutdown.triggered() => return,
             _ = tokio::time::sleep(wait) => {}
-            Some(watts) = steer.recv() => {
-                for d in devices.iter_mut() {
-                    if let Device::Modbus(m) = d && m.config.role == Role::Battery {
-                        match m.steer(watts, length.seconds().min(i64::from(u16::MAX)) as u16).await {
-                            Ok(()) => tracing::info!(device = %m.config.name, watts, "battery steered"),
-                            Err(e) => tracing::warn!(error = %e, "battery steering failed"),
+            Some(request) = control.steer.recv() => {
+                if config.control.enabled {
+                    // Applied by the control loop, clipped to the envelope.
+                    steer_request = Some(request);
+                } else {
+                    let watts = request.watts;
+                    for d in devices.iter_mut() {
+                        if let Device::Modbus(m) = d && m.config.role == Role::Battery {
+                            match m.steer(watts, length.seconds().min(i64::from(u16::MAX)) as u16).await {
+                                Ok(()) => tracing::info!(device = %m.config.name, watts, "battery steered"),
+                                Err(e) => tracing::warn!(error = %e, "battery steering failed"),
+                            }
                         }
                     }
                 }

@@ -13,6 +13,9 @@
 //!   durable SQLite outbox, with the sequence number and resume state in the same transaction;
 //! - [`uplink`]: delivery by MQTT QoS 1 (PUBACK) or HTTP to settlement, in order, with backoff;
 //! - [`agent`] (pure) and [`agent_loop`]: the household bidding agent and battery steering;
+//! - [`envelope`]: the market's signed operating envelopes (verified with the pinned key) and
+//!   the envelope in force, or the default; [`control`] (pure core): keeping the home inside
+//!   it, battery first, then PV curtailment through SunSpec model 123;
 //! - [`status`] and [`health`]: `/healthz` and Prometheus `/metrics`;
 //! - [`detect`]: the `detect HOST` scan; [`enroll`]: registration with the market;
 //! - [`gateway`]: wiring it all up ([`run`]).
@@ -41,8 +44,10 @@ pub mod accountant;
 pub mod agent;
 pub mod agent_loop;
 pub mod config;
+pub mod control;
 pub mod detect;
 pub mod enroll;
+pub mod envelope;
 pub mod gateway;
 pub mod health;
 pub mod modbus;

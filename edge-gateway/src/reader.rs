@@ -145,6 +145,40 @@ impl ModbusDevice {
         Ok(sunspec::decode(self.config.role, &registers))
     }
 
+    /// The immediate-controls model (123) the inverter offers, once discovered.
+    pub fn immediate_controls(&self) -> Option<ModelHeader> {
+        self.models
+            .as_ref()
+            .and_then(|m| m.iter().find(|m| m.id == sunspec::IMMEDIATE_CONTROLS))
+            .copied()
+    }
+
+    /// Writes the inverter's active power limit through model 123: `Some(pct_milli)` limits
+    /// to that share (thousandths of a percent) of the rated power with `WMaxLimPct_SF` = `sf`
+    /// (as read from the device) and a reversion timeout of `revert_s` seconds; `None`
+    /// disables the limit.
+    pub async fn write_pv_limit(
+        &mut self,
+        pct_milli: Option<i64>,
+        sf: i16,
+        revert_s: u16,
+    ) -> Result<(), DeviceError> {
+        let Some(m123) = self.immediate_controls() else {
+            return Err(DeviceError::Unsupported {
+                device: self.config.name.clone(),
+                location: self.config.location(),
+                message: "PV curtailment needs SunSpec model 123 (immediate controls), which this inverter does not expose".into(),
+            });
+        };
+        for (offset, values) in sunspec::limit_123(pct_milli, sf, revert_s) {
+            self.link
+                .write(m123.address + offset, &values)
+                .await
+                .map_err(|e| self.transport_error(e))?;
+        }
+        Ok(())
+    }
+
     /// Applies model-124 steering writes (charge > 0, discharge < 0, 0 = automatic) that
     /// revert to automatic after `revert_s` seconds unless renewed.
     pub async fn steer(&mut self, watts: i64, revert_s: u16) -> Result<(), DeviceError> {

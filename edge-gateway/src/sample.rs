@@ -68,6 +68,22 @@ pub struct DeviceValues {
     pub power_mw: Vec<(Channel, i64)>,
     /// Battery state of charge, per mille.
     pub soc_permille: Option<u16>,
+    /// The inverter's active power limit (SunSpec model 123), when it offers one.
+    pub pv_limit: Option<PvLimit>,
+}
+
+/// An inverter's active power limit as read from SunSpec model 123 (immediate controls).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PvLimit {
+    /// Whether the limit is enabled (`WMaxLim_Ena` = 1).
+    pub enabled: bool,
+    /// The limit in thousandths of a percent of the rated power (`WMaxLimPct` scaled by
+    /// `WMaxLimPct_SF`), `None` when not implemented.
+    pub pct_milli: Option<i64>,
+    /// `WMaxLimPct_SF`, needed to write a new limit (0 when not implemented).
+    pub sf: i16,
+    /// `WMaxLimPct_RvrtTms`, seconds.
+    pub revert_s: Option<u16>,
 }
 
 impl DeviceValues {

@@ -3,13 +3,14 @@
 //! Metrics are written in the Prometheus text format by `gridmesh_runtime::metrics`:
 //! names follow `gridmesh_gateway_<name>_<unit>[_total]`.
 
+use gridmesh_protocol::envelope::{ControlStatus, EnvelopeSource};
 use gridmesh_runtime::metrics::{Exposition, MetricKind};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 /// One sample of a metric family: its labels and value.
-type Sample = (Vec<(&'static str, String)>, u64);
+type Sample = (Vec<(&'static str, String)>, i64);
 
 /// One device's health.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -55,6 +56,27 @@ pub struct Snapshot {
     pub mqtt_connected: bool,
     /// Clock steps detected.
     pub clock_steps: u64,
+    /// Whether `market_public_key` is configured (without it only the default envelope applies).
+    pub market_key_set: bool,
+    /// Market envelopes verified and accepted since start.
+    pub envelopes_accepted: u64,
+    /// Envelopes refused (bad signature, wrong key, another gateway's) since start.
+    pub envelopes_refused: u64,
+    /// Why the last envelope was refused.
+    pub last_envelope_refusal: Option<String>,
+    /// The control loop: envelope in force, metered so far, curtailment.
+    pub control: Option<ControlStatus>,
+    /// Whether PV can be curtailed: `Some(true)` when the inverter offers SunSpec model 123,
+    /// `Some(false)` when it does not (see `pv_curtailment_note`), `None` before discovery.
+    pub pv_curtailment_available: Option<bool>,
+    /// Why PV cannot be curtailed, when it cannot.
+    pub pv_curtailment_note: Option<String>,
+    /// The allowed average export power for the rest of the interval, W.
+    pub allowed_export_w: Option<i64>,
+    /// Control writes (model 123 / 124) sent.
+    pub control_writes: u64,
+    /// Control writes that failed.
+    pub control_write_errors: u64,
 }
 
 /// The shared status.
@@ -100,11 +122,11 @@ impl Status {
                 family.sample(&labels, value);
             }
         };
-        let one = |v: u64| vec![(Vec::new(), v)];
+        let one = |v: u64| vec![(Vec::new(), v as i64)];
         let per_device = |f: &dyn Fn(&DeviceStatus) -> u64| -> Vec<Sample> {
             s.devices
                 .iter()
-                .map(|(name, d)| (vec![("device", name.clone())], f(d)))
+                .map(|(name, d)| (vec![("device", name.clone())], f(d) as i64))
                 .collect()
         };
         metric(
@@ -136,8 +158,8 @@ impl Status {
             MetricKind::Counter,
             "Readings delivered, by path.",
             &[
-                (vec![("path", "mqtt".to_owned())], s.delivered_mqtt),
-                (vec![("path", "http".to_owned())], s.delivered_http),
+                (vec![("path", "mqtt".to_owned())], s.delivered_mqtt as i64),
+                (vec![("path", "http".to_owned())], s.delivered_http as i64),
             ],
         );
         metric(
@@ -188,6 +210,125 @@ impl Status {
             "Clock steps detected.",
             &one(s.clock_steps),
         );
+        metric(
+            "market_key_configured",
+            MetricKind::Gauge,
+            "Whether market_public_key is set (without it the default envelope applies).",
+            &one(u64::from(s.market_key_set)),
+        );
+        metric(
+            "envelopes_accepted_total",
+            MetricKind::Counter,
+            "Market envelopes verified and accepted.",
+            &one(s.envelopes_accepted),
+        );
+        metric(
+            "envelopes_refused_total",
+            MetricKind::Counter,
+            "Envelopes refused (bad signature, foreign key, another gateway's); never applied.",
+            &one(s.envelopes_refused),
+        );
+        metric(
+            "control_writes_total",
+            MetricKind::Counter,
+            "Control writes sent to devices (SunSpec models 123 and 124).",
+            &one(s.control_writes),
+        );
+        metric(
+            "control_write_errors_total",
+            MetricKind::Counter,
+            "Control writes that failed.",
+            &one(s.control_write_errors),
+        );
+        if let Some(available) = s.pv_curtailment_available {
+            metric(
+                "pv_curtailment_available",
+                MetricKind::Gauge,
+                "Whether the inverter offers SunSpec model 123, so PV can be curtailed.",
+                &one(u64::from(available)),
+            );
+        }
+        if let Some(c) = &s.control {
+            let source = |which: EnvelopeSource| i64::from(c.source == which);
+            metric(
+                "envelope_source",
+                MetricKind::Gauge,
+                "Where the envelope in force came from (1 on the active source).",
+                &[
+                    (
+                        vec![("source", "market".to_owned())],
+                        source(EnvelopeSource::Market),
+                    ),
+                    (
+                        vec![("source", "default".to_owned())],
+                        source(EnvelopeSource::Default),
+                    ),
+                ],
+            );
+            let single = |v: i64| vec![(Vec::new(), v)];
+            metric(
+                "envelope_export_limit_wh",
+                MetricKind::Gauge,
+                "Export limit of the envelope in force for the current interval.",
+                &single(c.export_limit_wh.0),
+            );
+            metric(
+                "envelope_import_limit_wh",
+                MetricKind::Gauge,
+                "Import limit of the envelope in force for the current interval.",
+                &single(c.import_limit_wh.0),
+            );
+            metric(
+                "interval_exported_wh",
+                MetricKind::Gauge,
+                "Grid export metered so far in the current interval.",
+                &single(c.exported_wh.0),
+            );
+            metric(
+                "interval_imported_wh",
+                MetricKind::Gauge,
+                "Grid import metered so far in the current interval.",
+                &single(c.imported_wh.0),
+            );
+            metric(
+                "curtailed_wh",
+                MetricKind::Gauge,
+                "PV energy curtailed so far in the current interval (estimate).",
+                &single(c.curtailed_wh.0),
+            );
+            metric(
+                "curtailed_wh_total",
+                MetricKind::Counter,
+                "PV energy curtailed since start (estimate).",
+                &single(c.curtailed_total_wh.0),
+            );
+            metric(
+                "pv_limit_pct",
+                MetricKind::Gauge,
+                "The inverter's active power limit, % of its rating (100 when not limited).",
+                &single(c.pv_limit_pct.map_or(100, i64::from)),
+            );
+            metric(
+                "battery_setpoint_w",
+                MetricKind::Gauge,
+                "Battery power requested by the control loop (+ discharge, - charge, 0 automatic).",
+                &single(c.battery_setpoint_w),
+            );
+            metric(
+                "envelope_violations_in_a_row",
+                MetricKind::Gauge,
+                "Intervals in a row whose metered export or import exceeded the envelope.",
+                &single(i64::from(c.violations_in_a_row)),
+            );
+        }
+        if let Some(w) = s.allowed_export_w {
+            metric(
+                "allowed_export_w",
+                MetricKind::Gauge,
+                "Allowed average export power for the rest of the interval.",
+                &[(Vec::new(), w)],
+            );
+        }
         let mut text = out.finish();
         text.push_str("# EOF\n");
         text

@@ -7,7 +7,7 @@
 //! device exposes into [`DeviceValues`] for its role.
 
 use crate::config::Role;
-use crate::sample::{Channel, Counter, DeviceValues, float_to_milli, scale_to_milli};
+use crate::sample::{Channel, Counter, DeviceValues, PvLimit, float_to_milli, scale_to_milli};
 use std::future::Future;
 
 /// Base addresses probed for the "SunS" marker, in order.
@@ -21,8 +21,23 @@ pub const MAX_READ: u16 = 125;
 
 /// Model ids the gateway decodes.
 pub const SUPPORTED: &[u16] = &[
-    1, 101, 102, 103, 111, 112, 113, 124, 201, 202, 203, 204, 211, 212, 213, 701, 802,
+    1, 101, 102, 103, 111, 112, 113, 123, 124, 201, 202, 203, 204, 211, 212, 213, 701, 802,
 ];
+
+/// SunSpec model 123, immediate controls: the inverter's active power limit.
+pub const IMMEDIATE_CONTROLS: u16 = 123;
+
+/// Offsets in model 123, counted from its id register.
+pub mod m123 {
+    /// `WMaxLimPct` (uint16, % of WMax, scaled by `WMaxLimPct_SF`).
+    pub const W_MAX_LIM_PCT: u16 = 5;
+    /// `WMaxLimPct_RvrtTms` (uint16, seconds; the limit is dropped after this long).
+    pub const REVERT_TMS: u16 = 7;
+    /// `WMaxLim_Ena` (enum16: 0 disabled, 1 enabled).
+    pub const ENA: u16 = 9;
+    /// `WMaxLimPct_SF` (sunssf).
+    pub const SF: u16 = 23;
+}
 
 /// A model found in the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +192,13 @@ pub fn select(role: Role, chain: &[ModelHeader]) -> Result<Vec<ModelHeader>, Str
                 picked.push(*m);
             }
         }
+    }
+    if role == Role::Inverter
+        && !picked.is_empty()
+        && let Some(m) = chain.iter().find(|m| m.id == IMMEDIATE_CONTROLS)
+    {
+        // Immediate controls: read with the measurements so the limit in force is known.
+        picked.push(*m);
     }
     if picked.is_empty() {
         let found: Vec<String> = chain.iter().map(|m| m.id.to_string()).collect();
@@ -349,6 +371,20 @@ pub fn decode_model(role: Role, regs: &[u16], out: &mut DeviceValues) {
                 out.split_power(w, Channel::BatteryDischarge, Channel::BatteryCharge);
             }
         }
+        (Role::Inverter, IMMEDIATE_CONTROLS) => {
+            let at = |o: u16| get(regs, usize::from(o));
+            let sf = at(m123::SF).and_then(sunssf);
+            let pct_milli = match (at(m123::W_MAX_LIM_PCT).and_then(uint16), sf) {
+                (Some(v), Some(sf)) => Some(scale_to_milli(v, sf)),
+                _ => None,
+            };
+            out.pv_limit = Some(PvLimit {
+                enabled: at(m123::ENA) == Some(1),
+                pct_milli,
+                sf: sf.unwrap_or(0),
+                revert_s: at(m123::REVERT_TMS).and_then(uint16).map(|v| v as u16),
+            });
+        }
         (Role::Battery, 124) if out.soc_permille.is_none() => {
             out.soc_permille = percent_to_permille(regs, 8, 22);
         }
@@ -396,6 +432,35 @@ pub fn steer_124(watts: i64, w_cha_max: i64, rate_sf: i16, revert_s: u16) -> Vec
             (17, vec![1]),
             (5, vec![2]),
         ]
+    }
+}
+
+/// A percentage in thousandths (`pct_milli`, 100 % = 100 000) as a register scaled by
+/// `sf` (`register × 10^sf = %`), rounded down so a written limit is never above the one
+/// asked for; clamped to 0 ..= 100 %.
+pub fn pct_register(pct_milli: i64, sf: i16) -> u16 {
+    let pct_milli = pct_milli.clamp(0, 100_000);
+    let exp = 3 + i32::from(sf);
+    let reg = if exp >= 0 {
+        pct_milli / 10i64.pow(exp.min(18) as u32)
+    } else {
+        pct_milli.saturating_mul(10i64.pow((-exp).min(18) as u32))
+    };
+    reg.clamp(0, i64::from(u16::MAX - 1)) as u16
+}
+
+/// Model 123 register writes: `Some(pct_milli)` limits the inverter's active power to that
+/// share of its rating (`WMaxLimPct`, then `WMaxLimPct_RvrtTms` = `revert_s`, then
+/// `WMaxLim_Ena` = 1, so the limit is complete before it is enabled); `None` disables the
+/// limit (`WMaxLim_Ena` = 0). Returns `(offset from the model's id register, values)` pairs.
+pub fn limit_123(pct_milli: Option<i64>, sf: i16, revert_s: u16) -> Vec<(u16, Vec<u16>)> {
+    match pct_milli {
+        None => vec![(m123::ENA, vec![0])],
+        Some(p) => vec![
+            (m123::W_MAX_LIM_PCT, vec![pct_register(p, sf)]),
+            (m123::REVERT_TMS, vec![revert_s]),
+            (m123::ENA, vec![1]),
+        ],
     }
 }
 
@@ -585,6 +650,60 @@ mod tests {
         assert_eq!(decode(Role::Battery, &[m124]).soc_permille, None);
         let m124 = model(124, 24, &[(8, 50), (22, 0)]);
         assert_eq!(decode(Role::Battery, &[m124]).soc_permille, Some(500));
+    }
+
+    #[test]
+    fn model_123_is_read_with_the_inverter_and_decoded() {
+        let header = |id, address, len| ModelHeader { id, address, len };
+        let chain = [
+            header(1, 40002, 66),
+            header(103, 40070, 50),
+            header(123, 40122, 24),
+        ];
+        let picked = select(Role::Inverter, &chain).unwrap();
+        assert_eq!(picked.iter().map(|m| m.id).collect::<Vec<_>>(), [103, 123]);
+        // 123 alone cannot be read as an inverter.
+        assert!(select(Role::Inverter, &[chain[0], chain[2]]).is_err());
+        // WMaxLimPct 4550 at SF -2 = 45.5 %, enabled, revert 120 s.
+        let m = model(
+            123,
+            24,
+            &[(5, 4550), (7, 120), (9, 1), (23, (-2i16) as u16)],
+        );
+        assert_eq!(
+            decode(Role::Inverter, &[m]).pv_limit,
+            Some(PvLimit {
+                enabled: true,
+                pct_milli: Some(45_500),
+                sf: -2,
+                revert_s: Some(120)
+            })
+        );
+        let m = model(123, 24, &[(5, 0xFFFF), (7, 0xFFFF), (9, 0), (23, 0x8000)]);
+        assert_eq!(
+            decode(Role::Inverter, &[m]).pv_limit,
+            Some(PvLimit {
+                enabled: false,
+                pct_milli: None,
+                sf: 0,
+                revert_s: None
+            })
+        );
+    }
+
+    #[test]
+    fn limit_writes_honour_the_scale_factor_and_round_down() {
+        assert_eq!(pct_register(45_678, 0), 45);
+        assert_eq!(pct_register(45_678, -1), 456);
+        assert_eq!(pct_register(45_678, -2), 4567);
+        assert_eq!(pct_register(45_678, -3), 45678);
+        assert_eq!(pct_register(150_000, -2), 10_000, "clamped to 100 %");
+        assert_eq!(pct_register(-5, 0), 0, "never negative");
+        assert_eq!(
+            limit_123(Some(30_000), -1, 120),
+            vec![(5, vec![300]), (7, vec![120]), (9, vec![1])]
+        );
+        assert_eq!(limit_123(None, -1, 120), vec![(9, vec![0])]);
     }
 
     #[test]
