@@ -6,7 +6,7 @@
 //!
 //! | unit | device | SunSpec models (map at 40000) | energy counter |
 //! |---|---|---|---|
-//! | 1 | PV inverter | 1, 103 | 103 `WH` (acc32, Wh, SF 0) = PV energy |
+//! | 1 | PV inverter | 1, 103, 123 | 103 `WH` (acc32, Wh, SF 0) = PV energy; 123 `WMaxLimPct` power limit |
 //! | 2 | battery | 1, 124, 802, 701 | 701 `TotWhAbs` = charge, `TotWhInj` = discharge (uint64, Wh, `TotWh_SF` 0) |
 //! | 3 | grid meter | 1, 203 | 203 `TotWhImp` / `TotWhExp` (acc32, Wh, SF 0) |
 //!
@@ -16,6 +16,11 @@
 //! battery `W` + = discharge. Every counter is the floor of the physics' accumulated Wh, so
 //! register deltas between two reads taken at interval boundaries equal
 //! [`Simulator::ground_truth`] exactly.
+//!
+//! The inverter obeys SunSpec model 123's power limit (`WMaxLimPct`, `WMaxLim_Ena`,
+//! `WMaxLimPct_RvrtTms`): while it is enabled and not reverted, PV = min(available, limit ×
+//! rating). The ground truth also reports the available and curtailed PV and the battery's
+//! headroom, so tests can check that batteries take the surplus before PV is curtailed.
 //!
 //! # Modules
 //!

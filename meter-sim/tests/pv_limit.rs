@@ -267,3 +267,48 @@ async fn the_limit_reverts_after_rvrt_tms_of_device_time() {
     assert_eq!(sim.status().homes[0].pv_limit_pct, Some(5.0));
     shutdown.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ground_truth_tells_whether_the_battery_took_the_surplus_first() {
+    let (sim, shutdown) = start(1, 9, 600.0).await;
+    let home = sim.homes()[0].clone();
+    assert!(home.has_battery());
+    let addr = sim.modbus_addr("h001").unwrap();
+    let mut bat = connect(addr, 2).await;
+    let mut inv = connect(addr, 1).await;
+    let clock = sim.clock().clone();
+    // Charge at the full rate (forced charge: StorCtl_Mod bit 1 with OutWRte = -100 %).
+    write(&mut bat, M124 + 12, &[(-100i16) as u16])
+        .await
+        .unwrap();
+    write(&mut bat, M124 + 5, &[2]).await.unwrap();
+    let full_rate = Interval::containing(clock.now(), IntervalLength::Min15).next();
+    clock.sleep_until(full_rate.end()).await;
+    let t = sim.ground_truth("h001", &full_rate).expect("passed");
+    let rated_quarter_hour = home.battery_w as i64 / 4;
+    assert!(
+        t.battery_headroom.0 > 0 && t.battery_headroom.0 <= rated_quarter_hour,
+        "{t:?}"
+    );
+    assert!(
+        (t.battery_charge.0 - t.battery_headroom.0).abs() <= 1,
+        "charging at the full rate takes all the headroom: {t:?}"
+    );
+    assert!(t.battery_stored_end.0 > t.battery_stored_start.0, "{t:?}");
+    assert_eq!(t.pv_curtailed.0, 0, "no limit yet");
+
+    // Back to self-consumption, and PV limited to 0 %: PV is curtailed although the battery
+    // had room, and the truth shows it (charge far below the headroom).
+    write(&mut bat, M124 + 5, &[0]).await.unwrap();
+    write(&mut inv, at(off::WMAX_LIM_PCT), &[0, 0, 0, 0, 1])
+        .await
+        .unwrap();
+    let curtailed = Interval::containing(clock.now(), IntervalLength::Min15).next();
+    clock.sleep_until(curtailed.end()).await;
+    let t = sim.ground_truth("h001", &curtailed).expect("passed");
+    assert_eq!(t.pv.0, 0, "{t:?}");
+    assert!(t.pv_curtailed.0 > 500, "{t:?}");
+    assert!(t.battery_headroom.0 > 500, "{t:?}");
+    assert_eq!(t.battery_charge.0, 0, "{t:?}");
+    shutdown.wait().await;
+}
