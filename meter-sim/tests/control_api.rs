@@ -46,6 +46,11 @@ async fn status_manifest_truth_faults_and_metrics() {
             .starts_with("2026-06-21T")
     );
     assert!(status["homes"][0]["pv_w"].as_i64().unwrap() > 0);
+    assert_eq!(
+        status["homes"][0]["pv_available_w"], status["homes"][0]["pv_w"],
+        "no power limit: all the available PV is produced"
+    );
+    assert!(status["homes"][0]["pv_limit_pct"].is_null());
 
     let (code, body) = call(&sim, "GET", "/manifest", None).await;
     assert_eq!(code, StatusCode::OK);
@@ -85,6 +90,10 @@ async fn status_manifest_truth_faults_and_metrics() {
     let interval = gridmesh_protocol::Interval::parse("2026-06-21T10:00:00Z", 15).unwrap();
     assert_eq!(Some(truth), sim.ground_truth("h001", &interval));
     assert!(truth.pv.0 > 0);
+    let raw: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(raw["pv_curtailed"], 0);
+    assert_eq!(raw["pv_available"], raw["pv"]);
+    assert!(raw["battery_headroom"].as_i64().unwrap() > 0, "{body}");
     let (code, body) = call(
         &sim,
         "GET",
@@ -142,6 +151,9 @@ async fn status_manifest_truth_faults_and_metrics() {
     assert!(body.contains("# TYPE gridmesh_sim_modbus_requests_total counter"));
     assert!(body.contains("gridmesh_sim_homes 2"));
     assert!(body.contains("gridmesh_sim_faults_active 1"));
+    assert!(body.contains("# TYPE gridmesh_sim_pv_curtailed_wh_total counter"));
+    assert!(body.contains("gridmesh_sim_pv_curtailed_wh_total 0"));
+    assert!(body.contains("gridmesh_sim_pv_limits_active 0"));
     shutdown.wait().await;
 }
 
