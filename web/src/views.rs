@@ -1022,3 +1022,70 @@ pub fn imbalance_spikes(results: &[IntervalResult], factor: u32) -> Vec<Alert> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (flow, limit) → expected status.
+    fn check(flow: i64, limit: Option<i64>, expected: FlowStatus) {
+        assert_eq!(
+            flow_status(Wh(flow), limit.map(Wh)),
+            expected,
+            "flow {flow} against {limit:?}"
+        );
+    }
+
+    #[test]
+    fn status_follows_the_measured_flow_at_90_and_over_100_percent() {
+        check(0, Some(320), FlowStatus::Normal);
+        check(287, Some(320), FlowStatus::Normal);
+        check(288, Some(320), FlowStatus::Near);
+        check(-288, Some(320), FlowStatus::Near);
+        check(320, Some(320), FlowStatus::Near);
+        check(321, Some(320), FlowStatus::Over);
+        check(-9_980, Some(320), FlowStatus::Over);
+        check(0, Some(0), FlowStatus::Normal);
+        check(1, Some(0), FlowStatus::Over);
+        check(-5, None, FlowStatus::Unlimited);
+        check(i64::MIN, Some(i64::MAX), FlowStatus::Over);
+    }
+
+    #[test]
+    fn utilisation_and_grouping() {
+        assert_eq!(utilisation_pct(Wh(-9_980), Some(Wh(320))), Some(3_119));
+        assert_eq!(utilisation_pct(Wh(160), Some(Wh(320))), Some(50));
+        assert_eq!(utilisation_pct(Wh(5), None), None);
+        assert_eq!(utilisation_pct(Wh(i64::MIN), Some(Wh(1))), Some(i64::MAX));
+        assert_eq!(grouped(9_980), "9 980");
+        assert_eq!(grouped(320), "320");
+        assert_eq!(grouped(1_234_567), "1 234 567");
+        assert_eq!(grouped(-23_000), "-23 000");
+        assert_eq!(grouped(0), "0");
+    }
+
+    #[test]
+    fn feeders_and_subtrees() {
+        use gridmesh_protocol::NodeId;
+        use gridmesh_protocol::grid::Branch;
+        let b = |n: &str, p: &str| Branch {
+            node: NodeId::new(n).unwrap(),
+            parent: NodeId::new(p).unwrap(),
+            import_limit_wh: None,
+            export_limit_wh: None,
+            fee_per_mwh: None,
+        };
+        let network = Network {
+            root: NodeId::new("sub").unwrap(),
+            branches: vec![b("f1", "sub"), b("c1", "f1"), b("h1", "c1")],
+            utility: Default::default(),
+        };
+        assert_eq!(feeder_of(&network, "h1").as_deref(), Some("f1"));
+        assert_eq!(feeder_of(&network, "f1").as_deref(), Some("f1"));
+        assert_eq!(feeder_of(&network, "sub"), None);
+        assert_eq!(feeder_of(&network, "elsewhere"), None);
+        assert!(is_within(&network, "h1", "f1"));
+        assert!(is_within(&network, "h1", "sub"));
+        assert!(!is_within(&network, "f1", "c1"));
+    }
+}
