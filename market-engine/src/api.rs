@@ -3,6 +3,10 @@
 //! One error type ([`MarketError`]) becomes every error response; database details are logged,
 //! never sent. Bodies are parsed here rather than by axum's extractor so that malformed JSON
 //! gets the same error shape as everything else.
+//!
+//! Who may call what: reads are public (results, envelopes and the market key are not secret);
+//! writes of registrations, the topology and limit overrides need the operator's bearer token;
+//! orders and cancellations are authorised by their participant's signature.
 
 use crate::book::depth;
 use crate::error::MarketError;
@@ -12,9 +16,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use gridmesh_protocol::grid::Network;
+use gridmesh_protocol::envelope::{MarketKey, SignedResult};
+use gridmesh_protocol::grid::{LimitOverride, Network};
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
 use gridmesh_protocol::{GatewayId, Interval, ParticipantId, SignedEnvelope};
 use serde::Deserialize;
@@ -97,7 +102,13 @@ pub fn router(state: AppState) -> Router {
         .route("/orders/cancel", post(post_cancel))
         .route("/intervals/{start}/book", get(get_book))
         .route("/intervals/{start}/result", get(get_result))
+        .route("/intervals/{start}/result/signed", get(get_signed_result))
         .route("/results", get(get_results))
+        .route("/results/signed", get(get_signed_results))
+        .route("/market-key", get(get_market_key))
+        .route("/envelopes/{gateway}", get(get_envelopes))
+        .route("/limits", post(post_limit).get(get_limits))
+        .route("/limits/{id}", delete(delete_limit))
         .route("/topology", get(get_topology).put(put_topology))
         .route("/status", get(get_status))
         .route("/events", get(get_events))
@@ -212,14 +223,28 @@ async fn get_book(
     })))
 }
 
-async fn get_result(
-    State(s): State<AppState>,
-    Path(start): Path<String>,
-) -> ApiResult<impl IntoResponse> {
+/// A JSON response of exact, already serialised bytes.
+fn raw_json(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn get_result(State(s): State<AppState>, Path(start): Path<String>) -> ApiResult<Response> {
     let interval = interval_at(&s, &start)?;
     s.market
         .store
-        .result(&interval)
+        .result_row(&interval)
+        .await?
+        .map(|row| raw_json(row.body))
+        .ok_or_else(|| MarketError::NotCleared(interval.key()))
+}
+
+async fn get_signed_result(
+    State(s): State<AppState>,
+    Path(start): Path<String>,
+) -> ApiResult<Json<SignedResult>> {
+    let interval = interval_at(&s, &start)?;
+    s.market
+        .signed_result(&interval)
         .await?
         .map(Json)
         .ok_or_else(|| MarketError::NotCleared(interval.key()))
@@ -231,22 +256,98 @@ struct ResultsQuery {
     limit: Option<i64>,
 }
 
+impl ResultsQuery {
+    /// `(since as Unix seconds, limit)`: everything by default, at most 1000 per page.
+    fn page(self) -> ApiResult<(i64, i64)> {
+        let since = match self.since.filter(|v| !v.is_empty()) {
+            Some(start) => chrono::DateTime::parse_from_rfc3339(&start)
+                .map_err(|_| {
+                    MarketError::InvalidRequest(format!(
+                        "since `{start}` is not an RFC 3339 time such as 2026-06-21T12:00:00Z"
+                    ))
+                })?
+                .timestamp(),
+            None => i64::MIN,
+        };
+        Ok((since, self.limit.unwrap_or(100).clamp(1, 1000)))
+    }
+}
+
 async fn get_results(
     State(s): State<AppState>,
     Query(q): Query<ResultsQuery>,
+) -> ApiResult<Response> {
+    let (since, limit) = q.page()?;
+    let rows = s.market.store.result_rows_since(since, limit).await?;
+    // The stored bodies, byte for byte (the bytes the market signed).
+    let mut body = String::with_capacity(rows.iter().map(|r| r.body.len() + 1).sum::<usize>() + 2);
+    body.push('[');
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&row.body);
+    }
+    body.push(']');
+    Ok(raw_json(body))
+}
+
+async fn get_signed_results(
+    State(s): State<AppState>,
+    Query(q): Query<ResultsQuery>,
+) -> ApiResult<Json<Vec<SignedResult>>> {
+    let (since, limit) = q.page()?;
+    Ok(Json(s.market.signed_results(since, limit).await?))
+}
+
+async fn get_market_key(State(s): State<AppState>) -> Json<MarketKey> {
+    Json(MarketKey {
+        zone: s.market.config.zone.clone(),
+        public_key: s.market.public_key(),
+    })
+}
+
+async fn get_envelopes(
+    State(s): State<AppState>,
+    Path(gateway): Path<String>,
+) -> ApiResult<Json<Vec<SignedEnvelope>>> {
+    let gateway =
+        GatewayId::new(gateway).map_err(|e| MarketError::InvalidRequest(e.to_string()))?;
+    Ok(Json(s.market.current_envelopes(&gateway).await?))
+}
+
+async fn post_limit(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    let since = match q.since.filter(|v| !v.is_empty()) {
-        Some(start) => chrono::DateTime::parse_from_rfc3339(&start)
-            .map_err(|_| {
-                MarketError::InvalidRequest(format!(
-                    "since `{start}` is not an RFC 3339 time such as 2026-06-21T12:00:00Z"
-                ))
-            })?
-            .timestamp(),
-        None => i64::MIN,
-    };
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(s.market.store.results_since(since, limit).await?))
+    operator(&s, &headers)?;
+    let o: LimitOverride = parse_body(&body, "limit override")?;
+    let stored = s.market.add_override(o).await?;
+    Ok((StatusCode::CREATED, Json(stored)))
+}
+
+async fn get_limits(State(s): State<AppState>) -> ApiResult<Json<Vec<LimitOverride>>> {
+    Ok(Json(s.market.store.overrides().await?))
+}
+
+async fn delete_limit(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    operator(&s, &headers)?;
+    let id: i64 = id.parse().map_err(|_| {
+        MarketError::InvalidRequest(format!("`{id}` is not an override id; see GET /limits"))
+    })?;
+    if s.market.store.delete_override(id).await? {
+        tracing::info!(id, "limit override deleted");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(MarketError::NotFound(format!(
+            "there is no limit override {id}; see GET /limits"
+        )))
+    }
 }
 
 async fn get_topology(State(s): State<AppState>) -> Json<Network> {

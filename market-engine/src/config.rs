@@ -6,6 +6,7 @@ use gridmesh_protocol::grid::Network;
 use gridmesh_runtime::clock::ClockSettings;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// Environment prefix for overrides, e.g. `GRIDMESH_MARKET_LISTEN=0.0.0.0:8081`.
 pub const ENV_PREFIX: &str = "GRIDMESH_MARKET";
@@ -36,6 +37,12 @@ pub struct MarketConfig {
     pub max_write_batch: usize,
     /// Accelerated time shared with the other services (`[clock]`); absent = the system clock.
     pub clock: Option<ClockSettings>,
+    /// The key file that signs results and operating envelopes (created with mode 0600 if
+    /// absent). `None`: an ephemeral key per start (a warning is logged; gateways and
+    /// settlement that pin the market's key then refuse what a restarted market signs).
+    pub signing_key: Option<PathBuf>,
+    /// Every connection point's import rating, W, for its operating envelope.
+    pub connection_import_w: u32,
 }
 
 impl Default for MarketConfig {
@@ -52,6 +59,8 @@ impl Default for MarketConfig {
             topology: None,
             max_write_batch: 512,
             clock: None,
+            signing_key: None,
+            connection_import_w: 11_000,
         }
     }
 }

@@ -120,6 +120,12 @@ pub enum MarketError {
     /// The MQTT broker settings are invalid.
     #[error("MQTT: {0}")]
     Mqtt(String),
+    /// The market's signing key could not be loaded or created.
+    #[error("the market's signing key: {0}")]
+    SigningKey(#[from] gridmesh_protocol::keys::KeyFileError),
+    /// An operator limit override is invalid.
+    #[error("invalid limit override: {0}")]
+    InvalidOverride(String),
 }
 
 impl MarketError {
@@ -151,6 +157,8 @@ impl MarketError {
             ShuttingDown => (503, "shutting_down"),
             Bind { .. } => (500, "bind_failed"),
             Mqtt(_) => (500, "mqtt_error"),
+            SigningKey(_) => (500, "signing_key"),
+            InvalidOverride(_) => (400, "invalid_override"),
         }
     }
 }

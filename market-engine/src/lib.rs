@@ -12,6 +12,7 @@
 //! - [`decompose`]: bilateral trades routed along the tree, integer Wh;
 //! - [`envelopes`]: operating envelopes per connection point (cleared positions, then the
 //!   branches' headroom water-filled max-min fairly);
+//! - [`overrides`]: operator limit overrides (validation, applying those in force);
 //! - [`store`]: SQLite/PostgreSQL persistence (orders with nonces, immutable results);
 //! - [`service`]: order intake with signature, nonce and gate checks; clearing an interval;
 //! - [`gate`]: automatic clearing at gate closure and MQTT publishing;
@@ -56,6 +57,7 @@ pub mod gate;
 pub mod metrics;
 pub mod network;
 pub mod openapi;
+pub mod overrides;
 pub mod prices;
 pub mod reference;
 pub mod server;

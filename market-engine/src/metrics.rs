@@ -22,6 +22,14 @@ pub struct Metrics {
     pub last_clearing_orders: AtomicU64,
     /// Results published on MQTT.
     pub results_published: AtomicU64,
+    /// Signed operating envelopes issued (one per gateway and cleared interval).
+    pub envelopes_issued: AtomicU64,
+    /// Signed operating envelopes published on MQTT (acknowledged by the broker).
+    pub envelopes_published: AtomicU64,
+    /// Time the last envelope allocation took, microseconds.
+    pub last_envelopes_micros: AtomicU64,
+    /// MQTT messages dropped because they exceed the broker connection's packet size.
+    pub mqtt_oversized: AtomicU64,
 }
 
 impl Metrics {
@@ -83,6 +91,30 @@ impl Metrics {
             MetricKind::Counter,
             "Results published on MQTT.",
             &self.results_published,
+        );
+        metric(
+            "gridmesh_market_envelopes_issued_total",
+            MetricKind::Counter,
+            "Signed operating envelopes issued (one per gateway and cleared interval).",
+            &self.envelopes_issued,
+        );
+        metric(
+            "gridmesh_market_envelopes_published_total",
+            MetricKind::Counter,
+            "Signed operating envelopes published on MQTT.",
+            &self.envelopes_published,
+        );
+        metric(
+            "gridmesh_market_last_envelopes_duration_microseconds",
+            MetricKind::Gauge,
+            "Time the last envelope allocation took.",
+            &self.last_envelopes_micros,
+        );
+        metric(
+            "gridmesh_market_mqtt_oversized_total",
+            MetricKind::Counter,
+            "MQTT messages not published because they exceed the packet size limit.",
+            &self.mqtt_oversized,
         );
         out.finish()
     }

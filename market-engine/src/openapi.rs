@@ -34,7 +34,7 @@ pub fn document() -> Value {
         "info": {
             "title": "gridmesh market engine",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Signed orders, gate closure per interval, welfare-maximising double auction under feeder limits. Prices are integer minor units per MWh, energies integer Wh. Errors are JSON {\"code\",\"message\"}."
+            "description": "Signed orders, gate closure per interval, welfare-maximising double auction under feeder limits, signed results and per-gateway operating envelopes. Prices are integer minor units per MWh, energies integer Wh. Errors are JSON {\"code\",\"message\"}."
         },
         "paths": {
             "/participants": {
@@ -62,7 +62,8 @@ pub fn document() -> Value {
             },
             "/orders/cancel": { "post": with_body(op("Cancel an order before gate closure (signed OrderCancel)", &[("200", "cancelled"), ("401", err), ("404", err), ("409", err)]), "SignedEnvelope") },
             "/intervals/{start}/book": { "get": op("Order-book depth per node (price steps)", &[("200", "depth"), ("400", err)]) },
-            "/intervals/{start}/result": { "get": op("The interval's result", &[("200", "IntervalResult"), ("404", "not_cleared")]) },
+            "/intervals/{start}/result": { "get": op("The interval's result: the exact JSON body bytes the market signed (public)", &[("200", "IntervalResult"), ("404", "not_cleared")]) },
+            "/intervals/{start}/result/signed": { "get": op("The interval's result as signed by the market: {body_base64, attestation} (public; verify with GET /market-key)", &[("200", "SignedResult"), ("400", err), ("404", "not_cleared")]) },
             "/results": { "get": {
                 "summary": "Results from `since` on, oldest first",
                 "parameters": [
@@ -71,6 +72,23 @@ pub fn document() -> Value {
                 ],
                 "responses": { "200": { "description": "IntervalResult list" } }
             } },
+            "/results/signed": { "get": {
+                "summary": "Signed results from `since` on, oldest first (public; same paging as /results)",
+                "parameters": [
+                    { "name": "since", "in": "query", "schema": { "type": "string" } },
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } }
+                ],
+                "responses": { "200": { "description": "SignedResult list" }, "400": { "description": err } }
+            } },
+            "/market-key": { "get": op("The zone and the public key that signs results and envelopes (public)", &[("200", "MarketKey {zone, public_key}")]) },
+            "/envelopes/{gateway}": { "get": op("The gateway's signed operating envelopes (SignedEnvelope of gridmesh/envelope/v1) for every cleared interval that has not ended, oldest first, at most 4 (public)", &[("200", "SignedEnvelope list"), ("400", err), ("404", "not_found: gateway not enrolled")]) },
+            "/limits": {
+                "post": operator(with_body(op("Add an operator limit override for one branch and time range (operator; id is assigned)", &[("201", "LimitOverride"), ("400", "invalid_override | invalid_request"), ("401", err), ("403", err)]), "LimitOverride")),
+                "get": op("Every operator limit override (public)", &[("200", "LimitOverride list")])
+            },
+            "/limits/{id}": {
+                "delete": operator(op("Delete a limit override (operator)", &[("204", "deleted"), ("400", err), ("401", err), ("403", err), ("404", err)]))
+            },
             "/topology": {
                 "get": op("The network and tariff", &[("200", "Network")]),
                 "put": operator(with_body(op("Replace the network (operator)", &[("200", "Network"), ("401", err), ("403", err), ("422", "invalid_topology")]), "Network"))
@@ -91,7 +109,20 @@ pub fn document() -> Value {
                     "id": { "type": "string" }, "public_key": { "type": "string" }, "node": { "type": "string" },
                     "kind": { "type": "string", "enum": ["household", "trader"] } } },
                 "GatewayEnrollment": { "type": "object", "required": ["gateway", "participant", "node", "public_key"] },
-                "Network": { "type": "object", "required": ["root", "branches", "utility"] }
+                "Network": { "type": "object", "required": ["root", "branches", "utility"] },
+                "LimitOverride": { "type": "object", "required": ["node", "from", "until", "import_limit_wh", "export_limit_wh"], "properties": {
+                    "id": { "type": "integer", "description": "assigned by the market; ignored on POST" },
+                    "node": { "type": "string", "description": "the branch's child node" },
+                    "from": { "type": "string", "format": "date-time", "description": "covers intervals starting at or after" },
+                    "until": { "type": "string", "format": "date-time", "description": "and before this" },
+                    "import_limit_wh": { "type": "integer", "nullable": true, "minimum": 0, "description": "null keeps the configured limit" },
+                    "export_limit_wh": { "type": "integer", "nullable": true, "minimum": 0, "description": "null keeps the configured limit" },
+                    "reason": { "type": "string" } } },
+                "SignedResult": { "type": "object", "required": ["body_base64", "attestation"], "properties": {
+                    "body_base64": { "type": "string", "format": "byte", "description": "the exact IntervalResult JSON bytes" },
+                    "attestation": { "$ref": "#/components/schemas/SignedEnvelope" } } },
+                "MarketKey": { "type": "object", "required": ["zone", "public_key"], "properties": {
+                    "zone": { "type": "string" }, "public_key": { "type": "string", "format": "byte" } } }
             }
         }
     })

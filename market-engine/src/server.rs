@@ -4,6 +4,7 @@ use crate::api::{AppState, router};
 use crate::config::MarketConfig;
 use crate::error::MarketError;
 use crate::service::{Market, run_writer};
+use gridmesh_protocol::signing::PublicKey;
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::mqtt::{MqttSession, MqttSettings};
 use gridmesh_runtime::shutdown::Shutdown;
@@ -17,6 +18,8 @@ pub struct RunningMarket {
     pub addr: SocketAddr,
     /// The market's state, for in-process use.
     pub market: Arc<Market>,
+    /// The public key that signs its results and envelopes (as `GET /market-key` serves it).
+    pub market_key: PublicKey,
 }
 
 impl RunningMarket {
@@ -59,21 +62,24 @@ pub async fn serve(
                 url.clone(),
                 format!("market-{}-{}", config.zone, std::process::id()),
             );
+            // Room for the fixed header and the topic inside one packet.
+            let max_payload = settings.max_packet_bytes.saturating_sub(1024);
             let (handle, _incoming) = MqttSession::start(settings, shutdown.token())
                 .map_err(|e| MarketError::Mqtt(e.to_string()))?;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            // Republish the latest results: a crash between storing a result and the broker's
-            // acknowledgement must not leave the retained topic without it.
+            // Republish the latest results and their envelopes: a crash between storing a result
+            // and the broker's acknowledgement must not leave the retained topics without them.
             if let Some(last) = market.store.last_result_start().await? {
                 let since = last - 3 * config.interval_minutes.seconds();
-                for result in market.store.results_since(since, 4).await? {
-                    let _ = tx.send(result);
+                for row in market.store.result_rows_since(since, 4).await? {
+                    let _ = tx.send(row.result()?.interval);
                 }
             }
             shutdown.spawn(crate::gate::publish_results(
                 market.clone(),
                 handle,
                 rx,
+                max_payload,
                 shutdown.token(),
             ));
             Some(tx)
@@ -101,6 +107,11 @@ pub async fn serve(
             tracing::error!(%error, "REST server failed");
         }
     });
-    tracing::info!(%addr, zone = %config.zone, "market engine listening");
-    Ok(RunningMarket { addr, market })
+    let market_key = market.public_key();
+    tracing::info!(%addr, zone = %config.zone, %market_key, "market engine listening");
+    Ok(RunningMarket {
+        addr,
+        market,
+        market_key,
+    })
 }

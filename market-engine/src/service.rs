@@ -5,20 +5,31 @@
 //! order that got `201 Created` is always in the book its interval clears, and no order enters
 //! a book after it was cleared. Orders are written in batches (one transaction for all the
 //! orders waiting), which keeps intake fast on SQLite's synchronous commits.
+//!
+//! Clearing an interval applies the operator limit overrides in force, clears, computes every
+//! enrolled gateway's operating envelope, signs the result's exact body bytes and one envelope
+//! per gateway with the market's key, and stores all of it in one transaction.
 
 use crate::book::{BookOrder, MAX_ORDERS, check_order_values};
 use crate::clearing::{clear, interval_result};
 use crate::config::MarketConfig;
+use crate::envelopes::envelopes_for;
 use crate::error::MarketError;
 use crate::metrics::Metrics;
 use crate::network::Topology;
-use crate::store::{Store, StoredOrder};
+use crate::store::{Store, StoredOrder, StoredResult};
+use chrono::{DateTime, TimeZone, Utc};
+use gridmesh_protocol::envelope::{
+    EnvelopeBasis, OperatingEnvelope, ResultAttestation, SignedResult,
+};
+use gridmesh_protocol::grid::LimitOverride;
+use gridmesh_protocol::keys::{KeyFileError, SigningKeyPair};
 use gridmesh_protocol::layout::LayoutError;
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::order::{Order, OrderCancel};
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
-use gridmesh_protocol::signing::{Signable, SigningError};
-use gridmesh_protocol::{Interval, ParticipantId, SignedEnvelope};
+use gridmesh_protocol::signing::{PublicKey, Signable, SigningError};
+use gridmesh_protocol::{GatewayId, Interval, ParticipantId, SignedEnvelope};
 use gridmesh_runtime::clock::Clock;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -27,6 +38,53 @@ use tokio_util::sync::CancellationToken;
 
 /// How far ahead orders are accepted.
 const MAX_DAYS_AHEAD: i64 = 7;
+
+/// Most current envelopes `GET /envelopes/{gateway}` returns.
+pub const MAX_CURRENT_ENVELOPES: i64 = 4;
+
+/// Loads the market's signing key, creating the file (mode 0600) if it is absent; with no path,
+/// an ephemeral key.
+pub fn load_or_create_key(path: Option<&std::path::Path>) -> Result<SigningKeyPair, KeyFileError> {
+    let Some(path) = path else {
+        let key = SigningKeyPair::generate();
+        tracing::warn!(
+            public_key = %key.public_key(),
+            "no signing_key configured: results and envelopes are signed with an ephemeral key; \
+             gateways and settlement pinning the market key will refuse them after a restart"
+        );
+        return Ok(key);
+    };
+    match SigningKeyPair::load(path) {
+        Ok(key) => {
+            tracing::info!(public_key = %key.public_key(), path = %path.display(), "market signing key loaded");
+            Ok(key)
+        }
+        Err(KeyFileError::Missing { .. }) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|source| KeyFileError::Io {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+            }
+            let key = match SigningKeyPair::generate_file(path) {
+                // Created by someone else in between: use theirs.
+                Err(KeyFileError::AlreadyExists { .. }) => SigningKeyPair::load(path)?,
+                other => other?,
+            };
+            tracing::info!(
+                public_key = %key.public_key(),
+                path = %path.display(),
+                "generated the market signing key; pin this public key as market_public_key in gateways and settlement"
+            );
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
+    Utc.timestamp_opt(t.timestamp(), 0).single().unwrap_or(t)
+}
 
 /// One order waiting to be written.
 pub(crate) struct WriteJob {
@@ -50,6 +108,7 @@ pub struct Market {
     gate: tokio::sync::RwLock<i64>,
     events: broadcast::Sender<Arc<IntervalResult>>,
     writer: mpsc::Sender<WriteJob>,
+    key: SigningKeyPair,
 }
 
 impl std::fmt::Debug for Market {
@@ -91,6 +150,7 @@ impl Market {
         config: MarketConfig,
         clock: Clock,
     ) -> Result<(Arc<Self>, mpsc::Receiver<WriteJob>), MarketError> {
+        let key = load_or_create_key(config.signing_key.as_deref())?;
         let store = Store::open(&config.database_url, config.interval_minutes).await?;
         let network = match store.topology().await? {
             Some(n) => n,
@@ -121,8 +181,14 @@ impl Market {
             gate: tokio::sync::RwLock::new(gate),
             events,
             writer,
+            key,
         };
         Ok((Arc::new(market), jobs))
+    }
+
+    /// The public key that signs results and envelopes (`GET /market-key`).
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
     }
 
     /// The current topology.
@@ -356,7 +422,7 @@ impl Market {
         }
         let started = std::time::Instant::now();
         let stored = self.store.orders(None, Some(&interval), true).await?;
-        let topology = self.topology();
+        let topology = self.topology_for(&interval).await?;
         let mut orders = Vec::with_capacity(stored.len().min(MAX_ORDERS));
         let mut owners = Vec::with_capacity(stored.len());
         for o in stored.into_iter().take(MAX_ORDERS) {
@@ -374,16 +440,66 @@ impl Market {
             owners.push(o.participant);
         }
         let outcome = clear(&topology, &orders, self.config.pricing);
-        let result = interval_result(
+        let now = self.clock.now();
+        let mut result = interval_result(
             &topology,
             &orders,
             &owners,
             &outcome,
             interval,
             &self.config.zone,
-            self.clock.now(),
+            now,
         );
-        let stored = self.store.put_result(&result).await?;
+        let gateways = self.store.gateways().await?;
+        for g in gateways
+            .iter()
+            .filter(|g| topology.index_of(&g.node).is_none())
+        {
+            tracing::warn!(gateway = %g.gateway, node = %g.node, "gateway's node is not in the topology; it gets no envelope");
+        }
+        let envelopes_started = std::time::Instant::now();
+        result.envelopes = envelopes_for(
+            &topology,
+            self.config.interval_minutes,
+            self.config.connection_import_w,
+            &orders,
+            &outcome.solution.cleared,
+            &owners,
+            &gateways,
+        );
+        self.metrics.last_envelopes_micros.store(
+            envelopes_started.elapsed().as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let signed = SignedResult::sign(&result, &self.key);
+        let digest = signed.body_digest();
+        let issued_at = whole_seconds(now);
+        let envelopes: Vec<(GatewayId, SignedEnvelope)> = result
+            .envelopes
+            .iter()
+            .map(|a| {
+                let envelope = OperatingEnvelope {
+                    zone: self.config.zone.clone(),
+                    gateway: a.gateway.clone(),
+                    participant: a.participant.clone(),
+                    node: a.node.clone(),
+                    interval,
+                    export_limit: a.export_limit_wh,
+                    import_limit: a.import_limit_wh,
+                    basis: EnvelopeBasis::Cleared,
+                    result_digest: digest,
+                    issued_at,
+                };
+                (
+                    a.gateway.clone(),
+                    SignedEnvelope::sign(&envelope, &self.key),
+                )
+            })
+            .collect();
+        let stored = self
+            .store
+            .put_result(&interval, &signed, &envelopes)
+            .await?;
         self.metrics.last_clearing_micros.store(
             started.elapsed().as_micros() as u64,
             std::sync::atomic::Ordering::Relaxed,
@@ -392,9 +508,103 @@ impl Market {
             .last_clearing_orders
             .store(orders.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Metrics::inc(&self.metrics.intervals_cleared);
-        tracing::info!(interval = %interval, orders = orders.len(), welfare = stored.welfare.0, "interval cleared");
+        self.metrics
+            .envelopes_issued
+            .fetch_add(envelopes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(interval = %interval, orders = orders.len(), envelopes = envelopes.len(), welfare = stored.welfare.0, "interval cleared");
         let _ = self.events.send(Arc::new(stored.clone()));
         Ok(stored)
+    }
+
+    /// The topology an interval clears with: the current one with the operator limit
+    /// overrides covering the interval applied.
+    pub async fn topology_for(&self, interval: &Interval) -> Result<Arc<Topology>, MarketError> {
+        let base = self.topology();
+        let overrides = self.store.overrides_covering(interval.start_unix()).await?;
+        if overrides.is_empty() {
+            return Ok(base);
+        }
+        let network = crate::overrides::apply(base.network(), &overrides, interval.start_unix());
+        let topology =
+            Topology::new(&network).map_err(|e| MarketError::InvalidTopology(e.to_string()))?;
+        tracing::info!(interval = %interval, overrides = overrides.len(), "operator limit overrides applied");
+        Ok(Arc::new(topology))
+    }
+
+    /// Validates and stores an operator limit override; returns it with its id.
+    pub async fn add_override(&self, o: LimitOverride) -> Result<LimitOverride, MarketError> {
+        crate::overrides::validate(&self.topology(), &o).map_err(MarketError::InvalidOverride)?;
+        let stored = self.store.insert_override(&o).await?;
+        tracing::info!(id = stored.id, node = %stored.node, from = %stored.from, until = %stored.until, "limit override stored");
+        Ok(stored)
+    }
+
+    /// The signed form of a stored result. A result stored before the market signed results
+    /// is signed now, once, with the current key (its body is never changed).
+    pub async fn sign_stored(&self, row: StoredResult) -> Result<SignedResult, MarketError> {
+        if let Some(signed) = row.signed() {
+            return Ok(signed);
+        }
+        let result = row.result()?;
+        let attestation = ResultAttestation {
+            zone: result.zone.clone(),
+            interval: result.interval,
+            body_digest: <sha2::Sha256 as sha2::Digest>::digest(row.body.as_bytes()).into(),
+            cleared_at: whole_seconds(result.cleared_at),
+        };
+        let signed = SignedEnvelope::sign(&attestation, &self.key);
+        let attestation = self
+            .store
+            .attest_result(row.interval_start, &signed)
+            .await?;
+        tracing::info!(interval = %result.interval, "signed a result stored before results were signed");
+        Ok(SignedResult {
+            body_base64: row.body.into_bytes(),
+            attestation,
+        })
+    }
+
+    /// The signed result of an interval, if cleared.
+    pub async fn signed_result(
+        &self,
+        interval: &Interval,
+    ) -> Result<Option<SignedResult>, MarketError> {
+        match self.store.result_row(interval).await? {
+            Some(row) => Ok(Some(self.sign_stored(row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Signed results from `since` on (inclusive), oldest first, at most `limit`.
+    pub async fn signed_results(
+        &self,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<SignedResult>, MarketError> {
+        let mut out = Vec::new();
+        for row in self.store.result_rows_since(since, limit).await? {
+            out.push(self.sign_stored(row).await?);
+        }
+        Ok(out)
+    }
+
+    /// The signed envelopes of a gateway for every cleared interval that has not ended yet
+    /// (oldest first, at most [`MAX_CURRENT_ENVELOPES`]).
+    pub async fn current_envelopes(
+        &self,
+        gateway: &GatewayId,
+    ) -> Result<Vec<SignedEnvelope>, MarketError> {
+        if self.store.gateway(gateway).await?.is_none() {
+            return Err(MarketError::NotFound(format!(
+                "gateway `{gateway}` is not enrolled; see GET /gateways"
+            )));
+        }
+        // An interval has not ended while its start is later than now − its length.
+        let after = self.clock.now().timestamp() - self.config.interval_minutes.seconds();
+        Ok(self
+            .store
+            .envelopes_of(gateway, after, MAX_CURRENT_ENVELOPES)
+            .await?)
     }
 }
 

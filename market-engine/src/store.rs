@@ -4,12 +4,17 @@
 //! their signed envelope next to the decoded fields; `(participant, nonce)` is unique, so a
 //! replayed nonce can never enter the book, even across restarts. Results are written once
 //! (`ON CONFLICT DO NOTHING`) and then only read: clearing an interval twice returns the stored
-//! result, so a result never changes.
+//! result, so a result never changes. A result's exact JSON body bytes are what the market
+//! signs; they are stored as written and served unchanged, with the signed attestation beside
+//! them and the interval's signed operating envelopes written in the same transaction.
 
-use gridmesh_protocol::grid::Network;
+use gridmesh_protocol::envelope::SignedResult;
+use gridmesh_protocol::grid::{LimitOverride, Network};
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
-use gridmesh_protocol::{Interval, IntervalLength, NodeId, ParticipantId, Side, SignedEnvelope};
+use gridmesh_protocol::{
+    GatewayId, Interval, IntervalLength, NodeId, ParticipantId, Side, SignedEnvelope,
+};
 use gridmesh_runtime::db::{Database, DbError};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -57,6 +62,35 @@ pub struct StoredOrder {
     /// The signed envelope it arrived in.
     pub envelope: SignedEnvelope,
 }
+
+/// A result as stored: its exact JSON body and the market's signed attestation of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResult {
+    /// The interval's start, Unix seconds.
+    pub interval_start: i64,
+    /// The exact JSON bytes of the [`IntervalResult`], as signed.
+    pub body: String,
+    /// The signed `ResultAttestation` (`None` for results stored before signing existed).
+    pub attestation: Option<SignedEnvelope>,
+}
+
+impl StoredResult {
+    /// The parsed result.
+    pub fn result(&self) -> Result<IntervalResult, StoreError> {
+        serde_json::from_str(&self.body).map_err(corrupt)
+    }
+
+    /// The signed result, if the attestation is there.
+    pub fn signed(&self) -> Option<SignedResult> {
+        self.attestation.as_ref().map(|a| SignedResult {
+            body_base64: self.body.as_bytes().to_vec(),
+            attestation: a.clone(),
+        })
+    }
+}
+
+/// Most rows per multi-row insert (3 parameters each; both back ends accept 900 parameters).
+const ENVELOPE_CHUNK: usize = 300;
 
 /// The market's database.
 #[derive(Debug, Clone)]
@@ -309,29 +343,246 @@ impl Store {
         Ok(row.try_get::<Option<i64>, _>(0)?)
     }
 
-    /// Stores a result unless one exists; returns the stored one (the first ever written).
-    pub async fn put_result(&self, result: &IntervalResult) -> Result<IntervalResult, StoreError> {
-        let body = serde_json::to_string(result).map_err(corrupt)?;
-        sqlx::query(
-            "INSERT INTO results (interval_start, body) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    /// Stores a signed result and its signed envelopes in one transaction, unless a result for
+    /// the interval exists (then nothing is written); returns the stored result (the first ever
+    /// written).
+    pub async fn put_result(
+        &self,
+        interval: &Interval,
+        signed: &SignedResult,
+        envelopes: &[(GatewayId, SignedEnvelope)],
+    ) -> Result<IntervalResult, StoreError> {
+        let body = String::from_utf8(signed.body_base64.clone()).map_err(corrupt)?;
+        let attestation = serde_json::to_string(&signed.attestation).map_err(corrupt)?;
+        let start = interval.start_unix();
+        let mut tx = self.db.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO results (interval_start, body, attestation) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
         )
-        .bind(result.interval.start_unix())
+        .bind(start)
         .bind(body)
-        .execute(&self.db.pool)
-        .await?;
-        self.result(&result.interval)
+        .bind(attestation)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if inserted {
+            for chunk in envelopes.chunks(ENVELOPE_CHUNK) {
+                let mut sql =
+                    String::from("INSERT INTO envelopes (interval_start, gateway, body) VALUES ");
+                for k in 0..chunk.len() {
+                    if k > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str(&format!("(${},${},${})", 3 * k + 1, 3 * k + 2, 3 * k + 3));
+                }
+                sql.push_str(" ON CONFLICT DO NOTHING");
+                let mut query = sqlx::query(&sql);
+                for (gateway, envelope) in chunk {
+                    query = query
+                        .bind(start)
+                        .bind(gateway.to_string())
+                        .bind(serde_json::to_string(envelope).map_err(corrupt)?);
+                }
+                query.execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        self.result(interval)
             .await?
             .ok_or_else(|| corrupt("a result just written is missing"))
     }
 
+    fn stored_result(r: &sqlx::any::AnyRow) -> Result<StoredResult, StoreError> {
+        let attestation: Option<String> = r.try_get("attestation")?;
+        Ok(StoredResult {
+            interval_start: r.try_get("interval_start")?,
+            body: r.try_get("body")?,
+            attestation: attestation
+                .map(|a| serde_json::from_str(&a).map_err(corrupt))
+                .transpose()?,
+        })
+    }
+
+    /// The stored result of an interval (body and attestation), if cleared.
+    pub async fn result_row(
+        &self,
+        interval: &Interval,
+    ) -> Result<Option<StoredResult>, StoreError> {
+        let row = sqlx::query(
+            "SELECT interval_start, body, attestation FROM results WHERE interval_start = $1",
+        )
+        .bind(interval.start_unix())
+        .fetch_optional(&self.db.pool)
+        .await?;
+        row.as_ref().map(Self::stored_result).transpose()
+    }
+
+    /// Stored results from `since` on (inclusive), oldest first, at most `limit`.
+    pub async fn result_rows_since(
+        &self,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredResult>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT interval_start, body, attestation FROM results WHERE interval_start >= $1 \
+             ORDER BY interval_start LIMIT $2",
+        )
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter().map(Self::stored_result).collect()
+    }
+
+    /// Adds the attestation of a result stored without one (a result is attested only once:
+    /// returns the attestation in force afterwards).
+    pub async fn attest_result(
+        &self,
+        interval_start: i64,
+        attestation: &SignedEnvelope,
+    ) -> Result<SignedEnvelope, StoreError> {
+        sqlx::query(
+            "UPDATE results SET attestation = $2 WHERE interval_start = $1 AND attestation IS NULL",
+        )
+        .bind(interval_start)
+        .bind(serde_json::to_string(attestation).map_err(corrupt)?)
+        .execute(&self.db.pool)
+        .await?;
+        let row = sqlx::query("SELECT attestation FROM results WHERE interval_start = $1")
+            .bind(interval_start)
+            .fetch_one(&self.db.pool)
+            .await?;
+        let text: Option<String> = row.try_get(0)?;
+        serde_json::from_str(
+            &text.ok_or_else(|| corrupt("an attestation just written is missing"))?,
+        )
+        .map_err(corrupt)
+    }
+
     /// The result of an interval, if cleared.
     pub async fn result(&self, interval: &Interval) -> Result<Option<IntervalResult>, StoreError> {
-        let row = sqlx::query("SELECT body FROM results WHERE interval_start = $1")
-            .bind(interval.start_unix())
+        self.result_row(interval)
+            .await?
+            .map(|r| r.result())
+            .transpose()
+    }
+
+    /// The signed envelopes of one interval, by gateway.
+    pub async fn envelopes_at(
+        &self,
+        interval: &Interval,
+    ) -> Result<Vec<(GatewayId, SignedEnvelope)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT gateway, body FROM envelopes WHERE interval_start = $1 ORDER BY gateway",
+        )
+        .bind(interval.start_unix())
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let gateway = GatewayId::new(r.try_get::<String, _>(0)?).map_err(corrupt)?;
+                let body: SignedEnvelope =
+                    serde_json::from_str(&r.try_get::<String, _>(1)?).map_err(corrupt)?;
+                Ok((gateway, body))
+            })
+            .collect()
+    }
+
+    /// The signed envelopes of one gateway for intervals starting after `after` (Unix seconds,
+    /// exclusive), oldest first, at most `limit`.
+    pub async fn envelopes_of(
+        &self,
+        gateway: &GatewayId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<SignedEnvelope>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT body FROM envelopes WHERE gateway = $1 AND interval_start > $2 \
+             ORDER BY interval_start LIMIT $3",
+        )
+        .bind(gateway.to_string())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| serde_json::from_str(&r.try_get::<String, _>(0)?).map_err(corrupt))
+            .collect()
+    }
+
+    /// One gateway's enrolment.
+    pub async fn gateway(&self, id: &GatewayId) -> Result<Option<GatewayEnrollment>, StoreError> {
+        let row = sqlx::query("SELECT body FROM gateways WHERE gateway = $1")
+            .bind(id.to_string())
             .fetch_optional(&self.db.pool)
             .await?;
         row.map(|r| serde_json::from_str(&r.try_get::<String, _>(0)?).map_err(corrupt))
             .transpose()
+    }
+
+    /// Stores an operator limit override; returns it with its assigned id.
+    pub async fn insert_override(&self, o: &LimitOverride) -> Result<LimitOverride, StoreError> {
+        let body = serde_json::to_string(o).map_err(corrupt)?;
+        let row = sqlx::query(
+            "INSERT INTO limit_overrides (node, from_ts, until_ts, body) VALUES ($1, $2, $3, $4) \
+             RETURNING id",
+        )
+        .bind(o.node.to_string())
+        .bind(o.from.timestamp())
+        .bind(o.until.timestamp())
+        .bind(body)
+        .fetch_one(&self.db.pool)
+        .await?;
+        Ok(LimitOverride {
+            id: row.try_get(0)?,
+            ..o.clone()
+        })
+    }
+
+    async fn overrides_where(
+        &self,
+        sql: &str,
+        at: Option<i64>,
+    ) -> Result<Vec<LimitOverride>, StoreError> {
+        let mut query = sqlx::query(sql);
+        if let Some(at) = at {
+            query = query.bind(at);
+        }
+        let rows = query.fetch_all(&self.db.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let mut o: LimitOverride =
+                    serde_json::from_str(&r.try_get::<String, _>(1)?).map_err(corrupt)?;
+                o.id = r.try_get(0)?;
+                Ok(o)
+            })
+            .collect()
+    }
+
+    /// Every limit override, by id.
+    pub async fn overrides(&self) -> Result<Vec<LimitOverride>, StoreError> {
+        self.overrides_where("SELECT id, body FROM limit_overrides ORDER BY id", None)
+            .await
+    }
+
+    /// The limit overrides covering the interval starting at `start` (Unix seconds), by id.
+    pub async fn overrides_covering(&self, start: i64) -> Result<Vec<LimitOverride>, StoreError> {
+        self.overrides_where(
+            "SELECT id, body FROM limit_overrides WHERE from_ts <= $1 AND until_ts > $1 ORDER BY id",
+            Some(start),
+        )
+        .await
+    }
+
+    /// Deletes a limit override; returns whether it existed.
+    pub async fn delete_override(&self, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM limit_overrides WHERE id = $1")
+            .bind(id)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Results from `since` on (inclusive), oldest first, at most `limit`.
@@ -340,15 +591,10 @@ impl Store {
         since: i64,
         limit: i64,
     ) -> Result<Vec<IntervalResult>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT body FROM results WHERE interval_start >= $1 ORDER BY interval_start LIMIT $2",
-        )
-        .bind(since)
-        .bind(limit)
-        .fetch_all(&self.db.pool)
-        .await?;
-        rows.iter()
-            .map(|r| serde_json::from_str(&r.try_get::<String, _>(0)?).map_err(corrupt))
+        self.result_rows_since(since, limit)
+            .await?
+            .iter()
+            .map(StoredResult::result)
             .collect()
     }
 

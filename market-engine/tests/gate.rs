@@ -1,13 +1,18 @@
 //! Automatic clearing at gate closure on an accelerated clock: the result arrives on SSE, on
-//! REST and retained on MQTT (Mosquitto at 127.0.0.1:1883), and later orders are refused.
+//! REST and retained on MQTT (Mosquitto at 127.0.0.1:1883) as a result signed by the market,
+//! the enrolled gateway's signed operating envelope is retained on its envelope topic, and
+//! later orders are refused.
 
 use chrono::{DateTime, Utc};
+use gridmesh_protocol::envelope::{EnvelopeBasis, MarketKey, OperatingEnvelope, SignedResult};
 use gridmesh_protocol::grid::{Network, UtilityTariff};
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::order::Order;
-use gridmesh_protocol::registry::{Participant, ParticipantKind};
-use gridmesh_protocol::{Interval, NodeId, ParticipantId, PricePerMwh, Side, SignedEnvelope, Wh};
+use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
+use gridmesh_protocol::{
+    GatewayId, Interval, NodeId, ParticipantId, PricePerMwh, Side, SignedEnvelope, Wh,
+};
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::shutdown::Shutdown;
 use market_engine::{MarketConfig, serve};
@@ -60,6 +65,34 @@ async fn clears_at_gate_closure_and_publishes_everywhere() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
+    // Alice's gateway (named per process: envelope topics are not per zone).
+    let gateway = GatewayId::new(format!("gw-gate{}", std::process::id())).unwrap();
+    let r = http
+        .post(format!("{}/gateways", m.url()))
+        .bearer_auth("op")
+        .json(&GatewayEnrollment {
+            gateway: gateway.clone(),
+            participant: alice.id.clone(),
+            node: alice.node.clone(),
+            public_key: key.public_key(),
+            inverter_w: 4_000,
+            battery_w: 0,
+            latitude_microdeg: 0,
+            longitude_microdeg: 0,
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let market_key: MarketKey = http
+        .get(format!("{}/market-key", m.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(market_key.public_key, m.market_key);
 
     // Follow the SSE stream before the gate closes.
     let mut events = http
@@ -126,7 +159,7 @@ async fn clears_at_gate_closure_and_publishes_everywhere() {
         .unwrap();
     assert_eq!(r.status(), 409);
 
-    // The retained MQTT copy: wait for the broker's PUBACK of the publish, then subscribe.
+    // The retained MQTT copies: wait for the broker's PUBACK of the publish, then subscribe.
     let published = tokio::time::timeout(Duration::from_secs(20), async {
         while m
             .market
@@ -144,36 +177,87 @@ async fn clears_at_gate_closure_and_publishes_everywhere() {
         "the result was never acknowledged by the broker"
     );
     let topic = gridmesh_protocol::topics::result(&zone, &interval);
+    let envelope_topic = gridmesh_protocol::topics::envelope(&gateway);
     let mut options = rumqttc::MqttOptions::new(format!("check-{zone}"), "127.0.0.1", 1883);
     options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
-    client
-        .subscribe(topic.clone(), rumqttc::QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let from_mqtt = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
+    for t in [&topic, &envelope_topic] {
+        client
+            .subscribe(t.clone(), rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+    let (from_mqtt, envelope) = tokio::time::timeout(Duration::from_secs(20), async {
+        let (mut result, mut envelope) = (None, None);
+        while result.is_none() || envelope.is_none() {
             if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) =
                 eventloop.poll().await.unwrap()
             {
                 assert!(p.retain);
-                return serde_json::from_slice::<IntervalResult>(&p.payload).unwrap();
+                if p.topic == topic {
+                    result = Some(serde_json::from_slice::<SignedResult>(&p.payload).unwrap());
+                } else {
+                    envelope = Some(serde_json::from_slice::<SignedEnvelope>(&p.payload).unwrap());
+                }
             }
         }
+        (result.unwrap(), envelope.unwrap())
     })
     .await
-    .expect("a retained result on MQTT");
-    assert_eq!(from_mqtt, from_sse);
-    // Clean up the retained message so reruns start fresh.
-    client
-        .publish(topic, rumqttc::QoS::AtLeastOnce, true, Vec::<u8>::new())
+    .expect("a retained signed result and envelope on MQTT");
+    // The result on MQTT is signed by the market's key and is the result everyone else saw.
+    assert_eq!(from_mqtt.open(&market_key.public_key).unwrap(), from_sse);
+    // The envelope verifies with the same key, names the gateway and carries the allocation of
+    // the result it names (on a slow machine the next interval may already be cleared: the
+    // retained envelope is always the latest).
+    let envelope: OperatingEnvelope = envelope.open_by(&market_key.public_key).unwrap();
+    assert_eq!(envelope.gateway, gateway);
+    assert!(envelope.interval == interval || envelope.interval == interval.next());
+    assert_eq!(envelope.zone, zone);
+    assert_eq!(envelope.basis, EnvelopeBasis::Cleared);
+    let signed: SignedResult = http
+        .get(format!(
+            "{}/intervals/{}/result/signed",
+            m.url(),
+            envelope.interval.start().format("%Y-%m-%dT%H:%M:%SZ")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
         .await
         .unwrap();
+    assert_eq!(envelope.result_digest, signed.body_digest());
+    let its_result = signed.open(&market_key.public_key).unwrap();
+    assert_eq!(its_result.envelopes.len(), 1);
+    let allocation = &its_result.envelopes[0];
+    assert_eq!(envelope.export_limit, allocation.export_limit_wh);
+    assert_eq!(envelope.import_limit, allocation.import_limit_wh);
+    assert_eq!(from_sse.envelopes.len(), 1);
+    assert_eq!(from_sse.envelopes[0].cleared_import_wh, Wh(2_000));
+    // 4 kW inverter over 15 minutes; 2 000 Wh cleared purchase inside an 11 kW connection.
+    assert_eq!(envelope.export_limit, Wh(1_000));
+    assert_eq!(envelope.import_limit, Wh(2_750));
+    assert!(
+        m.market
+            .metrics
+            .envelopes_published
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    // Clean up the retained messages so reruns start fresh.
+    for t in [topic, envelope_topic] {
+        client
+            .publish(t, rumqttc::QoS::AtLeastOnce, true, Vec::<u8>::new())
+            .await
+            .unwrap();
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
+        let mut acks = 0;
+        while acks < 2 {
             if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = eventloop.poll().await
             {
-                return;
+                acks += 1;
             }
         }
     })

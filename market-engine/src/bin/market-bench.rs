@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! market-bench clearing [--reference-limit 100000]
+//! market-bench envelopes [--points 10000] [--orders 100000]
 //! market-bench intake [--orders 20000] [--concurrency 64] [--database sqlite://…]
 //! ```
 //!
@@ -11,8 +12,11 @@
 use gridmesh_protocol::grid::{Branch, Network, UtilityTariff};
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::order::Order;
-use gridmesh_protocol::registry::{Participant, ParticipantKind};
-use gridmesh_protocol::{Interval, NodeId, ParticipantId, PricePerMwh, Side, SignedEnvelope, Wh};
+use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
+use gridmesh_protocol::{
+    GatewayId, Interval, IntervalLength, NodeId, ParticipantId, PricePerMwh, Side, SignedEnvelope,
+    Wh,
+};
 use market_engine::book::BookOrder;
 use market_engine::clearing::{check_feasible, clear};
 use market_engine::network::Topology;
@@ -186,6 +190,121 @@ fn clearing(reference_limit: usize) {
             );
         }
     }
+}
+
+/// A neighbourhood of `points` connection points: root → 50 feeders (binding limits) → 20
+/// home nodes each, `points / 1000` households per home node, `orders` orders placed by random
+/// households at their own node.
+#[allow(clippy::type_complexity)]
+fn envelope_book(
+    points: usize,
+    orders: usize,
+    seed: u64,
+) -> (
+    Topology,
+    Vec<BookOrder>,
+    Vec<ParticipantId>,
+    Vec<GatewayEnrollment>,
+) {
+    let feeders = 50;
+    // The same feeder limits as the clearing benchmark's book of this size (about 4% of a
+    // feeder's order volume), so export limits bind.
+    let (topology, _) = book(orders, feeders, seed);
+    let mut rng = Rng(seed | 1);
+    let home_nodes: Vec<usize> = topology
+        .nodes()
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.children.is_empty() && n.parent.is_some_and(|p| p != 0))
+        .map(|(i, _)| i)
+        .collect();
+    let gateways: Vec<GatewayEnrollment> = (0..points)
+        .map(|k| {
+            let node = home_nodes[k % home_nodes.len()];
+            GatewayEnrollment {
+                gateway: GatewayId::new(format!("gw-p{k}")).unwrap(),
+                participant: ParticipantId::new(format!("p{k}")).unwrap(),
+                node: topology.nodes()[node].id.clone(),
+                public_key: gridmesh_protocol::signing::PublicKey([0; 32]),
+                inverter_w: rng.range(0, 10_000) as u32,
+                battery_w: rng.range(0, 5_000) as u32,
+                latitude_microdeg: 0,
+                longitude_microdeg: 0,
+            }
+        })
+        .collect();
+    let mut owners = Vec::with_capacity(orders);
+    let book = (0..orders)
+        .map(|i| {
+            let k = rng.range(0, points as i64 - 1) as usize;
+            let node = k % home_nodes.len();
+            let buy = rng.range(0, 99) < if node % 2 == 0 { 30 } else { 70 };
+            owners.push(gateways[k].participant.clone());
+            BookOrder {
+                id: format!("o{i}"),
+                node: home_nodes[node],
+                side: if buy { Side::Buy } else { Side::Sell },
+                quantity: rng.range(100, 5_000),
+                limit_price: if buy {
+                    rng.range(5_000, 40_000)
+                } else {
+                    rng.range(0, 35_000)
+                },
+            }
+        })
+        .collect();
+    (topology, book, owners, gateways)
+}
+
+/// Envelopes for every connection point after clearing, timed against the merit-order sort
+/// and the clearing of the same book.
+fn envelopes(points: usize, orders: usize) {
+    use market_engine::envelopes::envelopes_for;
+    let (topology, book, owners, gateways) = envelope_book(points, orders, 4242);
+    let reps = 21;
+    let sort = time(reps, || merit_order_sort(&book));
+    let full = time(reps, || clear(&topology, &book, PricingRule::PayAsClear));
+    let outcome = clear(&topology, &book, PricingRule::PayAsClear);
+    let envelopes = || {
+        envelopes_for(
+            &topology,
+            IntervalLength::Min15,
+            11_000,
+            &book,
+            &outcome.solution.cleared,
+            &owners,
+            &gateways,
+        )
+    };
+    let env = time(reps, envelopes);
+    let result = envelopes();
+    let below_rating = result
+        .iter()
+        .zip({
+            let mut g: Vec<&GatewayEnrollment> = gateways.iter().collect();
+            g.sort_by(|a, b| a.gateway.cmp(&b.gateway));
+            g
+        })
+        .filter(|(e, g)| {
+            e.export_limit_wh.0
+                < market_engine::envelopes::rating_wh(
+                    i64::from(g.inverter_w) + i64::from(g.battery_w),
+                    IntervalLength::Min15,
+                )
+        })
+        .count();
+    println!(
+        "| connection points | orders | sort (ms) | clear (ms) | envelopes (ms) | envelopes/sort | envelopes/clear | export envelopes below rating |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {points} | {orders} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {below_rating} |",
+        ms(sort),
+        ms(full),
+        ms(env),
+        env.as_secs_f64() / sort.as_secs_f64(),
+        env.as_secs_f64() / full.as_secs_f64(),
+    );
 }
 
 async fn intake(orders: usize, concurrency: usize, database: Option<String>) {
@@ -452,6 +571,14 @@ fn main() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(100_000),
         ),
+        Some("envelopes") => envelopes(
+            flag("--points")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10_000),
+            flag("--orders")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100_000),
+        ),
         Some("micro") => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -478,7 +605,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: market-bench clearing [--reference-limit N]\n       market-bench intake [--orders N] [--concurrency C] [--database URL]"
+                "usage: market-bench clearing [--reference-limit N]\n       market-bench envelopes [--points N] [--orders N]\n       market-bench intake [--orders N] [--concurrency C] [--database URL]"
             );
             std::process::exit(2);
         }
