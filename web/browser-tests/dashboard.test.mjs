@@ -53,7 +53,7 @@ async function waitForAny(page, selector) {
 }
 
 const PAGES = [
-  { path: '/grid', heading: 'Grid', ready: '#grid-tree li.branch' },
+  { path: '/grid', heading: 'Grid', ready: '#grid-flows tbody tr.branch' },
   { path: '/market', heading: 'Market', ready: '#chart-prices svg' },
   { path: '/participants', heading: 'Participants', ready: '#participants tbody tr[data-participant]' },
   { path: '/ledger', heading: 'Ledger', ready: '#ledger-blocks tbody a[href^="/ledger/blocks/"]' },
@@ -107,11 +107,15 @@ test('click-through: congested feeder → its participants → a token\'s proven
   const { page, errors, close } = await openPage();
   try {
     await page.goto(base + '/grid');
-    await waitForAny(page, '#grid-tree li.branch');
-    // A branch congested now, else one congested in the shown history.
-    let link = page.locator('#grid-tree li.branch[data-congested="true"] a.name').first();
+    await waitForAny(page, '#grid-flows tbody tr.branch');
+    // A branch whose measured flow is over or near its limit; else one the market cleared at its
+    // limit (now, or in the shown history).
+    const branch = (sel) => page.locator(`#grid-flows tr.branch${sel}:not([data-utility="true"]) a.name`).first();
+    let link = branch('[data-status="over"]');
+    if (await link.count() === 0) link = branch('[data-status="near"]');
+    if (await link.count() === 0) link = branch('[data-cleared-at-limit="true"]');
     if (await link.count() === 0) link = page.locator('#grid-congestion a[data-congested-node]').first();
-    assert.ok(await link.count() > 0, 'no branch was at its limit in the shown history: the neighbourhood produced no congestion');
+    assert.ok(await link.count() > 0, 'no branch was at or near its limit in the shown history: the neighbourhood produced no congestion');
     const feeder = (await link.innerText()).trim();
     await link.click();
     await page.waitForURL((u) => u.pathname === '/participants' && u.searchParams.get('node') === feeder);
@@ -166,6 +170,47 @@ test('click-through: congested feeder → its participants → a token\'s proven
       assert.equal(await checked.nth(i).getAttribute('data-verified'), 'true', 'signed reading: ' + await checked.nth(i).innerText());
     }
     await shot(page, 'ledger-provenance');
+    assert.deepEqual(errors, []);
+  } finally { await close(); }
+});
+
+test('Grid page shows measured (metered) beside cleared (plan) flows, coloured by the measured flow', async () => {
+  const { page, errors, close } = await openPage();
+  try {
+    await page.goto(base + '/grid');
+    await waitForAny(page, '#grid-flows tbody tr.branch');
+    const headers = await page.$$eval('#grid-flows thead th', (ths) => ths.map((t) => t.textContent.trim()));
+    for (const label of ['Measured (metered)', 'Cleared (plan)', 'Limit']) {
+      assert.ok(headers.includes(label), `the Grid table has a "${label}" column: ${JSON.stringify(headers)}`);
+    }
+    // The live neighbourhood delivers verified readings, so settlement's measured flows arrive.
+    await page.waitForSelector('#grid-flows td[data-measured="true"]', { state: 'attached', timeout: 60_000 });
+    await page.waitForSelector('#grid-metered[data-measured="true"]', { state: 'attached' });
+    assert.match(await page.locator('#grid-metered').innerText(), /^Metered interval .*: \d+ of \d+ homes reported$/);
+    // Every row's status is the measured flow against the limit (over it red, from 90 % amber),
+    // never the plan; a row without metered data says so instead of showing the plan.
+    const g = await (await fetch(base + '/api/grid')).json();
+    const expected = (b) => {
+      if (!b.measured) return 'no_data';
+      if (b.limit_wh === null) return 'unlimited';
+      const flow = Math.abs(b.measured.flow_wh);
+      if (flow > b.limit_wh) return 'over';
+      return flow > 0 && flow * 10 >= b.limit_wh * 9 ? 'near' : 'normal';
+    };
+    for (const b of [g.utility, ...g.branches]) assert.equal(b.status, expected(b), 'status of ' + b.node + ': ' + JSON.stringify(b));
+    const shown = await page.$$eval('#grid-flows tbody tr.branch', (rows) => rows.map((r) => ({
+      node: r.dataset.node, status: r.dataset.status, measured: r.querySelector('td[data-measured]').dataset.measured,
+      text: r.querySelector('td[data-measured]').textContent })));
+    const byNode = new Map([g.utility, ...g.branches].map((b) => [b.node, b]));
+    for (const row of shown) {
+      const b = byNode.get(row.node);
+      if (!b) continue; // the page refreshed between the two reads
+      if (row.measured === 'false') {
+        assert.equal(row.status, 'no_data', row.node);
+        assert.match(row.text, /no metered data yet|no home below reported/, row.node);
+      }
+    }
+    await shot(page, 'grid-measured');
     assert.deepEqual(errors, []);
   } finally { await close(); }
 });
