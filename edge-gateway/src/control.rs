@@ -242,10 +242,11 @@ impl Controller {
         let (Some(grid), Some(exported), Some(imported)) = (i.grid, i.exported_mwh, i.imported_mwh)
         else {
             // No meter reading: hold what is in force (refresh it), decide nothing new.
-            if let (Some(l), Some(pv_limit)) = (active, i.pv_limit)
+            if let Some(refresh) = self.refresh(i.pv_limit)
+                && active.is_some()
                 && self.refresh_due(&self.pv_written, i.now)
             {
-                out.pv = Some(self.limit(l, pv_limit.sf));
+                out.pv = Some(refresh);
             }
             let setpoint = self.battery_setpoint_w();
             if setpoint != 0 && self.refresh_due(&self.battery_written, i.now) {
@@ -321,7 +322,7 @@ impl Controller {
                     Some(l) if target >= l - deadband / 2 => {
                         // Already at (or below) what is needed.
                         if self.refresh_due(&self.pv_written, i.now) {
-                            command = Some((self.limit(l, pv_limit.sf), true));
+                            command = self.refresh(Some(pv_limit)).map(|c| (c, true));
                         }
                     }
                     _ => command = Some((self.limit(target, pv_limit.sf), false)),
@@ -335,7 +336,7 @@ impl Controller {
                 } else if gap > deadband {
                     command = Some((self.limit(raised, pv_limit.sf), false));
                 } else if self.refresh_due(&self.pv_written, i.now) {
-                    command = Some((self.limit(l, pv_limit.sf), true));
+                    command = self.refresh(Some(pv_limit)).map(|c| (c, true));
                 }
             }
             if let Some((c, refresh)) = command
@@ -346,6 +347,17 @@ impl Controller {
         }
         self.record(&out, i);
         out
+    }
+
+    /// The limit in force as read, written again unchanged (restarts the revert timer).
+    fn refresh(&self, pv_limit: Option<PvLimit>) -> Option<PvCommand> {
+        let l = pv_limit.filter(|l| l.enabled)?;
+        let pct = l.pct_milli?.clamp(0, 100_000);
+        Some(PvCommand::Limit {
+            watts: pct * self.settings.rating_w / 100_000,
+            pct_milli: pct,
+            sf: l.sf,
+        })
     }
 
     fn limit(&self, watts: i64, sf: i16) -> PvCommand {

@@ -1,7 +1,9 @@
 //! Enrolment: registering the household (participant) and this gateway with its key at the
-//! market, with the operator's enrolment token.
+//! market, with the operator's enrolment token, and fetching the market's public key
+//! (`GET /market-key`) to pin as `market_public_key`.
 
 use crate::config::GatewayConfig;
+use gridmesh_protocol::envelope::MarketKey;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
 use gridmesh_protocol::signing::PublicKey;
 use std::time::Duration;
@@ -31,6 +33,16 @@ pub enum EnrollError {
         status: u16,
         /// The market's message.
         body: String,
+    },
+    /// The market did not serve its key.
+    #[error(
+        "the market at {url} did not serve its public key ({detail}); ask the operator for it and set market_public_key in the config"
+    )]
+    NoMarketKey {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        detail: String,
     },
     /// The market refused a registration.
     #[error("the market refused the {what} registration ({status}): {body}")]
@@ -130,4 +142,52 @@ pub async fn enroll(
         };
     }
     Ok(out)
+}
+
+/// Fetches the market's public key from `GET {market_url}/market-key`.
+pub async fn market_key(config: &GatewayConfig) -> Result<MarketKey, EnrollError> {
+    let market = config.market_url.as_deref().ok_or(EnrollError::NoMarket)?;
+    let url = format!("{}/market-key", market.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .map_err(|e| EnrollError::Unreachable {
+            url: url.clone(),
+            detail: e.to_string(),
+        })?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(EnrollError::NoMarketKey {
+            url,
+            detail: format!("HTTP {status}"),
+        });
+    }
+    response
+        .json::<MarketKey>()
+        .await
+        .map_err(|e| EnrollError::NoMarketKey {
+            url,
+            detail: e.to_string(),
+        })
+}
+
+/// What to tell the user about the market key: the line to paste, or that the configured key
+/// already matches, or a warning when it differs.
+pub fn market_key_advice(config: &GatewayConfig, key: &MarketKey) -> String {
+    match &config.market_public_key {
+        Some(k) if *k == key.public_key => format!(
+            "market key (zone {}): {} (matches market_public_key in the config)",
+            key.zone, key.public_key
+        ),
+        Some(k) => format!(
+            "WARNING: the config pins market_public_key = \"{k}\", but the market (zone {}) serves {}. Envelopes signed by the market will be refused until they agree: check market_url, then replace the line with\nmarket_public_key = \"{}\"",
+            key.zone, key.public_key, key.public_key
+        ),
+        None => format!(
+            "market key (zone {}): {}\nAdd this line to the config (top level) so the gateway acts on the market's operating envelopes:\nmarket_public_key = \"{}\"",
+            key.zone, key.public_key, key.public_key
+        ),
+    }
 }

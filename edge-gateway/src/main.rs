@@ -153,6 +153,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 println!("{what}: {registered:?}");
             }
             println!("public key: {}", key.public_key());
+            match edge_gateway::enroll::market_key(&config).await {
+                Ok(market) => {
+                    println!(
+                        "{}",
+                        edge_gateway::enroll::market_key_advice(&config, &market)
+                    )
+                }
+                Err(e) => eprintln!(
+                    "warning: {e}. Without market_public_key the gateway enforces only its default envelope"
+                ),
+            }
             Ok(())
         }
         Command::Detect {
@@ -177,6 +188,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Ok(key) => println!("key: ok ({})", key.public_key()),
                 Err(e) => bail!("key: {e}"),
             }
+            match &config.market_public_key {
+                Some(k) => println!("market key: set ({k}); envelopes signed by it are enforced"),
+                None => println!(
+                    "market key: NOT set; only the default envelope ({} W export, {} W import) will apply. Run `edge-gateway enroll` or set market_public_key from GET {{market_url}}/market-key",
+                    config.control.default_export_w, config.control.default_import_w
+                ),
+            }
             if *offline {
                 return Ok(());
             }
@@ -188,15 +206,35 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 );
                 match &mut d {
                     Device::Modbus(m) => match m.poll().await {
-                        Ok(_) => println!(
-                            "device {}: ok (SunSpec models {:?})",
-                            device.name,
-                            m.models()
-                                .unwrap_or_default()
-                                .iter()
-                                .map(|m| m.id)
-                                .collect::<Vec<_>>()
-                        ),
+                        Ok(_) => {
+                            println!(
+                                "device {}: ok (SunSpec models {:?})",
+                                device.name,
+                                m.models()
+                                    .unwrap_or_default()
+                                    .iter()
+                                    .map(|m| m.id)
+                                    .collect::<Vec<_>>()
+                            );
+                            if device.role == edge_gateway::config::Role::Inverter {
+                                if m.immediate_controls().is_some() {
+                                    println!(
+                                        "device {}: offers SunSpec model 123: PV can be curtailed to the envelope{}",
+                                        device.name,
+                                        if config.site.inverter_w == 0 {
+                                            " once site.inverter_w (the rated power, W) is set"
+                                        } else {
+                                            ""
+                                        }
+                                    );
+                                } else {
+                                    println!(
+                                        "device {}: no SunSpec model 123: PV cannot be curtailed (only the battery keeps the home inside its envelope)",
+                                        device.name
+                                    );
+                                }
+                            }
+                        }
                         Err(e) => {
                             failed += 1;
                             println!("{e}");
