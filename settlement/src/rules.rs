@@ -41,9 +41,11 @@
 //! Every money line appears twice with opposite signs (participant and counterparty), so the
 //! money flows over participants and the utility sum to exactly zero.
 
+use crate::compliance::{self, GatewayMetered};
+use gridmesh_protocol::envelope::EnvelopeCompliance;
 use gridmesh_protocol::market::{Counterparty, IntervalResult};
 use gridmesh_protocol::units::Overflow;
-use gridmesh_protocol::{Money, ParticipantId, PricePerMwh, Wh};
+use gridmesh_protocol::{GatewayId, Money, ParticipantId, PricePerMwh, Wh};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -65,6 +67,76 @@ pub struct Metered {
     /// Export beyond the operating envelopes of the participant's gateways, Wh (0 without an
     /// envelope; at most `exported`).
     pub envelope_excess: Wh,
+}
+
+/// One stored reading as settlement uses it (status `accepted` or `flagged`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterRow {
+    /// The participant it was attributed to at ingest.
+    pub participant: ParticipantId,
+    /// The gateway that signed it.
+    pub gateway: GatewayId,
+    /// SHA-256 (hex) of its signed payload.
+    pub digest: String,
+    /// Whether it is flagged as implausible and awaits an operator.
+    pub flagged: bool,
+    /// Grid import delta.
+    pub imported: Wh,
+    /// Grid export delta.
+    pub exported: Wh,
+    /// PV delta.
+    pub pv: Wh,
+    /// Battery discharge delta.
+    pub battery_discharge: Wh,
+}
+
+/// Metered energy of one interval per participant (for [`settle`]) and per gateway (for
+/// envelopes and flows).
+pub type MeteredInterval = (
+    BTreeMap<ParticipantId, Metered>,
+    BTreeMap<GatewayId, GatewayMetered>,
+);
+
+/// Sums an interval's readings per participant and per gateway (digests kept in row order).
+pub fn meter(rows: &[MeterRow]) -> Result<MeteredInterval, Overflow> {
+    let mut out: BTreeMap<ParticipantId, Metered> = BTreeMap::new();
+    let mut by_gateway: BTreeMap<GatewayId, GatewayMetered> = BTreeMap::new();
+    for r in rows {
+        let g = by_gateway
+            .entry(r.gateway.clone())
+            .or_insert_with(|| GatewayMetered {
+                participant: r.participant.clone(),
+                exported: Wh(0),
+                imported: Wh(0),
+            });
+        g.imported = g.imported.checked_add(r.imported)?;
+        g.exported = g.exported.checked_add(r.exported)?;
+        let m = out.entry(r.participant.clone()).or_default();
+        m.readings.push(r.digest.clone());
+        m.flagged |= r.flagged;
+        m.imported = m.imported.checked_add(r.imported)?;
+        m.exported = m.exported.checked_add(r.exported)?;
+        m.pv = m.pv.checked_add(r.pv)?;
+        m.battery_discharge = m.battery_discharge.checked_add(r.battery_discharge)?;
+    }
+    Ok((out, by_gateway))
+}
+
+/// Settles one interval from its readings: compliance with the result's operating envelopes
+/// (see [`crate::compliance`]), each participant's export beyond its envelopes, then
+/// [`settle`]. What the service writes and what `settlement verify` recomputes.
+pub fn settle_with_envelopes(
+    result: &IntervalResult,
+    rows: &[MeterRow],
+) -> Result<(Settlement, Vec<EnvelopeCompliance>), RulesError> {
+    let (mut metered, by_gateway) = meter(rows)?;
+    let rows = compliance::compliance(result, &by_gateway);
+    for (p, wh) in compliance::excess_by_participant(&rows, &by_gateway)? {
+        if let Some(m) = metered.get_mut(&p) {
+            m.envelope_excess = wh;
+        }
+    }
+    Ok((settle(result, &metered)?, rows))
 }
 
 /// One line of a statement: positive `amount` = the participant receives.

@@ -2,10 +2,10 @@
 //! token operations and answer queries. Owns the in-memory verification state; every write is
 //! one database transaction.
 
-use crate::compliance::{self, GatewayMetered};
+use crate::compliance;
 use crate::ledger::{EntryBody, MintEntry, RetireEntry, TransferEntry, inclusion_proof};
 use crate::metrics::Metrics;
-use crate::rules::{self, Metered, MintPlan, Statement};
+use crate::rules::{self, MeterRow, MintPlan, Statement};
 use crate::store::{self, QuarantineRow, ReadingRow, StoreError, Value};
 use crate::verify::{self, ChainState, Context, Limits, Reason, ReasonCode, Verdict};
 use base64::Engine as _;
@@ -721,16 +721,8 @@ impl Service {
         }
         let result: IntervalResult = serde_json::from_str(&row.get::<String, _>(0))
             .map_err(|e| StoreError::Corrupt(format!("stored result {interval_key}: {e}")))?;
-        let (mut metered, by_gateway) = metered_for(&mut *tx, &result.interval).await?;
-        let compliance_rows = compliance::compliance(&result, &by_gateway);
-        let excess = compliance::excess_by_participant(&compliance_rows, &by_gateway)
-            .map_err(|e| ServiceError::Conflict(format!("cannot settle {interval_key}: {e}")))?;
-        for (p, wh) in excess {
-            if let Some(m) = metered.get_mut(&p) {
-                m.envelope_excess = wh;
-            }
-        }
-        let settlement = rules::settle(&result, &metered)
+        let readings = metered_for(&mut *tx, &result.interval).await?;
+        let (settlement, compliance_rows) = rules::settle_with_envelopes(&result, &readings)
             .map_err(|e| ServiceError::Conflict(format!("cannot settle {interval_key}: {e}")))?;
         let per = store::rows_per_statement(self.db.backend);
         let statement_rows: Vec<Vec<Value>> = settlement
@@ -1219,7 +1211,10 @@ impl Service {
             let key: String = r.get(0);
             let result: IntervalResult = serde_json::from_str(&r.get::<String, _>(1))
                 .map_err(|e| StoreError::Corrupt(format!("stored result {key}: {e}")))?;
-            let (_, by_gateway) = metered_for(&self.db.pool, &result.interval).await?;
+            let readings = metered_for(&self.db.pool, &result.interval).await?;
+            let (_, by_gateway) = rules::meter(&readings).map_err(|e| {
+                StoreError::Corrupt(format!("metered energy of {key} overflows: {e}"))
+            })?;
             out.push(
                 compliance::measured_flows(&result, &enrolled, &by_gateway).map_err(|e| {
                     StoreError::Corrupt(format!("measured flows of {key} overflow: {e}"))
@@ -1492,17 +1487,9 @@ fn q_row(
     }
 }
 
-/// Metered energy of one interval from the readings settlement uses for money (`accepted` and
-/// `flagged`): per participant (for the rules) and per gateway (for envelopes and flows).
-type MeteredInterval = (
-    BTreeMap<ParticipantId, Metered>,
-    BTreeMap<GatewayId, GatewayMetered>,
-);
-
-async fn metered_for<'e, E>(
-    executor: E,
-    interval: &Interval,
-) -> Result<MeteredInterval, ServiceError>
+/// The readings of one interval that settlement uses for money (`accepted` and `flagged`),
+/// ordered by reading key.
+async fn metered_for<'e, E>(executor: E, interval: &Interval) -> Result<Vec<MeterRow>, ServiceError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
@@ -1515,36 +1502,21 @@ where
     .bind(i64::from(interval.length().minutes()))
     .fetch_all(executor)
     .await?;
-    let corrupt = |e: gridmesh_protocol::units::Overflow| {
-        StoreError::Corrupt(format!("metered energy of {interval} overflows: {e}"))
-    };
-    let mut out: BTreeMap<ParticipantId, Metered> = BTreeMap::new();
-    let mut by_gateway: BTreeMap<GatewayId, GatewayMetered> = BTreeMap::new();
+    let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let p = ParticipantId::new(r.get::<String, _>(0))
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let g = GatewayId::new(r.get::<String, _>(7))
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (import, export) = (Wh(r.get::<i64, _>(3)), Wh(r.get::<i64, _>(4)));
-        let gm = by_gateway.entry(g).or_insert_with(|| GatewayMetered {
-            participant: p.clone(),
-            exported: Wh(0),
-            imported: Wh(0),
+        let corrupt = |e: gridmesh_protocol::ids::IdError| StoreError::Corrupt(e.to_string());
+        out.push(MeterRow {
+            participant: ParticipantId::new(r.get::<String, _>(0)).map_err(corrupt)?,
+            gateway: GatewayId::new(r.get::<String, _>(7)).map_err(corrupt)?,
+            digest: r.get(1),
+            flagged: r.get::<String, _>(2) == "flagged",
+            imported: Wh(r.get(3)),
+            exported: Wh(r.get(4)),
+            pv: Wh(r.get(5)),
+            battery_discharge: Wh(r.get(6)),
         });
-        gm.imported = gm.imported.checked_add(import).map_err(corrupt)?;
-        gm.exported = gm.exported.checked_add(export).map_err(corrupt)?;
-        let m = out.entry(p).or_default();
-        m.readings.push(r.get(1));
-        m.flagged |= r.get::<String, _>(2) == "flagged";
-        m.imported = m.imported.checked_add(import).map_err(corrupt)?;
-        m.exported = m.exported.checked_add(export).map_err(corrupt)?;
-        m.pv = m.pv.checked_add(Wh(r.get::<i64, _>(5))).map_err(corrupt)?;
-        m.battery_discharge = m
-            .battery_discharge
-            .checked_add(Wh(r.get::<i64, _>(6)))
-            .map_err(corrupt)?;
     }
-    Ok((out, by_gateway))
+    Ok(out)
 }
 
 fn mint_body(interval: &str, plan: &MintPlan, released: bool) -> EntryBody {
