@@ -11,16 +11,23 @@
 //! all entries: every transfer and retirement signed by the lot's holder with the registered key,
 //! never more than the lot holds (no token spent twice), and the stored balances equal to the
 //! replay; (5) every statement's net equals its lines, and payments between participants sum to
-//! zero per interval.
+//! zero per interval; (6) every settled interval is settled again from its stored result and
+//! readings (`rules::settle_with_envelopes`: imbalances, the `envelope_excess` rule, mints'
+//! totals): the stored statements and operating-envelope compliance rows must equal the
+//! recomputation. Results stored with the market's attestation are checked against it
+//! (signature and body digest, one market key for all), and no mint exceeds the seller's
+//! export *within its operating envelope*.
 
 use crate::ledger::{BlockHeader, EntryBody, entry_hash, merkle_root};
-use crate::rules::Statement;
+use crate::rules::{MeterRow, Statement, settle_with_envelopes};
 use crate::verify::verify_signatures;
+use gridmesh_protocol::envelope::{EnvelopeCompliance, SignedResult};
 use gridmesh_protocol::market::{Counterparty, IntervalResult};
 use gridmesh_protocol::reading::Reading;
 use gridmesh_protocol::registry::GatewayEnrollment;
 use gridmesh_protocol::signing::{PublicKey, Signable, SignedEnvelope};
 use gridmesh_protocol::token::{TokenRetire, TokenTransfer};
+use gridmesh_protocol::{GatewayId, ParticipantId, Wh};
 use gridmesh_runtime::db::Database;
 use serde::Serialize;
 use sqlx::Row;
@@ -67,6 +74,12 @@ pub struct AuditReport {
     pub lots: usize,
     /// Statements checked.
     pub statements: usize,
+    /// Settled intervals recomputed (statements and envelope compliance).
+    pub intervals_recomputed: usize,
+    /// Results whose market attestation was verified.
+    pub results_signed: usize,
+    /// The market key that signed the attested results.
+    pub market_key: Option<String>,
     /// The authority key that signed every block.
     pub authority: Option<String>,
 }
@@ -83,11 +96,14 @@ type StoredEntry = (i64, String, String, Vec<u8>, Option<i64>);
 
 struct ReadingInfo {
     participant: String,
+    gateway: String,
     interval_start: i64,
     minutes: i64,
     status: String,
     import: i64,
     export: i64,
+    pv: i64,
+    battery_discharge: i64,
 }
 
 #[derive(Clone)]
@@ -279,6 +295,8 @@ pub async fn verify(
     let refs: Vec<&SignedEnvelope> = envelopes.iter().collect();
     let sig_ok = verify_signatures(&refs);
     let mut readings: HashMap<String, ReadingInfo> = HashMap::new();
+    // Digests per (interval start, minutes), in reading-key order (as settlement reads them).
+    let mut by_interval: HashMap<(i64, i64), Vec<String>> = HashMap::new();
     for ((r, env), ok) in rows.iter().zip(&envelopes).zip(sig_ok) {
         let key: String = r.get(0);
         let loc = format!("reading {key}");
@@ -344,15 +362,22 @@ pub async fn verify(
                 ));
             }
         }
+        by_interval
+            .entry((r.get(4), r.get(5)))
+            .or_default()
+            .push(env.digest_hex());
         readings.insert(
             env.digest_hex(),
             ReadingInfo {
                 participant,
+                gateway: r.get(1),
                 interval_start: r.get(4),
                 minutes: r.get(5),
                 status: r.get(15),
                 import: r.get(11),
                 export: r.get(12),
+                pv: r.get(13),
+                battery_discharge: r.get(14),
             },
         );
         report.readings += 1;
@@ -360,15 +385,45 @@ pub async fn verify(
 
     // (3) + (4) Mints against trades and readings; replay of the ledger.
     let mut results: HashMap<String, (IntervalResult, bool)> = HashMap::new();
-    for r in sqlx::query("SELECT interval_key, body, settled FROM results")
+    let mut market_key: Option<PublicKey> = None;
+    for r in sqlx::query("SELECT interval_key, body, settled, attestation FROM results")
         .fetch_all(pool)
         .await?
     {
         let key: String = r.get(0);
-        let result: IntervalResult = serde_json::from_str(&r.get::<String, _>(1))
-            .map_err(|e| bad(format!("result {key}"), format!("does not parse: {e}")))?;
+        let loc = format!("result {key}");
+        let body: String = r.get(1);
+        let result: IntervalResult =
+            serde_json::from_str(&body).map_err(|e| bad(&loc, format!("does not parse: {e}")))?;
+        if let Some(attestation) = r.get::<Option<String>, _>(3) {
+            let attestation: SignedEnvelope = serde_json::from_str(&attestation)
+                .map_err(|e| bad(&loc, format!("its market attestation does not parse: {e}")))?;
+            let signer = attestation.public_key;
+            if let Some(k) = market_key.filter(|k| *k != signer) {
+                return Err(bad(
+                    &loc,
+                    format!("attested by {signer}, but earlier results by the market key {k}"),
+                ));
+            }
+            market_key = Some(signer);
+            let signed = SignedResult {
+                body_base64: body.into_bytes(),
+                attestation,
+            };
+            let opened = signed
+                .open(&signer)
+                .map_err(|e| bad(&loc, format!("the market's attestation does not hold: {e}")))?;
+            if opened.interval.key() != key {
+                return Err(bad(
+                    &loc,
+                    format!("the attested result is for {}", opened.interval.key()),
+                ));
+            }
+            report.results_signed += 1;
+        }
         results.insert(key, (result, r.get::<i64, _>(2) != 0));
     }
+    report.market_key = market_key.map(|k| k.to_string());
     let participant_keys: HashMap<String, PublicKey> =
         sqlx::query("SELECT participant, public_key FROM participants")
             .fetch_all(pool)
@@ -455,7 +510,7 @@ pub async fn verify(
                         }
                     }
                 }
-                let exported: i64 = m.seller_readings.iter().map(|d| readings[d].export).sum();
+                let exported = export_within_envelope(result, &m.seller_readings, &readings);
                 let imported: i64 = m.buyer_readings.iter().map(|d| readings[d].import).sum();
                 let s = minted_by_seller
                     .entry((m.interval.clone(), m.seller.to_string()))
@@ -465,7 +520,7 @@ pub async fn verify(
                     return Err(bad(
                         &loc,
                         format!(
-                            "{} minted from {}'s sales in {} exceeds its metered export of {exported} Wh",
+                            "{} minted from {}'s sales in {} exceeds its metered export within its operating envelope, {exported} Wh",
                             s, m.seller, m.interval
                         ),
                     ));
@@ -613,7 +668,181 @@ pub async fn verify(
             format!("payments between participants sum to {sum}, not 0"),
         ));
     }
+
+    // (6) Every settled interval settled again from its result and readings.
+    let mut stored: HashMap<String, BTreeMap<String, Statement>> = HashMap::new();
+    for r in sqlx::query("SELECT interval_key, participant, body FROM statements")
+        .fetch_all(pool)
+        .await?
+    {
+        let (key, participant, body): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        let s: Statement = serde_json::from_str(&body).map_err(|e| {
+            bad(
+                format!("statement of {participant} for {key}"),
+                format!("does not parse: {e}"),
+            )
+        })?;
+        stored.entry(key).or_default().insert(participant, s);
+    }
+    let mut stored_compliance: HashMap<String, BTreeMap<String, EnvelopeCompliance>> =
+        HashMap::new();
+    for r in sqlx::query("SELECT interval_key, gateway, body FROM compliance")
+        .fetch_all(pool)
+        .await?
+    {
+        let (key, gateway, body): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        let c: EnvelopeCompliance = serde_json::from_str(&body).map_err(|e| {
+            bad(
+                format!("compliance of {gateway} for {key}"),
+                format!("does not parse: {e}"),
+            )
+        })?;
+        stored_compliance.entry(key).or_default().insert(gateway, c);
+    }
+    let mut settled: Vec<(&String, &IntervalResult)> = results
+        .iter()
+        .filter(|(_, (_, settled))| *settled)
+        .map(|(k, (r, _))| (k, r))
+        .collect();
+    settled.sort_by_key(|(_, r)| r.interval.start());
+    for (key, result) in settled {
+        let rows = meter_rows(result, &by_interval, &readings)?;
+        let (settlement, compliance) = settle_with_envelopes(result, &rows).map_err(|e| {
+            bad(
+                format!("interval {key}"),
+                format!("cannot be settled again: {e}"),
+            )
+        })?;
+        let want: BTreeMap<String, Statement> = settlement
+            .statements
+            .into_iter()
+            .map(|s| (s.participant.to_string(), s))
+            .collect();
+        let mut have = stored.remove(key).unwrap_or_default();
+        for (p, w) in &want {
+            let loc = format!("statement of {p} for {key}");
+            match have.remove(p) {
+                None => return Err(bad(&loc, "is missing: settling again writes one")),
+                Some(h) if &h != w => {
+                    return Err(bad(
+                        &loc,
+                        format!(
+                            "differs from settling the stored result and readings again (stored net {}, envelope excess {} Wh; recomputed net {}, envelope excess {} Wh)",
+                            h.net.0, h.envelope_excess.0, w.net.0, w.envelope_excess.0
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(p) = have.keys().next() {
+            return Err(bad(
+                format!("statement of {p} for {key}"),
+                "is not produced by settling the stored result and readings again",
+            ));
+        }
+        let mut have = stored_compliance.remove(key).unwrap_or_default();
+        for c in &compliance {
+            let loc = format!("compliance of {} for {key}", c.gateway);
+            match have.remove(c.gateway.as_str()) {
+                None => {
+                    return Err(bad(
+                        &loc,
+                        "is missing: the readings and the envelope give one",
+                    ));
+                }
+                Some(h) if &h != c => {
+                    return Err(bad(
+                        &loc,
+                        format!(
+                            "stored export {} / import {} Wh against {} / {} Wh; the readings and the envelope give {} / {} against {} / {}",
+                            h.export_wh.0,
+                            h.import_wh.0,
+                            h.export_limit_wh.0,
+                            h.import_limit_wh.0,
+                            c.export_wh.0,
+                            c.import_wh.0,
+                            c.export_limit_wh.0,
+                            c.import_limit_wh.0
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(g) = have.keys().next() {
+            return Err(bad(
+                format!("compliance of {g} for {key}"),
+                "has no envelope or no readings behind it",
+            ));
+        }
+        report.intervals_recomputed += 1;
+    }
+    if let Some(key) = stored.keys().chain(stored_compliance.keys()).next() {
+        return Err(bad(
+            format!("interval {key}"),
+            "has statements or compliance rows but no settled result",
+        ));
+    }
     Ok(report)
+}
+
+/// The readings settlement used for an interval (`accepted` and `flagged`; `late` ones never
+/// count), in reading-key order.
+fn meter_rows(
+    result: &IntervalResult,
+    by_interval: &HashMap<(i64, i64), Vec<String>>,
+    readings: &HashMap<String, ReadingInfo>,
+) -> Result<Vec<MeterRow>, AuditError> {
+    let at = (
+        result.interval.start_unix(),
+        i64::from(result.interval.length().minutes()),
+    );
+    let mut rows = Vec::new();
+    for d in by_interval.get(&at).map(Vec::as_slice).unwrap_or_default() {
+        let info = &readings[d];
+        if info.status != "accepted" && info.status != "flagged" {
+            continue;
+        }
+        let loc = || format!("reading {d}");
+        rows.push(MeterRow {
+            participant: ParticipantId::new(info.participant.clone())
+                .map_err(|e| bad(loc(), e.to_string()))?,
+            gateway: GatewayId::new(info.gateway.clone()).map_err(|e| bad(loc(), e.to_string()))?,
+            digest: d.clone(),
+            flagged: info.status == "flagged",
+            imported: Wh(info.import),
+            exported: Wh(info.export),
+            pv: Wh(info.pv),
+            battery_discharge: Wh(info.battery_discharge),
+        });
+    }
+    Ok(rows)
+}
+
+/// The seller's metered export counted as delivery: per gateway, its export capped at the
+/// gateway's envelope in the result (uncapped without one).
+fn export_within_envelope(
+    result: &IntervalResult,
+    digests: &[String],
+    readings: &HashMap<String, ReadingInfo>,
+) -> i64 {
+    let mut by_gateway: BTreeMap<&str, i64> = BTreeMap::new();
+    for d in digests {
+        if let Some(info) = readings.get(d) {
+            *by_gateway.entry(info.gateway.as_str()).or_default() += info.export;
+        }
+    }
+    by_gateway
+        .into_iter()
+        .map(|(g, export)| {
+            result
+                .envelopes
+                .iter()
+                .find(|e| e.gateway.as_str() == g)
+                .map_or(export, |e| export.min(e.export_limit_wh.0))
+        })
+        .sum()
 }
 
 #[allow(clippy::too_many_arguments)]
