@@ -289,7 +289,8 @@ fn cleared_of(result: &IntervalResult, node: &str) -> Option<(Wh, bool)> {
             .ok()?;
         let utility = &result.network.utility;
         let limit = directed_limit(flow, utility.import_limit_wh, utility.export_limit_wh);
-        let at_limit = limit.is_some_and(|l| flow.0 != 0 && flow.0.abs() >= l.0);
+        let at_limit =
+            limit.is_some_and(|l| flow.0 != 0 && i128::from(flow.0).abs() >= i128::from(l.0));
         return Some((flow, at_limit));
     }
     None
@@ -942,13 +943,12 @@ pub fn envelope_violations(alerts: &[EnvelopeAlert]) -> Vec<Alert> {
                 interval: Some(a.last_interval.key()),
                 subject: a.participant.to_string(),
                 message: format!(
-                    "Home {} (gateway {}, node {}) exceeded its operating envelope in {} intervals in a row, {} to {}: {} beyond it{}",
+                    "Home {} (gateway {}, node {}) exceeded its operating envelope in {} intervals in a row, {}: {} beyond it{}",
                     a.participant,
                     a.gateway,
                     a.node,
                     a.intervals,
-                    a.first_interval.key(),
-                    a.last_interval.key(),
+                    span_text(&a.first_interval, &a.last_interval),
                     if beyond.is_empty() {
                         "no energy".to_owned()
                     } else {
@@ -959,6 +959,19 @@ pub fn envelope_violations(alerts: &[EnvelopeAlert]) -> Vec<Alert> {
             }
         })
         .collect()
+}
+
+/// The intervals from `first` to `last` (both included) in words, by their start times:
+/// "intervals starting 2026-06-21 12:30 to 13:00 UTC (15 min)".
+pub fn span_text(first: &Interval, last: &Interval) -> String {
+    let same_day = first.start().date_naive() == last.start().date_naive();
+    format!(
+        "intervals starting {} to {} UTC ({} min)",
+        first.start().format("%Y-%m-%d %H:%M"),
+        last.start()
+            .format(if same_day { "%H:%M" } else { "%Y-%m-%d %H:%M" }),
+        last.length().minutes()
+    )
 }
 
 /// Informational notes: branches the market cleared at their limit in the newest cleared

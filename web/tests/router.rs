@@ -450,7 +450,7 @@ async fn alerts_cover_measured_congestion_envelopes_quarantine_and_imbalance() {
     assert_eq!(envelope["interval"], "2026-06-21T13:00:00Z/15");
     let message = envelope["message"].as_str().unwrap();
     assert!(
-        message.starts_with("Home h001 (gateway gw-h001, node h001) exceeded its operating envelope in 3 intervals in a row, 2026-06-21T12:30:00Z/15 to 2026-06-21T13:00:00Z/15: 1 800 Wh export beyond it"),
+        message.starts_with("Home h001 (gateway gw-h001, node h001) exceeded its operating envelope in 3 intervals in a row, intervals starting 2026-06-21 12:30 to 13:00 UTC (15 min): 1 800 Wh export beyond it; still going"),
         "{message}"
     );
     assert!(
