@@ -126,13 +126,25 @@ fn allowed_power_is_the_rest_of_the_budget_over_the_rest_of_the_interval() {
 
 #[test]
 fn inside_the_envelope_nothing_is_written() {
-    check(&[(Case { export_w: 1_100, ..BASE }, pv(None))]);
+    check(&[(
+        Case {
+            export_w: 1_100,
+            ..BASE
+        },
+        pv(None),
+    )]);
 }
 
 #[test]
 fn pv_is_curtailed_by_the_excess_only() {
     // Export 2000 W, allowed 1164 W: the limit is PV − 836 W.
-    check(&[(Case { export_w: 2_000, ..BASE }, pv(limit(4_000 - 836)))]);
+    check(&[(
+        Case {
+            export_w: 2_000,
+            ..BASE
+        },
+        pv(limit(4_000 - 836)),
+    )]);
 }
 
 #[test]
