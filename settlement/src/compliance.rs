@@ -218,3 +218,115 @@ pub fn measured_flows(
         branches,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(minute: u32) -> Interval {
+        Interval::parse(&format!("2026-06-21T12:{minute:02}:00Z"), 15).unwrap()
+    }
+
+    fn row(
+        gateway: &str,
+        i: Interval,
+        excess_export: i64,
+        excess_import: i64,
+    ) -> EnvelopeCompliance {
+        EnvelopeCompliance {
+            interval: i,
+            gateway: GatewayId::new(gateway).unwrap(),
+            participant: ParticipantId::new("p").unwrap(),
+            node: NodeId::new("f1").unwrap(),
+            export_wh: Wh(500 + excess_export),
+            import_wh: Wh(100 + excess_import),
+            export_limit_wh: Wh(500),
+            import_limit_wh: Wh(100),
+            excess_export_wh: Wh(excess_export),
+            excess_import_wh: Wh(excess_import),
+        }
+    }
+
+    /// `check(settled minutes, violations (gateway, minute), expected (gateway, first, last, n, active))`.
+    fn check(
+        settled: &[u32],
+        violations: &[(&str, u32)],
+        expected: &[(&str, u32, u32, u32, bool)],
+    ) {
+        let settled: Vec<Interval> = settled.iter().map(|m| at(*m)).collect();
+        let rows: Vec<EnvelopeCompliance> = violations
+            .iter()
+            .map(|(g, m)| row(g, at(*m), 10, 0))
+            .collect();
+        let got: Vec<(String, Interval, Interval, u32, bool)> = alerts(&settled, &rows)
+            .into_iter()
+            .map(|a| {
+                (
+                    a.gateway.to_string(),
+                    a.first_interval,
+                    a.last_interval,
+                    a.intervals,
+                    a.active,
+                )
+            })
+            .collect();
+        let want: Vec<(String, Interval, Interval, u32, bool)> = expected
+            .iter()
+            .map(|(g, f, l, n, a)| (g.to_string(), at(*f), at(*l), *n, *a))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn alerts_need_two_consecutive_settled_intervals() {
+        check(&[0, 15, 30], &[("a", 0)], &[]);
+        check(&[0, 15, 30], &[("a", 0), ("a", 30)], &[]);
+        check(
+            &[0, 15, 30],
+            &[("a", 0), ("a", 15)],
+            &[("a", 0, 15, 2, false)],
+        );
+        check(
+            &[0, 15, 30],
+            &[("a", 15), ("a", 30)],
+            &[("a", 15, 30, 2, true)],
+        );
+        // An interval that was never settled (no result) does not break the run.
+        check(&[0, 30], &[("a", 0), ("a", 30)], &[("a", 0, 30, 2, true)]);
+        // Two runs of one home, two homes; newest first.
+        check(
+            &[0, 15, 30, 45],
+            &[("a", 0), ("a", 15), ("a", 45), ("b", 30), ("b", 45)],
+            &[("b", 30, 45, 2, true), ("a", 0, 15, 2, false)],
+        );
+        // Rows of intervals not settled are ignored.
+        check(&[0], &[("a", 0), ("a", 15)], &[]);
+    }
+
+    #[test]
+    fn compliant_rows_and_import_excess() {
+        let rows = vec![
+            row("a", at(0), 0, 5),
+            row("a", at(15), 0, 0),
+            row("a", at(30), 0, 7),
+            row("a", at(45), 3, 0),
+        ];
+        let got = alerts(&[at(0), at(15), at(30), at(45)], &rows);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (
+                got[0].intervals,
+                got[0].excess_export_wh,
+                got[0].excess_import_wh
+            ),
+            (2, Wh(3), Wh(7))
+        );
+    }
+
+    #[test]
+    fn excess_is_floored_at_zero() {
+        assert_eq!(beyond(Wh(10), Wh(20)), Wh(0));
+        assert_eq!(beyond(Wh(30), Wh(20)), Wh(10));
+        assert_eq!(beyond(Wh(0), Wh(0)), Wh(0));
+    }
+}

@@ -31,13 +31,15 @@ prop_compose! {
 }
 
 prop_compose! {
-    fn metered()(raw in prop::collection::vec(prop::option::of((0i64..8_000, 0i64..8_000, 0i64..100, 0i64..100, any::<bool>())), 4))
+    fn metered()(raw in prop::collection::vec(prop::option::of((0i64..8_000, 0i64..8_000, 0i64..100, 0i64..100, any::<bool>(), prop::option::of(0u32..=100))), 4))
         -> BTreeMap<ParticipantId, Metered> {
         raw.into_iter().enumerate().filter_map(|(i, m)| {
-            let (imported, exported, pv, bat, flagged) = m?;
+            let (imported, exported, pv, bat, flagged, excess_pct) = m?;
+            // Export beyond the envelope: none, or a share of the export.
+            let excess = excess_pct.map_or(0, |pct| exported * i64::from(pct) / 100);
             Some((ParticipantId::new(NAMES[i]).unwrap(), Metered {
                 imported: Wh(imported), exported: Wh(exported), pv: Wh(pv), battery_discharge: Wh(bat),
-                readings: vec![format!("{i:064x}")], flagged, envelope_excess: Wh(0),
+                readings: vec![format!("{i:064x}")], flagged, envelope_excess: Wh(excess),
             }))
         }).collect()
     }
@@ -45,8 +47,9 @@ prop_compose! {
 
 proptest! {
     #[test]
-    fn money_balances_and_mints_are_backed(trades in trades(), metered in metered()) {
-        let r = result(interval("12:00"), trades.clone());
+    fn money_balances_and_mints_are_backed(trades in trades(), metered in metered(), excess_price in -500_000i64..500_000) {
+        let mut r = result(interval("12:00"), trades.clone());
+        r.network.utility.envelope_excess_price = gridmesh_protocol::PricePerMwh(excess_price);
         let s = settle(&r, &metered).unwrap();
         let participants: i64 = s.statements.iter().map(|x| x.net.0).sum();
         prop_assert_eq!(participants + s.utility_net.0, 0);
@@ -62,7 +65,18 @@ proptest! {
             *by_buyer.entry(m.buyer.to_string()).or_default() += m.amount.0;
         }
         for (p, v) in by_seller {
-            prop_assert!(v <= metered[&ParticipantId::new(p).unwrap()].exported.0);
+            // Never minted from export beyond the envelope.
+            let m = &metered[&ParticipantId::new(p).unwrap()];
+            prop_assert!(v <= m.exported.0 - m.envelope_excess.0);
+        }
+        for st in &s.statements {
+            let excess = metered.get(&st.participant).map_or(0, |m| m.envelope_excess.0);
+            let lines: Vec<_> = st.lines.iter().filter(|l| l.kind == "envelope_excess").collect();
+            prop_assert_eq!(lines.iter().map(|l| l.energy.0).sum::<i64>(), excess);
+            prop_assert_eq!(st.envelope_excess.0, excess);
+            // Delivery plus surplus plus excess is exactly the metered export.
+            let surplus: i64 = st.lines.iter().filter(|l| l.kind == "surplus_export").map(|l| l.energy.0).sum();
+            prop_assert_eq!(st.delivered.0 + surplus + excess, st.exported.0);
         }
         for (p, v) in by_buyer {
             prop_assert!(v <= metered[&ParticipantId::new(p).unwrap()].imported.0);
