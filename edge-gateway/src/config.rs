@@ -621,5 +621,38 @@ topic = "meter1"
             "[[devices]]\nname = \"a\"\nrole = \"inverter\"\ntransport = \"mqtt\"\nformat = \"tasmota\"\ntopic = \"t\"\n",
             &["mqtt.url", "no broker"],
         );
+        check_err(
+            "\nmarket_public_key = \"not-a-key\"\n",
+            &["line 2", "market_public_key", "32 bytes in standard base64"],
+        );
+        check_err(
+            "[control]\nrevert_secs = 1\n",
+            &["control.revert_secs", "at least 2"],
+        );
+        check_err("[control]\nrevert = 1\n", &["line 2", "revert"]);
+    }
+
+    #[test]
+    fn control_defaults_and_the_market_key() {
+        let c = GatewayConfig::from_toml("").unwrap();
+        assert!(c.control.enabled);
+        assert_eq!(
+            (
+                c.control.default_export_w,
+                c.control.default_import_w,
+                c.control.revert_secs
+            ),
+            (1_500, 11_000, 120)
+        );
+        assert_eq!(c.market_public_key, None);
+        let key = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+        let c = GatewayConfig::from_toml(&format!(
+            "market_public_key = \"{key}\"\n[control]\nenabled = false\ndefault_export_w = 0\nmin_write_interval_ms = 500\n"
+        ))
+        .unwrap();
+        assert_eq!(c.market_public_key.unwrap().to_string(), key);
+        assert!(!c.control.enabled);
+        assert_eq!(c.control.default_export_w, 0);
+        assert_eq!(c.control.min_write_interval_ms, 500);
     }
 }

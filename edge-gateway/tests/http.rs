@@ -6,7 +6,7 @@ mod common;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::routing::{get, post};
 use common::*;
 use edge_gateway::config::{DeviceConfig, GatewayConfig, Role};
 use edge_gateway::{KeySource, run_with_key};
@@ -228,10 +228,17 @@ async fn enroll_handler(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enroll_registers_participant_and_gateway_with_the_token() {
     let recorder = Recorder::default();
+    let market_key = SigningKeyPair::from_seed([44; 32]).public_key();
     let url = serve(
         axum::Router::new()
             .route("/participants", post(enroll_handler))
             .route("/gateways", post(enroll_handler))
+            .route(
+                "/market-key",
+                get(move || async move {
+                    Json(json!({"zone": "demo", "public_key": market_key.to_string()}))
+                }),
+            )
             .with_state(recorder.clone()),
     )
     .await;
@@ -272,6 +279,13 @@ async fn enroll_registers_participant_and_gateway_with_the_token() {
     );
     let (code, text) = run("right-token").await;
     assert_eq!(code, Some(0), "{text}");
+    // The market's key, as a line to paste into the config.
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("market_public_key = "))
+        .unwrap_or_else(|| panic!("no line to paste: {text}"));
+    let pasted = GatewayConfig::from_toml(line).unwrap();
+    assert_eq!(pasted.market_public_key, Some(market_key));
     let bodies = recorder.bodies.lock().unwrap().clone();
     assert_eq!(bodies.len(), 2);
     let participant: Participant = serde_json::from_value(bodies[0].1.clone()).unwrap();

@@ -191,6 +191,23 @@ async fn each_mistake_gives_one_clear_message() {
     write_config(&path, &config);
     let (code, text) = cli(&["check-config", "--offline"], Some(&path)).await;
     assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("market key: NOT set") && text.contains("edge-gateway enroll"),
+        "{text}"
+    );
+    let mut pinned = config.clone();
+    pinned.market_public_key = Some(SigningKeyPair::from_seed([5; 32]).public_key());
+    write_config(&path, &pinned);
+    let (code, text) = cli(&["check-config", "--offline"], Some(&path)).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!(
+            "market key: set ({})",
+            SigningKeyPair::from_seed([5; 32]).public_key()
+        )),
+        "{text}"
+    );
+    write_config(&path, &config);
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&config.key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (code, text) = cli(&["check-config", "--offline"], Some(&path)).await;
@@ -218,6 +235,10 @@ async fn each_mistake_gives_one_clear_message() {
     assert_eq!(code, 1);
     assert!(
         text.contains("device inverter: ok (SunSpec models [103])"),
+        "{text}"
+    );
+    assert!(
+        text.contains("device inverter: no SunSpec model 123: PV cannot be curtailed"),
         "{text}"
     );
     assert!(
