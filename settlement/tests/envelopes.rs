@@ -607,3 +607,241 @@ async fn results_that_fail_the_market_signature_are_refused_and_never_settled_sq
 async fn results_that_fail_the_market_signature_are_refused_and_never_settled_postgres() {
     signed("postgres").await;
 }
+
+/// A stand-in for the market's REST API as the contract describes it: registrations and
+/// `GET /results/signed?since=&limit=` (no unsigned `/results`: signed mode must not need it).
+async fn mock_market(
+    signed: std::sync::Arc<std::sync::Mutex<Vec<SignedResult>>>,
+) -> std::net::SocketAddr {
+    use axum::extract::Query;
+    use axum::routing::get;
+    #[derive(serde::Deserialize)]
+    struct Page {
+        since: Option<String>,
+        limit: Option<usize>,
+    }
+    let app = axum::Router::new()
+        .route(
+            "/gateways",
+            get(|| async { axum::Json(street_enrollments()) }),
+        )
+        .route(
+            "/participants",
+            get(|| async { axum::Json(participants()) }),
+        )
+        .route(
+            "/results/signed",
+            get(move |Query(q): Query<Page>| {
+                let signed = signed.clone();
+                async move {
+                    let since = q.since.map(|s| {
+                        chrono::DateTime::parse_from_rfc3339(&s)
+                            .unwrap()
+                            .with_timezone(&chrono::Utc)
+                    });
+                    let list: Vec<SignedResult> = signed
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|r| {
+                            let body: IntervalResult =
+                                serde_json::from_slice(&r.body_base64).unwrap();
+                            since.is_none_or(|s| body.interval.start() >= s)
+                        })
+                        .take(q.limit.unwrap_or(100))
+                        .cloned()
+                        .collect();
+                    axum::Json(list)
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test]
+async fn signed_results_over_http_and_the_envelope_endpoints() {
+    use gridmesh_runtime::clock::Clock;
+    use gridmesh_runtime::shutdown::Shutdown;
+    use serde_json::Value;
+    use std::time::Duration;
+
+    let signed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let market = mock_market(signed.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = Shutdown::new();
+    let running = settlement::serve(
+        settlement::SettlementConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
+            market_url: Some(format!("http://{market}")),
+            market_public_key: Some(market_key().public_key()),
+            operator_token: Some("op-secret".into()),
+            poll_secs: 0.05,
+            ..Default::default()
+        },
+        Clock::scaled(epoch(), 1.0),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", running.addr);
+    let http = reqwest::Client::new();
+
+    // Readings first (registrations came from the mock market at start).
+    let i = interval("12:00");
+    let envs: Vec<_> = [
+        ("gw-alice", 0, 900),
+        ("gw-bob", 800, 0),
+        ("gw-carol", 50, 300),
+    ]
+    .iter()
+    .map(|(g, imp, exp)| sign(&reading(g, 1, i, *imp, *exp, *exp, 1_000)))
+    .collect();
+    let out: Vec<Value> = http
+        .post(format!("{base}/readings"))
+        .json(&envs)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(out.iter().all(|o| o["status"] == "accepted"), "{out:?}");
+
+    // The market publishes a forged result (refused) and then the real one (settled).
+    let mut sse = http.get(format!("{base}/events")).send().await.unwrap();
+    let forged = street_result(interval("11:45"), vec![], [WIDE; 4], 0);
+    let good = street_result(
+        i,
+        vec![trade(order("alice", "a"), order("bob", "b"), 700, 200_000)],
+        [(500, 11_000), WIDE, WIDE, WIDE],
+        -150_000,
+    );
+    {
+        let mut list = signed.lock().unwrap();
+        list.push(SignedResult::sign(
+            &forged,
+            &SigningKeyPair::from_seed([78; 32]),
+        ));
+        list.push(SignedResult::sign(&good, &market_key()));
+    }
+    let mut seen = String::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !seen.contains("event: settled") {
+            let chunk = sse.chunk().await.unwrap().unwrap();
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the signed result is settled");
+    assert!(seen.contains(&i.key()), "{seen}");
+
+    let stored: Vec<String> = sqlx::query_scalar("SELECT interval_key FROM results")
+        .fetch_all(&running.service.db().pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![i.key()], "the forged result is never stored");
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gridmesh_settlement_results_refused_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gridmesh_settlement_envelope_violations_total 1"),
+        "{metrics}"
+    );
+
+    // Compliance is per home: operator only (a token is configured).
+    let url = format!("{base}/compliance?since=2026-06-21T12:00:00Z&participant=alice");
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["code"], "unauthorized");
+    let rows: Vec<EnvelopeCompliance> = http
+        .get(&url)
+        .bearer_auth("op-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].excess_export_wh, Wh(400));
+    let resp = http
+        .get(format!("{base}/compliance?since=yesterday"))
+        .bearer_auth("op-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.json::<Value>().await.unwrap()["code"], "bad_request");
+
+    // Flows and alerts are public.
+    let flows: Vec<gridmesh_protocol::envelope::MeasuredFlows> = http
+        .get(format!("{base}/flows?since=2026-06-21T12:00:00Z&limit=10"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(flows.len(), 1);
+    let root = flows[0].branches.last().unwrap();
+    assert_eq!(
+        (root.node.as_str(), root.export_wh, root.import_wh),
+        ("root", Wh(1_200), Wh(850))
+    );
+    let alerts: Vec<Value> = http
+        .get(format!("{base}/compliance/alerts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(alerts.is_empty(), "one violation is no alert: {alerts:?}");
+
+    // The statement carries the penalty line: 400 Wh × −150/MWh = −60.
+    let st: Vec<Value> = http
+        .get(format!("{base}/statements?participant=alice"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lines = st[0]["lines"].as_array().unwrap();
+    let excess = lines
+        .iter()
+        .find(|l| l["kind"] == "envelope_excess")
+        .unwrap();
+    assert_eq!(
+        (excess["energy"].as_i64(), excess["amount"].as_i64()),
+        (Some(400), Some(-60))
+    );
+
+    let doc: Value = http
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in ["/compliance", "/compliance/alerts", "/flows"] {
+        assert!(doc["paths"][path]["get"].is_object(), "{path}");
+    }
+    shutdown.trigger();
+    shutdown.wait().await;
+}
