@@ -264,9 +264,14 @@ async fn a_tight_envelope_is_kept_the_default_follows_and_the_inverter_reverts()
     assert!(enabled, "PV is limited under the tight envelope");
 
     // The default is in force within one poll after the last envelope's interval ends.
+    let mut last_market = before.clone();
     let switched_at = loop {
         let now = clock.now();
         if let Some(c) = control(&running)
+            && c.source == EnvelopeSource::Market
+        {
+            last_market = c;
+        } else if let Some(c) = control(&running)
             && c.source == EnvelopeSource::Default
         {
             assert_eq!(c.interval, last.next());
@@ -335,6 +340,15 @@ async fn a_tight_envelope_is_kept_the_default_follows_and_the_inverter_reverts()
             truth.battery_headroom.0
         );
     }
+    // The curtailment estimate of the last market interval, against the truth.
+    assert_eq!(last_market.interval, last);
+    let truth = sim.ground_truth("h001", &last).unwrap().pv_curtailed.0;
+    let estimate = last_market.curtailed_wh.0;
+    eprintln!("curtailed in {last}: estimated {estimate} Wh, truth {truth} Wh");
+    assert!(
+        (estimate - truth).abs() * 2 <= truth,
+        "curtailment estimate {estimate} Wh vs {truth} Wh"
+    );
     let snapshot = running.status.snapshot();
     let status = snapshot.control.unwrap();
     assert!(status.curtailed_total_wh.0 > 0, "curtailment is estimated");
