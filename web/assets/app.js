@@ -3,7 +3,7 @@
 // inserted is the SVG our own server drew.
 'use strict';
 
-const state = { page: null, version: -1, detailToken: 0 };
+const state = { page: null, version: -1, detailToken: 0, ledgerShown: null };
 
 // ---------- small helpers ----------
 function h(tag, attrs, ...children) {
@@ -244,7 +244,7 @@ async function renderParticipantDetail(id, detail) {
 }
 
 // ---------- Ledger ----------
-async function renderLedger(r) {
+async function renderLedger(r, pageChanged) {
   const data = await getJson('/api/ledger/blocks');
   showSources(data.sources);
   fillBody($('#ledger-blocks'), data.blocks.map((b) => {
@@ -256,10 +256,20 @@ async function renderLedger(r) {
       cell(h('span', { class: 'hash', text: short(pick(header, ['merkle_root', 'root'])) })), cell(String(pick(header, ['sealed_at']) || '–')));
   }), 'No blocks sealed yet.', 5);
   const detail = $('#ledger-detail');
+  // A sealed block or entry never changes: a live update keeps the detail (and its checks in
+  // progress) as shown instead of starting them again.
+  const shown = r.seg.slice(1, 3).join('/');
+  if (!pageChanged && shown && shown === state.ledgerShown) return;
+  state.ledgerShown = shown;
   const token = ++state.detailToken;
-  if (r.seg[1] === 'blocks' && r.seg[2]) await renderBlock(r.seg[2], detail, token);
-  else if (r.seg[1] === 'entries' && r.seg[2]) await renderEntry(r.seg[2], detail, token);
-  else detail.hidden = true;
+  try {
+    if (r.seg[1] === 'blocks' && r.seg[2]) await renderBlock(r.seg[2], detail, token);
+    else if (r.seg[1] === 'entries' && r.seg[2]) await renderEntry(r.seg[2], detail, token);
+    else detail.hidden = true;
+  } catch (e) {
+    if (token === state.detailToken) state.ledgerShown = null; // try again on the next update
+    throw e;
+  }
 }
 function entryList(block) {
   const list = pick(block, ['entries', 'items']) || [];

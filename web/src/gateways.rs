@@ -97,8 +97,10 @@ pub fn apply_message(hub: &Hub, topic: &str, payload: &[u8]) {
             None => tracing::debug!(%topic, "ignoring a reading that does not verify"),
         }
     } else if let Some(gateway) = control_gateway_of(topic) {
+        // Control status arrives at every gateway poll: recorded at once, announced to open
+        // pages with the next refresh (at most once per poll interval).
         let mut outcome = Ok(());
-        hub.update("control", |snap| {
+        hub.update_deferred(|snap| {
             outcome = record_control(snap, topic, gateway, payload);
         });
         if let Err(e) = outcome {

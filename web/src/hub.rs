@@ -36,6 +36,8 @@ pub struct Hub {
     changes: broadcast::Sender<Change>,
     wake: Notify,
     cause: std::sync::Mutex<Option<String>>,
+    /// A deferred change is waiting to be announced (see [`Hub::update_deferred`]).
+    deferred: std::sync::atomic::AtomicBool,
 }
 
 impl Hub {
@@ -60,6 +62,7 @@ impl Hub {
             changes,
             wake: Notify::new(),
             cause: std::sync::Mutex::new(None),
+            deferred: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -72,14 +75,17 @@ impl Hub {
     }
 
     /// Replaces the snapshot through `update`; bumps the version and tells browsers when the
-    /// data changed. Returns whether it did.
+    /// data changed (or a deferred change is waiting). Returns whether it did.
     pub fn update(&self, cause: &str, update: impl FnOnce(&mut Snapshot)) -> bool {
         let change = {
             let mut guard = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
             let mut next = (**guard).clone();
             let before = next.data_fingerprint();
             update(&mut next);
-            let changed = next.data_fingerprint() != before || next.version == 0;
+            let deferred = self
+                .deferred
+                .swap(false, std::sync::atomic::Ordering::AcqRel);
+            let changed = next.data_fingerprint() != before || next.version == 0 || deferred;
             if changed {
                 next.version += 1;
             }
@@ -102,6 +108,21 @@ impl Hub {
         }
     }
 
+    /// Replaces the snapshot through `update` **without** telling browsers yet: for frequent,
+    /// small changes (gateways' control status arrives at every gateway poll). The next
+    /// [`Hub::update`] (at the latest the refresher's next poll) announces them, so open pages
+    /// re-read at most once per poll interval because of them. The data is served at once.
+    pub fn update_deferred(&self, update: impl FnOnce(&mut Snapshot)) {
+        let mut guard = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = (**guard).clone();
+        update(&mut next);
+        // No fingerprint here (it would serialise the whole snapshot per message): the next
+        // update announces a new version whenever a deferred change was recorded.
+        self.deferred
+            .store(true, std::sync::atomic::Ordering::Release);
+        *guard = Arc::new(next);
+    }
+
     /// Subscribes to changes (one receiver per open page).
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
@@ -121,5 +142,41 @@ impl Hub {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .unwrap_or_else(|| "event".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deferred_changes_are_served_at_once_and_announced_with_the_next_update() {
+        let hub = Hub::new(WebConfig::default());
+        let mut changes = hub.subscribe();
+        assert!(
+            hub.update("start", |_| {}),
+            "the first update announces version 1"
+        );
+        assert_eq!(changes.try_recv().unwrap().version, 1);
+        assert!(
+            !hub.update("poll", |_| {}),
+            "nothing changed, nothing announced"
+        );
+
+        hub.update_deferred(|snap| {
+            snap.next_interval = Some("2026-06-21T13:00:00Z".into());
+        });
+        assert_eq!(
+            hub.snapshot().next_interval.as_deref(),
+            Some("2026-06-21T13:00:00Z"),
+            "served at once"
+        );
+        assert_eq!(hub.snapshot().version, 1);
+        assert!(changes.try_recv().is_err(), "not announced by itself");
+
+        assert!(hub.update("poll", |_| {}), "announced by the next update");
+        let change = changes.try_recv().unwrap();
+        assert_eq!((change.version, change.cause.as_str()), (2, "poll"));
+        assert!(!hub.update("poll", |_| {}), "and only once");
     }
 }

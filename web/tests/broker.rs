@@ -129,6 +129,7 @@ async fn control_status_from_the_broker_shows_curtailment_per_feeder() {
             market_url: format!("http://{}", up.market),
             settlement_url: format!("http://{}", up.settlement),
             broker_url: Some(broker.url.clone()),
+            poll_interval_ms: 200,
             ..WebConfig::default()
         },
         shutdown.clone(),
