@@ -26,7 +26,9 @@
 //!
 //! A home's envelope is never below its cleared position and never above its rating, unless its
 //! cleared position is above it. An unconstrained branch gives every home below it its rating.
-//! A household with several gateways has its orders attributed to its first gateway (by id).
+//! A household with several gateways has its orders attributed to its first gateway (by id);
+//! orders are matched to a household's gateway at the order's node (households trade only at
+//! their own node).
 //!
 //! # Cost
 //!
@@ -86,20 +88,20 @@ pub fn rating_wh(watts: i64, length: IntervalLength) -> i64 {
     watts.max(0).saturating_mul(i64::from(length.minutes())) / 60
 }
 
-/// Cleared positions and needs per connection point. `owner[i]` is the connection point whose
+/// Cleared positions and needs per connection point. `owner(i)` is the connection point whose
 /// household placed `orders[i]` (`None` for traders and households without a gateway);
 /// `cleared[i]` is how much of it cleared.
 pub fn positions(
     points: usize,
     orders: &[BookOrder],
     cleared: &[i64],
-    owner: &[Option<u32>],
+    owner: impl Fn(usize) -> Option<u32>,
 ) -> Vec<Position> {
     // Σ cleared sells, Σ cleared buys, Σ uncleared sells, Σ uncleared buys.
     let mut sums = vec![[0i64; 4]; points];
-    for ((o, &q), p) in orders.iter().zip(cleared).zip(owner) {
-        let Some(p) = p else { continue };
-        let s = &mut sums[*p as usize];
+    for (i, (o, &q)) in orders.iter().zip(cleared).enumerate() {
+        let Some(p) = owner(i) else { continue };
+        let s = &mut sums[p as usize];
         let open = (o.quantity - q).max(0);
         match o.side {
             Side::Sell => {
@@ -124,6 +126,10 @@ pub fn positions(
 
 /// The envelope of every connection point (same order as `points`) under the rule in the
 /// module documentation. `topology` carries the limits in force (operator overrides applied).
+///
+/// # Panics
+///
+/// If `positions` and `points` differ in length (one position per point is the contract).
 pub fn allocate(
     topology: &Topology,
     points: &[ConnectionPoint],
@@ -187,21 +193,101 @@ pub fn allocate(
         .collect()
 }
 
-/// Maps each order's owner to the connection point of its household: the first enrolled
-/// gateway (by gateway id) of that participant. `points_of[k]` is the participant of point `k`.
-pub fn owners_to_points(
-    owners: &[ParticipantId],
-    participants_of_points: &[&ParticipantId],
-) -> Vec<Option<u32>> {
-    let mut by_participant: HashMap<&str, u32> =
-        HashMap::with_capacity(participants_of_points.len());
-    for (k, p) in participants_of_points.iter().enumerate() {
-        by_participant.entry(p.as_str()).or_insert(k as u32);
+/// Nodes with more connection points than this look owners up in a hash map; smaller ones
+/// scan the inline keys of the participants at the node.
+const LINEAR_LOOKUP: usize = 32;
+
+/// An id's inline key: its first 15 bytes (zero-padded) and its length in the last byte. Equal
+/// ids have equal keys; ids of at most 15 bytes are equal exactly when their keys are. So
+/// matching an owner reads the owner's bytes and a few keys stored side by side; longer ids
+/// are confirmed by comparing the whole id.
+fn inline_key(id: &str) -> u128 {
+    let bytes = id.as_bytes();
+    let mut key = [0u8; 16];
+    let n = bytes.len().min(15);
+    key[..n].copy_from_slice(&bytes[..n]);
+    key[15] = bytes.len().min(255) as u8;
+    u128::from_le_bytes(key)
+}
+
+/// Finds the connection point of an order's owner: the first point (lowest index) of that
+/// participant *at the order's node* (households can only trade at their own node, and a
+/// gateway sits at its household's node). Orders of traders and of households without a
+/// gateway have none.
+///
+/// Per node it keeps the participants' inline keys side by side, so a lookup is one pass over
+/// the owner's bytes and a short scan, with no hashing and no pointer chasing for ids of up to
+/// 15 bytes (nodes with many points use a hash map).
+#[derive(Debug)]
+pub struct PointIndex<'a> {
+    participants: &'a [&'a ParticipantId],
+    start: Vec<usize>,
+    keys: Vec<u128>,
+    point: Vec<u32>,
+    maps: HashMap<usize, HashMap<&'a str, u32>>,
+}
+
+impl<'a> PointIndex<'a> {
+    /// Indexes `points` (on a topology of `nodes` nodes); `participants[k]` is the participant
+    /// of `points[k]`.
+    pub fn new(
+        nodes: usize,
+        points: &[ConnectionPoint],
+        participants: &'a [&'a ParticipantId],
+    ) -> Self {
+        let mut start = vec![0usize; nodes + 1];
+        for p in points {
+            start[p.node + 1] += 1;
+        }
+        for v in 0..nodes {
+            start[v + 1] += start[v];
+        }
+        let mut fill = start.clone();
+        let mut keys = vec![0u128; points.len()];
+        let mut point = vec![0u32; points.len()];
+        for (k, p) in points.iter().enumerate() {
+            keys[fill[p.node]] = inline_key(participants[k].as_str());
+            point[fill[p.node]] = k as u32;
+            fill[p.node] += 1;
+        }
+        let maps = (0..nodes)
+            .filter(|&v| start[v + 1] - start[v] > LINEAR_LOOKUP)
+            .map(|v| {
+                let mut m = HashMap::with_capacity(start[v + 1] - start[v]);
+                for &k in &point[start[v]..start[v + 1]] {
+                    m.entry(participants[k as usize].as_str()).or_insert(k);
+                }
+                (v, m)
+            })
+            .collect();
+        PointIndex {
+            participants,
+            start,
+            keys,
+            point,
+            maps,
+        }
     }
-    owners
-        .iter()
-        .map(|o| by_participant.get(o.as_str()).copied())
-        .collect()
+
+    /// The connection point of `owner`'s order at node `node`.
+    pub fn point_of(&self, node: usize, owner: &ParticipantId) -> Option<u32> {
+        let (from, to) = (self.start[node], self.start[node + 1]);
+        let who = owner.as_str();
+        match to - from {
+            0 => None,
+            n if n > LINEAR_LOOKUP => self.maps[&node].get(who).copied(),
+            _ => {
+                let key = inline_key(who);
+                let long = who.len() > 15;
+                (from..to)
+                    .find(|&j| {
+                        self.keys[j] == key
+                            && (!long || self.participants[self.point[j] as usize].as_str() == who)
+                    })
+                    .map(|j| self.point[j])
+            }
+        }
+    }
 }
 
 /// The envelope allocations of an interval for the enrolled `gateways` (in gateway-id order;
@@ -216,27 +302,34 @@ pub fn envelopes_for(
     owners: &[ParticipantId],
     gateways: &[GatewayEnrollment],
 ) -> Vec<EnvelopeAllocation> {
-    let mut enrolled: Vec<&GatewayEnrollment> = gateways
+    let mut enrolled: Vec<(&GatewayEnrollment, usize)> = gateways
         .iter()
-        .filter(|g| topology.index_of(&g.node).is_some())
+        .filter_map(|g| Some((g, topology.index_of(&g.node)?)))
         .collect();
-    enrolled.sort_by(|a, b| a.gateway.cmp(&b.gateway));
+    // The store lists gateways by id already.
+    if !enrolled.is_sorted_by(|a, b| a.0.gateway <= b.0.gateway) {
+        enrolled.sort_by(|a, b| a.0.gateway.cmp(&b.0.gateway));
+    }
+    let export_w = |g: &GatewayEnrollment| i64::from(g.inverter_w) + i64::from(g.battery_w);
+    let import_rating = rating_wh(i64::from(connection_import_w), length);
     let points: Vec<ConnectionPoint> = enrolled
         .iter()
-        .map(|g| ConnectionPoint {
-            node: topology.index_of(&g.node).expect("filtered above"),
-            export_rating: rating_wh(i64::from(g.inverter_w) + i64::from(g.battery_w), length),
-            import_rating: rating_wh(i64::from(connection_import_w), length),
+        .map(|&(g, node)| ConnectionPoint {
+            node,
+            export_rating: rating_wh(export_w(g), length),
+            import_rating,
         })
         .collect();
-    let participants: Vec<&ParticipantId> = enrolled.iter().map(|g| &g.participant).collect();
-    let owner = owners_to_points(owners, &participants);
-    let positions = positions(points.len(), orders, cleared, &owner);
+    let participants: Vec<&ParticipantId> = enrolled.iter().map(|(g, _)| &g.participant).collect();
+    let index = PointIndex::new(topology.nodes().len(), &points, &participants);
+    let positions = positions(points.len(), orders, cleared, |i| {
+        index.point_of(orders[i].node, &owners[i])
+    });
     let allocations = allocate(topology, &points, &positions);
     enrolled
         .iter()
         .zip(allocations)
-        .map(|(g, a)| EnvelopeAllocation {
+        .map(|((g, _), a)| EnvelopeAllocation {
             gateway: g.gateway.clone(),
             participant: g.participant.clone(),
             node: g.node.clone(),
@@ -604,12 +697,8 @@ mod tests {
             o(Side::Buy, 100),
             o(Side::Sell, 50),
         ];
-        let got = positions(
-            2,
-            &orders,
-            &[400, 150, 100, 0],
-            &[Some(0), Some(0), Some(1), None],
-        );
+        let owner = [Some(0), Some(0), Some(1), None];
+        let got = positions(2, &orders, &[400, 150, 100, 0], |i| owner[i]);
         assert_eq!(
             got,
             vec![
@@ -627,6 +716,35 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn owners_are_found_at_their_node_exactly() {
+        let id = |s: &str| ParticipantId::new(s).unwrap();
+        // Two long ids sharing their first 15 bytes, a participant with two gateways, and a
+        // node crowded enough for the hash-map path.
+        let names: Vec<ParticipantId> = ["household-0000001", "household-0000002", "h1", "h1"]
+            .iter()
+            .map(|s| id(s))
+            .chain((0..40).map(|k| id(&format!("c{k}"))))
+            .collect();
+        let participants: Vec<&ParticipantId> = names.iter().collect();
+        let points: Vec<ConnectionPoint> = (0..names.len())
+            .map(|k| ConnectionPoint {
+                node: if k < 4 { 1 } else { 2 },
+                export_rating: 0,
+                import_rating: 0,
+            })
+            .collect();
+        let index = PointIndex::new(3, &points, &participants);
+        assert_eq!(index.point_of(1, &id("household-0000002")), Some(1));
+        assert_eq!(index.point_of(1, &id("household-0000001")), Some(0));
+        assert_eq!(index.point_of(1, &id("household-0000003")), None);
+        assert_eq!(index.point_of(1, &id("h1")), Some(2)); // its first gateway
+        assert_eq!(index.point_of(1, &id("h")), None);
+        assert_eq!(index.point_of(0, &id("h1")), None); // not at its node
+        assert_eq!(index.point_of(2, &id("c39")), Some(43));
+        assert_eq!(index.point_of(2, &id("trader")), None);
     }
 
     #[test]

@@ -234,6 +234,9 @@ fn envelope_book(
         })
         .collect();
     let mut owners = Vec::with_capacity(orders);
+    let mut listed = gateways.clone();
+    // The store lists gateways by id.
+    listed.sort_by(|a, b| a.gateway.cmp(&b.gateway));
     let book = (0..orders)
         .map(|i| {
             let k = rng.range(0, points as i64 - 1) as usize;
@@ -253,7 +256,7 @@ fn envelope_book(
             }
         })
         .collect();
-    (topology, book, owners, gateways)
+    (topology, book, owners, listed)
 }
 
 /// Envelopes for every connection point after clearing, timed against the merit-order sort
@@ -278,6 +281,48 @@ fn envelopes(points: usize, orders: usize) {
     };
     let env = time(reps, envelopes);
     let result = envelopes();
+    // Where the time goes: owners → points, positions, allocation.
+    let mut sorted: Vec<&GatewayEnrollment> = gateways.iter().collect();
+    sorted.sort_by(|a, b| a.gateway.cmp(&b.gateway));
+    let participants: Vec<&ParticipantId> = sorted.iter().map(|g| &g.participant).collect();
+    let connection_points: Vec<market_engine::envelopes::ConnectionPoint> = sorted
+        .iter()
+        .map(|g| market_engine::envelopes::ConnectionPoint {
+            node: topology.index_of(&g.node).unwrap(),
+            export_rating: market_engine::envelopes::rating_wh(
+                i64::from(g.inverter_w) + i64::from(g.battery_w),
+                IntervalLength::Min15,
+            ),
+            import_rating: 2_750,
+        })
+        .collect();
+    let index = || {
+        market_engine::envelopes::PointIndex::new(
+            topology.nodes().len(),
+            &connection_points,
+            &participants,
+        )
+    };
+    let indexing = time(reps, index);
+    let index = index();
+    let pos = time(reps, || {
+        market_engine::envelopes::positions(sorted.len(), &book, &outcome.solution.cleared, |i| {
+            index.point_of(book[i].node, &owners[i])
+        })
+    });
+    let positions =
+        market_engine::envelopes::positions(sorted.len(), &book, &outcome.solution.cleared, |i| {
+            index.point_of(book[i].node, &owners[i])
+        });
+    let alloc = time(reps, || {
+        market_engine::envelopes::allocate(&topology, &connection_points, &positions)
+    });
+    eprintln!(
+        "breakdown: index of connection points {:.3} ms, positions (owner lookups) {:.3} ms, allocation {:.3} ms",
+        ms(indexing),
+        ms(pos),
+        ms(alloc)
+    );
     let below_rating = result
         .iter()
         .zip({
