@@ -363,6 +363,8 @@ impl Neighbourhood {
             operator_token: Some(DEMO_OPERATOR_TOKEN.to_owned()),
             broker_url: Some(broker_url.clone()),
             topology: Some(network.clone()),
+            // A stable key across restarts: gateways and settlement pin it.
+            signing_key: Some(data_dir.join("keys").join("market.key")),
             ..MarketConfig::default()
         };
         let market_shutdown = bridged_shutdown(shutdown);
@@ -383,6 +385,7 @@ impl Neighbourhood {
                 listen: SocketAddr::from(([127, 0, 0, 1], port(options.ports_from, 2))),
                 database_url: settlement_database_url.clone(),
                 market_url: Some(market.url()),
+                market_public_key: Some(market.market_key),
                 broker_url: Some(broker_url.clone()),
                 authority_key: Some(authority_path),
                 // The persistent MQTT session belongs to this deployment: stable across resumes
@@ -448,6 +451,26 @@ impl Neighbourhood {
             config.key_path = data_dir.join("keys").join(format!("{}.key", home.id));
             config.poll_ms = options.poll_ms;
             config.agent.enabled = options.bidding;
+            config.market_public_key = Some(market.market_key);
+            // Writes may follow every poll: on an accelerated clock a poll spans many seconds.
+            config.control.min_write_interval_ms = options.poll_ms;
+            // Without a current envelope a home falls back to its share of its feeder's limits.
+            if let Some(branch) = network.branches.iter().find(|b| b.node == node) {
+                let homes_here = manifest
+                    .homes
+                    .iter()
+                    .filter(|h| h.feeder == home.feeder)
+                    .count() as i64;
+                let per_home_w = |limit: Option<Wh>, fallback: u32| {
+                    limit.map_or(fallback, |wh| {
+                        u32::try_from(wh.0 * 4 / homes_here.max(1)).unwrap_or(u32::MAX)
+                    })
+                };
+                config.control.default_export_w =
+                    per_home_w(branch.export_limit_wh, config.control.default_export_w);
+                config.control.default_import_w =
+                    per_home_w(branch.import_limit_wh, config.control.default_import_w);
+            }
             if options.external_gateways.contains(&home.id) {
                 external_gateways.push(config);
                 continue;
