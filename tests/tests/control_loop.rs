@@ -1,7 +1,7 @@
 //! The control loop against physics: the demo's solar street (f1, export limit far below its
 //! midday surplus) runs around noon, and every branch's *physical* export and import — summed
 //! from meter-sim's ground truth, never from gridmesh's own figures — stays within its limit
-//! + 2 % + 50 Wh from the second interval after start. It also checks that curtailment was
+//! plus 2 % plus 50 Wh from the second interval after start. It also checks that curtailment was
 //! really needed (the street's available surplus exceeded its limit) and that batteries took the
 //! surplus before PV was curtailed.
 
