@@ -97,6 +97,15 @@ async fn branches_stay_within_their_limits_in_ground_truth() {
                 if available_surplus > 2 * limit.0 {
                     street_surplus_over_limit = true;
                 }
+                // No over-curtailment: at most what the limit requires plus 10 % (and a poll's
+                // worth of slack when almost nothing was required).
+                let required = (available_surplus - limit.0).max(0);
+                assert!(
+                    curtailed <= required + required / 10 + 50,
+                    "{interval}: {} curtailed {curtailed} Wh where its limit required {required} Wh\n{}",
+                    branch.node,
+                    report.join("\n")
+                );
             }
             if let Some(limit) = branch.import_limit_wh {
                 let tolerance = limit.0 * 2 / 100 + 50;
