@@ -4,10 +4,10 @@
 //! an integer quantity (Wh) and an integer limit price (minor units per MWh).
 
 use crate::network::{MAX_ABS_PRICE, MAX_ENERGY_WH, NetworkError, Topology};
-use gridmesh_protocol::Side;
 use gridmesh_protocol::grid::Network;
+use gridmesh_protocol::{ParticipantId, Side};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Most orders in one book.
 pub const MAX_ORDERS: usize = 1_000_000;
@@ -25,6 +25,77 @@ pub struct BookOrder {
     pub quantity: i64,
     /// Limit price in minor units per MWh.
     pub limit_price: i64,
+}
+
+/// The owners of a book's orders, interned as the book is read: each distinct participant is
+/// stored once and every order refers to its owner by a small index. Clearing results and
+/// envelopes then match orders to households by integer, not by comparing ids.
+#[derive(Debug, Clone, Default)]
+pub struct Owners {
+    ids: Vec<ParticipantId>,
+    index: HashMap<ParticipantId, u32, foldhash::fast::RandomState>,
+    of_order: Vec<u32>,
+}
+
+impl Owners {
+    /// No orders yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the owner of the next order.
+    pub fn push(&mut self, owner: ParticipantId) {
+        let k = match self.index.get(owner.as_str()) {
+            Some(&k) => k,
+            None => {
+                let k = self.ids.len() as u32;
+                self.ids.push(owner.clone());
+                self.index.insert(owner, k);
+                k
+            }
+        };
+        self.of_order.push(k);
+    }
+
+    /// The owner of order `i`.
+    pub fn of(&self, i: usize) -> &ParticipantId {
+        &self.ids[self.of_order[i] as usize]
+    }
+
+    /// The owner index of order `i` (an index into [`Owners::participants`]).
+    pub fn index_of_order(&self, i: usize) -> u32 {
+        self.of_order[i]
+    }
+
+    /// The index of `participant`, if it owns any order.
+    pub fn index_of(&self, participant: &ParticipantId) -> Option<u32> {
+        self.index.get(participant).copied()
+    }
+
+    /// The distinct owners, in order of their first order.
+    pub fn participants(&self) -> &[ParticipantId] {
+        &self.ids
+    }
+
+    /// The number of orders recorded.
+    pub fn len(&self) -> usize {
+        self.of_order.len()
+    }
+
+    /// Whether no order is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.of_order.is_empty()
+    }
+}
+
+impl FromIterator<ParticipantId> for Owners {
+    fn from_iter<I: IntoIterator<Item = ParticipantId>>(iter: I) -> Self {
+        let mut owners = Owners::new();
+        for p in iter {
+            owners.push(p);
+        }
+        owners
+    }
 }
 
 /// Why an order or a book is not acceptable.
@@ -217,6 +288,22 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = r#"{"network":{"root":"sub","branches":[{"node":"f1","parent":"sub","import_limit_wh":50000,"export_limit_wh":30000,"fee_per_mwh":0}],"utility":{"retail_price":30000,"feed_in_price":8000}},"orders":[{"id":"b1","side":"buy","node":"f1","quantity_wh":1200,"limit_price":25000}]}"#;
+
+    #[test]
+    fn owners_are_interned_in_order_of_first_order() {
+        let id = |s: &str| ParticipantId::new(s).unwrap();
+        let owners: Owners = ["h2", "h1", "h2", "trader", "h1"]
+            .iter()
+            .map(|s| id(s))
+            .collect();
+        assert_eq!(owners.len(), 5);
+        assert_eq!(owners.participants(), &[id("h2"), id("h1"), id("trader")]);
+        let of: Vec<u32> = (0..5).map(|i| owners.index_of_order(i)).collect();
+        assert_eq!(of, [0, 1, 0, 2, 1]);
+        assert_eq!(owners.of(4), &id("h1"));
+        assert_eq!(owners.index_of(&id("trader")), Some(2));
+        assert_eq!(owners.index_of(&id("h3")), None);
+    }
 
     #[test]
     fn parses_the_issue_example() {

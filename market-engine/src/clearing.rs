@@ -4,14 +4,14 @@
 //! Welfare is kept exactly in micro-minor units (price per MWh × Wh) and rounded to minor units
 //! only for display, half away from zero.
 
-use crate::book::BookOrder;
+use crate::book::{BookOrder, Owners};
 use crate::decompose::{Party, RawTrade, decompose};
 use crate::fast::{self, Solution};
 use crate::network::Topology;
 use crate::prices::PricingRule;
 use chrono::{DateTime, Utc};
 use gridmesh_protocol::market::{BranchFlow, ClearedOrder, Counterparty, IntervalResult, Trade};
-use gridmesh_protocol::{Interval, Money, NodeId, ParticipantId, PricePerMwh, Side, Wh};
+use gridmesh_protocol::{Interval, Money, NodeId, PricePerMwh, Side, Wh};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -236,11 +236,11 @@ pub fn offline_report(
     }
 }
 
-/// Builds the published [`IntervalResult`]; `owners[i]` owns `orders[i]`.
+/// Builds the published [`IntervalResult`]; `owners` owns `orders`.
 pub fn interval_result(
     topology: &Topology,
     orders: &[BookOrder],
-    owners: &[ParticipantId],
+    owners: &Owners,
     outcome: &ClearingOutcome,
     interval: Interval,
     zone: &str,
@@ -252,7 +252,7 @@ pub fn interval_result(
     let party = |p: Party| match p {
         Party::Order(i) => Counterparty::Order {
             order_id: orders[i].id.clone(),
-            participant: owners[i].clone(),
+            participant: owners.of(i).clone(),
             node: node_id(orders[i].node),
         },
         Party::Utility => Counterparty::Utility,
@@ -272,7 +272,7 @@ pub fn interval_result(
             .enumerate()
             .map(|(i, o)| ClearedOrder {
                 order_id: o.id.clone(),
-                participant: owners[i].clone(),
+                participant: owners.of(i).clone(),
                 node: node_id(o.node),
                 side: o.side,
                 quantity: Wh(o.quantity),

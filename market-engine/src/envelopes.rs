@@ -36,12 +36,11 @@
 //! each home's cap up the tree and sorts the list of every *limited* node once (to find its
 //! water level), and one top-down pass: O(n log n) per tree level with a limit.
 
-use crate::book::BookOrder;
+use crate::book::{BookOrder, Owners};
 use crate::network::Topology;
 use gridmesh_protocol::envelope::EnvelopeAllocation;
 use gridmesh_protocol::registry::GatewayEnrollment;
-use gridmesh_protocol::{IntervalLength, ParticipantId, Side, Wh};
-use std::collections::HashMap;
+use gridmesh_protocol::{IntervalLength, Side, Wh};
 
 /// "No water level": the subtree never runs out of headroom.
 const UNBOUNDED: i64 = i64::MAX;
@@ -193,146 +192,111 @@ pub fn allocate(
         .collect()
 }
 
-/// Nodes with more connection points than this look owners up in a hash map; smaller ones
-/// scan the inline keys of the participants at the node.
-const LINEAR_LOOKUP: usize = 32;
-
-/// An id's inline key: its first 15 bytes (zero-padded) and its length in the last byte. Equal
-/// ids have equal keys; ids of at most 15 bytes are equal exactly when their keys are. So
-/// matching an owner reads the owner's bytes and a few keys stored side by side; longer ids
-/// are confirmed by comparing the whole id.
-fn inline_key(id: &str) -> u128 {
-    let bytes = id.as_bytes();
-    let mut key = [0u8; 16];
-    let n = bytes.len().min(15);
-    key[..n].copy_from_slice(&bytes[..n]);
-    key[15] = bytes.len().min(255) as u8;
-    u128::from_le_bytes(key)
-}
-
 /// Finds the connection point of an order's owner: the first point (lowest index) of that
 /// participant *at the order's node* (households can only trade at their own node, and a
 /// gateway sits at its household's node). Orders of traders and of households without a
 /// gateway have none.
 ///
-/// Per node it keeps the participants' inline keys side by side, so a lookup is one pass over
-/// the owner's bytes and a short scan, with no hashing and no pointer chasing for ids of up to
-/// 15 bytes (nodes with many points use a hash map).
+/// Owners are the book's interned indices ([`Owners`]), so a look-up is two array reads and a
+/// scan over the owner's points (one, unless a household has several gateways).
 #[derive(Debug)]
-pub struct PointIndex<'a> {
-    participants: &'a [&'a ParticipantId],
-    start: Vec<usize>,
-    keys: Vec<u128>,
+pub struct PointIndex {
+    /// Each owner's entries: `point[start[o]..start[o + 1]]`, in point order.
+    start: Vec<u32>,
     point: Vec<u32>,
-    maps: HashMap<usize, HashMap<&'a str, u32>>,
+    node: Vec<u32>,
 }
 
-impl<'a> PointIndex<'a> {
-    /// Indexes `points` (on a topology of `nodes` nodes); `participants[k]` is the participant
-    /// of `points[k]`.
-    pub fn new(
-        nodes: usize,
-        points: &[ConnectionPoint],
-        participants: &'a [&'a ParticipantId],
-    ) -> Self {
-        let mut start = vec![0usize; nodes + 1];
-        for p in points {
-            start[p.node + 1] += 1;
+impl PointIndex {
+    /// Indexes `points` by owner: `owner_of_point[k]` is the owner index (of [`Owners`]) of the
+    /// participant of `points[k]`, `None` if that participant has no order; `owners` is the
+    /// number of owner indices.
+    pub fn new(owners: usize, points: &[ConnectionPoint], owner_of_point: &[Option<u32>]) -> Self {
+        let mut start = vec![0u32; owners + 1];
+        for o in owner_of_point.iter().flatten() {
+            start[*o as usize + 1] += 1;
         }
-        for v in 0..nodes {
-            start[v + 1] += start[v];
+        for o in 0..owners {
+            start[o + 1] += start[o];
         }
         let mut fill = start.clone();
-        let mut keys = vec![0u128; points.len()];
-        let mut point = vec![0u32; points.len()];
-        for (k, p) in points.iter().enumerate() {
-            keys[fill[p.node]] = inline_key(participants[k].as_str());
-            point[fill[p.node]] = k as u32;
-            fill[p.node] += 1;
+        let n = start[owners] as usize;
+        let (mut point, mut node) = (vec![0u32; n], vec![0u32; n]);
+        for (k, o) in owner_of_point.iter().enumerate() {
+            let Some(o) = *o else { continue };
+            let at = fill[o as usize] as usize;
+            point[at] = k as u32;
+            node[at] = points[k].node as u32;
+            fill[o as usize] += 1;
         }
-        let maps = (0..nodes)
-            .filter(|&v| start[v + 1] - start[v] > LINEAR_LOOKUP)
-            .map(|v| {
-                let mut m = HashMap::with_capacity(start[v + 1] - start[v]);
-                for &k in &point[start[v]..start[v + 1]] {
-                    m.entry(participants[k as usize].as_str()).or_insert(k);
-                }
-                (v, m)
-            })
-            .collect();
-        PointIndex {
-            participants,
-            start,
-            keys,
-            point,
-            maps,
-        }
+        PointIndex { start, point, node }
     }
 
-    /// The connection point of `owner`'s order at node `node`.
-    pub fn point_of(&self, node: usize, owner: &ParticipantId) -> Option<u32> {
-        let (from, to) = (self.start[node], self.start[node + 1]);
-        let who = owner.as_str();
-        match to - from {
-            0 => None,
-            n if n > LINEAR_LOOKUP => self.maps[&node].get(who).copied(),
-            _ => {
-                let key = inline_key(who);
-                let long = who.len() > 15;
-                (from..to)
-                    .find(|&j| {
-                        self.keys[j] == key
-                            && (!long || self.participants[self.point[j] as usize].as_str() == who)
-                    })
-                    .map(|j| self.point[j])
-            }
-        }
+    /// The connection point of the order of owner `owner` at node `node`.
+    pub fn point_of(&self, node: usize, owner: u32) -> Option<u32> {
+        let o = owner as usize;
+        let (from, to) = (self.start[o] as usize, self.start[o + 1] as usize);
+        (from..to)
+            .find(|&j| self.node[j] as usize == node)
+            .map(|j| self.point[j])
     }
 }
 
 /// The envelope allocations of an interval for the enrolled `gateways` (in gateway-id order;
 /// gateways whose node is not in `topology` are left out): ratings from the enrolment,
-/// positions from the cleared `orders` (`owners[i]` owns `orders[i]`).
+/// positions from the cleared `orders` (`owners` owns them). The enrolments are consumed so
+/// their ids move into the allocations.
 pub fn envelopes_for(
     topology: &Topology,
     length: IntervalLength,
     connection_import_w: u32,
     orders: &[BookOrder],
     cleared: &[i64],
-    owners: &[ParticipantId],
-    gateways: &[GatewayEnrollment],
+    owners: &Owners,
+    gateways: Vec<GatewayEnrollment>,
 ) -> Vec<EnvelopeAllocation> {
-    let mut enrolled: Vec<(&GatewayEnrollment, usize)> = gateways
-        .iter()
-        .filter_map(|g| Some((g, topology.index_of(&g.node)?)))
-        .collect();
+    let mut gateways = gateways;
     // The store lists gateways by id already.
-    if !enrolled.is_sorted_by(|a, b| a.0.gateway <= b.0.gateway) {
-        enrolled.sort_by(|a, b| a.0.gateway.cmp(&b.0.gateway));
+    if !gateways.is_sorted_by(|a, b| a.gateway <= b.gateway) {
+        gateways.sort_by(|a, b| a.gateway.cmp(&b.gateway));
     }
+    let nodes: Vec<Option<usize>> = gateways
+        .iter()
+        .map(|g| topology.index_of(&g.node))
+        .collect();
+    // Gateways at nodes outside the topology get no envelope (the service warns about them).
+    if nodes.contains(&None) {
+        let mut keep = nodes.iter().map(Option::is_some);
+        gateways.retain(|_| keep.next().unwrap_or(false));
+    }
+    let nodes: Vec<usize> = nodes.into_iter().flatten().collect();
     let export_w = |g: &GatewayEnrollment| i64::from(g.inverter_w) + i64::from(g.battery_w);
     let import_rating = rating_wh(i64::from(connection_import_w), length);
-    let points: Vec<ConnectionPoint> = enrolled
+    let points: Vec<ConnectionPoint> = gateways
         .iter()
-        .map(|&(g, node)| ConnectionPoint {
+        .zip(&nodes)
+        .map(|(g, &node)| ConnectionPoint {
             node,
             export_rating: rating_wh(export_w(g), length),
             import_rating,
         })
         .collect();
-    let participants: Vec<&ParticipantId> = enrolled.iter().map(|(g, _)| &g.participant).collect();
-    let index = PointIndex::new(topology.nodes().len(), &points, &participants);
+    let owner_of_point: Vec<Option<u32>> = gateways
+        .iter()
+        .map(|g| owners.index_of(&g.participant))
+        .collect();
+    let index = PointIndex::new(owners.participants().len(), &points, &owner_of_point);
     let positions = positions(points.len(), orders, cleared, |i| {
-        index.point_of(orders[i].node, &owners[i])
+        index.point_of(orders[i].node, owners.index_of_order(i))
     });
     let allocations = allocate(topology, &points, &positions);
-    enrolled
-        .iter()
+    gateways
+        .into_iter()
         .zip(allocations)
-        .map(|((g, _), a)| EnvelopeAllocation {
-            gateway: g.gateway.clone(),
-            participant: g.participant.clone(),
-            node: g.node.clone(),
+        .map(|(g, a)| EnvelopeAllocation {
+            gateway: g.gateway,
+            participant: g.participant,
+            node: g.node,
             export_limit_wh: Wh(a.export_limit),
             import_limit_wh: Wh(a.import_limit),
             cleared_export_wh: Wh(a.cleared_export),
@@ -720,31 +684,22 @@ mod tests {
 
     #[test]
     fn owners_are_found_at_their_node_exactly() {
-        let id = |s: &str| ParticipantId::new(s).unwrap();
-        // Two long ids sharing their first 15 bytes, a participant with two gateways, and a
-        // node crowded enough for the hash-map path.
-        let names: Vec<ParticipantId> = ["household-0000001", "household-0000002", "h1", "h1"]
-            .iter()
-            .map(|s| id(s))
-            .chain((0..40).map(|k| id(&format!("c{k}"))))
-            .collect();
-        let participants: Vec<&ParticipantId> = names.iter().collect();
-        let points: Vec<ConnectionPoint> = (0..names.len())
-            .map(|k| ConnectionPoint {
-                node: if k < 4 { 1 } else { 2 },
-                export_rating: 0,
-                import_rating: 0,
-            })
-            .collect();
-        let index = PointIndex::new(3, &points, &participants);
-        assert_eq!(index.point_of(1, &id("household-0000002")), Some(1));
-        assert_eq!(index.point_of(1, &id("household-0000001")), Some(0));
-        assert_eq!(index.point_of(1, &id("household-0000003")), None);
-        assert_eq!(index.point_of(1, &id("h1")), Some(2)); // its first gateway
-        assert_eq!(index.point_of(1, &id("h")), None);
-        assert_eq!(index.point_of(0, &id("h1")), None); // not at its node
-        assert_eq!(index.point_of(2, &id("c39")), Some(43));
-        assert_eq!(index.point_of(2, &id("trader")), None);
+        // Owner 0 has two gateways at node 1 and one at node 2, owner 1 one at node 1, owner 2
+        // (a trader) none; point 4 belongs to a household without orders.
+        let at = |node| ConnectionPoint {
+            node,
+            export_rating: 0,
+            import_rating: 0,
+        };
+        let points = [at(1), at(1), at(2), at(1), at(1)];
+        let owner_of_point = [Some(0), Some(1), Some(0), Some(0), None];
+        let index = PointIndex::new(3, &points, &owner_of_point);
+        assert_eq!(index.point_of(1, 0), Some(0)); // its first gateway at the node
+        assert_eq!(index.point_of(2, 0), Some(2));
+        assert_eq!(index.point_of(1, 1), Some(1));
+        assert_eq!(index.point_of(2, 1), None); // not at its node
+        assert_eq!(index.point_of(1, 2), None);
+        assert_eq!(index.point_of(0, 0), None);
     }
 
     #[test]

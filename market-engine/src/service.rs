@@ -10,7 +10,7 @@
 //! enrolled gateway's operating envelope, signs the result's exact body bytes and one envelope
 //! per gateway with the market's key, and stores all of it in one transaction.
 
-use crate::book::{BookOrder, MAX_ORDERS, check_order_values};
+use crate::book::{BookOrder, MAX_ORDERS, Owners, check_order_values};
 use crate::clearing::{clear, interval_result};
 use crate::config::MarketConfig;
 use crate::envelopes::envelopes_for;
@@ -424,7 +424,7 @@ impl Market {
         let stored = self.store.orders(None, Some(&interval), true).await?;
         let topology = self.topology_for(&interval).await?;
         let mut orders = Vec::with_capacity(stored.len().min(MAX_ORDERS));
-        let mut owners = Vec::with_capacity(stored.len());
+        let mut owners = Owners::new();
         for o in stored.into_iter().take(MAX_ORDERS) {
             let Some(node) = topology.index_of(&o.node) else {
                 tracing::warn!(order = %o.order_id, node = %o.node, "order's node left the topology; it does not clear");
@@ -465,7 +465,7 @@ impl Market {
             &orders,
             &outcome.solution.cleared,
             &owners,
-            &gateways,
+            gateways,
         );
         self.metrics.last_envelopes_micros.store(
             envelopes_started.elapsed().as_micros() as u64,

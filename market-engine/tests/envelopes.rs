@@ -8,7 +8,7 @@ use gridmesh_protocol::grid::{Branch, Network, UtilityTariff};
 use gridmesh_protocol::registry::GatewayEnrollment;
 use gridmesh_protocol::signing::PublicKey;
 use gridmesh_protocol::{GatewayId, IntervalLength, NodeId, ParticipantId, PricePerMwh, Side, Wh};
-use market_engine::book::BookOrder;
+use market_engine::book::{BookOrder, Owners};
 use market_engine::clearing::clear;
 use market_engine::envelopes::{
     Allocation, ConnectionPoint, Position, allocate, envelopes_for, rating_wh,
@@ -130,7 +130,7 @@ fn run(case: &Case) -> (Vec<BookOrder>, Vec<i64>, Vec<Allocation>) {
             limit_price: p,
         })
         .collect();
-    let owners: Vec<ParticipantId> = case.orders.iter().map(|o| participant(o.0)).collect();
+    let owners: Owners = case.orders.iter().map(|o| participant(o.0)).collect();
     let outcome = clear(&case.topology, &orders, PricingRule::PayAsClear);
     let envelopes = envelopes_for(
         &case.topology,
@@ -139,7 +139,7 @@ fn run(case: &Case) -> (Vec<BookOrder>, Vec<i64>, Vec<Allocation>) {
         &orders,
         &outcome.solution.cleared,
         &owners,
-        &gateways(case),
+        gateways(case),
     );
     let allocations = envelopes
         .iter()
@@ -261,10 +261,10 @@ proptest! {
     #[test]
     fn allocation_is_deterministic_and_independent_of_enrolment_order(case in case_strategy(true)) {
         let (orders, cleared, a) = run(&case);
-        let owners: Vec<ParticipantId> = case.orders.iter().map(|o| participant(o.0)).collect();
+        let owners: Owners = case.orders.iter().map(|o| participant(o.0)).collect();
         let mut shuffled = gateways(&case);
         shuffled.reverse();
-        let again = envelopes_for(&case.topology, LENGTH, IMPORT_W, &orders, &cleared, &owners, &shuffled);
+        let again = envelopes_for(&case.topology, LENGTH, IMPORT_W, &orders, &cleared, &owners, shuffled);
         let again: Vec<i64> = again.iter().flat_map(|e| [e.export_limit_wh.0, e.import_limit_wh.0]).collect();
         let first: Vec<i64> = a.iter().flat_map(|x| [x.export_limit, x.import_limit]).collect();
         prop_assert_eq!(first, again);

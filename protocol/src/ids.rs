@@ -118,6 +118,13 @@ macro_rules! identifier {
                 &self.0
             }
         }
+
+        /// Hashes and compares as its string, so maps keyed by the id can be searched by `&str`.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
     };
 }
 
