@@ -15,6 +15,7 @@
 //!   what, and MQTT topic names;
 //! - [`envelope`]: operating envelopes per connection point and interval, signed results, and
 //!   what settlement measured against them;
+//! - [`api`]: read models — the typed REST/SSE answers services give each other and clients;
 //! - [`keys`]: key files (generate, store with mode 0600, load, show the public key).
 //!
 //! # Example
@@ -38,6 +39,7 @@
 //! assert_eq!(verified, order);
 //! ```
 
+pub mod api;
 pub mod envelope;
 pub mod example;
 pub mod grid;

@@ -37,61 +37,7 @@ pub struct Reason {
     pub message: String,
 }
 
-/// The stable reason codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReasonCode {
-    /// Not JSON, not an envelope, or the payload does not decode as a reading.
-    Malformed,
-    /// The gateway is not registered with the market.
-    UnknownGateway,
-    /// Signed by a key other than the gateway's registered key.
-    KeyMismatch,
-    /// The signature does not verify.
-    BadSignature,
-    /// A different reading with the same idempotency key was stored before.
-    Conflict,
-    /// The interval has not ended yet.
-    FutureInterval,
-    /// The interval is older than the horizon.
-    TooOld,
-    /// The sequence number does not increase with the interval.
-    SequenceNotIncreasing,
-    /// A cumulative register went down without a signed reset flag.
-    RegisterDecreased,
-    /// The interval was already settled when the reading arrived.
-    Late,
-    /// Export above the registered inverter plus battery capability.
-    ImplausibleExport,
-    /// PV output while the sun was below the horizon.
-    PvAtNight,
-}
-
-impl ReasonCode {
-    /// The code as stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReasonCode::Malformed => "malformed",
-            ReasonCode::UnknownGateway => "unknown_gateway",
-            ReasonCode::KeyMismatch => "key_mismatch",
-            ReasonCode::BadSignature => "bad_signature",
-            ReasonCode::Conflict => "conflict",
-            ReasonCode::FutureInterval => "future_interval",
-            ReasonCode::TooOld => "too_old",
-            ReasonCode::SequenceNotIncreasing => "sequence_not_increasing",
-            ReasonCode::RegisterDecreased => "register_decreased",
-            ReasonCode::Late => "late",
-            ReasonCode::ImplausibleExport => "implausible_export",
-            ReasonCode::PvAtNight => "pv_at_night",
-        }
-    }
-
-    /// Whether an operator may accept a reading quarantined for this reason (only flagged,
-    /// correctly signed readings can be accepted).
-    pub fn operator_acceptable(self) -> bool {
-        matches!(self, ReasonCode::ImplausibleExport | ReasonCode::PvAtNight)
-    }
-}
+pub use gridmesh_protocol::api::readings::ReasonCode;
 
 impl Reason {
     /// A reason with a message.

@@ -1,0 +1,1 @@
+//! The market engine's read models (status, participants).

@@ -1,0 +1,1 @@
+//! Settlement's read models (statements, balances, blocks, entries, quarantine, events).
