@@ -11,6 +11,7 @@
 use crate::book::depth;
 use crate::error::MarketError;
 use crate::service::Market;
+use crate::store::StoredOrder;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -18,12 +19,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use gridmesh_protocol::api::market::{
+    BookDepth, ErrorBody, Health, MarketStatus, OrderAccepted, OrderCancelled,
+};
 use gridmesh_protocol::envelope::{MarketKey, SignedResult};
 use gridmesh_protocol::grid::{LimitOverride, Network};
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
 use gridmesh_protocol::{GatewayId, Interval, ParticipantId, SignedEnvelope};
 use serde::Deserialize;
-use serde_json::json;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +49,14 @@ impl IntoResponse for MarketError {
             self.to_string()
         };
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(json!({ "code": code, "message": message }))).into_response()
+        (
+            status,
+            Json(ErrorBody {
+                code: code.to_owned(),
+                message,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -167,7 +177,7 @@ async fn get_gateway(
 async fn post_order(State(s): State<AppState>, body: Bytes) -> ApiResult<impl IntoResponse> {
     let envelope: SignedEnvelope = parse_body(&body, "signed envelope")?;
     let order_id = s.market.submit_order(envelope).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "order_id": order_id }))))
+    Ok((StatusCode::CREATED, Json(OrderAccepted { order_id })))
 }
 
 #[derive(Deserialize)]
@@ -179,7 +189,7 @@ struct OrderQuery {
 async fn get_orders(
     State(s): State<AppState>,
     Query(q): Query<OrderQuery>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<Vec<StoredOrder>>> {
     let participant = q
         .participant
         .filter(|p| !p.is_empty())
@@ -199,16 +209,19 @@ async fn get_orders(
     Ok(Json(orders))
 }
 
-async fn post_cancel(State(s): State<AppState>, body: Bytes) -> ApiResult<impl IntoResponse> {
+async fn post_cancel(State(s): State<AppState>, body: Bytes) -> ApiResult<Json<OrderCancelled>> {
     let envelope: SignedEnvelope = parse_body(&body, "signed envelope")?;
     let order_id = s.market.cancel_order(envelope).await?;
-    Ok(Json(json!({ "order_id": order_id, "cancelled": true })))
+    Ok(Json(OrderCancelled {
+        order_id,
+        cancelled: true,
+    }))
 }
 
 async fn get_book(
     State(s): State<AppState>,
     Path(start): Path<String>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<BookDepth>> {
     let interval = interval_at(&s, &start)?;
     let orders = s.market.store.orders(None, Some(&interval), true).await?;
     let nodes = depth(
@@ -216,11 +229,11 @@ async fn get_book(
             .iter()
             .map(|o| (o.node.as_str(), o.side, o.quantity_wh, o.limit_price)),
     );
-    Ok(Json(json!({
-        "interval": interval,
-        "orders": orders.len(),
-        "nodes": nodes,
-    })))
+    Ok(Json(BookDepth {
+        interval,
+        orders: orders.len(),
+        nodes,
+    }))
 }
 
 /// A JSON response of exact, already serialised bytes.
@@ -365,19 +378,19 @@ async fn put_topology(
     Ok(Json(network))
 }
 
-async fn get_status(State(s): State<AppState>) -> impl IntoResponse {
+async fn get_status(State(s): State<AppState>) -> Json<MarketStatus> {
     let m = &s.market;
     let next = m.next_open();
-    Json(json!({
-        "zone": m.config.zone,
-        "interval_minutes": m.config.interval_minutes.minutes(),
-        "gate_closure_lead_seconds": m.config.gate_closure_lead_seconds,
-        "next_open_interval": next,
-        "next_gate_closure": next.gate_closure(m.config.lead()),
-        "clock": m.clock.now(),
-        "clock_speed": m.clock.speed(),
-        "pricing": m.config.pricing,
-    }))
+    Json(MarketStatus {
+        zone: m.config.zone.clone(),
+        interval_minutes: m.config.interval_minutes.minutes(),
+        gate_closure_lead_seconds: m.config.gate_closure_lead_seconds,
+        next_open_interval: next,
+        next_gate_closure: next.gate_closure(m.config.lead()),
+        clock: m.clock.now(),
+        clock_speed: m.clock.speed(),
+        pricing: m.config.pricing,
+    })
 }
 
 async fn get_events(State(s): State<AppState>) -> impl IntoResponse {
@@ -402,12 +415,12 @@ async fn get_events(State(s): State<AppState>) -> impl IntoResponse {
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-async fn healthz(State(s): State<AppState>) -> ApiResult<impl IntoResponse> {
+async fn healthz(State(s): State<AppState>) -> ApiResult<Json<Health>> {
     sqlx::query("SELECT 1")
         .execute(&s.market.store.database().pool)
         .await
         .map_err(|e| MarketError::Storage(e.into()))?;
-    Ok(Json(json!({ "status": "ok" })))
+    Ok(Json(Health::ok()))
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {

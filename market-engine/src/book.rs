@@ -227,25 +227,8 @@ impl BookFile {
     }
 }
 
-/// One price step of the depth view: total quantity offered at one price.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DepthStep {
-    /// Price in minor units per MWh.
-    pub price: i64,
-    /// Total quantity in Wh at that price.
-    pub quantity_wh: i64,
-    /// Number of orders at that price.
-    pub orders: usize,
-}
-
-/// Depth at one node: bids from the highest price down, asks from the lowest up.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeDepth {
-    /// Buy steps, best (highest) first.
-    pub bids: Vec<DepthStep>,
-    /// Sell steps, best (lowest) first.
-    pub asks: Vec<DepthStep>,
-}
+/// Depth at one node and its price steps (the wire types, re-exported from the protocol).
+pub use gridmesh_protocol::api::market::{DepthStep, NodeDepth};
 
 /// Quantity and order count per price.
 type Steps = BTreeMap<i64, (i64, usize)>;

@@ -1,29 +1,40 @@
 //! The trader's side of the CLI: sign and submit orders, list and cancel them, read results.
 
 use crate::cli::{Failure, OrderAction, ResultsAction};
+use gridmesh_protocol::api::market::{
+    ErrorBody, MarketStatus, OrderAccepted, OrderCancelled, OrderRecord,
+};
 use gridmesh_protocol::keys::SigningKeyPair;
+use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::order::{Order, OrderCancel};
 use gridmesh_protocol::{Interval, NodeId, ParticipantId, PricePerMwh, SignedEnvelope, Wh};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-async fn call(request: reqwest::RequestBuilder) -> Result<Value, Failure> {
+/// Sends a request and decodes the answer as `T`; an error answer becomes a [`Failure`] with
+/// the market's code and message.
+async fn call<T: DeserializeOwned>(request: reqwest::RequestBuilder) -> Result<T, Failure> {
     let response = request.send().await.map_err(|e| {
         Failure::runtime(format!(
             "cannot reach the market: {e}; is it running (see --market)?"
         ))
     })?;
     let status = response.status();
-    let body: Value = response
-        .json()
+    let bytes = response
+        .bytes()
         .await
         .map_err(|e| Failure::runtime(format!("the market sent an unreadable reply: {e}")))?;
     if status.is_success() {
-        Ok(body)
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::runtime(format!("the market sent an unreadable reply: {e}")))
     } else {
+        let error: ErrorBody = serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::runtime(format!("the market sent an unreadable reply: {e}")))?;
         let message = format!(
             "{} ({}, HTTP {})",
-            body["message"].as_str().unwrap_or("request failed"),
-            body["code"].as_str().unwrap_or("unknown"),
+            error.message,
+            error.code,
             status.as_u16()
         );
         Err(if status.is_client_error() {
@@ -34,7 +45,7 @@ async fn call(request: reqwest::RequestBuilder) -> Result<Value, Failure> {
     }
 }
 
-fn print(v: &Value) {
+fn print(v: &impl Serialize) {
     println!("{}", serde_json::to_string_pretty(v).expect("JSON prints"));
 }
 
@@ -57,13 +68,11 @@ pub async fn order_command(market: &str, action: OrderAction) -> Result<(), Fail
             nonce,
         } => {
             let key = SigningKeyPair::load(&key).map_err(bad)?;
-            let status = call(http.get(format!("{market}/status"))).await?;
-            let minutes = status["interval_minutes"].as_i64().unwrap_or(15);
+            let status: MarketStatus = call(http.get(format!("{market}/status"))).await?;
             let interval = if interval == "next" {
-                serde_json::from_value::<Interval>(status["next_open_interval"].clone())
-                    .map_err(Failure::runtime)?
+                status.next_open_interval
             } else {
-                Interval::parse(&interval, minutes).map_err(bad)?
+                Interval::parse(&interval, status.interval_minutes.into()).map_err(bad)?
             };
             let nonce = nonce.unwrap_or_else(|| {
                 std::time::SystemTime::now()
@@ -80,9 +89,10 @@ pub async fn order_command(market: &str, action: OrderAction) -> Result<(), Fail
                 nonce,
             };
             let envelope = SignedEnvelope::sign(&order, &key);
-            let reply = call(http.post(format!("{market}/orders")).json(&envelope)).await?;
+            let reply: OrderAccepted =
+                call(http.post(format!("{market}/orders")).json(&envelope)).await?;
             print(&serde_json::json!({
-                "order_id": reply["order_id"],
+                "order_id": reply.order_id,
                 "interval": interval,
                 "nonce": nonce,
             }));
@@ -98,16 +108,20 @@ pub async fn order_command(market: &str, action: OrderAction) -> Result<(), Fail
             if let Some(i) = interval {
                 query.push(("interval", i));
             }
-            let orders = call(http.get(format!("{market}/orders")).query(&query)).await?;
-            let mut rows = Vec::new();
-            for o in orders.as_array().into_iter().flatten() {
-                let mut o = o.clone();
-                if let Some(map) = o.as_object_mut() {
-                    map.remove("envelope");
-                }
-                rows.push(o);
-            }
-            print(&Value::Array(rows));
+            let orders: Vec<OrderRecord> =
+                call(http.get(format!("{market}/orders")).query(&query)).await?;
+            // Everything but the signed envelope.
+            let rows: Vec<Value> = orders
+                .iter()
+                .map(|o| {
+                    let mut row = serde_json::to_value(o).expect("an order serialises");
+                    if let Some(map) = row.as_object_mut() {
+                        map.remove("envelope");
+                    }
+                    row
+                })
+                .collect();
+            print(&rows);
         }
         OrderAction::Cancel {
             key,
@@ -120,7 +134,9 @@ pub async fn order_command(market: &str, action: OrderAction) -> Result<(), Fail
                 order_nonce: nonce,
             };
             let envelope = SignedEnvelope::sign(&cancel, &key);
-            print(&call(http.post(format!("{market}/orders/cancel")).json(&envelope)).await?);
+            let reply: OrderCancelled =
+                call(http.post(format!("{market}/orders/cancel")).json(&envelope)).await?;
+            print(&reply);
         }
     }
     Ok(())
@@ -134,8 +150,13 @@ pub async fn results_command(market: &str, action: ResultsAction) -> Result<(), 
         since,
         limit,
     } = action;
-    let reply = match (interval, since) {
-        (Some(start), _) => call(http.get(format!("{market}/intervals/{start}/result"))).await?,
+    let reply: Vec<IntervalResult> = match (interval, since) {
+        (Some(start), _) => {
+            let one: IntervalResult =
+                call(http.get(format!("{market}/intervals/{start}/result"))).await?;
+            print(&one);
+            return Ok(());
+        }
         (None, since) => {
             let since = since.unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned());
             call(

@@ -32,20 +32,10 @@
 //! Under [`PricingRule::PayAsBid`] quantities are the same (the welfare-maximising ones), but
 //! each order is settled at its own limit price.
 
-use serde::{Deserialize, Serialize};
-
 use crate::fast::{NEG_INF, POS_INF};
 
-/// How cleared orders are priced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PricingRule {
-    /// Everyone at a node pays or receives the node price.
-    #[default]
-    PayAsClear,
-    /// Everyone pays or receives their own limit price.
-    PayAsBid,
-}
+/// How cleared orders are priced (the wire type, re-exported from the protocol).
+pub use gridmesh_protocol::api::market::PricingRule;
 
 /// The root's price from its interval of valid duals (rule 1 above).
 pub fn choose_root_price(lo: i64, hi: i64) -> i64 {

@@ -16,7 +16,7 @@ use gridmesh_protocol::{
     GatewayId, Interval, IntervalLength, NodeId, ParticipantId, Side, SignedEnvelope,
 };
 use gridmesh_runtime::db::{Database, DbError};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sqlx::Row;
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -36,32 +36,8 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// An order as stored and listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredOrder {
-    /// The market's id: `<participant>:<nonce>`.
-    pub order_id: String,
-    /// The owner.
-    pub participant: ParticipantId,
-    /// The owner's nonce.
-    pub nonce: u64,
-    /// The interval.
-    pub interval: Interval,
-    /// The node.
-    pub node: NodeId,
-    /// Buy or sell.
-    pub side: Side,
-    /// Quantity, Wh.
-    pub quantity_wh: i64,
-    /// Limit price, minor units per MWh.
-    pub limit_price: i64,
-    /// Whether it was cancelled before gate closure.
-    pub cancelled: bool,
-    /// When it was received (RFC 3339, market clock).
-    pub received_at: String,
-    /// The signed envelope it arrived in.
-    pub envelope: SignedEnvelope,
-}
+/// An order as stored and listed (the wire type `OrderRecord`, re-exported from the protocol).
+pub use gridmesh_protocol::api::market::OrderRecord as StoredOrder;
 
 /// A result as stored: its exact JSON body and the market's signed attestation of it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,6 +2,9 @@
 //! every rejection, cancellation, depth, clearing, immutable results, restart recovery.
 
 use chrono::{DateTime, Utc};
+use gridmesh_protocol::api::market::{
+    BookDepth, ErrorBody, MarketStatus, OrderRecord, PricingRule,
+};
 use gridmesh_protocol::grid::{Branch, Network, UtilityTariff};
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::order::{Order, OrderCancel};
@@ -119,6 +122,9 @@ fn assert_code(got: (u16, Value), status: u16, code: &str) {
     assert_eq!(got.0, status, "{}", got.1);
     assert_eq!(got.1["code"], code, "{}", got.1);
     assert!(got.1["message"].as_str().unwrap().len() > 10);
+    // Exactly the protocol's error shape.
+    let typed: ErrorBody = serde_json::from_value(got.1.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), got.1);
 }
 
 async fn start(url: String, clock: Clock) -> (RunningMarket, Shutdown) {
@@ -183,7 +189,7 @@ async fn scenario(url: String) {
     );
     let (status, body) = c.post("/orders", &buy, None).await;
     assert_eq!(status, 201, "{body}");
-    assert_eq!(body["order_id"], "alice:1");
+    assert_eq!(body, json!({ "order_id": "alice:1" }));
     assert_code(c.post("/orders", &buy, None).await, 409, "replayed_nonce");
     let mut forged = SignedEnvelope::sign(
         &order("alice", "f1", open, Side::Buy, 1200, 25_000, 2),
@@ -262,7 +268,10 @@ async fn scenario(url: String) {
         &key(2),
     );
     let (status, body) = c.post("/orders/cancel", &cancel, None).await;
-    assert_eq!((status, body["order_id"].as_str()), (200, Some("bob:2")));
+    assert_eq!(
+        (status, body),
+        (200, json!({ "order_id": "bob:2", "cancelled": true }))
+    );
     let cancel_missing = SignedEnvelope::sign(
         &OrderCancel {
             participant: ParticipantId::new("bob").unwrap(),
@@ -291,6 +300,10 @@ async fn scenario(url: String) {
     assert_eq!(book["orders"], 2);
     assert_eq!(book["nodes"]["f1"]["bids"][0]["quantity_wh"], 1200);
     assert_eq!(book["nodes"]["f1"]["asks"][0]["price"], 10_000);
+    let typed: BookDepth = serde_json::from_value(book.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), book);
+    let typed: Vec<OrderRecord> = serde_json::from_value(mine.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), mine);
     assert_code(
         c.get("/intervals/2026-06-21T12:15:00Z/result").await,
         404,
@@ -349,13 +362,37 @@ async fn scenario(url: String) {
     assert_eq!(c.get("/topology").await.1["root"], "sub");
 
     // Service endpoints.
-    assert_eq!(c.get("/healthz").await.0, 200);
+    assert_eq!(c.get("/healthz").await, (200, json!({ "status": "ok" })));
     let (_, status) = c.get("/status").await;
     assert_eq!(status["interval_minutes"], 15);
     assert_eq!(
         status["next_open_interval"]["start"],
         "2026-06-21T12:15:00Z"
     );
+    // The read model's shape: exactly these keys, and it decodes as the protocol type.
+    let mut keys: Vec<&str> = status
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "clock",
+            "clock_speed",
+            "gate_closure_lead_seconds",
+            "interval_minutes",
+            "next_gate_closure",
+            "next_open_interval",
+            "pricing",
+            "zone"
+        ]
+    );
+    let typed: MarketStatus = serde_json::from_value(status.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), status);
+    assert_eq!(typed.pricing, PricingRule::PayAsClear);
     let (_, metrics) = c.get("/metrics").await;
     assert!(
         metrics

@@ -1,1 +1,261 @@
-//! The market engine's read models (status, participants).
+//! The market engine's read models: its status, orders as listed, order-book depth, the
+//! answers to order submission and cancellation, its health and its error shape.
+//!
+//! Participants, gateways, limit overrides, the topology, results and the market key are
+//! answered with the protocol's own types ([`crate::registry::Participant`],
+//! [`crate::registry::GatewayEnrollment`], [`crate::grid::LimitOverride`],
+//! [`crate::grid::Network`], [`crate::market::IntervalResult`],
+//! [`crate::envelope::SignedResult`], [`crate::envelope::MarketKey`]).
+//!
+//! ```
+//! use gridmesh_protocol::api::market::{MarketStatus, OrderAccepted};
+//!
+//! let accepted: OrderAccepted = serde_json::from_str(r#"{"order_id":"alice:1"}"#).unwrap();
+//! assert_eq!(accepted.order_id, "alice:1");
+//! let status: MarketStatus = serde_json::from_str(r#"{"zone":"default","interval_minutes":15,
+//!     "gate_closure_lead_seconds":300,
+//!     "next_open_interval":{"start":"2026-06-21T12:15:00Z","minutes":15},
+//!     "next_gate_closure":"2026-06-21T12:10:00Z","clock":"2026-06-21T12:00:00Z",
+//!     "clock_speed":1.0,"pricing":"pay_as_clear"}"#).unwrap();
+//! assert_eq!(status.interval_minutes, 15);
+//! ```
+
+use crate::ids::{NodeId, ParticipantId};
+use crate::interval::Interval;
+use crate::order::Side;
+use crate::signing::SignedEnvelope;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How cleared orders are priced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PricingRule {
+    /// Everyone at a node pays or receives the node price.
+    #[default]
+    PayAsClear,
+    /// Everyone pays or receives their own limit price.
+    PayAsBid,
+}
+
+/// `GET /status`: the market's zone, interval length, gate-closure lead, next open interval
+/// and clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MarketStatus {
+    /// The market zone's name.
+    pub zone: String,
+    /// Delivery interval length in minutes (5, 15, 30 or 60).
+    pub interval_minutes: u16,
+    /// Orders for an interval close this many seconds before it starts.
+    pub gate_closure_lead_seconds: i64,
+    /// The next interval that still accepts orders.
+    pub next_open_interval: Interval,
+    /// Its gate closure.
+    pub next_gate_closure: DateTime<Utc>,
+    /// The market's clock (accelerated in demos and tests).
+    pub clock: DateTime<Utc>,
+    /// How many market seconds pass per real second (1.0 = real time).
+    pub clock_speed: f64,
+    /// Pay-as-clear or pay-as-bid.
+    pub pricing: PricingRule,
+}
+
+/// An order as the market stores and lists it (`GET /orders`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    /// The market's id: `<participant>:<nonce>`.
+    pub order_id: String,
+    /// The owner.
+    pub participant: ParticipantId,
+    /// The owner's nonce.
+    pub nonce: u64,
+    /// The interval.
+    pub interval: Interval,
+    /// The node.
+    pub node: NodeId,
+    /// Buy or sell.
+    pub side: Side,
+    /// Quantity, Wh.
+    pub quantity_wh: i64,
+    /// Limit price, minor units per MWh.
+    pub limit_price: i64,
+    /// Whether it was cancelled before gate closure.
+    pub cancelled: bool,
+    /// When it was received (RFC 3339, market clock).
+    pub received_at: String,
+    /// The signed envelope it arrived in.
+    pub envelope: SignedEnvelope,
+}
+
+/// `POST /orders` (201): the id the market gave the order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderAccepted {
+    /// `<participant>:<nonce>`.
+    pub order_id: String,
+}
+
+/// `POST /orders/cancel` (200): which order was cancelled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    /// `<participant>:<nonce>`.
+    pub order_id: String,
+    /// Always `true`.
+    pub cancelled: bool,
+}
+
+/// One price step of the depth view: total quantity offered at one price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepthStep {
+    /// Price in minor units per MWh.
+    pub price: i64,
+    /// Total quantity in Wh at that price.
+    pub quantity_wh: i64,
+    /// Number of orders at that price.
+    pub orders: usize,
+}
+
+/// Depth at one node: bids from the highest price down, asks from the lowest up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDepth {
+    /// Buy steps, best (highest) first.
+    pub bids: Vec<DepthStep>,
+    /// Sell steps, best (lowest) first.
+    pub asks: Vec<DepthStep>,
+}
+
+/// `GET /intervals/{start}/book`: the open orders of one interval as price steps per node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookDepth {
+    /// The interval.
+    pub interval: Interval,
+    /// How many open (not cancelled) orders it has.
+    pub orders: usize,
+    /// Depth per node id.
+    pub nodes: BTreeMap<String, NodeDepth>,
+}
+
+/// `GET /healthz` (200): the service and its database answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+}
+
+impl Health {
+    /// `{"status":"ok"}`.
+    pub fn ok() -> Self {
+        Health {
+            status: "ok".to_owned(),
+        }
+    }
+}
+
+/// Every error answer of the market (and of the other services' REST APIs):
+/// `{"code": snake_case, "message": sentence}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The stable machine-readable code, e.g. `gate_closed`.
+    pub code: String,
+    /// What went wrong and what to do, for people.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn status_has_the_served_shape() {
+        let interval = Interval::parse("2026-06-21T12:15:00Z", 15).unwrap();
+        let status = MarketStatus {
+            zone: "z".into(),
+            interval_minutes: 15,
+            gate_closure_lead_seconds: 300,
+            next_open_interval: interval,
+            next_gate_closure: interval.gate_closure(chrono::Duration::seconds(300)),
+            clock: interval.start(),
+            clock_speed: 60.0,
+            pricing: PricingRule::PayAsBid,
+        };
+        let v = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "zone": "z",
+                "interval_minutes": 15,
+                "gate_closure_lead_seconds": 300,
+                "next_open_interval": {"start": "2026-06-21T12:15:00Z", "minutes": 15},
+                "next_gate_closure": "2026-06-21T12:10:00Z",
+                "clock": "2026-06-21T12:15:00Z",
+                "clock_speed": 60.0,
+                "pricing": "pay_as_bid",
+            })
+        );
+        assert_eq!(serde_json::from_value::<MarketStatus>(v).unwrap(), status);
+    }
+
+    #[test]
+    fn small_answers_have_the_served_shape() {
+        let check = |v: serde_json::Value, expected: serde_json::Value| assert_eq!(v, expected);
+        check(
+            serde_json::to_value(OrderAccepted {
+                order_id: "a:1".into(),
+            })
+            .unwrap(),
+            json!({"order_id": "a:1"}),
+        );
+        check(
+            serde_json::to_value(OrderCancelled {
+                order_id: "a:1".into(),
+                cancelled: true,
+            })
+            .unwrap(),
+            json!({"order_id": "a:1", "cancelled": true}),
+        );
+        check(
+            serde_json::to_value(Health::ok()).unwrap(),
+            json!({"status": "ok"}),
+        );
+        check(
+            serde_json::to_value(ErrorBody {
+                code: "gate_closed".into(),
+                message: "m".into(),
+            })
+            .unwrap(),
+            json!({"code": "gate_closed", "message": "m"}),
+        );
+    }
+
+    #[test]
+    fn book_depth_has_the_served_shape() {
+        let interval = Interval::parse("2026-06-21T12:15:00Z", 15).unwrap();
+        let step = DepthStep {
+            price: 25000,
+            quantity_wh: 1200,
+            orders: 2,
+        };
+        let book = BookDepth {
+            interval,
+            orders: 2,
+            nodes: BTreeMap::from([(
+                "f1".to_owned(),
+                NodeDepth {
+                    bids: vec![step],
+                    asks: vec![],
+                },
+            )]),
+        };
+        let v = serde_json::to_value(&book).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "interval": {"start": "2026-06-21T12:15:00Z", "minutes": 15},
+                "orders": 2,
+                "nodes": {"f1": {"bids": [{"price": 25000, "quantity_wh": 1200, "orders": 2}], "asks": []}},
+            })
+        );
+        assert_eq!(serde_json::from_value::<BookDepth>(v).unwrap(), book);
+    }
+}
