@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
+use gridmesh_protocol::api::settlement::{QuarantineAccepted, QuarantineStatus};
 use gridmesh_protocol::signing::SignedEnvelope;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -50,13 +51,20 @@ impl ApiError {
     }
 }
 
+/// The JSON body of every error answer.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"code": self.code, "message": self.message})),
-        )
-            .into_response()
+        let body = ErrorBody {
+            code: self.code,
+            message: &self.message,
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -257,7 +265,12 @@ async fn post_accept(
 ) -> ApiResult<Response> {
     operator(&s, &headers, true)?;
     let released = s.service.accept_quarantined(id).await?;
-    Ok(Json(json!({"id": id, "status": "accepted", "mints_released": released})).into_response())
+    Ok(Json(QuarantineAccepted {
+        id,
+        status: QuarantineStatus::Accepted,
+        mints_released: released as u64,
+    })
+    .into_response())
 }
 
 #[derive(Deserialize)]

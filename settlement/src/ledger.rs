@@ -15,8 +15,7 @@
 //!   previous hash is 32 zero bytes.
 
 use chrono::{DateTime, TimeZone, Utc};
-use gridmesh_protocol::signing::SignedEnvelope;
-use gridmesh_protocol::{Interval, ParticipantId, PricePerMwh, Wh};
+use gridmesh_protocol::Interval;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -25,91 +24,9 @@ pub const BLOCK_TAG: &str = "gridmesh/block/v1";
 /// Length of a block header.
 pub const HEADER_LEN: usize = 17 + 8 + 8 + 2 + 32 + 32 + 8 + 8;
 
-/// A ledger entry's content.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum EntryBody {
-    /// Tokens minted for delivered, matched energy.
-    Mint(MintEntry),
-    /// Part of a lot moved to another holder.
-    Transfer(TransferEntry),
-    /// Tokens retired (claimed).
-    Retire(RetireEntry),
-}
-
-impl EntryBody {
-    /// `mint`, `transfer` or `retire`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            EntryBody::Mint(_) => "mint",
-            EntryBody::Transfer(_) => "transfer",
-            EntryBody::Retire(_) => "retire",
-        }
-    }
-
-    /// The canonical bytes stored and hashed.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("entry bodies always serialise")
-    }
-}
-
-/// A mint with its provenance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MintEntry {
-    /// Interval key.
-    pub interval: String,
-    /// Index of the trade in the interval's result.
-    pub trade_index: u32,
-    /// The seller.
-    pub seller: ParticipantId,
-    /// The buyer, who receives the tokens.
-    pub buyer: ParticipantId,
-    /// The seller's order id.
-    pub seller_order: String,
-    /// The buyer's order id.
-    pub buyer_order: String,
-    /// `pv`, `battery`, `pv_and_battery` or `unknown`.
-    pub source: String,
-    /// The trade price.
-    pub price: PricePerMwh,
-    /// Tokens minted (1 token = 1 Wh).
-    pub amount: Wh,
-    /// SHA-256 (hex) of the seller's signed readings.
-    pub seller_readings: Vec<String>,
-    /// SHA-256 (hex) of the buyer's signed readings.
-    pub buyer_readings: Vec<String>,
-    /// Whether the mint was withheld and released after an operator accepted a reading.
-    #[serde(default)]
-    pub released: bool,
-}
-
-/// A transfer, with the holder's signed envelope verbatim.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TransferEntry {
-    /// The signed `TokenTransfer`.
-    pub envelope: SignedEnvelope,
-    /// The source lot (hex).
-    pub lot: String,
-    /// From.
-    pub from: ParticipantId,
-    /// To.
-    pub to: ParticipantId,
-    /// Amount.
-    pub amount: Wh,
-}
-
-/// A retirement, with the holder's signed envelope verbatim.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RetireEntry {
-    /// The signed `TokenRetire`.
-    pub envelope: SignedEnvelope,
-    /// The lot (hex).
-    pub lot: String,
-    /// The holder.
-    pub holder: ParticipantId,
-    /// Amount.
-    pub amount: Wh,
-}
+pub use gridmesh_protocol::api::settlement::{
+    EntryBody, MintEntry, ProofStep, RetireEntry, TransferEntry,
+};
 
 /// `SHA-256(0x00 ‖ body)`: the entry hash and Merkle leaf.
 pub fn entry_hash(body: &[u8]) -> [u8; 32] {
@@ -148,15 +65,6 @@ pub fn merkle_root(leaves: &[[u8; 32]]) -> [u8; 32] {
         level = next_level(&level);
     }
     level[0]
-}
-
-/// One step of an inclusion proof: the sibling hash and which side it is on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProofStep {
-    /// The sibling hash (hex).
-    pub sibling: String,
-    /// `left` if the sibling is the left operand.
-    pub side: String,
 }
 
 /// The inclusion proof of leaf `index` (levels where the node is promoted contribute no step).

@@ -139,54 +139,7 @@ pub fn settle_with_envelopes(
     Ok((settle(result, &metered)?, rows))
 }
 
-/// One line of a statement: positive `amount` = the participant receives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MoneyLine {
-    /// `trade_sale`, `trade_purchase`, `shortfall`, `surplus_export`, `envelope_excess`,
-    /// `untaken`, `extra_import`.
-    pub kind: String,
-    /// The other side: a participant id or `utility`.
-    pub counterparty: String,
-    /// Energy, Wh.
-    pub energy: Wh,
-    /// Price per MWh.
-    pub price: PricePerMwh,
-    /// Money, minor units (positive = received).
-    pub amount: Money,
-}
-
-/// One participant's statement for one interval.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Statement {
-    /// The participant.
-    pub participant: ParticipantId,
-    /// The interval key (`2026-06-21T12:00:00Z/15`).
-    pub interval: String,
-    /// Energy sold in trades.
-    pub sold: Wh,
-    /// Energy bought in trades.
-    pub bought: Wh,
-    /// Metered export.
-    pub exported: Wh,
-    /// Metered import.
-    pub imported: Wh,
-    /// Export beyond the operating envelope (its own `envelope_excess` line; never counted as
-    /// delivery, never tokenized).
-    #[serde(default)]
-    pub envelope_excess: Wh,
-    /// Export allocated to sales (within the envelope).
-    pub delivered: Wh,
-    /// Import allocated to purchases.
-    pub consumed: Wh,
-    /// Tokens minted (or withheld) to this participant as buyer.
-    pub tokens: Wh,
-    /// True when the participant had no readings (see the rules).
-    pub estimated: bool,
-    /// Money lines.
-    pub lines: Vec<MoneyLine>,
-    /// Sum of the lines (positive = the participant receives).
-    pub net: Money,
-}
+pub use gridmesh_protocol::api::settlement::{MoneyLine, Statement};
 
 /// A mint to make for one trade.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,6 +10,10 @@ use crate::store::{self, QuarantineRow, ReadingRow, StoreError, Value};
 use crate::verify::{self, ChainState, Context, Limits, Reason, ReasonCode, Verdict};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use gridmesh_protocol::api::settlement::{
+    Balances, BlockHeaderView, BlockSummary, EntryView, Holding, LEAF_HASHING, QuarantineItem,
+    QuarantineStatus, StoredReading, StoredReadingStatus,
+};
 use gridmesh_protocol::envelope::{EnvelopeAlert, EnvelopeCompliance, MeasuredFlows, SignedResult};
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::market::IntervalResult;
@@ -61,67 +65,8 @@ pub struct Submission {
     pub raw: Vec<u8>,
 }
 
-/// What happened to one submitted reading.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ItemOutcome {
-    /// The idempotency key, if the payload decoded.
-    pub key: Option<String>,
-    /// `accepted`, `duplicate` or `quarantined`.
-    pub status: &'static str,
-    /// The reason code when not plainly accepted.
-    pub code: Option<ReasonCode>,
-    /// The reason sentence when not plainly accepted.
-    pub reason: Option<String>,
-}
-
-/// What the service broadcasts on `/events`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "event", rename_all = "lowercase")]
-pub enum Event {
-    /// An interval was settled.
-    Settled {
-        /// Interval key.
-        interval: String,
-        /// Statements written.
-        statements: usize,
-        /// Tokens minted, Wh.
-        minted: Wh,
-    },
-    /// A block was sealed.
-    Block {
-        /// Height.
-        height: u64,
-        /// Hash (hex).
-        hash: String,
-        /// Interval key.
-        interval: String,
-    },
-    /// A reading was quarantined.
-    Quarantined {
-        /// Quarantine id.
-        id: i64,
-        /// Reason code.
-        code: ReasonCode,
-        /// Reason sentence.
-        reason: String,
-    },
-    /// A home exceeded its operating envelope in a second consecutive settled interval (the
-    /// alert starts; it is not repeated while the run goes on).
-    #[serde(rename = "envelope_alert")]
-    EnvelopeAlert(EnvelopeAlert),
-}
-
-impl Event {
-    /// The SSE event name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Event::Settled { .. } => "settled",
-            Event::Block { .. } => "block",
-            Event::Quarantined { .. } => "quarantined",
-            Event::EnvelopeAlert(_) => "envelope_alert",
-        }
-    }
-}
+pub use gridmesh_protocol::api::readings::{ReadingOutcome, ReadingStatus};
+pub use gridmesh_protocol::api::settlement::Event;
 
 /// The outcome of settling an interval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -135,16 +80,7 @@ pub enum SettleOutcome {
     AlreadySettled,
 }
 
-/// Receipt of a token operation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Receipt {
-    /// The ledger entry's hash.
-    pub entry: String,
-    /// The lot the tokens are in afterwards (the new lot of a transfer).
-    pub lot: String,
-    /// Whether this exact operation had been applied before.
-    pub duplicate: bool,
-}
+pub use gridmesh_protocol::api::settlement::TokenReceipt as Receipt;
 
 /// Settings of the core.
 #[derive(Debug, Clone, Copy)]
@@ -454,7 +390,10 @@ impl Service {
 
     /// Verifies and stores a batch of readings in one transaction. `Err` means nothing of the
     /// batch was recorded (retry it); `Ok` has one outcome per submission, in order.
-    pub async fn ingest(&self, items: Vec<Submission>) -> Result<Vec<ItemOutcome>, ServiceError> {
+    pub async fn ingest(
+        &self,
+        items: Vec<Submission>,
+    ) -> Result<Vec<ReadingOutcome>, ServiceError> {
         // Parse and check signatures outside the lock (the expensive part).
         let parsed: Vec<Result<(SignedEnvelope, Reading), Reason>> = items
             .iter()
@@ -528,9 +467,9 @@ impl Service {
                     Verdict::Flag(_) => "flagged",
                     Verdict::Late(_) => "late",
                     Verdict::Duplicate => {
-                        outcomes.push(ItemOutcome {
+                        outcomes.push(ReadingOutcome {
                             key: Some(key),
-                            status: "duplicate",
+                            status: ReadingStatus::Duplicate,
                             code: None,
                             reason: None,
                         });
@@ -574,9 +513,9 @@ impl Service {
                         ));
                         outcomes.push(quarantined(Some(key), &reason));
                     }
-                    _ => outcomes.push(ItemOutcome {
+                    _ => outcomes.push(ReadingOutcome {
                         key: Some(key),
-                        status: "accepted",
+                        status: ReadingStatus::Accepted,
                         code: None,
                         reason: None,
                     }),
@@ -596,8 +535,14 @@ impl Service {
             }
         };
         drop(state);
-        let accepted = outcomes.iter().filter(|o| o.status == "accepted").count();
-        let dups = outcomes.iter().filter(|o| o.status == "duplicate").count();
+        let accepted = outcomes
+            .iter()
+            .filter(|o| o.status == ReadingStatus::Accepted)
+            .count();
+        let dups = outcomes
+            .iter()
+            .filter(|o| o.status == ReadingStatus::Duplicate)
+            .count();
         self.metrics.readings_accepted.add(accepted as u64);
         self.metrics.readings_duplicate.add(dups as u64);
         self.metrics
@@ -1225,7 +1170,7 @@ impl Service {
     }
 
     /// A participant's holdings with provenance.
-    pub async fn balances(&self, participant: &str) -> Result<serde_json::Value, ServiceError> {
+    pub async fn balances(&self, participant: &str) -> Result<Balances, ServiceError> {
         let rows = sqlx::query(
             "SELECT l.lot, l.remaining, l.retired, l.initial, l.parent_lot, l.origin_mint, e.body \
              FROM lots l JOIN entries e ON e.hash = l.origin_mint WHERE l.holder = $1 ORDER BY l.lot",
@@ -1237,30 +1182,30 @@ impl Service {
         let (mut total, mut retired) = (0i64, 0i64);
         for r in rows {
             let body: Vec<u8> = r.get(6);
-            let origin: serde_json::Value = serde_json::from_slice(&body)
+            let origin: EntryBody = serde_json::from_slice(&body)
                 .map_err(|e| StoreError::Corrupt(format!("entry: {e}")))?;
             total += r.get::<i64, _>(1);
             retired += r.get::<i64, _>(2);
-            holdings.push(serde_json::json!({
-                "lot": r.get::<String, _>(0),
-                "amount": r.get::<i64, _>(1),
-                "retired": r.get::<i64, _>(2),
-                "received": r.get::<i64, _>(3),
-                "parent_lot": r.get::<Option<String>, _>(4),
-                "origin_mint": r.get::<String, _>(5),
-                "provenance": origin,
-            }));
+            holdings.push(Holding {
+                lot: r.get(0),
+                amount: Wh(r.get(1)),
+                retired: Wh(r.get(2)),
+                received: Wh(r.get(3)),
+                parent_lot: r.get(4),
+                origin_mint: r.get(5),
+                provenance: origin,
+            });
         }
-        Ok(serde_json::json!({
-            "participant": participant,
-            "balance": total,
-            "retired": retired,
-            "holdings": holdings,
-        }))
+        Ok(Balances {
+            participant: participant.to_owned(),
+            balance: Wh(total),
+            retired: Wh(retired),
+            holdings,
+        })
     }
 
     /// Block list (newest first, at most `limit`).
-    pub async fn blocks(&self, limit: i64) -> Result<Vec<serde_json::Value>, ServiceError> {
+    pub async fn blocks(&self, limit: i64) -> Result<Vec<BlockSummary>, ServiceError> {
         let rows = sqlx::query("SELECT height FROM blocks ORDER BY height DESC LIMIT $1")
             .bind(limit)
             .fetch_all(&self.db.pool)
@@ -1275,7 +1220,7 @@ impl Service {
     }
 
     /// One block with its entry hashes.
-    pub async fn block(&self, height: i64) -> Result<Option<serde_json::Value>, ServiceError> {
+    pub async fn block(&self, height: i64) -> Result<Option<BlockSummary>, ServiceError> {
         let Some(r) =
             sqlx::query("SELECT header, hash, signature, public_key FROM blocks WHERE height = $1")
                 .bind(height)
@@ -1291,18 +1236,20 @@ impl Service {
                 .bind(height)
                 .fetch_all(&self.db.pool)
                 .await?;
-        Ok(Some(serde_json::json!({
-            "height": header.height,
-            "interval": header.interval.key(),
-            "prev_hash": header.prev_hash,
-            "merkle_root": header.merkle_root,
-            "entry_count": header.entry_count,
-            "sealed_at": header.sealed_at,
-            "hash": r.get::<String, _>(1),
-            "signature": hex::encode(r.get::<Vec<u8>, _>(2)),
-            "public_key": r.get::<String, _>(3),
-            "entries": entries,
-        })))
+        Ok(Some(BlockSummary {
+            header: BlockHeaderView {
+                height: header.height,
+                interval: header.interval.key(),
+                prev_hash: header.prev_hash,
+                merkle_root: header.merkle_root,
+                entry_count: header.entry_count,
+                sealed_at: header.sealed_at,
+            },
+            hash: r.get(1),
+            signature: hex::encode(r.get::<Vec<u8>, _>(2)),
+            public_key: r.get(3),
+            entries,
+        }))
     }
 
     /// A stored reading by the SHA-256 of its signed payload (the digest token provenance
@@ -1310,7 +1257,7 @@ impl Service {
     pub async fn reading_by_digest(
         &self,
         digest: &str,
-    ) -> Result<Option<serde_json::Value>, ServiceError> {
+    ) -> Result<Option<StoredReading>, ServiceError> {
         let Some(r) = sqlx::query(
             "SELECT reading_key, participant, payload, signature, public_key, status \
              FROM readings WHERE digest = $1",
@@ -1321,27 +1268,37 @@ impl Service {
         else {
             return Ok(None);
         };
+        let corrupt = |what: String| StoreError::Corrupt(format!("reading {digest}: {what}"));
         let payload: Vec<u8> = r.get(2);
         let signature: Vec<u8> = r.get(3);
         let reading = <Reading as gridmesh_protocol::signing::Signable>::decode(&payload)
-            .map_err(|e| StoreError::Corrupt(format!("reading {digest}: {e}")))?;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        Ok(Some(serde_json::json!({
-            "digest": digest,
-            "key": r.get::<String, _>(0),
-            "participant": r.get::<String, _>(1),
-            "status": r.get::<String, _>(5),
-            "envelope": {
-                "payload": b64.encode(&payload),
-                "signature": b64.encode(&signature),
-                "public_key": r.get::<String, _>(4),
+            .map_err(|e| corrupt(e.to_string()))?;
+        let signature: [u8; 64] = signature
+            .try_into()
+            .map_err(|_| corrupt("signature is not 64 bytes".into()))?;
+        let public_key: PublicKey = r
+            .get::<String, _>(4)
+            .parse()
+            .map_err(|e| corrupt(format!("public key: {e}")))?;
+        let status: String = r.get(5);
+        let status = StoredReadingStatus::parse(&status)
+            .ok_or_else(|| corrupt(format!("unknown status `{status}`")))?;
+        Ok(Some(StoredReading {
+            digest: digest.to_owned(),
+            key: r.get(0),
+            participant: r.get(1),
+            status,
+            envelope: SignedEnvelope {
+                payload,
+                signature,
+                public_key,
             },
-            "reading": reading,
-        })))
+            reading,
+        }))
     }
 
     /// One entry with its inclusion proof (once it is in a block).
-    pub async fn entry(&self, hash: &str) -> Result<Option<serde_json::Value>, ServiceError> {
+    pub async fn entry(&self, hash: &str) -> Result<Option<EntryView>, ServiceError> {
         let Some(r) =
             sqlx::query("SELECT seq, kind, body, block_height FROM entries WHERE hash = $1")
                 .bind(hash.to_owned())
@@ -1351,11 +1308,11 @@ impl Service {
             return Ok(None);
         };
         let body_bytes: Vec<u8> = r.get(2);
-        let body: serde_json::Value = serde_json::from_slice(&body_bytes)
+        let body: EntryBody = serde_json::from_slice(&body_bytes)
             .map_err(|e| StoreError::Corrupt(format!("entry: {e}")))?;
         let height: Option<i64> = r.get(3);
-        let mut proof = serde_json::Value::Null;
-        let mut root = serde_json::Value::Null;
+        let mut proof = None;
+        let mut root = None;
         if let Some(h) = height {
             let hashes: Vec<String> =
                 sqlx::query_scalar("SELECT hash FROM entries WHERE block_height = $1 ORDER BY seq")
@@ -1364,25 +1321,25 @@ impl Service {
                     .await?;
             let leaves: Vec<[u8; 32]> = hashes.iter().map(|h| crate::ledger::hex32(h)).collect();
             let index = hashes.iter().position(|x| x == hash).unwrap_or(0);
-            proof = serde_json::to_value(inclusion_proof(&leaves, index)).expect("json");
-            root = hex::encode(crate::ledger::merkle_root(&leaves)).into();
+            proof = Some(inclusion_proof(&leaves, index));
+            root = Some(hex::encode(crate::ledger::merkle_root(&leaves)));
         }
-        Ok(Some(serde_json::json!({
-            "hash": hash,
-            "seq": r.get::<i64, _>(0),
-            "kind": r.get::<String, _>(1),
-            "body": body,
+        Ok(Some(EntryView {
+            hash: hash.to_owned(),
+            seq: r.get(0),
+            kind: r.get(1),
+            body,
             // The exact bytes that were hashed, so anyone can recompute the leaf.
-            "body_base64": base64::engine::general_purpose::STANDARD.encode(&body_bytes),
-            "block_height": height,
-            "merkle_root": root,
-            "proof": proof,
-            "leaf_hashing": "SHA-256(0x00 || body bytes); nodes SHA-256(0x01 || left || right)",
-        })))
+            body_base64: base64::engine::general_purpose::STANDARD.encode(&body_bytes),
+            block_height: height,
+            merkle_root: root,
+            proof,
+            leaf_hashing: LEAF_HASHING.to_owned(),
+        }))
     }
 
     /// The quarantine list (newest first).
-    pub async fn quarantine(&self, limit: i64) -> Result<Vec<serde_json::Value>, ServiceError> {
+    pub async fn quarantine(&self, limit: i64) -> Result<Vec<QuarantineItem>, ServiceError> {
         let rows = sqlx::query(
             "SELECT id, received_at, source, reading_key, gateway, raw, code, reason, status \
              FROM quarantine ORDER BY id DESC LIMIT $1",
@@ -1390,32 +1347,39 @@ impl Service {
         .bind(limit)
         .fetch_all(&self.db.pool)
         .await?;
-        Ok(rows
-            .iter()
+        rows.iter()
             .map(|r| {
+                let id: i64 = r.get(0);
                 let raw: Vec<u8> = r.get(5);
                 let code: String = r.get(6);
-                serde_json::json!({
-                    "id": r.get::<i64, _>(0),
-                    "received_at": DateTime::from_timestamp_millis(r.get(1)),
-                    "source": r.get::<String, _>(2),
-                    "key": r.get::<Option<String>, _>(3),
-                    "gateway": r.get::<Option<String>, _>(4),
-                    "raw": String::from_utf8_lossy(&raw),
-                    "acceptable": matches!(code.as_str(), "implausible_export" | "pv_at_night"),
-                    "code": code,
-                    "reason": r.get::<String, _>(7),
-                    "status": r.get::<String, _>(8),
+                let code = ReasonCode::parse(&code).ok_or_else(|| {
+                    StoreError::Corrupt(format!("quarantine {id}: unknown code `{code}`"))
+                })?;
+                let status: String = r.get(8);
+                let status = QuarantineStatus::parse(&status).ok_or_else(|| {
+                    StoreError::Corrupt(format!("quarantine {id}: unknown status `{status}`"))
+                })?;
+                Ok(QuarantineItem {
+                    id,
+                    received_at: DateTime::from_timestamp_millis(r.get(1)),
+                    source: r.get(2),
+                    key: r.get(3),
+                    gateway: r.get(4),
+                    raw: String::from_utf8_lossy(&raw).into_owned(),
+                    acceptable: code.operator_acceptable(),
+                    code,
+                    reason: r.get(7),
+                    status,
                 })
             })
-            .collect())
+            .collect()
     }
 }
 
-fn quarantined(key: Option<String>, reason: &Reason) -> ItemOutcome {
-    ItemOutcome {
+fn quarantined(key: Option<String>, reason: &Reason) -> ReadingOutcome {
+    ReadingOutcome {
         key,
-        status: "quarantined",
+        status: ReadingStatus::Quarantined,
         code: Some(reason.code),
         reason: Some(reason.message.clone()),
     }

@@ -14,7 +14,7 @@ use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKin
 use gridmesh_protocol::{GatewayId, Interval, NodeId, ParticipantId, PricePerMwh, Wh};
 use settlement::audit;
 use settlement::rules::{self, MeterRow};
-use settlement::service::{Event, Service, SettleOutcome};
+use settlement::service::{Event, ReadingStatus, Service, SettleOutcome};
 use settlement::sources::{StaticSource, poll_once};
 use std::collections::BTreeMap;
 
@@ -135,7 +135,10 @@ async fn readings(s: &Service, i: Interval, seq: u64, list: &[(&str, i64, i64)])
         })
         .collect();
     let out = s.ingest(submit(&envs)).await.unwrap();
-    assert!(out.iter().all(|o| o.status == "accepted"), "{out:?}");
+    assert!(
+        out.iter().all(|o| o.status == ReadingStatus::Accepted),
+        "{out:?}"
+    );
 }
 
 fn line<'a>(
@@ -257,7 +260,7 @@ async fn excess(backend: &str, price: i64) {
     );
 
     // Tokens: only the 500 Wh delivered within the envelope, never the excess (700 cleared).
-    assert_eq!(s.balances("bob").await.unwrap()["balance"], 500);
+    assert_eq!(s.balances("bob").await.unwrap().balance, Wh(500));
     assert_eq!(s.metrics.tokens_minted_wh.get(), 500);
 
     // The audit settles the interval again and agrees; it notices a tampered excess line and
@@ -458,7 +461,7 @@ async fn flows(backend: &str) {
     forged.signature[3] ^= 1;
     assert_eq!(
         s.ingest(submit(&[forged])).await.unwrap()[0].status,
-        "quarantined"
+        ReadingStatus::Quarantined
     );
 
     let all = s.flows(None, 100).await.unwrap();

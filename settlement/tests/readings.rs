@@ -5,10 +5,10 @@ mod common;
 use common::*;
 use gridmesh_protocol::reading::ReadingFlags;
 use gridmesh_protocol::signing::{Signable, SignedEnvelope};
-use settlement::service::{ItemOutcome, Submission};
+use settlement::service::{ReadingOutcome, ReadingStatus, Submission};
 use sqlx::Row;
 
-fn code(o: &ItemOutcome) -> &'static str {
+fn code(o: &ReadingOutcome) -> &'static str {
     o.code.map(|c| c.as_str()).unwrap_or("-")
 }
 
@@ -20,7 +20,7 @@ async fn outcomes(backend: &str) {
     let e1 = sign(&r1);
 
     let first = s.ingest(submit(std::slice::from_ref(&e1))).await.unwrap();
-    assert_eq!(first[0].status, "accepted", "{first:?}");
+    assert_eq!(first[0].status, ReadingStatus::Accepted, "{first:?}");
     assert_eq!(first[0].key.as_deref(), Some("gw-alice/home/1782043200"));
 
     // Forged: a delta altered after signing (the old signature kept).
@@ -95,7 +95,7 @@ async fn outcomes(backend: &str) {
         raw: b"not json at all".to_vec(),
     });
     let out = s.ingest(batch).await.unwrap();
-    let got: Vec<(&str, &str)> = out.iter().map(|o| (o.status, code(o))).collect();
+    let got: Vec<(&str, &str)> = out.iter().map(|o| (o.status.as_str(), code(o))).collect();
     assert_eq!(
         got,
         vec![
@@ -114,7 +114,10 @@ async fn outcomes(backend: &str) {
             ("quarantined", "malformed"),
         ]
     );
-    for o in out.iter().filter(|o| o.status == "quarantined") {
+    for o in out
+        .iter()
+        .filter(|o| o.status == ReadingStatus::Quarantined)
+    {
         assert!(
             o.reason.as_ref().is_some_and(|r| r.len() > 20),
             "reason explains: {o:?}"
@@ -140,14 +143,17 @@ async fn outcomes(backend: &str) {
     assert_eq!(statuses.len(), 4, "{statuses:?}");
     assert!(statuses.contains(&("gw-bob/home/1782043200".into(), "flagged".into())));
     assert!(statuses.contains(&("gw-carol/home/1782000000".into(), "flagged".into())));
-    let quarantined = out.iter().filter(|o| o.status == "quarantined").count();
+    let quarantined = out
+        .iter()
+        .filter(|o| o.status == ReadingStatus::Quarantined)
+        .count();
     let rows = s.quarantine(100).await.unwrap();
     assert_eq!(rows.len(), quarantined);
-    let malformed = rows.iter().find(|r| r["code"] == "malformed").unwrap();
-    assert_eq!(
-        malformed["raw"], "not json at all",
-        "raw input kept verbatim"
-    );
+    let malformed = rows
+        .iter()
+        .find(|r| r.code.as_str() == "malformed")
+        .unwrap();
+    assert_eq!(malformed.raw, "not json at all", "raw input kept verbatim");
     assert_eq!(s.metrics.readings_accepted.get(), 2);
     assert_eq!(s.metrics.readings_duplicate.get(), 1);
 
@@ -155,7 +161,7 @@ async fn outcomes(backend: &str) {
     drop(s);
     let s = service(&url).await;
     let again = s.ingest(submit(&[e1])).await.unwrap();
-    assert_eq!(again[0].status, "duplicate");
+    assert_eq!(again[0].status, ReadingStatus::Duplicate);
 
     // Late: a reading for an interval that was already settled.
     s.add_result(&result(i1200, vec![])).await.unwrap();
@@ -166,7 +172,10 @@ async fn outcomes(backend: &str) {
         ))]))
         .await
         .unwrap();
-    assert_eq!((late[0].status, code(&late[0])), ("quarantined", "late"));
+    assert_eq!(
+        (late[0].status.as_str(), code(&late[0])),
+        ("quarantined", "late")
+    );
 }
 
 #[tokio::test]
@@ -205,7 +214,7 @@ async fn one_forged_reading_in_a_large_batch_is_found() {
     let bad: Vec<usize> = out
         .iter()
         .enumerate()
-        .filter(|(_, o)| o.status != "accepted")
+        .filter(|(_, o)| o.status != ReadingStatus::Accepted)
         .map(|(i, _)| i)
         .collect();
     assert_eq!(bad, vec![77]);

@@ -10,7 +10,7 @@ use gridmesh_protocol::token::{TokenRetire, TokenTransfer};
 use gridmesh_protocol::{ParticipantId, Wh};
 use settlement::audit;
 use settlement::ledger::{parse_hex32, verify_proof};
-use settlement::service::{Service, ServiceError, SettleOutcome};
+use settlement::service::{ReadingStatus, Service, ServiceError, SettleOutcome};
 use sqlx::Row;
 
 fn lot(hex: &str) -> [u8; 32] {
@@ -71,7 +71,10 @@ async fn settle_scenario(s: &Service) {
         ]))
         .await
         .unwrap();
-    assert!(out.iter().all(|o| o.status == "accepted"), "{out:?}");
+    assert!(
+        out.iter().all(|o| o.status == ReadingStatus::Accepted),
+        "{out:?}"
+    );
     // The result for 14:00 is not due yet (it ends after now); 12:00 is (end + grace < now).
     s.add_result(&result(interval("14:00"), vec![]))
         .await
@@ -114,7 +117,7 @@ async fn full_flow(backend: &str) {
     // Tokens: alice's 800 Wh delivered splits 727/73 over her two sales; bob's 1200 Wh
     // consumed splits 800/400 over his purchases: mints 727 (alice→bob) + 400 (carol→bob).
     assert_eq!(bob.tokens, Wh(1_127));
-    let balances = s.balances("bob").await.unwrap();
+    let balances = json(&s.balances("bob").await.unwrap());
     assert_eq!(balances["balance"], 1_127);
     let holdings = balances["holdings"].as_array().unwrap();
     assert_eq!(holdings.len(), 2);
@@ -174,8 +177,8 @@ async fn full_flow(backend: &str) {
     assert_eq!(r.lot, receipt.lot);
     let over = s.retire(retire("carol", &receipt.lot, 201, 2)).await;
     assert!(matches!(over, Err(ServiceError::Conflict(_))), "{over:?}");
-    assert_eq!(s.balances("bob").await.unwrap()["balance"], 827);
-    let c = s.balances("carol").await.unwrap();
+    assert_eq!(json(&s.balances("bob").await.unwrap())["balance"], 827);
+    let c = json(&s.balances("carol").await.unwrap());
     assert_eq!(
         (c["balance"].as_i64(), c["retired"].as_i64()),
         (Some(200), Some(100))
@@ -193,7 +196,7 @@ async fn full_flow(backend: &str) {
         s.settle(&i2.key()).await.unwrap(),
         SettleOutcome::Settled { height: 1 }
     );
-    let block = s.block(1).await.unwrap().unwrap();
+    let block = json(&s.block(1).await.unwrap().unwrap());
     let hashes: Vec<&str> = block["entries"]
         .as_array()
         .unwrap()
@@ -202,7 +205,7 @@ async fn full_flow(backend: &str) {
         .collect();
     assert_eq!(hashes, vec![receipt.entry.as_str(), r.entry.as_str()]);
     for h in hashes {
-        let e = s.entry(h).await.unwrap().unwrap();
+        let e = json(&s.entry(h).await.unwrap().unwrap());
         let proof: Vec<settlement::ledger::ProofStep> =
             serde_json::from_value(e["proof"].clone()).unwrap();
         assert!(verify_proof(
@@ -211,7 +214,7 @@ async fn full_flow(backend: &str) {
             lot(block["merkle_root"].as_str().unwrap())
         ));
     }
-    let b0 = s.block(0).await.unwrap().unwrap();
+    let b0 = json(&s.block(0).await.unwrap().unwrap());
     assert_eq!(block["prev_hash"], b0["hash"]);
 
     let report = audit::verify(s.db(), Some(s.authority())).await.unwrap();
@@ -349,18 +352,18 @@ async fn withheld(backend: &str) {
     assert_eq!(out[0].code.unwrap().as_str(), "implausible_export");
     s.settle(&i.key()).await.unwrap();
     assert_eq!(
-        s.balances("bob").await.unwrap()["balance"],
+        json(&s.balances("bob").await.unwrap())["balance"],
         0,
         "not tokenized while flagged"
     );
     // Money still settles on the meter.
     let alice = &s.statements(Some("alice"), None).await.unwrap()[0];
     assert_eq!(alice.delivered, Wh(500));
-    let q = s.quarantine(10).await.unwrap();
+    let q = json(&s.quarantine(10).await.unwrap());
     let id = q[0]["id"].as_i64().unwrap();
     assert_eq!(q[0]["acceptable"], true);
     assert_eq!(s.accept_quarantined(id).await.unwrap(), 1);
-    assert_eq!(s.balances("bob").await.unwrap()["balance"], 500);
+    assert_eq!(json(&s.balances("bob").await.unwrap())["balance"], 500);
     assert_eq!(
         s.accept_quarantined(id).await.unwrap(),
         0,
@@ -370,7 +373,9 @@ async fn withheld(backend: &str) {
     let mut bad = sign(&reading("gw-carol", 1, i, 1, 1, 1, 1));
     bad.signature[0] ^= 1;
     s.ingest(submit(&[bad])).await.unwrap();
-    let forged_id = s.quarantine(1).await.unwrap()[0]["id"].as_i64().unwrap();
+    let forged_id = json(&s.quarantine(1).await.unwrap())[0]["id"]
+        .as_i64()
+        .unwrap();
     assert!(matches!(
         s.accept_quarantined(forged_id).await,
         Err(ServiceError::Conflict(_))
@@ -440,7 +445,7 @@ async fn failure_mid_settlement(backend: &str) {
         s.settle(&i.key()).await.unwrap(),
         SettleOutcome::Settled { height: 0 }
     );
-    assert_eq!(s.balances("bob").await.unwrap()["balance"], 400);
+    assert_eq!(json(&s.balances("bob").await.unwrap())["balance"], 400);
     audit::verify(s.db(), None).await.unwrap();
 }
 

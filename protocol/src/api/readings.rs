@@ -98,6 +98,27 @@ impl ReasonCode {
         }
     }
 
+    /// Every code, in declaration order.
+    pub const ALL: [ReasonCode; 12] = [
+        ReasonCode::Malformed,
+        ReasonCode::UnknownGateway,
+        ReasonCode::KeyMismatch,
+        ReasonCode::BadSignature,
+        ReasonCode::Conflict,
+        ReasonCode::FutureInterval,
+        ReasonCode::TooOld,
+        ReasonCode::SequenceNotIncreasing,
+        ReasonCode::RegisterDecreased,
+        ReasonCode::Late,
+        ReasonCode::ImplausibleExport,
+        ReasonCode::PvAtNight,
+    ];
+
+    /// Parses a stored code (the inverse of [`ReasonCode::as_str`]).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     /// Whether an operator may accept a reading quarantined for this reason (only flagged,
     /// correctly signed readings can be accepted).
     pub fn operator_acceptable(self) -> bool {
@@ -120,5 +141,11 @@ mod tests {
         let again = serde_json::to_string(&outcomes[1]).unwrap();
         assert!(again.contains(r#""status":"quarantined""#));
         assert_eq!(ReasonCode::PvAtNight.as_str(), "pv_at_night");
+        for c in ReasonCode::ALL {
+            assert_eq!(ReasonCode::parse(c.as_str()), Some(c));
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.as_str()));
+        }
+        assert_eq!(ReasonCode::parse("nope"), None);
     }
 }

@@ -224,7 +224,10 @@ async fn run(backend: &str, url: String, w: &World, args: &Args) {
                     return accepted;
                 };
                 let out = service.ingest(batch).await.expect("ingest");
-                accepted += out.iter().filter(|o| o.status == "accepted").count();
+                accepted += out
+                    .iter()
+                    .filter(|o| o.status == settlement::service::ReadingStatus::Accepted)
+                    .count();
             }
         }));
     }

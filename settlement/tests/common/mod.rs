@@ -224,3 +224,8 @@ pub async fn service(url: &str) -> Service {
 pub fn ts(s: &str) -> DateTime<Utc> {
     Utc.from_utc_datetime(&chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").unwrap())
 }
+
+/// The JSON a typed answer serialises to: what REST clients see.
+pub fn json<T: serde::Serialize>(answer: &T) -> serde_json::Value {
+    serde_json::to_value(answer).expect("answers serialise")
+}
