@@ -7,6 +7,7 @@ use crate::envelope::Intake;
 use crate::outbox::Outbox;
 use crate::status::Status;
 use chrono::Duration as ChronoDuration;
+use gridmesh_protocol::api::market::ErrorBody;
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::{Interval, SignedEnvelope};
@@ -67,10 +68,8 @@ pub fn classify(status: u16, body: &str) -> Submission {
         return Submission::Submitted;
     }
     if status == 409 {
-        let code = serde_json::from_str::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_owned));
-        if code.as_deref() == Some("replayed_nonce") {
+        let error = serde_json::from_str::<ErrorBody>(body).ok();
+        if error.is_some_and(|e| e.code == "replayed_nonce") {
             return Submission::Submitted;
         }
     }

@@ -42,6 +42,11 @@ pub enum GatewayError {
     /// The MQTT settings are invalid.
     #[error("{0}")]
     Mqtt(String),
+    /// The HTTP client for settlement and the market could not be built.
+    #[error(
+        "cannot set up the HTTP client for settlement and the market: {0}. This is a build or system problem (TLS or resolver setup), not a config mistake"
+    )]
+    Http(reqwest::Error),
     /// The health port could not be bound.
     #[error(
         "cannot listen on {addr} for /healthz and /metrics: {source}. Choose another health_listen port"
@@ -193,10 +198,7 @@ pub async fn run_with_key(
     });
 
     let wake = Arc::new(Notify::new());
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap_or_default();
+    let http = http_client(reqwest::Client::builder())?;
     let uplink = Uplink {
         outbox: outbox.clone(),
         mqtt: mqtt.clone(),
@@ -311,6 +313,18 @@ pub async fn run_with_key(
         public_key: key.public_key(),
         status,
     })
+}
+
+/// How long the gateway waits to connect to settlement or the market.
+pub const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The HTTP client for settlement and the market, with [`HTTP_CONNECT_TIMEOUT`]. A client that
+/// cannot be built is an error: falling back to a default client would lose the timeout.
+pub fn http_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, GatewayError> {
+    builder
+        .connect_timeout(HTTP_CONNECT_TIMEOUT)
+        .build()
+        .map_err(GatewayError::Http)
 }
 
 /// Simulated milliseconds in `real_ms` real milliseconds.
@@ -806,5 +820,15 @@ mod tests {
         assert!(clock_stepped(1.0, 3600.0));
         assert!(clock_stepped(1.0, -5.0));
         assert!(clock_stepped(100.0, 110.0));
+    }
+
+    #[test]
+    fn an_http_client_that_cannot_be_built_is_an_error_not_a_default() {
+        assert!(http_client(reqwest::Client::builder()).is_ok());
+        // A builder that fails (an invalid header value) must not fall back to a default client
+        // without the connect timeout.
+        let error = http_client(reqwest::Client::builder().user_agent("bad\nagent")).unwrap_err();
+        assert!(matches!(error, GatewayError::Http(_)), "{error}");
+        assert!(error.to_string().contains("HTTP client"), "{error}");
     }
 }

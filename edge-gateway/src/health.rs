@@ -1,11 +1,22 @@
 //! The local `/healthz` (JSON status) and `/metrics` (Prometheus text) endpoints.
 
-use crate::status::Status;
+use crate::status::{Snapshot, Status};
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use serde::Serialize;
 use std::sync::Arc;
+
+/// The `/healthz` answer: `ok` when every device answered its last poll, else `degraded`
+/// (served with 503), and the full status.
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    /// `ok` or `degraded`.
+    pub status: &'static str,
+    /// Everything the gateway reports.
+    pub detail: Snapshot,
+}
 
 /// The router.
 pub fn router(status: Arc<Status>) -> Router {
@@ -22,13 +33,11 @@ pub fn router(status: Arc<Status>) -> Router {
                     } else {
                         StatusCode::SERVICE_UNAVAILABLE
                     };
-                    (
-                        code,
-                        axum::Json(serde_json::json!({
-                            "status": if healthy { "ok" } else { "degraded" },
-                            "detail": snapshot,
-                        })),
-                    )
+                    let health = Health {
+                        status: if healthy { "ok" } else { "degraded" },
+                        detail: snapshot,
+                    };
+                    (code, axum::Json(health))
                 }
             }),
         )

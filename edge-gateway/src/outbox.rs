@@ -45,6 +45,24 @@ pub enum OutboxError {
     /// Stored JSON does not parse.
     #[error("outbox data is damaged: {0}")]
     Corrupt(String),
+    /// The stored sequence number is not a number: the gateway must not guess it.
+    #[error(
+        "the outbox {path} is damaged: its sequence number is {value:?}, not a number. The gateway refuses to start, because restarting the sequence at 1 would get every new reading quarantined by settlement (sequence_not_increasing). Restore the outbox from a backup, or set the `sequence` row of its `meta` table to the last sequence number settlement holds for this gateway"
+    )]
+    CorruptSequence {
+        /// The file.
+        path: PathBuf,
+        /// What is stored instead of a number.
+        value: String,
+    },
+    /// A stored counter is not a number.
+    #[error("outbox data is damaged: the meta value {key} is {value:?}, not a number")]
+    CorruptMeta {
+        /// The meta key.
+        key: String,
+        /// What is stored instead of a number.
+        value: String,
+    },
 }
 
 /// A reading waiting for delivery.
@@ -95,6 +113,15 @@ async fn meta_set(conn: &mut SqliteConnection, key: &str, value: &str) -> Result
         .map(|_| ())
 }
 
+/// The last sequence number signed (0 before the first), or the stored text if it is not a
+/// number.
+async fn sequence(conn: &mut SqliteConnection) -> Result<Result<u64, String>, sqlx::Error> {
+    Ok(match meta_get(conn, "sequence").await? {
+        None => Ok(0),
+        Some(value) => value.parse::<u64>().map_err(|_| value),
+    })
+}
+
 /// What [`Outbox::store`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
@@ -128,11 +155,21 @@ impl Outbox {
                 path: path.to_owned(),
                 source,
             })?;
-        Ok(Outbox {
+        let outbox = Outbox {
             pool,
             cap_bytes,
             dropped: Default::default(),
-        })
+        };
+        // Refuse a damaged sequence now, with the file's name, rather than at the first store.
+        let mut conn = outbox.pool.acquire().await?;
+        if let Err(value) = sequence(&mut conn).await? {
+            return Err(OutboxError::CorruptSequence {
+                path: path.to_owned(),
+                value,
+            });
+        }
+        drop(conn);
+        Ok(outbox)
     }
 
     /// Closes the pool (flushes the WAL).
@@ -151,13 +188,16 @@ impl Outbox {
         }
     }
 
-    /// An integer from the meta table (0 if absent).
+    /// An integer from the meta table (0 if absent; an error if it is not a number).
     pub async fn meta_int(&self, key: &str) -> Result<i64, OutboxError> {
         let mut conn = self.pool.acquire().await?;
-        Ok(meta_get(&mut conn, key)
-            .await?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0))
+        match meta_get(&mut conn, key).await? {
+            None => Ok(0),
+            Some(value) => value.parse().map_err(|_| OutboxError::CorruptMeta {
+                key: key.to_owned(),
+                value,
+            }),
+        }
     }
 
     /// Stores an integer in the meta table.
@@ -177,10 +217,12 @@ impl Outbox {
         now_ms: i64,
     ) -> Result<Stored, OutboxError> {
         let mut tx = self.pool.begin().await?;
-        let sequence = meta_get(&mut tx, "sequence")
+        let sequence = sequence(&mut tx)
             .await?
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
+            .map_err(|value| OutboxError::CorruptMeta {
+                key: "sequence".into(),
+                value,
+            })?
             + 1;
         let reading = build(sequence);
         let start = reading.interval.start_unix();
@@ -425,6 +467,61 @@ mod tests {
             outbox.history(10).await.unwrap()[0].interval_start,
             base + 2700
         );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_sequence_refuses_to_open_instead_of_restarting_at_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let key = SigningKeyPair::from_seed([1; 32]);
+        let base = 1_782_000_000 / 900 * 900;
+        {
+            let outbox = Outbox::open(&path, 1 << 20).await.unwrap();
+            outbox
+                .store(|s| reading(s, base), &key, &resume(base + 900), 0)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE meta SET value = 'x7' WHERE key = 'sequence'")
+                .execute(&outbox.pool)
+                .await
+                .unwrap();
+            // A running gateway refuses to sign with a guessed sequence too.
+            let error = outbox
+                .store(|s| reading(s, base + 900), &key, &resume(base + 1800), 0)
+                .await
+                .unwrap_err();
+            assert!(matches!(error, OutboxError::CorruptMeta { .. }), "{error}");
+            outbox.close().await;
+        }
+        let error = Outbox::open(&path, 1 << 20).await.unwrap_err();
+        let text = error.to_string();
+        assert!(
+            matches!(&error, OutboxError::CorruptSequence { value, .. } if value == "x7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("o.db") && text.contains("refuses to start") && text.contains("backup"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_counter_is_an_error_not_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("o.db"), 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(outbox.meta_int("clock_set_count").await.unwrap(), 0);
+        outbox.set_meta_int("clock_set_count", 4).await.unwrap();
+        assert_eq!(outbox.meta_int("clock_set_count").await.unwrap(), 4);
+        sqlx::query("UPDATE meta SET value = 'four' WHERE key = 'clock_set_count'")
+            .execute(&outbox.pool)
+            .await
+            .unwrap();
+        assert!(matches!(
+            outbox.meta_int("clock_set_count").await,
+            Err(OutboxError::CorruptMeta { .. })
+        ));
     }
 
     #[tokio::test]

@@ -1,10 +1,13 @@
 //! Delivery of the outbox: MQTT QoS 1 first (a reading is deleted only after its PUBACK), HTTP
-//! `POST {settlement}/readings` as the fallback (deleted only after a 2xx whose per-item status
-//! says it was recorded). Strictly in order: delivery stops at the first failure and resumes
-//! with exponential backoff, or at once when a new reading arrives after a success.
+//! `POST {settlement}/readings` as the fallback (deleted only after a 2xx whose per-item
+//! [`ReadingOutcome`] says settlement stored it, [`ReadingStatus::is_stored`]). Strictly in
+//! order: delivery stops at the first failure and resumes with exponential backoff, or at once
+//! when a new reading arrives after a success. An answer that is not a list of outcomes is a
+//! failed delivery: every reading stays in the outbox.
 
-use crate::outbox::{Outbox, Pending};
+use crate::outbox::{Outbox, OutboxError, Pending};
 use crate::status::Status;
+use gridmesh_protocol::api::readings::{ReadingOutcome, ReadingStatus};
 use gridmesh_runtime::mqtt::{MqttHandle, Qos};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,10 +33,59 @@ pub struct Uplink {
     pub wake: Arc<Notify>,
 }
 
-#[derive(serde::Deserialize)]
-struct ItemStatus {
-    key: String,
-    status: String,
+/// Why a delivery attempt failed; the readings stay in the outbox and are retried.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The outbox could not be read or updated.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The broker did not confirm a publish and there is no HTTP fallback.
+    #[error("the MQTT broker did not confirm the reading: {0}")]
+    Mqtt(String),
+    /// Neither a connected broker nor settlement's URL is available.
+    #[error("{0}")]
+    NoUplink(&'static str),
+    /// Settlement could not be reached.
+    #[error("settlement unreachable: {0}")]
+    Unreachable(reqwest::Error),
+    /// Settlement answered with an error status.
+    #[error("settlement answered {status}: {body}")]
+    Refused {
+        /// The HTTP status.
+        status: reqwest::StatusCode,
+        /// The answer's body.
+        body: String,
+    },
+    /// Settlement answered 2xx, but not with one reading outcome per submitted reading.
+    #[error(
+        "settlement's answer to POST /readings is not a list of reading outcomes ({0}); the readings are kept and sent again. Check that settlement runs a compatible version"
+    )]
+    BadAnswer(String),
+    /// Settlement did not store every reading.
+    #[error("settlement recorded {recorded} of {sent} readings; the rest are retried")]
+    Partial {
+        /// Readings stored.
+        recorded: usize,
+        /// Readings sent.
+        sent: usize,
+    },
+}
+
+/// The outbox rows settlement stored, judged by each reading's outcome: the outcome with the
+/// same key, or (for an outcome without a key, i.e. a payload settlement could not decode) the
+/// outcome at the same position, since settlement answers one outcome per item, in order.
+pub fn stored_ids(sent: &[Pending], outcomes: &[ReadingOutcome]) -> Vec<i64> {
+    sent.iter()
+        .enumerate()
+        .filter(|(i, p)| {
+            outcomes
+                .iter()
+                .find(|o| o.key.as_deref() == Some(p.key.as_str()))
+                .or_else(|| outcomes.get(*i).filter(|o| o.key.is_none()))
+                .is_some_and(|o| o.status.is_stored())
+        })
+        .map(|(_, p)| p.id)
+        .collect()
 }
 
 impl Uplink {
@@ -99,8 +151,8 @@ impl Uplink {
     }
 
     /// Delivers up to one batch; `Ok(true)` when the outbox is empty afterwards.
-    async fn deliver_some(&self) -> Result<bool, String> {
-        let batch = self.outbox.pending(50).await.map_err(|e| e.to_string())?;
+    async fn deliver_some(&self) -> Result<bool, DeliveryError> {
+        let batch = self.outbox.pending(50).await?;
         if batch.is_empty() {
             return Ok(true);
         }
@@ -119,17 +171,14 @@ impl Uplink {
                     .await
                 {
                     Ok(()) => {
-                        self.outbox
-                            .delivered(&[item.id])
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        self.outbox.delivered(&[item.id]).await?;
                         self.status.update(|s| s.delivered_mqtt += 1);
                         rest = &rest[1..];
                     }
                     Err(e) => {
                         let _ = self.outbox.attempted(item.id).await;
                         if self.settlement_url.is_none() {
-                            return Err(e.to_string());
+                            return Err(DeliveryError::Mqtt(e.to_string()));
                         }
                         break;
                     }
@@ -140,10 +189,10 @@ impl Uplink {
             }
         }
         let Some(url) = &self.settlement_url else {
-            return Err(match &self.mqtt {
-                Some(_) => "the MQTT broker is not connected".into(),
-                None => "no uplink configured (set mqtt.url or settlement_url)".into(),
-            });
+            return Err(DeliveryError::NoUplink(match &self.mqtt {
+                Some(_) => "the MQTT broker is not connected",
+                None => "no uplink configured (set mqtt.url or settlement_url)",
+            }));
         };
         let body = format!(
             "[{}]",
@@ -160,36 +209,191 @@ impl Uplink {
             .timeout(Duration::from_secs(20))
             .send()
             .await
-            .map_err(|e| format!("settlement unreachable: {e}"))?;
+            .map_err(DeliveryError::Unreachable)?;
         let code = response.status();
         if !code.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            return Err(format!("settlement answered {code}: {text}"));
+            let body = response.text().await.unwrap_or_default();
+            return Err(DeliveryError::Refused { status: code, body });
         }
-        let statuses: Vec<ItemStatus> = response.json().await.unwrap_or_default();
-        let recorded: Vec<i64> = rest
-            .iter()
-            .filter(|p| {
-                statuses.iter().any(|s| {
-                    s.key == p.key
-                        && matches!(s.status.as_str(), "accepted" | "duplicate" | "quarantined")
-                })
-            })
-            .map(|p| p.id)
-            .collect();
-        self.outbox
-            .delivered(&recorded)
+        let bytes = response
+            .bytes()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| DeliveryError::BadAnswer(format!("the body could not be read: {e}")))?;
+        let outcomes: Vec<ReadingOutcome> =
+            serde_json::from_slice(&bytes).map_err(|e| DeliveryError::BadAnswer(e.to_string()))?;
+        let recorded = stored_ids(rest, &outcomes);
+        self.outbox.delivered(&recorded).await?;
         let n = recorded.len() as u64;
         self.status.update(|s| s.delivered_http += n);
+        for o in outcomes
+            .iter()
+            .filter(|o| o.status == ReadingStatus::Quarantined)
+        {
+            tracing::warn!(
+                key = o.key.as_deref().unwrap_or("-"),
+                code = o.code.map(|c| c.as_str()).unwrap_or("-"),
+                reason = o.reason.as_deref().unwrap_or("-"),
+                "settlement quarantined a reading (it keeps it with the reason; see its /quarantine)"
+            );
+        }
         if recorded.len() < rest.len() {
-            return Err(format!(
-                "settlement recorded {} of {} readings; the rest are retried",
-                recorded.len(),
-                rest.len()
-            ));
+            return Err(DeliveryError::Partial {
+                recorded: recorded.len(),
+                sent: rest.len(),
+            });
         }
         Ok(batch.len() < 50)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accountant::Resume;
+    use axum::Json;
+    use axum::extract::State;
+    use axum::routing::post;
+    use gridmesh_protocol::api::readings::ReasonCode;
+    use gridmesh_protocol::keys::SigningKeyPair;
+    use gridmesh_protocol::reading::{ReadingFlags, Registers};
+    use gridmesh_protocol::{DeviceId, GatewayId, Interval, Reading, SignedEnvelope};
+    use std::sync::Mutex;
+
+    fn pending(id: i64, key: &str) -> Pending {
+        Pending {
+            id,
+            key: key.into(),
+            envelope: String::new(),
+        }
+    }
+
+    fn outcome(key: Option<&str>, status: ReadingStatus) -> ReadingOutcome {
+        ReadingOutcome {
+            key: key.map(str::to_owned),
+            status,
+            code: (status == ReadingStatus::Quarantined).then_some(ReasonCode::Late),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn every_stored_status_clears_its_reading_by_key() {
+        let sent = [pending(1, "a"), pending(2, "b"), pending(3, "c")];
+        let outcomes = [
+            outcome(Some("c"), ReadingStatus::Quarantined),
+            outcome(Some("a"), ReadingStatus::Accepted),
+            outcome(Some("b"), ReadingStatus::Duplicate),
+        ];
+        assert_eq!(stored_ids(&sent, &outcomes), vec![1, 2, 3]);
+        // A reading settlement did not answer for stays.
+        assert_eq!(stored_ids(&sent, &outcomes[1..]), vec![1, 2]);
+        // An outcome without a key (undecodable payload, quarantined verbatim) is matched by
+        // position.
+        let outcomes = [
+            outcome(Some("a"), ReadingStatus::Accepted),
+            outcome(None, ReadingStatus::Quarantined),
+        ];
+        assert_eq!(stored_ids(&sent[..2], &outcomes), vec![1, 2]);
+    }
+
+    fn reading(sequence: u64, start: i64) -> Reading {
+        Reading {
+            gateway: GatewayId::new("gw").unwrap(),
+            device: DeviceId::new("home").unwrap(),
+            firmware: "t".into(),
+            sequence,
+            interval: Interval::from_unix(start, 15).unwrap(),
+            measured_at: chrono::DateTime::from_timestamp(start + 900, 0).unwrap(),
+            clock_synced: true,
+            clock_set_count: 0,
+            operating_seconds: 1,
+            registers: Registers::default(),
+            deltas: Registers::default(),
+            soc_permille: None,
+            flags: ReadingFlags::empty(),
+        }
+    }
+
+    /// Settlement's answer: broken while `broken` is set, else one outcome per reading, the
+    /// second one quarantined (as the real service answers for a late reading).
+    async fn readings(
+        State(broken): State<Arc<Mutex<bool>>>,
+        Json(items): Json<Vec<SignedEnvelope>>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        if *broken.lock().unwrap() {
+            return (axum::http::StatusCode::OK, "{\"stored\": tru").into_response();
+        }
+        let outcomes: Vec<ReadingOutcome> = items
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let r: Reading = e.open().unwrap();
+                let quarantined = i == 1;
+                ReadingOutcome {
+                    key: Some(r.idempotency_key()),
+                    status: if quarantined {
+                        ReadingStatus::Quarantined
+                    } else {
+                        ReadingStatus::Accepted
+                    },
+                    code: quarantined.then_some(ReasonCode::Late),
+                    reason: quarantined.then(|| "the interval was settled".to_owned()),
+                }
+            })
+            .collect();
+        Json(outcomes).into_response()
+    }
+
+    #[tokio::test]
+    async fn a_broken_answer_is_a_failed_delivery_and_keeps_the_readings() {
+        let broken = Arc::new(Mutex::new(true));
+        let router = axum::Router::new()
+            .route("/readings", post(readings))
+            .with_state(broken.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("o.db"), 1 << 20)
+            .await
+            .unwrap();
+        let key = SigningKeyPair::from_seed([3; 32]);
+        let base = 1_782_000_000 / 900 * 900;
+        for i in 0..3 {
+            let start = base + i * 900;
+            let resume = Resume {
+                next_start: start + 900,
+                channels: [None; 5],
+            };
+            outbox
+                .store(|s| reading(s, start), &key, &resume, 0)
+                .await
+                .unwrap();
+        }
+        let uplink = Uplink {
+            outbox: outbox.clone(),
+            mqtt: None,
+            topic: "unused".into(),
+            settlement_url: Some(format!("http://{addr}")),
+            http: reqwest::Client::new(),
+            status: Arc::new(Status::default()),
+            wake: Arc::new(Notify::new()),
+        };
+        let error = uplink.deliver_some().await.unwrap_err();
+        assert!(matches!(error, DeliveryError::BadAnswer(_)), "{error}");
+        assert!(
+            error.to_string().contains("not a list of reading outcomes"),
+            "{error}"
+        );
+        assert_eq!(outbox.depth().await.unwrap().0, 3, "every reading is kept");
+        assert_eq!(uplink.status.snapshot().delivered_http, 0);
+
+        // Once settlement answers properly, accepted and quarantined readings both leave.
+        *broken.lock().unwrap() = false;
+        assert!(uplink.deliver_some().await.unwrap());
+        assert_eq!(outbox.depth().await.unwrap().0, 0);
+        assert_eq!(uplink.status.snapshot().delivered_http, 3);
     }
 }

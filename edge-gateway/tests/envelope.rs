@@ -20,6 +20,7 @@ use common::BROKER;
 use edge_gateway::config::{DeviceConfig, GatewayConfig, Role};
 use edge_gateway::{KeySource, RunningGateway, run_with_key};
 use gridmesh_protocol::SignedEnvelope;
+use gridmesh_protocol::api::market::ErrorBody;
 use gridmesh_protocol::envelope::{
     ControlStatus, EnvelopeBasis, EnvelopeSource, OperatingEnvelope,
 };
@@ -30,7 +31,6 @@ use gridmesh_runtime::mqtt::{MqttSession, MqttSettings};
 use gridmesh_runtime::shutdown::Shutdown;
 use meter_sim::scenario::HomeSpec;
 use meter_sim::{DeviceKind, Homes, ManifestHome, Scenario, Simulator};
-use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,7 +63,10 @@ async fn envelopes(State(m): State<Mock>, Path(gateway): Path<String>) -> Respon
     if gateway != m.gateway.as_str() {
         return (
             StatusCode::NOT_FOUND,
-            Json(json!({"code": "not_found", "message": format!("gateway {gateway} is not enrolled")})),
+            Json(ErrorBody {
+                code: "not_found".into(),
+                message: format!("gateway {gateway} is not enrolled"),
+            }),
         )
             .into_response();
     }

@@ -6,17 +6,21 @@ mod common;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use common::*;
 use edge_gateway::config::{DeviceConfig, GatewayConfig, Role};
 use edge_gateway::{KeySource, run_with_key};
+use gridmesh_protocol::api::market::{ErrorBody, OrderAccepted};
+use gridmesh_protocol::api::readings::{ReadingOutcome, ReadingStatus, ReasonCode};
+use gridmesh_protocol::envelope::MarketKey;
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::order::{Order, Side};
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
 use gridmesh_protocol::{GatewayId, Reading, SignedEnvelope};
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::shutdown::Shutdown;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +28,8 @@ use std::time::Duration;
 struct Recorder {
     bodies: Arc<Mutex<Vec<(HeaderMap, Value)>>>,
     failures_left: Arc<Mutex<u32>>,
+    /// Idempotency keys settlement has stored (a resend is a duplicate).
+    stored: Arc<Mutex<std::collections::HashSet<String>>>,
     received_at: Arc<Mutex<Vec<chrono::DateTime<chrono::Utc>>>>,
     clock: Option<Clock>,
 }
@@ -35,29 +41,62 @@ async fn serve(router: axum::Router) -> String {
     format!("http://{addr}")
 }
 
+/// Settlement's `POST /readings` as the real service answers it: one [`ReadingOutcome`] per
+/// item, in order; a resent reading is a duplicate, and the reading with sequence 2 arrives
+/// after its interval was settled, so it is quarantined as late (and still stored).
 async fn readings(
     State(r): State<Recorder>,
     headers: HeaderMap,
     Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
+) -> Response {
     {
         let mut left = r.failures_left.lock().unwrap();
         if *left > 0 {
             *left -= 1;
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"code":"unavailable","message":"try later"})),
-            );
+                Json(ErrorBody {
+                    code: "unavailable".into(),
+                    message: "try later".into(),
+                }),
+            )
+                .into_response();
         }
     }
     let mut out = Vec::new();
     for item in body.as_array().unwrap() {
         let envelope: SignedEnvelope = serde_json::from_value(item.clone()).unwrap();
         let reading: Reading = envelope.open().unwrap();
-        out.push(json!({"key": reading.idempotency_key(), "status": "accepted", "reason": null}));
+        let key = reading.idempotency_key();
+        let outcome = if !r.stored.lock().unwrap().insert(key.clone()) {
+            ReadingOutcome {
+                key: Some(key),
+                status: ReadingStatus::Duplicate,
+                code: None,
+                reason: None,
+            }
+        } else if reading.sequence == 2 {
+            ReadingOutcome {
+                key: Some(key),
+                status: ReadingStatus::Quarantined,
+                code: Some(ReasonCode::Late),
+                reason: Some(format!(
+                    "interval {} was already settled when the reading arrived",
+                    reading.interval
+                )),
+            }
+        } else {
+            ReadingOutcome {
+                key: Some(key),
+                status: ReadingStatus::Accepted,
+                code: None,
+                reason: None,
+            }
+        };
+        out.push(outcome);
     }
     r.bodies.lock().unwrap().push((headers, body));
-    (StatusCode::OK, Json(Value::Array(out)))
+    Json(out).into_response()
 }
 
 fn base(gw: &str, home: &Home, dir: &std::path::Path) -> GatewayConfig {
@@ -132,13 +171,16 @@ async fn http_fallback_delivers_in_order_after_settlement_errors() {
     let snapshot = running.status.snapshot();
     assert!(snapshot.delivery_failures >= 2, "the 503s were counted");
     assert!(snapshot.delivered_http >= 4);
+    // The quarantined reading left the outbox like the accepted ones (never resent: the
+    // sequence numbers above increase throughout).
+    assert!(got.iter().any(|r| r.sequence == 2), "{got:?}");
     shutdown.wait().await;
 }
 
 async fn orders(
     State(r): State<Recorder>,
     Json(envelope): Json<SignedEnvelope>,
-) -> (StatusCode, Json<Value>) {
+) -> (StatusCode, Json<OrderAccepted>) {
     r.received_at
         .lock()
         .unwrap()
@@ -147,7 +189,13 @@ async fn orders(
         .lock()
         .unwrap()
         .push((HeaderMap::new(), serde_json::to_value(&envelope).unwrap()));
-    (StatusCode::CREATED, Json(json!({"order_id": "o1"})))
+    let order: Order = envelope.open().unwrap();
+    (
+        StatusCode::CREATED,
+        Json(OrderAccepted {
+            order_id: format!("{}:{}", order.participant, order.nonce),
+        }),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,19 +258,26 @@ async fn agent_submits_signed_orders_before_gate_closure() {
     shutdown.wait().await;
 }
 
-async fn enroll_handler(
+/// The market's `POST /participants` and `POST /gateways`: 401 with its error body for a wrong
+/// token, else 201 with the registered record.
+async fn enroll_handler<T: serde::Serialize>(
     State(r): State<Recorder>,
     headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
+    Json(body): Json<T>,
+) -> Response {
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer right-token") {
         return (
             StatusCode::UNAUTHORIZED,
-            Json(json!({"code":"unauthorized","message":"the operator token is wrong"})),
-        );
+            Json(ErrorBody {
+                code: "unauthorized".into(),
+                message: "the operator token is wrong".into(),
+            }),
+        )
+            .into_response();
     }
-    r.bodies.lock().unwrap().push((headers, body));
-    (StatusCode::CREATED, Json(json!({})))
+    let value = serde_json::to_value(&body).unwrap();
+    r.bodies.lock().unwrap().push((headers, value));
+    (StatusCode::CREATED, Json(body)).into_response()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,12 +286,15 @@ async fn enroll_registers_participant_and_gateway_with_the_token() {
     let market_key = SigningKeyPair::from_seed([44; 32]).public_key();
     let url = serve(
         axum::Router::new()
-            .route("/participants", post(enroll_handler))
-            .route("/gateways", post(enroll_handler))
+            .route("/participants", post(enroll_handler::<Participant>))
+            .route("/gateways", post(enroll_handler::<GatewayEnrollment>))
             .route(
                 "/market-key",
                 get(move || async move {
-                    Json(json!({"zone": "demo", "public_key": market_key.to_string()}))
+                    Json(MarketKey {
+                        zone: "demo".into(),
+                        public_key: market_key,
+                    })
                 }),
             )
             .with_state(recorder.clone()),

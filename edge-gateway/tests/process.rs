@@ -253,6 +253,35 @@ async fn each_mistake_gives_one_clear_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_outbox_sequence_stops_run_with_one_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, path) = base_config(dir.path());
+    write_config(&path, &config);
+    let outbox = edge_gateway::outbox::Outbox::open(&config.outbox_path, 1 << 20)
+        .await
+        .unwrap();
+    outbox.set_meta_int("sequence", 41).await.unwrap();
+    outbox.close().await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", config.outbox_path.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE meta SET value = '4l' WHERE key = 'sequence'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let (code, text) = cli(&["run"], Some(&path)).await;
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("outbox.db") && text.contains("sequence number is \"4l\""),
+        "{text}"
+    );
+    assert!(text.contains("refuses to start"), "{text}");
+    assert_eq!(error_lines(&text), 1, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keygen_key_show_and_detect() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("k.key");

@@ -11,7 +11,10 @@
 //! - [`mqtt`] (feature `mqtt`): an MQTT session that reconnects with backoff, re-subscribes on
 //!   every connection, confirms QoS 1 publishes by their PUBACK and lets the consumer
 //!   acknowledge incoming messages only after it has stored them;
-//! - [`db`] (feature `db`): sqlx pools over SQLite or PostgreSQL with per-back-end migrations.
+//! - [`db`] (feature `db`): sqlx pools over SQLite or PostgreSQL with per-back-end migrations;
+//! - [`http`] (feature `http`): the HTTP kit of every server: `{code, message}` errors and
+//!   extractor rejections, the bearer-token check, SSE from a broadcast channel, and the
+//!   trace, timeout, body-limit and concurrency layers.
 //!
 //! It knows nothing of markets, meters or ledgers.
 
@@ -19,6 +22,8 @@ pub mod clock;
 pub mod config;
 #[cfg(feature = "db")]
 pub mod db;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod metrics;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
