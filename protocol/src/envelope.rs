@@ -60,6 +60,7 @@ pub fn average_w(energy: Wh, interval: &Interval) -> i64 {
 
 /// Why an envelope's limits were set as they were.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EnvelopeBasis {
     /// Computed from the interval's clearing (cleared positions plus a share of the headroom).
@@ -80,6 +81,7 @@ impl EnvelopeBasis {
 /// One connection point's limits for one interval: the unsigned view carried inside the
 /// [`IntervalResult`] (`envelopes`), as the dashboard and settlement read it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnvelopeAllocation {
     /// The gateway (connection point).
     pub gateway: GatewayId,
@@ -101,6 +103,7 @@ pub struct EnvelopeAllocation {
 
 /// A signed operating envelope for one gateway and interval (`gridmesh/envelope/v1`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OperatingEnvelope {
     /// The market zone that issued it.
     pub zone: String,
@@ -119,6 +122,7 @@ pub struct OperatingEnvelope {
     /// What it was computed from.
     pub basis: EnvelopeBasis,
     /// SHA-256 of the signed result body it was computed with (zeros for `LimitsOnly`).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[0-9a-f]{64}$"))]
     #[serde(with = "crate::signing::hex32")]
     pub result_digest: [u8; 32],
     /// When the market issued it (whole seconds).
@@ -221,12 +225,14 @@ impl Signable for OperatingEnvelope {
 
 /// The market's signature over one result body (`gridmesh/result/v1`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResultAttestation {
     /// The zone that cleared the interval.
     pub zone: String,
     /// The interval.
     pub interval: Interval,
     /// SHA-256 of the exact JSON body bytes.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[0-9a-f]{64}$"))]
     #[serde(with = "crate::signing::hex32")]
     pub body_digest: [u8; 32],
     /// When the interval was cleared (whole seconds).
@@ -299,8 +305,10 @@ pub enum SignedResultError {
 /// A clearing result as the market signs it: the exact JSON body bytes plus the market's
 /// signed attestation of their SHA-256. JSON: `{"body_base64": …, "attestation": {envelope}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignedResult {
     /// The exact JSON bytes of the [`IntervalResult`].
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     #[serde(with = "crate::signing::base64_vec")]
     pub body_base64: Vec<u8>,
     /// The market's signed [`ResultAttestation`].
@@ -352,6 +360,7 @@ impl SignedResult {
 
 /// The market's public key, as `GET /market-key` serves it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MarketKey {
     /// The zone the market clears.
     pub zone: String,
@@ -362,6 +371,7 @@ pub struct MarketKey {
 /// Metered energy of one connection point in one interval against its envelope, as
 /// settlement computes it from verified readings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnvelopeCompliance {
     /// The interval.
     pub interval: Interval,
@@ -395,6 +405,7 @@ impl EnvelopeCompliance {
 /// The measured flow through one branch (or the utility connection) in one interval, summed
 /// from the verified readings of the homes below it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MeasuredBranchFlow {
     /// The branch's child node (the root for the utility connection).
     pub node: NodeId,
@@ -412,6 +423,7 @@ pub struct MeasuredBranchFlow {
 
 /// Measured flows of one interval (settlement's `GET /flows`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MeasuredFlows {
     /// The interval.
     pub interval: Interval,
@@ -422,6 +434,7 @@ pub struct MeasuredFlows {
 /// A home that exceeded its envelope in consecutive intervals (settlement's
 /// `GET /compliance/alerts`; raised from two intervals in a row).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnvelopeAlert {
     /// The gateway.
     pub gateway: GatewayId,
@@ -445,6 +458,7 @@ pub struct EnvelopeAlert {
 
 /// Where the envelope a gateway enforces came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EnvelopeSource {
     /// A current envelope signed by the market.
@@ -456,6 +470,7 @@ pub enum EnvelopeSource {
 /// What a gateway's control loop is doing, on its retained `gridmesh/gateways/<id>/control`
 /// topic and its `/healthz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ControlStatus {
     /// The gateway.
     pub gateway: GatewayId,

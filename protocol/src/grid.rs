@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// The connection of one node to its parent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Branch {
     /// The child node this branch feeds.
     pub node: NodeId,
@@ -25,6 +26,7 @@ pub struct Branch {
 
 /// The utility at the root: the backstop seller and buyer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UtilityTariff {
     /// The utility sells any quantity at this price; `null` = it does not sell.
     pub retail_price: Option<PricePerMwh>,
@@ -44,6 +46,7 @@ pub struct UtilityTariff {
 
 /// A whole topology.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Network {
     /// The substation node, where the utility connects.
     pub root: NodeId,
@@ -57,6 +60,7 @@ pub struct Network {
 /// operator). While in force it replaces the branch's configured limits for clearing and
 /// envelopes; `null` keeps the configured limit for that direction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LimitOverride {
     /// The market's id for it (assigned on creation).
     #[serde(default)]

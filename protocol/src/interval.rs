@@ -93,9 +93,11 @@ impl<'de> Deserialize<'de> for IntervalLength {
 
 /// One delivery interval: an aligned UTC start and a length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Interval {
     start: DateTime<Utc>,
     #[serde(rename = "minutes")]
+    #[cfg_attr(feature = "openapi", schema(value_type = u16, minimum = 5, maximum = 60))]
     length: IntervalLength,
 }
 

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 /// One side of a trade: an order, or the utility at the root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Counterparty {
     /// A participant's order.
@@ -28,6 +29,7 @@ pub enum Counterparty {
 
 /// A bilateral trade from the clearing's decomposition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Trade {
     /// The buying side.
     pub buyer: Counterparty,
@@ -41,6 +43,7 @@ pub struct Trade {
 
 /// How much of an order cleared.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClearedOrder {
     /// The market's order id.
     pub order_id: String,
@@ -62,6 +65,7 @@ pub struct ClearedOrder {
 
 /// The flow on one branch (positive = into the subtree).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BranchFlow {
     /// The branch's child node.
     pub node: NodeId,
@@ -77,6 +81,7 @@ pub struct BranchFlow {
 
 /// The immutable result of clearing one interval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IntervalResult {
     /// The interval.
     pub interval: Interval,

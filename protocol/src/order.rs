@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// Buy or sell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     /// A bid: the participant buys up to `quantity` at no more than `limit_price`.
@@ -29,6 +30,7 @@ impl Side {
 
 /// A limit order for one delivery interval at one grid node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Order {
     /// Who trades (their registered key must sign the order).
     pub participant: ParticipantId,
@@ -97,6 +99,7 @@ impl Signable for Order {
 
 /// A participant's signed request to withdraw one of its orders before gate closure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderCancel {
     /// The order's owner.
     pub participant: ParticipantId,

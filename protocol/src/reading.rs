@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 /// All are non-negative: import and export are counted separately at the grid meter, charge and
 /// discharge separately at the battery.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Registers {
     /// Energy taken from the grid (grid meter, import register).
     pub grid_import: Wh,
@@ -64,6 +65,7 @@ impl Registers {
 
 /// Status flags of a reading (a bit set; unknown bits are refused by v1 decoders).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct ReadingFlags(pub u32);
 
@@ -133,6 +135,7 @@ pub const SOC_UNKNOWN: u16 = 0xFFFF;
 
 /// One interval of one device set, as the gateway measured and signs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Reading {
     /// The gateway that measured and signed.
     pub gateway: GatewayId,

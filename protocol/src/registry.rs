@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// What kind of participant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ParticipantKind {
     /// A household with a gateway.
@@ -16,6 +17,7 @@ pub enum ParticipantKind {
 
 /// A participant as registered with the market.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Participant {
     /// Its id.
     pub id: ParticipantId,
@@ -30,6 +32,7 @@ pub struct Participant {
 /// A gateway enrolment: the key that signs a household's readings and what its site can
 /// physically do (for plausibility checks in settlement).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GatewayEnrollment {
     /// The gateway.
     pub gateway: GatewayId,

@@ -112,13 +112,31 @@ impl<'de> Deserialize<'de> for PublicKey {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for PublicKey {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Byte)))
+            .description(Some("An ed25519 public key: 32 bytes in standard base64."))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for PublicKey {}
+
 /// Signed canonical bytes with the signature and the signer's public key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignedEnvelope {
     /// The canonical bytes, exactly as signed.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     #[serde(with = "base64_bytes")]
     pub payload: Vec<u8>,
     /// The ed25519 signature over `payload`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     #[serde(with = "base64_array")]
     pub signature: [u8; 64],
     /// The signer's public key.

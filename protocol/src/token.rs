@@ -12,12 +12,14 @@ use serde::{Deserialize, Serialize};
 
 /// Move `amount` tokens of one lot from `from` to `to`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenTransfer {
     /// The current holder (signs the transfer).
     pub from: ParticipantId,
     /// The recipient.
     pub to: ParticipantId,
     /// The lot: digest of the ledger entry that created the holding.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[0-9a-f]{64}$"))]
     #[serde(with = "crate::signing::hex32")]
     pub lot: [u8; 32],
     /// Tokens (Wh) to move; positive and at most the holding.
@@ -62,10 +64,12 @@ impl Signable for TokenTransfer {
 /// Retire (claim) `amount` tokens of one lot: they stay in the ledger as used and can never be
 /// transferred again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenRetire {
     /// The holder (signs the retirement).
     pub holder: ParticipantId,
     /// The lot: digest of the ledger entry that created the holding.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[0-9a-f]{64}$"))]
     #[serde(with = "crate::signing::hex32")]
     pub lot: [u8; 32],
     /// Tokens (Wh) to retire; positive and at most the holding.

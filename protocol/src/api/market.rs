@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 
 /// How cleared orders are priced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PricingRule {
     /// Everyone at a node pays or receives the node price.
@@ -42,6 +43,7 @@ pub enum PricingRule {
 /// `GET /status`: the market's zone, interval length, gate-closure lead, next open interval
 /// and clock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MarketStatus {
     /// The market zone's name.
     pub zone: String,
@@ -63,6 +65,7 @@ pub struct MarketStatus {
 
 /// An order as the market stores and lists it (`GET /orders`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderRecord {
     /// The market's id: `<participant>:<nonce>`.
     pub order_id: String,
@@ -90,6 +93,7 @@ pub struct OrderRecord {
 
 /// `POST /orders` (201): the id the market gave the order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderAccepted {
     /// `<participant>:<nonce>`.
     pub order_id: String,
@@ -97,6 +101,7 @@ pub struct OrderAccepted {
 
 /// `POST /orders/cancel` (200): which order was cancelled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderCancelled {
     /// `<participant>:<nonce>`.
     pub order_id: String,
@@ -106,6 +111,7 @@ pub struct OrderCancelled {
 
 /// One price step of the depth view: total quantity offered at one price.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DepthStep {
     /// Price in minor units per MWh.
     pub price: i64,
@@ -117,6 +123,7 @@ pub struct DepthStep {
 
 /// Depth at one node: bids from the highest price down, asks from the lowest up.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeDepth {
     /// Buy steps, best (highest) first.
     pub bids: Vec<DepthStep>,
@@ -126,6 +133,7 @@ pub struct NodeDepth {
 
 /// `GET /intervals/{start}/book`: the open orders of one interval as price steps per node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BookDepth {
     /// The interval.
     pub interval: Interval,
@@ -137,6 +145,7 @@ pub struct BookDepth {
 
 /// `GET /healthz` (200): the service and its database answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     /// `ok`.
     pub status: String,
@@ -154,6 +163,7 @@ impl Health {
 /// Every error answer of the market (and of the other services' REST APIs):
 /// `{"code": snake_case, "message": sentence}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// The stable machine-readable code, e.g. `gate_closed`.
     pub code: String,
