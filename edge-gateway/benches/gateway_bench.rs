@@ -140,5 +140,5 @@ async fn main() {
     );
     println!("  device polls {polls} (errors {errors}) since start");
     println!("  binary {} ({:.1} MiB)", bin, size as f64 / 1_048_576.0);
-    shutdown.wait().await;
+    shutdown.stop().await;
 }

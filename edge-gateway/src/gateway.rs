@@ -81,7 +81,7 @@ pub enum KeySource {
 /// Starts the gateway with the key from `config.key_path` and returns once every task runs.
 ///
 /// Bind `health_listen` to `127.0.0.1:0` when several gateways share a process; the bound
-/// address is in [`RunningGateway::health_addr`]. `shutdown.wait()` stops every task after
+/// address is in [`RunningGateway::health_addr`]. `shutdown.stop()` stops every task after
 /// in-flight writes complete.
 pub async fn run(
     config: GatewayConfig,
@@ -155,7 +155,7 @@ pub async fn run_with_key(
                 .collect();
             let envelope_topic = intake.can_verify().then(|| crate::envelope::topic(&config));
             settings.subscriptions.extend(envelope_topic.clone());
-            let (handle, incoming) = MqttSession::start(settings, shutdown.token())
+            let (handle, incoming) = MqttSession::start(settings, &shutdown)
                 .map_err(|e| GatewayError::Mqtt(e.to_string()))?;
             let routes: Vec<(crate::config::DeviceConfig, Arc<Mutex<_>>)> = devices
                 .iter()

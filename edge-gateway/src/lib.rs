@@ -32,8 +32,10 @@
 //! config.devices.push(DeviceConfig::modbus_tcp("inverter", Role::Inverter, "127.0.0.1", 15020, 1));
 //! config.health_listen = "127.0.0.1:0".into();
 //! let shutdown = gridmesh_runtime::shutdown::Shutdown::new();
+//! shutdown.trigger_on_signals();
 //! let running = edge_gateway::run(config, gridmesh_runtime::clock::Clock::system(), shutdown.clone()).await?;
 //! println!("health on {}", running.health_addr);
+//! // Runs until Ctrl-C or SIGTERM, then waits for every task.
 //! shutdown.wait().await;
 //! # Ok(()) }
 //! ```

@@ -363,7 +363,7 @@ async fn a_tight_envelope_is_kept_the_default_follows_and_the_inverter_reverts()
     let (enabled, _) = read_limit(&mut inverter).await;
     assert!(enabled, "limited when the gateway stops");
     gateway_shutdown.trigger();
-    gateway_shutdown.wait().await;
+    gateway_shutdown.stop().await;
     let stopped_at = clock.now();
     let reverted_at = loop {
         let (enabled, _) = read_limit(&mut inverter).await;
@@ -396,7 +396,7 @@ async fn a_tight_envelope_is_kept_the_default_follows_and_the_inverter_reverts()
         h.pv_available_w
     );
     sim_shutdown.trigger();
-    sim_shutdown.wait().await;
+    sim_shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,9 +466,9 @@ async fn a_tampered_envelope_is_refused_and_the_default_applies() {
         .unwrap();
     assert_eq!(r.status(), 404);
     gateway_shutdown.trigger();
-    gateway_shutdown.wait().await;
+    gateway_shutdown.stop().await;
     sim_shutdown.trigger();
-    sim_shutdown.wait().await;
+    sim_shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -478,11 +478,9 @@ async fn a_retained_mqtt_envelope_is_enforced_and_the_control_status_is_publishe
     let home = common::start_home(clock.clone(), epoch).await;
     let gw = GatewayId::new(common::unique("mqttenv")).unwrap();
     let cancel = CancellationToken::new();
-    let (publisher, _) = MqttSession::start(
-        MqttSettings::new(BROKER, format!("pub-{gw}")),
-        cancel.clone(),
-    )
-    .unwrap();
+    let session = gridmesh_runtime::shutdown::Shutdown::child_of(&cancel);
+    let (publisher, _) =
+        MqttSession::start(MqttSettings::new(BROKER, format!("pub-{gw}")), &session).unwrap();
     assert!(publisher.wait_connected(Duration::from_secs(5)).await);
     let length = IntervalLength::from_minutes(5).unwrap();
     let current = Interval::containing(clock.now(), length);
@@ -498,7 +496,8 @@ async fn a_retained_mqtt_envelope_is_enforced_and_the_control_status_is_publishe
         .unwrap();
     let mut watch = MqttSettings::new(BROKER, format!("watch-{gw}"));
     watch.subscriptions = vec![topics::gateway_control(&gw)];
-    let (watcher, mut statuses) = MqttSession::start(watch, cancel.clone()).unwrap();
+    let session = gridmesh_runtime::shutdown::Shutdown::child_of(&cancel);
+    let (watcher, mut statuses) = MqttSession::start(watch, &session).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let port = home.addr.port();
@@ -556,7 +555,7 @@ async fn a_retained_mqtt_envelope_is_enforced_and_the_control_status_is_publishe
         "{s:?}"
     );
     shutdown.trigger();
-    shutdown.wait().await;
+    shutdown.stop().await;
     // Clean up the retained messages.
     for topic in [topics::envelope(&gw), topics::gateway_control(&gw)] {
         let _ = publisher

@@ -174,7 +174,7 @@ async fn http_fallback_delivers_in_order_after_settlement_errors() {
     // The quarantined reading left the outbox like the accepted ones (never resent: the
     // sequence numbers above increase throughout).
     assert!(got.iter().any(|r| r.sequence == 2), "{got:?}");
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 async fn orders(
@@ -255,7 +255,7 @@ async fn agent_submits_signed_orders_before_gate_closure() {
     }
     intervals.dedup();
     assert!(intervals.len() >= 2, "one order per interval");
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 /// The market's `POST /participants` and `POST /gateways`: 401 with its error body for a wrong

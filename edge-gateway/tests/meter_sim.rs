@@ -143,7 +143,7 @@ async fn three_homes_over_modbus_match_ground_truth() {
             assert_eq!(r.soc_permille.is_some(), *has_battery);
         }
     }
-    shutdown.wait().await;
+    shutdown.stop().await;
     cancel.cancel();
 }
 
@@ -211,7 +211,7 @@ async fn mqtt_devices_tasmota_and_opendtu_match_ground_truth() {
         "{:?}",
         readings.iter().map(|r| r.flags.names()).collect::<Vec<_>>()
     );
-    shutdown.wait().await;
+    shutdown.stop().await;
     cancel.cancel();
 }
 
@@ -253,5 +253,5 @@ async fn battery_steering_through_model_124() {
         "battery W after steering: {discharging}"
     );
     device.steer(0, 900).await.unwrap();
-    shutdown.wait().await;
+    shutdown.stop().await;
 }

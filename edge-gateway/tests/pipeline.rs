@@ -115,7 +115,7 @@ async fn readings_arrive_signed_contiguous_and_match_truth() {
         "{metrics}"
     );
     assert!(metrics.contains("gridmesh_gateway_readings_signed_total"));
-    shutdown.wait().await;
+    shutdown.stop().await;
     cancel.cancel();
 }
 
@@ -184,7 +184,7 @@ async fn device_timeout_and_counter_reset_lose_nothing() {
             .iter()
             .all(|r| deltas(r)[2] <= home.truth(r.interval.start(), r.interval.end())[2] * 2 + 10)
     );
-    shutdown.wait().await;
+    shutdown.stop().await;
     cancel.cancel();
 }
 
@@ -236,6 +236,6 @@ async fn broker_outage_for_several_intervals_then_replay_in_order() {
         let truth = home.truth(r.interval.start(), r.interval.end());
         assert!((deltas(r)[2] - truth[2]).abs() <= TOLERANCE_WH);
     }
-    shutdown.wait().await;
+    shutdown.stop().await;
     cancel.cancel();
 }

@@ -64,7 +64,7 @@ pub async fn serve(
             );
             // Room for the fixed header and the topic inside one packet.
             let max_payload = settings.max_packet_bytes.saturating_sub(1024);
-            let (handle, _incoming) = MqttSession::start(settings, shutdown.token())
+            let (handle, _incoming) = MqttSession::start(settings, &shutdown)
                 .map_err(|e| MarketError::Mqtt(e.to_string()))?;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             // Republish the latest results and their envelopes: a crash between storing a result

@@ -510,7 +510,7 @@ async fn scenario(url: String, dir: &Path) {
     );
 
     // A restart keeps the key.
-    shutdown.wait().await;
+    shutdown.stop().await;
     let shutdown = Shutdown::new();
     let m2 = serve(config(url, &key_path), clock, shutdown.clone())
         .await
@@ -521,7 +521,7 @@ async fn scenario(url: String, dir: &Path) {
         .get_as("/intervals/2026-06-21T12:15:00Z/result/signed")
         .await;
     assert_eq!(still, signed);
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,7 +561,7 @@ async fn no_configured_key_means_an_ephemeral_one() {
         let served: MarketKey = Client::new(&m).get_as("/market-key").await;
         assert_eq!(served.public_key, m.market_key);
         keys.push(m.market_key);
-        shutdown.wait().await;
+        shutdown.stop().await;
     }
     assert_ne!(keys[0], keys[1]);
     assert!(!Path::new("unused").exists());

@@ -263,5 +263,5 @@ async fn clears_at_gate_closure_and_publishes_everywhere() {
     })
     .await;
     drop(events);
-    shutdown.wait().await;
+    shutdown.stop().await;
 }

@@ -316,7 +316,7 @@ async fn scenario(url: String) {
     );
 
     // Restart mid-interval: the open book, registrations and used nonces survive.
-    shutdown.wait().await;
+    shutdown.stop().await;
     let (m, shutdown) = start(url.clone(), clock.clone()).await;
     let c = Client::new(&m);
     assert_eq!(c.get("/participants").await.1.as_array().unwrap().len(), 3);
@@ -403,7 +403,7 @@ async fn scenario(url: String) {
     let (_, api) = c.get("/openapi.json").await;
     assert_eq!(api["openapi"], "3.0.3");
     assert!(api["paths"]["/orders"]["post"].is_object());
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,7 +469,7 @@ async fn concurrent_forgeries_are_singled_out() {
     }
     let (_, book) = c.get("/intervals/2026-06-21T12:15:00Z/book").await;
     assert_eq!(book["orders"], 60 - 9);
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 /// A market that was down over a gate closure clears the missed interval as soon as it is back,
@@ -493,7 +493,7 @@ async fn catches_up_after_downtime() {
         &key(3),
     );
     assert_eq!(c.post("/orders", &buy, None).await.0, 201);
-    shutdown.wait().await;
+    shutdown.stop().await;
 
     // Back at 12:20, after the 12:10 gate closure.
     let later = epoch() + chrono::Duration::minutes(20);
@@ -514,5 +514,5 @@ async fn catches_up_after_downtime() {
     assert_eq!(result["orders"][0]["cleared"], 500);
     assert_eq!(result["utility_import"], 500);
     assert_eq!(result["prices"]["sub"], 30_000);
-    shutdown.wait().await;
+    shutdown.stop().await;
 }

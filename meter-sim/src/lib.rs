@@ -44,10 +44,12 @@
 //! let scenario = meter_sim::Scenario::small(3, 7);
 //! let clock = Clock::scaled(scenario.start.unwrap(), 60.0);
 //! let shutdown = Shutdown::new();
+//! shutdown.trigger_on_signals();
 //! let sim = meter_sim::start(scenario, clock, &shutdown).await?;
 //! for home in sim.manifest().homes {
 //!     println!("{} on port {}", home.id, home.devices[0].port);
 //! }
+//! // Runs until Ctrl-C or SIGTERM, then waits for every task.
 //! shutdown.wait().await;
 //! # Ok(()) }
 //! ```

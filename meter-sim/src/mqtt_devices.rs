@@ -168,7 +168,7 @@ pub(crate) fn spawn(
     );
     let settings = MqttSettings::new(options.url.clone(), client_id);
     let token = shutdown.token();
-    let (handle, _incoming) = MqttSession::start(settings, token.clone())?;
+    let (handle, _incoming) = MqttSession::start(settings, shutdown)?;
     let period = shared
         .clock
         .real_duration(chrono::Duration::milliseconds(

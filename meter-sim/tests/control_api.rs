@@ -154,7 +154,7 @@ async fn status_manifest_truth_faults_and_metrics() {
     assert!(body.contains("# TYPE gridmesh_sim_pv_curtailed_wh_total counter"));
     assert!(body.contains("gridmesh_sim_pv_curtailed_wh_total 0"));
     assert!(body.contains("gridmesh_sim_pv_limits_active 0"));
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +239,7 @@ async fn control_api_serves_over_tcp_and_stops_on_shutdown() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("--control"), "{err}");
-    shutdown.wait().await;
+    shutdown.stop().await;
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "closed after shutdown"

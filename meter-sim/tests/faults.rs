@@ -30,7 +30,7 @@ async fn exception_answers_the_code_on_that_unit_only() {
     );
     sim.clear("h001", DeviceKind::Meter).unwrap();
     assert!(read(&mut met, 40_000, 2).await.is_ok());
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +59,7 @@ async fn drop_closes_the_connection_without_an_answer() {
         read(&mut inv, 40_000, 2).await.unwrap(),
         vec![0x5375, 0x6e53]
     );
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +88,7 @@ async fn late_answers_miss_a_client_timeout() {
     sim.inject("h001", DeviceKind::Battery, Fault::Late { millis: 10 })
         .unwrap();
     assert!(read(&mut bat, 40_000, 2).await.is_ok());
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +119,7 @@ async fn freeze_keeps_the_registers_while_physics_runs_on() {
         energy(&live),
         energy(&frozen)
     );
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +150,7 @@ async fn counter_reset_restarts_the_registers_but_not_the_truth() {
         sim.status().homes[0].counters.pv > truth_before,
         "the true counter never restarts"
     );
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +185,7 @@ async fn clock_jump_moves_the_home_ahead_and_pauses_it_back() {
     let (t2, c2) = sim.register_counters("h001").unwrap();
     assert_eq!((t2, c2), (t1, c1), "paused, counters never go down");
     assert!(clock.now() < t2);
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,5 +216,5 @@ async fn scheduled_faults_start_and_end_on_simulated_time() {
     sim.sync();
     assert!(read(&mut met, 40_000, 2).await.is_ok(), "over");
     assert!(sim.faults().is_empty());
-    shutdown.wait().await;
+    shutdown.stop().await;
 }

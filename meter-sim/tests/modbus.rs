@@ -58,7 +58,7 @@ async fn discovery_finds_the_models_on_the_documented_units() {
         read(&mut ctx, 40_000, 2).await,
         Err(ExceptionCode::GatewayTargetDevice)
     );
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +172,7 @@ async fn values_are_plausible_consistent_and_unimplemented_points_carry_sentinel
     assert_eq!(acc32(&r103, 24) as i64, registers.pv.0);
     assert_eq!(u64_at(&r701, 23) as i64, registers.battery_charge.0);
     assert_eq!(u64_at(&r701, 19) as i64, registers.battery_discharge.0);
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,7 +220,7 @@ async fn bad_requests_get_the_right_exceptions() {
         read(&mut ctx, 40_000, 2).await.unwrap(),
         vec![0x5375, 0x6e53]
     );
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,7 +287,7 @@ async fn battery_obeys_control_writes() {
         write(&mut inv, M103 + 14, &[1]).await,
         Err(ExceptionCode::IllegalDataAddress)
     );
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +341,7 @@ async fn counters_at_speed_3600_advance_by_the_integrated_energy() {
     assert!(inner.grid_import.0 <= imp2 - imp1 && imp2 - imp1 <= outer.grid_import.0);
     // Roughly an hour of June-morning sun on a ~6 kWp roof.
     assert!(pv2 - pv1 > 1_000, "{}", pv2 - pv1);
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,7 +360,7 @@ async fn same_seed_same_ground_truth_and_the_simulator_is_shareable() {
         assert_eq!(Some(ta), b.ground_truth(home, &interval));
         assert_ne!(Some(ta), c.ground_truth(home, &interval));
     }
-    stop_a.wait().await;
-    stop_b.wait().await;
-    stop_c.wait().await;
+    stop_a.stop().await;
+    stop_b.stop().await;
+    stop_c.stop().await;
 }

@@ -19,7 +19,8 @@ async fn collect(
     let mut settings = MqttSettings::new(BROKER, format!("{prefix}-listener"));
     settings.subscriptions = vec![format!("{prefix}/#")];
     let cancel = tokio_util::sync::CancellationToken::new();
-    let (handle, mut incoming) = MqttSession::start(settings, cancel.clone()).unwrap();
+    let session = gridmesh_runtime::shutdown::Shutdown::child_of(&cancel);
+    let (handle, mut incoming) = MqttSession::start(settings, &session).unwrap();
     assert!(
         handle.wait_connected(Duration::from_secs(10)).await,
         "Mosquitto reachable at {BROKER}"
@@ -102,7 +103,7 @@ async fn tasmota_meter_and_opendtu_inverter_publish_the_counters() {
     let yield_wh = (seen[&pv_topic].parse::<f64>().unwrap() * 1000.0).round() as i64;
     assert!(yield_wh > 0 && yield_wh <= counters.pv.0);
     assert!(seen.contains_key(&format!("{prefix}/solar/116100000001/0/power")));
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,5 +126,5 @@ async fn shelly_meter_can_replace_modbus() {
     assert!(emdata["total_act_ret"].as_i64().is_some());
     let em: serde_json::Value = serde_json::from_str(&seen[&em]).unwrap();
     assert!(em["total_act_power"].as_f64().is_some());
-    shutdown.wait().await;
+    shutdown.stop().await;
 }

@@ -94,7 +94,7 @@ async fn model_123_follows_103_with_the_standard_layout_and_sentinels() {
     assert_eq!(r[off::OUT_PF_SET_SF], NOT_IMPLEMENTED_I16);
     assert_eq!(r[off::VAR_PCT_SF], NOT_IMPLEMENTED_I16);
     assert_eq!(sim.status().homes[0].pv_limit_pct, None);
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +168,7 @@ async fn limit_writes_read_back_and_bad_writes_are_refused_whole() {
         [0],
         "StorCtl_Mod"
     );
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +224,7 @@ async fn pv_obeys_the_limit_and_ground_truth_counts_what_was_curtailed() {
     };
     assert!(value("gridmesh_sim_pv_curtailed_wh_total ") >= truth.pv_curtailed.0 as f64);
     assert_eq!(value("gridmesh_sim_pv_limits_active "), 1.0);
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,7 +265,7 @@ async fn the_limit_reverts_after_rvrt_tms_of_device_time() {
     write(&mut inv, at(off::ENA), &[1]).await.unwrap();
     assert_eq!(read(&mut inv, at(off::ENA), 1).await.unwrap(), [1]);
     assert_eq!(sim.status().homes[0].pv_limit_pct, Some(5.0));
-    shutdown.wait().await;
+    shutdown.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,5 +310,5 @@ async fn ground_truth_tells_whether_the_battery_took_the_surplus_first() {
     assert!(t.pv_curtailed.0 > 500, "{t:?}");
     assert!(t.battery_headroom.0 > 500, "{t:?}");
     assert_eq!(t.battery_charge.0, 0, "{t:?}");
-    shutdown.wait().await;
+    shutdown.stop().await;
 }

@@ -133,5 +133,5 @@ async fn pysunspec2_reads_every_model_and_writes_the_power_limit() {
     assert_eq!(point("1", "1", "SN")["value"], "h001-INV");
     assert_eq!(point("2", "802", "SoC")["cvalue"], status.soc_pct);
     assert_eq!(point("1", "103", "W")["cvalue"], status.pv_w);
-    shutdown.wait().await;
+    shutdown.stop().await;
 }

@@ -49,5 +49,5 @@ async fn counters_and_state_of_charge_resume_from_the_scenario() {
         other.grid_import.0 > 0,
         "default counters stay used-looking"
     );
-    shutdown.wait().await;
+    shutdown.stop().await;
 }

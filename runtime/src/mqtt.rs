@@ -14,6 +14,7 @@
 //!   [`MqttHandle::ack`] after it has stored a message, and a crash before that makes a
 //!   persistent-session broker deliver it again.
 
+use crate::shutdown::Shutdown;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -195,12 +196,15 @@ impl MqttHandle {
 pub struct MqttSession;
 
 impl MqttSession {
-    /// Starts the session task. Returns the handle and the stream of incoming messages (empty
-    /// unless `settings.subscriptions` is non-empty). The task ends when `cancel` fires.
+    /// Starts the session task, tracked by `shutdown` (so [`Shutdown::wait`] returns only after
+    /// it has disconnected). Returns the handle and the stream of incoming messages (empty
+    /// unless `settings.subscriptions` is non-empty). The task ends when `shutdown` is
+    /// triggered; code holding only a token passes [`Shutdown::child_of`] it.
     pub fn start(
         settings: MqttSettings,
-        cancel: CancellationToken,
+        shutdown: &Shutdown,
     ) -> Result<(MqttHandle, mpsc::Receiver<IncomingMessage>), MqttError> {
+        let cancel = shutdown.token();
         let (host, port) = settings.host_port()?;
         let (commands_tx, commands_rx) = mpsc::channel(256);
         let (incoming_tx, incoming_rx) = mpsc::channel(1024);
@@ -220,7 +224,7 @@ impl MqttSession {
             connected: connected_tx,
             cancel,
         };
-        tokio::spawn(runner.run());
+        shutdown.spawn(runner.run());
         Ok((handle, incoming_rx))
     }
 }
@@ -374,5 +378,28 @@ impl Runner {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the session task was spawned untracked, so `Shutdown::stop` returned while it
+    /// still ran (and could still hold the connection).
+    #[tokio::test]
+    async fn the_session_task_is_tracked_by_the_shutdown() {
+        let shutdown = Shutdown::new();
+        let (handle, _incoming) = MqttSession::start(
+            MqttSettings::new("mqtt://127.0.0.1:1", "tracked"),
+            &shutdown,
+        )
+        .unwrap();
+        assert!(!handle.commands.is_closed());
+        shutdown.stop().await;
+        assert!(
+            handle.commands.is_closed(),
+            "stop returned before the session task ended"
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 use gridmesh_runtime::db::{Backend, Database, scratch};
 use gridmesh_runtime::mqtt::{MqttError, MqttSession, MqttSettings, Qos};
+use gridmesh_runtime::shutdown::Shutdown;
 use sqlx::Row;
 use sqlx::migrate::Migrator;
 use std::time::Duration;
@@ -67,14 +68,14 @@ fn broker() -> String {
 
 #[tokio::test]
 async fn mqtt_publish_subscribe_round_trip() {
-    let cancel = CancellationToken::new();
+    let shutdown = Shutdown::new();
     let topic = format!("gridmesh-test/{}/roundtrip", std::process::id());
     let mut sub_settings = MqttSettings::new(broker(), format!("rt-sub-{}", std::process::id()));
     sub_settings.subscriptions = vec![topic.clone()];
-    let (sub, mut incoming) = MqttSession::start(sub_settings, cancel.clone()).unwrap();
+    let (sub, mut incoming) = MqttSession::start(sub_settings, &shutdown).unwrap();
     let (publisher, _) = MqttSession::start(
         MqttSettings::new(broker(), format!("rt-pub-{}", std::process::id())),
-        cancel.clone(),
+        &shutdown,
     )
     .unwrap();
     assert!(sub.wait_connected(Duration::from_secs(10)).await);
@@ -94,23 +95,26 @@ async fn mqtt_publish_subscribe_round_trip() {
     assert_eq!(message.topic, topic);
     assert_eq!(message.payload, payload);
     sub.ack(message).await;
-    cancel.cancel();
+    // Both session tasks are tracked: stopping waits for their disconnects.
+    tokio::time::timeout(Duration::from_secs(10), shutdown.stop())
+        .await
+        .expect("the MQTT sessions stop");
+    assert!(!sub.is_connected() && !publisher.is_connected());
 }
 
 #[tokio::test]
 async fn mqtt_unreachable_broker_fails_fast_with_advice() {
     let cancel = CancellationToken::new();
-    let (handle, _) = MqttSession::start(
-        MqttSettings::new("mqtt://127.0.0.1:1", "nobody"),
-        cancel.clone(),
-    )
-    .unwrap();
+    let shutdown = Shutdown::child_of(&cancel);
+    let (handle, _) =
+        MqttSession::start(MqttSettings::new("mqtt://127.0.0.1:1", "nobody"), &shutdown).unwrap();
     let err = handle
         .publish("t", b"x".to_vec(), Qos::AtLeastOnce, false)
         .await
         .unwrap_err();
     assert!(matches!(err, MqttError::NotConnected(_)));
     assert!(err.to_string().contains("will be retried"), "{err}");
-    assert!(MqttSession::start(MqttSettings::new("http://x", "c"), cancel.clone()).is_err());
+    assert!(MqttSession::start(MqttSettings::new("http://x", "c"), &shutdown).is_err());
     cancel.cancel();
+    shutdown.wait().await;
 }

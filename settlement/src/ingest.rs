@@ -27,7 +27,7 @@ pub fn start_mqtt(
     let mut settings = MqttSettings::new(url, client_id);
     settings.clean_session = false;
     settings.subscriptions = vec![topics::READINGS_FILTER.to_owned()];
-    let (handle, incoming) = MqttSession::start(settings, shutdown.token())?;
+    let (handle, incoming) = MqttSession::start(settings, shutdown)?;
     let task_handle = handle.clone();
     let task_shutdown = shutdown.clone();
     shutdown.spawn(async move { run(service, task_handle, incoming, task_shutdown).await });

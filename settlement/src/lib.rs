@@ -27,6 +27,7 @@
 //! # async fn run() -> Result<(), settlement::Error> {
 //! use gridmesh_runtime::{clock::Clock, shutdown::Shutdown};
 //! let shutdown = Shutdown::new();
+//! shutdown.trigger_on_signals();
 //! let config = settlement::SettlementConfig {
 //!     listen: "127.0.0.1:0".parse().unwrap(),
 //!     database_url: "sqlite://settlement.db".into(),
@@ -34,6 +35,7 @@
 //! };
 //! let running = settlement::serve(config, Clock::system(), shutdown.clone()).await?;
 //! println!("settlement on http://{}", running.addr);
+//! // Runs until Ctrl-C or SIGTERM, then waits for every task.
 //! shutdown.wait().await;
 //! # Ok(()) }
 //! ```

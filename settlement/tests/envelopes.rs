@@ -846,5 +846,5 @@ async fn signed_results_over_http_and_the_envelope_endpoints() {
         assert!(doc["paths"][path]["get"].is_object(), "{path}");
     }
     shutdown.trigger();
-    shutdown.wait().await;
+    shutdown.stop().await;
 }

@@ -261,7 +261,7 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
             broker(),
             format!("settlement-test-pub-{}", std::process::id()),
         ),
-        shutdown.token(),
+        &shutdown,
     )
     .unwrap();
     assert!(publisher.wait_connected(Duration::from_secs(10)).await);
@@ -329,7 +329,7 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
     assert_eq!(stored, 1);
 
     shutdown.trigger();
-    tokio::time::timeout(Duration::from_secs(10), shutdown.wait())
+    tokio::time::timeout(Duration::from_secs(10), shutdown.stop())
         .await
         .expect("clean shutdown");
 }

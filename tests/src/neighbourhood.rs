@@ -597,7 +597,7 @@ impl Neighbourhood {
         self.gateway_shutdown.trigger();
         self.gateway_shutdown.wait().await;
         self.save_resume_state()?;
-        shutdown.wait().await;
+        shutdown.stop().await;
         Ok(())
     }
 }

@@ -11,9 +11,10 @@ async fn embedded_broker_round_trip() {
     let cancel = CancellationToken::new();
     let mut settings = MqttSettings::new(broker.url(), "sub");
     settings.subscriptions = vec!["gridmesh/readings/+".to_owned()];
-    let (sub, mut incoming) = MqttSession::start(settings, cancel.clone()).unwrap();
+    let session = gridmesh_runtime::shutdown::Shutdown::child_of(&cancel);
+    let (sub, mut incoming) = MqttSession::start(settings, &session).unwrap();
     let (publisher, _) =
-        MqttSession::start(MqttSettings::new(broker.url(), "pub"), cancel.clone()).unwrap();
+        MqttSession::start(MqttSettings::new(broker.url(), "pub"), &session).unwrap();
     assert!(sub.wait_connected(Duration::from_secs(10)).await);
     assert!(publisher.wait_connected(Duration::from_secs(10)).await);
     let message = loop {

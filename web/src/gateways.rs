@@ -156,7 +156,8 @@ pub fn start(hub: Arc<Hub>, url: &str, token: CancellationToken) -> Result<(), M
         GATEWAY_CONTROL_FILTER.to_owned(),
         READINGS_FILTER.to_owned(),
     ];
-    let (handle, mut incoming) = MqttSession::start(settings, token.clone())?;
+    let session = gridmesh_runtime::shutdown::Shutdown::child_of(&token);
+    let (handle, mut incoming) = MqttSession::start(settings, &session)?;
     tokio::spawn(async move {
         let mut last_connected = None;
         loop {

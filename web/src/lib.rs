@@ -31,12 +31,14 @@
 //! # async fn run() -> Result<(), gridmesh_web::WebError> {
 //! use gridmesh_runtime::shutdown::Shutdown;
 //! let shutdown = Shutdown::new();
+//! shutdown.trigger_on_signals();
 //! let config = gridmesh_web::WebConfig {
 //!     listen: "127.0.0.1:0".parse().unwrap(),
 //!     ..Default::default()
 //! };
 //! let running = gridmesh_web::serve(config, shutdown.clone()).await?;
 //! println!("dashboard at http://{}/", running.addr);
+//! // Runs until Ctrl-C or SIGTERM, then waits for every task.
 //! shutdown.wait().await;
 //! # Ok(()) }
 //! ```

@@ -101,11 +101,8 @@ async fn control_status_from_the_broker_shows_curtailment_per_feeder() {
     let broker = Broker::start();
     let up = support::start(6).await;
     let shutdown = Shutdown::new();
-    let (publisher, _incoming) = MqttSession::start(
-        MqttSettings::new(&broker.url, "gateway-double"),
-        shutdown.token(),
-    )
-    .unwrap();
+    let (publisher, _incoming) =
+        MqttSession::start(MqttSettings::new(&broker.url, "gateway-double"), &shutdown).unwrap();
     assert!(
         publisher.wait_connected(Duration::from_secs(20)).await,
         "the publisher reaches Mosquitto at {}",
@@ -180,7 +177,7 @@ async fn control_status_from_the_broker_shows_curtailment_per_feeder() {
     assert_eq!(f1.control.on_default, 1);
 
     shutdown.trigger();
-    tokio::time::timeout(Duration::from_secs(10), shutdown.wait())
+    tokio::time::timeout(Duration::from_secs(10), shutdown.stop())
         .await
         .expect("every task stops on shutdown");
     drop(broker);

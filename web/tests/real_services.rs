@@ -181,7 +181,7 @@ async fn reads_the_real_market_and_settlement() {
         ready["ready"], false,
         "nothing cleared or minted yet: {ready}"
     );
-    tokio::time::timeout(Duration::from_secs(15), shutdown.wait())
+    tokio::time::timeout(Duration::from_secs(15), shutdown.stop())
         .await
         .expect("every service stops on shutdown");
 }

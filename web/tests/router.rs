@@ -567,7 +567,7 @@ async fn serve_binds_refreshes_and_streams_changes() {
         .unwrap();
     assert_eq!(grid["branches"].as_array().unwrap().len(), 5);
     drop(events);
-    tokio::time::timeout(std::time::Duration::from_secs(10), shutdown.wait())
+    tokio::time::timeout(std::time::Duration::from_secs(10), shutdown.stop())
         .await
         .expect("every task stops on shutdown");
 }

@@ -248,7 +248,8 @@ pub fn subscribe_readings(
     let topic = format!("gridmesh/readings/{gateway}");
     let mut settings = MqttSettings::new(BROKER, format!("sub-{gateway}"));
     settings.subscriptions = vec![topic];
-    let (handle, mut incoming) = MqttSession::start(settings, cancel).unwrap();
+    let session = gridmesh_runtime::shutdown::Shutdown::child_of(&cancel);
+    let (handle, mut incoming) = MqttSession::start(settings, &session).unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(message) = incoming.recv().await {

@@ -109,6 +109,6 @@ async fn main() -> anyhow::Result<()> {
         100.0 * cpu / wall,
         rss_mib()
     );
-    shutdown.wait().await;
+    shutdown.stop().await;
     Ok(())
 }
