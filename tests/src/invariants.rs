@@ -3,10 +3,11 @@
 //! interval has exactly one sealed block whose mints equal the statements' tokens; money
 //! balances; nothing sits in quarantine.
 
+use gridmesh_protocol::api::settlement::{
+    BlockSummary, EntryBody, EntryView, QuarantineItem, Statement,
+};
 use gridmesh_protocol::interval::Interval;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use settlement::rules::Statement;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -16,21 +17,7 @@ use std::time::Duration;
 pub struct Violation(pub String);
 
 /// A sealed block as `GET /ledger/blocks` lists it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Block {
-    /// The block's height.
-    pub height: i64,
-    /// The interval key it seals.
-    pub interval: String,
-    /// Hashes of its entries.
-    pub entries: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Entry {
-    kind: String,
-    body: serde_json::Value,
-}
+pub type Block = BlockSummary;
 
 /// GETs `url` and decodes JSON, or says why not.
 pub async fn get_json<T: DeserializeOwned>(url: &str) -> Result<T, Violation> {
@@ -72,13 +59,13 @@ pub async fn wait_sealed(
         let blocks: Result<Vec<Block>, Violation> =
             get_json(&format!("{settlement}/ledger/blocks?limit=1000")).await;
         if let Ok(blocks) = &blocks
-            && blocks.iter().any(|b| b.interval == key)
+            && blocks.iter().any(|b| b.header.interval == key)
         {
             return Ok(blocks.clone());
         }
         if tokio::time::Instant::now() > deadline {
             let sealed = blocks
-                .map(|b| b.into_iter().map(|b| b.interval).collect::<Vec<_>>())
+                .map(|b| b.into_iter().map(|b| b.header.interval).collect::<Vec<_>>())
                 .map_err(|e| e.0);
             return Err(Violation(format!(
                 "interval {key} was not sealed within {within:?}; sealed: {sealed:?}"
@@ -148,22 +135,22 @@ pub async fn check_settled(
         if peer != 0 {
             problems.push(format!("{key}: peer-to-peer money sums to {peer}, not 0"));
         }
-        let sealing: Vec<&Block> = blocks.iter().filter(|b| b.interval == key).collect();
+        let sealing: Vec<&Block> = blocks.iter().filter(|b| b.header.interval == key).collect();
         match sealing.as_slice() {
             [block] => {
                 let mut minted = 0i64;
                 for hash in &block.entries {
-                    let entry: Entry =
+                    let entry: EntryView =
                         get_json(&format!("{settlement}/ledger/entries/{hash}")).await?;
-                    if entry.kind == "mint" {
-                        minted += entry.body["amount"].as_i64().unwrap_or(0);
+                    if let EntryBody::Mint(mint) = entry.body {
+                        minted += mint.amount.0;
                     }
                 }
                 let tokens: i64 = statements.iter().map(|s| s.tokens.0).sum();
                 if minted != tokens {
                     problems.push(format!(
                         "{key}: block {} mints {minted} Wh but statements say {tokens} Wh",
-                        block.height
+                        block.header.height
                     ));
                 }
             }
@@ -171,7 +158,7 @@ pub async fn check_settled(
             many => problems.push(format!("{key}: {} blocks seal it", many.len())),
         }
     }
-    let quarantine: Vec<serde_json::Value> =
+    let quarantine: Vec<QuarantineItem> =
         get_json(&format!("{settlement}/quarantine?limit=1000")).await?;
     if !quarantine.is_empty() {
         problems.push(format!("settlement quarantined readings: {quarantine:#?}"));

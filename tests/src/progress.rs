@@ -1,28 +1,11 @@
 //! One line per interval for the demo's terminal: what cleared, at which prices, and how many
 //! tokens settlement minted. Read through the services' public REST APIs, as any client would.
 
+use gridmesh_protocol::api::settlement::{BlockSummary, EntryBody, EntryView};
 use gridmesh_protocol::market::{Counterparty, IntervalResult};
 use gridmesh_protocol::units::Wh;
-use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::time::Duration;
-
-/// A block as settlement's `GET /ledger/blocks` lists it (the fields the report needs).
-#[derive(Debug, Deserialize)]
-pub struct BlockListing {
-    /// Height.
-    pub height: i64,
-    /// Interval key.
-    pub interval: String,
-    /// Entry hashes.
-    pub entries: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct EntryListing {
-    kind: String,
-    body: serde_json::Value,
-}
 
 /// Formats minor units per MWh as c/kWh with two decimals (10 minor/MWh = 0.01 c/kWh).
 pub fn cents_per_kwh(price: i64) -> String {
@@ -112,38 +95,36 @@ pub async fn report(
             }
         }
         if let Ok(blocks) =
-            fetch::<Vec<BlockListing>>(&http, &format!("{settlement_url}/ledger/blocks?limit=10"))
+            fetch::<Vec<BlockSummary>>(&http, &format!("{settlement_url}/ledger/blocks?limit=10"))
                 .await
         {
             for block in blocks.into_iter().rev() {
-                if !seen_blocks.insert(block.height) {
+                if !seen_blocks.insert(block.header.height) {
                     continue;
                 }
                 let mut minted = 0i64;
                 for hash in &block.entries {
-                    if let Ok(entry) = fetch::<EntryListing>(
+                    if let Ok(EntryView {
+                        body: EntryBody::Mint(mint),
+                        ..
+                    }) = fetch::<EntryView>(
                         &http,
                         &format!("{settlement_url}/ledger/entries/{hash}"),
                     )
                     .await
                     {
-                        if entry.kind == "mint" {
-                            minted += entry
-                                .body
-                                .get("amount")
-                                .and_then(|a| a.as_i64())
-                                .unwrap_or(0);
-                        }
+                        minted += mint.amount.0;
                     }
                 }
                 println!(
                     "{}  settled: block #{} sealed, {} ledger entries, {} tokens minted (1 token = 1 Wh)",
                     block
+                        .header
                         .interval
                         .split('T')
                         .nth(1)
-                        .map_or(block.interval.as_str(), |t| &t[..5]),
-                    block.height,
+                        .map_or(block.header.interval.as_str(), |t| &t[..5]),
+                    block.header.height,
                     block.entries.len(),
                     minted
                 );

@@ -13,6 +13,7 @@ use gridmesh_e2e::invariants::{
 };
 use gridmesh_e2e::neighbourhood::{Neighbourhood, Options};
 use gridmesh_e2e::processes::{ChildProcess, Mosquitto, service_binary, write_toml};
+use gridmesh_protocol::api::market::{BookDepth, OrderRecord};
 use gridmesh_protocol::interval::{Interval, IntervalLength};
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::order::{Order, Side};
@@ -275,8 +276,8 @@ async fn market_restarted_during_an_open_interval() {
         "{market}/orders?participant={trader_id}&interval={}",
         open.start().format("%Y-%m-%dT%H:%M:%SZ")
     );
-    let book_before: serde_json::Value = get_json(&book_url).await.unwrap();
-    let orders_before: serde_json::Value = get_json(&orders_url).await.unwrap();
+    let book_before: BookDepth = get_json(&book_url).await.unwrap();
+    let orders_before: Vec<OrderRecord> = get_json(&orders_url).await.unwrap();
 
     hood.stop_market().await;
     assert!(
@@ -292,8 +293,8 @@ async fn market_restarted_during_an_open_interval() {
     );
 
     // The open book came back from the database, unchanged.
-    let book_after: serde_json::Value = get_json(&book_url).await.unwrap();
-    let orders_after: serde_json::Value = get_json(&orders_url).await.unwrap();
+    let book_after: BookDepth = get_json(&book_url).await.unwrap();
+    let orders_after: Vec<OrderRecord> = get_json(&orders_url).await.unwrap();
     assert_eq!(book_after, book_before, "the open book after the restart");
     assert_eq!(
         orders_after, orders_before,
