@@ -1,0 +1,257 @@
+//! The settlement service's core: ingest batches of signed readings, settle intervals, apply
+//! token operations and answer queries. Owns the in-memory verification state; every write is
+//! one database transaction, and every statement is in [`crate::store`].
+//!
+//! - [`ingest`](self::ingest): verify and store batches of readings (quarantine what fails);
+//! - [`settle`](self::settle): results from the market, settling due intervals into blocks;
+//! - [`tokens`](self::tokens): transfers, retirements and the operator's acceptance of flagged
+//!   readings;
+//! - [`queries`](self::queries): the read side (statements, balances, ledger, quarantine,
+//!   compliance, alerts, flows).
+
+mod ingest;
+mod queries;
+mod settle;
+mod tokens;
+
+use crate::metrics::Metrics;
+use crate::store::{self, StoreError};
+use crate::verify::{ChainState, Limits};
+use chrono::{DateTime, Utc};
+use gridmesh_protocol::envelope::EnvelopeCompliance;
+use gridmesh_protocol::keys::SigningKeyPair;
+use gridmesh_protocol::reading::Reading;
+use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
+use gridmesh_protocol::signing::{PublicKey, Signable};
+use gridmesh_protocol::{GatewayId, ParticipantId};
+use gridmesh_runtime::clock::Clock;
+use gridmesh_runtime::db::Database;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::RwLock;
+use tokio::sync::{Mutex, Notify, broadcast};
+
+pub use gridmesh_protocol::api::readings::{ReadingOutcome, ReadingStatus};
+pub use gridmesh_protocol::api::settlement::Event;
+pub use gridmesh_protocol::api::settlement::TokenReceipt as Receipt;
+
+/// Why a service operation failed (mapped to HTTP statuses by the API).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Storage failed; nothing was recorded.
+    #[error("storage failed, nothing was recorded; retry later: {0}")]
+    Store(#[from] StoreError),
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The signer may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Not found.
+    #[error("{0}")]
+    NotFound(String),
+    /// Conflicts with stored state.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl From<sqlx::Error> for ServiceError {
+    fn from(e: sqlx::Error) -> Self {
+        ServiceError::Store(StoreError::Query(e))
+    }
+}
+
+/// One submitted reading, raw (JSON of a `SignedEnvelope`), with where it came from.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// `rest` or `mqtt:<topic>`.
+    pub source: String,
+    /// The raw bytes, kept verbatim in quarantine if they are rejected.
+    pub raw: Vec<u8>,
+}
+
+/// The outcome of settling an interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum SettleOutcome {
+    /// Settled now; the block's height.
+    Settled {
+        /// The block sealed for it.
+        height: u64,
+    },
+    /// Already settled before: nothing changed.
+    AlreadySettled,
+}
+
+/// Settings of the core.
+#[derive(Debug, Clone, Copy)]
+pub struct CoreSettings {
+    /// Time window for readings.
+    pub limits: Limits,
+    /// Settle an interval this long after its end.
+    pub grace: chrono::Duration,
+}
+
+#[derive(Default)]
+struct IngestState {
+    chain: ChainState,
+    settled: HashSet<String>,
+}
+
+/// The service core (shared by the API, the MQTT ingest, the poller and the settler).
+pub struct Service {
+    db: Database,
+    authority: SigningKeyPair,
+    clock: Clock,
+    settings: CoreSettings,
+    ingest: Mutex<IngestState>,
+    ledger: Mutex<()>,
+    registry: RwLock<HashMap<GatewayId, GatewayEnrollment>>,
+    participants: RwLock<HashMap<ParticipantId, PublicKey>>,
+    events: broadcast::Sender<Event>,
+    /// Counters exported on `/metrics`.
+    pub metrics: Metrics,
+    /// Woken when a new result is stored.
+    pub results_changed: Notify,
+    /// A native PostgreSQL pool for COPY-based batch inserts (see [`Service::use_postgres_copy`]).
+    pg: Option<sqlx::PgPool>,
+    /// The market's key that must sign every result (`None` = results are not authenticated).
+    market_key: Option<PublicKey>,
+    /// Signed results already refused (interval key, SHA-256 of the signed attestation), so a
+    /// result the market keeps serving is logged and counted once.
+    refused: std::sync::Mutex<HashSet<(String, [u8; 32])>>,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+impl Service {
+    /// Opens the core over a migrated database and loads its verification state.
+    pub async fn open(
+        db: Database,
+        authority: SigningKeyPair,
+        clock: Clock,
+        settings: CoreSettings,
+    ) -> Result<Self, ServiceError> {
+        let (events, _) = broadcast::channel(1024);
+        let service = Service {
+            db,
+            authority,
+            clock,
+            settings,
+            ingest: Mutex::new(IngestState::default()),
+            ledger: Mutex::new(()),
+            registry: RwLock::new(HashMap::new()),
+            participants: RwLock::new(HashMap::new()),
+            events,
+            metrics: Metrics::default(),
+            results_changed: Notify::new(),
+            pg: None,
+            market_key: None,
+            refused: std::sync::Mutex::new(HashSet::new()),
+        };
+        service.load().await?;
+        Ok(service)
+    }
+
+    /// On PostgreSQL, stores reading batches with `COPY` through a native pool opened on
+    /// `url` (the same database). A no-op on SQLite.
+    pub async fn use_postgres_copy(&mut self, url: &str) -> Result<(), ServiceError> {
+        if self.db.backend == gridmesh_runtime::db::Backend::Postgres {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .connect(url)
+                .await?;
+            self.pg = Some(pool);
+        }
+        Ok(())
+    }
+
+    /// Requires every market result to be signed by `key` (see [`Service::add_signed_result`]);
+    /// `None` reads results unsigned.
+    pub fn set_market_key(&mut self, key: Option<PublicKey>) {
+        self.market_key = key;
+    }
+
+    /// The market key results must be signed with, if one is configured.
+    pub fn market_key(&self) -> Option<PublicKey> {
+        self.market_key
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// The authority's public key (signs blocks).
+    pub fn authority(&self) -> PublicKey {
+        self.authority.public_key()
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Subscribes to events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    async fn load(&self) -> Result<(), ServiceError> {
+        let mut state = IngestState::default();
+        for payload in store::readings::all_payloads(&self.db.pool).await? {
+            let reading = Reading::decode(&payload)
+                .map_err(|e| StoreError::Corrupt(format!("stored reading: {e}")))?;
+            let digest: [u8; 32] =
+                sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&payload))
+                    .into();
+            state.chain.record(&reading, digest);
+        }
+        state.settled = store::intervals::settled_keys(&self.db.pool)
+            .await?
+            .into_iter()
+            .collect();
+        *self.ingest.lock().await = state;
+        let mut registry = HashMap::new();
+        for body in store::registry::gateway_bodies(&self.db.pool).await? {
+            let g: GatewayEnrollment = serde_json::from_str(&body)
+                .map_err(|e| StoreError::Corrupt(format!("stored gateway: {e}")))?;
+            registry.insert(g.gateway.clone(), g);
+        }
+        *self.registry.write().expect("registry lock") = registry;
+        let mut participants = HashMap::new();
+        for body in store::registry::participant_bodies(&self.db.pool).await? {
+            let p: Participant = serde_json::from_str(&body)
+                .map_err(|e| StoreError::Corrupt(format!("stored participant: {e}")))?;
+            participants.insert(p.id.clone(), p.public_key);
+        }
+        *self.participants.write().expect("participants lock") = participants;
+        Ok(())
+    }
+
+    /// Stores (or updates) gateway registrations.
+    pub async fn set_gateways(&self, gateways: &[GatewayEnrollment]) -> Result<(), ServiceError> {
+        store::registry::upsert_gateways(&self.db.pool, gateways).await?;
+        let mut registry = self.registry.write().expect("registry lock");
+        for g in gateways {
+            registry.insert(g.gateway.clone(), g.clone());
+        }
+        Ok(())
+    }
+
+    /// Stores (or updates) participant registrations (their keys sign token operations).
+    pub async fn set_participants(&self, list: &[Participant]) -> Result<(), ServiceError> {
+        store::registry::upsert_participants(&self.db.pool, list).await?;
+        let mut map = self.participants.write().expect("participants lock");
+        for p in list {
+            map.insert(p.id.clone(), p.public_key);
+        }
+        Ok(())
+    }
+}
+
+fn parse_compliance(body: &str) -> Result<EnvelopeCompliance, ServiceError> {
+    serde_json::from_str(body)
+        .map_err(|e| StoreError::Corrupt(format!("stored compliance row: {e}")).into())
+}

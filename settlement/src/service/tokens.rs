@@ -1,0 +1,182 @@
+//! Token operations: holder-signed transfers and retirements of lots, and the operator's
+//! acceptance of a flagged reading (which releases the mints withheld for it).
+
+use super::settle::mint_body;
+use super::{Receipt, Service, ServiceError, ms};
+use crate::ledger::{EntryBody, RetireEntry, TransferEntry};
+use crate::rules::MintPlan;
+use crate::store::{self, StoreError};
+use gridmesh_protocol::api::readings::ReasonCode;
+use gridmesh_protocol::signing::{PublicKey, SignedEnvelope};
+use gridmesh_protocol::token::{TokenRetire, TokenTransfer};
+use gridmesh_protocol::{ParticipantId, Wh};
+
+impl Service {
+    fn holder_key(&self, participant: &ParticipantId) -> Result<PublicKey, ServiceError> {
+        self.participants
+            .read()
+            .expect("participants lock")
+            .get(participant)
+            .copied()
+            .ok_or_else(|| {
+                ServiceError::Forbidden(format!(
+                    "participant {participant} is not registered with the market, so its signature cannot be checked"
+                ))
+            })
+    }
+
+    /// Applies a holder-signed transfer of part of a lot.
+    pub async fn transfer(&self, envelope: SignedEnvelope) -> Result<Receipt, ServiceError> {
+        let t: TokenTransfer = envelope
+            .open()
+            .map_err(|e| ServiceError::BadRequest(format!("not a valid signed transfer: {e}")))?;
+        let key = self.holder_key(&t.from)?;
+        if envelope.public_key != key {
+            return Err(ServiceError::Forbidden(format!(
+                "the transfer is signed by {}, but {}'s registered key is {key}",
+                envelope.public_key, t.from
+            )));
+        }
+        if t.from == t.to {
+            return Err(ServiceError::BadRequest(
+                "a transfer needs a recipient other than the holder".into(),
+            ));
+        }
+        let lot = hex::encode(t.lot);
+        let body = EntryBody::Transfer(TransferEntry {
+            envelope: envelope.clone(),
+            lot: lot.clone(),
+            from: t.from.clone(),
+            to: t.to.clone(),
+            amount: t.amount,
+        });
+        let receipt = self
+            .apply_op(&envelope, &lot, &t.from, t.amount, body, Some(&t.to))
+            .await?;
+        self.metrics.tokens_transferred_wh.add(t.amount.0 as u64);
+        Ok(receipt)
+    }
+
+    /// Applies a holder-signed retirement.
+    pub async fn retire(&self, envelope: SignedEnvelope) -> Result<Receipt, ServiceError> {
+        let r: TokenRetire = envelope
+            .open()
+            .map_err(|e| ServiceError::BadRequest(format!("not a valid signed retirement: {e}")))?;
+        let key = self.holder_key(&r.holder)?;
+        if envelope.public_key != key {
+            return Err(ServiceError::Forbidden(format!(
+                "the retirement is signed by {}, but {}'s registered key is {key}",
+                envelope.public_key, r.holder
+            )));
+        }
+        let lot = hex::encode(r.lot);
+        let body = EntryBody::Retire(RetireEntry {
+            envelope: envelope.clone(),
+            lot: lot.clone(),
+            holder: r.holder.clone(),
+            amount: r.amount,
+        });
+        let receipt = self
+            .apply_op(&envelope, &lot, &r.holder, r.amount, body, None)
+            .await?;
+        self.metrics.tokens_retired_wh.add(r.amount.0 as u64);
+        Ok(receipt)
+    }
+
+    async fn apply_op(
+        &self,
+        envelope: &SignedEnvelope,
+        lot: &str,
+        holder: &ParticipantId,
+        amount: Wh,
+        body: EntryBody,
+        to: Option<&ParticipantId>,
+    ) -> Result<Receipt, ServiceError> {
+        // A transfer's tokens end in a new lot named by its entry; a retirement's stay put.
+        let receipt = |entry: String, duplicate: bool| Receipt {
+            lot: if to.is_some() {
+                entry.clone()
+            } else {
+                lot.to_owned()
+            },
+            entry,
+            duplicate,
+        };
+        let _ledger = self.ledger.lock().await;
+        let op = envelope.digest_hex();
+        let mut tx = self.db.pool.begin().await?;
+        if let Some(entry) = store::ledger::entry_for_op(&mut tx, &op).await? {
+            return Ok(receipt(entry, true));
+        }
+        let (owner, remaining, origin) = store::ledger::lot(&mut tx, lot)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no token lot {lot}")))?;
+        if owner != holder.as_str() {
+            return Err(ServiceError::Forbidden(format!(
+                "lot {lot} is held by {owner}, not {holder}"
+            )));
+        }
+        if remaining < amount.0 {
+            return Err(ServiceError::Conflict(format!(
+                "lot {lot} holds only {remaining} tokens; {} requested",
+                amount.0
+            )));
+        }
+        let now = ms(self.clock.now());
+        let entry = store::insert_entry(&mut tx, &body, Some(op), now).await?;
+        let retired = if to.is_some() { 0 } else { amount.0 };
+        store::ledger::spend_lot(&mut tx, lot, amount.0, retired).await?;
+        if let Some(to) = to {
+            store::insert_lot(&mut tx, &entry, to.as_str(), &origin, Some(lot), amount).await?;
+        }
+        tx.commit().await?;
+        Ok(receipt(entry, false))
+    }
+
+    /// An operator accepts a flagged reading: it becomes tokenizable, and withheld mints whose
+    /// readings are all accepted now are minted (into the next block).
+    pub async fn accept_quarantined(&self, id: i64) -> Result<usize, ServiceError> {
+        let _ledger = self.ledger.lock().await;
+        let mut tx = self.db.pool.begin().await?;
+        let (code, status, key) = store::readings::quarantine_state(&mut tx, id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no quarantined reading {id}")))?;
+        let acceptable = ReasonCode::parse(&code).is_some_and(ReasonCode::operator_acceptable);
+        if !acceptable {
+            return Err(ServiceError::Conflict(format!(
+                "quarantined reading {id} was refused for `{code}`; only readings flagged as implausible can be accepted (a bad signature, replay or conflict never can)"
+            )));
+        }
+        if status == "accepted" {
+            return Ok(0);
+        }
+        let now = ms(self.clock.now());
+        store::readings::accept_quarantined(&mut tx, id, &key.unwrap_or_default(), now).await?;
+        let mut released = 0;
+        for (wid, interval, body) in store::intervals::open_withheld(&mut tx).await? {
+            let plan: MintPlan = serde_json::from_str(&body)
+                .map_err(|e| StoreError::Corrupt(format!("withheld mint {wid}: {e}")))?;
+            let mut clear = true;
+            for d in plan.seller_readings.iter().chain(&plan.buyer_readings) {
+                clear &= !store::readings::is_flagged(&mut tx, d).await?;
+            }
+            if clear {
+                let body = mint_body(&interval, &plan, true);
+                let hash = store::insert_entry(&mut tx, &body, None, now).await?;
+                store::insert_lot(
+                    &mut tx,
+                    &hash,
+                    plan.buyer.as_str(),
+                    &hash,
+                    None,
+                    plan.amount,
+                )
+                .await?;
+                store::intervals::release_withheld(&mut tx, wid).await?;
+                released += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(released)
+    }
+}
