@@ -4,11 +4,10 @@
 //! Integers are converted to floats only here, for drawing: prices are shown in minor units per
 //! kWh (`PricePerMwh / 1000`), energy in kWh (`Wh / 1000`).
 
-use crate::snapshot::{as_list, find_i64, find_str};
 use crate::views::{local_volume, traded_volume};
+use gridmesh_protocol::api::market::{BookDepth, DepthStep};
 use gridmesh_protocol::market::IntervalResult;
 use plotters::prelude::*;
-use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Why a chart could not be drawn.
@@ -228,65 +227,23 @@ pub struct Level {
     pub quantity: i64,
 }
 
-/// Reads bids and asks from a book reply, tolerating the common shapes: `{bids, asks}`,
-/// `{buy, sell}`, or a list of levels with a `side` field; levels carry `price` (or
-/// `limit_price`) and `quantity` (or `energy`, `wh`); nested per-node books are merged.
-pub fn parse_book(book: &Value) -> (Vec<Level>, Vec<Level>) {
-    let mut bids = Vec::new();
-    let mut asks = Vec::new();
-    collect_levels(book, 0, &mut bids, &mut asks);
-    (bids, asks)
-}
-
-fn book_level(v: &Value) -> Option<Level> {
-    Some(Level {
-        price: find_i64(v, &["price", "limit_price", "price_per_mwh"])?,
-        quantity: find_i64(v, &["quantity", "quantity_wh", "energy", "wh", "volume"])?,
-    })
-}
-
-fn collect_levels(v: &Value, depth: usize, bids: &mut Vec<Level>, asks: &mut Vec<Level>) {
-    let mut found = false;
-    for (keys, out) in [
-        (["bids", "buy", "buys"], &mut *bids),
-        (["asks", "sell", "sells"], &mut *asks),
-    ] {
-        for k in keys {
-            if let Some(Value::Array(items)) = v.get(k) {
-                found = true;
-                out.extend(items.iter().filter_map(book_level));
-            }
-        }
-    }
-    let levels = if v.is_object() {
-        as_list(v.clone(), &["levels", "orders"])
-    } else {
-        Vec::new()
+/// The bids and asks of the market's book depth, merged over its nodes.
+pub fn book_levels(book: &BookDepth) -> (Vec<Level>, Vec<Level>) {
+    let level = |step: &DepthStep| Level {
+        price: step.price,
+        quantity: step.quantity_wh,
     };
-    found |= !levels.is_empty();
-    for item in levels {
-        match find_str(&item, &["side"]).as_deref() {
-            Some("buy") | Some("bid") => bids.extend(book_level(&item)),
-            Some("sell") | Some("ask") => asks.extend(book_level(&item)),
-            _ => {}
-        }
-    }
-    // A map of node → book (the market's depth per node), possibly nested under `nodes`.
-    if !found && depth < 3 {
-        match v {
-            Value::Object(map) => {
-                for child in map.values().filter(|c| c.is_object() || c.is_array()) {
-                    collect_levels(child, depth + 1, bids, asks);
-                }
-            }
-            Value::Array(items) => {
-                for child in items.iter().filter(|c| c.is_object()) {
-                    collect_levels(child, depth + 1, bids, asks);
-                }
-            }
-            _ => {}
-        }
-    }
+    let bids = book
+        .nodes
+        .values()
+        .flat_map(|n| n.bids.iter().map(level))
+        .collect();
+    let asks = book
+        .nodes
+        .values()
+        .flat_map(|n| n.asks.iter().map(level))
+        .collect();
+    (bids, asks)
 }
 
 /// Cumulative step points (kWh, c/kWh): bids from the highest price down, asks from the lowest
@@ -306,7 +263,7 @@ pub fn depth_curve(levels: &[Level], descending: bool) -> Vec<(f64, f64)> {
 }
 
 /// The order-book depth curve of the next interval.
-pub fn depth(book: Option<&Value>, interval: Option<&str>) -> Result<String, ChartError> {
+pub fn depth(book: Option<&BookDepth>, interval: Option<&str>) -> Result<String, ChartError> {
     let title = match interval {
         Some(i) => format!("Order book depth, interval {i}"),
         None => "Order book depth".to_owned(),
@@ -314,7 +271,7 @@ pub fn depth(book: Option<&Value>, interval: Option<&str>) -> Result<String, Cha
     let Some(book) = book else {
         return Ok(placeholder(&title, "No open interval's book yet"));
     };
-    let (bids, asks) = parse_book(book);
+    let (bids, asks) = book_levels(book);
     if bids.is_empty() && asks.is_empty() {
         return Ok(placeholder(&title, "No orders in the open interval yet"));
     }
@@ -396,14 +353,33 @@ fn accessible(svg: String, label: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use gridmesh_protocol::api::market::NodeDepth;
+
+    fn step(price: i64, quantity_wh: i64) -> DepthStep {
+        DepthStep {
+            price,
+            quantity_wh,
+            orders: 1,
+        }
+    }
+
+    fn book(nodes: Vec<(&str, Vec<DepthStep>, Vec<DepthStep>)>) -> BookDepth {
+        BookDepth {
+            interval: gridmesh_protocol::Interval::parse("2026-06-21T12:00:00Z", 15).unwrap(),
+            orders: nodes.len(),
+            nodes: nodes
+                .into_iter()
+                .map(|(n, bids, asks)| (n.to_owned(), NodeDepth { bids, asks }))
+                .collect(),
+        }
+    }
 
     #[test]
-    fn book_shapes_and_depth_curve() {
-        let (b, a) = parse_book(
-            &json!({"bids": [{"price": 30000, "quantity": 1000}, {"price": 35000, "quantity": 500}],
-                                         "asks": [{"limit_price": 20000, "energy": 700}]}),
-        );
+    fn book_levels_merge_nodes_and_depth_curve() {
+        let (b, a) = book_levels(&book(vec![
+            ("f1", vec![step(30000, 1000), step(35000, 500)], vec![]),
+            ("f2", vec![], vec![step(20000, 700)]),
+        ]));
         assert_eq!(b.len(), 2);
         assert_eq!(
             a,
@@ -417,29 +393,6 @@ mod tests {
             curve,
             vec![(0.0, 35.0), (0.5, 35.0), (0.5, 30.0), (1.5, 30.0)]
         );
-        let (b, a) = parse_book(
-            &json!({"levels": [{"side": "buy", "price": 1, "quantity": 2}, {"side": "sell", "price": 3, "quantity": 4}]}),
-        );
-        assert_eq!((b.len(), a.len()), (1, 1));
-        let per_node = json!({"f1": {"bids": [{"price": 5, "quantity_wh": 10, "orders": 2}], "asks": []},
-                              "f2": {"bids": [], "asks": [{"price": 2, "quantity_wh": 3, "orders": 1}]}});
-        let (b, a) = parse_book(&per_node);
-        assert_eq!(
-            b,
-            vec![Level {
-                price: 5,
-                quantity: 10
-            }]
-        );
-        assert_eq!(
-            a,
-            vec![Level {
-                price: 2,
-                quantity: 3
-            }]
-        );
-        let (b, _) = parse_book(&json!({"interval": "x", "nodes": per_node}));
-        assert_eq!(b.len(), 1);
     }
 
     #[test]
@@ -448,7 +401,7 @@ mod tests {
         assert!(svg.contains("No cleared intervals yet") && !svg.contains("polyline"));
         assert!(depth(None, None).unwrap().contains("data-empty"));
         let svg = depth(
-            Some(&json!({"bids": [{"price": 30000, "quantity": 1000}]})),
+            Some(&book(vec![("f1", vec![step(30000, 1000)], vec![])])),
             Some("12:00"),
         )
         .unwrap();

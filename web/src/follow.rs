@@ -19,9 +19,12 @@ pub struct SseEvent {
 }
 
 /// An incremental SSE parser: feed bytes, take complete events.
+///
+/// Bytes are buffered until a whole line has arrived and only then decoded, so a character
+/// whose UTF-8 bytes are split across chunks (network reads cut anywhere) arrives intact.
 #[derive(Debug, Default)]
 pub struct SseParser {
-    buffer: String,
+    buffer: Vec<u8>,
     event: Option<String>,
     data: Vec<String>,
 }
@@ -29,10 +32,12 @@ pub struct SseParser {
 impl SseParser {
     /// Feeds a chunk and returns the events it completed.
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
-        self.buffer.push_str(&String::from_utf8_lossy(chunk));
+        self.buffer.extend_from_slice(chunk);
         let mut out = Vec::new();
-        while let Some(pos) = self.buffer.find('\n') {
-            let line: String = self.buffer.drain(..=pos).collect();
+        while let Some(pos) = self.buffer.iter().position(|b| *b == b'\n') {
+            let bytes: Vec<u8> = self.buffer.drain(..=pos).collect();
+            // A whole line: only bytes that are invalid in themselves are replaced.
+            let line = String::from_utf8_lossy(&bytes);
             let line = line.trim_end_matches(['\n', '\r']);
             if line.is_empty() {
                 if !self.data.is_empty() || self.event.is_some() {
@@ -124,5 +129,28 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// Regression: each chunk used to be decoded on its own, so a character whose bytes were
+    /// split between two network reads became two U+FFFD replacement characters.
+    #[test]
+    fn characters_split_across_chunks_arrive_intact() {
+        let text = "event: alert\ndata: {\"reason\":\"Überschuss 5 °C ☀ 🌞\"}\n\n";
+        let bytes = text.as_bytes();
+        let expected = vec![SseEvent {
+            event: "alert".into(),
+            data: "{\"reason\":\"Überschuss 5 °C ☀ 🌞\"}".into(),
+        }];
+        // Every split point, including inside each multi-byte character.
+        for cut in 0..=bytes.len() {
+            let mut p = SseParser::default();
+            let mut events = p.feed(&bytes[..cut]);
+            events.extend(p.feed(&bytes[cut..]));
+            assert_eq!(events, expected, "split at byte {cut}");
+        }
+        // One byte at a time.
+        let mut p = SseParser::default();
+        let events: Vec<SseEvent> = bytes.iter().flat_map(|b| p.feed(&[*b])).collect();
+        assert_eq!(events, expected);
     }
 }

@@ -18,9 +18,9 @@ use gridmesh_protocol::reading::{Reading, Registers};
 use gridmesh_protocol::signing::SignedEnvelope;
 use gridmesh_protocol::topics::{GATEWAY_CONTROL_FILTER, GATEWAY_STATUS_FILTER, READINGS_FILTER};
 use gridmesh_runtime::mqtt::{MqttError, MqttSession, MqttSettings};
+use gridmesh_runtime::shutdown::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// The gateway id in a status topic, if it is one.
 pub fn gateway_of(topic: &str) -> Option<&str> {
@@ -123,25 +123,37 @@ pub fn apply_message(hub: &Hub, topic: &str, payload: &[u8]) {
     }
 }
 
+/// A gateway's status payload as JSON: a string, or a document with a `status` field.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum StatusPayload {
+    /// `"online"`.
+    Plain(String),
+    /// `{"status": "online", ...}`.
+    Document {
+        /// The status.
+        status: String,
+    },
+}
+
 /// The status in a payload: plain `online`/`offline`, or JSON with a `status` field.
 pub fn status_of(payload: &[u8]) -> String {
     let text = String::from_utf8_lossy(payload).trim().to_owned();
-    let value = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| match v {
-            serde_json::Value::String(s) => Some(s),
-            v => v.get("status").and_then(|s| s.as_str()).map(str::to_owned),
-        })
-        .unwrap_or(text)
-        .to_ascii_lowercase();
+    let value = match serde_json::from_str::<StatusPayload>(&text) {
+        Ok(StatusPayload::Plain(s) | StatusPayload::Document { status: s }) => s,
+        Err(_) => text,
+    }
+    .to_ascii_lowercase();
     match value.as_str() {
         "online" | "offline" => value,
         _ => "unknown".into(),
     }
 }
 
-/// Starts following gateway statuses on `url` until `token` is cancelled.
-pub fn start(hub: Arc<Hub>, url: &str, token: CancellationToken) -> Result<(), MqttError> {
+/// Starts following gateway statuses on `url` until `shutdown` is triggered. The MQTT session
+/// and the task applying its messages are tracked by `shutdown`, so [`Shutdown::wait`] returns
+/// only after both have finished.
+pub fn start(hub: Arc<Hub>, url: &str, shutdown: &Shutdown) -> Result<(), MqttError> {
     let mut settings = MqttSettings::new(
         url,
         format!(
@@ -156,9 +168,9 @@ pub fn start(hub: Arc<Hub>, url: &str, token: CancellationToken) -> Result<(), M
         GATEWAY_CONTROL_FILTER.to_owned(),
         READINGS_FILTER.to_owned(),
     ];
-    let session = gridmesh_runtime::shutdown::Shutdown::child_of(&token);
-    let (handle, mut incoming) = MqttSession::start(settings, &session)?;
-    tokio::spawn(async move {
+    let (handle, mut incoming) = MqttSession::start(settings, shutdown)?;
+    let token = shutdown.token();
+    shutdown.spawn(async move {
         let mut last_connected = None;
         loop {
             tokio::select! {
@@ -240,6 +252,33 @@ pub fn total(deltas: &std::collections::BTreeMap<String, Registers>) -> Register
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: the task applying broker messages was spawned untracked, so shutdown could
+    /// return while it still ran (holding the hub).
+    #[tokio::test]
+    async fn the_broker_task_is_tracked_and_awaited_on_shutdown() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let url = format!("mqtt://{closed}");
+        let hub = Hub::new(crate::WebConfig {
+            broker_url: Some(url.clone()),
+            ..crate::WebConfig::default()
+        })
+        .unwrap();
+        let shutdown = Shutdown::new();
+        start(hub.clone(), &url, &shutdown).unwrap();
+        assert_eq!(Arc::strong_count(&hub), 2, "the task holds the hub");
+        tokio::time::timeout(Duration::from_secs(10), shutdown.stop())
+            .await
+            .expect("the broker task stops on shutdown");
+        assert_eq!(
+            Arc::strong_count(&hub),
+            1,
+            "shutdown returned only after the task had finished"
+        );
+    }
 
     #[test]
     fn parses_topics_and_payloads() {

@@ -7,6 +7,7 @@ use crate::snapshot::{Snapshot, SourceHealth};
 use crate::upstream::{Service, Upstream};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
 
 /// What browsers are told when the snapshot changes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -38,14 +39,27 @@ pub struct Hub {
     cause: std::sync::Mutex<Option<String>>,
     /// A deferred change is waiting to be announced (see [`Hub::update_deferred`]).
     deferred: std::sync::atomic::AtomicBool,
+    /// Cancelled at shutdown: ends the browsers' event streams.
+    pub stop: CancellationToken,
 }
 
 impl Hub {
-    /// A hub with an empty snapshot.
-    pub fn new(config: WebConfig) -> Arc<Self> {
+    /// A hub with an empty snapshot; an error when the HTTP client cannot be built.
+    pub fn new(config: WebConfig) -> Result<Arc<Self>, crate::WebError> {
+        Self::with_stop(config, CancellationToken::new())
+    }
+
+    /// A hub whose browser event streams end when `stop` is cancelled (the server's shutdown
+    /// token, so graceful shutdown need not wait for open pages).
+    pub fn with_stop(
+        config: WebConfig,
+        stop: CancellationToken,
+    ) -> Result<Arc<Self>, crate::WebError> {
         let timeout = config.request_timeout();
-        let market = Upstream::new(Service::Market, &config.market_url, timeout);
-        let settlement = Upstream::new(Service::Settlement, &config.settlement_url, timeout);
+        let market = Upstream::new(Service::Market, &config.market_url, timeout)
+            .map_err(crate::WebError::Http)?;
+        let settlement = Upstream::new(Service::Settlement, &config.settlement_url, timeout)
+            .map_err(crate::WebError::Http)?;
         let snapshot = Snapshot {
             market: SourceHealth::new(market.base_url()),
             settlement: SourceHealth::new(settlement.base_url()),
@@ -53,7 +67,7 @@ impl Hub {
             ..Snapshot::default()
         };
         let (changes, _) = broadcast::channel(64);
-        Arc::new(Hub {
+        Ok(Arc::new(Hub {
             config,
             market,
             settlement,
@@ -63,7 +77,8 @@ impl Hub {
             wake: Notify::new(),
             cause: std::sync::Mutex::new(None),
             deferred: std::sync::atomic::AtomicBool::new(false),
-        })
+            stop,
+        }))
     }
 
     /// The current snapshot.
@@ -151,7 +166,7 @@ mod tests {
 
     #[test]
     fn deferred_changes_are_served_at_once_and_announced_with_the_next_update() {
-        let hub = Hub::new(WebConfig::default());
+        let hub = Hub::new(WebConfig::default()).unwrap();
         let mut changes = hub.subscribe();
         assert!(
             hub.update("start", |_| {}),

@@ -22,7 +22,7 @@
 //!   from 90 % amber; cleared plan beside it; participants; alerts);
 //! - [`charts`]: server-side SVG charts drawn with `plotters`;
 //! - [`routes`] and [`assets`]: pages, JSON API, charts, the browser event stream, `/healthz`,
-//!   `/metrics`;
+//!   `/metrics`, on the runtime's HTTP kit; [`api`]: the typed answers of that JSON API;
 //! - [`metrics`]: the Prometheus text encoder.
 //!
 //! # Example
@@ -43,6 +43,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api;
 pub mod assets;
 pub mod charts;
 pub mod config;
@@ -78,6 +79,11 @@ pub enum WebError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The HTTP client for the market and settlement could not be built.
+    #[error(
+        "cannot set up the HTTP client for the market and settlement: {0}; this is a build or system problem (TLS or resolver setup), not a config mistake"
+    )]
+    Http(reqwest::Error),
     /// The broker URL was refused.
     #[error("cannot follow gateway status: {0}")]
     Broker(#[from] gridmesh_runtime::mqtt::MqttError),
@@ -113,9 +119,9 @@ pub async fn serve(config: WebConfig, shutdown: Shutdown) -> Result<RunningWeb, 
         addr: config.listen,
         source,
     })?;
-    let hub = hub::Hub::new(config.clone());
+    let hub = hub::Hub::with_stop(config.clone(), shutdown.token())?;
     if let Some(url) = &config.broker_url {
-        gateways::start(hub.clone(), url, shutdown.token())?;
+        gateways::start(hub.clone(), url, &shutdown)?;
     }
     shutdown.spawn(refresh::run(hub.clone(), shutdown.token()));
     shutdown.spawn(follow::follow(

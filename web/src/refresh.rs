@@ -4,17 +4,23 @@
 //! Each service's calls are independent: a service that is down leaves its previous data in
 //! place and its health says why, so the other service's data still updates.
 //!
+//! Every answer is decoded into the service's read model from `gridmesh_protocol::api` (or the
+//! protocol's own types). An answer that does not decode is a broken contract: the service is
+//! shown as unavailable with the decoder's message, and its previous data stays, rather than
+//! columns going blank.
+//!
 //! [`Snapshot`]: crate::snapshot::Snapshot
 
 use crate::hub::Hub;
-use crate::snapshot::{Snapshot, as_list, find_i64, find_str};
+use crate::snapshot::Snapshot;
 use crate::upstream::{UpstreamError, encode_component};
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
+use gridmesh_protocol::api::market::{BookDepth, MarketStatus};
+use gridmesh_protocol::api::settlement::{Balances, BlockSummary, QuarantineItem, Statement};
 use gridmesh_protocol::envelope::{EnvelopeAlert, MeasuredFlows};
 use gridmesh_protocol::grid::Network;
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken as CancelToken;
@@ -35,22 +41,22 @@ pub async fn run(hub: Arc<Hub>, token: CancelToken) {
 /// Market data read in one refresh.
 #[derive(Debug, Default)]
 struct MarketRead {
-    status: Option<Value>,
+    status: Option<MarketStatus>,
     topology: Option<Network>,
     participants: Option<Vec<Participant>>,
     gateways: Option<Vec<GatewayEnrollment>>,
     new_results: Vec<IntervalResult>,
     next_interval: Option<String>,
-    book: Option<Option<Value>>,
+    book: Option<Option<BookDepth>>,
 }
 
 /// Settlement data read in one refresh.
 #[derive(Debug, Default)]
 struct SettlementRead {
-    quarantine: Option<Vec<Value>>,
-    blocks: Option<Vec<Value>>,
-    statements: Option<Vec<Value>>,
-    balances: BTreeMap<String, Value>,
+    quarantine: Option<Vec<QuarantineItem>>,
+    blocks: Option<Vec<BlockSummary>>,
+    statements: Option<Vec<Statement>>,
+    balances: BTreeMap<String, Balances>,
     flows: Vec<MeasuredFlows>,
     envelope_alerts: Option<Vec<EnvelopeAlert>>,
 }
@@ -156,33 +162,25 @@ pub fn merge_by_interval<T>(
     }
 }
 
-/// The market's status: any `Unreachable` makes the whole read fail (so the page says so);
-/// a missing optional resource (404) is just absent.
+/// The market's status: an unreachable market or an answer that does not decode makes the
+/// whole read fail (so the page says so); a missing optional resource (404) is just absent.
 async fn read_market(hub: &Hub, before: &Snapshot) -> Result<MarketRead, UpstreamError> {
     let m = &hub.market;
-    let status: Value = m.get("/status").await?;
+    let status: MarketStatus = m.get("/status").await?;
     let (topology, participants, gateways) = tokio::join!(
         m.get::<Network>("/topology"),
-        m.get::<Value>("/participants"),
-        m.get::<Value>("/gateways"),
+        m.get::<Vec<Participant>>("/participants"),
+        m.get::<Vec<GatewayEnrollment>>("/gateways"),
     );
     let topology = optional(topology)?;
-    let participants =
-        optional(participants)?.map(|v| decode_list::<Participant>(v, &["participants", "items"]));
-    let gateways =
-        optional(gateways)?.map(|v| decode_list::<GatewayEnrollment>(v, &["gateways", "items"]));
+    let participants = optional(participants)?;
+    let gateways = optional(gateways)?;
 
-    let clock = find_str(&status, &["clock", "now", "time"])
-        .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or_else(Utc::now);
-    let minutes = find_i64(&status, &["interval_minutes", "interval_length", "minutes"])
-        .unwrap_or(15)
-        .max(1);
+    let minutes = i64::from(status.interval_minutes.max(1));
     let history = hub.config.history_intervals;
     let mut since = match before.results.last() {
         Some(last) => last.interval.start(),
-        None => clock - ChronoDuration::minutes(minutes * history as i64 + minutes),
+        None => status.clock - ChronoDuration::minutes(minutes * history as i64 + minutes),
     };
     let mut new_results = Vec::new();
     for _page in 0..20 {
@@ -190,11 +188,10 @@ async fn read_market(hub: &Hub, before: &Snapshot) -> Result<MarketRead, Upstrea
             "/results?since={}&limit={history}",
             encode_component(&since.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         );
-        let page: Value = match optional(m.get(&path).await)? {
+        let page: Vec<IntervalResult> = match optional(m.get(&path).await)? {
             Some(v) => v,
             None => break,
         };
-        let page: Vec<IntervalResult> = decode_list(page, &["results", "items"]);
         let full = page.len() >= history;
         let newest = page.iter().map(|r| r.interval.start()).max();
         new_results.extend(page);
@@ -204,53 +201,48 @@ async fn read_market(hub: &Hub, before: &Snapshot) -> Result<MarketRead, Upstrea
         }
     }
 
-    let next_interval = find_str(
-        &status,
-        &[
-            "next_open_interval",
-            "next_interval",
-            "open_interval",
-            "next",
-        ],
-    );
-    let book = match &next_interval {
-        Some(start) => Some(optional(
-            m.get::<Value>(&format!("/intervals/{}/book", encode_component(start)))
-                .await,
-        )?),
-        None => None,
-    };
+    // The start as the market writes it (RFC 3339, `Z`), which is also the book's path.
+    let next_interval = status
+        .next_open_interval
+        .start()
+        .to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    let book = optional(
+        m.get::<BookDepth>(&format!(
+            "/intervals/{}/book",
+            encode_component(&next_interval)
+        ))
+        .await,
+    )?;
     Ok(MarketRead {
         status: Some(status),
         topology,
         participants,
         gateways,
         new_results,
-        next_interval,
-        book,
+        next_interval: Some(next_interval),
+        book: Some(book),
     })
 }
 
 async fn read_settlement(hub: &Hub, before: &Snapshot) -> Result<SettlementRead, UpstreamError> {
     let s = &hub.settlement;
     let (quarantine, blocks, statements, flows, envelope_alerts) = tokio::join!(
-        s.get::<Value>("/quarantine"),
-        s.get::<Value>("/ledger/blocks"),
-        s.get::<Value>("/statements"),
+        s.get::<Vec<QuarantineItem>>("/quarantine"),
+        s.get::<Vec<BlockSummary>>("/ledger/blocks"),
+        s.get::<Vec<Statement>>("/statements"),
         read_flows(hub, before),
         s.get::<Vec<EnvelopeAlert>>("/compliance/alerts"),
     );
     let flows = flows?;
     let envelope_alerts = lenient(envelope_alerts)?;
-    let quarantine = lenient(quarantine)?.map(|v| as_list(v, &["quarantine", "items", "readings"]));
-    let blocks = lenient(blocks)?.map(|v| {
-        let mut list = as_list(v, &["blocks", "items"]);
+    let quarantine = lenient(quarantine)?;
+    let blocks = lenient(blocks)?.map(|mut list| {
         // Keep the newest 50 blocks, whatever order the service lists them in.
-        list.sort_by_key(|b| std::cmp::Reverse(find_i64(b, &["height"]).unwrap_or(0)));
+        list.sort_by_key(|b| std::cmp::Reverse(b.header.height));
         list.truncate(50);
         list
     });
-    let statements = lenient(statements)?.map(|v| as_list(v, &["statements", "items"]));
+    let statements = lenient(statements)?;
     let ids: Vec<String> = before
         .participants
         .iter()
@@ -258,7 +250,7 @@ async fn read_settlement(hub: &Hub, before: &Snapshot) -> Result<SettlementRead,
         .collect();
     let fetched = futures::future::join_all(ids.iter().map(|id| async move {
         let r = s
-            .get::<Value>(&format!("/balances/{}", encode_component(id)))
+            .get::<Balances>(&format!("/balances/{}", encode_component(id)))
             .await;
         (id.clone(), r)
     }))
@@ -322,32 +314,16 @@ fn optional<T>(r: Result<T, UpstreamError>) -> Result<Option<T>, UpstreamError> 
     }
 }
 
-/// Only "unreachable" fails the read; a 4xx/5xx or odd body for one resource leaves that
-/// resource as it was.
+/// An unreachable service or an answer that does not decode as the shared type fails the
+/// read (the service is shown as unavailable, with why); a 4xx/5xx for one resource leaves
+/// that resource as it was.
 fn lenient<T>(r: Result<T, UpstreamError>) -> Result<Option<T>, UpstreamError> {
     match r {
         Ok(v) => Ok(Some(v)),
-        Err(e) if e.is_unreachable() => Err(e),
-        Err(e @ UpstreamError::Decode { .. }) => {
-            tracing::warn!(error = %e, "upstream reply does not match the shared protocol types; ignoring it");
-            Ok(None)
-        }
+        Err(e) if e.is_unreachable() || e.is_broken_contract() => Err(e),
         Err(e) => {
             tracing::debug!(error = %e, "upstream resource not available");
             Ok(None)
         }
     }
-}
-
-fn decode_list<T: serde::de::DeserializeOwned>(v: Value, keys: &[&str]) -> Vec<T> {
-    as_list(v, keys)
-        .into_iter()
-        .filter_map(|item| match serde_json::from_value(item) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                tracing::warn!(error = %e, "skipping an upstream item of unexpected shape");
-                None
-            }
-        })
-        .collect()
 }

@@ -3,24 +3,37 @@
 //!
 //! Pages are one embedded shell; the script switches pages with the History API and re-reads
 //! only the data it shows when an event arrives, so nothing ever reloads the whole page.
+//!
+//! Built on the runtime's HTTP kit: errors answer `{code, message}` (also for bad paths and
+//! queries), every route has the standard trace, timeout, body-limit and concurrency layers,
+//! and the browser stream is the kit's SSE-from-broadcast (ending at shutdown). JSON answers
+//! are the typed structs of [`crate::api`].
 
+use crate::api::{
+    AlertsAnswer, BlocksAnswer, HealthAnswer, ParticipantDetail, ParticipantsAnswer, ReadyAnswer,
+    StatusAnswer,
+};
 use crate::assets;
 use crate::charts;
-use crate::hub::Hub;
+use crate::hub::{Change, Hub};
 use crate::upstream::{UpstreamError, encode_component};
 use crate::views;
-use axum::extract::{Path, Query, State};
+use axum::Router;
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
+use gridmesh_protocol::api::settlement::{
+    Balances, BlockSummary, EntryView, Statement, StoredReading,
+};
+use gridmesh_runtime::http::{
+    ApiJson, ApiPath, ApiQuery, HttpLimits, SSE_KEEP_ALIVE, broadcast_events, layers,
+};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The pages of the dashboard: (path, title).
 pub const PAGES: [(&str, &str); 5] = [
@@ -69,11 +82,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
-        (
-            status,
-            Json(json!({"code": code, "message": self.to_string()})),
-        )
-            .into_response()
+        gridmesh_runtime::http::ApiError::new(status, code, self.to_string()).into_response()
     }
 }
 
@@ -85,7 +94,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
     for (path, _) in PAGES {
         router = router.route(path, get(page));
     }
-    router
+    let router = router
         .route("/participants/{id}", get(page))
         .route("/ledger/{*rest}", get(page))
         .route("/assets/{name}", get(asset))
@@ -111,7 +120,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
             hub.clone(),
             count_requests,
         ))
-        .with_state(hub)
+        .with_state(hub);
+    layers(router, &HttpLimits::default())
 }
 
 async fn count_requests(
@@ -141,7 +151,7 @@ async fn page() -> Response {
         .into_response()
 }
 
-async fn asset(Path(name): Path<String>) -> Response {
+async fn asset(ApiPath(name): ApiPath<String>) -> Response {
     match assets::get(&name) {
         Some((content_type, body)) => (
             [
@@ -155,26 +165,23 @@ async fn asset(Path(name): Path<String>) -> Response {
     }
 }
 
-async fn api_status(State(hub): State<Arc<Hub>>) -> Json<Value> {
+async fn api_status(State(hub): State<Arc<Hub>>) -> ApiJson<StatusAnswer> {
     let snap = hub.snapshot();
-    Json(json!({
-        "version": snap.version,
-        "refreshed_at": snap.refreshed_at,
-        "sources": views::Sources::of(&snap),
-        "next_interval": snap.next_interval,
-        "latest_interval": snap.latest_result().map(|r| r.interval.key()),
-        "alerts": views::alerts(&snap, hub.config.imbalance_spike_factor).len(),
-    }))
+    ApiJson(StatusAnswer {
+        version: snap.version,
+        refreshed_at: snap.refreshed_at,
+        sources: views::Sources::of(&snap),
+        next_interval: snap.next_interval.clone(),
+        latest_interval: snap.latest_result().map(|r| r.interval.key()),
+        alerts: views::alerts(&snap, hub.config.imbalance_spike_factor).len(),
+    })
 }
 
 /// Whether the dashboard has enough data for every page: both services reachable, two cleared
 /// intervals, participants, a sealed block and a token holding (scripts wait on this).
-async fn api_ready(State(hub): State<Arc<Hub>>) -> Json<Value> {
+async fn api_ready(State(hub): State<Arc<Hub>>) -> ApiJson<ReadyAnswer> {
     let snap = hub.snapshot();
-    let holdings = snap
-        .balances
-        .values()
-        .any(|b| !views::holdings(b).is_empty());
+    let holdings = snap.balances.values().any(|b| !b.holdings.is_empty());
     let checks = [
         ("market reachable", snap.market.ok),
         ("settlement reachable", snap.settlement.ok),
@@ -183,20 +190,24 @@ async fn api_ready(State(hub): State<Arc<Hub>>) -> Json<Value> {
         ("a ledger block", !snap.blocks.is_empty()),
         ("a token holding", holdings),
     ];
-    let missing: Vec<&str> = checks
+    let missing: Vec<&'static str> = checks
         .iter()
         .filter(|(_, ok)| !ok)
         .map(|(name, _)| *name)
         .collect();
-    Json(json!({"ready": missing.is_empty(), "missing": missing, "version": snap.version}))
+    ApiJson(ReadyAnswer {
+        ready: missing.is_empty(),
+        missing,
+        version: snap.version,
+    })
 }
 
-async fn api_grid(State(hub): State<Arc<Hub>>) -> Json<views::GridView> {
-    Json(views::grid(&hub.snapshot()))
+async fn api_grid(State(hub): State<Arc<Hub>>) -> ApiJson<views::GridView> {
+    ApiJson(views::grid(&hub.snapshot()))
 }
 
-async fn api_market(State(hub): State<Arc<Hub>>) -> Json<views::MarketView> {
-    Json(views::market(&hub.snapshot()))
+async fn api_market(State(hub): State<Arc<Hub>>) -> ApiJson<views::MarketView> {
+    ApiJson(views::market(&hub.snapshot()))
 }
 
 /// Filters of the participants list.
@@ -208,18 +219,22 @@ struct ParticipantQuery {
 
 async fn api_participants(
     State(hub): State<Arc<Hub>>,
-    Query(query): Query<ParticipantQuery>,
-) -> Json<Value> {
+    ApiQuery(query): ApiQuery<ParticipantQuery>,
+) -> ApiJson<ParticipantsAnswer> {
     let snap = hub.snapshot();
     let rows = views::participants(&snap, query.q.as_deref(), query.node.as_deref());
-    Json(json!({"sources": views::Sources::of(&snap), "node": query.node, "participants": rows}))
+    ApiJson(ParticipantsAnswer {
+        sources: views::Sources::of(&snap),
+        node: query.node,
+        participants: rows,
+    })
 }
 
 /// One participant: its row, its holdings and statements fresh from settlement.
 async fn api_participant(
     State(hub): State<Arc<Hub>>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<ApiJson<ParticipantDetail>> {
     let snap = hub.snapshot();
     let row = views::participants(&snap, None, None)
         .into_iter()
@@ -231,57 +246,60 @@ async fn api_participant(
     let balance_path = format!("/balances/{encoded}");
     let statements_path = format!("/statements?participant={encoded}");
     let (balance, statements) = tokio::join!(
-        hub.settlement.get::<Value>(&balance_path),
-        hub.settlement.get::<Value>(&statements_path),
+        hub.settlement.get::<Balances>(&balance_path),
+        hub.settlement.get::<Vec<Statement>>(&statements_path),
     );
     let (balance, balance_error) = split(balance, snap.balances.get(&id).cloned());
     let (statements, statements_error) = split(statements, None);
-    let holdings = balance.as_ref().map(views::holdings).unwrap_or_default();
+    let holdings = balance
+        .as_ref()
+        .map(|b| b.holdings.clone())
+        .unwrap_or_default();
     let errors: Vec<String> = [balance_error, statements_error]
         .into_iter()
         .flatten()
         .collect();
-    Ok(Json(json!({
-        "participant": row,
-        "holdings": holdings,
-        "balance": balance,
-        "statements": statements.map(|s| crate::snapshot::as_list(s, &["statements", "items"])),
-        "errors": errors,
-    })))
+    Ok(ApiJson(ParticipantDetail {
+        participant: row,
+        holdings,
+        balance,
+        statements,
+        errors,
+    }))
 }
 
 /// A fresh value, or the cached one with the error beside it.
-fn split(
-    r: Result<Value, UpstreamError>,
-    cached: Option<Value>,
-) -> (Option<Value>, Option<String>) {
+fn split<T>(r: Result<T, UpstreamError>, cached: Option<T>) -> (Option<T>, Option<String>) {
     match r {
         Ok(v) => (Some(v), None),
         Err(e) => (cached, Some(e.to_string())),
     }
 }
 
-async fn api_alerts(State(hub): State<Arc<Hub>>) -> Json<Value> {
+async fn api_alerts(State(hub): State<Arc<Hub>>) -> ApiJson<AlertsAnswer> {
     let snap = hub.snapshot();
-    Json(json!({
-        "sources": views::Sources::of(&snap),
-        "alerts": views::alerts(&snap, hub.config.imbalance_spike_factor),
-    }))
+    ApiJson(AlertsAnswer {
+        sources: views::Sources::of(&snap),
+        alerts: views::alerts(&snap, hub.config.imbalance_spike_factor),
+    })
 }
 
-async fn api_blocks(State(hub): State<Arc<Hub>>) -> Json<Value> {
+async fn api_blocks(State(hub): State<Arc<Hub>>) -> ApiJson<BlocksAnswer> {
     let snap = hub.snapshot();
-    Json(json!({"sources": views::Sources::of(&snap), "blocks": snap.blocks}))
+    ApiJson(BlocksAnswer {
+        sources: views::Sources::of(&snap),
+        blocks: snap.blocks.clone(),
+    })
 }
 
 async fn api_block(
     State(hub): State<Arc<Hub>>,
-    Path(height): Path<String>,
-) -> ApiResult<Json<Value>> {
+    ApiPath(height): ApiPath<String>,
+) -> ApiResult<ApiJson<BlockSummary>> {
     let height: u64 = height
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("block height `{height}` is not a number")))?;
-    Ok(Json(
+    Ok(ApiJson(
         hub.settlement
             .get(&format!("/ledger/blocks/{height}"))
             .await?,
@@ -290,14 +308,14 @@ async fn api_block(
 
 async fn api_entry(
     State(hub): State<Arc<Hub>>,
-    Path(hash): Path<String>,
-) -> ApiResult<Json<Value>> {
+    ApiPath(hash): ApiPath<String>,
+) -> ApiResult<ApiJson<EntryView>> {
     if hash.is_empty() || hash.len() > 128 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(ApiError::BadRequest(format!(
             "entry hash `{hash}` is not hexadecimal; copy it from a block or a holding"
         )));
     }
-    Ok(Json(
+    Ok(ApiJson(
         hub.settlement
             .get(&format!("/ledger/entries/{hash}"))
             .await?,
@@ -307,49 +325,46 @@ async fn api_entry(
 /// A signed reading by the SHA-256 its token provenance names (settlement's `/readings/{digest}`).
 async fn api_reading(
     State(hub): State<Arc<Hub>>,
-    Path(digest): Path<String>,
-) -> ApiResult<Json<Value>> {
+    ApiPath(digest): ApiPath<String>,
+) -> ApiResult<ApiJson<StoredReading>> {
     if digest.len() != 64 || !digest.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(ApiError::BadRequest(format!(
             "reading digest `{digest}` is not 64 hexadecimal characters; copy it from a mint's provenance"
         )));
     }
-    Ok(Json(
+    Ok(ApiJson(
         hub.settlement.get(&format!("/readings/{digest}")).await?,
     ))
 }
 
+/// The browser stream: a `hello` with the current version, then one `update` per change
+/// (a page that lagged skips to the newest); it ends at shutdown.
 async fn api_events(
     State(hub): State<Arc<Hub>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     hub.metrics.browser_streams.inc();
     let receiver = hub.subscribe();
     let first = hub.snapshot();
-    let hello = crate::hub::Change {
+    let hello = Change {
         version: first.version,
         market_ok: first.market.ok,
         settlement_ok: first.settlement.ok,
         cause: "hello".into(),
     };
-    let stream = futures::stream::unfold((Some(hello), receiver), |(pending, mut rx)| async move {
-        let change = match pending {
-            Some(c) => c,
-            None => loop {
-                match rx.recv().await {
-                    Ok(c) => break c,
-                    // A slow page missed some changes: the next one carries the newest version.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                }
-            },
-        };
-        let event = Event::default()
-            .event("update")
-            .json_data(&change)
-            .unwrap_or_else(|_| Event::default().event("update").data("{}"));
-        Some((Ok(event), (None, rx)))
-    });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    let stream = futures::stream::once(std::future::ready(Ok(update_event(&hello)))).chain(
+        broadcast_events(receiver, hub.stop.clone(), |change: Change| {
+            Some(update_event(&change))
+        }),
+    );
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+}
+
+/// One `update` event carrying a change.
+fn update_event(change: &Change) -> Event {
+    Event::default()
+        .event("update")
+        .json_data(change)
+        .unwrap_or_else(|_| Event::default().event("update").data("{}"))
 }
 
 fn svg(body: String) -> Response {
@@ -382,9 +397,13 @@ async fn chart_depth(State(hub): State<Arc<Hub>>) -> ApiResult<Response> {
     )?))
 }
 
-async fn healthz(State(hub): State<Arc<Hub>>) -> Json<Value> {
+async fn healthz(State(hub): State<Arc<Hub>>) -> ApiJson<HealthAnswer> {
     let snap = hub.snapshot();
-    Json(json!({"status": "ok", "market": snap.market.ok, "settlement": snap.settlement.ok}))
+    ApiJson(HealthAnswer {
+        status: "ok",
+        market: snap.market.ok,
+        settlement: snap.settlement.ok,
+    })
 }
 
 async fn metrics(State(hub): State<Arc<Hub>>) -> Response {

@@ -6,13 +6,14 @@
 //! showing something useful next to "market unreachable at URL".
 
 use chrono::{DateTime, Utc};
+use gridmesh_protocol::api::market::{BookDepth, MarketStatus};
+use gridmesh_protocol::api::settlement::{Balances, BlockSummary, QuarantineItem, Statement};
 use gridmesh_protocol::envelope::{ControlStatus, EnvelopeAlert, MeasuredFlows};
 use gridmesh_protocol::grid::Network;
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::reading::Registers;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
 use serde::Serialize;
-use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Whether one upstream answered on the last refresh.
@@ -83,7 +84,7 @@ pub struct Snapshot {
     /// The broker's reachability, when one is configured.
     pub broker: Option<SourceHealth>,
     /// The market's `GET /status` document.
-    pub status: Option<Value>,
+    pub status: Option<MarketStatus>,
     /// The current topology.
     pub topology: Option<Network>,
     /// Cleared intervals, oldest first (at most the configured history).
@@ -95,15 +96,15 @@ pub struct Snapshot {
     /// The start (RFC 3339) of the next interval open for orders, if the market says.
     pub next_interval: Option<String>,
     /// That interval's order-book depth as the market reports it.
-    pub book: Option<Value>,
+    pub book: Option<BookDepth>,
     /// Settlement's quarantined readings.
-    pub quarantine: Vec<Value>,
-    /// The newest ledger blocks.
-    pub blocks: Vec<Value>,
+    pub quarantine: Vec<QuarantineItem>,
+    /// The newest ledger blocks, newest first.
+    pub blocks: Vec<BlockSummary>,
     /// Settlement statements (all participants, newest intervals).
-    pub statements: Vec<Value>,
+    pub statements: Vec<Statement>,
     /// Token holdings per participant, as settlement reports them.
-    pub balances: BTreeMap<String, Value>,
+    pub balances: BTreeMap<String, Balances>,
     /// Gateway liveness by gateway id.
     pub gateway_status: BTreeMap<String, GatewayLiveness>,
     /// Interval deltas of signed readings seen on the broker (verified), by gateway id then
@@ -151,82 +152,69 @@ impl Snapshot {
     /// A fingerprint of the data (not the health timestamps), to tell whether anything changed.
     pub fn data_fingerprint(&self) -> u64 {
         use std::hash::{Hash, Hasher};
+        let data = Fingerprint {
+            m: self.market.ok,
+            me: &self.market.error,
+            s: self.settlement.ok,
+            se: &self.settlement.error,
+            b: self.broker.as_ref().map(|b| b.ok),
+            st: self.status.as_ref().map(|s| &s.next_open_interval),
+            t: &self.topology,
+            r: self.results.last().map(|r| (&r.interval, r.cleared_at)),
+            rn: self.results.len(),
+            p: &self.participants,
+            g: &self.gateways,
+            bk: &self.book,
+            q: &self.quarantine,
+            bl: &self.blocks,
+            sm: &self.statements,
+            ba: &self.balances,
+            gs: self
+                .gateway_status
+                .iter()
+                .map(|(k, v)| (k, &v.status))
+                .collect(),
+            rd: self.readings.iter().map(|(k, v)| (k, v.len())).collect(),
+            mf: &self.measured_flows,
+            ea: &self.envelope_alerts,
+            ct: &self.control,
+        };
+        let text = serde_json::to_string(&data).expect("snapshots serialise");
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        let data = serde_json::json!({
-            "m": self.market.ok, "me": self.market.error, "s": self.settlement.ok,
-            "se": self.settlement.error, "b": self.broker.as_ref().map(|b| b.ok),
-            "st": self.status.as_ref().and_then(|s| s.get("next_open_interval")).cloned(),
-            "t": self.topology, "r": self.results.last().map(|r| (&r.interval, r.cleared_at)),
-            "rn": self.results.len(), "p": self.participants, "g": self.gateways,
-            "bk": self.book, "q": self.quarantine, "bl": self.blocks, "sm": self.statements,
-            "ba": self.balances,
-            "gs": self.gateway_status.iter().map(|(k, v)| (k, &v.status)).collect::<Vec<_>>(),
-            "rd": self.readings.iter().map(|(k, v)| (k, v.len())).collect::<Vec<_>>(),
-            "mf": self.measured_flows, "ea": self.envelope_alerts, "ct": self.control,
-        });
-        data.to_string().hash(&mut hasher);
+        text.hash(&mut hasher);
         hasher.finish()
     }
 }
 
-/// Reads a string at the first of `keys` present in `value` (objects only). An interval-like
-/// object `{ "start": .. }` yields its start.
-pub fn find_str(value: &Value, keys: &[&str]) -> Option<String> {
-    keys.iter().find_map(|k| match value.get(*k)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("start").and_then(Value::as_str).map(str::to_owned),
-        _ => None,
-    })
-}
-
-/// Reads an integer at the first of `keys` present in `value`.
-pub fn find_i64(value: &Value, keys: &[&str]) -> Option<i64> {
-    keys.iter().find_map(|k| {
-        let v = value.get(*k)?;
-        v.as_i64()
-            .or_else(|| v.as_f64().map(|f| f.round() as i64))
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-    })
-}
-
-/// The list inside a reply: the reply itself when it is an array, else the first array-valued
-/// field among `keys`.
-pub fn as_list(value: Value, keys: &[&str]) -> Vec<Value> {
-    match value {
-        Value::Array(items) => items,
-        Value::Object(mut o) => keys
-            .iter()
-            .find_map(|k| match o.remove(*k) {
-                Some(Value::Array(items)) => Some(items),
-                _ => None,
-            })
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    }
+/// What [`Snapshot::data_fingerprint`] hashes: the data, without health timestamps.
+#[derive(Serialize)]
+struct Fingerprint<'a> {
+    m: bool,
+    me: &'a Option<String>,
+    s: bool,
+    se: &'a Option<String>,
+    b: Option<bool>,
+    st: Option<&'a gridmesh_protocol::Interval>,
+    t: &'a Option<Network>,
+    r: Option<(&'a gridmesh_protocol::Interval, DateTime<Utc>)>,
+    rn: usize,
+    p: &'a [Participant],
+    g: &'a [GatewayEnrollment],
+    bk: &'a Option<BookDepth>,
+    q: &'a [QuarantineItem],
+    bl: &'a [BlockSummary],
+    sm: &'a [Statement],
+    ba: &'a BTreeMap<String, Balances>,
+    gs: Vec<(&'a String, &'a String)>,
+    rd: Vec<(&'a String, usize)>,
+    mf: &'a [MeasuredFlows],
+    ea: &'a [EnvelopeAlert],
+    ct: &'a BTreeMap<String, ControlStatus>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn tolerant_readers() {
-        let v = json!({"next_open_interval": {"start": "2026-06-21T12:00:00Z", "minutes": 15},
-                       "n": 4.6, "s": "7"});
-        assert_eq!(
-            find_str(&v, &["next", "next_open_interval"]).as_deref(),
-            Some("2026-06-21T12:00:00Z")
-        );
-        assert_eq!(find_i64(&v, &["n"]), Some(5));
-        assert_eq!(find_i64(&v, &["x", "s"]), Some(7));
-        assert_eq!(as_list(json!([1, 2]), &[]).len(), 2);
-        assert_eq!(
-            as_list(json!({"blocks": [1]}), &["items", "blocks"]).len(),
-            1
-        );
-        assert!(as_list(json!({"blocks": 3}), &["blocks"]).is_empty());
-    }
 
     #[test]
     fn health_transitions() {

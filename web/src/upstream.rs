@@ -2,6 +2,7 @@
 //!
 //! The dashboard never touches a database: everything it shows comes through these calls.
 
+use gridmesh_protocol::api::market::ErrorBody;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
@@ -58,8 +59,11 @@ pub enum UpstreamError {
         /// The service's error message (its `message` field when it sent one).
         message: String,
     },
-    /// The body is not the JSON shape expected.
-    #[error("{} sent an unexpected reply for {url}: {reason}", service.name())]
+    /// The body is not the shared protocol type expected (a broken contract).
+    #[error(
+        "{} sent a reply for {url} that is not the shared protocol type: {reason}; is it running a compatible version?",
+        service.name()
+    )]
     Decode {
         /// The service.
         service: Service,
@@ -85,6 +89,11 @@ impl UpstreamError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, UpstreamError::Unreachable { .. })
     }
+
+    /// Whether the service answered with a body that is not the shared protocol type.
+    pub fn is_broken_contract(&self) -> bool {
+        matches!(self, UpstreamError::Decode { .. })
+    }
 }
 
 /// A JSON client for one upstream service.
@@ -96,18 +105,23 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A client for `service` at `base_url` (trailing slashes are ignored).
-    pub fn new(service: Service, base_url: &str, timeout: Duration) -> Self {
+    /// A client for `service` at `base_url` (trailing slashes are ignored), with `timeout` for
+    /// connecting and for every request. A client that cannot be built is an error (a default
+    /// client would wait forever on a silent service).
+    pub fn new(
+        service: Service,
+        base_url: &str,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .build()
-            .unwrap_or_default();
-        Upstream {
+            .build()?;
+        Ok(Upstream {
             service,
             base: base_url.trim_end_matches('/').to_owned(),
             http,
-        }
+        })
     }
 
     /// The service this client talks to.
@@ -152,10 +166,9 @@ impl Upstream {
             });
         }
         if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(200).collect());
             return Err(UpstreamError::Status {
                 service: self.service,
                 url,
@@ -224,8 +237,9 @@ mod tests {
             Service::Market,
             &format!("http://127.0.0.1:{port}/"),
             Duration::from_secs(2),
-        );
-        let err = up.get::<serde_json::Value>("/status").await.unwrap_err();
+        )
+        .unwrap();
+        let err = up.get::<ErrorBody>("/status").await.unwrap_err();
         assert!(err.is_unreachable());
         let text = err.to_string();
         assert!(

@@ -6,17 +6,19 @@
 //! market's cleared flows are a plan and are always labelled as one. Colours, statuses and
 //! congestion alerts follow the measured flow only.
 
-use crate::snapshot::{GatewayLiveness, Snapshot, SourceHealth, as_list, find_i64, find_str};
+use crate::snapshot::{GatewayLiveness, Snapshot, SourceHealth};
 use gridmesh_protocol::Interval;
+use gridmesh_protocol::api::market::MarketStatus;
+use gridmesh_protocol::api::settlement::Statement;
 use gridmesh_protocol::envelope::{
     EnvelopeAlert, EnvelopeSource, MeasuredBranchFlow, MeasuredFlows,
 };
 use gridmesh_protocol::grid::Network;
 use gridmesh_protocol::market::{Counterparty, IntervalResult};
 use gridmesh_protocol::order::Side;
+use gridmesh_protocol::registry::ParticipantKind;
 use gridmesh_protocol::units::{Money, Wh};
 use serde::Serialize;
-use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
 /// A measured flow against its limit. It is derived from the **measured** (metered) flow only,
@@ -493,7 +495,7 @@ pub struct ParticipantRow {
     /// The participant.
     pub id: String,
     /// `household` or `trader`.
-    pub kind: String,
+    pub kind: ParticipantKind,
     /// Its node.
     pub node: String,
     /// The feeder its node hangs from.
@@ -548,44 +550,19 @@ fn market_figures(results: &[IntervalResult], id: &str) -> (Wh, Wh, Money, Money
     (bought, sold, spent, earned)
 }
 
-/// Sums `keys` over the statements of participant `id` (`None` when no statement has them).
-fn statement_sum(statements: &[Value], id: &str, keys: &[&str]) -> Option<i64> {
-    let mut total = None;
-    for s in statements {
-        if find_str(s, &["participant", "participant_id"]).as_deref() != Some(id) {
-            continue;
-        }
-        let value = find_i64(s, keys).or_else(|| {
-            ["delivered", "metered", "energy", "registers"]
-                .iter()
-                .find_map(|nested| s.get(*nested).and_then(|n| find_i64(n, keys)))
-        });
-        if let Some(v) = value {
-            total = Some(total.unwrap_or(0i64).saturating_add(v));
-        }
-    }
-    total
-}
-
-/// The holdings in a balances reply.
-pub fn holdings(balance: &Value) -> Vec<Value> {
-    as_list(balance.clone(), &["holdings", "lots", "items", "balances"])
-}
-
-/// Tokens of one holding.
-pub fn holding_amount(holding: &Value) -> i64 {
-    find_i64(
-        holding,
-        &[
-            "amount",
-            "amount_wh",
-            "remaining",
-            "remaining_wh",
-            "tokens",
-            "balance",
-        ],
-    )
-    .unwrap_or(0)
+/// Sums `field` over the statements of participant `id` (`None` when it has none).
+fn statement_sum(
+    statements: &[Statement],
+    id: &str,
+    field: impl Fn(&Statement) -> i64,
+) -> Option<i64> {
+    statements
+        .iter()
+        .filter(|s| s.participant.as_str() == id)
+        .map(field)
+        .fold(None, |total, v| {
+            Some(total.unwrap_or(0i64).saturating_add(v))
+        })
 }
 
 /// Builds the Participants page rows, filtered by a search text (id, node, feeder or gateway
@@ -615,13 +592,9 @@ pub fn participants(
             let metered = gateway
                 .and_then(|g| snap.readings.get(g.gateway.as_str()))
                 .map(crate::gateways::total);
-            let lots = balance.map(holdings).unwrap_or_default();
             ParticipantRow {
                 id: id.to_owned(),
-                kind: serde_json::to_value(p.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                kind: p.kind,
                 node: p.node.to_string(),
                 feeder: network.and_then(|n| feeder_of(n, p.node.as_str())),
                 gateway: gateway.map(|g| g.gateway.to_string()),
@@ -640,24 +613,13 @@ pub fn participants(
                         - m.grid_export.0
                         - m.battery_charge.0
                 }),
-                export_wh: statement_sum(
-                    &snap.statements,
-                    id,
-                    &["exported", "export_wh", "grid_export"],
-                )
-                .or(metered.map(|m| m.grid_export.0)),
-                import_wh: statement_sum(
-                    &snap.statements,
-                    id,
-                    &["imported", "import_wh", "grid_import"],
-                )
-                .or(metered.map(|m| m.grid_import.0)),
-                settled_net: statement_sum(&snap.statements, id, &["net"]),
-                tokens_wh: balance.map(|b| {
-                    find_i64(b, &["balance", "total", "total_wh", "tokens_wh"])
-                        .unwrap_or_else(|| lots.iter().map(holding_amount).sum())
-                }),
-                lots: lots.len(),
+                export_wh: statement_sum(&snap.statements, id, |s| s.exported.0)
+                    .or(metered.map(|m| m.grid_export.0)),
+                import_wh: statement_sum(&snap.statements, id, |s| s.imported.0)
+                    .or(metered.map(|m| m.grid_import.0)),
+                settled_net: statement_sum(&snap.statements, id, |s| s.net.0),
+                tokens_wh: balance.map(|b| b.balance.0),
+                lots: balance.map_or(0, |b| b.holdings.len()),
             }
         })
         .filter(|row| match &query {
@@ -757,7 +719,7 @@ pub struct MarketView {
     /// The next interval open for orders.
     pub next_interval: Option<String>,
     /// The market's status document.
-    pub status: Option<Value>,
+    pub status: Option<MarketStatus>,
     /// Cleared intervals, newest first.
     pub intervals: Vec<IntervalRow>,
     /// Congestion events, newest first.
@@ -853,15 +815,16 @@ pub fn alerts(snap: &Snapshot, spike_factor: u32) -> Vec<Alert> {
         });
     }
     for q in &snap.quarantine {
-        let subject = find_str(q, &["key", "id", "reading_key", "gateway"])
+        let subject = q
+            .key
+            .clone()
+            .or_else(|| q.gateway.clone())
             .unwrap_or_else(|| "reading".into());
-        let reason = find_str(q, &["reason", "message", "error"])
-            .unwrap_or_else(|| "no reason given".into());
         out.push(Alert {
             kind: "quarantine".into(),
             severity: "warning".into(),
-            interval: find_str(q, &["interval", "interval_start"]),
-            message: format!("Reading {subject} quarantined: {reason}"),
+            interval: None,
+            message: format!("Reading {subject} quarantined: {}", q.reason),
             subject,
         });
     }

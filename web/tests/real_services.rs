@@ -154,7 +154,7 @@ async fn reads_the_real_market_and_settlement() {
                 .as_str()
         )
     );
-    let (bids, asks) = gridmesh_web::charts::parse_book(snap.book.as_ref().unwrap());
+    let (bids, asks) = gridmesh_web::charts::book_levels(snap.book.as_ref().unwrap());
     assert_eq!(
         bids,
         vec![gridmesh_web::charts::Level {

@@ -20,7 +20,8 @@ async fn hub_for(up: &support::Upstreams) -> Arc<Hub> {
         market_url: format!("http://{}", up.market),
         settlement_url: format!("http://{}/", up.settlement),
         ..WebConfig::default()
-    });
+    })
+    .unwrap();
     // Twice: participants are learned on the first round, their balances on the second.
     refresh::refresh_once(&hub, "test").await;
     refresh::refresh_once(&hub, "test").await;
@@ -489,7 +490,8 @@ async fn an_unreachable_market_is_named_and_settlement_still_updates() {
         settlement_url: format!("http://{}", up.settlement),
         request_timeout_ms: 1_000,
         ..WebConfig::default()
-    });
+    })
+    .unwrap();
     refresh::refresh_once(&hub, "test").await;
     let grid = get_json(&hub, "/api/grid").await;
     let error = grid["sources"]["market"]["error"].as_str().unwrap();
@@ -570,4 +572,78 @@ async fn serve_binds_refreshes_and_streams_changes() {
     tokio::time::timeout(std::time::Duration::from_secs(10), shutdown.stop())
         .await
         .expect("every task stops on shutdown");
+}
+
+/// Settlement answers `/ledger/blocks` with a shape that is not the shared `BlockSummary`:
+/// settlement is shown as unavailable with the decoder's reason (an alert names it), and the
+/// blocks read before stay instead of the column going blank.
+#[tokio::test]
+async fn a_reply_that_is_not_the_shared_type_shows_the_source_unavailable() {
+    use axum::Json;
+    use axum::extract::State;
+    use axum::response::IntoResponse;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let up = support::start(2).await;
+    let broken = Arc::new(AtomicBool::new(false));
+    let block = support::Ledger::new().block();
+    let settlement = axum::Router::new()
+        .route(
+            "/ledger/blocks",
+            axum::routing::get(|State(broken): State<Arc<AtomicBool>>| async move {
+                if broken.load(Ordering::SeqCst) {
+                    // A renamed field: `height` became `block_height`.
+                    let mut v = serde_json::to_value(vec![block]).unwrap();
+                    let b = v[0].as_object_mut().unwrap();
+                    let h = b.remove("height").unwrap();
+                    b.insert("block_height".into(), h);
+                    Json(v).into_response()
+                } else {
+                    Json(vec![block]).into_response()
+                }
+            }),
+        )
+        .with_state(broken.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, settlement).await.unwrap() });
+
+    let hub = Hub::new(WebConfig {
+        market_url: format!("http://{}", up.market),
+        settlement_url: format!("http://{addr}"),
+        ..WebConfig::default()
+    })
+    .unwrap();
+    refresh::refresh_once(&hub, "test").await;
+    let blocks = get_json(&hub, "/api/ledger/blocks").await;
+    assert_eq!(blocks["sources"]["settlement"]["ok"], true, "{blocks}");
+    assert_eq!(blocks["blocks"].as_array().unwrap().len(), 1);
+
+    broken.store(true, Ordering::SeqCst);
+    refresh::refresh_once(&hub, "test").await;
+    let blocks = get_json(&hub, "/api/ledger/blocks").await;
+    let settlement = &blocks["sources"]["settlement"];
+    assert_eq!(settlement["ok"], false, "{blocks}");
+    let error = settlement["error"].as_str().unwrap();
+    assert!(
+        error.contains("/ledger/blocks") && error.contains("not the shared protocol type"),
+        "{error}"
+    );
+    assert_eq!(
+        blocks["blocks"][0]["height"], 0,
+        "the blocks read before stay"
+    );
+    assert_eq!(
+        blocks["sources"]["market"]["ok"], true,
+        "the market still updates"
+    );
+    let alerts = get_json(&hub, "/api/alerts").await;
+    let service: Vec<&Value> = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "service")
+        .collect();
+    assert_eq!(service.len(), 1, "{alerts}");
+    assert_eq!(service[0]["subject"], "settlement");
 }

@@ -1,7 +1,8 @@
 //! **Test double, for the dashboard's own tests and local development only**: tiny axum servers
-//! on 127.0.0.1:0 that play the market and settlement with replies shaped like the shared REST
-//! contract (protocol types for the market; settlement's documented ledger hashing for entries
-//! and inclusion proofs). The real services replace them in the neighbourhood tests.
+//! on 127.0.0.1:0 that play the market and settlement. Every reply is built from the shared
+//! protocol types the real services serialise (`gridmesh_protocol::api` read models, results,
+//! registry, envelopes), with settlement's documented ledger hashing for entries and inclusion
+//! proofs. The real services replace them in the neighbourhood tests.
 #![allow(dead_code)]
 
 use axum::extract::{Path, Query, State};
@@ -13,6 +14,14 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use gridmesh_protocol::GatewayId;
+use gridmesh_protocol::api::market::{
+    BookDepth, DepthStep, ErrorBody, MarketStatus, NodeDepth, PricingRule,
+};
+use gridmesh_protocol::api::readings::ReasonCode;
+use gridmesh_protocol::api::settlement::{
+    Balances, BlockHeaderView, BlockSummary, EntryBody, EntryView, Holding, LEAF_HASHING,
+    ProofStep, QuarantineItem, QuarantineStatus, Statement,
+};
 use gridmesh_protocol::envelope::{
     ControlStatus, EnvelopeAlert, EnvelopeSource, MeasuredBranchFlow, MeasuredFlows,
 };
@@ -22,7 +31,6 @@ use gridmesh_protocol::order::Side;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
 use gridmesh_protocol::signing::PublicKey;
 use gridmesh_protocol::{Interval, Money, NodeId, ParticipantId, PricePerMwh, Wh};
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -356,7 +364,7 @@ impl Ledger {
     }
 
     /// The inclusion proof of entry `index`.
-    pub fn proof(&self, mut index: usize) -> Vec<Value> {
+    pub fn proof(&self, mut index: usize) -> Vec<ProofStep> {
         let leaves: Vec<[u8; 32]> = self
             .bodies
             .iter()
@@ -366,13 +374,93 @@ impl Ledger {
         for level in levels(&leaves).iter().take_while(|l| l.len() > 1) {
             let sibling = index ^ 1;
             if sibling < level.len() {
-                proof.push(json!({"sibling": hex::encode(level[sibling]),
-                                  "side": if sibling < index { "left" } else { "right" }}));
+                proof.push(ProofStep {
+                    sibling: hex::encode(level[sibling]),
+                    side: if sibling < index { "left" } else { "right" }.into(),
+                });
             }
             index /= 2;
         }
         proof
     }
+
+    /// Entry `index`'s decoded body.
+    pub fn body(&self, index: usize) -> EntryBody {
+        serde_json::from_str(&self.bodies[index].1).unwrap()
+    }
+
+    /// Block 0, as settlement lists and answers it.
+    pub fn block(&self) -> BlockSummary {
+        BlockSummary {
+            header: BlockHeaderView {
+                height: 0,
+                interval: "2026-06-21T12:00:00Z/15".into(),
+                prev_hash: "00".repeat(32),
+                merkle_root: self.root.clone(),
+                entry_count: self.bodies.len() as u64,
+                sealed_at: chrono::DateTime::parse_from_rfc3339("2026-06-21T12:20:00Z")
+                    .unwrap()
+                    .with_timezone(&chrono::Utc),
+            },
+            hash: "ab".repeat(32),
+            signature: "cd".repeat(64),
+            public_key: "authority".into(),
+            entries: self.bodies.iter().map(|(h, _)| h.clone()).collect(),
+        }
+    }
+}
+
+/// The market's `GET /status`: the next open interval starts at 13:00.
+pub fn market_status() -> MarketStatus {
+    let at = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    MarketStatus {
+        zone: "test".into(),
+        interval_minutes: 15,
+        gate_closure_lead_seconds: 300,
+        next_open_interval: Interval::parse("2026-06-21T13:00:00Z", 15).unwrap(),
+        next_gate_closure: at("2026-06-21T12:55:00Z"),
+        clock: at("2026-06-21T12:50:00Z"),
+        clock_speed: 1.0,
+        pricing: PricingRule::PayAsClear,
+    }
+}
+
+/// Settlement's statements: h001 bought and imported, h003 sold and exported.
+pub fn statements() -> Vec<Statement> {
+    let st = |p: &str, sold: i64, bought: i64, exported: i64, imported: i64, net: i64| Statement {
+        participant: pid(p),
+        interval: "2026-06-21T12:00:00Z/15".into(),
+        sold: Wh(sold),
+        bought: Wh(bought),
+        exported: Wh(exported),
+        imported: Wh(imported),
+        envelope_excess: Wh(0),
+        delivered: Wh(sold.min(exported)),
+        consumed: Wh(bought.min(imported)),
+        tokens: Wh(0),
+        estimated: false,
+        lines: Vec::new(),
+        net: Money(net),
+    };
+    vec![
+        st("h001", 0, 1500, 0, 2100, -300),
+        st("h003", 1000, 0, 1900, 50, 200),
+    ]
+}
+
+fn not_found(message: &str) -> axum::response::Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(ErrorBody {
+            code: "not_found".into(),
+            message: message.into(),
+        }),
+    )
+        .into_response()
 }
 
 /// What the doubles serve; tests may change it between refreshes.
@@ -415,150 +503,221 @@ pub async fn start(n: usize) -> Upstreams {
         envelope_alerts: envelope_alerts(n),
     }));
     let market = Router::new()
-        .route(
-            "/status",
-            get(|| async {
-                Json(json!({"zone": "test", "interval_minutes": 15, "gate_closure_lead_s": 300,
-                            "next_open_interval": "2026-06-21T13:00:00Z", "clock": "2026-06-21T12:50:00Z"}))
-            }),
-        )
+        .route("/status", get(|| async { Json(market_status()) }))
         .route("/topology", get(|| async { Json(network()) }))
         .route("/participants", get(|| async { Json(participants()) }))
         .route("/gateways", get(|| async { Json(gateways()) }))
         .route(
             "/results",
-            get(|State(f): State<Shared>, Query(q): Query<HashMap<String, String>>| async move {
-                let since = q.get("since").cloned().unwrap_or_default();
-                let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
-                let f = f.lock().unwrap();
-                let list: Vec<_> = f
-                    .results
-                    .iter()
-                    .filter(|r| r.interval.start().format("%Y-%m-%dT%H:%M:%SZ").to_string() >= since)
-                    .take(limit)
-                    .cloned()
-                    .collect();
-                Json(list)
-            }),
+            get(
+                |State(f): State<Shared>, Query(q): Query<HashMap<String, String>>| async move {
+                    let since = q.get("since").cloned().unwrap_or_default();
+                    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+                    let f = f.lock().unwrap();
+                    let list: Vec<_> = f
+                        .results
+                        .iter()
+                        .filter(|r| {
+                            r.interval.start().format("%Y-%m-%dT%H:%M:%SZ").to_string() >= since
+                        })
+                        .take(limit)
+                        .cloned()
+                        .collect();
+                    Json(list)
+                },
+            ),
         )
         .route(
             "/intervals/{start}/book",
             get(|Path(start): Path<String>| async move {
                 if start != "2026-06-21T13:00:00Z" {
-                    return (StatusCode::NOT_FOUND, Json(json!({"code": "not_found", "message": "no such interval"}))).into_response();
+                    return not_found("no such interval");
                 }
-                Json(json!({"interval": start, "nodes": {
-                    "h001": {"bids": [{"price": 310000, "quantity_wh": 1200, "orders": 1}, {"price": 250000, "quantity_wh": 800, "orders": 2}], "asks": []},
-                    "h003": {"bids": [], "asks": [{"price": 150000, "quantity_wh": 900, "orders": 1}, {"price": 220000, "quantity_wh": 1500, "orders": 1}]}}}))
+                let step = |price: i64, quantity_wh: i64, orders: usize| DepthStep {
+                    price,
+                    quantity_wh,
+                    orders,
+                };
+                Json(BookDepth {
+                    interval: Interval::parse(&start, 15).unwrap(),
+                    orders: 5,
+                    nodes: BTreeMap::from([
+                        (
+                            "h001".to_owned(),
+                            NodeDepth {
+                                bids: vec![step(310_000, 1_200, 1), step(250_000, 800, 2)],
+                                asks: vec![],
+                            },
+                        ),
+                        (
+                            "h003".to_owned(),
+                            NodeDepth {
+                                bids: vec![],
+                                asks: vec![step(150_000, 900, 1), step(220_000, 1_500, 1)],
+                            },
+                        ),
+                    ]),
+                })
                 .into_response()
             }),
         )
         .route(
             "/events",
             get(|| async {
-                let stream = futures::stream::iter(vec![Ok::<_, Infallible>(Event::default().event("result").data("{}"))]);
+                let stream = futures::stream::iter(vec![Ok::<_, Infallible>(
+                    Event::default().event("result").data("{}"),
+                )]);
                 Sse::new(stream)
             }),
         )
         .with_state(fixture.clone());
-    let settlement = Router::new()
-        .route(
-            "/quarantine",
-            get(|| async {
-                Json(json!([{"id": 7, "key": "gw-h002/home/2026-06-21T12:30:00Z", "gateway": "gw-h002",
-                             "interval": "2026-06-21T12:30:00Z/15", "reason": "register went down without a reset flag"}]))
-            }),
-        )
-        .route(
-            "/ledger/blocks",
-            get(|State(f): State<Shared>| async move {
-                let f = f.lock().unwrap();
-                Json(json!([{"height": 0, "interval": "2026-06-21T12:00:00Z/15",
-                             "prev_hash": "00".repeat(32), "merkle_root": f.ledger.root, "entry_count": 3,
-                             "sealed_at": "2026-06-21T12:20:00Z", "hash": "ab".repeat(32),
-                             "entries": f.ledger.bodies.iter().map(|(h, _)| h.clone()).collect::<Vec<_>>()}]))
-            }),
-        )
-        .route(
-            "/ledger/blocks/{height}",
-            get(|State(f): State<Shared>, Path(h): Path<u64>| async move {
-                let f = f.lock().unwrap();
-                if h != 0 {
-                    return (StatusCode::NOT_FOUND, Json(json!({"code": "not_found", "message": "no block"}))).into_response();
-                }
-                Json(json!({"height": 0, "merkle_root": f.ledger.root, "entry_count": 3, "prev_hash": "00".repeat(32),
-                            "entries": f.ledger.bodies.iter().map(|(h, _)| h.clone()).collect::<Vec<_>>()}))
-                .into_response()
-            }),
-        )
-        .route(
-            "/ledger/entries/{hash}",
-            get(|State(f): State<Shared>, Path(hash): Path<String>| async move {
-                let f = f.lock().unwrap();
-                match f.ledger.bodies.iter().position(|(h, _)| *h == hash) {
-                    Some(i) => Json(json!({"hash": hash, "seq": i, "kind": "mint",
-                                           "body": serde_json::from_str::<Value>(&f.ledger.bodies[i].1).unwrap(),
-                                           "body_base64": BASE64.encode(&f.ledger.bodies[i].1), "block_height": 0,
-                                           "merkle_root": f.ledger.root, "proof": f.ledger.proof(i)})).into_response(),
-                    None => (StatusCode::NOT_FOUND, Json(json!({"code": "not_found", "message": "no such entry"}))).into_response(),
-                }
-            }),
-        )
-        .route(
-            "/balances/{participant}",
-            get(|State(f): State<Shared>, Path(p): Path<String>| async move {
-                let f = f.lock().unwrap();
-                let holdings: Vec<Value> = if p == "h001" {
-                    f.ledger.bodies.iter().enumerate().map(|(i, (h, b))| json!({"lot": h, "amount": 1000 + i,
-                        "retired": 0, "received": 1000 + i, "parent_lot": null, "origin_mint": h,
-                        "provenance": serde_json::from_str::<Value>(b).unwrap()})).collect()
-                } else {
-                    Vec::new()
-                };
-                let balance: i64 = holdings.iter().map(|h| h["amount"].as_i64().unwrap()).sum();
-                Json(json!({"participant": p, "balance": balance, "retired": 0, "holdings": holdings}))
-            }),
-        )
-        .route(
-            "/statements",
-            get(|| async {
-                let st = |p: &str, sold: i64, bought: i64, exported: i64, imported: i64, net: i64| json!({
-                    "participant": p, "interval": "2026-06-21T12:00:00Z/15", "sold": sold, "bought": bought,
-                    "exported": exported, "imported": imported, "delivered": sold.min(exported),
-                    "consumed": bought.min(imported), "tokens": 0, "estimated": false, "lines": [], "net": net});
-                Json(json!([st("h001", 0, 1500, 0, 2100, -300), st("h003", 1000, 0, 1900, 50, 200)]))
-            }),
-        )
-        .route(
-            "/flows",
-            get(|State(f): State<Shared>, Query(q): Query<HashMap<String, String>>| async move {
-                // Settlement's paging: `since` inclusive (RFC 3339), oldest first, `limit` items.
-                let since = match q.get("since") {
-                    Some(s) => match chrono::DateTime::parse_from_rfc3339(s) {
-                        Ok(t) => Some(t.with_timezone(&chrono::Utc)),
-                        Err(_) => return (StatusCode::BAD_REQUEST, Json(json!({"code": "bad_request",
-                            "message": format!("since `{s}` is not an RFC 3339 time")}))).into_response(),
+    let settlement =
+        Router::new()
+            .route(
+                "/quarantine",
+                get(|| async {
+                    Json(vec![QuarantineItem {
+                        id: 7,
+                        received_at: chrono::DateTime::from_timestamp(1_782_045_600, 0),
+                        source: "mqtt:gridmesh/readings/gw-h002".into(),
+                        key: Some("gw-h002/home/2026-06-21T12:30:00Z".into()),
+                        gateway: Some("gw-h002".into()),
+                        raw: "{}".into(),
+                        acceptable: false,
+                        code: ReasonCode::RegisterDecreased,
+                        reason: "register went down without a reset flag".into(),
+                        status: QuarantineStatus::Open,
+                    }])
+                }),
+            )
+            .route(
+                "/ledger/blocks",
+                get(|State(f): State<Shared>| async move {
+                    Json(vec![f.lock().unwrap().ledger.block()])
+                }),
+            )
+            .route(
+                "/ledger/blocks/{height}",
+                get(|State(f): State<Shared>, Path(h): Path<u64>| async move {
+                    let f = f.lock().unwrap();
+                    if h != 0 {
+                        return not_found("no block");
+                    }
+                    Json(f.ledger.block()).into_response()
+                }),
+            )
+            .route(
+                "/ledger/entries/{hash}",
+                get(
+                    |State(f): State<Shared>, Path(hash): Path<String>| async move {
+                        let f = f.lock().unwrap();
+                        match f.ledger.bodies.iter().position(|(h, _)| *h == hash) {
+                            Some(i) => Json(EntryView {
+                                hash,
+                                seq: i as i64,
+                                kind: "mint".into(),
+                                body: f.ledger.body(i),
+                                body_base64: BASE64.encode(&f.ledger.bodies[i].1),
+                                block_height: Some(0),
+                                merkle_root: Some(f.ledger.root.clone()),
+                                proof: Some(f.ledger.proof(i)),
+                                leaf_hashing: LEAF_HASHING.into(),
+                            })
+                            .into_response(),
+                            None => not_found("no such entry"),
+                        }
                     },
-                    None => None,
-                };
-                let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
-                let f = f.lock().unwrap();
-                let list: Vec<MeasuredFlows> = f
-                    .flows
-                    .iter()
-                    .filter(|m| since.is_none_or(|s| m.interval.start() >= s))
-                    .take(limit)
-                    .cloned()
-                    .collect();
-                Json(list).into_response()
-            }),
-        )
-        .route(
-            "/compliance/alerts",
-            get(|State(f): State<Shared>| async move { Json(f.lock().unwrap().envelope_alerts.clone()) }),
-        )
-        .route("/events", get(|| async { Sse::new(futures::stream::pending::<Result<Event, Infallible>>()) }))
-        .with_state(fixture.clone());
+                ),
+            )
+            .route(
+                "/balances/{participant}",
+                get(
+                    |State(f): State<Shared>, Path(p): Path<String>| async move {
+                        let f = f.lock().unwrap();
+                        let holdings: Vec<Holding> = if p == "h001" {
+                            f.ledger
+                                .bodies
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (h, _))| Holding {
+                                    lot: h.clone(),
+                                    amount: Wh(1000 + i as i64),
+                                    retired: Wh(0),
+                                    received: Wh(1000 + i as i64),
+                                    parent_lot: None,
+                                    origin_mint: h.clone(),
+                                    provenance: f.ledger.body(i),
+                                })
+                                .collect()
+                        } else {
+                            Vec::new()
+                        };
+                        let balance = Wh(holdings.iter().map(|h| h.amount.0).sum());
+                        Json(Balances {
+                            participant: p,
+                            balance,
+                            retired: Wh(0),
+                            holdings,
+                        })
+                    },
+                ),
+            )
+            .route(
+                "/statements",
+                get(|Query(q): Query<HashMap<String, String>>| async move {
+                    let mut list = statements();
+                    if let Some(p) = q.get("participant") {
+                        list.retain(|s| s.participant.as_str() == p);
+                    }
+                    Json(list)
+                }),
+            )
+            .route(
+                "/flows",
+                get(
+                    |State(f): State<Shared>, Query(q): Query<HashMap<String, String>>| async move {
+                        // Settlement's paging: `since` inclusive (RFC 3339), oldest first, `limit` items.
+                        let since = match q.get("since") {
+                            Some(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+                                Ok(t) => Some(t.with_timezone(&chrono::Utc)),
+                                Err(_) => {
+                                    return (
+                                        StatusCode::BAD_REQUEST,
+                                        Json(ErrorBody {
+                                            code: "bad_request".into(),
+                                            message: format!("since `{s}` is not an RFC 3339 time"),
+                                        }),
+                                    )
+                                        .into_response();
+                                }
+                            },
+                            None => None,
+                        };
+                        let limit: usize =
+                            q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+                        let f = f.lock().unwrap();
+                        let list: Vec<MeasuredFlows> = f
+                            .flows
+                            .iter()
+                            .filter(|m| since.is_none_or(|s| m.interval.start() >= s))
+                            .take(limit)
+                            .cloned()
+                            .collect();
+                        Json(list).into_response()
+                    },
+                ),
+            )
+            .route(
+                "/compliance/alerts",
+                get(|State(f): State<Shared>| async move {
+                    Json(f.lock().unwrap().envelope_alerts.clone())
+                }),
+            )
+            .route(
+                "/events",
+                get(|| async { Sse::new(futures::stream::pending::<Result<Event, Infallible>>()) }),
+            )
+            .with_state(fixture.clone());
     Upstreams {
         market: spawn(market).await,
         settlement: spawn(settlement).await,
