@@ -13,8 +13,9 @@
 //!
 //! Errors are JSON `{"code":"snake_case","message":"human sentence"}` with a 4xx status.
 
+use crate::error::SimError;
 use crate::faults::{DeviceKind, Fault};
-use crate::sim::{SimError, Simulator};
+use crate::state::Simulator;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};

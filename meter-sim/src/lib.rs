@@ -31,7 +31,10 @@
 //! - [`modbus`]: the tokio-modbus servers and how faults change their answers;
 //! - [`faults`]: the fault kinds and what each does;
 //! - [`manifest`]: the JSON description of every device;
-//! - [`sim`]: [`start`], the running [`Simulator`], status and ground truth;
+//! - [`state`]: the shared state every server uses, the running [`Simulator`], status and
+//!   ground truth;
+//! - [`error`]: why starting or a request failed ([`SimError`]);
+//! - [`sim`]: [`start`], which builds the state and starts the servers and the physics;
 //! - [`control`]: the control/status HTTP API;
 //! - [`mqtt_devices`]: Tasmota, Shelly Gen2 and OpenDTU emulation;
 //! - [`metrics`]: Prometheus text.
@@ -55,6 +58,7 @@
 //! ```
 
 pub mod control;
+pub mod error;
 pub mod faults;
 pub mod home;
 pub mod manifest;
@@ -63,10 +67,13 @@ pub mod modbus;
 pub mod mqtt_devices;
 pub mod scenario;
 pub mod sim;
+pub mod state;
 pub mod sunspec;
 pub mod weather;
 
+pub use error::SimError;
 pub use faults::{DeviceKind, Fault};
 pub use manifest::{Manifest, ManifestDevice, ManifestHome};
 pub use scenario::{Homes, Scenario, ScenarioError};
-pub use sim::{HomeStatus, SimError, Simulator, Status, TrueEnergy, start};
+pub use sim::start;
+pub use state::{HomeStatus, Simulator, Status, TrueEnergy};

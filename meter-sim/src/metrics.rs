@@ -1,6 +1,6 @@
 //! The simulator's metrics, in the Prometheus text format of `gridmesh_runtime::metrics`.
 
-use crate::sim::Simulator;
+use crate::state::Simulator;
 use gridmesh_runtime::metrics::{Exposition, MetricKind};
 use std::sync::atomic::Ordering;
 

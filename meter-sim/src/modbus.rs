@@ -12,7 +12,7 @@
 
 use crate::faults::{DeviceKind, Fault};
 use crate::scenario::device_for_unit;
-use crate::sim::Shared;
+use crate::state::Shared;
 use crate::sunspec::{self, BASE_ADDRESS, Identity, Layout, MAX_READ};
 use gridmesh_runtime::shutdown::Shutdown;
 use std::future::Future;

@@ -20,7 +20,7 @@
 use crate::faults::{DeviceKind, Fault};
 use crate::home::DeviceValues;
 use crate::scenario::{HomeParams, MeterFlavour, MqttOptions, PvFlavour};
-use crate::sim::Shared;
+use crate::state::Shared;
 use gridmesh_runtime::mqtt::{MqttSession, MqttSettings, Qos};
 use gridmesh_runtime::shutdown::Shutdown;
 use serde_json::json;
