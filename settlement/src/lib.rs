@@ -10,8 +10,9 @@
 //! - [`compliance`]: pure operating-envelope compliance, envelope alerts and measured branch
 //!   flows;
 //! - [`ledger`]: entry bodies, Merkle trees, inclusion proofs, signed block headers;
-//! - [`store`]: SQLite/PostgreSQL schema and transactional writes;
-//! - [`service`]: the core that ties them together (ingest, settle, token operations, queries);
+//! - [`store`]: SQLite/PostgreSQL schema, transactional writes and every SQL statement;
+//! - [`service`]: the core that ties them together (ingest, settle, token operations,
+//!   queries), one module each;
 //! - [`ingest`]: MQTT ingest (QoS 1, persistent session, ack after storing) and the settler loop;
 //! - [`sources`]: gateway keys, participant keys and results (signed, when a market key is
 //!   configured) from the market (a trait);

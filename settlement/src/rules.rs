@@ -254,28 +254,84 @@ struct Acc {
     tokens: Wh,
 }
 
-/// Settles one interval (see the module docs for the rules).
+/// Settles one interval (see the module docs for the rules): the trades' money lines, then
+/// each participant's imbalances against its metered energy, then the mints, then the
+/// statements.
 pub fn settle(
     result: &IntervalResult,
     metered: &BTreeMap<ParticipantId, Metered>,
 ) -> Result<Settlement, RulesError> {
+    let mut books = trade_lines(result)?;
+    for p in metered.keys() {
+        books.acc.entry(p.clone()).or_default();
+    }
+    let tariffs = Tariffs::of(result);
+    let allocations = imbalances(result, metered, &tariffs, &mut books)?;
+    let (mints, withheld) = plan_mints(result, metered, &allocations, &mut books.acc)?;
     let interval = result.interval.key();
-    let retail = result
-        .network
-        .utility
-        .retail_price
-        .or_else(|| result.prices.values().max().copied())
-        .unwrap_or(PricePerMwh(0));
-    let feed_in = result
-        .network
-        .utility
-        .feed_in_price
-        .unwrap_or(PricePerMwh(0));
-    let excess_price = result.network.utility.envelope_excess_price;
-    let mut acc: BTreeMap<ParticipantId, Acc> = BTreeMap::new();
-    let mut utility_lines: Vec<Money> = Vec::new();
-    let mut sales: BTreeMap<ParticipantId, Vec<usize>> = BTreeMap::new();
-    let mut purchases: BTreeMap<ParticipantId, Vec<usize>> = BTreeMap::new();
+    let mut statements = Vec::with_capacity(books.acc.len());
+    for (p, a) in books.acc {
+        let f = allocations.facts[&p];
+        let net = Money::checked_sum(a.lines.iter().map(|l| l.amount))?;
+        statements.push(Statement {
+            participant: p,
+            interval: interval.clone(),
+            sold: a.sold,
+            bought: a.bought,
+            exported: f.exported,
+            imported: f.imported,
+            envelope_excess: f.excess,
+            delivered: f.delivered,
+            consumed: f.consumed,
+            tokens: a.tokens,
+            estimated: f.estimated,
+            lines: a.lines,
+            net,
+        });
+    }
+    let utility_net = Money::checked_sum(books.utility_lines)?;
+    Ok(Settlement {
+        statements,
+        utility_net,
+        mints,
+        withheld,
+    })
+}
+
+/// The utility's prices for one interval.
+struct Tariffs {
+    retail: PricePerMwh,
+    feed_in: PricePerMwh,
+    excess: PricePerMwh,
+}
+
+impl Tariffs {
+    fn of(result: &IntervalResult) -> Self {
+        let utility = &result.network.utility;
+        Tariffs {
+            retail: utility
+                .retail_price
+                .or_else(|| result.prices.values().max().copied())
+                .unwrap_or(PricePerMwh(0)),
+            feed_in: utility.feed_in_price.unwrap_or(PricePerMwh(0)),
+            excess: utility.envelope_excess_price,
+        }
+    }
+}
+
+/// The money lines so far, per participant and the utility's, and which trades each
+/// participant sold and bought in.
+#[derive(Default)]
+struct Books {
+    acc: BTreeMap<ParticipantId, Acc>,
+    utility_lines: Vec<Money>,
+    sales: BTreeMap<ParticipantId, Vec<usize>>,
+    purchases: BTreeMap<ParticipantId, Vec<usize>>,
+}
+
+/// Every trade is firm: the buyer pays the seller (the utility stands in for the root).
+fn trade_lines(result: &IntervalResult) -> Result<Books, RulesError> {
+    let mut books = Books::default();
     for (i, trade) in result.trades.iter().enumerate() {
         if trade.energy.0 < 0 {
             return Err(RulesError::NegativeTrade(i));
@@ -286,7 +342,7 @@ pub fn settle(
         };
         match party(&trade.buyer) {
             Some((p, _)) => {
-                let a = acc.entry(p.clone()).or_default();
+                let a = books.acc.entry(p.clone()).or_default();
                 a.bought = a.bought.checked_add(trade.energy)?;
                 a.lines.push(MoneyLine {
                     kind: "trade_purchase".into(),
@@ -295,13 +351,13 @@ pub fn settle(
                     price: trade.price,
                     amount: -cost,
                 });
-                purchases.entry(p.clone()).or_default().push(i);
+                books.purchases.entry(p.clone()).or_default().push(i);
             }
-            None => utility_lines.push(-cost),
+            None => books.utility_lines.push(-cost),
         }
         match party(&trade.seller) {
             Some((p, _)) => {
-                let a = acc.entry(p.clone()).or_default();
+                let a = books.acc.entry(p.clone()).or_default();
                 a.sold = a.sold.checked_add(trade.energy)?;
                 a.lines.push(MoneyLine {
                     kind: "trade_sale".into(),
@@ -310,20 +366,36 @@ pub fn settle(
                     price: trade.price,
                     amount: cost,
                 });
-                sales.entry(p.clone()).or_default().push(i);
+                books.sales.entry(p.clone()).or_default().push(i);
             }
-            None => utility_lines.push(cost),
+            None => books.utility_lines.push(cost),
         }
     }
-    for p in metered.keys() {
-        acc.entry(p.clone()).or_default();
-    }
+    Ok(books)
+}
 
-    let mut seller_alloc: BTreeMap<usize, Wh> = BTreeMap::new();
-    let mut buyer_alloc: BTreeMap<usize, Wh> = BTreeMap::new();
-    let mut statements = Vec::with_capacity(acc.len());
-    let mut facts: BTreeMap<ParticipantId, Facts> = BTreeMap::new();
-    for (p, a) in acc.iter_mut() {
+/// What each participant delivered and consumed, and the energy of each trade it backs.
+struct Allocations {
+    facts: BTreeMap<ParticipantId, Facts>,
+    seller: BTreeMap<usize, Wh>,
+    buyer: BTreeMap<usize, Wh>,
+}
+
+/// Each participant's imbalance lines against its metered energy, and its delivered and
+/// consumed energy allocated to its trades.
+fn imbalances(
+    result: &IntervalResult,
+    metered: &BTreeMap<ParticipantId, Metered>,
+    tariffs: &Tariffs,
+    books: &mut Books,
+) -> Result<Allocations, RulesError> {
+    let mut out = Allocations {
+        facts: BTreeMap::new(),
+        seller: BTreeMap::new(),
+        buyer: BTreeMap::new(),
+    };
+    let utility_lines = &mut books.utility_lines;
+    for (p, a) in books.acc.iter_mut() {
         let m = metered.get(p);
         let (exported, imported) = m.map_or((Wh(0), Wh(0)), |m| (m.exported, m.imported));
         let excess = m.map_or(Wh(0), |m| {
@@ -360,25 +432,25 @@ pub fn settle(
             utility_lines.push(-amount);
             Ok(())
         };
-        push("shortfall", shortfall, retail, false)?;
-        push("surplus_export", surplus, feed_in, true)?;
-        push("envelope_excess", excess, excess_price, true)?;
-        push("untaken", untaken, feed_in, true)?;
-        push("extra_import", extra, retail, false)?;
-        if let Some(idx) = sales.get(p) {
+        push("shortfall", shortfall, tariffs.retail, false)?;
+        push("surplus_export", surplus, tariffs.feed_in, true)?;
+        push("envelope_excess", excess, tariffs.excess, true)?;
+        push("untaken", untaken, tariffs.feed_in, true)?;
+        push("extra_import", extra, tariffs.retail, false)?;
+        if let Some(idx) = books.sales.get(p) {
             let w: Vec<Wh> = idx.iter().map(|&i| result.trades[i].energy).collect();
             for (i, v) in idx.iter().zip(allocate(delivered, &w)) {
-                seller_alloc.insert(*i, v);
+                out.seller.insert(*i, v);
             }
         }
-        if let Some(idx) = purchases.get(p) {
+        if let Some(idx) = books.purchases.get(p) {
             let w: Vec<Wh> = idx.iter().map(|&i| result.trades[i].energy).collect();
             let tokenizable = if m.is_some() { consumed } else { Wh(0) };
             for (i, v) in idx.iter().zip(allocate(tokenizable, &w)) {
-                buyer_alloc.insert(*i, v);
+                out.buyer.insert(*i, v);
             }
         }
-        facts.insert(
+        out.facts.insert(
             p.clone(),
             Facts {
                 exported,
@@ -390,7 +462,17 @@ pub fn settle(
             },
         );
     }
+    Ok(out)
+}
 
+/// The mints of trades between two participants with readings (withheld while one of the
+/// readings is flagged); counts the tokens on the buyers' books.
+fn plan_mints(
+    result: &IntervalResult,
+    metered: &BTreeMap<ParticipantId, Metered>,
+    allocations: &Allocations,
+    acc: &mut BTreeMap<ParticipantId, Acc>,
+) -> Result<(Vec<MintPlan>, Vec<MintPlan>), RulesError> {
     let mut mints = Vec::new();
     let mut withheld = Vec::new();
     for (i, trade) in result.trades.iter().enumerate() {
@@ -402,11 +484,12 @@ pub fn settle(
         let (Some(sm), Some(bm)) = (metered.get(seller), metered.get(buyer)) else {
             continue;
         };
-        let amount = seller_alloc
+        let amount = allocations
+            .seller
             .get(&i)
             .copied()
             .unwrap_or_default()
-            .min(buyer_alloc.get(&i).copied().unwrap_or_default());
+            .min(allocations.buyer.get(&i).copied().unwrap_or_default());
         if amount.0 <= 0 {
             continue;
         }
@@ -431,33 +514,7 @@ pub fn settle(
             mints.push(plan);
         }
     }
-
-    for (p, a) in acc {
-        let f = facts[&p];
-        let net = Money::checked_sum(a.lines.iter().map(|l| l.amount))?;
-        statements.push(Statement {
-            participant: p,
-            interval: interval.clone(),
-            sold: a.sold,
-            bought: a.bought,
-            exported: f.exported,
-            imported: f.imported,
-            envelope_excess: f.excess,
-            delivered: f.delivered,
-            consumed: f.consumed,
-            tokens: a.tokens,
-            estimated: f.estimated,
-            lines: a.lines,
-            net,
-        });
-    }
-    let utility_net = Money::checked_sum(utility_lines)?;
-    Ok(Settlement {
-        statements,
-        utility_net,
-        mints,
-        withheld,
-    })
+    Ok((mints, withheld))
 }
 
 #[cfg(test)]

@@ -96,35 +96,7 @@ fn world(homes: usize, days: usize) -> World {
         let mut trades = Vec::new();
         for i in 0..homes {
             let seller = i % 2 == 0;
-            let (import, export) = if seller { (0, 500) } else { (500, 0) };
-            let total = (n as i64 + 1) * 500;
-            let r = Reading {
-                gateway: gateways[i].gateway.clone(),
-                device: DeviceId::new("home").unwrap(),
-                firmware: "0.1.0".into(),
-                sequence: n as u64 + 1,
-                interval,
-                measured_at: interval.end(),
-                clock_synced: true,
-                clock_set_count: 1,
-                operating_seconds: n as u64 * 900,
-                registers: Registers {
-                    grid_import: Wh(if seller { 0 } else { total }),
-                    grid_export: Wh(if seller { total } else { 0 }),
-                    pv: Wh(0),
-                    battery_charge: Wh(0),
-                    battery_discharge: Wh(if seller { total } else { 0 }),
-                },
-                deltas: Registers {
-                    grid_import: Wh(import),
-                    grid_export: Wh(export),
-                    pv: Wh(0),
-                    battery_charge: Wh(0),
-                    battery_discharge: Wh(export),
-                },
-                soc_permille: None,
-                flags: ReadingFlags::empty(),
-            };
+            let r = bench_reading(&gateways[i].gateway, n, interval, seller);
             readings.push(serde_json::to_vec(&SignedEnvelope::sign(&r, &keys[i])).unwrap());
             if seller && i + 1 < homes {
                 let party = |j: usize| Counterparty::Order {
@@ -140,30 +112,7 @@ fn world(homes: usize, days: usize) -> World {
                 });
             }
         }
-        results.push(IntervalResult {
-            envelopes: Vec::new(),
-            interval,
-            zone: "bench".into(),
-            cleared_at: interval.start(),
-            prices: Default::default(),
-            orders: vec![],
-            trades,
-            utility_import: Wh(0),
-            utility_export: Wh(0),
-            flows: vec![],
-            welfare: Money(0),
-            network: Network {
-                root: NodeId::new("root").unwrap(),
-                branches: vec![],
-                utility: UtilityTariff {
-                    envelope_excess_price: Default::default(),
-                    retail_price: Some(PricePerMwh(300_000)),
-                    feed_in_price: Some(PricePerMwh(80_000)),
-                    import_limit_wh: None,
-                    export_limit_wh: None,
-                },
-            },
-        });
+        results.push(bench_result(interval, trades));
     }
     World {
         gateways,
@@ -173,33 +122,71 @@ fn world(homes: usize, days: usize) -> World {
     }
 }
 
-async fn run(backend: &str, url: String, w: &World, args: &Args) {
-    let db = settlement::store::open(&url).await.expect("database");
-    let end = start() + chrono::Duration::days(args.days as i64 + 1);
-    let settings = CoreSettings {
-        limits: Limits {
-            horizon: chrono::Duration::days(400),
-            max_clock_skew: chrono::Duration::seconds(60),
+/// Home `gateway`'s signed reading number `n` (1-based sequence): sellers export 500 Wh from
+/// their battery, buyers import 500 Wh.
+fn bench_reading(gateway: &GatewayId, n: usize, interval: Interval, seller: bool) -> Reading {
+    let (import, export) = if seller { (0, 500) } else { (500, 0) };
+    let total = (n as i64 + 1) * 500;
+    Reading {
+        gateway: gateway.clone(),
+        device: DeviceId::new("home").unwrap(),
+        firmware: "0.1.0".into(),
+        sequence: n as u64 + 1,
+        interval,
+        measured_at: interval.end(),
+        clock_synced: true,
+        clock_set_count: 1,
+        operating_seconds: n as u64 * 900,
+        registers: Registers {
+            grid_import: Wh(if seller { 0 } else { total }),
+            grid_export: Wh(if seller { total } else { 0 }),
+            pv: Wh(0),
+            battery_charge: Wh(0),
+            battery_discharge: Wh(if seller { total } else { 0 }),
         },
-        grace: chrono::Duration::seconds(0),
-    };
-    let mut service = Service::open(
-        db,
-        SigningKeyPair::from_seed([9; 32]),
-        Clock::scaled(end, 1.0),
-        settings,
-    )
-    .await
-    .unwrap();
-    // BENCH_NO_COPY=1 measures the portable multi-row INSERT path on PostgreSQL too.
-    if std::env::var_os("BENCH_NO_COPY").is_none() {
-        service.use_postgres_copy(&url).await.unwrap();
+        deltas: Registers {
+            grid_import: Wh(import),
+            grid_export: Wh(export),
+            pv: Wh(0),
+            battery_charge: Wh(0),
+            battery_discharge: Wh(export),
+        },
+        soc_permille: None,
+        flags: ReadingFlags::empty(),
     }
-    let service = Arc::new(service);
-    service.set_gateways(&w.gateways).await.unwrap();
-    service.set_participants(&w.participants).await.unwrap();
+}
+/// The bench's result for one interval: its trades on a flat network with retail and feed-in
+/// tariffs.
+fn bench_result(interval: Interval, trades: Vec<Trade>) -> IntervalResult {
+    IntervalResult {
+        envelopes: Vec::new(),
+        interval,
+        zone: "bench".into(),
+        cleared_at: interval.start(),
+        prices: Default::default(),
+        orders: vec![],
+        trades,
+        utility_import: Wh(0),
+        utility_export: Wh(0),
+        flows: vec![],
+        welfare: Money(0),
+        network: Network {
+            root: NodeId::new("root").unwrap(),
+            branches: vec![],
+            utility: UtilityTariff {
+                envelope_excess_price: Default::default(),
+                retail_price: Some(PricePerMwh(300_000)),
+                feed_in_price: Some(PricePerMwh(80_000)),
+                import_limit_wh: None,
+                export_limit_wh: None,
+            },
+        },
+    }
+}
 
-    // Readings arrive interval by interval (as gateways send them), in batches.
+/// Readings arrive interval by interval (as gateways send them), in batches, from
+/// `args.workers` concurrent senders.
+async fn ingest(backend: &str, service: &Arc<Service>, w: &World, args: &Args) {
     let t = Instant::now();
     let batches: Vec<Vec<Submission>> = w
         .readings
@@ -243,6 +230,35 @@ async fn run(backend: &str, url: String, w: &World, args: &Args) {
         args.workers,
         accepted as f64 / secs
     );
+}
+
+async fn run(backend: &str, url: String, w: &World, args: &Args) {
+    let db = settlement::store::open(&url).await.expect("database");
+    let end = start() + chrono::Duration::days(args.days as i64 + 1);
+    let settings = CoreSettings {
+        limits: Limits {
+            horizon: chrono::Duration::days(400),
+            max_clock_skew: chrono::Duration::seconds(60),
+        },
+        grace: chrono::Duration::seconds(0),
+    };
+    let mut service = Service::open(
+        db,
+        SigningKeyPair::from_seed([9; 32]),
+        Clock::scaled(end, 1.0),
+        settings,
+    )
+    .await
+    .unwrap();
+    // BENCH_NO_COPY=1 measures the portable multi-row INSERT path on PostgreSQL too.
+    if std::env::var_os("BENCH_NO_COPY").is_none() {
+        service.use_postgres_copy(&url).await.unwrap();
+    }
+    let service = Arc::new(service);
+    service.set_gateways(&w.gateways).await.unwrap();
+    service.set_participants(&w.participants).await.unwrap();
+
+    ingest(backend, &service, w, args).await;
 
     if args.ingest_only {
         return;
