@@ -125,18 +125,19 @@ pub struct BlockHeader {
 pub struct HeaderError(pub String);
 
 impl BlockHeader {
-    /// The canonical header bytes (signed, hashed).
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// The canonical header bytes (signed, hashed). Fails if a hash field is not 64 hex
+    /// characters.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, HeaderError> {
         let mut out = Vec::with_capacity(HEADER_LEN);
         out.extend_from_slice(BLOCK_TAG.as_bytes());
         out.extend_from_slice(&self.height.to_be_bytes());
         out.extend_from_slice(&self.interval.start_unix().to_be_bytes());
         out.extend_from_slice(&self.interval.length().minutes().to_be_bytes());
-        out.extend_from_slice(&hex32(&self.prev_hash));
-        out.extend_from_slice(&hex32(&self.merkle_root));
+        out.extend_from_slice(&hex32(&self.prev_hash).map_err(|e| HeaderError(e.to_string()))?);
+        out.extend_from_slice(&hex32(&self.merkle_root).map_err(|e| HeaderError(e.to_string()))?);
         out.extend_from_slice(&self.entry_count.to_be_bytes());
         out.extend_from_slice(&self.sealed_at.timestamp_millis().to_be_bytes());
-        out
+        Ok(out)
     }
 
     /// Parses canonical header bytes.
@@ -176,16 +177,19 @@ impl BlockHeader {
     }
 
     /// `SHA-256(header bytes)`.
-    pub fn hash(&self) -> [u8; 32] {
-        Sha256::digest(self.to_bytes()).into()
+    pub fn hash(&self) -> Result<[u8; 32], HeaderError> {
+        Ok(Sha256::digest(self.to_bytes()?).into())
     }
 }
 
-/// Parses 64 hex characters (zeros if malformed; callers validate stored hex separately).
-pub fn hex32(s: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    let _ = hex::decode_to_slice(s, &mut out);
-    out
+/// A hash that is not 64 hex characters: the stored data is corrupt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a SHA-256 hash (64 hex characters)")]
+pub struct BadHash(pub String);
+
+/// Parses a SHA-256 hash from 64 hex characters.
+pub fn hex32(s: &str) -> Result<[u8; 32], BadHash> {
+    parse_hex32(s).ok_or_else(|| BadHash(s.to_owned()))
 }
 
 /// Parses 64 hex characters strictly.
@@ -229,8 +233,36 @@ mod tests {
             entry_count: 12,
             sealed_at: Utc.timestamp_millis_opt(1_782_044_100_250).unwrap(),
         };
-        let b = h.to_bytes();
+        let b = h.to_bytes().unwrap();
         assert_eq!(b.len(), HEADER_LEN);
         assert_eq!(BlockHeader::from_bytes(&b).unwrap(), h);
+    }
+
+    /// Regression: malformed hex used to read as 32 zero bytes, so a corrupt hash gave a
+    /// header (and Merkle leaves) that silently differed from what was stored.
+    #[test]
+    fn malformed_hashes_are_corruption_not_zeros() {
+        let good = hex::encode([7u8; 32]);
+        assert_eq!(hex32(&good), Ok([7u8; 32]));
+        for bad in [
+            "",
+            "zz",
+            &good[..62],
+            &format!("{good}00"),
+            &good.replace('7', "g"),
+        ] {
+            assert_eq!(hex32(bad), Err(BadHash(bad.to_owned())), "{bad:?}");
+        }
+        let h = BlockHeader {
+            height: 1,
+            interval: Interval::parse("2026-06-21T12:00:00Z", 15).unwrap(),
+            prev_hash: "not hex".into(),
+            merkle_root: hex::encode([4u8; 32]),
+            entry_count: 0,
+            sealed_at: Utc.timestamp_millis_opt(1_782_044_100_250).unwrap(),
+        };
+        let err = h.to_bytes().unwrap_err();
+        assert!(err.to_string().contains("not hex"), "{err}");
+        assert!(h.hash().is_err());
     }
 }

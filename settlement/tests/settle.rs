@@ -11,6 +11,7 @@ use gridmesh_protocol::{ParticipantId, Wh};
 use settlement::audit;
 use settlement::ledger::{parse_hex32, verify_proof};
 use settlement::service::{ReadingStatus, Service, ServiceError, SettleOutcome};
+use settlement::store::StoreError;
 use sqlx::Row;
 
 fn lot(hex: &str) -> [u8; 32] {
@@ -329,6 +330,71 @@ async fn settle_mint_transfer_retire_audit_sqlite() {
 #[tokio::test]
 async fn settle_mint_transfer_retire_audit_postgres() {
     full_flow("postgres").await;
+}
+
+/// Regressions: a stored entry hash that is not hex made `hex32` read zeros (a wrong inclusion
+/// proof, served as fine); a gateway registration that does not parse was skipped by the audit
+/// (its readings then went unchecked against its key). Both are reported as corruption now.
+async fn corrupt_rows(backend: &str) {
+    let (url, _dir) = database(backend, "corrupt").await;
+    let s = service(&url).await;
+    settle_scenario(&s).await;
+    let pool = &s.db().pool;
+    let hashes: Vec<String> =
+        sqlx::query_scalar("SELECT hash FROM entries WHERE block_height = 0 ORDER BY seq")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert!(hashes.len() >= 2, "{hashes:?}");
+    assert!(s.entry(&hashes[0]).await.unwrap().unwrap().proof.is_some());
+    let corrupt = format!("zz{}", &hashes[1][2..]);
+    sqlx::query("UPDATE entries SET hash = $1 WHERE hash = $2")
+        .bind(corrupt.clone())
+        .bind(hashes[1].clone())
+        .execute(pool)
+        .await
+        .unwrap();
+    match s.entry(&hashes[0]).await {
+        Err(ServiceError::Store(StoreError::Corrupt(m))) => assert!(m.contains(&corrupt), "{m}"),
+        other => panic!("a corrupt sibling hash must be an error, got {other:?}"),
+    }
+    sqlx::query("UPDATE entries SET hash = $1 WHERE hash = $2")
+        .bind(hashes[1].clone())
+        .bind(corrupt)
+        .execute(pool)
+        .await
+        .unwrap();
+    audit::verify(s.db(), None).await.unwrap();
+
+    let body: String = sqlx::query_scalar("SELECT body FROM gateways WHERE gateway = 'gw-alice'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE gateways SET body = 'not json' WHERE gateway = 'gw-alice'")
+        .execute(pool)
+        .await
+        .unwrap();
+    let err = audit::verify(s.db(), None).await.unwrap_err().to_string();
+    assert!(
+        err.contains("gateway gw-alice") && err.contains("does not parse"),
+        "{err}"
+    );
+    sqlx::query("UPDATE gateways SET body = $1 WHERE gateway = 'gw-alice'")
+        .bind(body)
+        .execute(pool)
+        .await
+        .unwrap();
+    audit::verify(s.db(), None).await.unwrap();
+}
+
+#[tokio::test]
+async fn corrupt_hashes_and_gateway_rows_are_reported_sqlite() {
+    corrupt_rows("sqlite").await;
+}
+
+#[tokio::test]
+async fn corrupt_hashes_and_gateway_rows_are_reported_postgres() {
+    corrupt_rows("postgres").await;
 }
 
 async fn withheld(backend: &str) {

@@ -80,7 +80,7 @@ fn check_block(
             "the header's height or interval differs from the block's row",
         ));
     }
-    let computed = hex::encode(header.hash());
+    let computed = hex::encode(header.hash().map_err(|e| bad(&loc, e.to_string()))?);
     if computed != block.hash {
         return Err(bad(
             &loc,

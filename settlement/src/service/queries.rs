@@ -222,7 +222,11 @@ impl Service {
         let mut root = None;
         if let Some(h) = r.block_height {
             let hashes = store::ledger::block_entries(&self.db.pool, h).await?;
-            let leaves: Vec<[u8; 32]> = hashes.iter().map(|h| hex32(h)).collect();
+            let leaves = hashes
+                .iter()
+                .map(|h| hex32(h))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::Corrupt(format!("block {h}: {e}")))?;
             let index = hashes.iter().position(|x| x == hash).unwrap_or(0);
             proof = Some(inclusion_proof(&leaves, index));
             root = Some(hex::encode(merkle_root(&leaves)));

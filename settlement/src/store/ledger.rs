@@ -4,6 +4,7 @@ use super::StoreError;
 use crate::ledger::{BlockHeader, EntryBody, entry_hash, merkle_root};
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::{Interval, Wh};
+use sha2::{Digest, Sha256};
 use sqlx::{Any, AnyPool, QueryBuilder, Row, Transaction};
 
 /// Appends a ledger entry (not yet in a block) and returns its hash.
@@ -95,8 +96,10 @@ pub async fn seal_block(
         sealed_at: chrono::DateTime::from_timestamp_millis(sealed_at.timestamp_millis())
             .unwrap_or(sealed_at),
     };
-    let bytes = header.to_bytes();
-    let hash = hex::encode(header.hash());
+    let bytes = header
+        .to_bytes()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let hash = hex::encode(Sha256::digest(&bytes));
     let signature = authority.sign_raw(&bytes);
     sqlx::query(
         "INSERT INTO blocks (height, interval_key, header, hash, signature, public_key) \
