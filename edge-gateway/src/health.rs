@@ -1,10 +1,13 @@
-//! The local `/healthz` (JSON status) and `/metrics` (Prometheus text) endpoints.
+//! The local `/healthz` (JSON status) and `/metrics` (Prometheus text) endpoints, on the
+//! runtime's HTTP kit: the standard trace, timeout, body-limit and concurrency layers, and
+//! `{code, message}` for anything else.
 
 use crate::status::{Snapshot, Status};
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use gridmesh_runtime::http::{ApiError, ApiJson, HttpLimits, layers};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -21,7 +24,7 @@ pub struct Health {
 /// The router.
 pub fn router(status: Arc<Status>) -> Router {
     let s1 = status.clone();
-    Router::new()
+    let router = Router::new()
         .route(
             "/healthz",
             get(move || {
@@ -37,7 +40,7 @@ pub fn router(status: Arc<Status>) -> Router {
                         status: if healthy { "ok" } else { "degraded" },
                         detail: snapshot,
                     };
-                    (code, axum::Json(health))
+                    (code, ApiJson(health))
                 }
             }),
         )
@@ -56,5 +59,52 @@ pub fn router(status: Arc<Status>) -> Router {
                         .into_response()
                 }
             }),
-        )
+        );
+    layers(
+        router.fallback(|| async {
+            ApiError::not_found("the gateway serves only /healthz and /metrics")
+        }),
+        &HttpLimits::default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gridmesh_protocol::api::market::ErrorBody;
+
+    #[tokio::test]
+    async fn healthz_metrics_and_json_errors() {
+        let status = Arc::new(Status::default());
+        status.device_polled("meter", None);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(status)).await.unwrap() });
+        let http = reqwest::Client::new();
+        let health = http
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+        let body = health.text().await.unwrap();
+        assert!(body.starts_with(r#"{"status":"ok","detail":{"#), "{body}");
+        assert!(body.contains(r#""meter":{"ok":true"#), "{body}");
+        let metrics = http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(metrics.status(), 200);
+        assert!(metrics.text().await.unwrap().contains("gridmesh_gateway_"));
+        let missing = http
+            .get(format!("http://{addr}/nope"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), 404);
+        let error: ErrorBody = missing.json().await.unwrap();
+        assert_eq!(error.code, "not_found");
+        assert!(error.message.contains("/healthz"), "{}", error.message);
+    }
 }
