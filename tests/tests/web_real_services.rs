@@ -1,6 +1,9 @@
 //! The dashboard against the **real** market engine and settlement, started in this process on
 //! 127.0.0.1:0 with SQLite in a temporary directory: checks that it reads their actual replies
 //! (status, topology, participants, order-book depth, blocks) — not only the test doubles'.
+//!
+//! It lives here, not in `web/tests`, because only `tests/` may link several services: the
+//! dashboard reads the others only over HTTP.
 
 use gridmesh_protocol::grid::{Branch, Network, UtilityTariff};
 use gridmesh_protocol::keys::SigningKeyPair;
