@@ -25,7 +25,6 @@ const cPerKwh = (perMwh) => (perMwh / 1000).toLocaleString('en', { minimumFracti
 const short = (hash) => (typeof hash === 'string' && hash.length > 16) ? hash.slice(0, 8) + '…' + hash.slice(-6) : String(hash ?? '–');
 const intervalText = (key) => key ? String(key).replace('T', ' ').replace(':00Z/', ' UTC, ').replace(/(\d+)$/, '$1 min') : '–';
 function link(href, text, attrs) { return h('a', Object.assign({ href, 'data-link': true, text }, attrs || {})); }
-function pick(obj, keys) { if (!obj || typeof obj !== 'object') return undefined; for (const k of keys) if (obj[k] !== undefined && obj[k] !== null) return obj[k]; return undefined; }
 function fillBody(table, rows, emptyText, cols) {
   const body = table.tBodies[0];
   body.replaceChildren(...(rows.length ? rows : [h('tr', {}, h('td', { colspan: cols, class: 'empty', text: emptyText }))]));
@@ -218,14 +217,12 @@ async function renderParticipants(r) {
 async function renderParticipantDetail(id, detail) {
   const d = await getJson('/api/participants/' + encodeURIComponent(id));
   const p = d.participant;
+  // Settlement's Holding: the lot, its tokens and the mint it comes from (protocol::api::settlement).
   const rows = d.holdings.map((hd) => {
-    const lot = pick(hd, ['lot', 'entry', 'hash', 'lot_hash']);
-    const amount = pick(hd, ['amount', 'amount_wh', 'remaining', 'remaining_wh', 'tokens', 'balance']);
-    const prov = pick(hd, ['provenance', 'origin']) || {};
-    const source = pick(hd, ['source']) || pick(prov, ['source']) || '';
-    const interval = pick(hd, ['interval']) || pick(prov, ['interval']) || '';
+    const lot = hd.lot;
+    const prov = hd.provenance || {};
     return h('tr', { 'data-lot': lot }, cell(lot ? link('/ledger/entries/' + lot, short(lot), { class: 'hash', 'aria-label': 'Provenance of lot ' + lot }) : '–'),
-      cell(amount === undefined ? '–' : Number(amount).toLocaleString('en'), true), cell(String(source)), cell(intervalText(typeof interval === 'string' ? interval : pick(interval, ['start']))));
+      cell(Number(hd.amount).toLocaleString('en'), true), cell(String(prov.source || '')), cell(intervalText(prov.interval || '')));
   });
   const table = h('table', { id: 'holdings' }, h('caption', { class: 'sr', text: 'Token holdings of ' + id }),
     h('thead', {}, h('tr', {}, h('th', { scope: 'col', text: 'Lot (provenance)' }), h('th', { scope: 'col', class: 'num', text: 'Tokens (Wh)' }), h('th', { scope: 'col', text: 'Source' }), h('th', { scope: 'col', text: 'Interval' }))),
@@ -247,14 +244,9 @@ async function renderParticipantDetail(id, detail) {
 async function renderLedger(r, pageChanged) {
   const data = await getJson('/api/ledger/blocks');
   showSources(data.sources);
-  fillBody($('#ledger-blocks'), data.blocks.map((b) => {
-    const header = b.header || b;
-    const height = pick(header, ['height']);
-    const interval = pick(header, ['interval']);
-    return h('tr', {}, cell(link('/ledger/blocks/' + height, String(height)), true), cell(intervalText(typeof interval === 'object' && interval ? interval.start : interval)),
-      cell(String(pick(header, ['entry_count', 'entries']) ?? (Array.isArray(b.entries) ? b.entries.length : '–')), true),
-      cell(h('span', { class: 'hash', text: short(pick(header, ['merkle_root', 'root'])) })), cell(String(pick(header, ['sealed_at']) || '–')));
-  }), 'No blocks sealed yet.', 5);
+  // Settlement's BlockSummary: the header fields flat beside hash, signature and entries.
+  fillBody($('#ledger-blocks'), data.blocks.map((b) => h('tr', {}, cell(link('/ledger/blocks/' + b.height, String(b.height)), true), cell(intervalText(b.interval)),
+    cell(String(b.entry_count), true), cell(h('span', { class: 'hash', text: short(b.merkle_root) })), cell(String(b.sealed_at || '–')))), 'No blocks sealed yet.', 5);
   const detail = $('#ledger-detail');
   // A sealed block or entry never changes: a live update keeps the detail (and its checks in
   // progress) as shown instead of starting them again.
@@ -271,26 +263,16 @@ async function renderLedger(r, pageChanged) {
     throw e;
   }
 }
-function entryList(block) {
-  const list = pick(block, ['entries', 'items']) || [];
-  return list.map((e) => typeof e === 'string' ? { hash: e } : e);
-}
 async function renderBlock(height, detail, token) {
   const b = await getJson('/api/ledger/blocks/' + encodeURIComponent(height));
   if (token !== state.detailToken) return;
-  const header = b.header || b;
-  const entries = entryList(b);
+  const entries = b.entries || [];
   detail.replaceChildren(h('h2', { text: 'Block ' + height }),
-    h('dl', { class: 'kv' }, ...['hash', 'prev_hash', 'merkle_root', 'entry_count', 'sealed_at'].flatMap((k) => {
-      const v = pick(header, [k]) ?? pick(b, [k]);
-      return v === undefined ? [] : [h('dt', { text: k.replace('_', ' ') }), h('dd', { class: 'hash', text: String(v) })];
-    })),
+    h('dl', { class: 'kv' }, ...['hash', 'prev_hash', 'merkle_root', 'entry_count', 'sealed_at'].flatMap((k) =>
+      b[k] === undefined || b[k] === null ? [] : [h('dt', { text: k.replace('_', ' ') }), h('dd', { class: 'hash', text: String(b[k]) })])),
     h('h3', { text: 'Entries' }),
-    h('ul', { class: 'plain' }, ...(entries.length ? entries.map((e) => {
-      const hash = pick(e, ['hash', 'entry_hash']);
-      const kind = pick(e, ['kind']) || pick(pick(e, ['body']), ['kind']) || '';
-      return h('li', {}, link('/ledger/entries/' + hash, short(hash), { class: 'hash' }), ' ' + kind);
-    }) : [h('li', { class: 'empty', text: 'No entries listed.' })])));
+    h('ul', { class: 'plain' }, ...(entries.length ? entries.map((hash) =>
+      h('li', {}, link('/ledger/entries/' + hash, short(hash), { class: 'hash' }), ' ')) : [h('li', { class: 'empty', text: 'No entries listed.' })])));
   detail.hidden = false;
 }
 
@@ -307,22 +289,21 @@ async function sha256(...parts) {
 }
 // The exact bytes settlement hashed for an entry (its `body_base64`).
 function bodyBytes(entry) {
-  const b64 = pick(entry, ['body_base64']);
+  const b64 = entry.body_base64;
   return typeof b64 === 'string' ? Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)) : null;
 }
 async function verifyInclusion(entry, root) {
   if (!window.crypto || !crypto.subtle) return { ok: false, text: 'This browser offers no WebCrypto here (it needs https or localhost), so the proof cannot be checked.' };
   const bytes = bodyBytes(entry);
-  const claimed = pick(entry, ['hash', 'entry_hash']);
+  const claimed = entry.hash;
   if (!bytes) return { ok: false, text: 'Settlement sent this entry without its hashed bytes; nothing to verify.' };
   const leaf = await sha256(new Uint8Array([0]), bytes);
   if (claimed && hex(leaf) !== claimed) return { ok: false, text: 'The body does not hash to the entry hash ' + claimed + ': it was altered.' };
-  const proofObj = pick(entry, ['proof', 'inclusion_proof']);
-  const steps = Array.isArray(proofObj) ? proofObj : (pick(proofObj, ['steps', 'path', 'siblings']) || []);
+  const steps = entry.proof || [];
   let acc = leaf;
   for (const s of steps) {
-    const sib = unhex(pick(s, ['sibling', 'hash']));
-    acc = pick(s, ['side']) === 'left' ? await sha256(new Uint8Array([1]), sib, acc) : await sha256(new Uint8Array([1]), acc, sib);
+    const sib = unhex(s.sibling);
+    acc = s.side === 'left' ? await sha256(new Uint8Array([1]), sib, acc) : await sha256(new Uint8Array([1]), acc, sib);
   }
   if (!root) return { ok: false, text: 'This entry is not in a sealed block yet, so there is no Merkle root to check it against; it will be once its interval\'s block is sealed.' };
   const ok = hex(acc) === String(root).toLowerCase();
@@ -368,34 +349,28 @@ async function showReading(li, digest) {
   }
 }
 async function renderEntry(hash, detail, token) {
-  const e = await getJson('/api/ledger/entries/' + encodeURIComponent(hash));
+  // Settlement's EntryView: the decoded body, the hashed bytes, and (once sealed) the block,
+  // its Merkle root and the inclusion proof.
+  const entry = await getJson('/api/ledger/entries/' + encodeURIComponent(hash));
   if (token !== state.detailToken) return;
-  const entry = e.entry && typeof e.entry === 'object' && !Array.isArray(e.entry) ? Object.assign({}, e, e.entry) : e;
-  let body = pick(entry, ['body']);
-  if (typeof body === 'string') { try { body = JSON.parse(body); } catch (_) { /* shown raw */ } }
-  if (!body || typeof body !== 'object') { const b = bodyBytes(entry); try { body = b ? JSON.parse(new TextDecoder().decode(b)) : {}; } catch (_) { body = {}; } }
-  const block = pick(entry, ['block']);
-  const height = pick(entry, ['block_height', 'height']) ?? pick(block, ['height']);
-  let root = pick(entry, ['merkle_root', 'root']) ?? pick(pick(entry, ['proof']), ['root', 'merkle_root']) ?? pick(pick(block, ['header']) || block, ['merkle_root']);
+  const body = entry.body || {};
+  const height = entry.block_height ?? undefined;
+  let root = entry.merkle_root;
   if (!root && height !== undefined) {
     const b = await getJson('/api/ledger/blocks/' + height);
-    root = pick(b.header || b, ['merkle_root', 'root']);
+    root = b.merkle_root;
   }
   const verdict = h('p', { class: 'verdict', id: 'proof-verdict', 'data-ok': 'pending', role: 'status', text: 'Checking the inclusion proof…' });
   const prov = [];
   const readingChecks = [];
-  const kind = pick(body, ['kind']) || pick(entry, ['kind']) || 'entry';
+  const kind = body.kind || entry.kind || 'entry';
   if (kind === 'mint') {
     prov.push(h('p', {}, 'Minted ' + Number(body.amount).toLocaleString('en') + ' tokens (Wh) for trade ' + body.trade_index + ' of interval ' + intervalText(body.interval) +
       ': ' + body.seller + ' sold to ' + body.buyer + ' at ' + cPerKwh(body.price) + ' c/kWh, source ' + body.source + '.'));
-    const readings = pick(entry, ['readings', 'signed_readings']) || [];
-    const readingRows = readings.map((rd) => h('li', {}, h('span', { class: 'hash', text: short(pick(rd, ['hash', 'key', 'sha256'])) }), ' ',
-      String(pick(rd, ['gateway']) || ''), ' ', String(pick(rd, ['status', 'verified']) ?? ''), ' ', typeof pick(rd, ['reading']) === 'object' ? JSON.stringify(pick(rd, ['reading']).deltas || pick(rd, ['reading'])) : ''));
     for (const [who, list] of [['Seller ' + body.seller, body.seller_readings || []], ['Buyer ' + body.buyer, body.buyer_readings || []]]) {
       prov.push(h('h4', { text: who + '\'s signed readings (SHA-256 of each signed envelope)' }),
         h('ul', { class: 'plain', 'data-readings': who }, ...(list.length ? list.map((x) => { const li = h('li', { 'data-reading': x }, h('span', { class: 'hash', text: x })); readingChecks.push(showReading(li, x)); return li; }) : [h('li', { class: 'empty', text: 'none listed' })])));
     }
-    if (readingRows.length) prov.push(h('h4', { text: 'The readings' }), h('ul', { class: 'plain' }, ...readingRows));
   } else if (kind === 'transfer' || kind === 'retire') {
     prov.push(h('p', {}, (kind === 'transfer' ? 'Transfer of ' + body.amount + ' Wh from ' + body.from + ' to ' + body.to : 'Retirement of ' + body.amount + ' Wh by ' + body.holder) + ', taken from lot ',
       link('/ledger/entries/' + body.lot, short(body.lot), { class: 'hash' }), ' — follow it back to the mint and its readings.'));
