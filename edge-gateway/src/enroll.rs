@@ -3,6 +3,7 @@
 //! (`GET /market-key`) to pin as `market_public_key`.
 
 use crate::config::GatewayConfig;
+use gridmesh_protocol::api::market::ErrorBody;
 use gridmesh_protocol::envelope::MarketKey;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
 use gridmesh_protocol::signing::PublicKey;
@@ -97,51 +98,53 @@ pub async fn enroll(
     let base = market.trim_end_matches('/');
     let (participant, gateway) = records(config, key);
     let http = reqwest::Client::new();
-    let mut out = [Registered::Created; 2];
-    let bodies = [
-        (
-            "participants",
-            serde_json::to_value(&participant).expect("serialisable"),
-        ),
-        (
-            "gateways",
-            serde_json::to_value(&gateway).expect("serialisable"),
-        ),
-    ];
-    for (i, (what, body)) in bodies.into_iter().enumerate() {
-        let url = format!("{base}/{what}");
-        let response = http
-            .post(&url)
-            .bearer_auth(token)
-            .json(&body)
-            .timeout(Duration::from_secs(15))
-            .send()
-            .await
-            .map_err(|e| EnrollError::Unreachable {
-                url: url.clone(),
-                detail: e.to_string(),
-            })?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        out[i] = match status.as_u16() {
-            200..=299 => Registered::Created,
-            409 => Registered::AlreadyRegistered,
-            401 | 403 => {
-                return Err(EnrollError::Token {
-                    status: status.as_u16(),
-                    body: text,
-                });
-            }
-            code => {
-                return Err(EnrollError::Refused {
-                    what,
-                    status: code,
-                    body: text,
-                });
-            }
-        };
+    Ok([
+        register(&http, base, "participants", token, &participant).await?,
+        register(&http, base, "gateways", token, &gateway).await?,
+    ])
+}
+
+/// `POST {base}/{what}` with `record` and the token: created (2xx) or already known (409).
+async fn register(
+    http: &reqwest::Client,
+    base: &str,
+    what: &'static str,
+    token: &str,
+    record: &impl serde::Serialize,
+) -> Result<Registered, EnrollError> {
+    let url = format!("{base}/{what}");
+    let response = http
+        .post(&url)
+        .bearer_auth(token)
+        .json(record)
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .map_err(|e| EnrollError::Unreachable {
+            url: url.clone(),
+            detail: e.to_string(),
+        })?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    // The market's error answer is `{code, message}`; its message is what to show.
+    let body = || {
+        serde_json::from_str::<ErrorBody>(&text)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| text.clone())
+    };
+    match status.as_u16() {
+        200..=299 => Ok(Registered::Created),
+        409 => Ok(Registered::AlreadyRegistered),
+        401 | 403 => Err(EnrollError::Token {
+            status: status.as_u16(),
+            body: body(),
+        }),
+        code => Err(EnrollError::Refused {
+            what,
+            status: code,
+            body: body(),
+        }),
     }
-    Ok(out)
 }
 
 /// Fetches the market's public key from `GET {market_url}/market-key`.
