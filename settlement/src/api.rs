@@ -1,26 +1,38 @@
-//! The REST API (axum): readings in, statements, balances, ledger, token operations,
-//! quarantine, envelope compliance, alerts and measured flows, server-sent events, health,
-//! metrics and the OpenAPI document.
+//! The REST API (axum on the runtime's HTTP kit): readings in, statements, balances, ledger,
+//! token operations, quarantine, envelope compliance, alerts and measured flows, server-sent
+//! events, health, metrics and the OpenAPI document.
 //!
-//! Errors are `{"code": "snake_case", "message": "human sentence"}` with a 4xx/5xx status;
-//! storage details are logged, never sent to clients.
+//! Every answer is a read model from `gridmesh_protocol::api` (or `envelope`); the OpenAPI
+//! document is generated from the handlers' `#[utoipa::path]` and those types, and the router
+//! is built from the same list, so a route cannot be served undocumented. Errors are
+//! `{"code": "snake_case", "message": "human sentence"}` with a 4xx/5xx status — including bad
+//! query strings and path segments; storage details are logged, never sent to clients.
 
-use crate::service::{Service, ServiceError, Submission};
-use axum::extract::{Path, Query, State};
+use crate::rules::Statement;
+use crate::service::{Receipt, Service, ServiceError, Submission};
+use axum::Router;
+use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use futures::Stream;
-use gridmesh_protocol::api::settlement::{QuarantineAccepted, QuarantineStatus};
+use gridmesh_protocol::api::market::ErrorBody;
+use gridmesh_protocol::api::readings::ReadingOutcome;
+use gridmesh_protocol::api::settlement::{
+    Balances, BlockSummary, EntryView, Event, QuarantineAccepted, QuarantineItem, QuarantineStatus,
+    StoredReading,
+};
+use gridmesh_protocol::envelope::{EnvelopeAlert, EnvelopeCompliance, MeasuredFlows};
 use gridmesh_protocol::signing::SignedEnvelope;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
-use std::convert::Infallible;
-use std::sync::Arc;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::BroadcastStream;
+use gridmesh_runtime::http::{
+    ApiError, ApiJson, ApiPath, ApiQuery, HttpLimits, OperatorAuth, OperatorToken, check_bearer,
+    layers, sse_from_broadcast,
+};
+use serde::Deserialize;
+use std::sync::{Arc, LazyLock};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -33,38 +45,9 @@ pub struct AppState {
     pub stop: tokio_util::sync::CancellationToken,
 }
 
-/// An HTTP error with a stable code.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-/// The JSON body of every error answer.
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: &'a str,
-    message: &'a str,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            code: self.code,
-            message: &self.message,
-        };
-        (self.status, Json(body)).into_response()
+impl FromRef<AppState> for OperatorToken {
+    fn from_ref(state: &AppState) -> Self {
+        OperatorToken::new(state.operator_token.as_deref())
     }
 }
 
@@ -79,47 +62,100 @@ impl From<ServiceError> for ApiError {
                     "the settlement database is unavailable; nothing was recorded, retry later",
                 )
             }
-            ServiceError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
-            ServiceError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
-            ServiceError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
-            ServiceError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            ServiceError::BadRequest(m) => ApiError::bad_request(m),
+            ServiceError::Forbidden(m) => ApiError::forbidden(m),
+            ServiceError::NotFound(m) => ApiError::not_found(m),
+            ServiceError::Conflict(m) => ApiError::conflict(m),
         }
     }
 }
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The router.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/readings", post(post_readings))
-        .route("/statements", get(get_statements))
-        .route("/balances/{participant}", get(get_balances))
-        .route("/tokens/transfer", post(post_transfer))
-        .route("/tokens/retire", post(post_retire))
-        .route("/ledger/blocks", get(get_blocks))
-        .route("/ledger/blocks/{height}", get(get_block))
-        .route("/ledger/entries/{hash}", get(get_entry))
-        .route("/readings/{digest}", get(get_reading))
-        .route("/quarantine", get(get_quarantine))
-        .route("/quarantine/{id}/accept", post(post_accept))
-        .route("/compliance", get(get_compliance))
-        .route("/compliance/alerts", get(get_alerts))
-        .route("/flows", get(get_flows))
-        .route("/events", get(get_events))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(get_metrics))
-        .route("/openapi.json", get(|| async { Json(openapi()) }))
-        .with_state(state)
+/// The document's frame: title, description, the operator's bearer scheme and the error schema.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "gridmesh settlement",
+        description = "Verifies signed meter readings, settles each interval's trades against delivered energy and mints delivered, matched energy as tokens (1 token = 1 Wh) into an authority-signed ledger. Energies are integer Wh, money integer minor units, prices minor units per MWh. Errors are JSON {\"code\",\"message\"} (ErrorBody)."
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&OperatorBearer)
+)]
+struct Frame;
+
+/// Adds the `operator` bearer-token scheme that operator endpoints require.
+struct OperatorBearer;
+
+impl Modify for OperatorBearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "operator",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+    }
 }
 
-async fn post_readings(State(s): State<AppState>, body: axum::body::Bytes) -> ApiResult<Response> {
+/// The routes and their OpenAPI operations, from the same handlers.
+pub fn openapi_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(Frame::openapi())
+        .routes(routes!(post_readings))
+        .routes(routes!(get_statements))
+        .routes(routes!(get_balances))
+        .routes(routes!(post_transfer))
+        .routes(routes!(post_retire))
+        .routes(routes!(get_blocks))
+        .routes(routes!(get_block))
+        .routes(routes!(get_entry))
+        .routes(routes!(get_reading))
+        .routes(routes!(get_quarantine))
+        .routes(routes!(post_accept))
+        .routes(routes!(get_compliance))
+        .routes(routes!(get_alerts))
+        .routes(routes!(get_flows))
+        .routes(routes!(get_events))
+        .routes(routes!(healthz))
+        .routes(routes!(get_metrics))
+        .routes(routes!(get_openapi))
+}
+
+/// Settlement's OpenAPI 3.1 document, generated from the handlers and the protocol's types.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> =
+        LazyLock::new(|| openapi_router().into_openapi());
+    &DOCUMENT
+}
+
+/// The router, with the kit's standard layers (tracing, timeout, body and concurrency limits).
+pub fn router(state: AppState) -> Router {
+    let (router, _document) = openapi_router().split_for_parts();
+    let router =
+        router.fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") });
+    layers(router, &HttpLimits::default()).with_state(state)
+}
+
+#[utoipa::path(post, path = "/readings", tag = "readings",
+    summary = "Submit signed readings",
+    description = "A JSON array of SignedEnvelope of Reading. One outcome per item, in order: accepted, duplicate or quarantined (with its reason code). 200 means every item was durably recorded.",
+    request_body = Vec<SignedEnvelope>,
+    responses(
+        (status = 200, description = "one outcome per submitted envelope", body = Vec<ReadingOutcome>),
+        (status = 400, description = "bad_request: not a JSON array", body = ErrorBody),
+        (status = 503, description = "storage_unavailable: nothing was recorded, retry", body = ErrorBody),
+    ))]
+async fn post_readings(
+    State(s): State<AppState>,
+    body: axum::body::Bytes,
+) -> ApiResult<ApiJson<Vec<ReadingOutcome>>> {
+    // Each item stays opaque JSON until ingest decodes it: what does not decode is kept in
+    // quarantine as sent, so the array is split without interpreting its items.
     let items: Vec<serde_json::Value> = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("the body must be a JSON array of signed envelopes: {e}"),
-        )
+        ApiError::bad_request(format!(
+            "the body must be a JSON array of signed envelopes: {e}"
+        ))
     })?;
     let subs = items
         .iter()
@@ -128,207 +164,346 @@ async fn post_readings(State(s): State<AppState>, body: axum::body::Bytes) -> Ap
             raw: serde_json::to_vec(v).expect("a parsed value serialises"),
         })
         .collect();
-    let outcomes = s.service.ingest(subs).await?;
-    Ok(Json(outcomes).into_response())
+    Ok(ApiJson(s.service.ingest(subs).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StatementQuery {
+    /// Only this participant's statements.
     participant: Option<String>,
+    /// Only this interval: its key (`2026-06-21T12:00:00Z/15`) or its start.
     interval: Option<String>,
 }
 
+#[utoipa::path(get, path = "/statements", tag = "statements",
+    summary = "Statements per participant and interval",
+    params(StatementQuery),
+    responses(
+        (status = 200, description = "statements by interval and participant", body = Vec<Statement>),
+        (status = 400, description = "invalid_query", body = ErrorBody),
+        (status = 503, description = "storage_unavailable", body = ErrorBody),
+    ))]
 async fn get_statements(
     State(s): State<AppState>,
-    Query(q): Query<StatementQuery>,
-) -> ApiResult<Response> {
+    ApiQuery(q): ApiQuery<StatementQuery>,
+) -> ApiResult<ApiJson<Vec<Statement>>> {
     let list = s
         .service
         .statements(q.participant.as_deref(), q.interval.as_deref())
         .await?;
-    Ok(Json(list).into_response())
+    Ok(ApiJson(list))
 }
 
-async fn get_balances(State(s): State<AppState>, Path(p): Path<String>) -> ApiResult<Response> {
-    Ok(Json(s.service.balances(&p).await?).into_response())
+#[utoipa::path(get, path = "/balances/{participant}", tag = "tokens",
+    summary = "Token holdings with provenance",
+    description = "Each lot with its origin mint: interval, seller, buyer, source, price and reading digests.",
+    params(("participant" = String, Path, description = "the participant id")),
+    responses(
+        (status = 200, description = "the participant's lots", body = Balances),
+        (status = 400, description = "invalid_path", body = ErrorBody),
+        (status = 503, description = "storage_unavailable", body = ErrorBody),
+    ))]
+async fn get_balances(
+    State(s): State<AppState>,
+    ApiPath(p): ApiPath<String>,
+) -> ApiResult<ApiJson<Balances>> {
+    Ok(ApiJson(s.service.balances(&p).await?))
 }
 
 fn envelope(body: &[u8]) -> ApiResult<SignedEnvelope> {
     serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("the body must be a signed envelope {{payload, signature, public_key}}: {e}"),
-        )
+        ApiError::bad_request(format!(
+            "the body must be a signed envelope {{payload, signature, public_key}}: {e}"
+        ))
     })
 }
 
+/// 201 for a new operation, 200 when this exact operation was applied before.
+fn receipt(r: Receipt) -> Response {
+    let status = if r.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    (status, ApiJson(r)).into_response()
+}
+
+#[utoipa::path(post, path = "/tokens/transfer", tag = "tokens",
+    summary = "Transfer part of a lot",
+    description = "A holder-signed TokenTransfer envelope. The tokens move into a new lot named by the entry.",
+    request_body = SignedEnvelope,
+    responses(
+        (status = 201, description = "applied", body = Receipt),
+        (status = 200, description = "this exact transfer was applied before", body = Receipt),
+        (status = 400, description = "bad_request", body = ErrorBody),
+        (status = 403, description = "forbidden: not the holder's registered key or lot", body = ErrorBody),
+        (status = 404, description = "not_found: no such lot", body = ErrorBody),
+        (status = 409, description = "conflict: the lot holds less", body = ErrorBody),
+        (status = 503, description = "storage_unavailable", body = ErrorBody),
+    ))]
 async fn post_transfer(State(s): State<AppState>, body: axum::body::Bytes) -> ApiResult<Response> {
-    let r = s.service.transfer(envelope(&body)?).await?;
-    let status = if r.duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok((status, Json(r)).into_response())
+    Ok(receipt(s.service.transfer(envelope(&body)?).await?))
 }
 
+#[utoipa::path(post, path = "/tokens/retire", tag = "tokens",
+    summary = "Retire tokens of a lot",
+    description = "A holder-signed TokenRetire envelope.",
+    request_body = SignedEnvelope,
+    responses(
+        (status = 201, description = "applied", body = Receipt),
+        (status = 200, description = "this exact retirement was applied before", body = Receipt),
+        (status = 400, description = "bad_request", body = ErrorBody),
+        (status = 403, description = "forbidden: not the holder's registered key or lot", body = ErrorBody),
+        (status = 404, description = "not_found: no such lot", body = ErrorBody),
+        (status = 409, description = "conflict: the lot holds less", body = ErrorBody),
+        (status = 503, description = "storage_unavailable", body = ErrorBody),
+    ))]
 async fn post_retire(State(s): State<AppState>, body: axum::body::Bytes) -> ApiResult<Response> {
-    let r = s.service.retire(envelope(&body)?).await?;
-    let status = if r.duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok((status, Json(r)).into_response())
+    Ok(receipt(s.service.retire(envelope(&body)?).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Limit {
+    /// At most this many (default 100, 1–1000).
     limit: Option<i64>,
 }
 
-async fn get_blocks(State(s): State<AppState>, Query(q): Query<Limit>) -> ApiResult<Response> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(s.service.blocks(limit).await?).into_response())
+impl Limit {
+    fn get(&self) -> i64 {
+        self.limit.unwrap_or(100).clamp(1, 1000)
+    }
 }
 
-async fn get_block(State(s): State<AppState>, Path(h): Path<i64>) -> ApiResult<Response> {
+#[utoipa::path(get, path = "/ledger/blocks", tag = "ledger",
+    summary = "Blocks, newest first",
+    params(Limit),
+    responses(
+        (status = 200, description = "blocks with their entry hashes", body = Vec<BlockSummary>),
+        (status = 400, description = "invalid_query", body = ErrorBody),
+        (status = 503, description = "storage_unavailable", body = ErrorBody),
+    ))]
+async fn get_blocks(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<Limit>,
+) -> ApiResult<ApiJson<Vec<BlockSummary>>> {
+    Ok(ApiJson(s.service.blocks(q.get()).await?))
+}
+
+#[utoipa::path(get, path = "/ledger/blocks/{height}", tag = "ledger",
+    summary = "One block: header fields, hash, authority signature, entry hashes",
+    params(("height" = i64, Path, description = "the block height (0 is the first)")),
+    responses(
+        (status = 200, description = "the block", body = BlockSummary),
+        (status = 400, description = "invalid_path", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 503, description = "storage_unavailable", body = ErrorBody),
+    ))]
+async fn get_block(
+    State(s): State<AppState>,
+    ApiPath(h): ApiPath<i64>,
+) -> ApiResult<ApiJson<BlockSummary>> {
     match s.service.block(h).await? {
-        Some(b) => Ok(Json(b).into_response()),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no block at height {h}"),
-        )),
+        Some(b) => Ok(ApiJson(b)),
+        None => Err(ApiError::not_found(format!("no block at height {h}"))),
     }
 }
 
-async fn get_entry(State(s): State<AppState>, Path(hash): Path<String>) -> ApiResult<Response> {
+#[utoipa::path(get, path = "/ledger/entries/{hash}", tag = "ledger",
+    summary = "One ledger entry with its Merkle inclusion proof",
+    description = "The body and its exact hashed bytes (body_base64), the block and the proof once sealed.",
+    params(("hash" = String, Path, description = "the entry hash (hex)")),
+    responses(
+        (status = 200, description = "the entry", body = EntryView),
+        (status = 400, description = "invalid_path", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 503, description = "storage_unavailable", body = ErrorBody),
+    ))]
+async fn get_entry(
+    State(s): State<AppState>,
+    ApiPath(hash): ApiPath<String>,
+) -> ApiResult<ApiJson<EntryView>> {
     match s.service.entry(&hash).await? {
-        Some(e) => Ok(Json(e).into_response()),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no ledger entry with hash {hash}"),
-        )),
+        Some(e) => Ok(ApiJson(e)),
+        None => Err(ApiError::not_found(format!(
+            "no ledger entry with hash {hash}"
+        ))),
     }
 }
 
-async fn get_reading(State(s): State<AppState>, Path(digest): Path<String>) -> ApiResult<Response> {
+#[utoipa::path(get, path = "/readings/{digest}", tag = "readings",
+    summary = "A stored signed reading by the SHA-256 of its payload",
+    description = "As named in token provenance: the envelope verbatim, the decoded reading and its status.",
+    params(("digest" = String, Path, description = "SHA-256 of the signed payload (hex)")),
+    responses(
+        (status = 200, description = "the reading", body = StoredReading),
+        (status = 400, description = "invalid_path", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 503, description = "storage_unavailable", body = ErrorBody),
+    ))]
+async fn get_reading(
+    State(s): State<AppState>,
+    ApiPath(digest): ApiPath<String>,
+) -> ApiResult<ApiJson<StoredReading>> {
     match s.service.reading_by_digest(&digest).await? {
-        Some(r) => Ok(Json(r).into_response()),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no stored reading whose signed payload has SHA-256 {digest}"),
-        )),
+        Some(r) => Ok(ApiJson(r)),
+        None => Err(ApiError::not_found(format!(
+            "no stored reading whose signed payload has SHA-256 {digest}"
+        ))),
     }
 }
 
-async fn get_quarantine(State(s): State<AppState>, Query(q): Query<Limit>) -> ApiResult<Response> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(s.service.quarantine(limit).await?).into_response())
+#[utoipa::path(get, path = "/quarantine", tag = "readings",
+    summary = "Quarantined, flagged and late readings with reasons, newest first",
+    params(Limit),
+    responses(
+        (status = 200, description = "quarantine items", body = Vec<QuarantineItem>),
+        (status = 400, description = "invalid_query", body = ErrorBody),
+        (status = 503, description = "storage_unavailable", body = ErrorBody),
+    ))]
+async fn get_quarantine(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<Limit>,
+) -> ApiResult<ApiJson<Vec<QuarantineItem>>> {
+    Ok(ApiJson(s.service.quarantine(q.get()).await?))
 }
 
-/// Checks the operator's bearer token. Without a configured token, `required` endpoints are
-/// disabled (403) and the others are open.
-fn operator(s: &AppState, headers: &HeaderMap, required: bool) -> ApiResult<()> {
-    let Some(expected) = &s.operator_token else {
-        if !required {
-            return Ok(());
-        }
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "operator_disabled",
-            "no operator token is configured; set operator_token in the settlement config",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given != Some(expected.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "operator endpoints need `Authorization: Bearer <operator token>`",
-        ));
-    }
-    Ok(())
-}
-
+#[utoipa::path(post, path = "/quarantine/{id}/accept", tag = "readings",
+    summary = "Accept a reading flagged as implausible (operator)",
+    description = "Withheld mints whose readings are all accepted now are released. No request body.",
+    params(("id" = i64, Path, description = "the quarantine id")),
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "accepted", body = QuarantineAccepted),
+        (status = 400, description = "invalid_path", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "operator_disabled", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 409, description = "conflict: refused for a reason no operator can accept", body = ErrorBody),
+        (status = 503, description = "storage_unavailable", body = ErrorBody),
+    ))]
 async fn post_accept(
     State(s): State<AppState>,
-    Path(id): Path<i64>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    operator(&s, &headers, true)?;
+    _operator: OperatorAuth,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<ApiJson<QuarantineAccepted>> {
     let released = s.service.accept_quarantined(id).await?;
-    Ok(Json(QuarantineAccepted {
+    Ok(ApiJson(QuarantineAccepted {
         id,
         status: QuarantineStatus::Accepted,
         mints_released: released as u64,
-    })
-    .into_response())
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PageQuery {
+    /// Intervals starting at or after this RFC 3339 time.
     since: Option<String>,
+    /// At most this many intervals (default 100, 1–1000).
     limit: Option<i64>,
+    /// Only this participant's rows (`/compliance`).
     participant: Option<String>,
 }
 
-fn since(q: &PageQuery) -> ApiResult<Option<chrono::DateTime<chrono::Utc>>> {
-    match q.since.as_deref().filter(|v| !v.is_empty()) {
-        None => Ok(None),
-        Some(v) => chrono::DateTime::parse_from_rfc3339(v)
-            .map(|t| Some(t.with_timezone(&chrono::Utc)))
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("since `{v}` is not an RFC 3339 time such as 2026-06-21T12:00:00Z"),
-                )
-            }),
+impl PageQuery {
+    fn limit(&self) -> i64 {
+        self.limit.unwrap_or(100).clamp(1, 1000)
+    }
+
+    fn since(&self) -> ApiResult<Option<chrono::DateTime<chrono::Utc>>> {
+        match self.since.as_deref().filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) => chrono::DateTime::parse_from_rfc3339(v)
+                .map(|t| Some(t.with_timezone(&chrono::Utc)))
+                .map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "since `{v}` is not an RFC 3339 time such as 2026-06-21T12:00:00Z"
+                    ))
+                }),
+        }
     }
 }
 
+#[utoipa::path(get, path = "/compliance", tag = "envelopes",
+    summary = "Per home and interval: metered export/import against the operating envelope",
+    description = "Oldest first. Needs the operator's bearer token when one is configured (per-home figures).",
+    params(PageQuery),
+    security((), ("operator" = [])),
+    responses(
+        (status = 200, description = "compliance rows", body = Vec<EnvelopeCompliance>),
+        (status = 400, description = "bad_request | invalid_query", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 503, description = "storage_unavailable", body = ErrorBody),
+    ))]
 async fn get_compliance(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<PageQuery>,
-) -> ApiResult<Response> {
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<ApiJson<Vec<EnvelopeCompliance>>> {
     // Per-home figures: operator only when an operator token is configured.
-    operator(&s, &headers, false)?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    if let Some(token) = s.operator_token.as_deref().filter(|t| !t.is_empty()) {
+        check_bearer(&headers, token)?;
+    }
     let who = q.participant.as_deref().filter(|p| !p.is_empty());
-    Ok(Json(s.service.compliance(since(&q)?, limit, who).await?).into_response())
+    let rows = s.service.compliance(q.since()?, q.limit(), who).await?;
+    Ok(ApiJson(rows))
 }
 
-async fn get_alerts(State(s): State<AppState>, Query(q): Query<Limit>) -> ApiResult<Response> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000) as usize;
-    Ok(Json(s.service.envelope_alerts(limit).await?).into_response())
-}
-
-async fn get_flows(State(s): State<AppState>, Query(q): Query<PageQuery>) -> ApiResult<Response> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(s.service.flows(since(&q)?, limit).await?).into_response())
-}
-
-async fn get_events(
+#[utoipa::path(get, path = "/compliance/alerts", tag = "envelopes",
+    summary = "Homes over their operating envelope in two or more consecutive settled intervals",
+    description = "Public, newest first; `active` = the run includes the latest settled interval.",
+    params(Limit),
+    responses(
+        (status = 200, description = "alerts", body = Vec<EnvelopeAlert>),
+        (status = 400, description = "invalid_query", body = ErrorBody),
+        (status = 503, description = "storage_unavailable", body = ErrorBody),
+    ))]
+async fn get_alerts(
     State(s): State<AppState>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let stream = BroadcastStream::new(s.service.subscribe()).filter_map(|e| {
-        let e = e.ok()?;
-        let data = serde_json::to_string(&e).ok()?;
-        Some(Ok(SseEvent::default().event(e.name()).data(data)))
-    });
-    let stream = futures::StreamExt::take_until(stream, s.stop.cancelled_owned());
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    ApiQuery(q): ApiQuery<Limit>,
+) -> ApiResult<ApiJson<Vec<EnvelopeAlert>>> {
+    Ok(ApiJson(s.service.envelope_alerts(q.get() as usize).await?))
 }
 
+#[utoipa::path(get, path = "/flows", tag = "envelopes",
+    summary = "Measured flows per branch of each result's network, root last",
+    description = "Public aggregates from verified readings, for intervals that have ended, oldest first.",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "measured flows per interval", body = Vec<MeasuredFlows>),
+        (status = 400, description = "bad_request | invalid_query", body = ErrorBody),
+        (status = 503, description = "storage_unavailable", body = ErrorBody),
+    ))]
+async fn get_flows(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<ApiJson<Vec<MeasuredFlows>>> {
+    Ok(ApiJson(s.service.flows(q.since()?, q.limit()).await?))
+}
+
+#[utoipa::path(get, path = "/events", tag = "events",
+    summary = "Server-sent events: settled, block, quarantined, envelope_alert",
+    description = "Each event's name is its kind; its data is the Event JSON (tagged by `event`).",
+    responses((status = 200, description = "an event stream", body = Event, content_type = "text/event-stream")))]
+async fn get_events(State(s): State<AppState>) -> impl IntoResponse {
+    sse_from_broadcast(s.service.subscribe(), s.stop.clone(), |e: Event| {
+        let data = serde_json::to_string(&e).ok()?;
+        Some(SseEvent::default().event(e.name()).data(data))
+    })
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    summary = "Liveness",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    summary = "Prometheus text metrics",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
 async fn get_metrics(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -337,31 +512,9 @@ async fn get_metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// The OpenAPI 3.1 document of this API.
-pub fn openapi() -> serde_json::Value {
-    let op = |summary: &str| json!({"summary": summary, "responses": {"200": {"description": "OK"}, "4XX": {"description": "{code, message}"}}});
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "gridmesh settlement", "version": env!("CARGO_PKG_VERSION")},
-        "paths": {
-            "/readings": {"post": op("Submit a JSON array of SignedEnvelope of Reading; per item {key, status: accepted|duplicate|quarantined, code, reason}; 200 when every item was durably recorded")},
-            "/statements": {"get": op("Statements per participant and interval (query: participant, interval = key like 2026-06-21T12:00:00Z/15 or its start)")},
-            "/balances/{participant}": {"get": op("Token holdings with provenance (origin mint: interval, seller, buyer, source, price, reading digests)")},
-            "/tokens/transfer": {"post": op("Apply a holder-signed TokenTransfer envelope; 201 with {entry, lot}")},
-            "/tokens/retire": {"post": op("Apply a holder-signed TokenRetire envelope; 201 with {entry, lot}")},
-            "/ledger/blocks": {"get": op("Blocks, newest first (query: limit)")},
-            "/ledger/blocks/{height}": {"get": op("One block: header fields, hash, authority signature, entry hashes")},
-            "/ledger/entries/{hash}": {"get": op("One ledger entry (body and its exact hashed bytes as body_base64) with its Merkle inclusion proof")},
-            "/readings/{digest}": {"get": op("A stored signed reading by the SHA-256 of its payload (as named in token provenance): the envelope verbatim, the decoded reading and its status")},
-            "/quarantine": {"get": op("Quarantined, flagged and late readings with reasons, newest first")},
-            "/quarantine/{id}/accept": {"post": op("Operator (Bearer token): accept a reading flagged as implausible; withheld mints are released")},
-            "/compliance": {"get": op("Operator (Bearer token, when one is configured): per home and interval, metered export/import against the operating envelope, Vec<EnvelopeCompliance>, oldest first (query: since = RFC 3339 interval start, limit = at most this many intervals (default 100, max 1000), participant)")},
-            "/compliance/alerts": {"get": op("Public: homes over their operating envelope in two or more consecutive settled intervals, Vec<EnvelopeAlert>, newest first; active = the run includes the latest settled interval (query: limit)")},
-            "/flows": {"get": op("Public aggregates: per branch of each result's network and the root last, the metered export/import of the homes enrolled below it from verified readings, Vec<MeasuredFlows>, for intervals that have ended, oldest first (query: since = RFC 3339 interval start, limit)")},
-            "/events": {"get": op("Server-sent events: settled, block, quarantined, envelope_alert (a home over its envelope in a second consecutive settled interval)")},
-            "/healthz": {"get": op("Liveness")},
-            "/metrics": {"get": op("Prometheus text metrics")},
-            "/openapi.json": {"get": op("This document")}
-        }
-    })
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    summary = "This document",
+    responses((status = 200, description = "the OpenAPI 3.1 document", body = Object)))]
+async fn get_openapi() -> ApiJson<&'static utoipa::openapi::OpenApi> {
+    ApiJson(document())
 }

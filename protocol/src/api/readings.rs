@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// What happened to one submitted reading.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReadingOutcome {
     /// The reading's idempotency key (`<gateway>/<device>/<interval start>`), if the payload
     /// decoded.
@@ -19,6 +20,7 @@ pub struct ReadingOutcome {
 
 /// Where a submitted reading ended up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ReadingStatus {
     /// Verified and stored (possibly flagged or late: see the code).
@@ -51,6 +53,7 @@ impl ReadingStatus {
 
 /// Why a reading was not accepted as is: the stable codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ReasonCode {
     /// Not JSON, not an envelope, or the payload does not decode as a reading.

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 /// One line of a statement: positive `amount` = the participant receives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MoneyLine {
     /// `trade_sale`, `trade_purchase`, `shortfall`, `surplus_export`, `envelope_excess`,
     /// `untaken`, `extra_import`.
@@ -38,6 +39,7 @@ pub struct MoneyLine {
 
 /// One participant's statement for one interval (`GET /statements` answers a list of them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Statement {
     /// The participant.
     pub participant: ParticipantId,
@@ -72,6 +74,7 @@ pub struct Statement {
 /// A ledger entry's content, tagged by `kind`. Stored as these exact JSON bytes and hashed:
 /// the serialised form is part of the ledger and must not change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum EntryBody {
     /// Tokens minted for delivered, matched energy.
@@ -100,6 +103,7 @@ impl EntryBody {
 
 /// A mint with its provenance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MintEntry {
     /// Interval key.
     pub interval: String,
@@ -130,6 +134,7 @@ pub struct MintEntry {
 
 /// A transfer, with the holder's signed envelope verbatim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TransferEntry {
     /// The signed `TokenTransfer`.
     pub envelope: SignedEnvelope,
@@ -145,6 +150,7 @@ pub struct TransferEntry {
 
 /// A retirement, with the holder's signed envelope verbatim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RetireEntry {
     /// The signed `TokenRetire`.
     pub envelope: SignedEnvelope,
@@ -158,6 +164,7 @@ pub struct RetireEntry {
 
 /// A participant's token holdings (`GET /balances/{participant}`); 1 token = 1 Wh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Balances {
     /// The participant asked about.
     pub participant: String,
@@ -171,6 +178,7 @@ pub struct Balances {
 
 /// One lot a participant holds, with the mint its tokens come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Holding {
     /// The lot id (hash of the entry that created it, hex).
     pub lot: String,
@@ -191,6 +199,7 @@ pub struct Holding {
 /// The fields of a sealed block's header, as shown (see settlement's ledger for the signed
 /// byte layout).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlockHeaderView {
     /// Height (0 for the first block).
     pub height: u64,
@@ -209,6 +218,7 @@ pub struct BlockHeaderView {
 /// A block with its hash, authority signature and entry hashes (`GET /ledger/blocks` lists
 /// them newest first, `GET /ledger/blocks/{height}` answers one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlockSummary {
     /// The header fields.
     #[serde(flatten)]
@@ -225,6 +235,7 @@ pub struct BlockSummary {
 
 /// One step of a Merkle inclusion proof: the sibling hash and which side it is on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProofStep {
     /// The sibling hash (hex).
     pub sibling: String,
@@ -237,6 +248,7 @@ pub const LEAF_HASHING: &str = "SHA-256(0x00 || body bytes); nodes SHA-256(0x01 
 
 /// One ledger entry with its inclusion proof (`GET /ledger/entries/{hash}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EntryView {
     /// The entry hash (hex).
     pub hash: String,
@@ -260,6 +272,7 @@ pub struct EntryView {
 
 /// Where a stored reading stands in settlement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StoredReadingStatus {
     /// Verified and used for money and tokens.
@@ -294,6 +307,7 @@ impl StoredReadingStatus {
 
 /// A stored signed reading (`GET /readings/{digest}`, the digest token provenance names).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoredReading {
     /// SHA-256 (hex) of the signed payload.
     pub digest: String,
@@ -311,6 +325,7 @@ pub struct StoredReading {
 
 /// Where a quarantine item stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum QuarantineStatus {
     /// Awaiting an operator (or never acceptable).
@@ -340,6 +355,7 @@ impl QuarantineStatus {
 
 /// A quarantined, flagged or late reading (`GET /quarantine` lists them newest first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QuarantineItem {
     /// The quarantine id (for `POST /quarantine/{id}/accept`).
     pub id: i64,
@@ -366,6 +382,7 @@ pub struct QuarantineItem {
 
 /// The answer of `POST /quarantine/{id}/accept`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QuarantineAccepted {
     /// The quarantine id.
     pub id: i64,
@@ -377,6 +394,7 @@ pub struct QuarantineAccepted {
 
 /// Receipt of a token operation (`POST /tokens/transfer`, `POST /tokens/retire`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenReceipt {
     /// The ledger entry's hash.
     pub entry: String,
@@ -389,6 +407,7 @@ pub struct TokenReceipt {
 /// What settlement streams on `GET /events` (the SSE event name is [`Event::name`]; the data
 /// is this JSON, tagged by `event`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum Event {
     /// An interval was settled.
