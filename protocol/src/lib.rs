@@ -16,6 +16,7 @@
 //! - [`envelope`]: operating envelopes per connection point and interval, signed results, and
 //!   what settlement measured against them;
 //! - [`api`]: read models — the typed REST/SSE answers services give each other and clients;
+//! - [`request`]: signed requests, by which a participant proves who reads its own data;
 //! - [`keys`]: key files (generate, store with mode 0600, load, show the public key).
 //!
 //! # Example
@@ -51,6 +52,7 @@ pub mod market;
 pub mod order;
 pub mod reading;
 pub mod registry;
+pub mod request;
 pub mod signing;
 pub mod token;
 pub mod topics;
