@@ -19,8 +19,7 @@
 //! export *within its operating envelope*.
 //!
 //! Storage is read once ([`crate::store::audit::load`]); the checks are pure functions over it,
-//! one module per step: [`blocks`] (1), [`readings`] (2), [`ledger`] (3, 4), [`statements`]
-//! (5, 6).
+//! one module per step: `blocks` (1), `readings` (2), `ledger` (3, 4), `statements` (5, 6).
 
 mod blocks;
 mod ledger;

@@ -2,11 +2,11 @@
 //! token operations and answer queries. Owns the in-memory verification state; every write is
 //! one database transaction, and every statement is in [`crate::store`].
 //!
-//! - [`ingest`](self::ingest): verify and store batches of readings (quarantine what fails);
-//! - [`settle`](self::settle): results from the market, settling due intervals into blocks;
-//! - [`tokens`](self::tokens): transfers, retirements and the operator's acceptance of flagged
+//! - `ingest`: verify and store batches of readings (quarantine what fails);
+//! - `settle`: results from the market, settling due intervals into blocks;
+//! - `tokens`: transfers, retirements and the operator's acceptance of flagged
 //!   readings;
-//! - [`queries`](self::queries): the read side (statements, balances, ledger, quarantine,
+//! - `queries`: the read side (statements, balances, ledger, quarantine,
 //!   compliance, alerts, flows).
 
 mod ingest;
