@@ -113,3 +113,49 @@ pub fn check(data: &AuditData, authority: Option<PublicKey>) -> Result<AuditRepo
     statements::settle_again(data, &results, &readings, &mut report)?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::audit::EntryRecord;
+
+    fn first_problem(data: &AuditData) -> Inconsistency {
+        match check(data, None) {
+            Err(AuditError::Inconsistent(i)) => i,
+            other => panic!("expected an inconsistency, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_store_is_consistent() {
+        assert_eq!(
+            check(&AuditData::default(), None).unwrap(),
+            AuditReport::default()
+        );
+    }
+
+    #[test]
+    fn the_checks_are_pure_and_name_what_is_wrong() {
+        let gateway = AuditData {
+            gateways: vec![("gw-1".into(), "not json".into())],
+            ..AuditData::default()
+        };
+        let i = first_problem(&gateway);
+        assert_eq!(i.location, "gateway gw-1");
+        assert!(i.problem.contains("does not parse"), "{i}");
+
+        let entry = AuditData {
+            entries: vec![EntryRecord {
+                seq: 1,
+                hash: "00".repeat(32),
+                kind: "mint".into(),
+                body: b"{}".to_vec(),
+                block_height: None,
+            }],
+            ..AuditData::default()
+        };
+        let i = first_problem(&entry);
+        assert!(i.location.starts_with("ledger entry #1"), "{i}");
+        assert!(i.problem.contains("was altered"), "{i}");
+    }
+}
