@@ -17,18 +17,20 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use gridmesh_protocol::api::market::{
-    BookDepth, ErrorBody, Health, MarketStatus, OrderAccepted, OrderCancelled,
+    BookDepth, ErrorBody, Health, MarketStatus, OrderAccepted, OrderCancelled, OrderRecord,
 };
 use gridmesh_protocol::envelope::{MarketKey, SignedResult};
 use gridmesh_protocol::grid::{LimitOverride, Network};
+use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
 use gridmesh_protocol::{GatewayId, Interval, ParticipantId, SignedEnvelope};
 use serde::Deserialize;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -99,36 +101,58 @@ fn interval_at(state: &AppState, start: &str) -> ApiResult<Interval> {
         .map_err(|e| MarketError::InvalidRequest(e.to_string()))
 }
 
+/// The routes and their OpenAPI operations, from the same handlers: a route cannot be served
+/// without being documented.
+pub fn openapi_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::base())
+        .routes(routes!(post_participant, get_participants))
+        .routes(routes!(post_gateway, get_gateways))
+        .routes(routes!(get_gateway))
+        .routes(routes!(post_order, get_orders))
+        .routes(routes!(post_cancel))
+        .routes(routes!(get_book))
+        .routes(routes!(get_result))
+        .routes(routes!(get_signed_result))
+        .routes(routes!(get_results))
+        .routes(routes!(get_signed_results))
+        .routes(routes!(get_market_key))
+        .routes(routes!(get_envelopes))
+        .routes(routes!(post_limit, get_limits))
+        .routes(routes!(delete_limit))
+        .routes(routes!(get_topology, put_topology))
+        .routes(routes!(get_status))
+        .routes(routes!(get_events))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
+}
+
+/// The market's OpenAPI document, generated from the handlers and the protocol's types.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> =
+        LazyLock::new(|| openapi_router().into_openapi());
+    &DOCUMENT
+}
+
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route(
-            "/participants",
-            post(post_participant).get(get_participants),
-        )
-        .route("/gateways", post(post_gateway).get(get_gateways))
-        .route("/gateways/{id}", get(get_gateway))
-        .route("/orders", post(post_order).get(get_orders))
-        .route("/orders/cancel", post(post_cancel))
-        .route("/intervals/{start}/book", get(get_book))
-        .route("/intervals/{start}/result", get(get_result))
-        .route("/intervals/{start}/result/signed", get(get_signed_result))
-        .route("/results", get(get_results))
-        .route("/results/signed", get(get_signed_results))
-        .route("/market-key", get(get_market_key))
-        .route("/envelopes/{gateway}", get(get_envelopes))
-        .route("/limits", post(post_limit).get(get_limits))
-        .route("/limits/{id}", delete(delete_limit))
-        .route("/topology", get(get_topology).put(put_topology))
-        .route("/status", get(get_status))
-        .route("/events", get(get_events))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+    let (router, _document) = openapi_router().split_for_parts();
+    router
         .fallback(|| async { MarketError::NotFound("no such endpoint; see /openapi.json".into()) })
         .with_state(state)
 }
 
+#[utoipa::path(post, path = "/participants", tag = "registry",
+    summary = "Register a participant (operator)",
+    request_body = Participant,
+    security(("operator" = [])),
+    responses(
+        (status = 201, description = "registered", body = Participant),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "operator_token_required", body = ErrorBody),
+        (status = 403, description = "operator_token_invalid", body = ErrorBody),
+        (status = 422, description = "unknown_node", body = ErrorBody),
+    ))]
 async fn post_participant(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -140,10 +164,23 @@ async fn post_participant(
     Ok((StatusCode::CREATED, Json(p)))
 }
 
+#[utoipa::path(get, path = "/participants", tag = "registry",
+    summary = "List participants",
+    responses((status = 200, description = "every registered participant", body = Vec<Participant>)))]
 async fn get_participants(State(s): State<AppState>) -> Json<Vec<Participant>> {
     Json(s.market.participants())
 }
 
+#[utoipa::path(post, path = "/gateways", tag = "registry",
+    summary = "Enrol a gateway (operator)",
+    request_body = GatewayEnrollment,
+    security(("operator" = [])),
+    responses(
+        (status = 201, description = "enrolled", body = GatewayEnrollment),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "operator_token_required", body = ErrorBody),
+        (status = 403, description = "operator_token_invalid or unknown_participant", body = ErrorBody),
+    ))]
 async fn post_gateway(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -155,10 +192,24 @@ async fn post_gateway(
     Ok((StatusCode::CREATED, Json(g)))
 }
 
+#[utoipa::path(get, path = "/gateways", tag = "registry",
+    summary = "List enrolled gateways",
+    responses(
+        (status = 200, description = "every enrolled gateway", body = Vec<GatewayEnrollment>),
+        (status = 500, description = "storage_error", body = ErrorBody),
+    ))]
 async fn get_gateways(State(s): State<AppState>) -> ApiResult<Json<Vec<GatewayEnrollment>>> {
     Ok(Json(s.market.store.gateways().await?))
 }
 
+#[utoipa::path(get, path = "/gateways/{id}", tag = "registry",
+    summary = "One enrolled gateway",
+    params(("id" = String, Path, description = "the gateway id")),
+    responses(
+        (status = 200, description = "the gateway", body = GatewayEnrollment),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 404, description = "not_found: not enrolled", body = ErrorBody),
+    ))]
 async fn get_gateway(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -174,6 +225,19 @@ async fn get_gateway(
         .ok_or_else(|| MarketError::NotFound(format!("gateway `{id}` is not enrolled")))
 }
 
+#[utoipa::path(post, path = "/orders", tag = "orders",
+    summary = "Submit a signed order",
+    description = "The envelope carries an `Order` in its canonical bytes (docs/protocol.md), signed by the participant's registered key.",
+    request_body = SignedEnvelope,
+    responses(
+        (status = 201, description = "accepted", body = OrderAccepted),
+        (status = 400, description = "invalid_request | wrong_message", body = ErrorBody),
+        (status = 401, description = "bad_signature | key_mismatch", body = ErrorBody),
+        (status = 403, description = "unknown_participant | wrong_node", body = ErrorBody),
+        (status = 409, description = "gate_closed | replayed_nonce", body = ErrorBody),
+        (status = 422, description = "invalid_quantity | invalid_price | unknown_node | wrong_interval_length | interval_too_far_ahead | invalid_order", body = ErrorBody),
+        (status = 503, description = "shutting_down", body = ErrorBody),
+    ))]
 async fn post_order(State(s): State<AppState>, body: Bytes) -> ApiResult<impl IntoResponse> {
     let envelope: SignedEnvelope = parse_body(&body, "signed envelope")?;
     let order_id = s.market.submit_order(envelope).await?;
@@ -186,6 +250,16 @@ struct OrderQuery {
     interval: Option<String>,
 }
 
+#[utoipa::path(get, path = "/orders", tag = "orders",
+    summary = "List orders in arrival order",
+    params(
+        ("participant" = Option<String>, Query, description = "only this participant's"),
+        ("interval" = Option<String>, Query, description = "only this interval (its start, RFC 3339)"),
+    ),
+    responses(
+        (status = 200, description = "orders in arrival order", body = Vec<OrderRecord>),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+    ))]
 async fn get_orders(
     State(s): State<AppState>,
     Query(q): Query<OrderQuery>,
@@ -209,6 +283,17 @@ async fn get_orders(
     Ok(Json(orders))
 }
 
+#[utoipa::path(post, path = "/orders/cancel", tag = "orders",
+    summary = "Cancel an order before gate closure (a signed OrderCancel)",
+    request_body = SignedEnvelope,
+    responses(
+        (status = 200, description = "cancelled", body = OrderCancelled),
+        (status = 400, description = "invalid_request | wrong_message", body = ErrorBody),
+        (status = 401, description = "bad_signature | key_mismatch", body = ErrorBody),
+        (status = 403, description = "unknown_participant", body = ErrorBody),
+        (status = 404, description = "order_not_found", body = ErrorBody),
+        (status = 409, description = "gate_closed", body = ErrorBody),
+    ))]
 async fn post_cancel(State(s): State<AppState>, body: Bytes) -> ApiResult<Json<OrderCancelled>> {
     let envelope: SignedEnvelope = parse_body(&body, "signed envelope")?;
     let order_id = s.market.cancel_order(envelope).await?;
@@ -218,6 +303,13 @@ async fn post_cancel(State(s): State<AppState>, body: Bytes) -> ApiResult<Json<O
     }))
 }
 
+#[utoipa::path(get, path = "/intervals/{start}/book", tag = "orders",
+    summary = "Order-book depth per node (price steps)",
+    params(("start" = String, Path, description = "the interval's start, RFC 3339")),
+    responses(
+        (status = 200, description = "depth", body = BookDepth),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+    ))]
 async fn get_book(
     State(s): State<AppState>,
     Path(start): Path<String>,
@@ -241,6 +333,14 @@ fn raw_json(body: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+#[utoipa::path(get, path = "/intervals/{start}/result", tag = "results",
+    summary = "The interval's result: the exact JSON body bytes the market signed (public)",
+    params(("start" = String, Path, description = "the interval's start, RFC 3339")),
+    responses(
+        (status = 200, description = "the result", body = IntervalResult),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 404, description = "not_cleared", body = ErrorBody),
+    ))]
 async fn get_result(State(s): State<AppState>, Path(start): Path<String>) -> ApiResult<Response> {
     let interval = interval_at(&s, &start)?;
     s.market
@@ -251,6 +351,14 @@ async fn get_result(State(s): State<AppState>, Path(start): Path<String>) -> Api
         .ok_or_else(|| MarketError::NotCleared(interval.key()))
 }
 
+#[utoipa::path(get, path = "/intervals/{start}/result/signed", tag = "results",
+    summary = "The interval's result as signed by the market (public; verify with GET /market-key)",
+    params(("start" = String, Path, description = "the interval's start, RFC 3339")),
+    responses(
+        (status = 200, description = "the signed result", body = SignedResult),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 404, description = "not_cleared", body = ErrorBody),
+    ))]
 async fn get_signed_result(
     State(s): State<AppState>,
     Path(start): Path<String>,
@@ -286,6 +394,16 @@ impl ResultsQuery {
     }
 }
 
+#[utoipa::path(get, path = "/results", tag = "results",
+    summary = "Results from `since` on, oldest first",
+    params(
+        ("since" = Option<String>, Query, description = "first interval start, RFC 3339 (default: all)"),
+        ("limit" = Option<i64>, Query, description = "most results, 1 to 1000 (default 100)", minimum = 1, maximum = 1000),
+    ),
+    responses(
+        (status = 200, description = "the stored result bodies, byte for byte", body = Vec<IntervalResult>),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+    ))]
 async fn get_results(
     State(s): State<AppState>,
     Query(q): Query<ResultsQuery>,
@@ -305,6 +423,16 @@ async fn get_results(
     Ok(raw_json(body))
 }
 
+#[utoipa::path(get, path = "/results/signed", tag = "results",
+    summary = "Signed results from `since` on, oldest first (public; same paging as /results)",
+    params(
+        ("since" = Option<String>, Query, description = "first interval start, RFC 3339 (default: all)"),
+        ("limit" = Option<i64>, Query, description = "most results, 1 to 1000 (default 100)", minimum = 1, maximum = 1000),
+    ),
+    responses(
+        (status = 200, description = "signed results", body = Vec<SignedResult>),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+    ))]
 async fn get_signed_results(
     State(s): State<AppState>,
     Query(q): Query<ResultsQuery>,
@@ -313,6 +441,9 @@ async fn get_signed_results(
     Ok(Json(s.market.signed_results(since, limit).await?))
 }
 
+#[utoipa::path(get, path = "/market-key", tag = "results",
+    summary = "The zone and the public key that signs results and envelopes (public)",
+    responses((status = 200, description = "the market key", body = MarketKey)))]
 async fn get_market_key(State(s): State<AppState>) -> Json<MarketKey> {
     Json(MarketKey {
         zone: s.market.config.zone.clone(),
@@ -320,6 +451,14 @@ async fn get_market_key(State(s): State<AppState>) -> Json<MarketKey> {
     })
 }
 
+#[utoipa::path(get, path = "/envelopes/{gateway}", tag = "envelopes",
+    summary = "The gateway's signed operating envelopes (gridmesh/envelope/v1) for every cleared interval that has not ended, oldest first, at most 4 (public)",
+    params(("gateway" = String, Path, description = "the gateway id")),
+    responses(
+        (status = 200, description = "signed envelopes", body = Vec<SignedEnvelope>),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 404, description = "not_found: gateway not enrolled", body = ErrorBody),
+    ))]
 async fn get_envelopes(
     State(s): State<AppState>,
     Path(gateway): Path<String>,
@@ -329,6 +468,16 @@ async fn get_envelopes(
     Ok(Json(s.market.current_envelopes(&gateway).await?))
 }
 
+#[utoipa::path(post, path = "/limits", tag = "limits",
+    summary = "Add an operator limit override for one branch and time range (operator; the id is assigned)",
+    request_body = LimitOverride,
+    security(("operator" = [])),
+    responses(
+        (status = 201, description = "stored, with its id", body = LimitOverride),
+        (status = 400, description = "invalid_override | invalid_request", body = ErrorBody),
+        (status = 401, description = "operator_token_required", body = ErrorBody),
+        (status = 403, description = "operator_token_invalid", body = ErrorBody),
+    ))]
 async fn post_limit(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -340,10 +489,27 @@ async fn post_limit(
     Ok((StatusCode::CREATED, Json(stored)))
 }
 
+#[utoipa::path(get, path = "/limits", tag = "limits",
+    summary = "Every operator limit override (public)",
+    responses(
+        (status = 200, description = "limit overrides", body = Vec<LimitOverride>),
+        (status = 500, description = "storage_error", body = ErrorBody),
+    ))]
 async fn get_limits(State(s): State<AppState>) -> ApiResult<Json<Vec<LimitOverride>>> {
     Ok(Json(s.market.store.overrides().await?))
 }
 
+#[utoipa::path(delete, path = "/limits/{id}", tag = "limits",
+    summary = "Delete a limit override (operator)",
+    params(("id" = i64, Path, description = "the override's id")),
+    security(("operator" = [])),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "operator_token_required", body = ErrorBody),
+        (status = 403, description = "operator_token_invalid", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+    ))]
 async fn delete_limit(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -363,10 +529,24 @@ async fn delete_limit(
     }
 }
 
+#[utoipa::path(get, path = "/topology", tag = "topology",
+    summary = "The network and tariff",
+    responses((status = 200, description = "the network", body = Network)))]
 async fn get_topology(State(s): State<AppState>) -> Json<Network> {
     Json(s.market.topology().network().clone())
 }
 
+#[utoipa::path(put, path = "/topology", tag = "topology",
+    summary = "Replace the network (operator)",
+    request_body = Network,
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "the new network", body = Network),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "operator_token_required", body = ErrorBody),
+        (status = 403, description = "operator_token_invalid", body = ErrorBody),
+        (status = 422, description = "invalid_topology", body = ErrorBody),
+    ))]
 async fn put_topology(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -378,6 +558,9 @@ async fn put_topology(
     Ok(Json(network))
 }
 
+#[utoipa::path(get, path = "/status", tag = "service",
+    summary = "Zone, interval length, gate-closure lead, next open interval, clock",
+    responses((status = 200, description = "the market's status", body = MarketStatus)))]
 async fn get_status(State(s): State<AppState>) -> Json<MarketStatus> {
     let m = &s.market;
     let next = m.next_open();
@@ -393,6 +576,9 @@ async fn get_status(State(s): State<AppState>) -> Json<MarketStatus> {
     })
 }
 
+#[utoipa::path(get, path = "/events", tag = "results",
+    summary = "Server-sent events: `result` with the IntervalResult JSON",
+    responses((status = 200, description = "an event stream; each `result` event's data is an IntervalResult", content_type = "text/event-stream", body = String)))]
 async fn get_events(State(s): State<AppState>) -> impl IntoResponse {
     let rx = s.market.subscribe();
     let stream = futures::stream::unfold((rx, s.cancel.clone()), |(mut rx, cancel)| async move {
@@ -415,6 +601,12 @@ async fn get_events(State(s): State<AppState>) -> impl IntoResponse {
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "service",
+    summary = "Liveness (checks the database)",
+    responses(
+        (status = 200, description = "ok", body = Health),
+        (status = 500, description = "storage_error", body = ErrorBody),
+    ))]
 async fn healthz(State(s): State<AppState>) -> ApiResult<Json<Health>> {
     sqlx::query("SELECT 1")
         .execute(&s.market.store.database().pool)
@@ -423,6 +615,9 @@ async fn healthz(State(s): State<AppState>) -> ApiResult<Json<Health>> {
     Ok(Json(Health::ok()))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    summary = "Prometheus text format",
+    responses((status = 200, description = "metrics", content_type = "text/plain; version=0.0.4", body = String)))]
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     (
         [(
@@ -433,6 +628,9 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn openapi() -> impl IntoResponse {
-    Json(crate::openapi::document())
+#[utoipa::path(get, path = "/openapi.json", tag = "service",
+    summary = "This document",
+    responses((status = 200, description = "the OpenAPI document", body = Object)))]
+async fn openapi() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(document())
 }

@@ -401,7 +401,7 @@ async fn scenario(url: String) {
             .contains("gridmesh_market_intervals_cleared_total 1")
     );
     let (_, api) = c.get("/openapi.json").await;
-    assert_eq!(api["openapi"], "3.0.3");
+    assert_eq!(api["openapi"], "3.1.0");
     assert!(api["paths"]["/orders"]["post"].is_object());
     shutdown.stop().await;
 }
