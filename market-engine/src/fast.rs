@@ -28,10 +28,9 @@ use crate::network::{Node, Topology};
 use crate::prices::{choose_child_price, choose_root_price, pro_rata};
 use gridmesh_protocol::Side;
 
-/// A price standing for "no bound" below every real price.
-pub const NEG_INF: i64 = -(1 << 50);
-/// A price standing for "no bound" above every real price.
-pub const POS_INF: i64 = 1 << 50;
+/// The prices standing for "no bound" (defined with the price rules; `prices` needs nothing
+/// from this module).
+pub use crate::prices::{NEG_INF, POS_INF};
 /// An energy standing for "unlimited" on a branch.
 const INF_Q: i64 = 1 << 61;
 

@@ -32,7 +32,10 @@
 //! Under [`PricingRule::PayAsBid`] quantities are the same (the welfare-maximising ones), but
 //! each order is settled at its own limit price.
 
-use crate::fast::{NEG_INF, POS_INF};
+/// A price standing for "no bound" below every real price.
+pub const NEG_INF: i64 = -(1 << 50);
+/// A price standing for "no bound" above every real price.
+pub const POS_INF: i64 = 1 << 50;
 
 /// How cleared orders are priced (the wire type, re-exported from the protocol).
 pub use gridmesh_protocol::api::market::PricingRule;

@@ -4,8 +4,8 @@
 //! The file holds one line, `ed25519-seed:` followed by the 32-byte secret seed in lowercase
 //! hex. The public key is derived from it and shown in base64.
 
-use crate::signing::PublicKey;
-use ed25519_dalek::SigningKey;
+use crate::signing::{PublicKey, Signable, SignedEnvelope};
+use ed25519_dalek::{Signer, SigningKey};
 use std::fmt;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -101,9 +101,8 @@ impl SigningKeyPair {
     }
 
     /// Signs arbitrary bytes (canonical messages go through
-    /// [`SignedEnvelope::sign`](crate::signing::SignedEnvelope::sign)).
+    /// [`SignedEnvelope::sign`]).
     pub fn sign_raw(&self, message: &[u8]) -> [u8; 64] {
-        use ed25519_dalek::Signer;
         self.key.sign(message).to_bytes()
     }
 
@@ -181,5 +180,24 @@ impl SigningKeyPair {
         hex::decode_to_slice(hex_seed, &mut seed)
             .map_err(|_| malformed("the seed is not 64 hex characters"))?;
         Ok(Self::from_seed(seed))
+    }
+}
+
+/// Signing with a key pair. It lives here, beside the key, so that `signing` (envelopes and
+/// verification) needs nothing from `keys`: the dependency goes one way only.
+impl SignedEnvelope {
+    /// Encodes `message` canonically and signs the bytes.
+    pub fn sign<T: Signable>(message: &T, key: &SigningKeyPair) -> Self {
+        Self::sign_bytes(message.encode(), key)
+    }
+
+    /// Signs already-encoded canonical bytes.
+    pub fn sign_bytes(payload: Vec<u8>, key: &SigningKeyPair) -> Self {
+        let signature = key.sign_raw(&payload);
+        SignedEnvelope {
+            payload,
+            signature,
+            public_key: key.public_key(),
+        }
     }
 }

@@ -5,17 +5,19 @@
 //! receiver verifies the signature over them (strict RFC 8032 verification, which rejects
 //! malleable and small-order encodings) and only then decodes them. Nothing is ever re-encoded
 //! to be verified.
+//!
+//! Signing itself needs a key pair and lives beside it in the `keys` module
+//! ([`SignedEnvelope::sign`]); this module needs nothing from there.
 
 use crate::layout::LayoutError;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ed25519_dalek::{Signature, Signer, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::str::FromStr;
 
-use crate::keys::SigningKeyPair;
 
 /// A message with a canonical signed layout.
 pub trait Signable: Sized {
@@ -144,21 +146,6 @@ pub struct SignedEnvelope {
 }
 
 impl SignedEnvelope {
-    /// Encodes `message` canonically and signs the bytes.
-    pub fn sign<T: Signable>(message: &T, key: &SigningKeyPair) -> Self {
-        Self::sign_bytes(message.encode(), key)
-    }
-
-    /// Signs already-encoded canonical bytes.
-    pub fn sign_bytes(payload: Vec<u8>, key: &SigningKeyPair) -> Self {
-        let signature = key.signing_key().sign(&payload).to_bytes();
-        SignedEnvelope {
-            payload,
-            signature,
-            public_key: key.public_key(),
-        }
-    }
-
     /// The domain-separation tag the payload starts with, if it is one of `T`'s.
     pub fn is<T: Signable>(&self) -> bool {
         self.payload.starts_with(T::TAG.as_bytes())
