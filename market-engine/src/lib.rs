@@ -7,7 +7,8 @@
 //! - [`book`]: orders as the clearing sees them, the offline book file, depth per node;
 //! - [`clearing`]: the pure core, `clear(topology, orders, rule)`;
 //! - [`fast`]: the exact tree algorithm behind it (merit order merged up the tree);
-//! - [`reference`]: the plain good_lp LP over every order, kept as the reference;
+//! - `reference` (feature `reference-lp`): the plain good_lp LP over every order, kept as the
+//!   reference for tests and `market-bench`; never linked into the service;
 //! - [`prices`]: node prices from duals, pay-as-bid, deterministic tie-breaking;
 //! - [`decompose`]: bilateral trades routed along the tree, integer Wh;
 //! - [`envelopes`]: operating envelopes per connection point (cleared positions, then the
@@ -17,8 +18,10 @@
 //! - [`service`]: order intake with signature, nonce and gate checks; clearing an interval;
 //! - [`gate`]: automatic clearing at gate closure and MQTT publishing;
 //! - [`api`]: the REST API (axum), [`openapi`]: its OpenAPI document, [`metrics`]: Prometheus;
-//! - [`config`], [`error`], [`server`]: configuration, the typed error, and [`serve`];
-//! - [`cli`]: the command line behind `main.rs`; [`client`]: its trader commands.
+//! - [`config`], [`error`], [`server`]: configuration, the typed error, and [`serve`].
+//!
+//! The command line (`serve`, `clear`, `key` and the trader's `order` and `results` commands)
+//! is the `market-engine` binary's own (`src/bin/market-engine/`), not part of this library.
 //!
 //! Architecture invariant: the clearing core (`network`, `book`, `clearing`, `fast`,
 //! `prices`, `decompose`, `envelopes`) does no I/O, reads no clock and uses no floats; `reference` is the
@@ -46,8 +49,6 @@
 pub mod api;
 pub mod book;
 pub mod clearing;
-pub mod cli;
-pub mod client;
 pub mod config;
 pub mod decompose;
 pub mod envelopes;
@@ -59,6 +60,7 @@ pub mod network;
 pub mod openapi;
 pub mod overrides;
 pub mod prices;
+#[cfg(feature = "reference-lp")]
 pub mod reference;
 pub mod server;
 pub mod service;

@@ -7,7 +7,8 @@
 //! market-bench intake [--orders 20000] [--concurrency 64] [--database sqlite://…]
 //! ```
 //!
-//! Run in release: `cargo run --release -p market-engine --bin market-bench -- clearing`.
+//! Run in release (it needs the reference LP):
+//! `cargo run --release -p market-engine --features reference-lp --bin market-bench -- clearing`.
 
 use gridmesh_protocol::grid::{Branch, Network, UtilityTariff};
 use gridmesh_protocol::keys::SigningKeyPair;

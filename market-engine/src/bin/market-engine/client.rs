@@ -1,6 +1,7 @@
 //! The trader's side of the CLI: sign and submit orders, list and cancel them, read results.
 
-use crate::cli::{Failure, OrderAction, ResultsAction};
+use crate::failure::Failure;
+use clap::Subcommand;
 use gridmesh_protocol::api::market::{
     ErrorBody, MarketStatus, OrderAccepted, OrderCancelled, OrderRecord,
 };
@@ -11,6 +12,7 @@ use gridmesh_protocol::{Interval, NodeId, ParticipantId, PricePerMwh, SignedEnve
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::path::PathBuf;
 
 /// Sends a request and decodes the answer as `T`; an error answer becomes a [`Failure`] with
 /// the market's code and message.
@@ -51,6 +53,84 @@ fn print(v: &impl Serialize) {
 
 fn bad(e: impl std::fmt::Display) -> Failure {
     Failure::input(e)
+}
+
+/// Order subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OrderAction {
+    /// Sign and submit an order.
+    Submit {
+        /// The participant's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The participant id.
+        #[arg(long)]
+        participant: String,
+        /// The grid node.
+        #[arg(long)]
+        node: String,
+        /// buy or sell.
+        #[arg(long, value_parser = parse_side)]
+        side: gridmesh_protocol::Side,
+        /// Quantity in Wh.
+        #[arg(long)]
+        quantity_wh: i64,
+        /// Limit price in minor units per MWh (25.00 c/kWh = 25000).
+        #[arg(long, allow_hyphen_values = true)]
+        limit_price: i64,
+        /// Interval start (RFC 3339), or `next` for the next open interval.
+        #[arg(long, default_value = "next")]
+        interval: String,
+        /// Nonce; defaults to the current time in microseconds (fresh for every call).
+        #[arg(long)]
+        nonce: Option<u64>,
+    },
+    /// List orders.
+    List {
+        /// Only this participant's.
+        #[arg(long)]
+        participant: Option<String>,
+        /// Only this interval (start, RFC 3339).
+        #[arg(long)]
+        interval: Option<String>,
+    },
+    /// Cancel an order before gate closure.
+    Cancel {
+        /// The participant's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The participant id.
+        #[arg(long)]
+        participant: String,
+        /// The nonce of the order to cancel.
+        #[arg(long)]
+        nonce: u64,
+    },
+}
+
+/// Results subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ResultsAction {
+    /// Show one interval's result, or the results since a time.
+    Show {
+        /// The interval start (RFC 3339).
+        #[arg(long)]
+        interval: Option<String>,
+        /// List results from this start on.
+        #[arg(long)]
+        since: Option<String>,
+        /// Most results to list.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+}
+
+fn parse_side(s: &str) -> Result<gridmesh_protocol::Side, String> {
+    match s {
+        "buy" => Ok(gridmesh_protocol::Side::Buy),
+        "sell" => Ok(gridmesh_protocol::Side::Sell),
+        other => Err(format!("`{other}` is not a side; use buy or sell")),
+    }
 }
 
 /// `order submit|list|cancel`.

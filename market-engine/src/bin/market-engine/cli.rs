@@ -1,12 +1,14 @@
 //! The command line: `serve`, `clear`, `key`, `order` and `results` subcommands.
 //!
-//! Kept in the library so it can be tested; `main.rs` only parses and calls [`run`].
 //! Exit codes: 0 success, 1 runtime failure, 2 invalid input (a bad book, a bad argument).
+//! The trader commands (`order`, `results`) and their arguments live in [`crate::client`].
 
-use crate::book::BookFile;
-use crate::clearing::{clear, offline_report};
-use crate::prices::PricingRule;
+use crate::client::{OrderAction, ResultsAction};
+use crate::failure::Failure;
 use clap::{Parser, Subcommand};
+use market_engine::book::BookFile;
+use market_engine::clearing::{clear, offline_report};
+use market_engine::prices::PricingRule;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -90,111 +92,6 @@ pub enum KeyAction {
     },
 }
 
-/// Order subcommands.
-#[derive(Debug, Subcommand)]
-pub enum OrderAction {
-    /// Sign and submit an order.
-    Submit {
-        /// The participant's key file.
-        #[arg(long)]
-        key: PathBuf,
-        /// The participant id.
-        #[arg(long)]
-        participant: String,
-        /// The grid node.
-        #[arg(long)]
-        node: String,
-        /// buy or sell.
-        #[arg(long, value_parser = parse_side)]
-        side: gridmesh_protocol::Side,
-        /// Quantity in Wh.
-        #[arg(long)]
-        quantity_wh: i64,
-        /// Limit price in minor units per MWh (25.00 c/kWh = 25000).
-        #[arg(long, allow_hyphen_values = true)]
-        limit_price: i64,
-        /// Interval start (RFC 3339), or `next` for the next open interval.
-        #[arg(long, default_value = "next")]
-        interval: String,
-        /// Nonce; defaults to the current time in microseconds (fresh for every call).
-        #[arg(long)]
-        nonce: Option<u64>,
-    },
-    /// List orders.
-    List {
-        /// Only this participant's.
-        #[arg(long)]
-        participant: Option<String>,
-        /// Only this interval (start, RFC 3339).
-        #[arg(long)]
-        interval: Option<String>,
-    },
-    /// Cancel an order before gate closure.
-    Cancel {
-        /// The participant's key file.
-        #[arg(long)]
-        key: PathBuf,
-        /// The participant id.
-        #[arg(long)]
-        participant: String,
-        /// The nonce of the order to cancel.
-        #[arg(long)]
-        nonce: u64,
-    },
-}
-
-/// Results subcommands.
-#[derive(Debug, Subcommand)]
-pub enum ResultsAction {
-    /// Show one interval's result, or the results since a time.
-    Show {
-        /// The interval start (RFC 3339).
-        #[arg(long)]
-        interval: Option<String>,
-        /// List results from this start on.
-        #[arg(long)]
-        since: Option<String>,
-        /// Most results to list.
-        #[arg(long, default_value_t = 20)]
-        limit: i64,
-    },
-}
-
-fn parse_side(s: &str) -> Result<gridmesh_protocol::Side, String> {
-    match s {
-        "buy" => Ok(gridmesh_protocol::Side::Buy),
-        "sell" => Ok(gridmesh_protocol::Side::Sell),
-        other => Err(format!("`{other}` is not a side; use buy or sell")),
-    }
-}
-
-/// A failure with its exit code.
-#[derive(Debug)]
-pub struct Failure {
-    /// 1 or 2.
-    pub code: u8,
-    /// What to tell the user.
-    pub message: String,
-}
-
-impl Failure {
-    /// Bad input: exit code 2.
-    pub fn input(message: impl std::fmt::Display) -> Self {
-        Failure {
-            code: 2,
-            message: message.to_string(),
-        }
-    }
-
-    /// A runtime failure: exit code 1.
-    pub fn runtime(message: impl std::fmt::Display) -> Self {
-        Failure {
-            code: 1,
-            message: message.to_string(),
-        }
-    }
-}
-
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
@@ -231,7 +128,10 @@ pub fn clear_command(path: &std::path::Path, pay_as_bid: bool) -> Result<(), Fai
 }
 
 /// Clears a book given as JSON text and returns the report as JSON text.
-pub fn clear_book_json(text: &str, pay_as_bid: bool) -> Result<String, crate::book::BookError> {
+pub fn clear_book_json(
+    text: &str,
+    pay_as_bid: bool,
+) -> Result<String, market_engine::book::BookError> {
     let (topology, orders) = BookFile::parse(text)?.validate()?;
     let rule = if pay_as_bid {
         PricingRule::PayAsBid
@@ -263,13 +163,13 @@ fn key_command(action: KeyAction) -> Result<(), Failure> {
 
 async fn serve_command(path: Option<PathBuf>) -> Result<(), Failure> {
     gridmesh_runtime::telemetry::init("market_engine=info,info");
-    let config: crate::config::MarketConfig =
-        gridmesh_runtime::config::load(path.as_deref(), crate::config::ENV_PREFIX)
+    let config: market_engine::MarketConfig =
+        gridmesh_runtime::config::load(path.as_deref(), market_engine::config::ENV_PREFIX)
             .map_err(Failure::input)?;
     let shutdown = gridmesh_runtime::shutdown::Shutdown::new();
     shutdown.trigger_on_signals();
     let clock = gridmesh_runtime::clock::ClockSettings::clock_or_system(config.clock.as_ref());
-    let running = crate::serve(config, clock, shutdown.clone())
+    let running = market_engine::serve(config, clock, shutdown.clone())
         .await
         .map_err(Failure::runtime)?;
     eprintln!("market engine listening on {}", running.url());
