@@ -90,3 +90,28 @@ pub struct HealthAnswer {
     /// Whether settlement answered.
     pub settlement: bool,
 }
+
+/// `GET /api/me`: who is logged in, what the pages may offer them, and the token their
+/// writes carry (`x-csrf-token`).
+#[derive(Debug, Clone, Serialize)]
+pub struct MeAnswer {
+    /// The user's name.
+    pub name: String,
+    /// `admin`, `viewer` or `household`.
+    pub role: &'static str,
+    /// The household's participant id (household users only).
+    pub participant: Option<String>,
+    /// Whether operator actions are offered (admin only).
+    pub operator_actions: bool,
+    /// The session's CSRF token.
+    pub csrf: String,
+}
+
+/// `GET /api/quarantine` (admin and viewer): settlement's quarantined readings.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineAnswer {
+    /// Upstream health.
+    pub sources: Sources,
+    /// The items, newest first.
+    pub items: Vec<gridmesh_protocol::api::settlement::QuarantineItem>,
+}

@@ -19,3 +19,48 @@ pub fn get(name: &str) -> Option<(&'static str, &'static str)> {
         _ => None,
     }
 }
+
+/// The server-rendered login page (no script), with an optional error sentence.
+pub fn login_html(error: Option<&str>) -> String {
+    let error = error
+        .map(|e| {
+            format!(
+                "<p id=\"login-error\" class=\"banner\" role=\"alert\">{}</p>\n",
+                escape(e)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Log in · gridmesh dashboard</title>
+<link rel="icon" href="/assets/favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="/assets/style.css">
+</head>
+<body>
+<header class="top"><div class="brand"><img src="/assets/favicon.svg" alt="" width="28" height="28"><span>gridmesh</span></div></header>
+<main id="main" class="login">
+<h1>Log in</h1>
+{error}<form id="login-form" method="post" action="/login">
+<p><label for="name">User name</label><br><input id="name" name="name" autocomplete="username" required autofocus></p>
+<p><label for="password">Password</label><br><input id="password" name="password" type="password" autocomplete="current-password" required></p>
+<p><button type="submit">Log in</button></p>
+</form>
+<p class="lede">Users are created by the operator with <code>gridmesh-web user add</code>.</p>
+</main>
+</body>
+</html>
+"#
+    )
+}
+
+/// Escapes text for HTML.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

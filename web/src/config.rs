@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything the dashboard needs to run. `WebConfig::default()` matches the services' default
@@ -28,6 +29,23 @@ pub struct WebConfig {
     /// An interval whose utility exchange exceeds this many times the median of the previous
     /// intervals raises an imbalance alert.
     pub imbalance_spike_factor: u32,
+    /// The dashboard's users (name, role, argon2 hash), a JSON file written with mode 0600 by
+    /// `gridmesh-web user add`. Read at every login, so users added while it runs can log in.
+    pub users_file: PathBuf,
+    /// Host names (optionally `name:port`) the dashboard answers to; a bare name also matches
+    /// `name:<listen port>`. Any other `Host` header answers 421.
+    pub allowed_hosts: Vec<String>,
+    /// Mark the session cookie `Secure` (set this when the dashboard is served over TLS,
+    /// directly or behind a TLS-terminating proxy).
+    pub secure_cookies: bool,
+    /// A session unused for this many minutes ends (the user logs in again).
+    pub session_idle_minutes: u64,
+    /// The dashboard's upstream credential (the market's and settlement's `auditor_token`),
+    /// sent as `Authorization: Bearer` on every request to them.
+    pub upstream_token: Option<String>,
+    /// The operator credential used only to forward an admin user's operator actions
+    /// (accepting a quarantined reading in settlement). Without it those actions answer 503.
+    pub operator_token: Option<String>,
 }
 
 impl Default for WebConfig {
@@ -41,6 +59,12 @@ impl Default for WebConfig {
             request_timeout_ms: 3_000,
             history_intervals: 96,
             imbalance_spike_factor: 3,
+            users_file: PathBuf::from("gridmesh-web-users.json"),
+            allowed_hosts: vec!["127.0.0.1".into(), "localhost".into()],
+            secure_cookies: false,
+            session_idle_minutes: 30,
+            upstream_token: None,
+            operator_token: None,
         }
     }
 }
@@ -54,6 +78,11 @@ impl WebConfig {
     /// The request timeout as a duration (at least 100 ms).
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms.max(100))
+    }
+
+    /// How long an unused session lives (at least one minute).
+    pub fn session_idle(&self) -> Duration {
+        Duration::from_secs(self.session_idle_minutes.max(1) * 60)
     }
 
     /// Checks values that serde cannot: URLs must be http(s) and the history non-empty.
@@ -74,6 +103,11 @@ impl WebConfig {
                     "broker_url `{url}` is not an MQTT URL; use for example mqtt://127.0.0.1:1883"
                 ));
             }
+        }
+        if self.allowed_hosts.is_empty() {
+            return Err(
+                "allowed_hosts is empty, so every request would be refused; list the host names browsers use, e.g. [\"127.0.0.1\", \"localhost\"]".into(),
+            );
         }
         if self.history_intervals == 0 {
             return Err("history_intervals must be at least 1".into());

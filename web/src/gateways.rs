@@ -4,7 +4,9 @@
 //!   `gridmesh/gateways/<id>/status` (its last will is `offline`);
 //! - the signed readings gateways publish on `gridmesh/readings/<id>`, observed with a clean
 //!   session of its own (settlement's persistent session is unaffected). Each is verified
-//!   (ed25519) before its interval deltas count toward a home's generation and consumption;
+//!   (ed25519) against the key **the market enrolled for that gateway** (its `/gateways`
+//!   answer), not merely the key inside the envelope, before its interval deltas count toward
+//!   a home's generation and consumption;
 //!   a gateway that publishes a reading is also known to be online;
 //! - every gateway's retained control status on `gridmesh/gateways/<id>/control`
 //!   ([`ControlStatus`]: the envelope in force, where it came from, curtailed energy), which the
@@ -15,6 +17,7 @@ use crate::snapshot::GatewayLiveness;
 use chrono::Utc;
 use gridmesh_protocol::envelope::ControlStatus;
 use gridmesh_protocol::reading::{Reading, Registers};
+use gridmesh_protocol::registry::GatewayEnrollment;
 use gridmesh_protocol::signing::SignedEnvelope;
 use gridmesh_protocol::topics::{GATEWAY_CONTROL_FILTER, GATEWAY_STATUS_FILTER, READINGS_FILTER};
 use gridmesh_runtime::mqtt::{MqttError, MqttSession, MqttSettings};
@@ -88,13 +91,14 @@ pub fn record_control(
 /// Applies one broker message to the hub: a signed reading, a gateway's online/offline status
 /// or its control status. Anything else is ignored.
 pub fn apply_message(hub: &Hub, topic: &str, payload: &[u8]) {
-    if topic.starts_with("gridmesh/readings/") {
-        match verified_reading(payload) {
-            Some(reading) => {
+    if let Some(gateway) = topic.strip_prefix("gridmesh/readings/") {
+        let snap = hub.snapshot();
+        match verified_reading(payload, gateway, &snap.gateways) {
+            Ok(reading) => {
                 let history = hub.config.history_intervals;
                 hub.update("reading", |snap| record_reading(snap, &reading, history));
             }
-            None => tracing::debug!(%topic, "ignoring a reading that does not verify"),
+            Err(e) => tracing::debug!(%topic, error = %e, "ignoring a reading"),
         }
     } else if let Some(gateway) = control_gateway_of(topic) {
         // Control status arrives at every gateway poll: recorded at once, announced to open
@@ -201,10 +205,55 @@ pub fn start(hub: Arc<Hub>, url: &str, shutdown: &Shutdown) -> Result<(), MqttEr
     Ok(())
 }
 
-/// A reading envelope whose signature verifies, decoded.
-pub fn verified_reading(payload: &[u8]) -> Option<Reading> {
-    let envelope: SignedEnvelope = serde_json::from_slice(payload).ok()?;
-    envelope.open::<Reading>().ok()
+/// Why a reading on the broker does not count as verified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadingRejected {
+    /// Not a signed envelope, or a signature that does not verify, or not a reading.
+    #[error("not a validly signed reading: {0}")]
+    Invalid(String),
+    /// The reading names another gateway than its topic.
+    #[error("a reading of gateway {named} was published on gateway {topic}'s topic")]
+    WrongTopic {
+        /// The gateway in the topic.
+        topic: String,
+        /// The gateway the reading names.
+        named: String,
+    },
+    /// The market has no enrolment for the gateway (yet).
+    #[error("gateway {0} is not enrolled with the market")]
+    NotEnrolled(String),
+    /// Signed by a valid key, but not the one enrolled for the gateway.
+    #[error("gateway {0}'s reading is not signed by its enrolled key")]
+    NotEnrolledKey(String),
+}
+
+/// A reading published on `topic_gateway`'s topic, decoded, if it is signed by the key the
+/// market enrolled for its gateway (`enrolled`, the market's `/gateways`). A valid signature
+/// by any other key does not count.
+pub fn verified_reading(
+    payload: &[u8],
+    topic_gateway: &str,
+    enrolled: &[GatewayEnrollment],
+) -> Result<Reading, ReadingRejected> {
+    let envelope: SignedEnvelope =
+        serde_json::from_slice(payload).map_err(|e| ReadingRejected::Invalid(e.to_string()))?;
+    let reading = envelope
+        .open::<Reading>()
+        .map_err(|e| ReadingRejected::Invalid(e.to_string()))?;
+    let named = reading.gateway.to_string();
+    if named != topic_gateway {
+        return Err(ReadingRejected::WrongTopic {
+            topic: topic_gateway.to_owned(),
+            named,
+        });
+    }
+    let enrolment = enrolled
+        .iter()
+        .find(|g| g.gateway.as_str() == named)
+        .ok_or_else(|| ReadingRejected::NotEnrolled(named.clone()))?;
+    envelope
+        .open_by::<Reading>(&enrolment.public_key)
+        .map_err(|_| ReadingRejected::NotEnrolledKey(named))
 }
 
 /// Records a verified reading: its deltas under its gateway and interval (a repeat replaces
@@ -301,11 +350,30 @@ mod tests {
         let reading = example_reading();
         let envelope = SignedEnvelope::sign(&reading, &example_key());
         let bytes = serde_json::to_vec(&envelope).unwrap();
-        let decoded = verified_reading(&bytes).expect("a signed reading verifies");
+        let enrolled = [enrolment("gw-h001", envelope.public_key)];
+        let decoded = verified_reading(&bytes, "gw-h001", &enrolled).expect("it verifies");
         assert_eq!(decoded, reading);
         let mut tampered = envelope.clone();
         tampered.payload[40] ^= 1;
-        assert!(verified_reading(&serde_json::to_vec(&tampered).unwrap()).is_none());
+        assert!(
+            verified_reading(
+                &serde_json::to_vec(&tampered).unwrap(),
+                "gw-h001",
+                &enrolled
+            )
+            .is_err()
+        );
+        assert_eq!(
+            verified_reading(&bytes, "gw-h002", &enrolled),
+            Err(ReadingRejected::WrongTopic {
+                topic: "gw-h002".into(),
+                named: "gw-h001".into()
+            })
+        );
+        assert_eq!(
+            verified_reading(&bytes, "gw-h001", &[]),
+            Err(ReadingRejected::NotEnrolled("gw-h001".into()))
+        );
 
         let mut snap = crate::snapshot::Snapshot::default();
         record_reading(&mut snap, &decoded, 4);
@@ -313,5 +381,39 @@ mod tests {
         let t = total(&snap.readings["gw-h001"]);
         assert_eq!(t, reading.deltas, "a redelivered reading counts once");
         assert_eq!(snap.gateway_status["gw-h001"].status, "online");
+    }
+
+    fn enrolment(gateway: &str, key: gridmesh_protocol::signing::PublicKey) -> GatewayEnrollment {
+        GatewayEnrollment {
+            gateway: gateway.parse().unwrap(),
+            participant: "h001".parse().unwrap(),
+            node: "f1".parse().unwrap(),
+            public_key: key,
+            inverter_w: 0,
+            battery_w: 0,
+            latitude_microdeg: 0,
+            longitude_microdeg: 0,
+        }
+    }
+
+    /// Regression (issue 13): a reading signed by a valid key that is not the gateway's
+    /// enrolled key counted as verified, because only the envelope's own key was checked.
+    #[test]
+    fn a_reading_signed_by_another_valid_key_is_not_verified() {
+        use gridmesh_protocol::example::example_reading;
+        use gridmesh_protocol::keys::SigningKeyPair;
+        let enrolled_key = SigningKeyPair::from_seed([7; 32]);
+        let attacker = SigningKeyPair::from_seed([9; 32]);
+        let reading = example_reading();
+        let forged = SignedEnvelope::sign(&reading, &attacker);
+        assert!(forged.verify().is_ok(), "the attacker's signature is valid");
+        let enrolled = [enrolment("gw-h001", enrolled_key.public_key())];
+        let bytes = serde_json::to_vec(&forged).unwrap();
+        assert_eq!(
+            verified_reading(&bytes, "gw-h001", &enrolled),
+            Err(ReadingRejected::NotEnrolledKey("gw-h001".into()))
+        );
+        let genuine = serde_json::to_vec(&SignedEnvelope::sign(&reading, &enrolled_key)).unwrap();
+        assert!(verified_reading(&genuine, "gw-h001", &enrolled).is_ok());
     }
 }

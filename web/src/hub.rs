@@ -33,6 +33,8 @@ pub struct Hub {
     pub settlement: Upstream,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// Users, sessions and the Host check.
+    pub auth: crate::auth::Auth,
     snapshot: RwLock<Arc<Snapshot>>,
     changes: broadcast::Sender<Change>,
     wake: Notify,
@@ -56,9 +58,10 @@ impl Hub {
         stop: CancellationToken,
     ) -> Result<Arc<Self>, crate::WebError> {
         let timeout = config.request_timeout();
-        let market = Upstream::new(Service::Market, &config.market_url, timeout)
+        let token = config.upstream_token.as_deref();
+        let market = Upstream::new(Service::Market, &config.market_url, timeout, token)
             .map_err(crate::WebError::Http)?;
-        let settlement = Upstream::new(Service::Settlement, &config.settlement_url, timeout)
+        let settlement = Upstream::new(Service::Settlement, &config.settlement_url, timeout, token)
             .map_err(crate::WebError::Http)?;
         let snapshot = Snapshot {
             market: SourceHealth::new(market.base_url()),
@@ -67,11 +70,13 @@ impl Hub {
             ..Snapshot::default()
         };
         let (changes, _) = broadcast::channel(64);
+        let auth = crate::auth::Auth::new(&config);
         Ok(Arc::new(Hub {
             config,
             market,
             settlement,
             metrics: Metrics::default(),
+            auth,
             snapshot: RwLock::new(Arc::new(snapshot)),
             changes,
             wake: Notify::new(),

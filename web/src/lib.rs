@@ -21,7 +21,8 @@
 //! - [`views`]: pure derivations for each page (measured flow against its limit: over it red,
 //!   from 90 % amber; cleared plan beside it; participants; alerts);
 //! - [`charts`]: server-side SVG charts drawn with `plotters`;
-//! - [`routes`] and [`assets`]: pages, JSON API, charts, the browser event stream, `/healthz`,
+//! - [`auth`]: users (argon2id), roles, sessions, the Host check and CSRF tokens;
+//! - [`routes`] and [`assets`]: the login page, pages, JSON API, charts, the browser event stream, `/healthz`,
 //!   `/metrics`, on the runtime's HTTP kit; [`api`]: the typed answers of that JSON API;
 //! - [`metrics`]: the Prometheus text encoder.
 //!
@@ -45,6 +46,7 @@
 
 pub mod api;
 pub mod assets;
+pub mod auth;
 pub mod charts;
 pub mod config;
 pub mod follow;
@@ -120,6 +122,7 @@ pub async fn serve(config: WebConfig, shutdown: Shutdown) -> Result<RunningWeb, 
         source,
     })?;
     let hub = hub::Hub::with_stop(config.clone(), shutdown.token())?;
+    hub.auth.set_port(addr.port());
     if let Some(url) = &config.broker_url {
         gateways::start(hub.clone(), url, &shutdown)?;
     }

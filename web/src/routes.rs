@@ -8,25 +8,35 @@
 //! queries), every route has the standard trace, timeout, body-limit and concurrency layers,
 //! and the browser stream is the kit's SSE-from-broadcast (ending at shutdown). JSON answers
 //! are the typed structs of [`crate::api`].
+//!
+//! Access (see [`crate::auth`]): every request's `Host` must be an allowed host (else 421).
+//! `/healthz`, `/metrics`, `/login` and the login page's assets (`style.css`, `favicon.svg`)
+//! are public; everything else needs a session: without one `/api/*` and `/charts/*` answer
+//! 401 JSON and pages redirect to `/login`. Writes need the session's CSRF token and, when the
+//! browser sends `Origin`, an origin naming the same host. Operator actions (`POST
+//! /api/quarantine/{id}/accept`) are for admins (403 for others); a household user sees only
+//! its own participant's detail (403 for another's).
 
 use crate::api::{
-    AlertsAnswer, BlocksAnswer, HealthAnswer, ParticipantDetail, ParticipantsAnswer, ReadyAnswer,
-    StatusAnswer,
+    AlertsAnswer, BlocksAnswer, HealthAnswer, MeAnswer, ParticipantDetail, ParticipantsAnswer,
+    QuarantineAnswer, ReadyAnswer, StatusAnswer,
 };
 use crate::assets;
+use crate::auth::{CSRF_HEADER, Session, session_id};
 use crate::charts;
 use crate::hub::{Change, Hub};
 use crate::upstream::{UpstreamError, encode_component};
 use crate::views;
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Form, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::routing::post;
+use axum::{Extension, Router};
 use futures::{Stream, StreamExt as _};
 use gridmesh_protocol::api::settlement::{
-    Balances, BlockSummary, EntryView, Statement, StoredReading,
+    Balances, BlockSummary, EntryView, QuarantineAccepted, Statement, StoredReading,
 };
 use gridmesh_runtime::http::{
     ApiJson, ApiPath, ApiQuery, HttpLimits, SSE_KEEP_ALIVE, broadcast_events, layers,
@@ -56,6 +66,12 @@ pub enum ApiError {
     /// Nothing by that name.
     #[error("{0}")]
     NotFound(String),
+    /// The user's role may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The dashboard is not configured for this.
+    #[error("{0}")]
+    Unavailable(String),
     /// A chart could not be drawn.
     #[error(transparent)]
     Chart(#[from] charts::ChartError),
@@ -77,6 +93,8 @@ impl IntoResponse for ApiError {
             ),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request".into()),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found".into()),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden".into()),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable".into()),
             ApiError::Chart(_) => (StatusCode::INTERNAL_SERVER_ERROR, "chart_failed".into()),
         };
         if status.is_server_error() {
@@ -98,6 +116,11 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/participants/{id}", get(page))
         .route("/ledger/{*rest}", get(page))
         .route("/assets/{name}", get(asset))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/api/me", get(api_me))
+        .route("/api/quarantine", get(api_quarantine))
+        .route("/api/quarantine/{id}/accept", post(api_accept))
         .route("/api/status", get(api_status))
         .route("/api/ready", get(api_ready))
         .route("/api/grid", get(api_grid))
@@ -116,6 +139,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(hub.clone(), guard))
         .layer(axum::middleware::from_fn_with_state(
             hub.clone(),
             count_requests,
@@ -131,6 +155,264 @@ async fn count_requests(
 ) -> Response {
     hub.metrics.requests.inc();
     next.run(request).await
+}
+
+/// Paths served without a session: health, metrics, the login page and its assets.
+fn is_public(path: &str) -> bool {
+    matches!(
+        path,
+        "/healthz" | "/metrics" | "/login" | "/assets/style.css" | "/assets/favicon.svg"
+    )
+}
+
+fn json_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+    gridmesh_runtime::http::ApiError::new(status, code, message.into()).into_response()
+}
+
+/// The access check in front of every route: allowed Host, session, CSRF token and Origin on
+/// writes. The session goes into the request's extensions for the handlers.
+async fn guard(
+    State(hub): State<Arc<Hub>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()));
+    let Some(host) = host.filter(|h| hub.auth.host_allowed(h)) else {
+        return json_error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host_not_allowed",
+            "this dashboard does not answer to that Host; add the name to `allowed_hosts`",
+        );
+    };
+    let write = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if write {
+        if let Some(origin) = request.headers().get(header::ORIGIN) {
+            let same = origin.to_str().ok().is_some_and(|o| {
+                o.strip_prefix("http://")
+                    .or_else(|| o.strip_prefix("https://"))
+                    .is_some_and(|rest| rest.eq_ignore_ascii_case(&host))
+            });
+            if !same {
+                return json_error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "cross-origin write refused: the Origin is not this dashboard",
+                );
+            }
+        }
+    }
+    let path = request.uri().path().to_owned();
+    if is_public(&path) {
+        return next.run(request).await;
+    }
+    let session = session_id(request.headers()).and_then(|id| hub.auth.session(&id));
+    let Some(session) = session else {
+        if path.starts_with("/api/") || path.starts_with("/charts/") || write {
+            return json_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "log in to the dashboard first (POST /login); this needs a session cookie",
+            );
+        }
+        return redirect("/login");
+    };
+    if write && path != "/logout" {
+        let token = request
+            .headers()
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !session.csrf_matches(token) {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "missing or wrong CSRF token: send the session's token (GET /api/me) in x-csrf-token",
+            );
+        }
+    }
+    request.extensions_mut().insert(session);
+    next.run(request).await
+}
+
+fn redirect(to: &'static str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
+}
+
+/// The login form's fields.
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    name: String,
+    password: String,
+}
+
+/// The logout form's field.
+#[derive(Debug, Deserialize)]
+struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn login_page() -> Response {
+    html(StatusCode::OK, assets::login_html(None))
+}
+
+async fn login(State(hub): State<Arc<Hub>>, Form(form): Form<LoginForm>) -> Response {
+    let auth = &hub.auth;
+    let name = form.name.trim().to_owned();
+    let password = form.password;
+    let outcome = tokio::task::spawn_blocking({
+        let hub = hub.clone();
+        move || hub.auth.login(&name, &password).map(|s| (s, name))
+    })
+    .await;
+    match outcome {
+        Ok(Ok((Some((id, session)), _))) => {
+            tracing::info!(user = %session.user, role = session.role.name(), "dashboard login");
+            let cookie = auth.cookie(&id);
+            (
+                StatusCode::SEE_OTHER,
+                [
+                    (header::LOCATION, "/grid".to_owned()),
+                    (header::SET_COOKIE, cookie),
+                    (header::CACHE_CONTROL, "no-store".to_owned()),
+                ],
+            )
+                .into_response()
+        }
+        Ok(Ok((None, name))) => {
+            tracing::warn!(user = %name, "dashboard login refused");
+            html(
+                StatusCode::UNAUTHORIZED,
+                assets::login_html(Some("Wrong user name or password.")),
+            )
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the dashboard's users");
+            html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                assets::login_html(Some(
+                    "The dashboard cannot read its users file; see its log.",
+                )),
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "login task failed");
+            html(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                assets::login_html(Some("Login failed; try again.")),
+            )
+        }
+    }
+}
+
+async fn logout(
+    State(hub): State<Arc<Hub>>,
+    Extension(session): Extension<Arc<Session>>,
+    headers: axum::http::HeaderMap,
+    form: Result<Form<LogoutForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let form = form.map(|Form(f)| f).unwrap_or(LogoutForm {
+        csrf: String::new(),
+    });
+    let header_token = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !session.csrf_matches(&form.csrf) && !session.csrf_matches(header_token) {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "missing or wrong CSRF token on logout",
+        );
+    }
+    if let Some(id) = session_id(&headers) {
+        hub.auth.logout(&id);
+    }
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/login".to_owned()),
+            (header::SET_COOKIE, hub.auth.clear_cookie()),
+        ],
+    )
+        .into_response()
+}
+
+async fn api_me(Extension(session): Extension<Arc<Session>>) -> ApiJson<MeAnswer> {
+    ApiJson(MeAnswer {
+        name: session.user.clone(),
+        role: session.role.name(),
+        participant: session.role.household().map(str::to_owned),
+        operator_actions: session.role.is_admin(),
+        csrf: session.csrf.clone(),
+    })
+}
+
+/// Settlement's quarantined readings (raw envelopes of every home): admin and viewer only.
+async fn api_quarantine(
+    State(hub): State<Arc<Hub>>,
+    Extension(session): Extension<Arc<Session>>,
+) -> ApiResult<ApiJson<QuarantineAnswer>> {
+    if session.role.household().is_some() {
+        return Err(ApiError::Forbidden(
+            "quarantined readings are for the operator and auditors".into(),
+        ));
+    }
+    let snap = hub.snapshot();
+    Ok(ApiJson(QuarantineAnswer {
+        sources: views::Sources::of(&snap),
+        items: snap.quarantine.clone(),
+    }))
+}
+
+/// An operator action: accepts a quarantined reading in settlement (admin only), forwarded
+/// with the dashboard's `operator_token`.
+async fn api_accept(
+    State(hub): State<Arc<Hub>>,
+    Extension(session): Extension<Arc<Session>>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<ApiJson<QuarantineAccepted>> {
+    if !session.role.is_admin() {
+        return Err(ApiError::Forbidden(format!(
+            "accepting a quarantined reading is an operator action; {} users may not take it",
+            session.role.name()
+        )));
+    }
+    let Some(token) = hub.config.operator_token.as_deref() else {
+        return Err(ApiError::Unavailable(
+            "operator actions are disabled: the dashboard has no `operator_token`".into(),
+        ));
+    };
+    let accepted = hub
+        .settlement
+        .post_as(&format!("/quarantine/{id}/accept"), token)
+        .await?;
+    tracing::info!(user = %session.user, id, "quarantined reading accepted");
+    hub.wake("quarantine");
+    Ok(ApiJson(accepted))
 }
 
 async fn not_found() -> ApiError {
@@ -219,10 +501,13 @@ struct ParticipantQuery {
 
 async fn api_participants(
     State(hub): State<Arc<Hub>>,
+    Extension(session): Extension<Arc<Session>>,
     ApiQuery(query): ApiQuery<ParticipantQuery>,
 ) -> ApiJson<ParticipantsAnswer> {
     let snap = hub.snapshot();
-    let rows = views::participants(&snap, query.q.as_deref(), query.node.as_deref());
+    let mut rows = views::participants(&snap, query.q.as_deref(), query.node.as_deref());
+    // A household sees its own row only.
+    rows.retain(|r| session.role.may_read_participant(&r.id));
     ApiJson(ParticipantsAnswer {
         sources: views::Sources::of(&snap),
         node: query.node,
@@ -233,8 +518,14 @@ async fn api_participants(
 /// One participant: its row, its holdings and statements fresh from settlement.
 async fn api_participant(
     State(hub): State<Arc<Hub>>,
+    Extension(session): Extension<Arc<Session>>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<ApiJson<ParticipantDetail>> {
+    if !session.role.may_read_participant(&id) {
+        return Err(ApiError::Forbidden(format!(
+            "participant {id}'s detail belongs to another household"
+        )));
+    }
     let snap = hub.snapshot();
     let row = views::participants(&snap, None, None)
         .into_iter()
@@ -325,6 +616,7 @@ async fn api_entry(
 /// A signed reading by the SHA-256 its token provenance names (settlement's `/readings/{digest}`).
 async fn api_reading(
     State(hub): State<Arc<Hub>>,
+    Extension(session): Extension<Arc<Session>>,
     ApiPath(digest): ApiPath<String>,
 ) -> ApiResult<ApiJson<StoredReading>> {
     if digest.len() != 64 || !digest.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -332,9 +624,13 @@ async fn api_reading(
             "reading digest `{digest}` is not 64 hexadecimal characters; copy it from a mint's provenance"
         )));
     }
-    Ok(ApiJson(
-        hub.settlement.get(&format!("/readings/{digest}")).await?,
-    ))
+    let reading: StoredReading = hub.settlement.get(&format!("/readings/{digest}")).await?;
+    if !session.role.may_read_participant(&reading.participant) {
+        return Err(ApiError::Forbidden(
+            "that reading belongs to another household".into(),
+        ));
+    }
+    Ok(ApiJson(reading))
 }
 
 /// The browser stream: a `hello` with the current version, then one `update` per change

@@ -106,16 +106,29 @@ pub struct Upstream {
 
 impl Upstream {
     /// A client for `service` at `base_url` (trailing slashes are ignored), with `timeout` for
-    /// connecting and for every request. A client that cannot be built is an error (a default
-    /// client would wait forever on a silent service).
+    /// connecting and for every request, sending `token` (the auditor credential) as
+    /// `Authorization: Bearer` on every request, event streams included. A client that cannot
+    /// be built is an error (a default client would wait forever on a silent service).
     pub fn new(
         service: Service,
         base_url: &str,
         timeout: Duration,
+        token: Option<&str>,
     ) -> Result<Self, reqwest::Error> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            // A token that is not a valid header value is sent as nothing (and answered 401).
+            if let Ok(mut value) =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            {
+                value.set_sensitive(true);
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+            }
+        }
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .default_headers(headers)
             .build()?;
         Ok(Upstream {
             service,
@@ -147,9 +160,28 @@ impl Upstream {
     /// GETs `path` and decodes its JSON body.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, UpstreamError> {
         let url = self.url(path);
-        let response = self
-            .http
-            .get(&url)
+        let request = self.http.get(&url);
+        self.send(request, url).await
+    }
+
+    /// POSTs to `path` without a body as `Authorization: Bearer <bearer>` (instead of the
+    /// upstream token) and decodes the JSON answer: an admin's operator action.
+    pub async fn post_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        bearer: &str,
+    ) -> Result<T, UpstreamError> {
+        let url = self.url(path);
+        let request = self.http.post(&url).bearer_auth(bearer);
+        self.send(request, url).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: String,
+    ) -> Result<T, UpstreamError> {
+        let response = request
             .header("accept", "application/json")
             .send()
             .await
@@ -237,6 +269,7 @@ mod tests {
             Service::Market,
             &format!("http://127.0.0.1:{port}/"),
             Duration::from_secs(2),
+            None,
         )
         .unwrap();
         let err = up.get::<ErrorBody>("/status").await.unwrap_err();

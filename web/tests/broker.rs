@@ -139,7 +139,17 @@ async fn control_status_from_the_broker_shows_curtailment_per_feeder() {
         |s| s.control.contains_key("gw-h002") && s.topology.is_some() && !s.gateways.is_empty(),
     )
     .await;
-    let grid: Value = reqwest::get(format!("{}/api/grid", running.url()))
+    let (session, _) = running
+        .hub
+        .auth
+        .start_session("test-admin", gridmesh_web::auth::Role::Admin);
+    let grid: Value = reqwest::Client::new()
+        .get(format!("{}/api/grid", running.url()))
+        .header(
+            "cookie",
+            format!("{}={session}", gridmesh_web::auth::SESSION_COOKIE),
+        )
+        .send()
         .await
         .unwrap()
         .json()

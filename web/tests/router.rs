@@ -8,6 +8,7 @@ mod support;
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode};
 use gridmesh_runtime::shutdown::Shutdown;
+use gridmesh_web::auth::{Role, SESSION_COOKIE};
 use gridmesh_web::hub::Hub;
 use gridmesh_web::{WebConfig, refresh, routes};
 use serde_json::Value;
@@ -28,11 +29,29 @@ async fn hub_for(up: &support::Upstreams) -> Arc<Hub> {
     hub
 }
 
+/// A client whose requests carry a fresh admin session of `hub`.
+fn logged_in_client(hub: &Hub) -> reqwest::Client {
+    let (session, _) = hub.auth.start_session("test-admin", Role::Admin);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        "cookie",
+        format!("{SESSION_COOKIE}={session}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+/// GETs `uri` as a logged-in admin (the access rules have their own tests in `access.rs`).
 async fn get(hub: &Arc<Hub>, uri: &str) -> (StatusCode, String, String) {
-    let response = routes::router(hub.clone())
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
+    let (session, _) = hub.auth.start_session("test-admin", Role::Admin);
+    let request = Request::get(uri)
+        .header("host", "127.0.0.1")
+        .header("cookie", format!("{SESSION_COOKIE}={session}"))
+        .body(Body::empty())
         .unwrap();
+    let response = routes::router(hub.clone()).oneshot(request).await.unwrap();
     let status = response.status();
     let content_type = response
         .headers()
@@ -530,6 +549,7 @@ async fn serve_binds_refreshes_and_streams_changes() {
             market_url: format!("http://{}", up.market),
             settlement_url: format!("http://{}", up.settlement),
             poll_interval_ms: 100,
+            upstream_token: Some("auditor-secret".into()),
             ..WebConfig::default()
         },
         shutdown.clone(),
@@ -537,7 +557,7 @@ async fn serve_binds_refreshes_and_streams_changes() {
     .await
     .unwrap();
     assert_ne!(running.addr.port(), 0);
-    let client = reqwest::Client::new();
+    let client = logged_in_client(&running.hub);
     let mut events = client
         .get(format!("{}/api/events", running.url()))
         .send()
@@ -568,6 +588,14 @@ async fn serve_binds_refreshes_and_streams_changes() {
         .await
         .unwrap();
     assert_eq!(grid["branches"].as_array().unwrap().len(), 5);
+    // The upstream credential (issue 13): every request to the market and settlement, the
+    // event streams included, carries the auditor token.
+    let seen = up.authorizations.lock().unwrap().clone();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|a| a == "Bearer auditor-secret"),
+        "{seen:?}"
+    );
     drop(events);
     tokio::time::timeout(std::time::Duration::from_secs(10), shutdown.stop())
         .await

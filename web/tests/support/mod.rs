@@ -485,6 +485,29 @@ pub struct Upstreams {
     pub settlement: SocketAddr,
     /// The data they serve.
     pub fixture: Shared,
+    /// Every `Authorization` header the doubles received ("" when none), in order.
+    pub authorizations: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// The operator token settlement's double accepts on `POST /quarantine/{id}/accept`.
+pub const OPERATOR_TOKEN: &str = "operator-secret";
+
+fn recording(router: Router, seen: Arc<std::sync::Mutex<Vec<String>>>) -> Router {
+    router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let seen = seen.clone();
+            async move {
+                let header = request
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.lock().unwrap().push(header);
+                next.run(request).await
+            }
+        },
+    ))
 }
 
 async fn spawn(router: Router) -> SocketAddr {
@@ -717,10 +740,38 @@ pub async fn start(n: usize) -> Upstreams {
                 "/events",
                 get(|| async { Sse::new(futures::stream::pending::<Result<Event, Infallible>>()) }),
             )
+            .route(
+                "/quarantine/{id}/accept",
+                axum::routing::post(
+                    |headers: axum::http::HeaderMap, Path(id): Path<i64>| async move {
+                        let expected = format!("Bearer {OPERATOR_TOKEN}");
+                        if headers.get("authorization").and_then(|v| v.to_str().ok())
+                            != Some(expected.as_str())
+                        {
+                            return (
+                                StatusCode::UNAUTHORIZED,
+                                Json(ErrorBody {
+                                    code: "unauthorized".into(),
+                                    message: "operator token needed".into(),
+                                }),
+                            )
+                                .into_response();
+                        }
+                        Json(gridmesh_protocol::api::settlement::QuarantineAccepted {
+                            id,
+                            status: QuarantineStatus::Accepted,
+                            mints_released: 0,
+                        })
+                        .into_response()
+                    },
+                ),
+            )
             .with_state(fixture.clone());
+    let authorizations = Arc::new(std::sync::Mutex::new(Vec::new()));
     Upstreams {
-        market: spawn(market).await,
-        settlement: spawn(settlement).await,
+        market: spawn(recording(market, authorizations.clone())).await,
+        settlement: spawn(recording(settlement, authorizations.clone())).await,
         fixture,
+        authorizations,
     }
 }
