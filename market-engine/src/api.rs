@@ -13,9 +13,9 @@ use crate::error::MarketError;
 use crate::service::Market;
 use crate::store::StoredOrder;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use gridmesh_protocol::api::market::{
@@ -26,6 +26,9 @@ use gridmesh_protocol::grid::{LimitOverride, Network};
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
 use gridmesh_protocol::{GatewayId, Interval, ParticipantId, SignedEnvelope};
+use gridmesh_runtime::http::{
+    ApiError, ApiPath, ApiQuery, HttpLimits, check_bearer, layers, sse_from_broadcast,
+};
 use serde::Deserialize;
 use std::sync::{Arc, LazyLock};
 use tokio_util::sync::CancellationToken;
@@ -41,24 +44,26 @@ pub struct AppState {
     pub cancel: CancellationToken,
 }
 
-impl IntoResponse for MarketError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        let message = if status >= 500 && !matches!(self, MarketError::ShuttingDown) {
-            tracing::error!(error = %self, "request failed");
+impl From<MarketError> for ApiError {
+    /// The runtime kit's error answer with the market's status and stable code; server errors
+    /// (except shutting down) are logged with their details and answered with a generic
+    /// sentence.
+    fn from(error: MarketError) -> Self {
+        let (status, code) = error.status_and_code();
+        let message = if status >= 500 && !matches!(error, MarketError::ShuttingDown) {
+            tracing::error!(%error, "request failed");
             "the market could not complete the request; the operator's log has the details".into()
         } else {
-            self.to_string()
+            error.to_string()
         };
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
-            status,
-            Json(ErrorBody {
-                code: code.to_owned(),
-                message,
-            }),
-        )
-            .into_response()
+        ApiError::new(status, code, message)
+    }
+}
+
+impl IntoResponse for MarketError {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
     }
 }
 
@@ -69,12 +74,17 @@ fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes, what: &str) -> ApiResu
         .map_err(|e| MarketError::InvalidRequest(format!("the body is not a valid {what}: {e}")))
 }
 
+/// Admits the operator: no `Authorization: Bearer …` header is 401 `operator_token_required`;
+/// a wrong token, or none configured, is 403 `operator_token_invalid`. The comparison is the
+/// runtime kit's constant-time [`check_bearer`].
 fn operator(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    let sent = headers
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(MarketError::OperatorTokenMissing)?;
+        .is_some_and(|v| v.starts_with("Bearer "));
+    if !bearer {
+        return Err(MarketError::OperatorTokenMissing);
+    }
     let expected = state
         .market
         .config
@@ -82,18 +92,7 @@ fn operator(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
         .as_deref()
         .filter(|t| !t.is_empty())
         .ok_or(MarketError::OperatorTokenInvalid)?;
-    // Compare in constant time with respect to the content.
-    let same = sent.len() == expected.len()
-        && sent
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(MarketError::OperatorTokenInvalid)
-    }
+    check_bearer(headers, expected).map_err(|_| MarketError::OperatorTokenInvalid)
 }
 
 fn interval_at(state: &AppState, start: &str) -> ApiResult<Interval> {
@@ -137,9 +136,10 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     let (router, _document) = openapi_router().split_for_parts();
-    router
+    let router = router
         .fallback(|| async { MarketError::NotFound("no such endpoint; see /openapi.json".into()) })
-        .with_state(state)
+        .with_state(state);
+    layers(router, &HttpLimits::default())
 }
 
 #[utoipa::path(post, path = "/participants", tag = "registry",
@@ -212,7 +212,7 @@ async fn get_gateways(State(s): State<AppState>) -> ApiResult<Json<Vec<GatewayEn
     ))]
 async fn get_gateway(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<GatewayEnrollment>> {
     let id = GatewayId::new(id).map_err(|e| MarketError::InvalidRequest(e.to_string()))?;
     s.market
@@ -262,7 +262,7 @@ struct OrderQuery {
     ))]
 async fn get_orders(
     State(s): State<AppState>,
-    Query(q): Query<OrderQuery>,
+    ApiQuery(q): ApiQuery<OrderQuery>,
 ) -> ApiResult<Json<Vec<StoredOrder>>> {
     let participant = q
         .participant
@@ -312,7 +312,7 @@ async fn post_cancel(State(s): State<AppState>, body: Bytes) -> ApiResult<Json<O
     ))]
 async fn get_book(
     State(s): State<AppState>,
-    Path(start): Path<String>,
+    ApiPath(start): ApiPath<String>,
 ) -> ApiResult<Json<BookDepth>> {
     let interval = interval_at(&s, &start)?;
     let orders = s.market.store.orders(None, Some(&interval), true).await?;
@@ -341,7 +341,10 @@ fn raw_json(body: String) -> Response {
         (status = 400, description = "invalid_request", body = ErrorBody),
         (status = 404, description = "not_cleared", body = ErrorBody),
     ))]
-async fn get_result(State(s): State<AppState>, Path(start): Path<String>) -> ApiResult<Response> {
+async fn get_result(
+    State(s): State<AppState>,
+    ApiPath(start): ApiPath<String>,
+) -> ApiResult<Response> {
     let interval = interval_at(&s, &start)?;
     s.market
         .store
@@ -361,7 +364,7 @@ async fn get_result(State(s): State<AppState>, Path(start): Path<String>) -> Api
     ))]
 async fn get_signed_result(
     State(s): State<AppState>,
-    Path(start): Path<String>,
+    ApiPath(start): ApiPath<String>,
 ) -> ApiResult<Json<SignedResult>> {
     let interval = interval_at(&s, &start)?;
     s.market
@@ -406,7 +409,7 @@ impl ResultsQuery {
     ))]
 async fn get_results(
     State(s): State<AppState>,
-    Query(q): Query<ResultsQuery>,
+    ApiQuery(q): ApiQuery<ResultsQuery>,
 ) -> ApiResult<Response> {
     let (since, limit) = q.page()?;
     let rows = s.market.store.result_rows_since(since, limit).await?;
@@ -435,7 +438,7 @@ async fn get_results(
     ))]
 async fn get_signed_results(
     State(s): State<AppState>,
-    Query(q): Query<ResultsQuery>,
+    ApiQuery(q): ApiQuery<ResultsQuery>,
 ) -> ApiResult<Json<Vec<SignedResult>>> {
     let (since, limit) = q.page()?;
     Ok(Json(s.market.signed_results(since, limit).await?))
@@ -461,7 +464,7 @@ async fn get_market_key(State(s): State<AppState>) -> Json<MarketKey> {
     ))]
 async fn get_envelopes(
     State(s): State<AppState>,
-    Path(gateway): Path<String>,
+    ApiPath(gateway): ApiPath<String>,
 ) -> ApiResult<Json<Vec<SignedEnvelope>>> {
     let gateway =
         GatewayId::new(gateway).map_err(|e| MarketError::InvalidRequest(e.to_string()))?;
@@ -513,7 +516,7 @@ async fn get_limits(State(s): State<AppState>) -> ApiResult<Json<Vec<LimitOverri
 async fn delete_limit(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
     operator(&s, &headers)?;
     let id: i64 = id.parse().map_err(|_| {
@@ -580,25 +583,10 @@ async fn get_status(State(s): State<AppState>) -> Json<MarketStatus> {
     summary = "Server-sent events: `result` with the IntervalResult JSON",
     responses((status = 200, description = "an event stream; each `result` event's data is an IntervalResult", content_type = "text/event-stream", body = String)))]
 async fn get_events(State(s): State<AppState>) -> impl IntoResponse {
-    let rx = s.market.subscribe();
-    let stream = futures::stream::unfold((rx, s.cancel.clone()), |(mut rx, cancel)| async move {
-        loop {
-            let next = tokio::select! {
-                r = rx.recv() => r,
-                _ = cancel.cancelled() => return None,
-            };
-            match next {
-                Ok(result) => {
-                    let data = serde_json::to_string(&*result).expect("a result serialises");
-                    let event = Event::default().event("result").data(data);
-                    return Some((Ok::<_, std::convert::Infallible>(event), (rx, cancel)));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    sse_from_broadcast(s.market.subscribe(), s.cancel.clone(), |result| {
+        let data = serde_json::to_string(&*result).expect("a result serialises");
+        Some(Event::default().event("result").data(data))
+    })
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "service",
