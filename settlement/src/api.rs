@@ -8,6 +8,7 @@
 //! `{"code": "snake_case", "message": "human sentence"}` with a 4xx/5xx status — including bad
 //! query strings and path segments; storage details are logged, never sent to clients.
 
+use crate::access::{Caller, refuse_auditor_write};
 use crate::rules::Statement;
 use crate::service::{Receipt, Service, ServiceError, Submission};
 use axum::Router;
@@ -24,12 +25,11 @@ use gridmesh_protocol::api::settlement::{
 use gridmesh_protocol::envelope::{EnvelopeAlert, EnvelopeCompliance, MeasuredFlows};
 use gridmesh_protocol::signing::SignedEnvelope;
 use gridmesh_runtime::http::{
-    ApiError, ApiJson, ApiPath, ApiQuery, HttpLimits, OperatorAuth, OperatorToken, check_bearer,
-    layers, sse_from_broadcast,
+    ApiError, ApiJson, ApiPath, ApiQuery, HttpLimits, OperatorToken, layers, sse_from_broadcast,
 };
 use serde::Deserialize;
 use std::sync::{Arc, LazyLock};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -41,6 +41,8 @@ pub struct AppState {
     pub service: Arc<Service>,
     /// The operator's bearer token (`None` = operator endpoints disabled).
     pub operator_token: Option<String>,
+    /// The auditor's bearer token: reads everything, writes nothing (`None` = no auditor).
+    pub auditor_token: Option<String>,
     /// Ends open event streams on shutdown (so graceful shutdown does not wait for them).
     pub stop: tokio_util::sync::CancellationToken,
 }
@@ -84,18 +86,26 @@ type ApiResult<T> = Result<T, ApiError>;
 )]
 struct Frame;
 
-/// Adds the `operator` bearer-token scheme that operator endpoints require.
+/// Adds the credentials of the access model: the `operator` and `auditor` bearer tokens and
+/// the `participant`'s signed request (`Authorization: Gridmesh <payload>.<signature>`).
 struct OperatorBearer;
 
 impl Modify for OperatorBearer {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        openapi
-            .components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme(
-                "operator",
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for name in ["operator", "auditor"] {
+            components.add_security_scheme(
+                name,
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
             );
+        }
+        components.add_security_scheme(
+            "participant",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "a signed request, `Gridmesh <base64 payload>.<base64 signature>` (gridmesh/request/v1, docs/protocol.md), by the participant's registered key",
+            ))),
+        );
     }
 }
 
@@ -139,17 +149,20 @@ pub fn router(state: AppState) -> Router {
 
 #[utoipa::path(post, path = "/readings", tag = "readings",
     summary = "Submit signed readings",
-    description = "A JSON array of SignedEnvelope of Reading. One outcome per item, in order: accepted, duplicate or quarantined (with its reason code). 200 means every item was durably recorded.",
+    description = "Open to gateways: each reading is signed by its gateway's enrolled key. A JSON array of SignedEnvelope of Reading. One outcome per item, in order: accepted, duplicate or quarantined (with its reason code). 200 means every item was durably recorded.",
     request_body = Vec<SignedEnvelope>,
     responses(
         (status = 200, description = "one outcome per submitted envelope", body = Vec<ReadingOutcome>),
         (status = 400, description = "bad_request: not a JSON array", body = ErrorBody),
+        (status = 403, description = "forbidden: the auditor token writes nothing", body = ErrorBody),
         (status = 503, description = "storage_unavailable: nothing was recorded, retry", body = ErrorBody),
     ))]
 async fn post_readings(
     State(s): State<AppState>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<ApiJson<Vec<ReadingOutcome>>> {
+    refuse_auditor_write(&s, &headers)?;
     // Each item stays opaque JSON until ingest decodes it: what does not decode is kept in
     // quarantine as sent, so the array is split without interpreting its items.
     let items: Vec<serde_json::Value> = serde_json::from_slice(&body).map_err(|e| {
@@ -177,37 +190,53 @@ struct StatementQuery {
 }
 
 #[utoipa::path(get, path = "/statements", tag = "statements",
-    summary = "Statements per participant and interval",
+    summary = "Statements per participant and interval (the household, auditor, operator)",
+    description = "Per-household money: a participant's signed request reads its own statements (without a `participant` filter it gets only its own); the auditor and the operator read everyone's.",
     params(StatementQuery),
+    security(("participant" = []), ("auditor" = []), ("operator" = [])),
     responses(
         (status = 200, description = "statements by interval and participant", body = Vec<Statement>),
         (status = 400, description = "invalid_query", body = ErrorBody),
+        (status = 401, description = "unauthorized: no or an invalid credential", body = ErrorBody),
+        (status = 403, description = "forbidden: another household's data", body = ErrorBody),
         (status = 503, description = "storage_unavailable", body = ErrorBody),
     ))]
 async fn get_statements(
     State(s): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<StatementQuery>,
 ) -> ApiResult<ApiJson<Vec<Statement>>> {
-    let list = s
-        .service
-        .statements(q.participant.as_deref(), q.interval.as_deref())
-        .await?;
+    let asked = q.participant.as_deref().filter(|p| !p.is_empty());
+    let who = match (caller.scope()?, asked) {
+        (None, asked) => asked,
+        (Some(own), None) => Some(own.as_str()),
+        (Some(_), Some(asked)) => {
+            caller.may_read(asked)?;
+            Some(asked)
+        }
+    };
+    let list = s.service.statements(who, q.interval.as_deref()).await?;
     Ok(ApiJson(list))
 }
 
 #[utoipa::path(get, path = "/balances/{participant}", tag = "tokens",
-    summary = "Token holdings with provenance",
+    summary = "Token holdings with provenance (the household, auditor, operator)",
     description = "Each lot with its origin mint: interval, seller, buyer, source, price and reading digests.",
     params(("participant" = String, Path, description = "the participant id")),
+    security(("participant" = []), ("auditor" = []), ("operator" = [])),
     responses(
         (status = 200, description = "the participant's lots", body = Balances),
         (status = 400, description = "invalid_path", body = ErrorBody),
+        (status = 401, description = "unauthorized: no or an invalid credential", body = ErrorBody),
+        (status = 403, description = "forbidden: another household's data", body = ErrorBody),
         (status = 503, description = "storage_unavailable", body = ErrorBody),
     ))]
 async fn get_balances(
     State(s): State<AppState>,
+    caller: Caller,
     ApiPath(p): ApiPath<String>,
 ) -> ApiResult<ApiJson<Balances>> {
+    caller.may_read(&p)?;
     Ok(ApiJson(s.service.balances(&p).await?))
 }
 
@@ -231,18 +260,23 @@ fn receipt(r: Receipt) -> Response {
 
 #[utoipa::path(post, path = "/tokens/transfer", tag = "tokens",
     summary = "Transfer part of a lot",
-    description = "A holder-signed TokenTransfer envelope. The tokens move into a new lot named by the entry.",
+    description = "A holder-signed TokenTransfer envelope (authorised by the holder's signature). The tokens move into a new lot named by the entry; the recipient must be a participant registered with the market (400 otherwise).",
     request_body = SignedEnvelope,
     responses(
         (status = 201, description = "applied", body = Receipt),
         (status = 200, description = "this exact transfer was applied before", body = Receipt),
-        (status = 400, description = "bad_request", body = ErrorBody),
-        (status = 403, description = "forbidden: not the holder's registered key or lot", body = ErrorBody),
+        (status = 400, description = "bad_request (incl. an unregistered recipient)", body = ErrorBody),
+        (status = 403, description = "forbidden: not the holder's registered key or lot, or the auditor token", body = ErrorBody),
         (status = 404, description = "not_found: no such lot", body = ErrorBody),
         (status = 409, description = "conflict: the lot holds less", body = ErrorBody),
         (status = 503, description = "storage_unavailable", body = ErrorBody),
     ))]
-async fn post_transfer(State(s): State<AppState>, body: axum::body::Bytes) -> ApiResult<Response> {
+async fn post_transfer(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    refuse_auditor_write(&s, &headers)?;
     Ok(receipt(s.service.transfer(envelope(&body)?).await?))
 }
 
@@ -254,12 +288,17 @@ async fn post_transfer(State(s): State<AppState>, body: axum::body::Bytes) -> Ap
         (status = 201, description = "applied", body = Receipt),
         (status = 200, description = "this exact retirement was applied before", body = Receipt),
         (status = 400, description = "bad_request", body = ErrorBody),
-        (status = 403, description = "forbidden: not the holder's registered key or lot", body = ErrorBody),
+        (status = 403, description = "forbidden: not the holder's registered key or lot, or the auditor token", body = ErrorBody),
         (status = 404, description = "not_found: no such lot", body = ErrorBody),
         (status = 409, description = "conflict: the lot holds less", body = ErrorBody),
         (status = 503, description = "storage_unavailable", body = ErrorBody),
     ))]
-async fn post_retire(State(s): State<AppState>, body: axum::body::Bytes) -> ApiResult<Response> {
+async fn post_retire(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    refuse_auditor_write(&s, &headers)?;
     Ok(receipt(s.service.retire(envelope(&body)?).await?))
 }
 
@@ -277,7 +316,8 @@ impl Limit {
 }
 
 #[utoipa::path(get, path = "/ledger/blocks", tag = "ledger",
-    summary = "Blocks, newest first",
+    summary = "Blocks, newest first (public)",
+    description = "Public, so that anyone can re-verify the ledger: headers, authority signatures and entry hashes.",
     params(Limit),
     responses(
         (status = 200, description = "blocks with their entry hashes", body = Vec<BlockSummary>),
@@ -292,7 +332,7 @@ async fn get_blocks(
 }
 
 #[utoipa::path(get, path = "/ledger/blocks/{height}", tag = "ledger",
-    summary = "One block: header fields, hash, authority signature, entry hashes",
+    summary = "One block: header fields, hash, authority signature, entry hashes (public)",
     params(("height" = i64, Path, description = "the block height (0 is the first)")),
     responses(
         (status = 200, description = "the block", body = BlockSummary),
@@ -311,8 +351,8 @@ async fn get_block(
 }
 
 #[utoipa::path(get, path = "/ledger/entries/{hash}", tag = "ledger",
-    summary = "One ledger entry with its Merkle inclusion proof",
-    description = "The body and its exact hashed bytes (body_base64), the block and the proof once sealed.",
+    summary = "One ledger entry with its Merkle inclusion proof (public)",
+    description = "Public, so that anyone can re-verify the ledger: the body and its exact hashed bytes (body_base64), the block and the proof once sealed. Entries name participants and reading digests, but no readings or money of a statement.",
     params(("hash" = String, Path, description = "the entry hash (hex)")),
     responses(
         (status = 200, description = "the entry", body = EntryView),
@@ -333,21 +373,29 @@ async fn get_entry(
 }
 
 #[utoipa::path(get, path = "/readings/{digest}", tag = "readings",
-    summary = "A stored signed reading by the SHA-256 of its payload",
-    description = "As named in token provenance: the envelope verbatim, the decoded reading and its status.",
+    summary = "A stored signed reading by the SHA-256 of its payload (the household, auditor, operator)",
+    description = "As named in token provenance: the envelope verbatim, the decoded reading and its status. Only the household it is attributed to, the auditor and the operator.",
     params(("digest" = String, Path, description = "SHA-256 of the signed payload (hex)")),
+    security(("participant" = []), ("auditor" = []), ("operator" = [])),
     responses(
         (status = 200, description = "the reading", body = StoredReading),
         (status = 400, description = "invalid_path", body = ErrorBody),
+        (status = 401, description = "unauthorized: no or an invalid credential", body = ErrorBody),
+        (status = 403, description = "forbidden: another household's data", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
         (status = 503, description = "storage_unavailable", body = ErrorBody),
     ))]
 async fn get_reading(
     State(s): State<AppState>,
+    caller: Caller,
     ApiPath(digest): ApiPath<String>,
 ) -> ApiResult<ApiJson<StoredReading>> {
+    caller.scope()?;
     match s.service.reading_by_digest(&digest).await? {
-        Some(r) => Ok(ApiJson(r)),
+        Some(r) => {
+            caller.may_read(&r.participant)?;
+            Ok(ApiJson(r))
+        }
         None => Err(ApiError::not_found(format!(
             "no stored reading whose signed payload has SHA-256 {digest}"
         ))),
@@ -355,22 +403,36 @@ async fn get_reading(
 }
 
 #[utoipa::path(get, path = "/quarantine", tag = "readings",
-    summary = "Quarantined, flagged and late readings with reasons, newest first",
+    summary = "Quarantined, flagged and late readings with reasons, newest first (auditor, operator; a household its own)",
+    description = "Raw submitted bytes: the auditor and the operator see every item; a participant's signed request sees, among the newest `limit` items, those of its own enrolled gateways.",
     params(Limit),
+    security(("participant" = []), ("auditor" = []), ("operator" = [])),
     responses(
         (status = 200, description = "quarantine items", body = Vec<QuarantineItem>),
         (status = 400, description = "invalid_query", body = ErrorBody),
+        (status = 401, description = "unauthorized: no or an invalid credential", body = ErrorBody),
         (status = 503, description = "storage_unavailable", body = ErrorBody),
     ))]
 async fn get_quarantine(
     State(s): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<Limit>,
 ) -> ApiResult<ApiJson<Vec<QuarantineItem>>> {
-    Ok(ApiJson(s.service.quarantine(q.get()).await?))
+    let scope = caller.scope()?.cloned();
+    let mut items = s.service.quarantine(q.get()).await?;
+    if let Some(own) = scope {
+        items.retain(|item| {
+            item.gateway
+                .as_deref()
+                .and_then(|g| s.service.gateway_owner(g))
+                .is_some_and(|owner| owner == own)
+        });
+    }
+    Ok(ApiJson(items))
 }
 
 #[utoipa::path(post, path = "/quarantine/{id}/accept", tag = "readings",
-    summary = "Accept a reading flagged as implausible (operator)",
+    summary = "Accept a reading flagged as implausible (operator only)",
     description = "Withheld mints whose readings are all accepted now are released. No request body.",
     params(("id" = i64, Path, description = "the quarantine id")),
     security(("operator" = [])),
@@ -378,16 +440,17 @@ async fn get_quarantine(
         (status = 200, description = "accepted", body = QuarantineAccepted),
         (status = 400, description = "invalid_path", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
-        (status = 403, description = "operator_disabled", body = ErrorBody),
+        (status = 403, description = "forbidden (auditor or participant) | operator_disabled", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
         (status = 409, description = "conflict: refused for a reason no operator can accept", body = ErrorBody),
         (status = 503, description = "storage_unavailable", body = ErrorBody),
     ))]
 async fn post_accept(
     State(s): State<AppState>,
-    _operator: OperatorAuth,
+    caller: Caller,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<ApiJson<QuarantineAccepted>> {
+    caller.operator_only(&s)?;
     let released = s.service.accept_quarantined(id).await?;
     Ok(ApiJson(QuarantineAccepted {
         id,
@@ -427,48 +490,61 @@ impl PageQuery {
 }
 
 #[utoipa::path(get, path = "/compliance", tag = "envelopes",
-    summary = "Per home and interval: metered export/import against the operating envelope",
-    description = "Oldest first. Needs the operator's bearer token when one is configured (per-home figures).",
+    summary = "Per home and interval: metered export/import against the operating envelope (the household, auditor, operator)",
+    description = "Oldest first. Per-home figures: a participant's signed request reads its own rows (without a `participant` filter it gets only its own); the auditor and the operator read everyone's.",
     params(PageQuery),
-    security((), ("operator" = [])),
+    security(("participant" = []), ("auditor" = []), ("operator" = [])),
     responses(
         (status = 200, description = "compliance rows", body = Vec<EnvelopeCompliance>),
         (status = 400, description = "bad_request | invalid_query", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 401, description = "unauthorized: no or an invalid credential", body = ErrorBody),
+        (status = 403, description = "forbidden: another household's data", body = ErrorBody),
         (status = 503, description = "storage_unavailable", body = ErrorBody),
     ))]
 async fn get_compliance(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<ApiJson<Vec<EnvelopeCompliance>>> {
-    // Per-home figures: operator only when an operator token is configured.
-    if let Some(token) = s.operator_token.as_deref().filter(|t| !t.is_empty()) {
-        check_bearer(&headers, token)?;
-    }
-    let who = q.participant.as_deref().filter(|p| !p.is_empty());
+    let asked = q.participant.as_deref().filter(|p| !p.is_empty());
+    let who = match (caller.scope()?, asked) {
+        (None, asked) => asked,
+        (Some(own), None) => Some(own.as_str()),
+        (Some(_), Some(asked)) => {
+            caller.may_read(asked)?;
+            Some(asked)
+        }
+    };
     let rows = s.service.compliance(q.since()?, q.limit(), who).await?;
     Ok(ApiJson(rows))
 }
 
 #[utoipa::path(get, path = "/compliance/alerts", tag = "envelopes",
-    summary = "Homes over their operating envelope in two or more consecutive settled intervals",
-    description = "Public, newest first; `active` = the run includes the latest settled interval.",
+    summary = "Homes over their operating envelope in two or more consecutive settled intervals (auditor, operator; a household its own)",
+    description = "Newest first; `active` = the run includes the latest settled interval. Each alert names a home, so it is not public: the auditor and the operator see all, a participant's signed request its own. Public per-branch aggregates are `GET /flows`.",
     params(Limit),
+    security(("participant" = []), ("auditor" = []), ("operator" = [])),
     responses(
         (status = 200, description = "alerts", body = Vec<EnvelopeAlert>),
         (status = 400, description = "invalid_query", body = ErrorBody),
+        (status = 401, description = "unauthorized: no or an invalid credential", body = ErrorBody),
         (status = 503, description = "storage_unavailable", body = ErrorBody),
     ))]
 async fn get_alerts(
     State(s): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<Limit>,
 ) -> ApiResult<ApiJson<Vec<EnvelopeAlert>>> {
-    Ok(ApiJson(s.service.envelope_alerts(q.get() as usize).await?))
+    let scope = caller.scope()?.cloned();
+    let mut alerts = s.service.envelope_alerts(q.get() as usize).await?;
+    if let Some(own) = scope {
+        alerts.retain(|a| a.participant == own);
+    }
+    Ok(ApiJson(alerts))
 }
 
 #[utoipa::path(get, path = "/flows", tag = "envelopes",
-    summary = "Measured flows per branch of each result's network, root last",
+    summary = "Measured flows per branch of each result's network, root last (public)",
     description = "Public aggregates from verified readings, for intervals that have ended, oldest first.",
     params(PageQuery),
     responses(
@@ -484,14 +560,28 @@ async fn get_flows(
 }
 
 #[utoipa::path(get, path = "/events", tag = "events",
-    summary = "Server-sent events: settled, block, quarantined, envelope_alert",
-    description = "Each event's name is its kind; its data is the Event JSON (tagged by `event`).",
-    responses((status = 200, description = "an event stream", body = Event, content_type = "text/event-stream")))]
-async fn get_events(State(s): State<AppState>) -> impl IntoResponse {
-    sse_from_broadcast(s.service.subscribe(), s.stop.clone(), |e: Event| {
+    summary = "Server-sent events: settled, block (public); quarantined, envelope_alert (auditor, operator)",
+    description = "Each event's name is its kind; its data is the Event JSON (tagged by `event`). Listeners without the auditor's or the operator's token receive only `settled` and `block`; `quarantined` and `envelope_alert` (per-household detail) go to the auditor and the operator.",
+    security((), ("auditor" = []), ("operator" = [])),
+    responses(
+        (status = 200, description = "an event stream", body = Event, content_type = "text/event-stream"),
+        (status = 401, description = "unauthorized: an invalid credential", body = ErrorBody),
+    ))]
+async fn get_events(State(s): State<AppState>, caller: Caller) -> impl IntoResponse {
+    let all = caller.reads_all();
+    sse_from_broadcast(s.service.subscribe(), s.stop.clone(), move |e: Event| {
+        if !all && !public_event(&e) {
+            return None;
+        }
         let data = serde_json::to_string(&e).ok()?;
         Some(SseEvent::default().event(e.name()).data(data))
     })
+}
+
+/// Whether an event goes to every listener: `settled` and `block` carry no household detail;
+/// `quarantined` (a gateway's refused reading) and `envelope_alert` (a named home) do.
+fn public_event(e: &Event) -> bool {
+    matches!(e, Event::Settled { .. } | Event::Block { .. })
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",

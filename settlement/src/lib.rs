@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 pub mod api;
 pub mod audit;
 pub mod compliance;
@@ -94,6 +95,12 @@ pub struct SettlementConfig {
     pub max_clock_skew_secs: u64,
     /// The bearer token for operator endpoints; `None` disables them.
     pub operator_token: Option<String>,
+    /// The auditor's bearer token: reads every household's data, changes nothing (a write
+    /// with it answers 403). `None` = no auditor.
+    pub auditor_token: Option<String>,
+    /// The bearer token settlement sends with its reads from the market (registrations are
+    /// private there: the market's auditor token). `None` = settlement's own `auditor_token`.
+    pub market_token: Option<String>,
     /// How often to poll the market, in real seconds.
     pub poll_secs: f64,
     /// Accelerated time shared with the other services (`[clock]`); absent = the system clock.
@@ -114,6 +121,8 @@ impl Default for SettlementConfig {
             horizon_secs: 7 * 24 * 3600,
             max_clock_skew_secs: 60,
             operator_token: None,
+            auditor_token: None,
+            market_token: None,
             poll_secs: 2.0,
             clock: None,
         }
@@ -173,10 +182,13 @@ pub async fn serve(
     clock: Clock,
     shutdown: Shutdown,
 ) -> Result<RunningSettlement, Error> {
-    let source: Option<Arc<dyn MarketSource>> = config
-        .market_url
-        .as_deref()
-        .map(|u| Arc::new(HttpMarket::new(u)) as Arc<dyn MarketSource>);
+    let source: Option<Arc<dyn MarketSource>> = config.market_url.as_deref().map(|u| {
+        let token = config
+            .market_token
+            .as_deref()
+            .or(config.auditor_token.as_deref());
+        Arc::new(HttpMarket::new(u).with_token(token)) as Arc<dyn MarketSource>
+    });
     serve_with_source(config, clock, shutdown, source).await
 }
 
@@ -238,6 +250,7 @@ pub async fn serve_with_source(
     let app = api::router(api::AppState {
         service: service.clone(),
         operator_token: config.operator_token.clone(),
+        auditor_token: config.auditor_token.clone(),
         stop: shutdown.token(),
     });
     let stop = shutdown.clone();

@@ -56,10 +56,20 @@ fn since_query(since: Option<DateTime<Utc>>) -> String {
 }
 
 /// The market-engine's REST API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpMarket {
     base: String,
     client: reqwest::Client,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for HttpMarket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpMarket")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl HttpMarket {
@@ -71,7 +81,15 @@ impl HttpMarket {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("reqwest client"),
+            token: None,
         }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every read (the market's auditor token: its
+    /// gateway registrations are private); `None` or empty sends no credential.
+    pub fn with_token(mut self, token: Option<&str>) -> Self {
+        self.token = token.filter(|t| !t.is_empty()).map(str::to_owned);
+        self
     }
 
     async fn get<T: serde::de::DeserializeOwned>(
@@ -85,12 +103,11 @@ impl HttpMarket {
             url: url.clone(),
             message,
         };
-        let resp = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        let mut request = self.client.get(&url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let resp = request.send().await.map_err(|e| err(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(err(format!("HTTP {}", resp.status())));
         }

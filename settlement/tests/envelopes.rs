@@ -790,7 +790,7 @@ async fn signed_results_over_http_and_the_envelope_endpoints() {
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.json::<Value>().await.unwrap()["code"], "bad_request");
 
-    // Flows and alerts are public.
+    // Flows are public aggregates; alerts name homes (auditor, operator, the household).
     let flows: Vec<gridmesh_protocol::envelope::MeasuredFlows> = http
         .get(format!("{base}/flows?since=2026-06-21T12:00:00Z&limit=10"))
         .send()
@@ -807,6 +807,7 @@ async fn signed_results_over_http_and_the_envelope_endpoints() {
     );
     let alerts: Vec<Value> = http
         .get(format!("{base}/compliance/alerts"))
+        .bearer_auth("op-secret")
         .send()
         .await
         .unwrap()
@@ -818,6 +819,7 @@ async fn signed_results_over_http_and_the_envelope_endpoints() {
     // The statement carries the penalty line: 400 Wh × −150/MWh = −60.
     let st: Vec<Value> = http
         .get(format!("{base}/statements?participant=alice"))
+        .bearer_auth("op-secret")
         .send()
         .await
         .unwrap()

@@ -228,7 +228,12 @@ async fn bad_queries_and_paths_answer_json_errors() {
         (format!("{base}/ledger/blocks?limit=many"), "invalid_query"),
         (format!("{base}/quarantine?limit=1.5"), "invalid_query"),
     ] {
-        let response = http.get(&url).send().await.unwrap();
+        let response = http
+            .get(&url)
+            .bearer_auth("op-secret")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 400, "{url}");
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["code"], code, "{url}: {body}");

@@ -84,6 +84,7 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
     // Operator endpoints need the bearer token; a forged reading can never be accepted.
     let q: Vec<Value> = http
         .get(format!("{base}/quarantine"))
+        .bearer_auth("op-secret")
         .send()
         .await
         .unwrap()
@@ -150,6 +151,7 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
     .expect("settled and block events");
     let balances: Value = http
         .get(format!("{base}/balances/bob"))
+        .bearer_auth("op-secret")
         .send()
         .await
         .unwrap()
@@ -161,6 +163,7 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
         .get(format!(
             "{base}/statements?participant=alice&interval=2026-06-21T12:00:00Z"
         ))
+        .bearer_auth("op-secret")
         .send()
         .await
         .unwrap()
@@ -227,6 +230,7 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
         let digest = digest.as_str().unwrap();
         let stored: Value = http
             .get(format!("{base}/readings/{digest}"))
+            .bearer_auth("op-secret")
             .send()
             .await
             .unwrap()
@@ -241,6 +245,7 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
     }
     let missing = http
         .get(format!("{base}/readings/{}", "0".repeat(64)))
+        .bearer_auth("op-secret")
         .send()
         .await
         .unwrap();
@@ -310,6 +315,7 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
     assert!(arrived, "MQTT readings reached settlement");
     let q: Vec<Value> = http
         .get(format!("{base}/quarantine"))
+        .bearer_auth("op-secret")
         .send()
         .await
         .unwrap()

@@ -230,6 +230,25 @@ impl Service {
         Ok(())
     }
 
+    /// The participant's key as the market registered it (`None` = not registered).
+    pub fn participant_key(&self, participant: &ParticipantId) -> Option<PublicKey> {
+        self.participants
+            .read()
+            .expect("participants lock")
+            .get(participant)
+            .copied()
+    }
+
+    /// The household a gateway meters, as the market enrolled it (`None` = not enrolled).
+    pub fn gateway_owner(&self, gateway: &str) -> Option<ParticipantId> {
+        let gateway = GatewayId::new(gateway).ok()?;
+        self.registry
+            .read()
+            .expect("registry lock")
+            .get(&gateway)
+            .map(|g| g.participant.clone())
+    }
+
     /// Stores (or updates) gateway registrations.
     pub async fn set_gateways(&self, gateways: &[GatewayEnrollment]) -> Result<(), ServiceError> {
         store::registry::upsert_gateways(&self.db.pool, gateways).await?;

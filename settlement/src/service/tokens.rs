@@ -42,6 +42,12 @@ impl Service {
                 "a transfer needs a recipient other than the holder".into(),
             ));
         }
+        if self.participant_key(&t.to).is_none() {
+            return Err(ServiceError::BadRequest(format!(
+                "the recipient {} is not a participant registered with the market; tokens can be transferred only to registered participants (check the id, or enrol the recipient first)",
+                t.to
+            )));
+        }
         let lot = hex::encode(t.lot);
         let body = EntryBody::Transfer(TransferEntry {
             envelope: envelope.clone(),
