@@ -19,10 +19,14 @@ pub struct Violation(pub String);
 /// A sealed block as `GET /ledger/blocks` lists it.
 pub type Block = BlockSummary;
 
-/// GETs `url` and decodes JSON, or says why not.
+/// GETs `url` and decodes JSON, or says why not. Sends the operator's token of the test
+/// deployments ([`crate::neighbourhood::DEMO_OPERATOR_TOKEN`]) as `Bearer`: statements and
+/// quarantine items are household data, readable only by the household, auditors and the
+/// operator (issue 13).
 pub async fn get_json<T: DeserializeOwned>(url: &str) -> Result<T, Violation> {
     let response = reqwest::Client::new()
         .get(url)
+        .bearer_auth(crate::neighbourhood::DEMO_OPERATOR_TOKEN)
         .timeout(Duration::from_secs(20))
         .send()
         .await

@@ -25,7 +25,8 @@ use std::path::Path;
 use std::time::Duration;
 
 const SPEED: f64 = 200.0;
-const TOKEN: &str = "scale-out-operator";
+/// The zones' operator token: the one `invariants::get_json` reads household data with.
+const TOKEN: &str = gridmesh_e2e::neighbourhood::DEMO_OPERATOR_TOKEN;
 
 /// One zone: its market and settlement processes.
 struct Zone {
