@@ -544,8 +544,8 @@ async fn get_alerts(
 }
 
 #[utoipa::path(get, path = "/flows", tag = "envelopes",
-    summary = "Measured flows per branch of each result's network, root last (public)",
-    description = "Public aggregates from verified readings, for intervals that have ended, oldest first.",
+    summary = "Measured flows per branch of each result's network, root last (public aggregates)",
+    description = "Aggregates from verified readings, for intervals that have ended, oldest first. Without the auditor's or operator's token only branches where at least 5 homes reported are listed (so no aggregate shows a single home).",
     params(PageQuery),
     responses(
         (status = 200, description = "measured flows per interval", body = Vec<MeasuredFlows>),
@@ -554,10 +554,22 @@ async fn get_alerts(
     ))]
 async fn get_flows(
     State(s): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<ApiJson<Vec<MeasuredFlows>>> {
-    Ok(ApiJson(s.service.flows(q.since()?, q.limit()).await?))
+    let mut flows = s.service.flows(q.since()?, q.limit()).await?;
+    if !caller.reads_all() {
+        for interval in &mut flows {
+            interval
+                .branches
+                .retain(|b| b.homes_reporting >= MIN_PUBLIC_HOMES);
+        }
+    }
+    Ok(ApiJson(flows))
 }
+
+/// The fewest homes that must report in a branch before its flow is shown publicly.
+pub const MIN_PUBLIC_HOMES: u32 = 5;
 
 #[utoipa::path(get, path = "/events", tag = "events",
     summary = "Server-sent events: settled, block (public); quarantined, envelope_alert (auditor, operator)",

@@ -16,6 +16,8 @@
 //! - [`ingest`]: MQTT ingest (QoS 1, persistent session, ack after storing) and the settler loop;
 //! - [`sources`]: gateway keys, participant keys and results (signed, when a market key is
 //!   configured) from the market (a trait);
+//! - [`access`]: who is calling (operator, auditor, a participant's signed request, public)
+//!   and what each may read or change;
 //! - [`api`]: REST + SSE + `/metrics` + `/openapi.json`;
 //! - [`audit`]: `settlement verify`, a full re-check from storage;
 //! - [`metrics`]: Prometheus text counters.

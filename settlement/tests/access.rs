@@ -194,6 +194,19 @@ async fn household_data_is_private_by_default() {
     ] {
         assert_eq!(s.get(&path, None).await.0, 200, "GET {path} is public");
     }
+    // Public flows show only branches where at least 5 homes reported (2 did here); the
+    // auditor sees every branch.
+    let (_, public) = s.get("/flows", None).await;
+    let (_, audited) = s.as_bearer(AUDITOR, "/flows").await;
+    let branches = |v: &Value| -> Vec<Value> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|i| i["branches"].as_array().unwrap().clone())
+            .collect()
+    };
+    assert!(branches(&public).is_empty(), "{public}");
+    assert!(!branches(&audited).is_empty(), "{audited}");
     // A bearer token that is neither the operator's nor the auditor's is refused.
     let (status, body) = s.as_bearer("guess", "/statements").await;
     assert_eq!(status, 401, "{body}");

@@ -790,9 +790,11 @@ async fn signed_results_over_http_and_the_envelope_endpoints() {
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.json::<Value>().await.unwrap()["code"], "bad_request");
 
-    // Flows are public aggregates; alerts name homes (auditor, operator, the household).
+    // Flows are public aggregates of at least 5 homes (3 here: the operator sees them); alerts
+    // name homes (auditor, operator, the household).
     let flows: Vec<gridmesh_protocol::envelope::MeasuredFlows> = http
         .get(format!("{base}/flows?since=2026-06-21T12:00:00Z&limit=10"))
+        .bearer_auth("op-secret")
         .send()
         .await
         .unwrap()
