@@ -78,28 +78,9 @@ impl EnvelopeBasis {
     }
 }
 
-/// One connection point's limits for one interval: the unsigned view carried inside the
-/// [`IntervalResult`] (`envelopes`), as the dashboard and settlement read it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct EnvelopeAllocation {
-    /// The gateway (connection point).
-    pub gateway: GatewayId,
-    /// The household behind it.
-    pub participant: ParticipantId,
-    /// Its grid node.
-    pub node: NodeId,
-    /// Most energy it may export in the interval.
-    pub export_limit_wh: Wh,
-    /// Most energy it may import in the interval.
-    pub import_limit_wh: Wh,
-    /// The part of `export_limit_wh` reserved for its cleared net sale.
-    #[serde(default)]
-    pub cleared_export_wh: Wh,
-    /// The part of `import_limit_wh` reserved for its cleared net purchase.
-    #[serde(default)]
-    pub cleared_import_wh: Wh,
-}
+/// One connection point's limits for one interval, as carried inside the [`IntervalResult`]
+/// (defined with it in `market`, so that `market` needs nothing from this module).
+pub use crate::market::EnvelopeAllocation;
 
 /// A signed operating envelope for one gateway and interval (`gridmesh/envelope/v1`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

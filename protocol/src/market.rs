@@ -1,7 +1,7 @@
 //! What the market publishes for each cleared interval, as settlement and the dashboard read it.
 
 use crate::grid::Network;
-use crate::ids::{NodeId, ParticipantId};
+use crate::ids::{GatewayId, NodeId, ParticipantId};
 use crate::interval::Interval;
 use crate::order::Side;
 use crate::units::{Money, PricePerMwh, Wh};
@@ -108,5 +108,29 @@ pub struct IntervalResult {
     pub network: Network,
     /// Every enrolled connection point's operating envelope for the interval.
     #[serde(default)]
-    pub envelopes: Vec<crate::envelope::EnvelopeAllocation>,
+    pub envelopes: Vec<EnvelopeAllocation>,
+}
+
+/// One connection point's limits for one interval: the unsigned view carried inside the
+/// [`IntervalResult`] (`envelopes`), as the dashboard and settlement read it. The signed
+/// per-gateway form is `envelope::OperatingEnvelope`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnvelopeAllocation {
+    /// The gateway (connection point).
+    pub gateway: GatewayId,
+    /// The household behind it.
+    pub participant: ParticipantId,
+    /// Its grid node.
+    pub node: NodeId,
+    /// Most energy it may export in the interval.
+    pub export_limit_wh: Wh,
+    /// Most energy it may import in the interval.
+    pub import_limit_wh: Wh,
+    /// The part of `export_limit_wh` reserved for its cleared net sale.
+    #[serde(default)]
+    pub cleared_export_wh: Wh,
+    /// The part of `import_limit_wh` reserved for its cleared net purchase.
+    #[serde(default)]
+    pub cleared_import_wh: Wh,
 }
