@@ -82,6 +82,28 @@ fn every_route_is_in_the_document() {
         doc["components"]["securitySchemes"]["operator"]["scheme"],
         "bearer"
     );
+    // Issue 13: the access model's credentials, named on every per-household read.
+    assert_eq!(
+        doc["components"]["securitySchemes"]["auditor"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["participant"]["name"],
+        "Authorization"
+    );
+    for path in [
+        "/statements",
+        "/balances/{participant}",
+        "/readings/{digest}",
+        "/quarantine",
+        "/compliance",
+        "/compliance/alerts",
+    ] {
+        let security = doc["paths"][path]["get"]["security"].to_string();
+        for scheme in ["participant", "auditor", "operator"] {
+            assert!(security.contains(scheme), "GET {path}: {security}");
+        }
+    }
 }
 
 #[test]
