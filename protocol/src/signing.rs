@@ -18,7 +18,6 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use std::str::FromStr;
 
-
 /// A message with a canonical signed layout.
 pub trait Signable: Sized {
     /// The domain-separation tag the bytes start with, including the version.
