@@ -11,7 +11,10 @@
 //! - [`sse_from_broadcast`]: a tokio broadcast receiver as server-sent events, with keep-alive;
 //!   receivers that lag skip what they missed with a warning;
 //! - [`layers`]: tower-http tracing, a request timeout, a request body limit and a concurrency
-//!   limit on any router, sized by [`HttpLimits`].
+//!   limit on any router, sized by [`HttpLimits`];
+//! - [`serve`]: a router on a listener with a header read timeout (slowloris), an idle timeout,
+//!   a connection limit, optional TLS from PEM files and graceful shutdown, set by
+//!   [`ServeOptions`].
 //!
 //! ```no_run
 //! use axum::{Router, routing::post};
@@ -49,6 +52,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+
+mod serve;
+pub use serve::{ServeError, ServeOptions, TlsFiles, serve};
 
 /// The body of every error answer: `{"code": "snake_case", "message": "human sentence"}`.
 ///
