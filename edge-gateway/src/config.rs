@@ -77,6 +77,8 @@ pub struct GatewayConfig {
     pub market_public_key: Option<PublicKey>,
     /// The MQTT broker (readings uplink and MQTT devices).
     pub mqtt: MqttConfig,
+    /// TLS trust for `mqtts://` and `https://` (see [`crate::tls`]).
+    pub tls: TlsConfig,
     /// How often to poll devices, in real milliseconds.
     pub poll_ms: u64,
     /// Timeout of every single Modbus call, in real milliseconds.
@@ -115,6 +117,7 @@ impl Default for GatewayConfig {
             enroll_token: None,
             market_public_key: None,
             mqtt: MqttConfig::default(),
+            tls: TlsConfig::default(),
             poll_ms: 1000,
             modbus_timeout_ms: 1000,
             stale_after_s: 60,
@@ -133,12 +136,32 @@ impl Default for GatewayConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
-    /// `mqtt://host:port` (absent: readings go over HTTP only).
+    /// `mqtt://host:1883` or, with TLS, `mqtts://host:8883` (absent: readings go over HTTP
+    /// only).
     pub url: Option<String>,
-    /// CA certificate for `mqtts://` (not supported by this build).
+    /// CA certificates (PEM) trusted for the broker only; default `[tls] ca_file`, else the
+    /// built-in public roots.
     pub ca_file: Option<PathBuf>,
     /// Client id (default `gridmesh-gw-<gateway id>`).
     pub client_id: Option<String>,
+    /// This gateway's client certificate (PEM, `mqtts://` only), its broker identity.
+    pub client_cert_file: Option<PathBuf>,
+    /// The private key of `client_cert_file` (PEM: PKCS#8, PKCS#1 or SEC1; mode 0600).
+    pub client_key_file: Option<PathBuf>,
+    /// Broker username, sent with the password of `password_file` (default: the gateway id).
+    pub username: Option<String>,
+    /// A file whose first line is this gateway's broker password (mode 0600); absent: no
+    /// username and password are sent.
+    pub password_file: Option<PathBuf>,
+}
+
+/// TLS settings shared by `mqtts://` and `https://` (`[tls]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificates (PEM, one or more) that sign the broker's, settlement's and the market's
+    /// certificates. Absent: the public roots compiled in (Mozilla's list, webpki-roots).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Accelerated time (`[clock]`): the runtime's shared settings, so every service reads the same
@@ -433,21 +456,40 @@ impl GatewayConfig {
                 "set poll_ms = 1000 and modbus_timeout_ms = 1000",
             ));
         }
-        if let Some(url) = &self.mqtt.url {
-            if url.starts_with("mqtts://") {
+        if let Some(url) = &self.mqtt.url
+            && !(url.starts_with("mqtt://")
+                || url.starts_with("tcp://")
+                || crate::tls::is_mqtts(url))
+        {
+            return Err(invalid(
+                "mqtt.url",
+                format!("`{url}` is not an MQTT URL"),
+                "write it as mqtt://host:1883, or mqtts://host:8883 for TLS",
+            ));
+        }
+        match (&self.mqtt.client_cert_file, &self.mqtt.client_key_file) {
+            (Some(_), None) | (None, Some(_)) => {
                 return Err(invalid(
-                    "mqtt.url",
-                    "mqtts (TLS) is not supported in this build",
-                    "use mqtt:// to a broker on the local network, or terminate TLS in a local bridge broker",
+                    "mqtt.client_cert_file / mqtt.client_key_file",
+                    "a client certificate needs its key and a key needs its certificate",
+                    "set both, or neither",
                 ));
             }
-            if !(url.starts_with("mqtt://") || url.starts_with("tcp://")) {
+            (Some(_), Some(_)) if !self.mqtt.url.as_deref().is_some_and(crate::tls::is_mqtts) => {
                 return Err(invalid(
-                    "mqtt.url",
-                    format!("`{url}` is not an MQTT URL"),
-                    "write it as mqtt://host:1883",
+                    "mqtt.client_cert_file",
+                    "a client certificate is only sent over TLS, but mqtt.url is not mqtts://",
+                    "use mqtts://host:8883, or remove client_cert_file and client_key_file",
                 ));
             }
+            _ => {}
+        }
+        if self.mqtt.username.is_some() && self.mqtt.password_file.is_none() {
+            return Err(invalid(
+                "mqtt.username",
+                "a broker username is only sent with a password",
+                "set mqtt.password_file to a file holding the gateway's broker password",
+            ));
         }
         for (name, url) in [
             ("market_url", &self.market_url),
@@ -459,7 +501,7 @@ impl GatewayConfig {
                 return Err(invalid(
                     name,
                     format!("`{url}` is not an HTTP URL"),
-                    "write it as http://host:port",
+                    "write it as http://host:port, or https://host:port for TLS",
                 ));
             }
         }
@@ -614,9 +656,22 @@ topic = "meter1"
             &["line 3", "inverter"],
         );
         check_err(
-            "[mqtt]\nurl = \"mqtts://x:8883\"\n",
-            &["mqtts", "not supported in this build"],
+            "[mqtt]\nurl = \"ws://x:8883\"\n",
+            &["mqtt.url", "mqtts://host:8883"],
         );
+        check_err(
+            "[mqtt]\nurl = \"mqtts://x:8883\"\nclient_cert_file = \"gw.crt\"\n",
+            &["client_key_file", "set both"],
+        );
+        check_err(
+            "[mqtt]\nurl = \"mqtt://x:1883\"\nclient_cert_file = \"gw.crt\"\nclient_key_file = \"gw.pem\"\n",
+            &["only sent over TLS", "mqtts://"],
+        );
+        check_err(
+            "[mqtt]\nurl = \"mqtt://x:1883\"\nusername = \"gw\"\n",
+            &["mqtt.username", "password_file"],
+        );
+        check_err("[tls]\ncafile = \"x\"\n", &["line 2", "cafile"]);
         check_err(
             "[[devices]]\nname = \"a\"\nrole = \"inverter\"\ntransport = \"mqtt\"\nformat = \"tasmota\"\ntopic = \"t\"\n",
             &["mqtt.url", "no broker"],
@@ -630,6 +685,19 @@ topic = "meter1"
             &["control.revert_secs", "at least 2"],
         );
         check_err("[control]\nrevert = 1\n", &["line 2", "revert"]);
+    }
+
+    #[test]
+    fn tls_settings_parse() {
+        let c = GatewayConfig::from_toml(
+            "market_url = \"https://market.example:8443\"\n[tls]\nca_file = \"/etc/gridmesh/ca.pem\"\n[mqtt]\nurl = \"mqtts://broker.example:8883\"\nclient_cert_file = \"gw.crt\"\nclient_key_file = \"gw.pem\"\npassword_file = \"broker.password\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls.ca_file.unwrap(),
+            PathBuf::from("/etc/gridmesh/ca.pem")
+        );
+        assert_eq!(c.mqtt.client_key_file.unwrap(), PathBuf::from("gw.pem"));
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub enum EnrollError {
         /// The market's message.
         body: String,
     },
+    /// The HTTPS settings cannot be used (CA file).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Client(#[from] crate::gateway::GatewayError),
     /// The market did not serve its key.
     #[error(
         "the market at {url} did not serve its public key ({detail}); ask the operator for it and set market_public_key in the config"
@@ -97,16 +103,18 @@ pub async fn enroll(
     let market = config.market_url.as_deref().ok_or(EnrollError::NoMarket)?;
     let base = market.trim_end_matches('/');
     let (participant, gateway) = records(config, key);
-    let http = reqwest::Client::new();
+    let http = crate::gateway::configured_http_client(config)?;
+    let trust = crate::tls::Trust::http(config);
     Ok([
-        register(&http, base, "participants", token, &participant).await?,
-        register(&http, base, "gateways", token, &gateway).await?,
+        register(&http, &trust, base, "participants", token, &participant).await?,
+        register(&http, &trust, base, "gateways", token, &gateway).await?,
     ])
 }
 
 /// `POST {base}/{what}` with `record` and the token: created (2xx) or already known (409).
 async fn register(
     http: &reqwest::Client,
+    trust: &crate::tls::Trust,
     base: &str,
     what: &'static str,
     token: &str,
@@ -122,7 +130,7 @@ async fn register(
         .await
         .map_err(|e| EnrollError::Unreachable {
             url: url.clone(),
-            detail: e.to_string(),
+            detail: crate::tls::explain(&crate::tls::error_chain(&e), trust),
         })?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
@@ -151,14 +159,15 @@ async fn register(
 pub async fn market_key(config: &GatewayConfig) -> Result<MarketKey, EnrollError> {
     let market = config.market_url.as_deref().ok_or(EnrollError::NoMarket)?;
     let url = format!("{}/market-key", market.trim_end_matches('/'));
-    let response = reqwest::Client::new()
+    let trust = crate::tls::Trust::http(config);
+    let response = crate::gateway::configured_http_client(config)?
         .get(&url)
         .timeout(Duration::from_secs(15))
         .send()
         .await
         .map_err(|e| EnrollError::Unreachable {
             url: url.clone(),
-            detail: e.to_string(),
+            detail: crate::tls::explain(&crate::tls::error_chain(&e), &trust),
         })?;
     let status = response.status();
     if !status.is_success() {

@@ -42,6 +42,9 @@ pub enum GatewayError {
     /// The MQTT settings are invalid.
     #[error("{0}")]
     Mqtt(String),
+    /// A TLS file (CA, client certificate or key, broker password) cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The HTTP client for settlement and the market could not be built.
     #[error(
         "cannot set up the HTTP client for settlement and the market: {0}. This is a build or system problem (TLS or resolver setup), not a config mistake"
@@ -146,6 +149,8 @@ pub async fn run_with_key(
     let mqtt = match &config.mqtt.url {
         Some(url) => {
             let mut settings = MqttSettings::new(url.clone(), config.mqtt_client_id());
+            settings.transport = crate::tls::mqtt_transport(&config)?;
+            settings.credentials = crate::tls::mqtt_credentials(&config)?;
             settings.ack_timeout = Duration::from_secs(5);
             settings.max_backoff = Duration::from_secs(10);
             settings.subscriptions = devices
@@ -198,7 +203,7 @@ pub async fn run_with_key(
     });
 
     let wake = Arc::new(Notify::new());
-    let http = http_client(reqwest::Client::builder())?;
+    let http = configured_http_client(&config)?;
     let uplink = Uplink {
         outbox: outbox.clone(),
         mqtt: mqtt.clone(),
@@ -297,9 +302,26 @@ pub async fn run_with_key(
         let status = status.clone();
         let handle: MqttHandle = handle.clone();
         let token = shutdown.token();
+        let trust = crate::tls::Trust::mqtt(&config);
         shutdown.spawn(async move {
+            let mut reported = None;
             loop {
-                status.update(|s| s.mqtt_connected = handle.is_connected());
+                let connected = handle.is_connected();
+                let error = (!connected)
+                    .then(|| handle.last_error())
+                    .flatten()
+                    .map(|e| crate::tls::explain(&e, &trust));
+                if error.is_some() && error != reported {
+                    tracing::error!(
+                        error = error.as_deref().unwrap_or(""),
+                        "cannot connect to the MQTT broker"
+                    );
+                }
+                reported.clone_from(&error);
+                status.update(|s| {
+                    s.mqtt_connected = connected;
+                    s.mqtt_error = error;
+                });
                 tokio::select! {
                     _ = token.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -325,6 +347,12 @@ pub fn http_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, G
         .connect_timeout(HTTP_CONNECT_TIMEOUT)
         .build()
         .map_err(GatewayError::Http)
+}
+
+/// [`http_client`] with the TLS trust of `[tls] ca_file` (or the built-in roots): the client
+/// for `https://` settlement and market URLs (plain `http://` works with it too).
+pub fn configured_http_client(config: &GatewayConfig) -> Result<reqwest::Client, GatewayError> {
+    http_client(reqwest::Client::builder().use_preconfigured_tls(crate::tls::http_config(config)?))
 }
 
 /// Simulated milliseconds in `real_ms` real milliseconds.

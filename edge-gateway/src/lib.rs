@@ -18,6 +18,7 @@
 //!   it, battery first, then PV curtailment through SunSpec model 123;
 //! - [`status`] and [`health`]: `/healthz` and Prometheus `/metrics`;
 //! - [`detect`]: the `detect HOST` scan; [`enroll`]: registration with the market;
+//! - [`tls`]: `mqtts://` and `https://` with rustls (configurable CA, client certificate);
 //! - [`gateway`]: wiring it all up ([`run`]).
 //!
 //! Architecture invariant: the gateway knows nothing of clearing or settlement rules, and pulls
@@ -59,6 +60,7 @@ pub mod reader;
 pub mod sample;
 pub mod status;
 pub mod sunspec;
+pub mod tls;
 pub mod uplink;
 
 pub use config::GatewayConfig;

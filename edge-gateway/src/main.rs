@@ -195,6 +195,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     config.control.default_export_w, config.control.default_import_w
                 ),
             }
+            match edge_gateway::tls::describe(&config) {
+                Ok(lines) => {
+                    for line in lines {
+                        println!("{line}");
+                    }
+                }
+                Err(e) => bail!("tls: {e}"),
+            }
             if *offline {
                 return Ok(());
             }

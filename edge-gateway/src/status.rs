@@ -54,6 +54,9 @@ pub struct Snapshot {
     pub last_sequence: Option<u64>,
     /// Whether the MQTT session is connected.
     pub mqtt_connected: bool,
+    /// Why the last connection to the broker failed, while not connected (for example a broker
+    /// certificate the configured CA does not sign).
+    pub mqtt_error: Option<String>,
     /// Clock steps detected.
     pub clock_steps: u64,
     /// Whether `market_public_key` is configured (without it only the default envelope applies).

@@ -166,24 +166,34 @@ async fn each_mistake_gives_one_clear_message() {
     let mut mqtts = config.clone();
     mqtts.mqtt.url = Some("mqtts://broker:8883".into());
     write_config(&path, &mqtts);
-    let (_, text) = cli(&["check-config", "--offline"], Some(&path)).await;
+    let (code, text) = cli(&["check-config", "--offline"], Some(&path)).await;
+    assert_eq!(code, 0, "{text}");
     assert!(
-        text.contains("mqtts (TLS) is not supported in this build"),
+        text.contains("broker: mqtts://broker:8883 over TLS, trusting the built-in public"),
         "{text}"
     );
+    mqtts.tls.ca_file = Some(dir.path().join("missing-ca.pem"));
+    write_config(&path, &mqtts);
+    let (code, text) = cli(&["check-config", "--offline"], Some(&path)).await;
+    assert_eq!(code, 1);
+    assert!(
+        text.contains("cannot read the CA file") && text.contains("missing-ca.pem"),
+        "{text}"
+    );
+    assert_eq!(error_lines(&text), 1, "{text}");
 
     // An environment override is validated like the file.
     write_config(&path, &config);
     let out = Command::new(BIN)
         .args(["check-config", "--offline", "--config"])
         .arg(&path)
-        .env("GRIDMESH_GATEWAY_MQTT__URL", "mqtts://broker:8883")
+        .env("GRIDMESH_GATEWAY_MQTT__URL", "ws://broker:8883")
         .output()
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && text.contains("mqtt.url") && text.contains("mqtts"),
+        !out.status.success() && text.contains("mqtt.url") && text.contains("ws://broker:8883"),
         "{text}"
     );
 

@@ -27,9 +27,10 @@ pub use rumqttc::QoS as Qos;
 /// Why an MQTT operation did not complete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MqttError {
-    /// The broker URL is not `mqtt://host[:port]`.
+    /// The broker URL is not `mqtt://host[:port]` (or `mqtts://host[:port]` with a TLS
+    /// transport).
     #[error(
-        "broker URL `{0}` is not valid; expected mqtt://host:port (for example mqtt://127.0.0.1:1883)"
+        "broker URL `{0}` is not valid; expected mqtt://host:port (for example mqtt://127.0.0.1:1883) or mqtts://host:port with a TLS configuration"
     )]
     BadUrl(String),
     /// There is no connection to the broker right now.
@@ -51,10 +52,16 @@ pub enum MqttError {
 }
 
 /// How to connect.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MqttSettings {
-    /// `mqtt://host:port`.
+    /// `mqtt://host:port` (default port 1883) or, with a TLS [`transport`](Self::transport),
+    /// `mqtts://host:port` (default port 8883).
     pub url: String,
+    /// How to reach the broker: `None` is plain TCP; a `rumqttc::Transport::Tls` (the caller
+    /// enables rumqttc's rustls feature) is required for `mqtts://`.
+    pub transport: Option<rumqttc::Transport>,
+    /// Username and password presented in CONNECT (the broker's password file).
+    pub credentials: Option<(String, String)>,
     /// The client id; with `clean_session = false` the broker keeps the session (and queues
     /// QoS 1 messages for it) under this id while the client is away.
     pub client_id: String,
@@ -74,11 +81,42 @@ pub struct MqttSettings {
     pub max_backoff: Duration,
 }
 
+impl std::fmt::Debug for MqttSettings {
+    /// The password is never printed; the transport shows only whether it is TLS.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSettings")
+            .field("url", &self.url)
+            .field(
+                "transport",
+                &match self.transport {
+                    None => "tcp",
+                    Some(rumqttc::Transport::Tcp) => "tcp",
+                    Some(_) => "other (tls)",
+                },
+            )
+            .field(
+                "username",
+                &self.credentials.as_ref().map(|(username, _)| username),
+            )
+            .field("client_id", &self.client_id)
+            .field("clean_session", &self.clean_session)
+            .field("subscriptions", &self.subscriptions)
+            .field("max_packet_bytes", &self.max_packet_bytes)
+            .field("keep_alive", &self.keep_alive)
+            .field("ack_timeout", &self.ack_timeout)
+            .field("min_backoff", &self.min_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .finish()
+    }
+}
+
 impl MqttSettings {
     /// Defaults for a client id and URL: clean session, no subscriptions, 1 MiB packets.
     pub fn new(url: impl Into<String>, client_id: impl Into<String>) -> Self {
         MqttSettings {
             url: url.into(),
+            transport: None,
+            credentials: None,
             client_id: client_id.into(),
             clean_session: true,
             subscriptions: Vec::new(),
@@ -93,11 +131,13 @@ impl MqttSettings {
     fn host_port(&self) -> Result<(String, u16), MqttError> {
         let bad = || MqttError::BadUrl(self.url.clone());
         let url = url::Url::parse(&self.url).map_err(|_| bad())?;
-        if url.scheme() != "mqtt" && url.scheme() != "tcp" {
-            return Err(bad());
-        }
+        let default_port = match url.scheme() {
+            "mqtt" | "tcp" => 1883,
+            "mqtts" | "ssl" if self.transport.is_some() => 8883,
+            _ => return Err(bad()),
+        };
         let host = url.host_str().ok_or_else(bad)?.to_owned();
-        Ok((host, url.port().unwrap_or(1883)))
+        Ok((host, url.port().unwrap_or(default_port)))
     }
 }
 
@@ -133,6 +173,7 @@ enum Command {
 pub struct MqttHandle {
     commands: mpsc::Sender<Command>,
     connected: watch::Receiver<bool>,
+    last_error: watch::Receiver<Option<String>>,
     url: Arc<str>,
     ack_timeout: Duration,
 }
@@ -183,6 +224,12 @@ impl MqttHandle {
         *self.connected.borrow()
     }
 
+    /// Why the last connection attempt failed or the last connection dropped (for example a
+    /// TLS certificate the configured CA does not sign), until the next successful connection.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.borrow().clone()
+    }
+
     /// Waits until connected (or until `timeout`); returns whether it is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let mut rx = self.connected.clone();
@@ -209,9 +256,11 @@ impl MqttSession {
         let (commands_tx, commands_rx) = mpsc::channel(256);
         let (incoming_tx, incoming_rx) = mpsc::channel(1024);
         let (connected_tx, connected_rx) = watch::channel(false);
+        let (last_error_tx, last_error_rx) = watch::channel(None);
         let handle = MqttHandle {
             commands: commands_tx,
             connected: connected_rx,
+            last_error: last_error_rx,
             url: settings.url.clone().into(),
             ack_timeout: settings.ack_timeout,
         };
@@ -222,6 +271,7 @@ impl MqttSession {
             commands: Arc::new(Mutex::new(commands_rx)),
             incoming: incoming_tx,
             connected: connected_tx,
+            last_error: last_error_tx,
             cancel,
         };
         shutdown.spawn(runner.run());
@@ -236,6 +286,7 @@ struct Runner {
     commands: Arc<Mutex<mpsc::Receiver<Command>>>,
     incoming: mpsc::Sender<IncomingMessage>,
     connected: watch::Sender<bool>,
+    last_error: watch::Sender<Option<String>>,
     cancel: CancellationToken,
 }
 
@@ -268,6 +319,12 @@ impl Runner {
                 self.settings.max_packet_bytes,
             )
             .set_manual_acks(true);
+        if let Some(transport) = &self.settings.transport {
+            options.set_transport(transport.clone());
+        }
+        if let Some((username, password)) = &self.settings.credentials {
+            options.set_credentials(username, password);
+        }
         options
     }
 
@@ -287,6 +344,7 @@ impl Runner {
             }
             tracing::warn!(
                 broker = %self.settings.url,
+                error = self.last_error.borrow().as_deref().unwrap_or("-"),
                 retry_in = ?backoff,
                 "MQTT broker unreachable or connection lost; retrying"
             );
@@ -340,6 +398,7 @@ impl Runner {
                                 }
                             }
                             let _ = self.connected.send(true);
+                            let _ = self.last_error.send(None);
                             tracing::info!(broker = %self.settings.url, "connected to MQTT broker");
                         }
                         Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -371,6 +430,7 @@ impl Runner {
                         Ok(_) => {}
                         Err(error) => {
                             tracing::debug!(%error, "MQTT connection error");
+                            let _ = self.last_error.send(Some(error.to_string()));
                             waiters.fail_all();
                             return connected_once;
                         }

@@ -245,8 +245,17 @@ pub fn subscribe_readings(
     gateway: &str,
     cancel: CancellationToken,
 ) -> mpsc::UnboundedReceiver<(SignedEnvelope, Reading)> {
+    subscribe_readings_at(BROKER, gateway, cancel)
+}
+
+/// [`subscribe_readings`] on another broker (`mqtt://host:port`).
+pub fn subscribe_readings_at(
+    broker: &str,
+    gateway: &str,
+    cancel: CancellationToken,
+) -> mpsc::UnboundedReceiver<(SignedEnvelope, Reading)> {
     let topic = format!("gridmesh/readings/{gateway}");
-    let mut settings = MqttSettings::new(BROKER, format!("sub-{gateway}"));
+    let mut settings = MqttSettings::new(broker, format!("sub-{gateway}"));
     settings.subscriptions = vec![topic];
     let session = gridmesh_runtime::shutdown::Shutdown::child_of(&cancel);
     let (handle, mut incoming) = MqttSession::start(settings, &session).unwrap();
