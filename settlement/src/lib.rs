@@ -189,6 +189,12 @@ pub async fn serve(
             .market_token
             .as_deref()
             .or(config.auditor_token.as_deref());
+        if token.is_none_or(str::is_empty) {
+            tracing::warn!(
+                market = u,
+                "no market_token (or auditor_token) configured: settlement reads the market's registrations without a credential, which a market that keeps them private refuses"
+            );
+        }
         Arc::new(HttpMarket::new(u).with_token(token)) as Arc<dyn MarketSource>
     });
     serve_with_source(config, clock, shutdown, source).await

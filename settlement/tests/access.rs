@@ -505,3 +505,95 @@ async fn bearer_tokens_are_checked_in_constant_time() {
     assert_eq!(s.as_bearer(OPERATOR, "/statements").await.0, 200);
     s.shutdown.stop().await;
 }
+
+/// A market that keeps registrations private (issue 13) answers `/gateways` and
+/// `/participants` only to its auditor's bearer token; settlement sends its `market_token`
+/// (defaulting to its own `auditor_token`), so it still learns the gateways' keys and accepts
+/// their readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_reads_private_registrations_with_its_market_token() {
+    use axum::http::{HeaderMap, StatusCode as Status};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    fn authorised(headers: &HeaderMap) -> bool {
+        headers
+            .get("authorization")
+            .is_some_and(|v| v.as_bytes() == b"Bearer market-audit")
+    }
+    let app = axum::Router::new()
+        .route(
+            "/gateways",
+            get(|headers: HeaderMap| async move {
+                if !authorised(&headers) {
+                    return Status::UNAUTHORIZED.into_response();
+                }
+                axum::Json(enrollments()).into_response()
+            }),
+        )
+        .route(
+            "/participants",
+            get(|headers: HeaderMap| async move {
+                if !authorised(&headers) {
+                    return Status::UNAUTHORIZED.into_response();
+                }
+                axum::Json(participants()).into_response()
+            }),
+        )
+        .route(
+            "/results",
+            get(|| async { axum::Json(Vec::<gridmesh_protocol::market::IntervalResult>::new()) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let market = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    for (market_token, auditor_token, accepted) in [
+        (None, None, false),
+        (Some("market-audit"), Some(AUDITOR), true),
+        (None, Some("market-audit"), true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let shutdown = Shutdown::new();
+        let running = settlement::serve(
+            SettlementConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
+                market_url: Some(format!("http://{market}")),
+                market_token: market_token.map(str::to_owned),
+                auditor_token: auditor_token.map(str::to_owned),
+                poll_secs: 0.05,
+                ..SettlementConfig::default()
+            },
+            Clock::scaled(epoch(), 1.0),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let envelope = sign(&reading(
+            "gw-alice",
+            1,
+            interval("12:00"),
+            0,
+            600,
+            700,
+            1_000,
+        ));
+        let outcomes: Vec<Value> = reqwest::Client::new()
+            .post(format!("http://{}/readings", running.addr))
+            .json(&vec![envelope])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let status = outcomes[0]["status"].as_str().unwrap();
+        if accepted {
+            assert_eq!(status, "accepted", "{market_token:?}/{auditor_token:?}");
+        } else {
+            assert_eq!(outcomes[0]["code"], "unknown_gateway", "{outcomes:?}");
+        }
+        shutdown.stop().await;
+    }
+}
