@@ -156,6 +156,9 @@ struct HomeResume {
 
 const STATE_FILE: &str = "resume.json";
 
+/// The dashboard's users file inside the data directory.
+pub const DASHBOARD_USERS_FILE: &str = "dashboard-users.json";
+
 /// A running neighbourhood.
 pub struct Neighbourhood {
     /// The shared accelerated clock.
@@ -170,6 +173,8 @@ pub struct Neighbourhood {
     pub gateways: Vec<RunningGateway>,
     /// The dashboard's address.
     pub dashboard: SocketAddr,
+    /// The auditor credential of this run (the dashboard's `upstream_token`).
+    pub auditor_token: String,
     /// The broker URL in use.
     pub broker_url: String,
     /// The topology the market clears on.
@@ -356,6 +361,8 @@ impl Neighbourhood {
         let manifest = sim.manifest();
 
         let network = demo_network(options.feeders, options.homes);
+        // One auditor credential per run, shared by the dashboard and the services it reads.
+        let auditor_token = gridmesh_web::auth::generate_password();
         let mut market_config = MarketConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], port(options.ports_from, 1))),
             database_url: database_url(&options, "market").await?,
@@ -396,6 +403,9 @@ impl Neighbourhood {
                     &hex_prefix(&authority.public_key().0)
                 ),
                 operator_token: Some(DEMO_OPERATOR_TOKEN.to_owned()),
+                // The dashboard's upstream credential; also sent to the market as Bearer
+                // (settlement's `market_token` defaults to it).
+                auditor_token: Some(auditor_token.clone()),
                 grace_secs: options.settlement_grace_secs,
                 poll_secs: 0.5,
                 ..SettlementConfig::default()
@@ -489,12 +499,19 @@ impl Neighbourhood {
             gateways.push(running);
         }
 
+        // The dashboard reads the market and settlement with the auditor credential, and
+        // forwards an admin's operator actions with the operator token.
+        // TODO(issue 13): set the same `auditor_token` in the market's config above once its
+        // `auditor_token` field has landed (settlement's is set).
         let web = gridmesh_web::serve(
             gridmesh_web::WebConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], port(options.ports_from, 0))),
                 market_url: market.url(),
                 settlement_url: format!("http://{}", settlement.addr),
                 broker_url: Some(broker_url.clone()),
+                users_file: data_dir.join(DASHBOARD_USERS_FILE),
+                upstream_token: Some(auditor_token.clone()),
+                operator_token: Some(DEMO_OPERATOR_TOKEN.to_owned()),
                 ..gridmesh_web::WebConfig::default()
             },
             shutdown.clone(),
@@ -508,6 +525,7 @@ impl Neighbourhood {
             settlement,
             gateways,
             dashboard: web.addr,
+            auditor_token,
             broker_url,
             network,
             resumed,
@@ -548,6 +566,27 @@ impl Neighbourhood {
     /// The dashboard's URL.
     pub fn dashboard_url(&self) -> String {
         format!("http://{}/", self.dashboard)
+    }
+
+    /// The dashboard's users file (read at every login).
+    pub fn dashboard_users_file(&self) -> PathBuf {
+        self.data_dir.join(DASHBOARD_USERS_FILE)
+    }
+
+    /// Creates (or, on a resumed run, replaces) the dashboard user `name` with `role` and a
+    /// freshly generated password, which it returns.
+    pub fn add_dashboard_user(
+        &self,
+        name: &str,
+        role: gridmesh_web::auth::Role,
+    ) -> Result<String, gridmesh_web::auth::UsersError> {
+        let path = self.dashboard_users_file();
+        let mut users = gridmesh_web::auth::UsersFile::load(&path)?;
+        users.users.retain(|u| u.name != name);
+        let password = gridmesh_web::auth::generate_password();
+        users.add(name, role, &password)?;
+        users.save(&path)?;
+        Ok(password)
     }
 
     /// Settlement's base URL.

@@ -62,6 +62,8 @@ async fn reads_the_real_market_and_settlement() {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: format!("sqlite://{}", dir.path().join("settlement.db").display()),
             market_url: Some(market_url.clone()),
+            // The dashboard reads household data with the auditor credential (issue 13).
+            auditor_token: Some("audit".into()),
             ..Default::default()
         },
         clock.clone(),
@@ -119,6 +121,7 @@ async fn reads_the_real_market_and_settlement() {
             market_url,
             settlement_url: format!("http://{}", settlement.addr),
             poll_interval_ms: 100,
+            upstream_token: Some("audit".into()),
             ..WebConfig::default()
         },
         shutdown.clone(),
@@ -126,10 +129,17 @@ async fn reads_the_real_market_and_settlement() {
     .await
     .unwrap();
     // Wait (bounded) until a refresh has seen the participant and the order.
+    // The dashboard answers only a logged-in user (issue 13): a viewer's session.
+    let (session, _) = web
+        .hub
+        .auth
+        .start_session("viewer", gridmesh_web::auth::Role::Viewer);
+    let cookie = format!("{}={session}", gridmesh_web::auth::SESSION_COOKIE);
     let get = |path: &str| {
         let url = format!("{}{path}", web.url());
         let http = http.clone();
-        async move { http.get(url).send().await.unwrap() }
+        let cookie = cookie.clone();
+        async move { http.get(url).header("cookie", cookie).send().await.unwrap() }
     };
     let mut grid = Value::Null;
     for _ in 0..100 {

@@ -3,7 +3,7 @@
 // inserted is the SVG our own server drew.
 'use strict';
 
-const state = { page: null, version: -1, detailToken: 0, ledgerShown: null };
+const state = { page: null, version: -1, detailToken: 0, ledgerShown: null, me: null };
 
 // ---------- small helpers ----------
 function h(tag, attrs, ...children) {
@@ -33,9 +33,30 @@ function cell(v, num) { return h('td', num ? { class: 'num' } : {}, v); }
 
 async function getJson(url) {
   const r = await fetch(url, { headers: { accept: 'application/json' } });
+  if (r.status === 401) { location.assign('/login'); throw new Error('the session ended; log in again'); }
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(body.message || (r.status + ' ' + r.statusText));
   return body;
+}
+
+// A write: carries the session's CSRF token (the server also checks Origin).
+async function postJson(url) {
+  const r = await fetch(url, { method: 'POST', headers: { accept: 'application/json', 'x-csrf-token': state.me ? state.me.csrf : '' } });
+  if (r.status === 401) { location.assign('/login'); throw new Error('the session ended; log in again'); }
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(body.message || (r.status + ' ' + r.statusText));
+  return body;
+}
+
+// ---------- who is logged in ----------
+async function loadMe() {
+  state.me = await getJson('/api/me');
+  const name = $('#user-name');
+  name.textContent = state.me.name + ' (' + state.me.role + (state.me.participant ? ' ' + state.me.participant : '') + ')';
+  name.dataset.role = state.me.role;
+  $('#logout-csrf').value = state.me.csrf;
+  // Operator actions exist in the page only for admins (the server refuses them to others).
+  for (const el of document.querySelectorAll('[data-admin-only]')) el.hidden = !state.me.operator_actions;
 }
 
 // ---------- service status banner ----------
@@ -392,7 +413,28 @@ async function renderAlerts() {
   showSources(a.sources);
   fillBody($('#alerts'), a.alerts.map((x) => h('tr', { 'data-kind': x.kind }, cell(h('span', { class: 'badge ' + x.severity, text: x.severity })), cell(x.kind.replaceAll('_', ' ')),
     cell(intervalText(x.interval)), cell(alertSubject(x)), h('td', { class: 'wrap', text: x.message }))), 'No alerts. All quiet.', 5);
+  await renderQuarantine();
 }
+async function renderQuarantine() {
+  const section = $('#quarantine-section');
+  // Quarantined readings hold every home's raw envelopes: operator and auditors only.
+  if (!state.me || state.me.role === 'household') { section.hidden = true; return; }
+  section.hidden = false;
+  const q = await getJson('/api/quarantine');
+  const admin = state.me.operator_actions;
+  fillBody($('#quarantine'), q.items.map((x) => h('tr', { 'data-id': String(x.id) },
+    cell(String(x.id)), cell(x.gateway || '–'), h('td', { class: 'wrap', text: x.reason }), cell(x.status),
+    admin ? h('td', {}, x.status === 'open'
+      ? h('button', { type: 'button', class: 'accept', 'data-id': String(x.id), disabled: !x.acceptable, title: x.acceptable ? 'Accept this reading' : 'No operator may accept this reason', text: 'Accept' })
+      : '') : null)), 'Nothing quarantined.', admin ? 5 : 4);
+}
+document.addEventListener('click', async (e) => {
+  const b = e.target.closest('button.accept');
+  if (!b) return;
+  b.disabled = true;
+  try { await postJson('/api/quarantine/' + encodeURIComponent(b.dataset.id) + '/accept'); b.textContent = 'Accepted'; }
+  catch (err) { b.disabled = false; b.title = err.message; const banner = $('#banner'); banner.hidden = false; banner.replaceChildren(h('p', { text: 'Accept failed: ' + err.message })); }
+});
 function alertSubject(x) {
   if (x.kind === 'congestion' || x.kind === 'cleared_at_limit') return link('/participants?node=' + encodeURIComponent(x.subject), x.subject);
   if (x.kind === 'envelope_violation') return link('/participants/' + encodeURIComponent(x.subject), x.subject);
@@ -425,5 +467,4 @@ function connectLive() {
     render(false);
   });
 }
-render(true);
-connectLive();
+loadMe().catch(() => {}).finally(() => { render(true); connectLive(); });

@@ -1,5 +1,8 @@
 // Browser tests of the gridmesh dashboard in Debian's headless Chromium.
-// Needs only GRIDMESH_DASHBOARD_URL (a running dashboard with data); screenshots go to
+// Needs GRIDMESH_DASHBOARD_URL (a running dashboard with data) and logins as `name:password`:
+// GRIDMESH_LOGIN_ADMIN, GRIDMESH_LOGIN_VIEWER, and two households as
+// `name:password:participant` in GRIDMESH_LOGIN_HOUSEHOLD_A and GRIDMESH_LOGIN_HOUSEHOLD_B
+// (scripts/browser-test creates them with `gridmesh-web user add`). Screenshots go to
 // $GRIDMESH_ARTIFACTS/screenshots (default ../../artifacts relative to this folder).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -14,6 +17,38 @@ const artifacts = resolve(process.env.GRIDMESH_ARTIFACTS || join(here, '..', '..
 const shots = join(artifacts, 'screenshots');
 const TIMEOUT = 20_000;
 
+/** A login from the environment: { name, password, participant }. */
+function login(variable) {
+  const [name, password, participant] = (process.env[variable] || '').split(':');
+  assert.ok(name && password, `set ${variable} to name:password (scripts/browser-test does)`);
+  return { name, password, participant };
+}
+
+const sessions = new Map();
+/** Logs `user` in over HTTP (the login form's POST) and returns its session id. */
+async function sessionOf(user) {
+  if (sessions.has(user.name)) return sessions.get(user.name);
+  const r = await fetch(base + '/login', {
+    method: 'POST',
+    redirect: 'manual',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ name: user.name, password: user.password }),
+  });
+  assert.equal(r.status, 303, `login of ${user.name} failed: ${r.status}`);
+  const cookie = r.headers.get('set-cookie') || '';
+  assert.match(cookie, /HttpOnly/);
+  assert.match(cookie, /SameSite=Strict/);
+  const id = /gridmesh_session=([0-9a-f]{64})/.exec(cookie)[1];
+  sessions.set(user.name, id);
+  return id;
+}
+
+/** GETs a dashboard path as `user` (the admin by default) from Node. */
+async function apiGet(path, user) {
+  const id = await sessionOf(user || login('GRIDMESH_LOGIN_ADMIN'));
+  return fetch(base + path, { headers: { cookie: 'gridmesh_session=' + id, accept: 'application/json' } });
+}
+
 let browser;
 before(async () => {
   assert.ok(base, 'set GRIDMESH_DASHBOARD_URL to the dashboard, e.g. http://127.0.0.1:8080');
@@ -25,9 +60,14 @@ before(async () => {
 });
 after(async () => { await browser?.close(); });
 
-/** A fresh page that records console errors and uncaught exceptions. */
-async function openPage(viewport = { width: 1280, height: 900 }) {
+/** A fresh page, logged in as `user` (the admin by default; `null`: not logged in), that
+ * records console errors and uncaught exceptions. */
+async function openPage(viewport = { width: 1280, height: 900 }, user = undefined) {
   const context = await browser.newContext({ viewport });
+  if (user !== null) {
+    const id = await sessionOf(user || login('GRIDMESH_LOGIN_ADMIN'));
+    await context.addCookies([{ name: 'gridmesh_session', value: id, url: base, httpOnly: true, sameSite: 'Strict' }]);
+  }
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
   const errors = [];
@@ -196,7 +236,7 @@ test('Grid page shows measured (metered) beside cleared (plan) flows, coloured b
     assert.match(await page.locator('#grid-metered').innerText(), /^Metered interval .*: \d+ of \d+ homes reported$/);
     // Every row's status is the measured flow against the limit (over it red, from 90 % amber),
     // never the plan; a row without metered data says so instead of showing the plan.
-    const g = await (await fetch(base + '/api/grid')).json();
+    const g = await (await apiGet('/api/grid')).json();
     const expected = (b) => {
       if (!b.measured) return 'no_data';
       if (b.limit_wh === null) return 'unlimited';
@@ -259,7 +299,7 @@ test('a tampered inclusion proof is rejected in the browser', async () => {
   const { page, close } = await openPage();
   try {
     // Find an entry through the ledger: the newest block's first entry.
-    const blocks = await (await fetch(base + '/api/ledger/blocks')).json();
+    const blocks = await (await apiGet('/api/ledger/blocks')).json();
     const block = blocks.blocks.find((b) => (b.entries || []).length > 0);
     assert.ok(block, 'a block with entries');
     const first = block.entries[0];
@@ -277,5 +317,106 @@ test('a tampered inclusion proof is rejected in the browser', async () => {
     await page.waitForSelector('#proof-verdict:not([data-ok="pending"])');
     assert.equal(await page.locator('#proof-verdict').getAttribute('data-ok'), 'false');
     assert.match(await page.locator('#proof-verdict').innerText(), /FAILED/);
+  } finally { await close(); }
+});
+
+// ---------- who may see and do what (issue 13) ----------
+
+test('without login only the login page shows', async () => {
+  const { page, errors, close } = await openPage(undefined, null);
+  try {
+    for (const path of ['/grid', '/participants', '/alerts', '/ledger']) {
+      await page.goto(base + path);
+      assert.equal(new URL(page.url()).pathname, '/login', path);
+      assert.equal(await page.locator('h1').innerText(), 'Log in');
+      assert.equal(await page.locator('nav').count(), 0, 'no navigation before login');
+      assert.equal(await page.locator('script').count(), 0, 'the login page runs no script');
+    }
+    const api = await page.evaluate(async () => {
+      const r = await fetch('/api/participants');
+      return { status: r.status, body: await r.json() };
+    });
+    assert.equal(api.status, 401);
+    assert.equal(api.body.code, 'unauthorized');
+    await shot(page, 'login');
+    // A wrong password stays on the login page with a message.
+    await page.fill('#name', 'admin');
+    await page.fill('#password', 'not the password');
+    await page.click('button[type=submit]');
+    await page.waitForSelector('#login-error');
+    assert.equal(new URL(page.url()).pathname, '/login');
+    // The right one opens the dashboard.
+    const admin = login('GRIDMESH_LOGIN_ADMIN');
+    await page.fill('#name', admin.name);
+    await page.fill('#password', admin.password);
+    await page.click('button[type=submit]');
+    await page.waitForSelector('#grid-flows tbody tr.branch');
+    assert.match(await page.locator('#user-name').innerText(), /admin/);
+    // Logging out ends the session.
+    await page.click('#logout-form button');
+    await page.waitForURL('**/login');
+    await page.goto(base + '/grid');
+    assert.equal(new URL(page.url()).pathname, '/login');
+    assert.deepEqual(errors.filter((e) => !e.includes('401')), []);
+  } finally { await close(); }
+});
+
+test('a viewer cannot reach operator actions', async () => {
+  const viewer = login('GRIDMESH_LOGIN_VIEWER');
+  const { page, close } = await openPage(undefined, viewer);
+  try {
+    await page.goto(base + '/alerts');
+    await waitForAny(page, '#alerts tbody tr');
+    await page.waitForSelector('#quarantine-section:not([hidden])');
+    assert.equal(await page.locator('#user-name').getAttribute('data-role'), 'viewer');
+    // No operator action in the page…
+    assert.equal(await page.locator('button.accept').count(), 0);
+    assert.equal(await page.locator('th[data-admin-only]').isHidden(), true);
+    // …and the server refuses it even when sent by hand with the viewer's CSRF token.
+    const refused = await page.evaluate(async () => {
+      const me = await (await fetch('/api/me')).json();
+      const r = await fetch('/api/quarantine/1/accept', { method: 'POST', headers: { 'x-csrf-token': me.csrf } });
+      return { status: r.status, body: await r.json(), role: me.role, actions: me.operator_actions };
+    });
+    assert.equal(refused.role, 'viewer');
+    assert.equal(refused.actions, false);
+    assert.equal(refused.status, 403);
+    assert.equal(refused.body.code, 'forbidden');
+    await shot(page, 'alerts-viewer');
+  } finally { await close(); }
+  // The admin sees the operator column on the same page.
+  const admin = await openPage();
+  try {
+    await admin.page.goto(base + '/alerts');
+    await admin.page.waitForSelector('#quarantine-section:not([hidden])');
+    await admin.page.waitForSelector('th[data-admin-only]:not([hidden])');
+  } finally { await admin.close(); }
+});
+
+test("one household's detail is refused to another household", async () => {
+  const a = login('GRIDMESH_LOGIN_HOUSEHOLD_A');
+  const b = login('GRIDMESH_LOGIN_HOUSEHOLD_B');
+  assert.ok(a.participant && b.participant && a.participant !== b.participant);
+  const { page, close } = await openPage(undefined, a);
+  try {
+    // Its own detail shows.
+    await page.goto(base + '/participants/' + a.participant);
+    await page.waitForSelector('#banner[hidden]', { state: 'attached' });
+    const own = await page.evaluate(async (id) => (await fetch('/api/participants/' + id)).status, a.participant);
+    assert.equal(own, 200);
+    // Another household's is refused, in the API and on the page.
+    const other = await page.evaluate(async (id) => {
+      const r = await fetch('/api/participants/' + id);
+      return { status: r.status, body: await r.json() };
+    }, b.participant);
+    assert.equal(other.status, 403);
+    assert.equal(other.body.code, 'forbidden');
+    await page.goto(base + '/participants/' + b.participant);
+    await page.waitForSelector('#banner:not([hidden])');
+    assert.match(await page.locator('#banner').innerText(), /another household/);
+    // The list shows only its own row.
+    const list = await page.evaluate(async () => (await (await fetch('/api/participants')).json()).participants.map((p) => p.id));
+    assert.deepEqual(list, [a.participant]);
+    await shot(page, 'household-refused');
   } finally { await close(); }
 });

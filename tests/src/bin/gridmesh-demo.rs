@@ -88,7 +88,11 @@ async fn main() -> anyhow::Result<()> {
             ""
         }
     );
+    let password = neighbourhood
+        .add_dashboard_user("admin", gridmesh_web::auth::Role::Admin)
+        .context("creating the dashboard's admin user")?;
     println!("  dashboard   {}", neighbourhood.dashboard_url());
+    println!("dashboard login: admin / {password}");
     println!("  market      {}", neighbourhood.market.url());
     println!("  settlement  {}", neighbourhood.settlement_url());
     println!("  broker      {}", neighbourhood.broker_url);
