@@ -100,9 +100,8 @@ pub async fn serve(
     });
     let token = shutdown.token();
     shutdown.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await;
+        let options = gridmesh_runtime::http::ServeOptions::default();
+        let served = gridmesh_runtime::http::serve(listener, app, &options, token).await;
         if let Err(error) = served {
             tracing::error!(%error, "REST server failed");
         }
