@@ -140,9 +140,8 @@ pub async fn serve(config: WebConfig, shutdown: Shutdown) -> Result<RunningWeb, 
     let app = routes::router(hub.clone());
     let token = shutdown.token();
     shutdown.spawn(async move {
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await });
-        if let Err(e) = server.await {
+        let options = gridmesh_runtime::http::ServeOptions::default();
+        if let Err(e) = gridmesh_runtime::http::serve(listener, app, &options, token).await {
             tracing::error!(error = %e, "dashboard server stopped");
         }
     });
