@@ -35,7 +35,7 @@ async function getJson(url) {
   const r = await fetch(url, { headers: { accept: 'application/json' } });
   if (r.status === 401) { location.assign('/login'); throw new Error('the session ended; log in again'); }
   const body = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(body.message || (r.status + ' ' + r.statusText));
+  if (!r.ok) throw Object.assign(new Error(body.message || (r.status + ' ' + r.statusText)), { status: r.status });
   return body;
 }
 
@@ -236,7 +236,16 @@ async function renderParticipants(r) {
   if (r.seg.length > 1) await renderParticipantDetail(decodeURIComponent(r.seg[1]), detail); else detail.hidden = true;
 }
 async function renderParticipantDetail(id, detail) {
-  const d = await getJson('/api/participants/' + encodeURIComponent(id));
+  let d;
+  try { d = await getJson('/api/participants/' + encodeURIComponent(id)); } catch (e) {
+    if (e.status !== 403) throw e;
+    // Another household's detail: refused by the server, said so in place.
+    detail.replaceChildren(h('h2', { text: 'Participant ' + id }),
+      h('p', { id: 'participant-refused', class: 'verdict', 'data-ok': 'false', role: 'alert', text: e.message }),
+      link('/participants', '← all participants'));
+    detail.hidden = false;
+    return;
+  }
   const p = d.participant;
   // Settlement's Holding: the lot, its tokens and the mint it comes from (protocol::api::settlement).
   const rows = d.holdings.map((hd) => {

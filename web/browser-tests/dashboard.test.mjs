@@ -401,7 +401,7 @@ test("one household's detail is refused to another household", async () => {
   try {
     // Its own detail shows.
     await page.goto(base + '/participants/' + a.participant);
-    await page.waitForSelector('#banner[hidden]', { state: 'attached' });
+    await page.waitForSelector('#holdings');
     const own = await page.evaluate(async (id) => (await fetch('/api/participants/' + id)).status, a.participant);
     assert.equal(own, 200);
     // Another household's is refused, in the API and on the page.
@@ -412,8 +412,9 @@ test("one household's detail is refused to another household", async () => {
     assert.equal(other.status, 403);
     assert.equal(other.body.code, 'forbidden');
     await page.goto(base + '/participants/' + b.participant);
-    await page.waitForSelector('#banner:not([hidden])');
-    assert.match(await page.locator('#banner').innerText(), /another household/);
+    await page.waitForSelector('#participant-refused');
+    assert.match(await page.locator('#participant-refused').innerText(), /another household/);
+    assert.equal(await page.locator('#holdings').count(), 0, 'no holdings of another household');
     // The list shows only its own row.
     const list = await page.evaluate(async () => (await (await fetch('/api/participants')).json()).participants.map((p) => p.id));
     assert.deepEqual(list, [a.participant]);
