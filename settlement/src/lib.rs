@@ -105,6 +105,11 @@ pub struct SettlementConfig {
     pub market_token: Option<String>,
     /// How often to poll the market, in real seconds.
     pub poll_secs: f64,
+    /// The certificate chain (PEM) to serve HTTPS with; set together with `tls_key`. Neither =
+    /// plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// Accelerated time shared with the other services (`[clock]`); absent = the system clock.
     pub clock: Option<gridmesh_runtime::clock::ClockSettings>,
 }
@@ -126,6 +131,8 @@ impl Default for SettlementConfig {
             auditor_token: None,
             market_token: None,
             poll_secs: 2.0,
+            tls_cert: None,
+            tls_key: None,
             clock: None,
         }
     }
@@ -154,6 +161,9 @@ pub enum Error {
     /// The MQTT settings are invalid.
     #[error(transparent)]
     Mqtt(#[from] gridmesh_runtime::mqtt::MqttError),
+    /// `tls_cert`/`tls_key` are half set or cannot be read.
+    #[error(transparent)]
+    Tls(#[from] gridmesh_runtime::http::ServeError),
 }
 
 /// A running settlement service.
@@ -207,6 +217,10 @@ pub async fn serve_with_source(
     shutdown: Shutdown,
     source: Option<Arc<dyn MarketSource>>,
 ) -> Result<RunningSettlement, Error> {
+    // Refuse to start on a bad certificate or key rather than fail later in the server task.
+    let serve_options = gridmesh_runtime::http::ServeOptions::default()
+        .with_tls(config.tls_cert.clone(), config.tls_key.clone())?;
+    serve_options.check()?;
     let authority = match &config.authority_key {
         Some(path) => SigningKeyPair::load(path)?,
         None => {
@@ -261,16 +275,15 @@ pub async fn serve_with_source(
         auditor_token: config.auditor_token.clone(),
         stop: shutdown.token(),
     });
-    let stop = shutdown.clone();
+    let token = shutdown.token();
+    let scheme = serve_options.scheme();
     shutdown.spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.triggered().await })
-            .await;
+        let result = gridmesh_runtime::http::serve(listener, app, &serve_options, token).await;
         if let Err(e) = result {
             tracing::error!(error = %e, "settlement HTTP server failed");
         }
     });
-    tracing::info!(%addr, authority = %service.authority(), "settlement listening");
+    tracing::info!(%addr, scheme, authority = %service.authority(), "settlement listening");
     Ok(RunningSettlement {
         addr,
         authority: service.authority(),

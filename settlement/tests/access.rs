@@ -597,3 +597,35 @@ async fn settlement_reads_private_registrations_with_its_market_token() {
         shutdown.stop().await;
     }
 }
+
+/// `tls_cert` and `tls_key` (HTTPS through the runtime's server): half a configuration or
+/// unreadable files stop settlement at start with a message naming the key, instead of
+/// serving plain HTTP or failing later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tls_settings_refuse_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (cert, key, needle) in [
+        (Some("cert.pem"), None, "tls_key"),
+        (None, Some("key.pem"), "tls_cert"),
+        (
+            Some("missing-cert.pem"),
+            Some("missing-key.pem"),
+            "tls_cert",
+        ),
+    ] {
+        let config = SettlementConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
+            market_url: None,
+            tls_cert: cert.map(|c| dir.path().join(c)),
+            tls_key: key.map(|k| dir.path().join(k)),
+            ..SettlementConfig::default()
+        };
+        let error =
+            match settlement::serve(config, Clock::scaled(epoch(), 1.0), Shutdown::new()).await {
+                Ok(_) => panic!("started with {cert:?}/{key:?}"),
+                Err(e) => e.to_string(),
+            };
+        assert!(error.contains(needle), "{error}");
+    }
+}
