@@ -4,17 +4,22 @@
 //! never sent. Bodies are parsed here rather than by axum's extractor so that malformed JSON
 //! gets the same error shape as everything else.
 //!
-//! Who may call what: reads are public (results, envelopes and the market key are not secret);
-//! writes of registrations, the topology and limit overrides need the operator's bearer token;
-//! orders and cancellations are authorised by their participant's signature.
+//! Who may call what ([`crate::access`], and the table in market-engine/README.md): results,
+//! prices, book depth, status, envelopes and the market key are public; enrolled gateways and
+//! orders are household data (the household's signed request, the auditor or the operator);
+//! registrations need the home's one-time enrolment token or the operator token and are
+//! create-only (409 `conflict`); the topology and limit overrides need the operator token (the
+//! auditor's answers 403 `forbidden`); orders and cancellations are authorised by their
+//! participant's signature.
 
+use crate::access::Caller;
 use crate::book::depth;
 use crate::error::MarketError;
-use crate::service::Market;
+use crate::service::{Market, Registration};
 use crate::store::StoredOrder;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -75,8 +80,9 @@ fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes, what: &str) -> ApiResu
 }
 
 /// Admits the operator: no `Authorization: Bearer …` header is 401 `operator_token_required`;
-/// a wrong token, or none configured, is 403 `operator_token_invalid`. The comparison is the
-/// runtime kit's constant-time [`check_bearer`].
+/// the auditor's token is 403 `forbidden` (it reads only); a wrong token, or none configured,
+/// is 403 `operator_token_invalid`. The comparisons are the runtime kit's constant-time
+/// [`check_bearer`].
 fn operator(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -84,6 +90,18 @@ fn operator(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
         .is_some_and(|v| v.starts_with("Bearer "));
     if !bearer {
         return Err(MarketError::OperatorTokenMissing);
+    }
+    let config = &state.market.config;
+    if let Some(auditor) = config.auditor_token.as_deref().filter(|t| !t.is_empty()) {
+        let is_operator = config
+            .operator_token
+            .as_deref()
+            .is_some_and(|op| check_bearer(headers, op).is_ok());
+        if !is_operator && check_bearer(headers, auditor).is_ok() {
+            return Err(MarketError::Forbidden(
+                "the auditor token reads only; this change needs the operator token".into(),
+            ));
+        }
     }
     let expected = state
         .market
@@ -93,6 +111,12 @@ fn operator(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
         .filter(|t| !t.is_empty())
         .ok_or(MarketError::OperatorTokenInvalid)?;
     check_bearer(headers, expected).map_err(|_| MarketError::OperatorTokenInvalid)
+}
+
+/// Identifies the caller of a `GET` (a signed request covers an empty body).
+async fn reader(state: &AppState, headers: &HeaderMap, uri: &Uri) -> ApiResult<Caller> {
+    let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    Caller::identify(state, headers, "GET", path_and_query, b"").await
 }
 
 fn interval_at(state: &AppState, start: &str) -> ApiResult<Interval> {
@@ -143,25 +167,34 @@ pub fn router(state: AppState) -> Router {
 }
 
 #[utoipa::path(post, path = "/participants", tag = "registry",
-    summary = "Register a participant (operator)",
+    summary = "Register a participant (its enrolment token, or the operator); create-only",
     request_body = Participant,
-    security(("operator" = [])),
+    security(("operator" = []), ("enrolment" = [])),
     responses(
         (status = 201, description = "registered", body = Participant),
         (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "operator_token_required", body = ErrorBody),
-        (status = 403, description = "operator_token_invalid", body = ErrorBody),
+        (status = 401, description = "unauthorized: no credential, or an unknown, expired or used enrolment token", body = ErrorBody),
+        (status = 403, description = "forbidden: another participant's enrolment token, the auditor, a signed request", body = ErrorBody),
+        (status = 409, description = "conflict: the id is registered", body = ErrorBody),
         (status = 422, description = "unknown_node", body = ErrorBody),
     ))]
 async fn post_participant(
     State(s): State<AppState>,
     headers: HeaderMap,
+    uri: Uri,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    operator(&s, &headers)?;
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let caller = Caller::identify(&s, &headers, "POST", path, &body).await?;
     let p: Participant = parse_body(&body, "participant")?;
-    s.market.register_participant(p.clone()).await?;
-    Ok((StatusCode::CREATED, Json(p)))
+    caller.may_enrol(&p.id)?;
+    match s.market.register_participant(p.clone()).await? {
+        Registration::Created => Ok((StatusCode::CREATED, Json(p))),
+        Registration::Unchanged => Err(MarketError::Conflict(format!(
+            "participant `{}` is already registered (with exactly this record)",
+            p.id
+        ))),
+    }
 }
 
 #[utoipa::path(get, path = "/participants", tag = "registry",
@@ -172,57 +205,111 @@ async fn get_participants(State(s): State<AppState>) -> Json<Vec<Participant>> {
 }
 
 #[utoipa::path(post, path = "/gateways", tag = "registry",
-    summary = "Enrol a gateway (operator)",
+    summary = "Enrol a gateway (its participant's enrolment token, used up here; or the operator); create-only",
     request_body = GatewayEnrollment,
-    security(("operator" = [])),
+    security(("operator" = []), ("enrolment" = [])),
     responses(
         (status = 201, description = "enrolled", body = GatewayEnrollment),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "operator_token_required", body = ErrorBody),
-        (status = 403, description = "operator_token_invalid or unknown_participant", body = ErrorBody),
+        (status = 400, description = "invalid_request (also values above the documented maxima)", body = ErrorBody),
+        (status = 401, description = "unauthorized: no credential, or an unknown, expired or used enrolment token", body = ErrorBody),
+        (status = 403, description = "forbidden (another participant's token, the auditor), unknown_participant or wrong_node", body = ErrorBody),
+        (status = 409, description = "conflict: the id is enrolled", body = ErrorBody),
     ))]
 async fn post_gateway(
     State(s): State<AppState>,
     headers: HeaderMap,
+    uri: Uri,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    operator(&s, &headers)?;
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let caller = Caller::identify(&s, &headers, "POST", path, &body).await?;
     let g: GatewayEnrollment = parse_body(&body, "gateway enrollment")?;
-    s.market.enroll_gateway(g.clone()).await?;
-    Ok((StatusCode::CREATED, Json(g)))
+    caller.may_enrol(&g.participant)?;
+    // An enrolment token is used up by its gateway: claim it first (one request wins), give
+    // it back if the enrolment does not happen.
+    let claimed = match &caller {
+        Caller::Enrolment { token_sha256, .. } => {
+            let now = chrono::Utc::now().timestamp();
+            if !s
+                .market
+                .store
+                .use_enrolment_token(token_sha256, now)
+                .await?
+            {
+                return Err(MarketError::Unauthorized(
+                    "this enrolment token was just used up by another request; ask the operator for a new one".into(),
+                ));
+            }
+            Some(token_sha256.clone())
+        }
+        _ => None,
+    };
+    let outcome = s.market.enroll_gateway(g.clone()).await;
+    if let Some(hash) = claimed {
+        if !matches!(outcome, Ok(Registration::Created)) {
+            s.market.store.release_enrolment_token(&hash).await?;
+        }
+    }
+    match outcome? {
+        Registration::Created => Ok((StatusCode::CREATED, Json(g))),
+        Registration::Unchanged => Err(MarketError::Conflict(format!(
+            "gateway `{}` is already enrolled (with exactly this record)",
+            g.gateway
+        ))),
+    }
 }
 
 #[utoipa::path(get, path = "/gateways", tag = "registry",
-    summary = "List enrolled gateways",
+    summary = "List enrolled gateways (household data: auditor, operator, or a household's signed request for its own)",
+    security(("operator" = []), ("auditor" = []), ("participant" = [])),
     responses(
-        (status = 200, description = "every enrolled gateway", body = Vec<GatewayEnrollment>),
+        (status = 200, description = "every enrolled gateway the caller may see", body = Vec<GatewayEnrollment>),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden", body = ErrorBody),
         (status = 500, description = "storage_error", body = ErrorBody),
     ))]
-async fn get_gateways(State(s): State<AppState>) -> ApiResult<Json<Vec<GatewayEnrollment>>> {
-    Ok(Json(s.market.store.gateways().await?))
+async fn get_gateways(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> ApiResult<Json<Vec<GatewayEnrollment>>> {
+    let caller = reader(&s, &headers, &uri).await?;
+    let scope = caller.read_scope()?;
+    let mut gateways = s.market.store.gateways().await?;
+    if let Some(p) = scope {
+        gateways.retain(|g| &g.participant == p);
+    }
+    Ok(Json(gateways))
 }
 
 #[utoipa::path(get, path = "/gateways/{id}", tag = "registry",
-    summary = "One enrolled gateway",
+    summary = "One enrolled gateway (household data: auditor, operator, or its household's signed request)",
     params(("id" = String, Path, description = "the gateway id")),
+    security(("operator" = []), ("auditor" = []), ("participant" = [])),
     responses(
         (status = 200, description = "the gateway", body = GatewayEnrollment),
         (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden: another household's gateway", body = ErrorBody),
         (status = 404, description = "not_found: not enrolled", body = ErrorBody),
     ))]
 async fn get_gateway(
     State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<GatewayEnrollment>> {
+    let caller = reader(&s, &headers, &uri).await?;
+    caller.read_scope()?;
     let id = GatewayId::new(id).map_err(|e| MarketError::InvalidRequest(e.to_string()))?;
-    s.market
+    let gateway = s
+        .market
         .store
-        .gateways()
+        .gateway(&id)
         .await?
-        .into_iter()
-        .find(|g| g.gateway == id)
-        .map(Json)
-        .ok_or_else(|| MarketError::NotFound(format!("gateway `{id}` is not enrolled")))
+        .ok_or_else(|| MarketError::NotFound(format!("gateway `{id}` is not enrolled")))?;
+    caller.may_read(&gateway.participant)?;
+    Ok(Json(gateway))
 }
 
 #[utoipa::path(post, path = "/orders", tag = "orders",
@@ -251,25 +338,37 @@ struct OrderQuery {
 }
 
 #[utoipa::path(get, path = "/orders", tag = "orders",
-    summary = "List orders in arrival order",
+    summary = "List orders in arrival order (household data: auditor, operator, or a participant's signed request for its own)",
     params(
-        ("participant" = Option<String>, Query, description = "only this participant's"),
+        ("participant" = Option<String>, Query, description = "only this participant's (a participant's signed request sees only its own)"),
         ("interval" = Option<String>, Query, description = "only this interval (its start, RFC 3339)"),
     ),
+    security(("operator" = []), ("auditor" = []), ("participant" = [])),
     responses(
         (status = 200, description = "orders in arrival order", body = Vec<OrderRecord>),
         (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden: another participant's orders", body = ErrorBody),
     ))]
 async fn get_orders(
     State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
     ApiQuery(q): ApiQuery<OrderQuery>,
 ) -> ApiResult<Json<Vec<StoredOrder>>> {
-    let participant = q
+    let caller = reader(&s, &headers, &uri).await?;
+    let mut participant = q
         .participant
         .filter(|p| !p.is_empty())
         .map(ParticipantId::new)
         .transpose()
         .map_err(|e| MarketError::InvalidRequest(e.to_string()))?;
+    if let Some(own) = caller.read_scope()? {
+        if let Some(asked) = &participant {
+            caller.may_read(asked)?;
+        }
+        participant = Some(own.clone());
+    }
     let interval = q
         .interval
         .filter(|i| !i.is_empty())

@@ -25,8 +25,13 @@ pub struct MarketConfig {
     pub interval_minutes: IntervalLength,
     /// Orders for an interval close this many seconds before it starts.
     pub gate_closure_lead_seconds: i64,
-    /// Bearer token for operator endpoints; `None` disables them.
+    /// Bearer token for operator endpoints (topology, limits, registrations); `None` disables
+    /// them.
     pub operator_token: Option<String>,
+    /// Bearer token of auditors (and the dashboard's upstream credential): reads every
+    /// household's data, changes nothing (a write with it answers 403 `forbidden`). `None`:
+    /// only the operator and each household itself read household data.
+    pub auditor_token: Option<String>,
     /// `mqtt://host:port` to publish retained results on; `None` = REST and SSE only.
     pub broker_url: Option<String>,
     /// Pay-as-clear (default) or pay-as-bid.
@@ -54,6 +59,7 @@ impl Default for MarketConfig {
             interval_minutes: IntervalLength::Min15,
             gate_closure_lead_seconds: 300,
             operator_token: None,
+            auditor_token: None,
             broker_url: None,
             pricing: PricingRule::PayAsClear,
             topology: None,

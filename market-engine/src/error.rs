@@ -100,6 +100,15 @@ pub enum MarketError {
     /// Wrong operator token, or none configured.
     #[error("the operator token is wrong (or no operator token is configured on this market)")]
     OperatorTokenInvalid,
+    /// A credential is missing or invalid (the message says which credential is needed).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid credential of a role that may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The participant or gateway id is already registered (registration is create-only).
+    #[error("{0}")]
+    Conflict(String),
     /// The topology is invalid.
     #[error("invalid topology: {0}")]
     InvalidTopology(String),
@@ -152,6 +161,9 @@ impl MarketError {
             NotFound(_) => (404, "not_found"),
             OperatorTokenMissing => (401, "operator_token_required"),
             OperatorTokenInvalid => (403, "operator_token_invalid"),
+            Unauthorized(_) => (401, "unauthorized"),
+            Forbidden(_) => (403, "forbidden"),
+            Conflict(_) => (409, "conflict"),
             InvalidTopology(_) => (422, "invalid_topology"),
             Storage(_) => (500, "storage_error"),
             ShuttingDown => (503, "shutting_down"),

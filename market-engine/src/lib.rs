@@ -46,11 +46,14 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod api;
 pub mod book;
+pub mod broker_acl;
 pub mod clearing;
 pub mod config;
 pub mod decompose;
+pub mod enrolment;
 pub mod envelopes;
 pub mod error;
 pub mod fast;

@@ -4,7 +4,7 @@
 //! types, so the document cannot drift from the code; [`crate::api::document`] is the whole.
 
 use gridmesh_protocol::api::market::ErrorBody;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 /// The frame of the document.
@@ -19,18 +19,34 @@ use utoipa::{Modify, OpenApi};
 )]
 struct Frame;
 
-/// Adds the `operator` bearer-token scheme that operator endpoints require.
+/// Adds the credentials of the access model: the `operator`, `auditor` and `enrolment`
+/// bearer tokens and the `participant`'s signed request.
 struct OperatorBearer;
 
 impl Modify for OperatorBearer {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        openapi
-            .components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme(
-                "operator",
-                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-            );
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |description: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(description))
+                    .build(),
+            )
+        };
+        components.add_security_scheme("operator", bearer("the operator_token"));
+        components.add_security_scheme("auditor", bearer("the auditor_token: reads only"));
+        components.add_security_scheme(
+            "enrolment",
+            bearer("a one-time enrolment token (gme_…) from `market-engine enrolment-token`"),
+        );
+        components.add_security_scheme(
+            "participant",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "a signed request: `Gridmesh <base64 payload>.<base64 signature>` (gridmesh/request/v1, docs/protocol.md)",
+            ))),
+        );
     }
 }
 

@@ -208,8 +208,11 @@ impl Market {
         Ok(())
     }
 
-    /// Registers (or re-registers) a participant.
-    pub async fn register_participant(&self, p: Participant) -> Result<(), MarketError> {
+    /// Registers a participant. Registration is create-only: an id registered before with
+    /// anything different (an attacker's key, another node) is refused with
+    /// [`MarketError::Conflict`] and the registered key stays in force. Repeating exactly the
+    /// registered record changes nothing and answers [`Registration::Unchanged`].
+    pub async fn register_participant(&self, p: Participant) -> Result<Registration, MarketError> {
         if self.topology().index_of(&p.node).is_none() {
             return Err(MarketError::UnknownNode(p.node.to_string()));
         }
@@ -219,12 +222,21 @@ impl Market {
                 "public_key is not a usable ed25519 key (invalid or of small order)".into(),
             ));
         }
-        self.store.put_participant(&p).await?;
+        if !self.store.insert_participant(&p).await? {
+            let stored = self.store.participants().await?;
+            return match stored.iter().find(|s| s.id == p.id) {
+                Some(s) if *s == p => Ok(Registration::Unchanged),
+                _ => Err(MarketError::Conflict(format!(
+                    "participant `{}` is already registered; registration is create-only (a new key needs a key rotation signed by the registered key)",
+                    p.id
+                ))),
+            };
+        }
         self.participants
             .write()
             .expect("participants lock")
             .insert(p.id.clone(), p);
-        Ok(())
+        Ok(Registration::Created)
     }
 
     /// Every participant.
@@ -240,7 +252,8 @@ impl Market {
         all
     }
 
-    fn participant(&self, id: &ParticipantId) -> Option<Participant> {
+    /// One registered participant.
+    pub fn participant(&self, id: &ParticipantId) -> Option<Participant> {
         self.participants
             .read()
             .expect("participants lock")
@@ -248,8 +261,11 @@ impl Market {
             .cloned()
     }
 
-    /// Enrols a gateway for a registered participant.
-    pub async fn enroll_gateway(&self, g: GatewayEnrollment) -> Result<(), MarketError> {
+    /// Enrols a gateway for a registered participant, after checking its values against the
+    /// documented maxima ([`validate_enrollment`]). Enrolment is create-only like
+    /// registration: another record under an enrolled id is [`MarketError::Conflict`].
+    pub async fn enroll_gateway(&self, g: GatewayEnrollment) -> Result<Registration, MarketError> {
+        validate_enrollment(&g)?;
         let p = self
             .participant(&g.participant)
             .ok_or_else(|| MarketError::UnknownParticipant(g.participant.to_string()))?;
@@ -260,8 +276,16 @@ impl Market {
                 node: g.node.to_string(),
             });
         }
-        self.store.put_gateway(&g).await?;
-        Ok(())
+        if !self.store.insert_gateway(&g).await? {
+            return match self.store.gateway(&g.gateway).await? {
+                Some(s) if s == g => Ok(Registration::Unchanged),
+                _ => Err(MarketError::Conflict(format!(
+                    "gateway `{}` is already enrolled; enrolment is create-only",
+                    g.gateway
+                ))),
+            };
+        }
+        Ok(Registration::Created)
     }
 
     /// The interval the market trades next.
@@ -658,4 +682,48 @@ pub(crate) async fn run_writer(
             }
         }
     }
+}
+
+/// What a create-only registration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// The record is new and stored.
+    Created,
+    /// Exactly this record was registered before; nothing changed. (The REST API answers 409
+    /// for it like for any existing id; in-process callers that re-register on restart, such
+    /// as the demo neighbourhood, carry on.)
+    Unchanged,
+}
+
+/// The largest inverter or battery power a gateway may enrol, W (1 MW: far above any home,
+/// room for a farm or a small commercial site; larger sites connect through the operator).
+pub const MAX_SITE_POWER_W: u32 = 1_000_000;
+
+/// Refuses enrolment values no real site has: inverter or battery power above
+/// [`MAX_SITE_POWER_W`], latitude outside ±90° or longitude outside ±180°.
+pub fn validate_enrollment(g: &GatewayEnrollment) -> Result<(), MarketError> {
+    let power = |what: &str, w: u32| {
+        if w > MAX_SITE_POWER_W {
+            Err(MarketError::InvalidRequest(format!(
+                "{what} {w} W is above the most a gateway may enrol ({MAX_SITE_POWER_W} W)"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    power("inverter_w", g.inverter_w)?;
+    power("battery_w", g.battery_w)?;
+    if g.latitude_microdeg.unsigned_abs() > 90_000_000 {
+        return Err(MarketError::InvalidRequest(format!(
+            "latitude_microdeg {} is outside ±90000000 (±90°)",
+            g.latitude_microdeg
+        )));
+    }
+    if g.longitude_microdeg.unsigned_abs() > 180_000_000 {
+        return Err(MarketError::InvalidRequest(format!(
+            "longitude_microdeg {} is outside ±180000000 (±180°)",
+            g.longitude_microdeg
+        )));
+    }
+    Ok(())
 }

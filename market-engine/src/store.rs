@@ -65,6 +65,17 @@ impl StoredResult {
     }
 }
 
+/// A stored enrolment token (the token itself is never stored, only its SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrolmentTokenRow {
+    /// The only participant it may enrol.
+    pub participant: ParticipantId,
+    /// When it expires, Unix seconds.
+    pub expires_at: i64,
+    /// When it was used up (its gateway enrolled), Unix seconds.
+    pub used_at: Option<i64>,
+}
+
 /// Most rows per multi-row insert (3 parameters each; both back ends accept 900 parameters).
 const ENVELOPE_CHUNK: usize = 300;
 
@@ -102,15 +113,6 @@ impl Store {
         &self.db
     }
 
-    async fn put_doc(&self, sql: &str, key: &str, body: String) -> Result<(), StoreError> {
-        sqlx::query(sql)
-            .bind(key.to_owned())
-            .bind(body)
-            .execute(&self.db.pool)
-            .await?;
-        Ok(())
-    }
-
     async fn docs<T: for<'de> Deserialize<'de>>(&self, sql: &str) -> Result<Vec<T>, StoreError> {
         let rows = sqlx::query(sql).fetch_all(&self.db.pool).await?;
         rows.iter()
@@ -118,16 +120,18 @@ impl Store {
             .collect()
     }
 
-    /// Registers a participant, replacing an earlier registration with the same id.
-    pub async fn put_participant(&self, p: &Participant) -> Result<(), StoreError> {
+    /// Registers a participant if its id is new; returns whether it was written (`false`: the
+    /// id was registered before and nothing changed — registration is create-only).
+    pub async fn insert_participant(&self, p: &Participant) -> Result<bool, StoreError> {
         let body = serde_json::to_string(p).map_err(corrupt)?;
-        self.put_doc(
-            "INSERT INTO participants (id, body) VALUES ($1, $2) \
-             ON CONFLICT (id) DO UPDATE SET body = excluded.body",
-            p.id.as_str(),
-            body,
+        let done = sqlx::query(
+            "INSERT INTO participants (id, body) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
         )
-        .await
+        .bind(p.id.to_string())
+        .bind(body)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Every participant, by id.
@@ -135,18 +139,87 @@ impl Store {
         self.docs("SELECT body FROM participants ORDER BY id").await
     }
 
-    /// Registers a gateway, replacing an earlier enrolment with the same id.
-    pub async fn put_gateway(&self, g: &GatewayEnrollment) -> Result<(), StoreError> {
+    /// Enrols a gateway if its id is new; returns whether it was written (`false`: the id was
+    /// enrolled before and nothing changed — enrolment is create-only).
+    pub async fn insert_gateway(&self, g: &GatewayEnrollment) -> Result<bool, StoreError> {
         let body = serde_json::to_string(g).map_err(corrupt)?;
-        sqlx::query(
+        let done = sqlx::query(
             "INSERT INTO gateways (gateway, participant, body) VALUES ($1, $2, $3) \
-             ON CONFLICT (gateway) DO UPDATE SET participant = excluded.participant, body = excluded.body",
+             ON CONFLICT (gateway) DO NOTHING",
         )
         .bind(g.gateway.to_string())
         .bind(g.participant.to_string())
         .bind(body)
         .execute(&self.db.pool)
         .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Stores a new enrolment token (its SHA-256, hex) for `participant`.
+    pub async fn insert_enrolment_token(
+        &self,
+        token_sha256: &str,
+        participant: &ParticipantId,
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO enrolment_tokens (token_sha256, participant, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_sha256.to_owned())
+        .bind(participant.to_string())
+        .bind(created_at)
+        .bind(expires_at)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The enrolment token with this SHA-256 (hex), if issued.
+    pub async fn enrolment_token(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<EnrolmentTokenRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT participant, expires_at, used_at FROM enrolment_tokens WHERE token_sha256 = $1",
+        )
+        .bind(token_sha256.to_owned())
+        .fetch_optional(&self.db.pool)
+        .await?;
+        row.map(|r| {
+            Ok(EnrolmentTokenRow {
+                participant: ParticipantId::new(r.try_get::<String, _>(0)?).map_err(corrupt)?,
+                expires_at: r.try_get(1)?,
+                used_at: r.try_get(2)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Marks an enrolment token used at `now` unless it was used already; returns whether this
+    /// call used it (one caller wins a race).
+    pub async fn use_enrolment_token(
+        &self,
+        token_sha256: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE enrolment_tokens SET used_at = $2 WHERE token_sha256 = $1 AND used_at IS NULL",
+        )
+        .bind(token_sha256.to_owned())
+        .bind(now)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Makes a token usable again (the enrolment it was claimed for failed).
+    pub async fn release_enrolment_token(&self, token_sha256: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE enrolment_tokens SET used_at = NULL WHERE token_sha256 = $1")
+            .bind(token_sha256.to_owned())
+            .execute(&self.db.pool)
+            .await?;
         Ok(())
     }
 

@@ -1,4 +1,5 @@
-//! The command line: `serve`, `clear`, `key`, `order` and `results` subcommands.
+//! The command line: `serve`, `clear`, `key`, `enrolment-token`, `broker-acl`, `order` and
+//! `results` subcommands.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 invalid input (a bad book, a bad argument).
 //! The trader commands (`order`, `results`) and their arguments live in [`crate::client`].
@@ -36,6 +37,31 @@ pub enum Command {
     /// Run the market service (REST, gate closure, MQTT results).
     Serve {
         /// TOML config file; `GRIDMESH_MARKET_*` environment variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Issue a one-time enrolment token for a home (printed once; only its hash is stored).
+    /// The home runs `edge-gateway enroll --token TOKEN`; the token registers that participant
+    /// and its gateway, then is used up.
+    EnrolmentToken {
+        /// The participant (home) it may enrol, e.g. h042.
+        #[arg(long)]
+        participant: String,
+        /// Hours until it expires.
+        #[arg(long, default_value_t = market_engine::enrolment::DEFAULT_VALID_HOURS)]
+        valid_hours: u32,
+        /// The market's TOML config (its database_url); `GRIDMESH_MARKET_*` overrides it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Write Mosquitto's password file and ACL for the enrolled gateways (read from the
+    /// market's database): `<out>/passwd`, `<out>/acl`, `<out>/gateways/<id>.password` and
+    /// `<out>/{market,settlement,web}.password`, all mode 0600.
+    BrokerAcl {
+        /// The output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// The market's TOML config (its database_url); `GRIDMESH_MARKET_*` overrides it.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -97,6 +123,15 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Clear { book, pay_as_bid } => clear_command(&book, pay_as_bid),
         Command::Key { action } => key_command(action),
+        Command::EnrolmentToken {
+            participant,
+            valid_hours,
+            config,
+        } => runtime()
+            .and_then(|rt| rt.block_on(enrolment_token_command(config, &participant, valid_hours))),
+        Command::BrokerAcl { out, config } => {
+            runtime().and_then(|rt| rt.block_on(broker_acl_command(config, &out)))
+        }
         Command::Serve { config } => runtime().and_then(|rt| rt.block_on(serve_command(config))),
         Command::Order { market, action } => {
             runtime().and_then(|rt| rt.block_on(crate::client::order_command(&market, action)))
@@ -158,6 +193,67 @@ fn key_command(action: KeyAction) -> Result<(), Failure> {
     }
     .map_err(Failure::input)?;
     println!("{}", key.public_key());
+    Ok(())
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<market_engine::MarketConfig, Failure> {
+    gridmesh_runtime::config::load(path, market_engine::config::ENV_PREFIX).map_err(Failure::input)
+}
+
+async fn open_store(
+    config: &market_engine::MarketConfig,
+) -> Result<market_engine::store::Store, Failure> {
+    market_engine::store::Store::open(&config.database_url, config.interval_minutes)
+        .await
+        .map_err(|e| Failure::runtime(format!("the market's database: {e}")))
+}
+
+/// `enrolment-token --participant ID [--valid-hours H]`: prints a new one-time token.
+async fn enrolment_token_command(
+    config: Option<PathBuf>,
+    participant: &str,
+    valid_hours: u32,
+) -> Result<(), Failure> {
+    let participant = gridmesh_protocol::ParticipantId::new(participant)
+        .map_err(|e| Failure::input(format!("--participant: {e}")))?;
+    if valid_hours == 0 {
+        return Err(Failure::input("--valid-hours must be at least 1"));
+    }
+    let config = load_config(config.as_deref())?;
+    let store = open_store(&config).await?;
+    let now = chrono::Utc::now().timestamp();
+    let issued = market_engine::enrolment::issue(&store, &participant, valid_hours, now)
+        .await
+        .map_err(|e| Failure::runtime(format!("storing the token: {e}")))?;
+    let expires = chrono::DateTime::from_timestamp(issued.expires_at, 0)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default();
+    eprintln!(
+        "one-time enrolment token for {participant}, valid until {expires}; the home runs: edge-gateway enroll --token <token>"
+    );
+    println!("{}", issued.token);
+    Ok(())
+}
+
+/// `broker-acl --out DIR`: Mosquitto's password file and ACL for the enrolled gateways.
+async fn broker_acl_command(config: Option<PathBuf>, out: &std::path::Path) -> Result<(), Failure> {
+    let config = load_config(config.as_deref())?;
+    let store = open_store(&config).await?;
+    let gateways: Vec<_> = store
+        .gateways()
+        .await
+        .map_err(|e| Failure::runtime(format!("reading the enrolled gateways: {e}")))?
+        .into_iter()
+        .map(|g| g.gateway)
+        .collect();
+    let written = market_engine::broker_acl::write(out, &gateways).map_err(Failure::runtime)?;
+    eprintln!(
+        "wrote {} and {} for {} users ({} gateways); point Mosquitto's password_file and acl_file at them",
+        written.password_file.display(),
+        written.acl_file.display(),
+        written.users.len(),
+        gateways.len()
+    );
     Ok(())
 }
 
