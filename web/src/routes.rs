@@ -22,11 +22,12 @@ use crate::api::{
     QuarantineAnswer, ReadyAnswer, StatusAnswer,
 };
 use crate::assets;
-use crate::auth::{CSRF_HEADER, Session, session_id};
+use crate::auth::{CSRF_HEADER, Role, Session, session_id};
 use crate::charts;
 use crate::hub::{Change, Hub};
 use crate::upstream::{UpstreamError, encode_component};
 use crate::views;
+use crate::views::Alert;
 use axum::extract::{Form, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -447,7 +448,41 @@ async fn asset(ApiPath(name): ApiPath<String>) -> Response {
     }
 }
 
-async fn api_status(State(hub): State<Arc<Hub>>) -> ApiJson<StatusAnswer> {
+/// The alerts `role` may see: every alert for admin and viewer; for a household, the
+/// grid-wide ones and those about its own participant or gateways (another home's offline
+/// gateway, quarantined reading or envelope violation is that home's data).
+fn alerts_for(snap: &crate::snapshot::Snapshot, spike_factor: u32, role: &Role) -> Vec<Alert> {
+    let all = views::alerts(snap, spike_factor);
+    let Some(own) = role.household() else {
+        return all;
+    };
+    let own_gateways: Vec<&str> = snap
+        .gateways
+        .iter()
+        .filter(|g| g.participant.as_str() == own)
+        .map(|g| g.gateway.as_str())
+        .collect();
+    let mine = |subject: &str| {
+        subject == own
+            || own_gateways.iter().any(|g| {
+                subject == *g
+                    || subject
+                        .strip_prefix(g)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+    };
+    all.into_iter()
+        .filter(|a| match a.kind.as_str() {
+            "gateway_offline" | "quarantine" | "envelope_violation" => mine(&a.subject),
+            _ => true,
+        })
+        .collect()
+}
+
+async fn api_status(
+    State(hub): State<Arc<Hub>>,
+    Extension(session): Extension<Arc<Session>>,
+) -> ApiJson<StatusAnswer> {
     let snap = hub.snapshot();
     ApiJson(StatusAnswer {
         version: snap.version,
@@ -455,7 +490,7 @@ async fn api_status(State(hub): State<Arc<Hub>>) -> ApiJson<StatusAnswer> {
         sources: views::Sources::of(&snap),
         next_interval: snap.next_interval.clone(),
         latest_interval: snap.latest_result().map(|r| r.interval.key()),
-        alerts: views::alerts(&snap, hub.config.imbalance_spike_factor).len(),
+        alerts: alerts_for(&snap, hub.config.imbalance_spike_factor, &session.role).len(),
     })
 }
 
@@ -484,8 +519,15 @@ async fn api_ready(State(hub): State<Arc<Hub>>) -> ApiJson<ReadyAnswer> {
     })
 }
 
-async fn api_grid(State(hub): State<Arc<Hub>>) -> ApiJson<views::GridView> {
-    ApiJson(views::grid(&hub.snapshot()))
+async fn api_grid(
+    State(hub): State<Arc<Hub>>,
+    Extension(session): Extension<Arc<Session>>,
+) -> ApiJson<views::GridView> {
+    let mut grid = views::grid(&hub.snapshot());
+    // Branch totals are shared; the per-gateway list is each home's own.
+    grid.gateways
+        .retain(|g| session.role.may_read_participant(&g.participant));
+    ApiJson(grid)
 }
 
 async fn api_market(State(hub): State<Arc<Hub>>) -> ApiJson<views::MarketView> {
@@ -567,11 +609,14 @@ fn split<T>(r: Result<T, UpstreamError>, cached: Option<T>) -> (Option<T>, Optio
     }
 }
 
-async fn api_alerts(State(hub): State<Arc<Hub>>) -> ApiJson<AlertsAnswer> {
+async fn api_alerts(
+    State(hub): State<Arc<Hub>>,
+    Extension(session): Extension<Arc<Session>>,
+) -> ApiJson<AlertsAnswer> {
     let snap = hub.snapshot();
     ApiJson(AlertsAnswer {
         sources: views::Sources::of(&snap),
-        alerts: views::alerts(&snap, hub.config.imbalance_spike_factor),
+        alerts: alerts_for(&snap, hub.config.imbalance_spike_factor, &session.role),
     })
 }
 

@@ -304,6 +304,39 @@ async fn a_household_sees_only_its_own_participant() {
     assert_eq!(ids, ["h001"]);
     let q = send(&hub, get("/api/quarantine", Some(&h1))).await;
     assert_eq!(q.status, StatusCode::FORBIDDEN);
+    // Another home's quarantined reading and gateways are not in a household's alerts or grid.
+    let subjects = |answer: Value| -> Vec<String> {
+        answer["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| format!("{}:{}", a["kind"], a["subject"]))
+            .collect()
+    };
+    let alerts = subjects(send(&hub, get("/api/alerts", Some(&h1))).await.json());
+    assert!(!alerts.iter().any(|a| a.contains("gw-h002")), "{alerts:?}");
+    let (h2, _) = hub.auth.start_session(
+        "home2",
+        Role::Household {
+            participant: "h002".into(),
+        },
+    );
+    let alerts = subjects(send(&hub, get("/api/alerts", Some(&h2))).await.json());
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.contains("quarantine") && a.contains("gw-h002")),
+        "{alerts:?}"
+    );
+    let grid = send(&hub, get("/api/grid", Some(&h1))).await.json();
+    assert!(
+        grid["gateways"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["participant"] == "h001"),
+        "{grid}"
+    );
     // Operators and auditors see every household.
     let (viewer, _) = hub.auth.start_session("v", Role::Viewer);
     let other = send(&hub, get("/api/participants/h002", Some(&viewer))).await;
