@@ -197,9 +197,10 @@ pub async fn run_with_key(
     let router = crate::health::router(status.clone());
     let token = shutdown.token();
     shutdown.spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
+        let options = gridmesh_runtime::http::ServeOptions::default();
+        if let Err(error) = gridmesh_runtime::http::serve(listener, router, &options, token).await {
+            tracing::error!(%error, "health server failed");
+        }
     });
 
     let wake = Arc::new(Notify::new());
