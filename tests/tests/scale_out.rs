@@ -27,6 +27,9 @@ use std::time::Duration;
 const SPEED: f64 = 200.0;
 /// The zones' operator token: the one `invariants::get_json` reads household data with.
 const TOKEN: &str = gridmesh_e2e::neighbourhood::DEMO_OPERATOR_TOKEN;
+/// The auditor credential each zone's settlement presents to read its market's registrations
+/// (which the market keeps private).
+const AUDITOR: &str = "scale-out-auditor-token";
 
 /// One zone: its market and settlement processes.
 struct Zone {
@@ -71,6 +74,7 @@ async fn start_zone(
         database_url: market_db,
         zone: name.to_owned(),
         operator_token: Some(TOKEN.to_owned()),
+        auditor_token: Some(AUDITOR.to_owned()),
         broker_url: Some(broker.to_owned()),
         topology: Some(zone_network(feeder)),
         clock: Some(clock.clone()),
@@ -101,7 +105,8 @@ async fn start_zone(
         format!(
             "listen = \"{settlement_addr}\"\ndatabase_url = \"{settlement_db}\"\n\
              market_url = \"http://{market_addr}\"\nmqtt_client_id = \"settlement-{name}-{pid}\"\n\
-             authority_key = \"{key}\"\noperator_token = \"{TOKEN}\"\ngrace_secs = 600\n\
+             authority_key = \"{key}\"\noperator_token = \"{TOKEN}\"\nauditor_token = \"{AUDITOR}\"\n\
+             market_token = \"{AUDITOR}\"\ngrace_secs = 600\n\
              poll_secs = 0.5\n\n[clock]\nepoch = \"{epoch}\"\nspeed = {speed:?}\nanchor = \"{anchor}\"\n",
             pid = std::process::id(),
             key = authority_path.display(),
