@@ -85,14 +85,21 @@ pub enum OrderAction {
         #[arg(long)]
         nonce: Option<u64>,
     },
-    /// List orders.
+    /// List orders (household data: sign the request with `--key` as `--participant` to list
+    /// your own, or send the auditor or operator token with `--token`).
     List {
-        /// Only this participant's.
+        /// Only this participant's (with `--key`: the participant who signs).
         #[arg(long)]
         participant: Option<String>,
         /// Only this interval (start, RFC 3339).
         #[arg(long)]
         interval: Option<String>,
+        /// The participant's key file: signs the request (gridmesh/request/v1).
+        #[arg(long, requires = "participant")]
+        key: Option<PathBuf>,
+        /// An auditor or operator token, sent as `Authorization: Bearer`.
+        #[arg(long, env = "GRIDMESH_MARKET_TOKEN", conflicts_with = "key")]
+        token: Option<String>,
     },
     /// Cancel an order before gate closure.
     Cancel {
@@ -180,16 +187,39 @@ pub async fn order_command(market: &str, action: OrderAction) -> Result<(), Fail
         OrderAction::List {
             participant,
             interval,
+            key,
+            token,
         } => {
             let mut query = Vec::new();
-            if let Some(p) = participant {
-                query.push(("participant", p));
+            if let Some(p) = &participant {
+                query.push(format!("participant={p}"));
             }
-            if let Some(i) = interval {
-                query.push(("interval", i));
+            if let Some(i) = &interval {
+                query.push(format!("interval={i}"));
             }
-            let orders: Vec<OrderRecord> =
-                call(http.get(format!("{market}/orders")).query(&query)).await?;
+            // The exact path and query the signature covers.
+            let path = if query.is_empty() {
+                "/orders".to_owned()
+            } else {
+                format!("/orders?{}", query.join("&"))
+            };
+            let mut request = http.get(format!("{market}{path}"));
+            if let (Some(key), Some(p)) = (&key, &participant) {
+                let pair = SigningKeyPair::load(key).map_err(Failure::input)?;
+                let who = ParticipantId::new(p.as_str()).map_err(Failure::input)?;
+                let header = gridmesh_protocol::request::authorization(
+                    &who,
+                    &pair,
+                    chrono::Utc::now().timestamp(),
+                    "GET",
+                    &path,
+                    b"",
+                );
+                request = request.header(reqwest::header::AUTHORIZATION, header);
+            } else if let Some(token) = &token {
+                request = request.bearer_auth(token);
+            }
+            let orders: Vec<OrderRecord> = call(request).await?;
             // Everything but the signed envelope.
             let rows: Vec<Value> = orders
                 .iter()
