@@ -367,7 +367,10 @@ impl Neighbourhood {
             listen: SocketAddr::from(([127, 0, 0, 1], port(options.ports_from, 1))),
             database_url: database_url(&options, "market").await?,
             zone: "demo".to_owned(),
+            // The operator enrols the demo's homes in-process; settlement and the dashboard
+            // read the private registrations with the auditor credential.
             operator_token: Some(DEMO_OPERATOR_TOKEN.to_owned()),
+            auditor_token: Some(auditor_token.clone()),
             broker_url: Some(broker_url.clone()),
             topology: Some(network.clone()),
             // A stable key across restarts: gateways and settlement pin it.
@@ -501,8 +504,6 @@ impl Neighbourhood {
 
         // The dashboard reads the market and settlement with the auditor credential, and
         // forwards an admin's operator actions with the operator token.
-        // TODO(issue 13): set the same `auditor_token` in the market's config above once its
-        // `auditor_token` field has landed (settlement's is set).
         let web = gridmesh_web::serve(
             gridmesh_web::WebConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], port(options.ports_from, 0))),
