@@ -103,6 +103,8 @@ pub struct SettlementConfig {
     /// The bearer token settlement sends with its reads from the market (registrations are
     /// private there: the market's auditor token). `None` = settlement's own `auditor_token`.
     pub market_token: Option<String>,
+    /// CA certificates (PEM) trusted for an `https://` `market_url` (no built-in roots).
+    pub market_ca_file: Option<PathBuf>,
     /// How often to poll the market, in real seconds.
     pub poll_secs: f64,
     /// The certificate chain (PEM) to serve HTTPS with; set together with `tls_key`. Neither =
@@ -130,6 +132,7 @@ impl Default for SettlementConfig {
             operator_token: None,
             auditor_token: None,
             market_token: None,
+            market_ca_file: None,
             poll_secs: 2.0,
             tls_cert: None,
             tls_key: None,
@@ -161,6 +164,14 @@ pub enum Error {
     /// The MQTT settings are invalid.
     #[error(transparent)]
     Mqtt(#[from] gridmesh_runtime::mqtt::MqttError),
+    /// `market_ca_file` cannot be read or holds no certificate.
+    #[error("cannot use market_ca_file {path}: {message}")]
+    MarketCa {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// `tls_cert`/`tls_key` are half set or cannot be read.
     #[error(transparent)]
     Tls(#[from] gridmesh_runtime::http::ServeError),
@@ -194,19 +205,31 @@ pub async fn serve(
     clock: Clock,
     shutdown: Shutdown,
 ) -> Result<RunningSettlement, Error> {
-    let source: Option<Arc<dyn MarketSource>> = config.market_url.as_deref().map(|u| {
-        let token = config
-            .market_token
-            .as_deref()
-            .or(config.auditor_token.as_deref());
-        if token.is_none_or(str::is_empty) {
-            tracing::warn!(
-                market = u,
-                "no market_token (or auditor_token) configured: settlement reads the market's registrations without a credential, which a market that keeps them private refuses"
-            );
+    let source: Option<Arc<dyn MarketSource>> = match config.market_url.as_deref() {
+        None => None,
+        Some(u) => {
+            let token = config
+                .market_token
+                .as_deref()
+                .or(config.auditor_token.as_deref());
+            if token.is_none_or(str::is_empty) {
+                tracing::warn!(
+                    market = u,
+                    "no market_token (or auditor_token) configured: settlement reads the market's registrations without a credential, which a market that keeps them private refuses"
+                );
+            }
+            let mut market = HttpMarket::new(u).with_token(token);
+            if let Some(path) = &config.market_ca_file {
+                let ca_error = |message: String| Error::MarketCa {
+                    path: path.clone(),
+                    message,
+                };
+                let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+                market = market.with_ca_pem(&pem).map_err(ca_error)?;
+            }
+            Some(Arc::new(market) as Arc<dyn MarketSource>)
         }
-        Arc::new(HttpMarket::new(u).with_token(token)) as Arc<dyn MarketSource>
-    });
+    };
     serve_with_source(config, clock, shutdown, source).await
 }
 

@@ -73,16 +73,34 @@ impl std::fmt::Debug for HttpMarket {
 }
 
 impl HttpMarket {
-    /// A client for the market at `base` (for example `http://127.0.0.1:8081`).
+    fn client_builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+    }
+
+    /// A client for the market at `base` (for example `http://127.0.0.1:8081`). An `https://`
+    /// market needs [`HttpMarket::with_ca_pem`]: no built-in roots are trusted.
     pub fn new(base: &str) -> Self {
         HttpMarket {
             base: base.trim_end_matches('/').to_owned(),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("reqwest client"),
+            client: Self::client_builder().build().expect("reqwest client"),
             token: None,
         }
+    }
+
+    /// Trusts the CA certificates in `pem` (one or more PEM `CERTIFICATE` blocks) for an
+    /// `https://` market: the CA that signed the market's certificate (`market_ca_file`).
+    pub fn with_ca_pem(mut self, pem: &[u8]) -> Result<Self, String> {
+        let certificates = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())?;
+        if certificates.is_empty() {
+            return Err("no PEM CERTIFICATE block found".into());
+        }
+        let builder = certificates
+            .into_iter()
+            .fold(Self::client_builder(), |b, c| b.add_root_certificate(c));
+        self.client = builder.build().map_err(|e| e.to_string())?;
+        Ok(self)
     }
 
     /// Sends `Authorization: Bearer <token>` with every read (the market's auditor token: its

@@ -628,4 +628,23 @@ async fn bad_tls_settings_refuse_to_start() {
             };
         assert!(error.contains(needle), "{error}");
     }
+    // The CA for an https:// market: unreadable or without a certificate, settlement does not
+    // start (it would otherwise poll a market it can never reach).
+    let not_pem = dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    for ca in [dir.path().join("missing-ca.pem"), not_pem] {
+        let config = SettlementConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
+            market_url: Some("https://127.0.0.1:9".into()),
+            market_ca_file: Some(ca.clone()),
+            ..SettlementConfig::default()
+        };
+        let error =
+            match settlement::serve(config, Clock::scaled(epoch(), 1.0), Shutdown::new()).await {
+                Ok(_) => panic!("started with market_ca_file {}", ca.display()),
+                Err(e) => e.to_string(),
+            };
+        assert!(error.contains("market_ca_file"), "{error}");
+    }
 }
