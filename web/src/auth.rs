@@ -30,6 +30,10 @@ pub const SESSION_COOKIE: &str = "gridmesh_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// At most this many sessions are kept (the oldest idle ones go first).
 const MAX_SESSIONS: usize = 10_000;
+/// After this many failed logins in a row a name is locked for [`LOCKOUT`].
+const MAX_FAILURES: u32 = 5;
+/// How long a name stays locked after [`MAX_FAILURES`] failed logins.
+const LOCKOUT: Duration = Duration::from_secs(60);
 
 /// What a dashboard user may do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +305,8 @@ pub struct Auth {
     secure: bool,
     port: AtomicU16,
     sessions: Mutex<HashMap<String, Entry>>,
+    /// Failed logins per name: how many in a row, and when the last one was.
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
 }
 
 impl Auth {
@@ -318,7 +324,37 @@ impl Auth {
             secure: config.secure_cookies,
             port: AtomicU16::new(config.listen.port()),
             sessions: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How long `name` must still wait before another login attempt is checked (after
+    /// [`MAX_FAILURES`] failed ones in a row); `None` when it may try now.
+    pub fn locked_for(&self, name: &str) -> Option<Duration> {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let (count, last) = failures.get(name)?;
+        let elapsed = last.elapsed();
+        (*count >= MAX_FAILURES && elapsed < LOCKOUT).then(|| LOCKOUT - elapsed)
+    }
+
+    fn record_login(&self, name: &str, ok: bool) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            failures.remove(name);
+            return;
+        }
+        if failures.len() >= MAX_SESSIONS {
+            failures.retain(|_, (_, last)| last.elapsed() < LOCKOUT);
+        }
+        let entry = failures
+            .entry(name.to_owned())
+            .or_insert((0, Instant::now()));
+        // A lockout that has run out starts a new count.
+        if entry.0 >= MAX_FAILURES {
+            entry.0 = 0;
+        }
+        entry.0 += 1;
+        entry.1 = Instant::now();
     }
 
     /// The port the dashboard listens on (a bare allowed host name matches `name:port`).
@@ -339,7 +375,8 @@ impl Auth {
         })
     }
 
-    /// Checks a login against the users file; returns the new session id and session.
+    /// Checks a login against the users file; returns the new session id and session. Callers
+    /// check [`Auth::locked_for`] first.
     pub fn login(
         &self,
         name: &str,
@@ -347,8 +384,10 @@ impl Auth {
     ) -> Result<Option<(String, Arc<Session>)>, UsersError> {
         let users = UsersFile::load(&self.users_file)?;
         let Some(user) = users.check(name, password) else {
+            self.record_login(name, false);
             return Ok(None);
         };
+        self.record_login(name, true);
         Ok(Some(self.start_session(&user.name, user.role.clone())))
     }
 

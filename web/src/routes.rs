@@ -284,6 +284,16 @@ async fn login(State(hub): State<Arc<Hub>>, Form(form): Form<LoginForm>) -> Resp
     let auth = &hub.auth;
     let name = form.name.trim().to_owned();
     let password = form.password;
+    if let Some(wait) = auth.locked_for(&name) {
+        tracing::warn!(user = %name, "dashboard login refused: too many failed attempts");
+        return html(
+            StatusCode::TOO_MANY_REQUESTS,
+            assets::login_html(Some(&format!(
+                "Too many failed logins for this name; try again in {} s.",
+                wait.as_secs().max(1)
+            ))),
+        );
+    }
     let outcome = tokio::task::spawn_blocking({
         let hub = hub.clone();
         move || hub.auth.login(&name, &password).map(|s| (s, name))

@@ -194,6 +194,15 @@ async fn login_sets_a_strict_http_only_cookie_and_logout_ends_the_session() {
         .to_owned();
     assert_eq!(session.len(), 64, "a 256-bit id");
 
+    // Five wrong passwords in a row lock the name for a minute, the right one included.
+    for _ in 0..5 {
+        let wrong = send(&hub, form("name=olivia&password=nope")).await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    }
+    let locked = send(&hub, form("name=olivia&password=viewer+password")).await;
+    assert_eq!(locked.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(locked.body.contains("Too many failed logins"));
+
     let me = send(&hub, get("/api/me", Some(&session))).await;
     assert_eq!(me.status, StatusCode::OK, "{}", me.body);
     let me = me.json();
