@@ -45,8 +45,9 @@ pub enum DeliveryError {
     /// Neither a connected broker nor settlement's URL is available.
     #[error("{0}")]
     NoUplink(&'static str),
-    /// Settlement could not be reached.
-    #[error("settlement unreachable: {0}")]
+    /// Settlement could not be reached (the message carries the cause, e.g. a TLS certificate
+    /// the configured CA does not sign).
+    #[error("settlement unreachable: {}", crate::tls::error_chain(.0))]
     Unreachable(reqwest::Error),
     /// Settlement answered with an error status.
     #[error("settlement answered {status}: {body}")]
