@@ -133,9 +133,13 @@ fn assert_code(got: (u16, Value), status: u16, code: &str) {
 }
 
 async fn start(dir: &std::path::Path) -> (RunningMarket, Shutdown, Client) {
+    start_on(format!("sqlite://{}", dir.join("m.db").display())).await
+}
+
+async fn start_on(database_url: String) -> (RunningMarket, Shutdown, Client) {
     let config = MarketConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", dir.join("m.db").display()),
+        database_url,
         zone: "test".into(),
         operator_token: Some(OPERATOR.into()),
         auditor_token: Some(AUDITOR.into()),
@@ -246,7 +250,19 @@ async fn registration_is_create_only_and_values_are_checked() {
 #[tokio::test]
 async fn enrolment_tokens_enrol_one_home_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (m, shutdown, c) = start(dir.path()).await;
+    enrolment_scenario(start(dir.path()).await).await;
+}
+
+/// The same on PostgreSQL (the token table and its queries on the other back end).
+#[tokio::test]
+async fn enrolment_tokens_on_postgres() {
+    let url = gridmesh_runtime::db::scratch::fresh_postgres("market_access")
+        .await
+        .unwrap();
+    enrolment_scenario(start_on(url).await).await;
+}
+
+async fn enrolment_scenario((m, shutdown, c): (RunningMarket, Shutdown, Client)) {
     let store = &m.market.store;
     let now = Utc::now().timestamp();
     let token = market_engine::enrolment::issue(store, &pid("h042"), 72, now)
