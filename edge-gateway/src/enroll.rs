@@ -1,6 +1,10 @@
 //! Enrolment: registering the household (participant) and this gateway with its key at the
-//! market, with the operator's enrolment token, and fetching the market's public key
-//! (`GET /market-key`) to pin as `market_public_key`.
+//! market, with the home's one-time enrolment token (`market-engine enrolment-token
+//! --participant ID`, sent as `Authorization: Bearer gme_…`; the market accepts it for this
+//! participant only and uses it up when the gateway is enrolled), and fetching the market's
+//! public key (`GET /market-key`) to pin as `market_public_key`. Registrations are
+//! create-only: a 409 means the id is registered already (a retry after the participant was
+//! registered but the gateway was not carries on with the gateway).
 
 use crate::config::GatewayConfig;
 use gridmesh_protocol::api::market::ErrorBody;
