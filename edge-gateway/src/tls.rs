@@ -276,6 +276,10 @@ pub fn explain(error: &str, trust: &Trust) -> String {
         format!(
             "{error}: the server's certificate is outside its validity period (check the clock)"
         )
+    } else if error.contains("Connection refused, return code") {
+        format!(
+            "{error}: the broker refused this gateway's login. Fix: check [mqtt] username (default: the gateway id) and password_file, or the client certificate, against the broker's password file and ACL"
+        )
     } else if error.contains("CertificateRequired") || error.contains("certificate required") {
         format!(
             "{error}: the broker requires a client certificate. Fix: set [mqtt] client_cert_file and client_key_file"

@@ -92,6 +92,16 @@ struct Broker {
 
 impl Broker {
     async fn start(dir: &Path, ca: &Ca) -> Broker {
+        Broker::start_with(
+            dir,
+            ca,
+            "allow_anonymous true\nrequire_certificate true\nuse_identity_as_username true\n",
+        )
+        .await
+    }
+
+    /// `tls_auth`: the TLS listener's authentication lines.
+    async fn start_with(dir: &Path, ca: &Ca, tls_auth: &str) -> Broker {
         let (cert, key) = ca.issue(dir, "broker", true);
         let (plain, tls) = (free_port(), free_port());
         let conf = dir.join("mosquitto.conf");
@@ -99,10 +109,10 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "user root\nallow_anonymous true\npersistence false\nlog_dest stdout\n\
-                 listener {plain} 127.0.0.1\n\
+                "user root\nper_listener_settings true\npersistence false\nlog_dest stdout\n\
+                 listener {plain} 127.0.0.1\nallow_anonymous true\n\
                  listener {tls} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
-                 require_certificate true\nuse_identity_as_username true\n",
+                 {tls_auth}",
                 ca = ca.pem.display(),
                 cert = cert.display(),
                 key = key.display(),
@@ -429,4 +439,92 @@ fn broken_tls_files_are_reported_by_name() {
     assert!(lines.contains("username `gateway-1`"), "{lines}");
     assert!(!lines.contains("s3cret"), "{lines}");
     assert!(lines.contains("market: not configured"), "{lines}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_login_comes_from_the_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "grid");
+    let gw = unique("login");
+    let passwords = dir.path().join("mosquitto.passwd");
+    let status = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwords)
+        .args([gw.as_str(), "right-password"])
+        .status()
+        .expect("mosquitto_passwd runs");
+    assert!(status.success());
+    let broker = Broker::start_with(
+        dir.path(),
+        &ca,
+        &format!(
+            "allow_anonymous false\npassword_file {}\n",
+            passwords.display()
+        ),
+    )
+    .await;
+    let clock = Clock::scaled(epoch(), SPEED);
+    let home = start_home(clock.clone(), epoch()).await;
+    let cancel = CancellationToken::new();
+    let mut rx = subscribe_readings_at(
+        &format!("mqtt://127.0.0.1:{}", broker.plain),
+        &gw,
+        cancel.clone(),
+    );
+    let url = format!("mqtts://localhost:{}", broker.tls);
+
+    // A wrong password: refused, and the reason says where the login comes from.
+    let wrong = dir.path().join("wrong.password");
+    std::fs::write(&wrong, "wrong-password\n").unwrap();
+    let mut config = gateway_config(&format!("{gw}-x"), &home, dir.path(), &url);
+    config.tls.ca_file = Some(ca.pem.clone());
+    config.mqtt.username = Some(gw.clone());
+    config.mqtt.password_file = Some(wrong);
+    let shutdown = Shutdown::new();
+    let running = run_with_key(
+        config,
+        KeySource::Key(Box::new(SigningKeyPair::from_seed([10; 32]))),
+        clock.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let error = loop {
+        if let Some(error) = running.status.snapshot().mqtt_error {
+            break error;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no MQTT error reported"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(error.contains("password_file"), "{error}");
+    shutdown.stop().await;
+
+    // The right password, username defaulting to the gateway id: delivered.
+    let right = dir.path().join("broker.password");
+    std::fs::write(&right, "right-password\n").unwrap();
+    let mut config = gateway_config(&gw, &home, dir.path(), &url);
+    config.tls.ca_file = Some(ca.pem.clone());
+    config.mqtt.password_file = Some(right);
+    let shutdown = Shutdown::new();
+    let running = run_with_key(
+        config,
+        KeySource::Key(Box::new(SigningKeyPair::from_seed([11; 32]))),
+        clock,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let items = collect(&mut rx, 1, Duration::from_secs(30)).await;
+    assert!(
+        !items.is_empty(),
+        "no readings with the right password: {:?}; broker log:\n{}",
+        running.status.snapshot().mqtt_error,
+        std::fs::read_to_string(&broker.log).unwrap_or_default()
+    );
+    shutdown.stop().await;
+    cancel.cancel();
 }
