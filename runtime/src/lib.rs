@@ -13,8 +13,9 @@
 //!   acknowledge incoming messages only after it has stored them;
 //! - [`db`] (feature `db`): sqlx pools over SQLite or PostgreSQL with per-back-end migrations;
 //! - [`http`] (feature `http`): the HTTP kit of every server: `{code, message}` errors and
-//!   extractor rejections, the bearer-token check, SSE from a broadcast channel, and the
-//!   trace, timeout, body-limit and concurrency layers.
+//!   extractor rejections, the bearer-token check, SSE from a broadcast channel, the
+//!   trace, timeout, body-limit and concurrency layers, and `serve`: header read and idle
+//!   timeouts, a connection limit, HTTPS from PEM files (rustls) and graceful shutdown.
 //!
 //! It knows nothing of markets, meters or ledgers.
 

@@ -46,8 +46,10 @@ pub struct ServeOptions {
     /// it is closed: this is what stops slowloris clients.
     pub header_read_timeout: Duration,
     /// How long a connection may pass no byte in either direction before it is closed (default
-    /// 60 s): a stalled upload, or a client that stops reading its answer. Event streams send a
-    /// keep-alive comment more often than this.
+    /// 60 s): a stalled upload, or a client that stops reading its answer. Keep it above the
+    /// event streams' keep-alive interval ([`super::SSE_KEEP_ALIVE`], 15 s) and above the
+    /// request timeout of [`super::HttpLimits`] (30 s), or quiet streams and slow handlers are
+    /// cut off.
     pub idle_timeout: Duration,
     /// How many connections are served at once (default 1024); further clients wait in the
     /// listener's backlog until one closes.
@@ -545,6 +547,39 @@ mod tests {
         let answer = read_until_closed(&mut second).await;
         assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
         stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    /// Event streams send a keep-alive comment every `SSE_KEEP_ALIVE` (15 s), well within the
+    /// default idle timeout, so a quiet stream is not mistaken for a dead connection.
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_event_stream_outlives_the_idle_timeout() {
+        let (events, _) = tokio::sync::broadcast::channel::<u32>(4);
+        let router = Router::new().route(
+            "/events",
+            get(move || {
+                let receiver = events.subscribe();
+                async move {
+                    super::super::sse_from_broadcast(receiver, CancellationToken::new(), |n| {
+                        Some(axum::response::sse::Event::default().data(n.to_string()))
+                    })
+                }
+            }),
+        );
+        let (addr, stop, server) = start(router, ServeOptions::default()).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 1024];
+        while started.elapsed() < ServeOptions::DEFAULT_IDLE_TIMEOUT * 3 {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream was closed after {:?}", started.elapsed());
+        }
+        stop.cancel();
+        drop(client);
         server.await.unwrap().unwrap();
     }
 
