@@ -48,6 +48,8 @@ async fn reads_the_real_market_and_settlement() {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: format!("sqlite://{}", dir.path().join("market.db").display()),
             operator_token: Some("op".into()),
+            // The dashboard's upstream credential (its `upstream_token`), issue 13.
+            auditor_token: Some("audit".into()),
             topology: Some(network),
             ..Default::default()
         },
