@@ -48,6 +48,11 @@ pub struct MarketConfig {
     pub signing_key: Option<PathBuf>,
     /// Every connection point's import rating, W, for its operating envelope.
     pub connection_import_w: u32,
+    /// The certificate chain (PEM) to serve HTTPS with; set together with `tls_key`. Neither =
+    /// plain HTTP (behind a TLS-terminating proxy, or on 127.0.0.1 only).
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for MarketConfig {
@@ -67,6 +72,8 @@ impl Default for MarketConfig {
             clock: None,
             signing_key: None,
             connection_import_w: 11_000,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

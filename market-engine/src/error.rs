@@ -129,6 +129,9 @@ pub enum MarketError {
     /// The MQTT broker settings are invalid.
     #[error("MQTT: {0}")]
     Mqtt(String),
+    /// `tls_cert`/`tls_key` are half set or cannot be read.
+    #[error("HTTPS: {0}")]
+    Tls(#[from] gridmesh_runtime::http::ServeError),
     /// The market's signing key could not be loaded or created.
     #[error("the market's signing key: {0}")]
     SigningKey(#[from] gridmesh_protocol::keys::KeyFileError),
@@ -169,6 +172,7 @@ impl MarketError {
             ShuttingDown => (503, "shutting_down"),
             Bind { .. } => (500, "bind_failed"),
             Mqtt(_) => (500, "mqtt_error"),
+            Tls(_) => (500, "tls_error"),
             SigningKey(_) => (500, "signing_key"),
             InvalidOverride(_) => (400, "invalid_override"),
         }

@@ -37,6 +37,11 @@ pub async fn serve(
     clock: Clock,
     shutdown: Shutdown,
 ) -> Result<RunningMarket, MarketError> {
+    // Refuse to start on a bad certificate or key rather than fail later in the server task.
+    let options = gridmesh_runtime::http::ServeOptions::default()
+        .with_tls(config.tls_cert.clone(), config.tls_key.clone())?;
+    options.check()?;
+    let scheme = options.scheme();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| MarketError::Bind {
@@ -100,14 +105,13 @@ pub async fn serve(
     });
     let token = shutdown.token();
     shutdown.spawn(async move {
-        let options = gridmesh_runtime::http::ServeOptions::default();
         let served = gridmesh_runtime::http::serve(listener, app, &options, token).await;
         if let Err(error) = served {
             tracing::error!(%error, "REST server failed");
         }
     });
     let market_key = market.public_key();
-    tracing::info!(%addr, zone = %config.zone, %market_key, "market engine listening");
+    tracing::info!(%addr, %scheme, zone = %config.zone, %market_key, "market engine listening");
     Ok(RunningMarket {
         addr,
         market,
