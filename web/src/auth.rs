@@ -321,7 +321,7 @@ impl Auth {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             idle: config.session_idle(),
-            secure: config.secure_cookies,
+            secure: config.secure_cookies || config.tls_cert.is_some(),
             port: AtomicU16::new(config.listen.port()),
             sessions: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
@@ -556,6 +556,13 @@ mod tests {
             ..crate::WebConfig::default()
         });
         assert!(secure.cookie(&id).ends_with("; Secure"));
+        // Served over TLS, the cookie is always Secure.
+        let tls = Auth::new(&crate::WebConfig {
+            tls_cert: Some("cert.pem".into()),
+            tls_key: Some("key.pem".into()),
+            ..crate::WebConfig::default()
+        });
+        assert!(tls.cookie(&id).ends_with("; Secure"));
     }
 
     #[test]

@@ -35,9 +35,14 @@ pub struct WebConfig {
     /// Host names (optionally `name:port`) the dashboard answers to; a bare name also matches
     /// `name:<listen port>`. Any other `Host` header answers 421.
     pub allowed_hosts: Vec<String>,
-    /// Mark the session cookie `Secure` (set this when the dashboard is served over TLS,
-    /// directly or behind a TLS-terminating proxy).
+    /// Mark the session cookie `Secure` (set this when a TLS-terminating proxy serves the
+    /// dashboard; with `tls_cert` the cookie is always `Secure`).
     pub secure_cookies: bool,
+    /// The certificate chain (PEM) to serve HTTPS with; set together with `tls_key`. Neither =
+    /// plain HTTP (on 127.0.0.1, or behind a TLS-terminating proxy).
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// A session unused for this many minutes ends (the user logs in again).
     pub session_idle_minutes: u64,
     /// The dashboard's upstream credential (the market's and settlement's `auditor_token`),
@@ -62,6 +67,8 @@ impl Default for WebConfig {
             users_file: PathBuf::from("gridmesh-web-users.json"),
             allowed_hosts: vec!["127.0.0.1".into(), "localhost".into()],
             secure_cookies: false,
+            tls_cert: None,
+            tls_key: None,
             session_idle_minutes: 30,
             upstream_token: None,
             operator_token: None,

@@ -89,6 +89,9 @@ pub enum WebError {
     /// The broker URL was refused.
     #[error("cannot follow gateway status: {0}")]
     Broker(#[from] gridmesh_runtime::mqtt::MqttError),
+    /// `tls_cert`/`tls_key` are half set or cannot be read.
+    #[error("HTTPS: {0}")]
+    Tls(#[from] gridmesh_runtime::http::ServeError),
 }
 
 /// A running dashboard.
@@ -98,12 +101,14 @@ pub struct RunningWeb {
     pub addr: SocketAddr,
     /// The shared state (for tests and the launcher).
     pub hub: Arc<hub::Hub>,
+    /// `https` when serving TLS, else `http`.
+    pub scheme: &'static str,
 }
 
 impl RunningWeb {
     /// The dashboard's base URL, e.g. `http://127.0.0.1:8080`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 }
 
@@ -111,6 +116,11 @@ impl RunningWeb {
 /// as tasks tracked by `shutdown`. Returns once listening.
 pub async fn serve(config: WebConfig, shutdown: Shutdown) -> Result<RunningWeb, WebError> {
     config.validate().map_err(WebError::Config)?;
+    // Refuse to start on a bad certificate or key rather than fail later in the server task.
+    let options = gridmesh_runtime::http::ServeOptions::default()
+        .with_tls(config.tls_cert.clone(), config.tls_key.clone())?;
+    options.check()?;
+    let scheme = options.scheme();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| WebError::Bind {
@@ -140,11 +150,10 @@ pub async fn serve(config: WebConfig, shutdown: Shutdown) -> Result<RunningWeb, 
     let app = routes::router(hub.clone());
     let token = shutdown.token();
     shutdown.spawn(async move {
-        let options = gridmesh_runtime::http::ServeOptions::default();
         if let Err(e) = gridmesh_runtime::http::serve(listener, app, &options, token).await {
             tracing::error!(error = %e, "dashboard server stopped");
         }
     });
-    tracing::info!(%addr, market = %config.market_url, settlement = %config.settlement_url, "dashboard listening");
-    Ok(RunningWeb { addr, hub })
+    tracing::info!(%addr, %scheme, market = %config.market_url, settlement = %config.settlement_url, "dashboard listening");
+    Ok(RunningWeb { addr, hub, scheme })
 }

@@ -351,3 +351,34 @@ async fn a_household_sees_only_its_own_participant() {
     let other = send(&hub, get("/api/participants/h002", Some(&viewer))).await;
     assert_eq!(other.status, StatusCode::OK, "{}", other.body);
 }
+
+/// HTTPS settings are checked before the dashboard starts: half of them, or files that cannot
+/// be read, refuse to start with a message naming the setting.
+#[tokio::test]
+async fn bad_tls_settings_refuse_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = gridmesh_web::WebConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        users_file: dir.path().join("users.json"),
+        ..gridmesh_web::WebConfig::default()
+    };
+    let half = gridmesh_web::WebConfig {
+        tls_key: Some(dir.path().join("key.pem")),
+        ..base.clone()
+    };
+    let missing = gridmesh_web::WebConfig {
+        tls_cert: Some(dir.path().join("cert.pem")),
+        tls_key: Some(dir.path().join("key.pem")),
+        ..base
+    };
+    for config in [half, missing] {
+        let shutdown = gridmesh_runtime::shutdown::Shutdown::new();
+        let refused = gridmesh_web::serve(config, shutdown.clone()).await;
+        let Err(error) = refused else {
+            panic!("the dashboard started with bad TLS settings");
+        };
+        assert!(matches!(error, gridmesh_web::WebError::Tls(_)), "{error}");
+        assert!(error.to_string().contains("HTTPS"), "{error}");
+        shutdown.stop().await;
+    }
+}
