@@ -18,7 +18,8 @@ use std::path::PathBuf;
 struct Cli {
     /// TOML config file (keys: listen, market_url, settlement_url, broker_url, poll_interval_ms,
     /// request_timeout_ms, history_intervals, imbalance_spike_factor, users_file, allowed_hosts,
-    /// secure_cookies, session_idle_minutes, upstream_token, operator_token).
+    /// secure_cookies, tls_cert, tls_key, session_idle_minutes, upstream_token,
+    /// operator_token).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
