@@ -174,9 +174,11 @@ pub use gridmesh_runtime::clock::ClockSettings as ClockConfig;
 pub struct AgentConfig {
     /// Whether to submit orders at all.
     pub enabled: bool,
-    /// Lowest price to sell at, minor units per MWh.
+    /// Lowest price to sell at, minor units per MWh (default 8 000 = 8.0 c/kWh, a typical
+    /// feed-in tariff: selling below it earns less than exporting).
     pub min_sell_price: PricePerMwh,
-    /// Highest price to buy at, minor units per MWh.
+    /// Highest price to buy at, minor units per MWh (default 30 000 = 30.0 c/kWh, a typical
+    /// retail tariff: buying above it costs more than importing).
     pub max_buy_price: PricePerMwh,
     /// Battery state of charge (percent) never offered for sale.
     pub battery_reserve_pct: u8,
@@ -196,8 +198,8 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             enabled: false,
-            min_sell_price: PricePerMwh(80_000),
-            max_buy_price: PricePerMwh(300_000),
+            min_sell_price: PricePerMwh(8_000),
+            max_buy_price: PricePerMwh(30_000),
             battery_reserve_pct: 20,
             battery_capacity_wh: 0,
             steer_battery: false,
