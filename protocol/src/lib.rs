@@ -17,6 +17,7 @@
 //!   what settlement measured against them;
 //! - [`api`]: read models — the typed REST/SSE answers services give each other and clients;
 //! - [`request`]: signed requests, by which a participant proves who reads its own data;
+//! - [`rotation`]: key rotation signed by the old key, and each key's validity period;
 //! - [`keys`]: key files (generate, store with mode 0600, load, show the public key).
 //!
 //! # Example
@@ -53,6 +54,7 @@ pub mod order;
 pub mod reading;
 pub mod registry;
 pub mod request;
+pub mod rotation;
 pub mod signing;
 pub mod token;
 pub mod topics;
