@@ -14,6 +14,17 @@ use tokio::sync::mpsc;
 /// Largest number of MQTT messages stored in one transaction.
 pub const MQTT_BATCH: usize = 512;
 
+/// Largest MQTT packet settlement's client receives (16 MiB). A bigger packet makes the client
+/// drop the connection and a persistent session redeliver it forever, so the broker must refuse
+/// such publishes: set Mosquitto's `max_packet_size` to this value (see settlement/README.md).
+pub const MQTT_MAX_PACKET_BYTES: usize = 16 << 20;
+
+/// Largest MQTT payload handed to [`Service::ingest`] (1 MiB, far above any real batch). A bigger
+/// payload is acknowledged and dropped, with a log line naming its topic and size and the
+/// `gridmesh_settlement_mqtt_dropped_total` metric, so it can neither stall the session nor
+/// fill the quarantine.
+pub const MQTT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
 /// Starts the MQTT ingest task: subscribes to [`topics::READINGS_FILTER`] with a persistent
 /// session under `client_id`, stores messages in batches and acknowledges each only after its
 /// batch committed. On a storage error the batch is retried (with backoff) before anything is
@@ -27,6 +38,7 @@ pub fn start_mqtt(
     let mut settings = MqttSettings::new(url, client_id);
     settings.clean_session = false;
     settings.subscriptions = vec![topics::READINGS_FILTER.to_owned()];
+    settings.max_packet_bytes = MQTT_MAX_PACKET_BYTES;
     let (handle, incoming) = MqttSession::start(settings, shutdown)?;
     let task_handle = handle.clone();
     let task_shutdown = shutdown.clone();
@@ -45,12 +57,20 @@ async fn run(
             m = incoming.recv() => match m { Some(m) => m, None => return },
             _ = shutdown.triggered() => return,
         };
-        let mut batch = vec![first];
-        while batch.len() < MQTT_BATCH {
-            match incoming.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            if m.payload.len() > MQTT_MAX_PAYLOAD_BYTES {
+                drop_oversized(&service, &handle, m).await;
+            } else {
+                batch.push(m);
             }
+            if batch.len() < MQTT_BATCH {
+                next = incoming.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let items: Vec<Submission> = batch
             .iter()
@@ -78,6 +98,18 @@ async fn run(
             handle.ack(m).await;
         }
     }
+}
+
+/// Acknowledges and drops a payload above [`MQTT_MAX_PAYLOAD_BYTES`], saying so.
+async fn drop_oversized(service: &Service, handle: &MqttHandle, m: IncomingMessage) {
+    tracing::warn!(
+        topic = %m.topic,
+        bytes = m.payload.len(),
+        limit = MQTT_MAX_PAYLOAD_BYTES,
+        "dropping an oversized MQTT message (acknowledged, not stored)"
+    );
+    service.metrics.mqtt_dropped.add(1);
+    handle.ack(m).await;
 }
 
 /// Settles intervals as they fall due (end + grace on the service's clock), waking early when a

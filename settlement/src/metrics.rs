@@ -48,13 +48,15 @@ pub struct Metrics {
     pub envelope_excess_wh: Counter,
     /// Envelope alerts raised (a home over its envelope in two consecutive settled intervals).
     pub envelope_alerts: Counter,
+    /// MQTT messages acknowledged and dropped unread because they were oversized.
+    pub mqtt_dropped: Counter,
 }
 
 impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = Exposition::new();
-        let items: [(&str, &str, &Counter); 13] = [
+        let items: [(&str, &str, &Counter); 14] = [
             (
                 "gridmesh_settlement_readings_accepted_total",
                 "Signed readings verified and stored.",
@@ -119,6 +121,11 @@ impl Metrics {
                 "gridmesh_settlement_envelope_alerts_total",
                 "Envelope alerts raised (a home over its envelope in two consecutive settled intervals).",
                 &self.envelope_alerts,
+            ),
+            (
+                "gridmesh_settlement_mqtt_dropped_total",
+                "MQTT messages acknowledged and dropped unread because they exceeded the payload limit (the log names topic and size).",
+                &self.mqtt_dropped,
             ),
         ];
         for (name, help, c) in items {
