@@ -10,7 +10,8 @@
 //! registrations need the home's one-time enrolment token or the operator token and are
 //! create-only (409 `conflict`); the topology and limit overrides need the operator token (the
 //! auditor's answers 403 `forbidden`); orders and cancellations are authorised by their
-//! participant's signature.
+//! participant's signature, and so is a key rotation (`POST /participants/{id}/key`, signed by
+//! the key in force).
 
 use crate::access::Caller;
 use crate::book::depth;
@@ -30,6 +31,7 @@ use gridmesh_protocol::envelope::{MarketKey, SignedResult};
 use gridmesh_protocol::grid::{LimitOverride, Network};
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
+use gridmesh_protocol::rotation::ParticipantWithKeys;
 use gridmesh_protocol::{GatewayId, Interval, ParticipantId, SignedEnvelope};
 use gridmesh_runtime::http::{
     ApiError, ApiPath, ApiQuery, HttpLimits, check_bearer, layers, sse_from_broadcast,
@@ -129,6 +131,8 @@ fn interval_at(state: &AppState, start: &str) -> ApiResult<Interval> {
 pub fn openapi_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(crate::openapi::base())
         .routes(routes!(post_participant, get_participants))
+        .routes(routes!(get_participant))
+        .routes(routes!(post_participant_key))
         .routes(routes!(post_gateway, get_gateways))
         .routes(routes!(get_gateway))
         .routes(routes!(post_order, get_orders))
@@ -198,10 +202,51 @@ async fn post_participant(
 }
 
 #[utoipa::path(get, path = "/participants", tag = "registry",
-    summary = "List participants",
-    responses((status = 200, description = "every registered participant", body = Vec<Participant>)))]
-async fn get_participants(State(s): State<AppState>) -> Json<Vec<Participant>> {
-    Json(s.market.participants())
+    summary = "List participants, each with the key in force and every key's validity period",
+    responses((status = 200, description = "every registered participant", body = Vec<ParticipantWithKeys>)))]
+async fn get_participants(State(s): State<AppState>) -> Json<Vec<ParticipantWithKeys>> {
+    Json(s.market.participants_with_keys())
+}
+
+#[utoipa::path(get, path = "/participants/{id}", tag = "registry",
+    summary = "One participant, with the key in force and every key's validity period",
+    params(("id" = String, Path, description = "the participant id")),
+    responses(
+        (status = 200, description = "the participant", body = ParticipantWithKeys),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 404, description = "not_found: not registered", body = ErrorBody),
+    ))]
+async fn get_participant(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<ParticipantWithKeys>> {
+    let id = ParticipantId::new(id).map_err(|e| MarketError::InvalidRequest(e.to_string()))?;
+    s.market
+        .participant_with_keys(&id)
+        .map(Json)
+        .ok_or_else(|| MarketError::NotFound(format!("participant `{id}` is not registered")))
+}
+
+#[utoipa::path(post, path = "/participants/{id}/key", tag = "registry",
+    summary = "Rotate a participant's key (a KeyRotation signed by the key in force)",
+    description = "The envelope carries a `KeyRotation` (`gridmesh/rotate/v1`, docs/protocol.md) signed by the participant's key in force now. From `valid_from` on the new key signs and the old one is refused (`key_mismatch`).",
+    params(("id" = String, Path, description = "the participant id")),
+    request_body = SignedEnvelope,
+    responses(
+        (status = 200, description = "rotated: the participant with every key's validity period", body = ParticipantWithKeys),
+        (status = 400, description = "invalid_request (another participant than the path, valid_from in the past or not after the current key's, an unusable key) | wrong_message", body = ErrorBody),
+        (status = 401, description = "bad_signature | key_mismatch: not signed by the key in force", body = ErrorBody),
+        (status = 403, description = "unknown_participant", body = ErrorBody),
+        (status = 409, description = "replayed_nonce | conflict: a rotation is pending", body = ErrorBody),
+    ))]
+async fn post_participant_key(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    body: Bytes,
+) -> ApiResult<Json<ParticipantWithKeys>> {
+    let id = ParticipantId::new(id).map_err(|e| MarketError::InvalidRequest(e.to_string()))?;
+    let envelope: SignedEnvelope = parse_body(&body, "signed envelope")?;
+    Ok(Json(s.market.rotate_key(&id, envelope).await?))
 }
 
 #[utoipa::path(post, path = "/gateways", tag = "registry",

@@ -29,8 +29,11 @@ pub enum MarketError {
     /// The signature does not verify.
     #[error("the signature does not verify: the payload was altered or signed by another key")]
     BadSignature,
-    /// Signed by a key other than the registered one.
-    #[error("the order is signed by a key other than the one registered for `{0}`")]
+    /// Signed by a key other than the registered one in force (after a key rotation, the old
+    /// key is refused).
+    #[error(
+        "the message is signed by a key other than the one in force for `{0}` (after a key rotation the old key is refused)"
+    )]
     KeyMismatch(String),
     /// The node does not exist.
     #[error("node `{0}` is not in the market's topology; see GET /topology")]
@@ -73,7 +76,9 @@ pub enum MarketError {
     #[error("interval {0} is more than 7 days ahead; orders open 7 days before delivery")]
     TooFarAhead(String),
     /// The nonce was used before.
-    #[error("nonce {nonce} of `{participant}` was already used; every order needs a fresh nonce")]
+    #[error(
+        "nonce {nonce} of `{participant}` was already used; every order and key rotation needs a fresh nonce"
+    )]
     ReplayedNonce {
         /// The participant.
         participant: String,

@@ -28,6 +28,7 @@ use gridmesh_protocol::layout::LayoutError;
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::order::{Order, OrderCancel};
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
+use gridmesh_protocol::rotation::{KeyPeriod, KeyRotation, ParticipantWithKeys};
 use gridmesh_protocol::signing::{PublicKey, Signable, SigningError};
 use gridmesh_protocol::{GatewayId, Interval, ParticipantId, SignedEnvelope};
 use gridmesh_runtime::clock::Clock;
@@ -35,6 +36,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+/// How far in the past (seconds, market time) a key rotation's `valid_from` may lie: room for
+/// the request's way to the market, not for back-dating.
+pub const ROTATION_PAST_SLACK_S: i64 = 300;
 
 /// How far ahead orders are accepted.
 const MAX_DAYS_AHEAD: i64 = 7;
@@ -104,6 +109,8 @@ pub struct Market {
     pub metrics: Metrics,
     topology: RwLock<Arc<Topology>>,
     participants: RwLock<HashMap<ParticipantId, Participant>>,
+    /// Every participant's key periods, oldest first.
+    keys: RwLock<HashMap<ParticipantId, Vec<KeyPeriod>>>,
     /// Start (Unix s) of the latest interval whose gate is closed by the clearing.
     gate: tokio::sync::RwLock<i64>,
     events: broadcast::Sender<Arc<IntervalResult>>,
@@ -168,6 +175,10 @@ impl Market {
             .into_iter()
             .map(|p| (p.id.clone(), p))
             .collect();
+        let mut keys: HashMap<ParticipantId, Vec<KeyPeriod>> = HashMap::new();
+        for (id, period) in store.key_periods().await? {
+            keys.entry(id).or_default().push(period);
+        }
         let gate = store.last_result_start().await?.unwrap_or(i64::MIN);
         let (events, _) = broadcast::channel(64);
         let (writer, jobs) = mpsc::channel(4096);
@@ -178,6 +189,7 @@ impl Market {
             metrics: Metrics::default(),
             topology: RwLock::new(Arc::new(topology)),
             participants: RwLock::new(participants),
+            keys: RwLock::new(keys),
             gate: tokio::sync::RwLock::new(gate),
             events,
             writer,
@@ -232,6 +244,14 @@ impl Market {
                 ))),
             };
         }
+        self.keys.write().expect("keys lock").insert(
+            p.id.clone(),
+            vec![KeyPeriod {
+                public_key: p.public_key,
+                valid_from: 0,
+                valid_until: None,
+            }],
+        );
         self.participants
             .write()
             .expect("participants lock")
@@ -239,26 +259,159 @@ impl Market {
         Ok(Registration::Created)
     }
 
-    /// Every participant.
+    /// Every participant, each with the key in force now.
     pub fn participants(&self) -> Vec<Participant> {
-        let mut all: Vec<Participant> = self
+        let ids: Vec<ParticipantId> = self
             .participants
             .read()
             .expect("participants lock")
-            .values()
+            .keys()
             .cloned()
             .collect();
+        let mut all: Vec<Participant> = ids.iter().filter_map(|id| self.participant(id)).collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }
 
-    /// One registered participant.
+    /// One registered participant, with the key in force now (market time): after a key
+    /// rotation takes effect, the new key.
     pub fn participant(&self, id: &ParticipantId) -> Option<Participant> {
-        self.participants
+        let mut p = self
+            .participants
             .read()
             .expect("participants lock")
             .get(id)
+            .cloned()?;
+        let now = self.clock.now().timestamp();
+        if let Some(period) = self
+            .key_periods(id)
+            .into_iter()
+            .rev()
+            .find(|k| k.covers(now))
+        {
+            p.public_key = period.public_key;
+        }
+        Some(p)
+    }
+
+    /// Every key period of a participant, oldest first (empty for an unknown one).
+    pub fn key_periods(&self, id: &ParticipantId) -> Vec<KeyPeriod> {
+        self.keys
+            .read()
+            .expect("keys lock")
+            .get(id)
             .cloned()
+            .unwrap_or_default()
+    }
+
+    /// One participant with the key in force now and every key's validity period.
+    pub fn participant_with_keys(&self, id: &ParticipantId) -> Option<ParticipantWithKeys> {
+        Some(ParticipantWithKeys {
+            participant: self.participant(id)?,
+            keys: self.key_periods(id),
+        })
+    }
+
+    /// Every participant with its key periods, by id.
+    pub fn participants_with_keys(&self) -> Vec<ParticipantWithKeys> {
+        self.participants()
+            .into_iter()
+            .map(|p| {
+                let keys = self.key_periods(&p.id);
+                ParticipantWithKeys {
+                    participant: p,
+                    keys,
+                }
+            })
+            .collect()
+    }
+
+    /// Rotates `id`'s key on its signed [`KeyRotation`], which the key in force now must
+    /// sign. Refused: another message ([`MarketError::WrongMessage`]), another participant
+    /// than `id` or a `valid_from` more than [`ROTATION_PAST_SLACK_S`] in the past or not
+    /// after the latest key's `valid_from` ([`MarketError::InvalidRequest`], 400), an unknown
+    /// participant, a signature by any other key ([`MarketError::KeyMismatch`], 401), a used
+    /// nonce ([`MarketError::ReplayedNonce`], 409), a rotation while another one is still
+    /// pending ([`MarketError::Conflict`], 409), an unusable new key. Returns the participant
+    /// with its key periods.
+    pub async fn rotate_key(
+        &self,
+        id: &ParticipantId,
+        envelope: SignedEnvelope,
+    ) -> Result<ParticipantWithKeys, MarketError> {
+        if !envelope.is::<KeyRotation>() {
+            return Err(MarketError::WrongMessage(
+                "a key rotation (gridmesh/rotate/v1)",
+            ));
+        }
+        let claimed = KeyRotation::decode(&envelope.payload).map_err(layout_error)?;
+        if &claimed.participant != id {
+            return Err(MarketError::InvalidRequest(format!(
+                "the rotation is for `{}`, not for `{id}` named in the path",
+                claimed.participant
+            )));
+        }
+        let current = self
+            .participant(id)
+            .ok_or_else(|| MarketError::UnknownParticipant(id.to_string()))?;
+        let rotation: KeyRotation = envelope
+            .open_by(&current.public_key)
+            .map_err(|e| signing_error(e, id.as_str()))?;
+        if self.store.rotation_nonce_used(id, rotation.nonce).await? {
+            return Err(MarketError::ReplayedNonce {
+                participant: id.to_string(),
+                nonce: rotation.nonce,
+            });
+        }
+        let weak = rotation.new_public_key.verifying_key().map(|k| k.is_weak());
+        if weak != Ok(false) {
+            return Err(MarketError::InvalidRequest(
+                "new_public_key is not a usable ed25519 key (invalid or of small order)".into(),
+            ));
+        }
+        let now = self.clock.now().timestamp();
+        if rotation.valid_from < now - ROTATION_PAST_SLACK_S {
+            return Err(MarketError::InvalidRequest(format!(
+                "valid_from {} lies more than {ROTATION_PAST_SLACK_S} s before the market's time {now}; a rotation cannot be back-dated",
+                rotation.valid_from
+            )));
+        }
+        let latest = self
+            .key_periods(id)
+            .pop()
+            .ok_or_else(|| MarketError::UnknownParticipant(id.to_string()))?;
+        if latest.valid_from > now {
+            return Err(MarketError::Conflict(format!(
+                "a key rotation of `{id}` is pending (its new key signs from {}); rotate again after that",
+                latest.valid_from
+            )));
+        }
+        if rotation.valid_from <= latest.valid_from {
+            return Err(MarketError::InvalidRequest(format!(
+                "valid_from {} is not after the current key's valid_from {}",
+                rotation.valid_from, latest.valid_from
+            )));
+        }
+        if !self.store.rotate_key(latest.valid_from, &rotation).await? {
+            return Err(MarketError::Conflict(format!(
+                "another key rotation of `{id}` (or this one) was stored at the same time; fetch GET /participants/{id} and retry with a fresh nonce if needed"
+            )));
+        }
+        {
+            let mut keys = self.keys.write().expect("keys lock");
+            let periods = keys.entry(id.clone()).or_default();
+            if let Some(last) = periods.last_mut() {
+                last.valid_until = Some(rotation.valid_from);
+            }
+            periods.push(KeyPeriod {
+                public_key: rotation.new_public_key,
+                valid_from: rotation.valid_from,
+                valid_until: None,
+            });
+        }
+        tracing::info!(participant = %id, valid_from = rotation.valid_from, new_key = %rotation.new_public_key, "participant key rotated");
+        self.participant_with_keys(id)
+            .ok_or_else(|| MarketError::UnknownParticipant(id.to_string()))
     }
 
     /// Enrols a gateway for a registered participant, after checking its values against the

@@ -1,6 +1,7 @@
 //! Persistence on SQLite or PostgreSQL through `gridmesh_runtime::db::Database`.
 //!
-//! Participants, gateways and the topology are small JSON documents keyed by id. Orders keep
+//! Participants, gateways and the topology are small JSON documents keyed by id; every key a
+//! participant has had is a row with its validity period (`participant_keys`). Orders keep
 //! their signed envelope next to the decoded fields; `(participant, nonce)` is unique, so a
 //! replayed nonce can never enter the book, even across restarts. Results are written once
 //! (`ON CONFLICT DO NOTHING`) and then only read: clearing an interval twice returns the stored
@@ -12,6 +13,8 @@ use gridmesh_protocol::envelope::SignedResult;
 use gridmesh_protocol::grid::{LimitOverride, Network};
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
+use gridmesh_protocol::rotation::{KeyPeriod, KeyRotation};
+use gridmesh_protocol::signing::PublicKey;
 use gridmesh_protocol::{
     GatewayId, Interval, IntervalLength, NodeId, ParticipantId, Side, SignedEnvelope,
 };
@@ -122,16 +125,119 @@ impl Store {
 
     /// Registers a participant if its id is new; returns whether it was written (`false`: the
     /// id was registered before and nothing changed — registration is create-only).
+    /// Its registered key is stored as its first key period, valid from 0 and open-ended.
     pub async fn insert_participant(&self, p: &Participant) -> Result<bool, StoreError> {
         let body = serde_json::to_string(p).map_err(corrupt)?;
+        let mut tx = self.db.pool.begin().await?;
         let done = sqlx::query(
             "INSERT INTO participants (id, body) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
         )
         .bind(p.id.to_string())
         .bind(body)
-        .execute(&self.db.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO participant_keys (participant, public_key, valid_from, valid_until) \
+             VALUES ($1, $2, 0, NULL)",
+        )
+        .bind(p.id.to_string())
+        .bind(p.public_key.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Every participant's key periods, oldest first.
+    pub async fn key_periods(&self) -> Result<Vec<(ParticipantId, KeyPeriod)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT participant, public_key, valid_from, valid_until FROM participant_keys \
+             ORDER BY participant, valid_from",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let participant =
+                    ParticipantId::new(r.try_get::<String, _>(0)?).map_err(corrupt)?;
+                let public_key: PublicKey = r.try_get::<String, _>(1)?.parse().map_err(corrupt)?;
+                Ok((
+                    participant,
+                    KeyPeriod {
+                        public_key,
+                        valid_from: r.try_get(2)?,
+                        valid_until: r.try_get(3)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether `participant` used `nonce` for a key rotation before.
+    pub async fn rotation_nonce_used(
+        &self,
+        participant: &ParticipantId,
+        nonce: u64,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM participant_keys WHERE participant = $1 AND rotation_nonce = $2",
+        )
+        .bind(participant.to_string())
+        .bind(nonce as i64)
+        .fetch_one(&self.db.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>(0)? > 0)
+    }
+
+    /// Rotates a key in one transaction: the open period starting at `current_from` ends at
+    /// `rotation.valid_from` and the new key's period opens there. Returns `false` (nothing
+    /// changed) if that period is no longer the open one or the nonce was used (a concurrent
+    /// rotation won).
+    pub async fn rotate_key(
+        &self,
+        current_from: i64,
+        rotation: &KeyRotation,
+    ) -> Result<bool, StoreError> {
+        let participant = rotation.participant.to_string();
+        let mut tx = self.db.pool.begin().await?;
+        let used = sqlx::query(
+            "SELECT COUNT(*) FROM participant_keys WHERE participant = $1 AND rotation_nonce = $2",
+        )
+        .bind(participant.clone())
+        .bind(rotation.nonce as i64)
+        .fetch_one(&mut *tx)
+        .await?;
+        if used.try_get::<i64, _>(0)? > 0 {
+            return Ok(false);
+        }
+        let closed = sqlx::query(
+            "UPDATE participant_keys SET valid_until = $1 \
+             WHERE participant = $2 AND valid_from = $3 AND valid_until IS NULL",
+        )
+        .bind(rotation.valid_from)
+        .bind(participant.clone())
+        .bind(current_from)
+        .execute(&mut *tx)
+        .await?;
+        if closed.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO participant_keys \
+             (participant, public_key, valid_from, valid_until, rotation_nonce) \
+             VALUES ($1, $2, $3, NULL, $4)",
+        )
+        .bind(participant)
+        .bind(rotation.new_public_key.to_string())
+        .bind(rotation.valid_from)
+        .bind(rotation.nonce as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Every participant, by id.

@@ -10,9 +10,11 @@ use std::collections::BTreeSet;
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
 
 /// Every route the market serves (README "Endpoints").
-const ROUTES: [(&str, &str); 25] = [
+const ROUTES: [(&str, &str); 27] = [
     ("get", "/participants"),
     ("post", "/participants"),
+    ("get", "/participants/{id}"),
+    ("post", "/participants/{id}/key"),
     ("get", "/gateways"),
     ("post", "/gateways"),
     ("get", "/gateways/{id}"),
