@@ -28,6 +28,15 @@
 //!   delivered, so a seller's whole sale is a shortfall; a buyer is assumed to have taken
 //!   exactly what it bought (no imbalance either way). No tokens are minted for trades of a
 //!   participant without readings, and the statement is marked `estimated`.
+//! - **Flagged readings** (implausible, awaiting an operator) move neither money nor tokens:
+//!   [`settle_with_envelopes`] meters only the trusted (`accepted`) readings, so the statement,
+//!   its money lines and the envelope compliance are what the trusted readings prove (a
+//!   participant whose readings are all flagged is settled as one without readings). The mints
+//!   of trades with a flagged party are withheld (planned with the flagged energy included).
+//!   When an operator accepts the reading, the interval is settled again from its now trusted
+//!   readings: its statements and compliance rows are replaced (corrected), and withheld mints
+//!   whose readings are all accepted are released. Energy sums that overflow `i64` are a typed
+//!   [`RulesError::Overflow`], never a wrap.
 //! - **Late readings** (arriving after the interval was settled) are stored but change
 //!   nothing: an interval is settled once.
 //! - Tariffs: retail is the result's `utility.retail_price`, else the highest cleared node
@@ -125,7 +134,50 @@ pub fn meter(rows: &[MeterRow]) -> Result<MeteredInterval, Overflow> {
 /// Settles one interval from its readings: compliance with the result's operating envelopes
 /// (see [`crate::compliance`]), each participant's export beyond its envelopes, then
 /// [`settle`]. What the service writes and what `settlement verify` recomputes.
+///
+/// Money, statements and compliance come from the trusted (`accepted`) rows only: a flagged
+/// row's energy is left out (see "Flagged readings" in the module docs). The mints are those of
+/// trades whose two parties have no flagged row; the mints of the others are computed with the
+/// flagged rows included and *withheld*. If the flagged energy cannot even be summed (it
+/// overflows), nothing is withheld and [`Settlement::flagged_overflow`] says so.
 pub fn settle_with_envelopes(
+    result: &IntervalResult,
+    rows: &[MeterRow],
+) -> Result<(Settlement, Vec<EnvelopeCompliance>), RulesError> {
+    let trusted: Vec<MeterRow> = rows.iter().filter(|r| !r.flagged).cloned().collect();
+    let (mut settlement, compliance_rows) = settle_metered(result, &trusted)?;
+    let flagged: std::collections::BTreeSet<&ParticipantId> = rows
+        .iter()
+        .filter(|r| r.flagged)
+        .map(|r| &r.participant)
+        .collect();
+    if flagged.is_empty() {
+        return Ok((settlement, compliance_rows));
+    }
+    // Trades with a flagged party mint nothing now, whatever their trusted rows say.
+    let (mints, _): (Vec<MintPlan>, Vec<MintPlan>) = std::mem::take(&mut settlement.mints)
+        .into_iter()
+        .partition(|m| !flagged.contains(&m.seller) && !flagged.contains(&m.buyer));
+    settlement.mints = mints;
+    let mut tokens: BTreeMap<&ParticipantId, Wh> = BTreeMap::new();
+    for m in &settlement.mints {
+        let t = tokens.entry(&m.buyer).or_default();
+        *t = t.checked_add(m.amount)?;
+    }
+    for s in &mut settlement.statements {
+        s.tokens = tokens.get(&s.participant).copied().unwrap_or_default();
+    }
+    // What accepting every flagged row would mint: withheld until then.
+    match settle_metered(result, rows) {
+        Ok((all, _)) => settlement.withheld = all.withheld,
+        Err(RulesError::Overflow(_)) => settlement.flagged_overflow = true,
+        Err(e) => return Err(e),
+    }
+    Ok((settlement, compliance_rows))
+}
+
+/// Envelope compliance and [`settle`] over exactly these rows (flagged or not).
+fn settle_metered(
     result: &IntervalResult,
     rows: &[MeterRow],
 ) -> Result<(Settlement, Vec<EnvelopeCompliance>), RulesError> {
@@ -177,6 +229,9 @@ pub struct Settlement {
     pub mints: Vec<MintPlan>,
     /// Mints withheld until flagged readings are accepted.
     pub withheld: Vec<MintPlan>,
+    /// The flagged readings' energy overflowed when summed with the rest, so no mint could be
+    /// planned for it (nothing is withheld; accepting such a reading fails the same way).
+    pub flagged_overflow: bool,
 }
 
 /// Why an interval could not be settled.
@@ -295,6 +350,7 @@ pub fn settle(
         utility_net,
         mints,
         withheld,
+        flagged_overflow: false,
     })
 }
 

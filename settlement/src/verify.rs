@@ -18,7 +18,7 @@
 //! 8. physical plausibility: grid export above what the registered inverter plus battery can
 //!    deliver in the interval (`implausible_export`), or PV output while the sun is more than
 //!    2° below the horizon at the site for the whole interval (`pv_at_night`): stored as
-//!    *flagged*, used for money, not tokenized until an operator accepts it.
+//!    *flagged*: neither money nor tokens until an operator accepts it (see [`crate::rules`]).
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use gridmesh_protocol::reading::{Reading, ReadingFlags, Registers};

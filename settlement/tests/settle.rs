@@ -422,14 +422,25 @@ async fn withheld(backend: &str) {
         0,
         "not tokenized while flagged"
     );
-    // Money still settles on the meter.
+    // A flagged reading moves no money either: alice is settled as without readings.
     let alice = &s.statements(Some("alice"), None).await.unwrap()[0];
-    assert_eq!(alice.delivered, Wh(500));
+    assert_eq!(alice.delivered, Wh(0));
+    assert_eq!(alice.exported, Wh(0));
+    assert!(alice.estimated);
+    assert!(alice.lines.iter().all(|l| l.kind != "surplus_export"));
+    audit::verify(s.db(), None).await.unwrap();
     let q = json(&s.quarantine(10).await.unwrap());
     let id = q[0]["id"].as_i64().unwrap();
     assert_eq!(q[0]["acceptable"], true);
     assert_eq!(s.accept_quarantined(id).await.unwrap(), 1);
     assert_eq!(json(&s.balances("bob").await.unwrap())["balance"], 500);
+    // Accepted: the interval's statements are corrected from the now trusted reading.
+    let alice = &s.statements(Some("alice"), None).await.unwrap()[0];
+    assert_eq!(alice.delivered, Wh(500));
+    assert_eq!(alice.exported, Wh(3_100));
+    assert!(!alice.estimated);
+    assert_eq!(s.statements(None, Some(&i.key())).await.unwrap().len(), 2);
+    audit::verify(s.db(), None).await.unwrap();
     assert_eq!(
         s.accept_quarantined(id).await.unwrap(),
         0,
@@ -523,4 +534,113 @@ async fn failure_mid_settlement_writes_nothing_sqlite() {
 #[tokio::test]
 async fn failure_mid_settlement_writes_nothing_postgres() {
     failure_mid_settlement("postgres").await;
+}
+
+/// Issue 14, item 1: a flagged reading moves neither money nor tokens.
+async fn flagged_export_pays_nothing(backend: &str) {
+    let (url, _dir) = database(backend, "flagged_money").await;
+    let s = service(&url).await;
+    let i = interval("12:30");
+    s.add_result(&result(
+        i,
+        vec![trade(order("alice", "a"), order("bob", "b"), 500, 150_000)],
+    ))
+    .await
+    .unwrap();
+    let out = s
+        .ingest(submit(&[
+            sign(&reading(
+                "gw-alice",
+                1,
+                i,
+                0,
+                1_000_000_000_000_000,
+                0,
+                1_000,
+            )),
+            sign(&reading("gw-bob", 1, i, 500, 0, 0, 1_000)),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(out[0].code.unwrap().as_str(), "implausible_export");
+    s.settle(&i.key()).await.unwrap();
+    let alice = &s.statements(Some("alice"), None).await.unwrap()[0];
+    // Only the firm trade and its shortfall: nothing for the flagged 10^15 Wh export.
+    let kinds: Vec<&str> = alice.lines.iter().map(|l| l.kind.as_str()).collect();
+    assert_eq!(kinds, vec!["trade_sale", "shortfall"]);
+    assert!(alice.net.0 <= alice.lines[0].amount.0, "{alice:?}");
+    assert_eq!(alice.exported, Wh(0));
+    assert_eq!(alice.tokens, Wh(0));
+    let bob = &s.statements(Some("bob"), None).await.unwrap()[0];
+    assert_eq!(bob.tokens, Wh(0));
+    assert_eq!(json(&s.balances("bob").await.unwrap())["balance"], 0);
+    audit::verify(s.db(), None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_flagged_export_earns_no_money_and_no_tokens_sqlite() {
+    flagged_export_pays_nothing("sqlite").await;
+}
+
+#[tokio::test]
+async fn a_flagged_export_earns_no_money_and_no_tokens_postgres() {
+    flagged_export_pays_nothing("postgres").await;
+}
+
+/// Issue 14, item 1: two devices at i64::MAX export never wrap a sum.
+async fn max_exports_do_not_wrap(backend: &str) {
+    let (url, _dir) = database(backend, "max_exports").await;
+    let s = service(&url).await;
+    let i = interval("12:30");
+    s.add_result(&result(i, vec![])).await.unwrap();
+    let mut envs = Vec::new();
+    for (seq, device) in [(1, "home"), (2, "shed")] {
+        let mut r = reading("gw-alice", seq, i, 0, 0, 0, 0);
+        r.device = gridmesh_protocol::DeviceId::new(device).unwrap();
+        r.registers.grid_export = Wh(i64::MAX);
+        r.deltas.grid_export = Wh(i64::MAX);
+        envs.push(sign(&r));
+    }
+    let out = s.ingest(submit(&envs)).await.unwrap();
+    let codes: Vec<Option<&str>> = out.iter().map(|o| o.code.map(|c| c.as_str())).collect();
+    assert_eq!(
+        codes,
+        vec![Some("implausible_export"), Some("implausible_export")]
+    );
+    s.settle(&i.key()).await.unwrap();
+    // Settled without the flagged energy: no statement claims a wrapped (negative) export.
+    for st in s.statements(None, Some(&i.key())).await.unwrap() {
+        assert!(st.exported.0 >= 0, "{st:?}");
+        assert_eq!(st.net.0, 0, "{st:?}");
+    }
+    audit::verify(s.db(), None).await.unwrap();
+    // Accepting one is fine; accepting the second would overflow the interval's sums: refused
+    // with a typed conflict, and nothing changes.
+    let q = json(&s.quarantine(10).await.unwrap());
+    let ids: Vec<i64> = q
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    s.accept_quarantined(ids[0]).await.unwrap();
+    assert!(matches!(
+        s.accept_quarantined(ids[1]).await,
+        Err(ServiceError::Conflict(_))
+    ));
+    for st in s.statements(None, Some(&i.key())).await.unwrap() {
+        assert!(st.exported.0 >= 0, "{st:?}");
+    }
+    audit::verify(s.db(), None).await.unwrap();
+}
+
+#[tokio::test]
+async fn two_devices_at_i64_max_do_not_wrap_sqlite() {
+    max_exports_do_not_wrap("sqlite").await;
+}
+
+#[tokio::test]
+async fn two_devices_at_i64_max_do_not_wrap_postgres() {
+    max_exports_do_not_wrap("postgres").await;
 }

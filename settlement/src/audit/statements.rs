@@ -33,7 +33,17 @@ pub(super) fn check_sums(data: &AuditData, report: &mut AuditReport) -> Result<(
     for r in &data.statements {
         let (key, participant, net) = (&r.interval_key, &r.participant, r.net);
         let s = parse_statement(key, participant, &r.body)?;
-        let sum: i64 = s.lines.iter().map(|l| l.amount.0).sum();
+        let overflow = || {
+            bad(
+                format!("statement of {participant} for {key}"),
+                "its money lines overflow when summed",
+            )
+        };
+        let sum = s
+            .lines
+            .iter()
+            .try_fold(0i64, |a, l| a.checked_add(l.amount.0))
+            .ok_or_else(overflow)?;
         if sum != net
             || s.net.0 != net
             || s.participant.as_str() != participant
@@ -44,12 +54,13 @@ pub(super) fn check_sums(data: &AuditData, report: &mut AuditReport) -> Result<(
                 format!("net {net} does not equal the sum of its lines {sum}"),
             ));
         }
-        *p2p.entry(key).or_default() += s
+        let total = p2p.entry(key).or_default();
+        *total = s
             .lines
             .iter()
             .filter(|l| l.counterparty != "utility")
-            .map(|l| l.amount.0)
-            .sum::<i64>();
+            .try_fold(*total, |a, l| a.checked_add(l.amount.0))
+            .ok_or_else(overflow)?;
         report.statements += 1;
     }
     if let Some((key, sum)) = p2p.into_iter().find(|(_, s)| *s != 0) {

@@ -153,6 +153,12 @@ impl Service {
         let readings = store::readings::metered_for(&mut *tx, &result.interval).await?;
         let (settlement, compliance_rows) = rules::settle_with_envelopes(&result, &readings)
             .map_err(|e| ServiceError::Conflict(format!("cannot settle {interval_key}: {e}")))?;
+        if settlement.flagged_overflow {
+            tracing::warn!(
+                interval = interval_key,
+                "the flagged readings' energy overflows when summed: settled without it, no mint withheld for it"
+            );
+        }
         let per = store::rows_per_statement(self.db.backend);
         let start = result.interval.start_unix();
         store::intervals::insert_statements(
@@ -213,8 +219,11 @@ impl Service {
         self.metrics
             .envelope_violations
             .add(violations.len() as u64);
-        let excess_wh: i64 = violations.iter().map(|c| c.excess_export_wh.0).sum();
-        self.metrics.envelope_excess_wh.add(excess_wh.max(0) as u64);
+        // A metric, not money: saturate instead of overflowing.
+        let excess_wh = violations.iter().fold(0u64, |a, c| {
+            a.saturating_add(c.excess_export_wh.0.max(0) as u64)
+        });
+        self.metrics.envelope_excess_wh.add(excess_wh);
         for c in &violations {
             tracing::info!(
                 interval = interval_key,

@@ -4,9 +4,10 @@
 use super::settle::mint_body;
 use super::{Receipt, Service, ServiceError, ms};
 use crate::ledger::{EntryBody, RetireEntry, TransferEntry};
-use crate::rules::MintPlan;
+use crate::rules::{self, MintPlan};
 use crate::store::{self, StoreError};
 use gridmesh_protocol::api::readings::ReasonCode;
+use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::signing::{PublicKey, SignedEnvelope};
 use gridmesh_protocol::token::{TokenRetire, TokenTransfer};
 use gridmesh_protocol::{ParticipantId, Wh};
@@ -139,7 +140,41 @@ impl Service {
         Ok(receipt(entry, false))
     }
 
-    /// An operator accepts a flagged reading: it becomes tokenizable, and withheld mints whose
+    /// Settles a settled interval again after one of its flagged readings was accepted: its
+    /// statements and compliance rows are replaced by those of its now trusted readings (see
+    /// [`rules`](crate::rules)). An overflow answers 409 and leaves everything as it was.
+    async fn correct_statements(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        interval_key: &str,
+    ) -> Result<(), ServiceError> {
+        let (body, _) = store::intervals::result_for_settling(tx, interval_key)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("settled result {interval_key} is gone")))?;
+        let result: IntervalResult = serde_json::from_str(&body)
+            .map_err(|e| StoreError::Corrupt(format!("stored result {interval_key}: {e}")))?;
+        let readings = store::readings::metered_for(&mut **tx, &result.interval).await?;
+        let (settlement, compliance) =
+            rules::settle_with_envelopes(&result, &readings).map_err(|e| {
+                ServiceError::Conflict(format!(
+                    "accepting this reading would make interval {interval_key} unsettleable: {e}"
+                ))
+            })?;
+        let per = store::rows_per_statement(self.db.backend);
+        let start = result.interval.start_unix();
+        store::intervals::delete_statements_and_compliance(tx, interval_key).await?;
+        store::intervals::insert_statements(tx, interval_key, start, &settlement.statements, per)
+            .await?;
+        store::intervals::insert_compliance(tx, interval_key, start, &compliance, per).await?;
+        tracing::info!(
+            interval = interval_key,
+            "flagged reading accepted: the interval's statements were corrected"
+        );
+        Ok(())
+    }
+
+    /// An operator accepts a flagged reading: it becomes trusted, the statements of its
+    /// interval (if settled) are corrected to include its energy, and withheld mints whose
     /// readings are all accepted now are minted (into the next block).
     pub async fn accept_quarantined(&self, id: i64) -> Result<usize, ServiceError> {
         let _ledger = self.ledger.lock().await;
@@ -157,7 +192,13 @@ impl Service {
             return Ok(0);
         }
         let now = ms(self.clock.now());
-        store::readings::accept_quarantined(&mut tx, id, &key.unwrap_or_default(), now).await?;
+        let key = key.unwrap_or_default();
+        store::readings::accept_quarantined(&mut tx, id, &key, now).await?;
+        if let Some(interval_key) =
+            store::intervals::settled_interval_of_reading(&mut tx, &key).await?
+        {
+            self.correct_statements(&mut tx, &interval_key).await?;
+        }
         let mut released = 0;
         for (wid, interval, body) in store::intervals::open_withheld(&mut tx).await? {
             let plan: MintPlan = serde_json::from_str(&body)

@@ -319,3 +319,37 @@ pub async fn release_withheld(tx: &mut Transaction<'_, Any>, id: i64) -> Result<
         .await?;
     Ok(())
 }
+
+/// The key of the settled interval the reading `reading_key` belongs to, if it is settled.
+pub async fn settled_interval_of_reading(
+    tx: &mut Transaction<'_, Any>,
+    reading_key: &str,
+) -> Result<Option<String>, StoreError> {
+    let key = sqlx::query_scalar(
+        "SELECT r.interval_key FROM results r JOIN readings d \
+         ON d.interval_start = r.interval_start AND d.minutes = r.minutes \
+         WHERE d.reading_key = $1 AND r.settled = 1",
+    )
+    .bind(reading_key.to_owned())
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(key)
+}
+
+/// Deletes the statements and compliance rows of the interval `key` (before writing the
+/// corrected ones when a flagged reading is accepted).
+pub async fn delete_statements_and_compliance(
+    tx: &mut Transaction<'_, Any>,
+    key: &str,
+) -> Result<(), StoreError> {
+    for sql in [
+        "DELETE FROM statements WHERE interval_key = $1",
+        "DELETE FROM compliance WHERE interval_key = $1",
+    ] {
+        sqlx::query(sql)
+            .bind(key.to_owned())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}

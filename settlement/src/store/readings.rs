@@ -223,8 +223,8 @@ pub async fn all_payloads(pool: &AnyPool) -> Result<Vec<Vec<u8>>, StoreError> {
         .await?)
 }
 
-/// The readings of one interval that settlement uses for money (`accepted` and `flagged`),
-/// ordered by reading key.
+/// The readings of one interval that settlement meters (`accepted`, and `flagged` ones for the
+/// withheld mints only: see [`crate::rules`]), ordered by reading key.
 pub async fn metered_for<'e, E>(
     executor: E,
     interval: &Interval,
