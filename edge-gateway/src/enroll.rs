@@ -3,8 +3,9 @@
 //! --participant ID`, sent as `Authorization: Bearer gme_…`; the market accepts it for this
 //! participant only and uses it up when the gateway is enrolled), and fetching the market's
 //! public key (`GET /market-key`) to pin as `market_public_key`. Registrations are
-//! create-only: a 409 means the id is registered already (a retry after the participant was
-//! registered but the gateway was not carries on with the gateway).
+//! create-only: a 409 means the id is registered already. A retry after the participant was
+//! registered but the gateway was not carries on with the gateway — if the market holds this
+//! gateway's key for the participant; another key under the id is an error that says so.
 
 use crate::config::GatewayConfig;
 use gridmesh_protocol::api::market::ErrorBody;
@@ -54,6 +55,18 @@ pub enum EnrollError {
         url: String,
         /// What went wrong.
         detail: String,
+    },
+    /// The participant id is registered already, with a key that is not this gateway's.
+    #[error(
+        "participant {participant} is already registered at the market with another key ({registered}); this gateway's key is {ours}. Check `participant` in the config; if the id is yours, ask the operator: registrations are create-only and a key changes only by a rotation signed with the registered key"
+    )]
+    TakenByAnotherKey {
+        /// The participant id.
+        participant: String,
+        /// The key the market holds for it.
+        registered: PublicKey,
+        /// This gateway's key.
+        ours: PublicKey,
     },
     /// The market refused a registration.
     #[error("the market refused the {what} registration ({status}): {body}")]
@@ -109,10 +122,57 @@ pub async fn enroll(
     let (participant, gateway) = records(config, key);
     let http = crate::gateway::configured_http_client(config)?;
     let trust = crate::tls::Trust::http(config);
+    let first = register(&http, &trust, base, "participants", token, &participant).await?;
+    if first == Registered::AlreadyRegistered {
+        // A retry after the participant was registered is fine; someone else's key under this
+        // id is not (the gateway's orders and readings would all be refused).
+        check_registered_key(&http, &trust, base, &participant).await?;
+    }
     Ok([
-        register(&http, &trust, base, "participants", token, &participant).await?,
+        first,
         register(&http, &trust, base, "gateways", token, &gateway).await?,
     ])
+}
+
+/// After a 409: the key the market holds for `ours.id` must be `ours.public_key`.
+async fn check_registered_key(
+    http: &reqwest::Client,
+    trust: &crate::tls::Trust,
+    base: &str,
+    ours: &Participant,
+) -> Result<(), EnrollError> {
+    let url = format!("{base}/participants/{}", ours.id);
+    let response = http
+        .get(&url)
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .map_err(|e| EnrollError::Unreachable {
+            url: url.clone(),
+            detail: crate::tls::explain(&crate::tls::error_chain(&e), trust),
+        })?;
+    let status = response.status();
+    let registered = match response.json::<Participant>().await {
+        Ok(p) if status.is_success() => p,
+        _ => {
+            return Err(EnrollError::Refused {
+                what: "participants",
+                status: status.as_u16(),
+                body: format!(
+                    "the id is registered already, and GET {url} did not show with which key"
+                ),
+            });
+        }
+    };
+    if registered.public_key == ours.public_key {
+        Ok(())
+    } else {
+        Err(EnrollError::TakenByAnotherKey {
+            participant: ours.id.to_string(),
+            registered: registered.public_key,
+            ours: ours.public_key,
+        })
+    }
 }
 
 /// `POST {base}/{what}` with `record` and the token: created (2xx) or already known (409).

@@ -353,3 +353,60 @@ async fn enroll_registers_participant_and_gateway_with_the_token() {
     assert_eq!(gateway.inverter_w, 6000);
     assert_eq!(gateway.latitude_microdeg, 48_140_000);
 }
+
+/// A participant id registered already with someone else's key is an error that says so (the
+/// market is create-only: carrying on would enrol a gateway whose orders are all refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_refuses_a_participant_id_taken_by_another_key() {
+    let other = SigningKeyPair::from_seed([45; 32]).public_key();
+    let conflict = || async {
+        (
+            StatusCode::CONFLICT,
+            Json(ErrorBody {
+                code: "conflict".into(),
+                message: "participant h001 is registered already".into(),
+            }),
+        )
+    };
+    let url = serve(
+        axum::Router::new()
+            .route("/participants", post(conflict))
+            .route("/gateways", post(conflict))
+            .route(
+                "/participants/{id}",
+                get(move || async move {
+                    Json(Participant {
+                        id: gridmesh_protocol::ParticipantId::new("h001").unwrap(),
+                        public_key: other,
+                        node: gridmesh_protocol::NodeId::new("f1").unwrap(),
+                        kind: gridmesh_protocol::registry::ParticipantKind::Household,
+                    })
+                }),
+            ),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("gw.key");
+    SigningKeyPair::generate_file(&key_path).unwrap();
+    let config = GatewayConfig {
+        key_path,
+        market_url: Some(url),
+        ..GatewayConfig::default()
+    };
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
+        .args(["enroll", "--token", "gme_x", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("already registered at the market with another key")
+            && text.contains(&other.to_string()),
+        "{text}"
+    );
+}
