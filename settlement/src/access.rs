@@ -105,15 +105,40 @@ impl Caller {
         let request =
             SignedRequest::parse(value).map_err(|e| ApiError::unauthorized(e.to_string()))?;
         let participant = request.participant().clone();
-        let Some(key) = state.service.participant_key(&participant) else {
+        if state.service.participant_key(&participant).is_none() {
             return Err(ApiError::unauthorized(format!(
                 "participant {participant} is not registered with the market (settlement learns keys from the market's registry), so its signature cannot be checked"
             )));
-        };
+        }
         let now = chrono::Utc::now().timestamp();
-        request
-            .verify(&key, now, method, path_and_query, body)
-            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        let signed_at = request.proof.signed_at;
+        // The key valid when the request was signed; a rotated-out key is named as such.
+        let result = state
+            .service
+            .participant_key_at(&participant, signed_at)
+            .map(|key| request.verify(&key, now, method, path_and_query, body));
+        match result {
+            Some(Ok(())) => {}
+            failed => {
+                for (old, until) in state.service.replaced_keys(&participant, signed_at) {
+                    if request
+                        .verify(&old, now, method, path_and_query, body)
+                        .is_ok()
+                    {
+                        return Err(ApiError::unauthorized(format!(
+                            "key_mismatch: the request is signed with a key of {participant} that was replaced at {}; sign with the current key",
+                            crate::service::unix_time(until)
+                        )));
+                    }
+                }
+                return Err(ApiError::unauthorized(match failed {
+                    Some(Err(e)) => e.to_string(),
+                    _ => format!(
+                        "participant {participant} has no key valid at {signed_at} (when the request was signed)"
+                    ),
+                }));
+            }
+        }
         Ok(Caller::Participant(participant))
     }
 

@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use gridmesh_protocol::envelope::{ResultAttestation, SignedResult};
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
+use gridmesh_protocol::rotation::ParticipantWithKeys;
 use gridmesh_protocol::signing::Signable;
 use gridmesh_runtime::shutdown::Shutdown;
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,7 @@ pub trait MarketSource: Send + Sync + 'static {
     /// Every gateway enrolment.
     fn gateways(&self) -> BoxFuture<'_, Result<Vec<GatewayEnrollment>, SourceError>>;
     /// Every participant.
-    fn participants(&self) -> BoxFuture<'_, Result<Vec<Participant>, SourceError>>;
+    fn participants(&self) -> BoxFuture<'_, Result<Vec<ParticipantWithKeys>, SourceError>>;
     /// Results with interval start ≥ `since` (all if `None`), oldest first.
     fn results_since(
         &self,
@@ -138,7 +139,7 @@ impl MarketSource for HttpMarket {
         Box::pin(self.get("gateways", "/gateways".into()))
     }
 
-    fn participants(&self) -> BoxFuture<'_, Result<Vec<Participant>, SourceError>> {
+    fn participants(&self) -> BoxFuture<'_, Result<Vec<ParticipantWithKeys>, SourceError>> {
         Box::pin(self.get("participants", "/participants".into()))
     }
 
@@ -169,7 +170,7 @@ pub struct StaticSource {
 #[derive(Debug, Default)]
 struct StaticInner {
     gateways: Vec<GatewayEnrollment>,
-    participants: Vec<Participant>,
+    participants: Vec<ParticipantWithKeys>,
     results: Vec<IntervalResult>,
     signed: Vec<SignedResult>,
 }
@@ -179,8 +180,15 @@ impl StaticSource {
     pub fn add_gateway(&self, g: GatewayEnrollment) {
         self.inner.lock().expect("lock").gateways.push(g);
     }
-    /// Adds a participant.
+    /// Adds a participant whose single key is valid from 0 on.
     pub fn add_participant(&self, p: Participant) {
+        self.add_participant_with_keys(ParticipantWithKeys {
+            participant: p,
+            keys: Vec::new(),
+        });
+    }
+    /// Adds a participant with every key's validity period.
+    pub fn add_participant_with_keys(&self, p: ParticipantWithKeys) {
         self.inner.lock().expect("lock").participants.push(p);
     }
     /// Adds a result.
@@ -210,7 +218,7 @@ impl MarketSource for StaticSource {
         let v = self.inner.lock().expect("lock").gateways.clone();
         Box::pin(async move { Ok(v) })
     }
-    fn participants(&self) -> BoxFuture<'_, Result<Vec<Participant>, SourceError>> {
+    fn participants(&self) -> BoxFuture<'_, Result<Vec<ParticipantWithKeys>, SourceError>> {
         let v = self.inner.lock().expect("lock").participants.clone();
         Box::pin(async move { Ok(v) })
     }
@@ -260,7 +268,7 @@ pub async fn poll_once(service: &Service, source: &dyn MarketSource) -> Result<u
         .map_err(|e| e.to_string())?;
     let participants = source.participants().await.map_err(|e| e.to_string())?;
     service
-        .set_participants(&participants)
+        .set_participants_with_keys(&participants)
         .await
         .map_err(|e| e.to_string())?;
     let since = service

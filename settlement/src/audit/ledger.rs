@@ -90,7 +90,7 @@ impl Lot {
 struct Replay<'a> {
     results: &'a Results,
     readings: &'a HashMap<String, ReadingInfo>,
-    participant_keys: HashMap<&'a str, PublicKey>,
+    participant_keys: HashMap<&'a str, Vec<PublicKey>>,
     lots: HashMap<String, Lot>,
     minted_by_seller: HashMap<(String, String), i64>,
     minted_to_buyer: HashMap<(String, String), i64>,
@@ -107,11 +107,15 @@ pub(super) fn replay(
         results,
         readings: &readings.by_digest,
         // A key that does not parse counts as no registered key.
-        participant_keys: data
-            .participants
-            .iter()
-            .filter_map(|(p, k)| Some((p.as_str(), k.parse().ok()?)))
-            .collect(),
+        participant_keys: data.participants.iter().fold(
+            HashMap::new(),
+            |mut keys: HashMap<&str, Vec<PublicKey>>, (p, k)| {
+                if let Ok(k) = k.parse() {
+                    keys.entry(p.as_str()).or_default().push(k);
+                }
+                keys
+            },
+        ),
         lots: HashMap::new(),
         minted_by_seller: HashMap::new(),
         minted_to_buyer: HashMap::new(),
@@ -300,10 +304,15 @@ impl Replay<'_> {
             .participant_keys
             .get(holder)
             .ok_or_else(|| bad(loc, format!("{holder} has no registered key")))?;
-        if registered != signer {
+        // Any key the holder has had: a rotated-out key signed the entries of its period.
+        if !registered.contains(signer) {
+            let list: Vec<String> = registered.iter().map(ToString::to_string).collect();
             return Err(bad(
                 loc,
-                format!("signed by {signer}, not by {holder}'s registered key {registered}"),
+                format!(
+                    "signed by {signer}, not by {holder}'s registered key {}",
+                    list.join(" or ")
+                ),
             ));
         }
         let l = self.lots.get_mut(lot).ok_or_else(|| {

@@ -22,6 +22,7 @@ use gridmesh_protocol::envelope::EnvelopeCompliance;
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::reading::Reading;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
+use gridmesh_protocol::rotation::{KeyPeriod, ParticipantWithKeys};
 use gridmesh_protocol::signing::{PublicKey, Signable};
 use gridmesh_protocol::{GatewayId, ParticipantId};
 use gridmesh_runtime::clock::Clock;
@@ -106,7 +107,7 @@ pub struct Service {
     ingest: Mutex<IngestState>,
     ledger: Mutex<()>,
     registry: RwLock<HashMap<GatewayId, GatewayEnrollment>>,
-    participants: RwLock<HashMap<ParticipantId, PublicKey>>,
+    participants: RwLock<HashMap<ParticipantId, Keys>>,
     events: broadcast::Sender<Event>,
     /// Counters exported on `/metrics`.
     pub metrics: Metrics,
@@ -222,9 +223,10 @@ impl Service {
         *self.registry.write().expect("registry lock") = registry;
         let mut participants = HashMap::new();
         for body in store::registry::participant_bodies(&self.db.pool).await? {
-            let p: Participant = serde_json::from_str(&body)
+            // Bodies stored before key rotation have no `keys`: the key is valid from 0.
+            let p: ParticipantWithKeys = serde_json::from_str(&body)
                 .map_err(|e| StoreError::Corrupt(format!("stored participant: {e}")))?;
-            participants.insert(p.id.clone(), p.public_key);
+            participants.insert(p.participant.id.clone(), Keys::of(&p));
         }
         *self.participants.write().expect("participants lock") = participants;
         Ok(())
@@ -236,7 +238,37 @@ impl Service {
             .read()
             .expect("participants lock")
             .get(participant)
-            .copied()
+            .map(|k| k.current)
+    }
+
+    /// The participant's key valid at `t` (Unix seconds) by the periods the market published
+    /// (`None` = not registered, or no key valid then).
+    pub fn participant_key_at(&self, participant: &ParticipantId, t: i64) -> Option<PublicKey> {
+        self.participants
+            .read()
+            .expect("participants lock")
+            .get(participant)
+            .and_then(|k| k.at(t))
+    }
+
+    /// The participant's keys that were replaced at or before `t`, each with the time (Unix
+    /// seconds) it stopped signing, latest first.
+    pub fn replaced_keys(&self, participant: &ParticipantId, t: i64) -> Vec<(PublicKey, i64)> {
+        let map = self.participants.read().expect("participants lock");
+        let Some(keys) = map.get(participant) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(PublicKey, i64)> = keys
+            .periods
+            .iter()
+            .filter_map(|p| {
+                p.valid_until
+                    .filter(|until| *until <= t)
+                    .map(|u| (p.public_key, u))
+            })
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.1));
+        out
     }
 
     /// The household a gateway meters, as the market enrolled it (`None` = not enrolled).
@@ -259,18 +291,73 @@ impl Service {
         Ok(())
     }
 
-    /// Stores (or updates) participant registrations (their keys sign token operations).
+    /// Stores (or updates) participant registrations (their keys sign token operations); each
+    /// key is valid from 0 on. See [`Service::set_participants_with_keys`] for rotated keys.
     pub async fn set_participants(&self, list: &[Participant]) -> Result<(), ServiceError> {
+        let list: Vec<ParticipantWithKeys> = list
+            .iter()
+            .map(|p| ParticipantWithKeys {
+                participant: p.clone(),
+                keys: Vec::new(),
+            })
+            .collect();
+        self.set_participants_with_keys(&list).await
+    }
+
+    /// Stores (or updates) participant registrations with every key's validity period, as
+    /// the market serves them (`keys` empty: the single key is valid from 0 on).
+    pub async fn set_participants_with_keys(
+        &self,
+        list: &[ParticipantWithKeys],
+    ) -> Result<(), ServiceError> {
         store::registry::upsert_participants(&self.db.pool, list).await?;
         let mut map = self.participants.write().expect("participants lock");
         for p in list {
-            map.insert(p.id.clone(), p.public_key);
+            map.insert(p.participant.id.clone(), Keys::of(p));
         }
         Ok(())
+    }
+}
+
+/// A participant's key in force and every key's validity period.
+#[derive(Debug, Clone)]
+struct Keys {
+    current: PublicKey,
+    periods: Vec<KeyPeriod>,
+}
+
+impl Keys {
+    fn of(p: &ParticipantWithKeys) -> Self {
+        let periods = if p.keys.is_empty() {
+            vec![KeyPeriod {
+                public_key: p.participant.public_key,
+                valid_from: 0,
+                valid_until: None,
+            }]
+        } else {
+            p.keys.clone()
+        };
+        Keys {
+            current: p.participant.public_key,
+            periods,
+        }
+    }
+
+    fn at(&self, t: i64) -> Option<PublicKey> {
+        self.periods
+            .iter()
+            .rev()
+            .find(|p| p.covers(t))
+            .map(|p| p.public_key)
     }
 }
 
 fn parse_compliance(body: &str) -> Result<EnvelopeCompliance, ServiceError> {
     serde_json::from_str(body)
         .map_err(|e| StoreError::Corrupt(format!("stored compliance row: {e}")).into())
+}
+
+/// A Unix time as RFC 3339 (or the raw seconds if out of range).
+pub(crate) fn unix_time(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
 }

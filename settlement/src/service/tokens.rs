@@ -2,7 +2,7 @@
 //! acceptance of a flagged reading (which releases the mints withheld for it).
 
 use super::settle::mint_body;
-use super::{Receipt, Service, ServiceError, ms};
+use super::{Receipt, Service, ServiceError, ms, unix_time};
 use crate::ledger::{EntryBody, RetireEntry, TransferEntry};
 use crate::rules::{self, MintPlan};
 use crate::store::{self, StoreError};
@@ -13,17 +13,42 @@ use gridmesh_protocol::token::{TokenRetire, TokenTransfer};
 use gridmesh_protocol::{ParticipantId, Wh};
 
 impl Service {
-    fn holder_key(&self, participant: &ParticipantId) -> Result<PublicKey, ServiceError> {
-        self.participants
-            .read()
-            .expect("participants lock")
-            .get(participant)
-            .copied()
-            .ok_or_else(|| {
-                ServiceError::Forbidden(format!(
-                    "participant {participant} is not registered with the market, so its signature cannot be checked"
-                ))
-            })
+    /// Checks that `signer` is `participant`'s key valid now (settlement's clock): a key
+    /// replaced by a rotation is refused with the time it was replaced.
+    fn check_holder_key(
+        &self,
+        participant: &ParticipantId,
+        signer: &PublicKey,
+        what: &str,
+    ) -> Result<(), ServiceError> {
+        if self.participant_key(participant).is_none() {
+            return Err(ServiceError::Forbidden(format!(
+                "participant {participant} is not registered with the market, so its signature cannot be checked"
+            )));
+        }
+        let now = self.clock.now().timestamp();
+        let key = self.participant_key_at(participant, now);
+        if key.as_ref() == Some(signer) {
+            return Ok(());
+        }
+        if let Some((_, until)) = self
+            .replaced_keys(participant, now)
+            .into_iter()
+            .find(|(k, _)| k == signer)
+        {
+            return Err(ServiceError::Forbidden(format!(
+                "key_mismatch: the {what} is signed with a key of {participant} that was replaced at {}; sign with the current key",
+                unix_time(until)
+            )));
+        }
+        Err(ServiceError::Forbidden(match key {
+            Some(key) => format!(
+                "the {what} is signed by {signer}, but {participant}'s registered key is {key}"
+            ),
+            None => format!(
+                "participant {participant} has no key valid now, so its signature cannot be checked"
+            ),
+        }))
     }
 
     /// Applies a holder-signed transfer of part of a lot.
@@ -31,13 +56,7 @@ impl Service {
         let t: TokenTransfer = envelope
             .open()
             .map_err(|e| ServiceError::BadRequest(format!("not a valid signed transfer: {e}")))?;
-        let key = self.holder_key(&t.from)?;
-        if envelope.public_key != key {
-            return Err(ServiceError::Forbidden(format!(
-                "the transfer is signed by {}, but {}'s registered key is {key}",
-                envelope.public_key, t.from
-            )));
-        }
+        self.check_holder_key(&t.from, &envelope.public_key, "transfer")?;
         if t.from == t.to {
             return Err(ServiceError::BadRequest(
                 "a transfer needs a recipient other than the holder".into(),
@@ -69,13 +88,7 @@ impl Service {
         let r: TokenRetire = envelope
             .open()
             .map_err(|e| ServiceError::BadRequest(format!("not a valid signed retirement: {e}")))?;
-        let key = self.holder_key(&r.holder)?;
-        if envelope.public_key != key {
-            return Err(ServiceError::Forbidden(format!(
-                "the retirement is signed by {}, but {}'s registered key is {key}",
-                envelope.public_key, r.holder
-            )));
-        }
+        self.check_holder_key(&r.holder, &envelope.public_key, "retirement")?;
         let lot = hex::encode(r.lot);
         let body = EntryBody::Retire(RetireEntry {
             envelope: envelope.clone(),

@@ -1,6 +1,7 @@
 //! Everything `settlement verify` reads, loaded in one step so the checks themselves are pure
 //! (see [`crate::audit`]).
 
+use gridmesh_protocol::rotation::ParticipantWithKeys;
 use sqlx::{AnyPool, Row};
 
 /// A stored block as the audit reads it.
@@ -137,7 +138,8 @@ pub struct AuditData {
     pub readings: Vec<ReadingRecord>,
     /// Results.
     pub results: Vec<ResultRecord>,
-    /// Participant registrations: participant and public key.
+    /// Participant registrations: participant and public key, one pair for every key the
+    /// participant has had (key rotation keeps the replaced keys, which signed earlier entries).
     pub participants: Vec<(String, String)>,
     /// Lots by id.
     pub lots: Vec<LotRecord>,
@@ -198,7 +200,7 @@ pub async fn load(pool: &AnyPool) -> Result<AuditData, sqlx::Error> {
             attestation: r.get(3),
         })
         .collect();
-    let participants = pairs(pool, "SELECT participant, public_key FROM participants").await?;
+    let participants = participant_keys(pool).await?;
     let lots =
         sqlx::query("SELECT lot, holder, initial, remaining, retired FROM lots ORDER BY lot")
             .fetch_all(pool)
@@ -246,6 +248,37 @@ pub async fn load(pool: &AnyPool) -> Result<AuditData, sqlx::Error> {
         statements,
         compliance,
     })
+}
+
+/// Every (participant, key) pair: the key column, plus every period's key of the stored body.
+async fn participant_keys(pool: &AnyPool) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let mut out = Vec::new();
+    for (participant, key, body) in
+        sqlx::query("SELECT participant, public_key, body FROM participants")
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>(0),
+                    r.get::<String, _>(1),
+                    r.get::<String, _>(2),
+                )
+            })
+    {
+        // A body that does not parse still leaves the key column.
+        let history = serde_json::from_str::<ParticipantWithKeys>(&body)
+            .map(|p| p.keys)
+            .unwrap_or_default();
+        for k in history {
+            let k = k.public_key.to_string();
+            if k != key {
+                out.push((participant.clone(), k));
+            }
+        }
+        out.push((participant, key));
+    }
+    Ok(out)
 }
 
 async fn pairs(pool: &AnyPool, sql: &str) -> Result<Vec<(String, String)>, sqlx::Error> {

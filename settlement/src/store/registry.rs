@@ -2,7 +2,8 @@
 //! checked against), as the market published them.
 
 use super::StoreError;
-use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
+use gridmesh_protocol::registry::GatewayEnrollment;
+use gridmesh_protocol::rotation::ParticipantWithKeys;
 use sqlx::AnyPool;
 
 /// Every stored gateway registration (JSON).
@@ -39,16 +40,20 @@ pub async fn upsert_gateways(
     Ok(())
 }
 
-/// Stores (or updates) participant registrations in one transaction.
-pub async fn upsert_participants(pool: &AnyPool, list: &[Participant]) -> Result<(), StoreError> {
+/// Stores (or updates) participant registrations in one transaction; the body (JSON) keeps
+/// every key's validity period, `public_key` the key in force.
+pub async fn upsert_participants(
+    pool: &AnyPool,
+    list: &[ParticipantWithKeys],
+) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     for p in list {
         sqlx::query(
             "INSERT INTO participants (participant, public_key, body) VALUES ($1, $2, $3) \
              ON CONFLICT (participant) DO UPDATE SET public_key = excluded.public_key, body = excluded.body",
         )
-        .bind(p.id.to_string())
-        .bind(p.public_key.to_string())
+        .bind(p.participant.id.to_string())
+        .bind(p.participant.public_key.to_string())
         .bind(serde_json::to_string(p).expect("serialisable"))
         .execute(&mut *tx)
         .await?;
