@@ -32,13 +32,7 @@ struct Running {
 
 async fn start() -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let source = StaticSource::default();
-    for g in enrollments() {
-        source.add_gateway(g);
-    }
-    for p in participants() {
-        source.add_participant(p);
-    }
+    let source = registry_source();
     let shutdown = Shutdown::new();
     let config = SettlementConfig {
         listen: "127.0.0.1:0".parse().unwrap(),

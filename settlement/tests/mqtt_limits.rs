@@ -8,14 +8,9 @@ use gridmesh_protocol::{GatewayId, topics};
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::mqtt::{MqttSession, MqttSettings, Qos};
 use gridmesh_runtime::shutdown::Shutdown;
-use settlement::sources::StaticSource;
 use settlement::{SettlementConfig, serve_with_source};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn broker() -> String {
-    std::env::var("GRIDMESH_TEST_MQTT").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".to_owned())
-}
 
 async fn stored(pool: &sqlx::AnyPool, key: &str) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM readings WHERE reading_key = $1")
@@ -28,13 +23,7 @@ async fn stored(pool: &sqlx::AnyPool, key: &str) -> i64 {
 #[tokio::test]
 async fn a_two_megabyte_message_is_dropped_and_later_readings_arrive() {
     let dir = tempfile::tempdir().unwrap();
-    let source = StaticSource::default();
-    for g in enrollments() {
-        source.add_gateway(g);
-    }
-    for p in participants() {
-        source.add_participant(p);
-    }
+    let source = registry_source();
     let shutdown = Shutdown::new();
     let config = SettlementConfig {
         listen: "127.0.0.1:0".parse().unwrap(),

@@ -12,26 +12,15 @@ use gridmesh_runtime::mqtt::{MqttSession, MqttSettings, Qos};
 use gridmesh_runtime::shutdown::Shutdown;
 use serde_json::Value;
 use settlement::service::Event;
-use settlement::sources::StaticSource;
 use settlement::verify::ReasonCode;
 use settlement::{SettlementConfig, serve_with_source};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn broker() -> String {
-    std::env::var("GRIDMESH_TEST_MQTT").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".to_owned())
-}
-
 #[tokio::test]
 async fn rest_sse_settlement_and_mqtt_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let source = StaticSource::default();
-    for g in enrollments() {
-        source.add_gateway(g);
-    }
-    for p in participants() {
-        source.add_participant(p);
-    }
+    let source = registry_source();
     let shutdown = Shutdown::new();
     let config = SettlementConfig {
         listen: "127.0.0.1:0".parse().unwrap(),

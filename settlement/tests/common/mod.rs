@@ -229,3 +229,20 @@ pub fn ts(s: &str) -> DateTime<Utc> {
 pub fn json<T: serde::Serialize>(answer: &T) -> serde_json::Value {
     serde_json::to_value(answer).expect("answers serialise")
 }
+
+/// The test broker: `GRIDMESH_TEST_MQTT`, else the local Mosquitto.
+pub fn broker() -> String {
+    std::env::var("GRIDMESH_TEST_MQTT").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".to_owned())
+}
+
+/// A market source that knows the fixtures' gateways and participants.
+pub fn registry_source() -> settlement::sources::StaticSource {
+    let source = settlement::sources::StaticSource::default();
+    for g in enrollments() {
+        source.add_gateway(g);
+    }
+    for p in participants() {
+        source.add_participant(p);
+    }
+    source
+}
