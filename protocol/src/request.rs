@@ -14,8 +14,15 @@
 //! it received and accepts the proof only within [`MAX_SKEW_SECS`] of its own clock. A proof
 //! therefore authorises exactly one request (method, path, query and body), for a few minutes,
 //! and reveals nothing that lets anyone sign another.
+//!
+//! A gateway proves in the same way that a batch of readings it uploads (`POST /readings` on
+//! settlement) comes from it: a [`GatewayRequestProof`] (`gridmesh/gateway-request/v1`, 99
+//! bytes) signed by the gateway's enrolled key, in the header
+//! `Authorization: GridmeshGateway <base64 payload>.<base64 signature>`
+//! ([`gateway_authorization`], [`SignedGatewayRequest`]). The digest covers the whole body, so
+//! the proof authorises exactly that batch.
 
-use crate::ids::ParticipantId;
+use crate::ids::{GatewayId, ParticipantId};
 use crate::keys::SigningKeyPair;
 use crate::layout::{LayoutError, Reader, Writer};
 use crate::signing::{PublicKey, Signable, SigningError};
@@ -25,6 +32,9 @@ use sha2::{Digest, Sha256};
 
 /// The `Authorization` scheme of a signed request.
 pub const SCHEME: &str = "Gridmesh";
+
+/// The `Authorization` scheme of a gateway's signed request (a batch upload).
+pub const GATEWAY_SCHEME: &str = "GridmeshGateway";
 
 /// How far (seconds) a proof's `signed_at` may be from the server's clock, either way.
 pub const MAX_SKEW_SECS: i64 = 300;
@@ -132,6 +142,16 @@ pub enum RequestAuthError {
         /// What failed.
         source: SigningError,
     },
+    /// The signature does not verify against the gateway's enrolled key.
+    #[error(
+        "the request signature does not verify with gateway {gateway}'s enrolled key: {source}; sign with the key the gateway enrolled with"
+    )]
+    GatewaySignature {
+        /// The gateway it claims to be.
+        gateway: GatewayId,
+        /// What failed.
+        source: SigningError,
+    },
 }
 
 /// A parsed but not yet verified signed request.
@@ -146,23 +166,7 @@ pub struct SignedRequest {
 impl SignedRequest {
     /// Parses an `Authorization` header value.
     pub fn parse(header: &str) -> Result<Self, RequestAuthError> {
-        let malformed = |why: &str| RequestAuthError::Malformed(why.to_owned());
-        let rest = header
-            .strip_prefix(SCHEME)
-            .and_then(|r| r.strip_prefix(' '))
-            .ok_or_else(|| malformed("the scheme is not `Gridmesh`"))?;
-        let (payload, signature) = rest
-            .trim()
-            .split_once('.')
-            .ok_or_else(|| malformed("no `.` between payload and signature"))?;
-        let payload = STANDARD
-            .decode(payload)
-            .map_err(|e| malformed(&format!("payload: {e}")))?;
-        let signature: [u8; 64] = STANDARD
-            .decode(signature)
-            .map_err(|e| malformed(&format!("signature: {e}")))?
-            .try_into()
-            .map_err(|_| malformed("the signature is not 64 bytes"))?;
+        let (payload, signature) = split_header(header, SCHEME)?;
         let proof = RequestProof::decode(&payload)?;
         Ok(SignedRequest {
             proof,
@@ -185,16 +189,14 @@ impl SignedRequest {
         path_and_query: &str,
         body: &[u8],
     ) -> Result<(), RequestAuthError> {
-        let signed_at = self.proof.signed_at;
-        if signed_at.abs_diff(now_unix) > MAX_SKEW_SECS as u64 {
-            return Err(RequestAuthError::Stale {
-                signed_at,
-                now: now_unix,
-            });
-        }
-        if request_digest(method, path_and_query, body) != self.proof.request_digest {
-            return Err(RequestAuthError::OtherRequest);
-        }
+        check_proof(
+            self.proof.signed_at,
+            &self.proof.request_digest,
+            now_unix,
+            method,
+            path_and_query,
+            body,
+        )?;
         registered
             .verify(&self.payload, &self.signature)
             .map_err(|source| RequestAuthError::Signature {
@@ -202,6 +204,163 @@ impl SignedRequest {
                 source,
             })
     }
+}
+
+/// Splits `<scheme> <base64 payload>.<base64 signature>` into the decoded payload and signature.
+fn split_header(
+    header: &str,
+    scheme: &str,
+) -> Result<(Vec<u8>, [u8; 64]), RequestAuthError> {
+    let malformed = |why: &str| RequestAuthError::Malformed(why.to_owned());
+    let rest = header
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix(' '))
+        .ok_or_else(|| malformed(&format!("the scheme is not `{scheme}`")))?;
+    let (payload, signature) = rest
+        .trim()
+        .split_once('.')
+        .ok_or_else(|| malformed("no `.` between payload and signature"))?;
+    let payload = STANDARD
+        .decode(payload)
+        .map_err(|e| malformed(&format!("payload: {e}")))?;
+    let signature: [u8; 64] = STANDARD
+        .decode(signature)
+        .map_err(|e| malformed(&format!("signature: {e}")))?
+        .try_into()
+        .map_err(|_| malformed("the signature is not 64 bytes"))?;
+    Ok((payload, signature))
+}
+
+/// What a gateway signs to authorise one upload (`gridmesh/gateway-request/v1`, 99 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRequestProof {
+    /// The gateway that sends.
+    pub gateway: GatewayId,
+    /// When it was signed, Unix seconds (UTC).
+    pub signed_at: i64,
+    /// [`request_digest`] of the request it authorises (body included).
+    pub request_digest: [u8; 32],
+}
+
+impl Signable for GatewayRequestProof {
+    const TAG: &'static str = "gridmesh/gateway-request/v1";
+    const LEN: usize = 27 + 32 + 8 + 32;
+
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new(Self::TAG, Self::LEN);
+        w.id(self.gateway.as_str())
+            .i64(self.signed_at)
+            .bytes(&self.request_digest);
+        w.finish()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, LayoutError> {
+        let mut r = Reader::new(bytes, Self::TAG, Self::LEN)?;
+        Ok(GatewayRequestProof {
+            gateway: r.id("gateway", GatewayId::new)?,
+            signed_at: r.i64(),
+            request_digest: r.digest(),
+        })
+    }
+}
+
+/// The `Authorization` header value authorising one request by `gateway` (for example its
+/// `POST /readings` batch), signed now (`now_unix`, wall-clock Unix seconds) with its key.
+pub fn gateway_authorization(
+    gateway: &GatewayId,
+    key: &SigningKeyPair,
+    now_unix: i64,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> String {
+    let proof = GatewayRequestProof {
+        gateway: gateway.clone(),
+        signed_at: now_unix,
+        request_digest: request_digest(method, path_and_query, body),
+    };
+    let payload = proof.encode();
+    let signature = key.sign_raw(&payload);
+    format!(
+        "{GATEWAY_SCHEME} {}.{}",
+        STANDARD.encode(&payload),
+        STANDARD.encode(signature)
+    )
+}
+
+/// A parsed but not yet verified gateway request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedGatewayRequest {
+    /// The proof's fields.
+    pub proof: GatewayRequestProof,
+    payload: Vec<u8>,
+    signature: [u8; 64],
+}
+
+impl SignedGatewayRequest {
+    /// Parses an `Authorization` header value (`GridmeshGateway <payload>.<signature>`).
+    pub fn parse(header: &str) -> Result<Self, RequestAuthError> {
+        let (payload, signature) = split_header(header, GATEWAY_SCHEME)?;
+        let proof = GatewayRequestProof::decode(&payload)?;
+        Ok(SignedGatewayRequest {
+            proof,
+            payload,
+            signature,
+        })
+    }
+
+    /// The gateway the request claims to come from (look its enrolled key up, then
+    /// [`Self::verify`]).
+    pub fn gateway(&self) -> &GatewayId {
+        &self.proof.gateway
+    }
+
+    /// Checks the proof against the request received and the gateway's enrolled key: within
+    /// [`MAX_SKEW_SECS`] of `now_unix`, for exactly this method, path, query and body.
+    pub fn verify(
+        &self,
+        enrolled: &PublicKey,
+        now_unix: i64,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> Result<(), RequestAuthError> {
+        check_proof(
+            self.proof.signed_at,
+            &self.proof.request_digest,
+            now_unix,
+            method,
+            path_and_query,
+            body,
+        )?;
+        enrolled
+            .verify(&self.payload, &self.signature)
+            .map_err(|source| RequestAuthError::GatewaySignature {
+                gateway: self.proof.gateway.clone(),
+                source,
+            })
+    }
+}
+
+/// The checks shared by participant and gateway proofs: freshness, then the request digest.
+fn check_proof(
+    signed_at: i64,
+    digest: &[u8; 32],
+    now_unix: i64,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> Result<(), RequestAuthError> {
+    if signed_at.abs_diff(now_unix) > MAX_SKEW_SECS as u64 {
+        return Err(RequestAuthError::Stale {
+            signed_at,
+            now: now_unix,
+        });
+    }
+    if &request_digest(method, path_and_query, body) != digest {
+        return Err(RequestAuthError::OtherRequest);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -264,6 +423,38 @@ mod tests {
         assert_eq!(bytes.len(), 91);
         assert_eq!(&bytes[..19], b"gridmesh/request/v1");
         assert_eq!(RequestProof::decode(&bytes).unwrap(), proof);
+    }
+
+    #[test]
+    fn a_gateway_proof_authorises_exactly_its_batch() {
+        let gw = GatewayId::new("gw-h1").unwrap();
+        let body = br#"[{"payload":"AA=="}]"#;
+        let header = gateway_authorization(&gw, &key(), 1_000, "POST", "/readings", body);
+        assert!(header.starts_with("GridmeshGateway "));
+        let signed = SignedGatewayRequest::parse(&header).unwrap();
+        assert_eq!(signed.gateway(), &gw);
+        assert_eq!(signed.payload.len(), 99);
+        let public = key().public_key();
+        signed
+            .verify(&public, 1_200, "POST", "/readings", body)
+            .unwrap();
+        assert_eq!(
+            signed.verify(&public, 1_200, "POST", "/readings", b"[]"),
+            Err(RequestAuthError::OtherRequest)
+        );
+        assert!(matches!(
+            signed.verify(&public, 1_000 - MAX_SKEW_SECS - 1, "POST", "/readings", body),
+            Err(RequestAuthError::Stale { .. })
+        ));
+        let other = SigningKeyPair::from_seed([8; 32]).public_key();
+        let err = signed
+            .verify(&other, 1_000, "POST", "/readings", body)
+            .unwrap_err();
+        assert!(err.to_string().contains("gw-h1"), "{err}");
+        // A participant's header is not a gateway's, and the other way round.
+        let participant = authorization(&h1(), &key(), 1_000, "POST", "/readings", body);
+        assert!(SignedGatewayRequest::parse(&participant).is_err());
+        assert!(SignedRequest::parse(&header).is_err());
     }
 
     #[test]

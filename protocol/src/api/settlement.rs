@@ -332,6 +332,13 @@ pub enum QuarantineStatus {
     Open,
     /// Accepted by an operator.
     Accepted,
+    /// A signed reading of a gateway settlement did not know yet (arrived by MQTT, which
+    /// cannot answer "retry"): kept whole and re-admitted automatically once the market
+    /// enrols the gateway.
+    Held,
+    /// A held reading that was re-admitted after its gateway was enrolled: its outcome is
+    /// that of a fresh submission (accepted, flagged, or quarantined anew).
+    Readmitted,
 }
 
 impl QuarantineStatus {
@@ -340,6 +347,8 @@ impl QuarantineStatus {
         match self {
             QuarantineStatus::Open => "open",
             QuarantineStatus::Accepted => "accepted",
+            QuarantineStatus::Held => "held",
+            QuarantineStatus::Readmitted => "readmitted",
         }
     }
 
@@ -348,8 +357,35 @@ impl QuarantineStatus {
         match s {
             "open" => Some(QuarantineStatus::Open),
             "accepted" => Some(QuarantineStatus::Accepted),
+            "held" => Some(QuarantineStatus::Held),
+            "readmitted" => Some(QuarantineStatus::Readmitted),
             _ => None,
         }
+    }
+}
+
+/// The filters and page of `GET /quarantine` (all optional): items newest first, `limit` at a
+/// time; the next page is `before=<id of the last item>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+pub struct QuarantineQuery {
+    /// Only items of this gateway (as the reading or the uploading gateway names it).
+    pub gateway: Option<String>,
+    /// Only items with this reason code (`bad_signature`, `implausible_export`, …).
+    pub reason: Option<ReasonCode>,
+    /// Only items with this status (`open`, `accepted`, `held`, `readmitted`).
+    pub status: Option<QuarantineStatus>,
+    /// Only items with an id below this one (the next page after an item).
+    pub before: Option<i64>,
+    /// At most this many items (default 100, 1–1000).
+    pub limit: Option<i64>,
+}
+
+impl QuarantineQuery {
+    /// The page size: `limit` clamped to 1–1000, 100 when absent.
+    pub fn page_size(&self) -> i64 {
+        self.limit.unwrap_or(100).clamp(1, 1000)
     }
 }
 
@@ -367,8 +403,9 @@ pub struct QuarantineItem {
     pub key: Option<String>,
     /// The gateway, if the payload decoded.
     pub gateway: Option<String>,
-    /// The submitted bytes verbatim (as UTF-8, invalid sequences replaced): what was sent is
-    /// exactly what is kept, even when it is not JSON.
+    /// The submitted bytes (as UTF-8, invalid sequences replaced), verbatim for signed
+    /// readings; of a submission that is not a reading only a sample (its first 4 KiB) is
+    /// kept, and the reason says how long it was.
     pub raw: String,
     /// Whether an operator may accept it ([`ReasonCode::operator_acceptable`]).
     pub acceptable: bool,
@@ -376,7 +413,7 @@ pub struct QuarantineItem {
     pub code: ReasonCode,
     /// The reason sentence.
     pub reason: String,
-    /// Open or accepted.
+    /// Open, accepted, held or readmitted.
     pub status: QuarantineStatus,
 }
 
