@@ -146,12 +146,12 @@ pub async fn run(task: AgentTask) {
                 "{market}/intervals/{}/result",
                 target.start().format("%Y-%m-%dT%H:%M:%SZ")
             );
-            if let Ok(r) = task
-                .http
-                .get(url)
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await
+            // Signed by the gateway: the market shows it its household's part of the result.
+            if let Ok(r) =
+                crate::envelope::signed_get(&task.http, &url, &task.config.gateway_id, &task.key)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await
                 && r.status().is_success()
                 && let Ok(result) = r.json::<IntervalResult>().await
             {

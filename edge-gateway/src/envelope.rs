@@ -16,6 +16,7 @@ use crate::config::GatewayConfig;
 use crate::status::Status;
 use chrono::{DateTime, Utc};
 use gridmesh_protocol::envelope::{EnvelopeSource, OperatingEnvelope};
+use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::signing::{PublicKey, SignedEnvelope, SigningError};
 use gridmesh_protocol::{GatewayId, Interval, IntervalLength, Wh, topics};
 use gridmesh_runtime::clock::Clock;
@@ -382,11 +383,15 @@ pub fn http_period(poll_ms: u64) -> Duration {
 }
 
 /// Polls `GET {market}/envelopes/{gateway}` (a JSON array of signed envelopes) until
-/// `cancel`, offering each to `intake`. Failures are logged when the state changes.
+/// `cancel`, offering each to `intake`. Every request is signed with the gateway's `key`
+/// (`Authorization: GridmeshGateway …`, [`signed_get`]): the market serves a gateway's
+/// envelopes only to that gateway, its household, the auditor and the operator. Failures are
+/// logged when the state changes.
 pub async fn poll_market(
     intake: Arc<Intake>,
     http: reqwest::Client,
     market: String,
+    key: SigningKeyPair,
     clock: Clock,
     period: Duration,
     cancel: CancellationToken,
@@ -398,7 +403,7 @@ pub async fn poll_market(
     );
     let mut failing: Option<String> = None;
     loop {
-        let outcome = fetch(&http, &url).await;
+        let outcome = fetch(signed_get(&http, &url, &intake.gateway, &key)).await;
         match outcome {
             Ok(list) => {
                 if failing.take().is_some() {
@@ -423,9 +428,37 @@ pub async fn poll_market(
     }
 }
 
-async fn fetch(http: &reqwest::Client, url: &str) -> Result<Vec<SignedEnvelope>, String> {
-    let response = http
-        .get(url)
+/// A `GET url` signed by `gateway` with its `key`, now (wall clock: the market judges a
+/// proof's freshness by its own wall clock, not the possibly accelerated market clock). The
+/// proof covers the URL's path and query exactly as sent.
+pub fn signed_get(
+    http: &reqwest::Client,
+    url: &str,
+    gateway: &GatewayId,
+    key: &SigningKeyPair,
+) -> reqwest::RequestBuilder {
+    let path_and_query = match reqwest::Url::parse(url) {
+        Ok(u) => match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_owned(),
+        },
+        // An unparsable URL fails in `send` with its own error.
+        Err(_) => String::new(),
+    };
+    let authorization = gridmesh_protocol::request::gateway_authorization(
+        gateway,
+        key,
+        chrono::Utc::now().timestamp(),
+        "GET",
+        &path_and_query,
+        b"",
+    );
+    http.get(url)
+        .header(reqwest::header::AUTHORIZATION, authorization)
+}
+
+async fn fetch(request: reqwest::RequestBuilder) -> Result<Vec<SignedEnvelope>, String> {
+    let response = request
         .timeout(Duration::from_secs(5))
         .send()
         .await
@@ -435,6 +468,12 @@ async fn fetch(http: &reqwest::Client, url: &str) -> Result<Vec<SignedEnvelope>,
         let body = response.text().await.unwrap_or_default();
         return Err(format!(
             "the market answered 404 ({body}); is this gateway enrolled (`edge-gateway enroll`)?"
+        ));
+    }
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        let body = response.text().await.unwrap_or_default();
+        return Err(format!(
+            "the market refused this gateway's signed request with {status} ({body}); is the gateway enrolled with this key, and is the clock within 5 minutes of the market's?"
         ));
     }
     if !status.is_success() {

@@ -236,6 +236,7 @@ pub async fn run_with_key(
             intake.clone(),
             http.clone(),
             market,
+            key.clone(),
             clock.clone(),
             crate::envelope::http_period(config.poll_ms),
             shutdown.token(),

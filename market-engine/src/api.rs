@@ -13,7 +13,7 @@
 //! participant's signature, and so is a key rotation (`POST /participants/{id}/key`, signed by
 //! the key in force).
 
-use crate::access::Caller;
+use crate::access::{Caller, ResultView};
 use crate::book::depth;
 use crate::error::MarketError;
 use crate::service::{Market, Registration};
@@ -26,13 +26,14 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use gridmesh_protocol::api::market::{
     BookDepth, ErrorBody, Health, MarketStatus, OrderAccepted, OrderCancelled, OrderRecord,
+    PublicResult,
 };
 use gridmesh_protocol::envelope::{MarketKey, SignedResult};
 use gridmesh_protocol::grid::{LimitOverride, Network};
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
 use gridmesh_protocol::rotation::ParticipantWithKeys;
-use gridmesh_protocol::{GatewayId, Interval, ParticipantId, SignedEnvelope};
+use gridmesh_protocol::{GatewayId, Interval, NodeId, ParticipantId, SignedEnvelope};
 use gridmesh_runtime::http::{
     ApiError, ApiPath, ApiQuery, HttpLimits, check_bearer, layers, sse_from_broadcast,
 };
@@ -448,28 +449,49 @@ async fn post_cancel(State(s): State<AppState>, body: Bytes) -> ApiResult<Json<O
 }
 
 #[utoipa::path(get, path = "/intervals/{start}/book", tag = "orders",
-    summary = "Order-book depth per node (price steps)",
+    summary = "Order-book depth (price steps): per area of at least 5 participants (public), per node (auditor, operator)",
+    description = "Without the auditor's or operator's token each node's steps are folded into its area (a node with fewer than 5 registered participants counts in its parent's), so no step shows a single home's bid; a zone with fewer than 5 participants shows no steps.",
     params(("start" = String, Path, description = "the interval's start, RFC 3339")),
+    security((), ("auditor" = []), ("operator" = [])),
     responses(
         (status = 200, description = "depth", body = BookDepth),
         (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "unauthorized: an invalid credential", body = ErrorBody),
     ))]
 async fn get_book(
     State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
     ApiPath(start): ApiPath<String>,
 ) -> ApiResult<Json<BookDepth>> {
+    let caller = reader(&s, &headers, &uri).await?;
     let interval = interval_at(&s, &start)?;
     let orders = s.market.store.orders(None, Some(&interval), true).await?;
-    let nodes = depth(
+    if caller.result_view() == ResultView::Full {
+        let nodes = depth(
+            orders
+                .iter()
+                .map(|o| (o.node.as_str(), o.side, o.quantity_wh, o.limit_price)),
+        );
+        return Ok(Json(BookDepth {
+            interval,
+            orders: orders.len(),
+            nodes,
+        }));
+    }
+    let mut participants: std::collections::BTreeMap<NodeId, u32> = Default::default();
+    for p in s.market.participants() {
+        *participants.entry(p.node).or_default() += 1;
+    }
+    let topology = s.market.topology();
+    Ok(Json(crate::public::public_depth(
+        topology.network(),
+        &participants,
         orders
-            .iter()
-            .map(|o| (o.node.as_str(), o.side, o.quantity_wh, o.limit_price)),
-    );
-    Ok(Json(BookDepth {
+            .into_iter()
+            .map(|o| (o.node, o.side, o.quantity_wh, o.limit_price)),
         interval,
-        orders: orders.len(),
-        nodes,
-    }))
+    )))
 }
 
 /// A JSON response of exact, already serialised bytes.
@@ -477,39 +499,81 @@ fn raw_json(body: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// The JSON of one stored result as `view` sees it: the stored bytes themselves for the full
+/// view (the bytes the market signed).
+fn result_json(state: &AppState, view: &ResultView, body: String) -> ApiResult<String> {
+    if *view == ResultView::Full {
+        return Ok(body);
+    }
+    let result: IntervalResult = serde_json::from_str(&body).map_err(|e| {
+        MarketError::Storage(crate::store::StoreError::Corrupt(format!("result: {e}")))
+    })?;
+    view_json(state, view, &result)
+}
+
+/// The JSON of `result` as `view` sees it ([`crate::public`]).
+fn view_json(state: &AppState, view: &ResultView, result: &IntervalResult) -> ApiResult<String> {
+    let secret = state.market.pseudonym_secret();
+    let json = match view {
+        ResultView::Full => serde_json::to_string(result),
+        ResultView::Own(p) => serde_json::to_string(&crate::public::own_view(result, p, &secret)),
+        ResultView::Public => {
+            serde_json::to_string(&crate::public::public_view(result, &secret).map_err(|e| {
+                MarketError::Storage(crate::store::StoreError::Corrupt(e.to_string()))
+            })?)
+        }
+    };
+    Ok(json.expect("a result view serialises"))
+}
+
 #[utoipa::path(get, path = "/intervals/{start}/result", tag = "results",
-    summary = "The interval's result: the exact JSON body bytes the market signed (public)",
+    summary = "The interval's result: public aggregates; the full signed bytes to the auditor and operator; a participant's own part to its signed request",
+    description = "Without a credential: a `PublicResult` (aggregates per area of at least 5 participants, trades under per-interval pseudonyms, no participant id). With the auditor's or operator's token: the `IntervalResult`, the exact JSON body bytes the market signed. With a participant's signed request: an `IntervalResult` holding only its own orders, trades and envelopes, the other side of each trade under its pseudonym.",
     params(("start" = String, Path, description = "the interval's start, RFC 3339")),
+    security((), ("auditor" = []), ("operator" = []), ("participant" = [])),
     responses(
-        (status = 200, description = "the result", body = IntervalResult),
+        (status = 200, description = "the result as the caller may see it (public: PublicResult)", body = PublicResult),
         (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "unauthorized: an invalid credential", body = ErrorBody),
         (status = 404, description = "not_cleared", body = ErrorBody),
     ))]
 async fn get_result(
     State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
     ApiPath(start): ApiPath<String>,
 ) -> ApiResult<Response> {
+    let caller = reader(&s, &headers, &uri).await?;
     let interval = interval_at(&s, &start)?;
-    s.market
+    let row = s
+        .market
         .store
         .result_row(&interval)
         .await?
-        .map(|row| raw_json(row.body))
-        .ok_or_else(|| MarketError::NotCleared(interval.key()))
+        .ok_or_else(|| MarketError::NotCleared(interval.key()))?;
+    Ok(raw_json(result_json(&s, &caller.result_view(), row.body)?))
 }
 
 #[utoipa::path(get, path = "/intervals/{start}/result/signed", tag = "results",
-    summary = "The interval's result as signed by the market (public; verify with GET /market-key)",
+    summary = "The interval's result as signed by the market (auditor, operator; verify with GET /market-key)",
     params(("start" = String, Path, description = "the interval's start, RFC 3339")),
+    security(("auditor" = []), ("operator" = [])),
     responses(
         (status = 200, description = "the signed result", body = SignedResult),
         (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "unauthorized: no or an invalid credential", body = ErrorBody),
+        (status = 403, description = "forbidden: a participant or an enrolment token", body = ErrorBody),
         (status = 404, description = "not_cleared", body = ErrorBody),
     ))]
 async fn get_signed_result(
     State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
     ApiPath(start): ApiPath<String>,
 ) -> ApiResult<Json<SignedResult>> {
+    reader(&s, &headers, &uri)
+        .await?
+        .may_read_all("signed results")?;
     let interval = interval_at(&s, &start)?;
     s.market
         .signed_result(&interval)
@@ -542,48 +606,62 @@ impl ResultsQuery {
 }
 
 #[utoipa::path(get, path = "/results", tag = "results",
-    summary = "Results from `since` on, oldest first",
+    summary = "Results from `since` on, oldest first: public aggregates; full to the auditor and operator; a participant's own part",
+    description = "As GET /intervals/{start}/result, per result: `PublicResult`s without a credential, the stored `IntervalResult` bodies byte for byte with the auditor's or operator's token, a participant's own part with its signed request.",
     params(
         ("since" = Option<String>, Query, description = "first interval start, RFC 3339 (default: all)"),
         ("limit" = Option<i64>, Query, description = "most results, 1 to 1000 (default 100)", minimum = 1, maximum = 1000),
     ),
+    security((), ("auditor" = []), ("operator" = []), ("participant" = [])),
     responses(
-        (status = 200, description = "the stored result bodies, byte for byte", body = Vec<IntervalResult>),
+        (status = 200, description = "the results as the caller may see them (public: PublicResult)", body = Vec<PublicResult>),
         (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "unauthorized: an invalid credential", body = ErrorBody),
     ))]
 async fn get_results(
     State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
     ApiQuery(q): ApiQuery<ResultsQuery>,
 ) -> ApiResult<Response> {
+    let view = reader(&s, &headers, &uri).await?.result_view();
     let (since, limit) = q.page()?;
     let rows = s.market.store.result_rows_since(since, limit).await?;
-    // The stored bodies, byte for byte (the bytes the market signed).
+    // The full view: the stored bodies, byte for byte (the bytes the market signed).
     let mut body = String::with_capacity(rows.iter().map(|r| r.body.len() + 1).sum::<usize>() + 2);
     body.push('[');
-    for (i, row) in rows.iter().enumerate() {
+    for (i, row) in rows.into_iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&row.body);
+        body.push_str(&result_json(&s, &view, row.body)?);
     }
     body.push(']');
     Ok(raw_json(body))
 }
 
 #[utoipa::path(get, path = "/results/signed", tag = "results",
-    summary = "Signed results from `since` on, oldest first (public; same paging as /results)",
+    summary = "Signed results from `since` on, oldest first (auditor, operator: settlement reads these; same paging as /results)",
     params(
         ("since" = Option<String>, Query, description = "first interval start, RFC 3339 (default: all)"),
         ("limit" = Option<i64>, Query, description = "most results, 1 to 1000 (default 100)", minimum = 1, maximum = 1000),
     ),
+    security(("auditor" = []), ("operator" = [])),
     responses(
         (status = 200, description = "signed results", body = Vec<SignedResult>),
         (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "unauthorized: no or an invalid credential", body = ErrorBody),
+        (status = 403, description = "forbidden: a participant or an enrolment token", body = ErrorBody),
     ))]
 async fn get_signed_results(
     State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
     ApiQuery(q): ApiQuery<ResultsQuery>,
 ) -> ApiResult<Json<Vec<SignedResult>>> {
+    reader(&s, &headers, &uri)
+        .await?
+        .may_read_all("signed results")?;
     let (since, limit) = q.page()?;
     Ok(Json(s.market.signed_results(since, limit).await?))
 }
@@ -599,19 +677,30 @@ async fn get_market_key(State(s): State<AppState>) -> Json<MarketKey> {
 }
 
 #[utoipa::path(get, path = "/envelopes/{gateway}", tag = "envelopes",
-    summary = "The gateway's signed operating envelopes (gridmesh/envelope/v1) for every cleared interval that has not ended, oldest first, at most 4 (public)",
+    summary = "The gateway's signed operating envelopes (gridmesh/envelope/v1) for every cleared interval that has not ended, oldest first, at most 4 (the gateway's or its household's signed request, auditor, operator)",
+    description = "The gateway signs its request with the key it enrolled with (`Authorization: GridmeshGateway <payload>.<signature>`, `gridmesh/gateway-request/v1`, docs/protocol.md); its household may read them with its own signed request (`Authorization: Gridmesh …`). Another gateway's or household's request is 403; no credential 401.",
     params(("gateway" = String, Path, description = "the gateway id")),
+    security(("gateway" = []), ("participant" = []), ("auditor" = []), ("operator" = [])),
     responses(
         (status = 200, description = "signed envelopes", body = Vec<SignedEnvelope>),
         (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "unauthorized: no or an invalid credential", body = ErrorBody),
+        (status = 403, description = "forbidden: another household's gateway, or an enrolment token", body = ErrorBody),
         (status = 404, description = "not_found: gateway not enrolled", body = ErrorBody),
     ))]
 async fn get_envelopes(
     State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
     ApiPath(gateway): ApiPath<String>,
 ) -> ApiResult<Json<Vec<SignedEnvelope>>> {
+    let caller = reader(&s, &headers, &uri).await?;
     let gateway =
         GatewayId::new(gateway).map_err(|e| MarketError::InvalidRequest(e.to_string()))?;
+    // An unknown gateway is 404 only to those who may read every gateway; anyone else sees
+    // 401/403 for a gateway that is not its own, enrolled or not.
+    let enrolled = s.market.store.gateway(&gateway).await?;
+    caller.may_read_envelopes(&gateway, enrolled.as_ref().map(|g| &g.participant))?;
     Ok(Json(s.market.current_envelopes(&gateway).await?))
 }
 
@@ -724,13 +813,32 @@ async fn get_status(State(s): State<AppState>) -> Json<MarketStatus> {
 }
 
 #[utoipa::path(get, path = "/events", tag = "results",
-    summary = "Server-sent events: `result` with the IntervalResult JSON",
-    responses((status = 200, description = "an event stream; each `result` event's data is an IntervalResult", content_type = "text/event-stream", body = String)))]
-async fn get_events(State(s): State<AppState>) -> impl IntoResponse {
-    sse_from_broadcast(s.market.subscribe(), s.cancel.clone(), |result| {
-        let data = serde_json::to_string(&*result).expect("a result serialises");
-        Some(Event::default().event("result").data(data))
-    })
+    summary = "Server-sent events: `result`, each as GET /intervals/{start}/result shows it to the caller",
+    description = "Without a credential each `result` event's data is a `PublicResult`; with the auditor's or operator's token the full `IntervalResult`; with a participant's signed request (of `GET /events`) its own part.",
+    security((), ("auditor" = []), ("operator" = []), ("participant" = [])),
+    responses(
+        (status = 200, description = "an event stream; each `result` event's data is the result as the caller may see it", content_type = "text/event-stream", body = String),
+        (status = 401, description = "unauthorized: an invalid credential", body = ErrorBody),
+    ))]
+async fn get_events(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> ApiResult<Response> {
+    let view = reader(&s, &headers, &uri).await?.result_view();
+    let state = s.clone();
+    Ok(sse_from_broadcast(
+        s.market.subscribe(),
+        s.cancel.clone(),
+        move |result| match view_json(&state, &view, &result) {
+            Ok(data) => Some(Event::default().event("result").data(data)),
+            Err(error) => {
+                tracing::error!(%error, "a result event could not be shown");
+                None
+            }
+        },
+    )
+    .into_response())
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "service",

@@ -14,6 +14,8 @@
 //! - [`envelopes`]: operating envelopes per connection point (cleared positions, then the
 //!   branches' headroom water-filled max-min fairly);
 //! - [`overrides`]: operator limit overrides (validation, applying those in force);
+//! - [`public`]: what a result shows to whom (public aggregates per area under pseudonyms, a
+//!   participant's own part);
 //! - [`store`]: SQLite/PostgreSQL persistence (orders with nonces, immutable results);
 //! - [`service`]: order intake with signature, nonce and gate checks; clearing an interval;
 //! - [`gate`]: automatic clearing at gate closure and MQTT publishing;
@@ -63,6 +65,7 @@ pub mod network;
 pub mod openapi;
 pub mod overrides;
 pub mod prices;
+pub mod public;
 #[cfg(feature = "reference-lp")]
 pub mod reference;
 pub mod server;

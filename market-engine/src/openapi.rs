@@ -4,6 +4,7 @@
 //! types, so the document cannot drift from the code; [`crate::api::document`] is the whole.
 
 use gridmesh_protocol::api::market::ErrorBody;
+use gridmesh_protocol::market::IntervalResult;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -14,13 +15,13 @@ use utoipa::{Modify, OpenApi};
         title = "gridmesh market engine",
         description = "Signed orders, gate closure per interval, welfare-maximising double auction under feeder limits, signed results and per-gateway operating envelopes. Prices are integer minor units per MWh, energies integer Wh. Errors are JSON {\"code\",\"message\"} (ErrorBody)."
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, IntervalResult)),
     modifiers(&OperatorBearer)
 )]
 struct Frame;
 
 /// Adds the credentials of the access model: the `operator`, `auditor` and `enrolment`
-/// bearer tokens and the `participant`'s signed request.
+/// bearer tokens, the `participant`'s and the `gateway`'s signed requests.
 struct OperatorBearer;
 
 impl Modify for OperatorBearer {
@@ -45,6 +46,13 @@ impl Modify for OperatorBearer {
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "Authorization",
                 "a signed request: `Gridmesh <base64 payload>.<base64 signature>` (gridmesh/request/v1, docs/protocol.md)",
+            ))),
+        );
+        components.add_security_scheme(
+            "gateway",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "a gateway's signed request: `GridmeshGateway <base64 payload>.<base64 signature>` (gridmesh/gateway-request/v1, docs/protocol.md), by the key it enrolled with",
             ))),
         );
     }

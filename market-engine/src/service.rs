@@ -203,6 +203,14 @@ impl Market {
         self.key.public_key()
     }
 
+    /// The secret behind the pseudonyms of public results ([`crate::public`]): derived from
+    /// the market's signing key (a deterministic ed25519 signature of a fixed tag, hashed), so
+    /// it is as secret and as stable as that key and needs no configuration of its own.
+    pub fn pseudonym_secret(&self) -> [u8; 32] {
+        let signature = self.key.sign_raw(b"gridmesh/pseudonym-secret/v1");
+        <sha2::Sha256 as sha2::Digest>::digest(signature).into()
+    }
+
     /// The current topology.
     pub fn topology(&self) -> Arc<Topology> {
         self.topology.read().expect("topology lock").clone()

@@ -90,8 +90,9 @@ impl Client {
         )
     }
 
+    /// A read as the operator (results in full and every gateway's envelopes are not public).
     async fn get(&self, path: &str) -> (u16, Value) {
-        self.send(self.http.get(format!("{}{path}", self.base)), None)
+        self.send(self.http.get(format!("{}{path}", self.base)), Some(TOKEN))
             .await
     }
 
@@ -105,6 +106,7 @@ impl Client {
         let r = self
             .http
             .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
             .send()
             .await
             .unwrap();

@@ -97,6 +97,7 @@ async fn clears_at_gate_closure_and_publishes_everywhere() {
     // Follow the SSE stream before the gate closes.
     let mut events = http
         .get(format!("{}/events", m.url()))
+        .bearer_auth("op")
         .send()
         .await
         .unwrap();
@@ -142,6 +143,7 @@ async fn clears_at_gate_closure_and_publishes_everywhere() {
 
     let from_rest: IntervalResult = http
         .get(format!("{}/intervals/2026-06-21T12:15:00Z/result", m.url()))
+        .bearer_auth("op")
         .send()
         .await
         .unwrap()
@@ -221,6 +223,7 @@ async fn clears_at_gate_closure_and_publishes_everywhere() {
             m.url(),
             envelope.interval.start().format("%Y-%m-%dT%H:%M:%SZ")
         ))
+        .bearer_auth("op")
         .send()
         .await
         .unwrap()

@@ -1,7 +1,9 @@
 //! The market engine's read models: its status, orders as listed, order-book depth, the
 //! answers to order submission and cancellation, its health and its error shape.
 //!
-//! Participants, gateways, limit overrides, the topology, results and the market key are
+//! Results are public as [`PublicResult`]: aggregates per area and pseudonymous trades.
+//!
+//! Participants, gateways, limit overrides, the topology, full results and the market key are
 //! answered with the protocol's own types ([`crate::registry::Participant`],
 //! [`crate::registry::GatewayEnrollment`], [`crate::grid::LimitOverride`],
 //! [`crate::grid::Network`], [`crate::market::IntervalResult`],
@@ -22,8 +24,10 @@
 
 use crate::ids::{NodeId, ParticipantId};
 use crate::interval::Interval;
+use crate::market::BranchFlow;
 use crate::order::Side;
 use crate::signing::SignedEnvelope;
+use crate::units::{Money, PricePerMwh, Wh};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -141,6 +145,117 @@ pub struct BookDepth {
     pub orders: usize,
     /// Depth per node id.
     pub nodes: BTreeMap<String, NodeDepth>,
+}
+
+/// How a public result names the parties of its trades: a pseudonym that is stable within one
+/// interval only (see [`PublicResult`]).
+pub const PSEUDONYMS_PER_INTERVAL: &str = "per_interval";
+
+/// The fewest participants an area of a public result holds: a node with fewer is folded into
+/// its parent's area (only the zone's root area may hold fewer, when the whole zone does).
+pub const MIN_AREA_PARTICIPANTS: u32 = 5;
+
+/// One area of a [`PublicResult`]: a grid node together with the nodes below it that were
+/// folded into it because they hold fewer than [`MIN_AREA_PARTICIPANTS`] participants. Every
+/// figure is a sum over at least that many participants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AreaAggregate {
+    /// The area's node (a feeder, a lateral or the zone's root).
+    pub node: NodeId,
+    /// Every node whose participants count here, the area's own node first.
+    pub nodes: Vec<NodeId>,
+    /// Participants in the area: the enrolled households and everyone with an order.
+    pub participants: u32,
+    /// Orders of the interval in the area.
+    pub orders: u32,
+    /// Energy bid for (buy orders), Wh.
+    pub bid: Wh,
+    /// Energy offered (sell orders), Wh.
+    pub offered: Wh,
+    /// Energy bought (cleared buy orders), Wh.
+    pub bought: Wh,
+    /// Energy sold (cleared sell orders), Wh.
+    pub sold: Wh,
+    /// Sum of the area's operating envelopes' export limits, Wh.
+    pub export_limit: Wh,
+    /// Sum of the area's operating envelopes' import limits, Wh.
+    pub import_limit: Wh,
+    /// The price at the area's node (`null` if the result has none for it).
+    pub price: Option<PricePerMwh>,
+}
+
+/// One side of a [`PublicTrade`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum PublicParty {
+    /// A participant, under its pseudonym for this interval, and its area.
+    Participant {
+        /// `p-` and 16 hex digits: a keyed hash of the participant and the interval.
+        pseudonym: String,
+        /// The node of the participant's area ([`AreaAggregate::node`]).
+        area: NodeId,
+    },
+    /// The utility (backstop at the root).
+    Utility,
+}
+
+/// A bilateral trade as the public sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PublicTrade {
+    /// The buying side.
+    pub buyer: PublicParty,
+    /// The selling side.
+    pub seller: PublicParty,
+    /// Energy traded.
+    pub energy: Wh,
+    /// The price the buyer pays per MWh.
+    pub price: PricePerMwh,
+}
+
+/// `GET /results`, `GET /intervals/{start}/result` and the `result` events of `GET /events`
+/// without a credential: an interval's result with no participant id in it.
+///
+/// Orders and envelopes are summed per area (each area holds at least
+/// [`MIN_AREA_PARTICIPANTS`] participants); prices and branch flows are given only for the
+/// areas' nodes, since a smaller branch's flow would be the net position of its few homes.
+/// Trades name their parties by pseudonyms that are stable within the interval only, so a
+/// reader sees that one seller served three buyers but cannot follow a home from one interval
+/// to the next. The operator, auditors and settlement read the full
+/// [`crate::market::IntervalResult`]; a participant reads its own orders and trades.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PublicResult {
+    /// The interval.
+    pub interval: Interval,
+    /// The market zone that cleared it.
+    pub zone: String,
+    /// When it was cleared.
+    pub cleared_at: DateTime<Utc>,
+    /// Pay-as-clear price per area node.
+    pub prices: BTreeMap<NodeId, PricePerMwh>,
+    /// The areas, the root's last.
+    pub areas: Vec<AreaAggregate>,
+    /// The bilateral trades, parties under pseudonyms.
+    pub trades: Vec<PublicTrade>,
+    /// Energy the utility sold into the root (`null` when withheld).
+    pub utility_import: Option<Wh>,
+    /// Energy the utility bought from the root (`null` when withheld).
+    pub utility_export: Option<Wh>,
+    /// Flow on every branch into an area's node.
+    pub flows: Vec<BranchFlow>,
+    /// Welfare in minor units (`null` when withheld).
+    pub welfare: Option<Money>,
+    /// How long a pseudonym holds: [`PSEUDONYMS_PER_INTERVAL`].
+    pub pseudonyms: String,
+    /// The fewest participants per area ([`MIN_AREA_PARTICIPANTS`]).
+    pub min_area_participants: u32,
+    /// `true` when the whole zone holds fewer than [`MIN_AREA_PARTICIPANTS`] participants:
+    /// then only the prices are published (no areas, trades or flows, no utility energy or
+    /// welfare), since every other figure would sum too few homes.
+    pub withheld: bool,
 }
 
 /// `GET /healthz` (200): the service and its database answer.

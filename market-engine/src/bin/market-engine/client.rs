@@ -6,7 +6,6 @@ use gridmesh_protocol::api::market::{
     ErrorBody, MarketStatus, OrderAccepted, OrderCancelled, OrderRecord,
 };
 use gridmesh_protocol::keys::SigningKeyPair;
-use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::order::{Order, OrderCancel};
 use gridmesh_protocol::{Interval, NodeId, ParticipantId, PricePerMwh, SignedEnvelope, Wh};
 use serde::Serialize;
@@ -260,9 +259,11 @@ pub async fn results_command(market: &str, action: ResultsAction) -> Result<(), 
         since,
         limit,
     } = action;
-    let reply: Vec<IntervalResult> = match (interval, since) {
+    // Without a credential the market shows the public view (`PublicResult`: aggregates per
+    // area, pseudonymous trades); print whatever it serves.
+    let reply: Vec<serde_json::Value> = match (interval, since) {
         (Some(start), _) => {
-            let one: IntervalResult =
+            let one: serde_json::Value =
                 call(http.get(format!("{market}/intervals/{start}/result"))).await?;
             print(&one);
             return Ok(());
