@@ -80,18 +80,30 @@ async fn mqtt_publish_subscribe_round_trip() {
     .unwrap();
     assert!(sub.wait_connected(Duration::from_secs(10)).await);
     assert!(publisher.wait_connected(Duration::from_secs(10)).await);
-    // The subscription is queued on ConnAck; give the SUBACK a moment by publishing until seen.
+    // The subscription is queued on ConnAck; give the SUBACK a moment by publishing until seen,
+    // for at most 30 s (a hung PUBACK included): a broker that never routes fails, not hangs.
     let payload = b"signed bytes \x00\x01".to_vec();
-    let message = loop {
-        publisher
-            .publish(topic.clone(), payload.clone(), Qos::AtLeastOnce, false)
-            .await
-            .expect("PUBACK from the broker");
-        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), incoming.recv()).await
-        {
-            break m;
+    let message = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            publisher
+                .publish(topic.clone(), payload.clone(), Qos::AtLeastOnce, false)
+                .await
+                .expect("PUBACK from the broker");
+            match tokio::time::timeout(Duration::from_millis(500), incoming.recv()).await {
+                Ok(Some(m)) => break m,
+                Ok(None) => panic!("the subscriber's message stream ended before any message"),
+                Err(_) => {}
+            }
         }
-    };
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the subscriber received nothing on {topic} within 30 s of publishing every 500 ms: \
+             is the broker at {} routing messages (check its log and ACLs)?",
+            broker()
+        )
+    });
     assert_eq!(message.topic, topic);
     assert_eq!(message.payload, payload);
     sub.ack(message).await;

@@ -17,21 +17,31 @@ async fn embedded_broker_round_trip() {
         MqttSession::start(MqttSettings::new(broker.url(), "pub"), &session).unwrap();
     assert!(sub.wait_connected(Duration::from_secs(10)).await);
     assert!(publisher.wait_connected(Duration::from_secs(10)).await);
-    let message = loop {
-        publisher
-            .publish(
-                "gridmesh/readings/gw1",
-                b"hello".to_vec(),
-                Qos::AtLeastOnce,
-                false,
-            )
-            .await
-            .expect("PUBACK from the embedded broker");
-        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), incoming.recv()).await
-        {
-            break m;
+    // Publish until the subscriber sees a message (its SUBACK may still be on the way), for at
+    // most 30 s (a hung PUBACK included): a broker that never routes fails, not hangs.
+    let message = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            publisher
+                .publish(
+                    "gridmesh/readings/gw1",
+                    b"hello".to_vec(),
+                    Qos::AtLeastOnce,
+                    false,
+                )
+                .await
+                .expect("PUBACK from the embedded broker");
+            match tokio::time::timeout(Duration::from_millis(500), incoming.recv()).await {
+                Ok(Some(m)) => break m,
+                Ok(None) => panic!("the subscriber's message stream ended before any message"),
+                Err(_) => {}
+            }
         }
-    };
+    })
+    .await
+    .expect(
+        "the subscriber received nothing on gridmesh/readings/+ within 30 s of publishing every \
+         500 ms: the embedded broker does not route QoS 1 messages",
+    );
     assert_eq!(message.topic, "gridmesh/readings/gw1");
     assert_eq!(message.payload, b"hello");
     sub.ack(message).await;
