@@ -61,20 +61,50 @@ pub fn profile_dir() -> PathBuf {
     }
 }
 
-/// The path of workspace binary `binary` (of package `package`), built with
-/// `cargo build -p <package> --bin <binary>` if it does not exist yet.
+/// The path of workspace binary `binary` (of package `package`), always brought up to date
+/// first with `cargo build -p <package> --bin <binary>` (in the test's own profile and target
+/// directory), so a test never runs a stale binary left by an earlier, partial build. When
+/// the binary is fresh this is a quick no-op; each binary is built at most once per test
+/// process.
 pub fn service_binary(package: &str, binary: &str) -> Result<PathBuf, ProcessError> {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let path = profile_dir().join(binary);
-    if path.exists() {
+    // Held across the build: concurrent tests wait for one build instead of starting several.
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if built.iter().any(|b| b == binary) {
         return Ok(path);
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace_root())
-        .args(["build", "-p", package, "--bin", binary]);
-    if profile_dir().file_name().is_some_and(|n| n == "release") {
-        command.arg("--release");
+        .args(["build", "--locked", "-p", package, "--bin", binary]);
+    match profile_dir().file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            command.arg("--release");
+        }
+        Some(profile) => {
+            command.args(["--profile", profile]);
+        }
+    }
+    // Build into the target directory this test runs from, whatever CARGO_TARGET_DIR says in
+    // this environment: `target/<profile>`, or `target/<triple>/<profile>` after --target
+    // (cargo marks the target directory's root with CACHEDIR.TAG).
+    let profile = profile_dir();
+    let is_root = |dir: &Path| dir.join("CACHEDIR.TAG").exists();
+    if let Some(parent) = profile.parent() {
+        if is_root(parent) {
+            command.env("CARGO_TARGET_DIR", parent);
+        } else if let Some(root) = parent.parent()
+            && is_root(root)
+            && let Some(triple) = parent.file_name()
+        {
+            command
+                .env("CARGO_TARGET_DIR", root)
+                .arg("--target")
+                .arg(triple);
+        }
     }
     let output = command.output().map_err(|e| ProcessError::Binary {
         binary: binary.to_owned(),
@@ -84,11 +114,12 @@ pub fn service_binary(package: &str, binary: &str) -> Result<PathBuf, ProcessErr
         return Err(ProcessError::Binary {
             binary: binary.to_owned(),
             message: format!(
-                "`cargo build -p {package} --bin {binary}` failed:\n{}",
+                "`cargo build --locked -p {package} --bin {binary}` failed, so the test would run a stale or missing binary:\n{}",
                 String::from_utf8_lossy(&output.stderr)
             ),
         });
     }
+    built.push(binary.to_owned());
     Ok(path)
 }
 
@@ -400,6 +431,28 @@ fn inline(value: &serde_json::Value) -> Result<String, ProcessError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stale_binary_is_rebuilt_before_it_is_used() {
+        // meter-sim-bench: a workspace binary that no process test runs, so planting a stale
+        // stand-in where it lives races no other test.
+        let path = profile_dir().join("meter-sim-bench");
+        if path.exists() {
+            // Never write through the path: it may be a hard link to cargo's own artifact.
+            std::fs::remove_file(&path).unwrap();
+        }
+        let stale = b"#!/bin/sh\necho a stale build\n";
+        std::fs::write(&path, stale).unwrap();
+        let built = service_binary("meter-sim", "meter-sim-bench").unwrap();
+        assert_eq!(built, path);
+        let bytes = std::fs::read(&built).unwrap();
+        assert_ne!(
+            bytes, stale,
+            "service_binary handed out the stale file instead of building the binary"
+        );
+        let help = Command::new(&built).arg("--help").output().unwrap();
+        assert!(help.status.success(), "{help:?}");
+    }
 
     #[test]
     fn toml_orders_scalars_before_tables_and_skips_null() {
