@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use edge_gateway::config::GatewayConfig;
 use edge_gateway::reader::Device;
 use gridmesh_protocol::keys::SigningKeyPair;
+use gridmesh_protocol::{Reading, SignedEnvelope};
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::shutdown::Shutdown;
 use std::path::PathBuf;
@@ -54,6 +55,13 @@ enum Command {
         /// Timeout per connection and request, in milliseconds.
         #[arg(long, default_value_t = 500)]
         timeout_ms: u64,
+    },
+    /// Lists the signed readings waiting in the outbox (oldest first) and checks each signature
+    /// against this gateway's key. Changes nothing; safe while the gateway runs.
+    Outbox {
+        /// Show at most this many readings.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
     },
     /// Checks the config, the key and that every device answers.
     CheckConfig {
@@ -181,6 +189,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             print!("{}", edge_gateway::detect::render(host, &found));
             Ok(())
         }
+        Command::Outbox { limit } => {
+            let config = load(&cli)?;
+            inspect_outbox(&config, *limit).await
+        }
         Command::CheckConfig { offline } => {
             let config = load(&cli)?;
             println!("config: ok ({} devices)", config.devices.len());
@@ -261,4 +273,72 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `edge-gateway outbox`: prints the waiting readings and fails if any does not carry a valid
+/// signature by the gateway's key.
+async fn inspect_outbox(config: &GatewayConfig, limit: u32) -> anyhow::Result<()> {
+    let path = &config.outbox_path;
+    if !path.exists() {
+        bail!(
+            "there is no outbox at {}: the gateway has not run with this config yet (outbox_path), or the path is wrong",
+            path.display()
+        );
+    }
+    let key = SigningKeyPair::load(&config.key_path)?;
+    let public = key.public_key();
+    let outbox = edge_gateway::outbox::Outbox::open(path, config.outbox_cap_bytes).await?;
+    let (count, bytes) = outbox.depth().await?;
+    let pending = outbox.pending(i64::from(limit)).await?;
+    outbox.close().await;
+    println!(
+        "outbox {}: {count} reading(s) waiting ({bytes} bytes); showing {}",
+        path.display(),
+        pending.len()
+    );
+    let mut bad = Vec::new();
+    for item in &pending {
+        let opened = serde_json::from_str::<SignedEnvelope>(&item.envelope)
+            .map_err(|e| e.to_string())
+            .and_then(|envelope| {
+                envelope
+                    .open_by::<Reading>(&public)
+                    .map_err(|e| e.to_string())
+            });
+        match opened {
+            Ok(reading) => {
+                let d = &reading.deltas;
+                let flags = reading.flags.names();
+                println!(
+                    "reading {} {} {} import={} export={} pv={} charge={} discharge={} Wh flags={} signature=ok",
+                    reading.sequence,
+                    reading.gateway,
+                    reading.interval,
+                    d.grid_import.0,
+                    d.grid_export.0,
+                    d.pv.0,
+                    d.battery_charge.0,
+                    d.battery_discharge.0,
+                    if flags.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        flags.join(",")
+                    },
+                );
+            }
+            Err(error) => {
+                println!("reading {} {}: signature=BAD ({error})", item.id, item.key);
+                bad.push(item.id);
+            }
+        }
+    }
+    if !bad.is_empty() {
+        bail!(
+            "{} reading(s) in the outbox are not validly signed by this gateway's key {public} (sequence {:?}): settlement will quarantine them. Was the key file replaced after they were signed?",
+            bad.len(),
+            bad
+        );
+    }
+    println!("all {} shown reading(s) signed by {public}", pending.len());
+    Ok(())
 }
