@@ -20,6 +20,8 @@ pub struct Change {
     pub settlement_ok: bool,
     /// What triggered the refresh (`poll`, or the upstream event name such as `result`).
     pub cause: String,
+    /// The newest cleared interval's key: pages re-draw charts only when it changes.
+    pub latest_interval: Option<String>,
 }
 
 /// State shared by every task and handler.
@@ -35,6 +37,8 @@ pub struct Hub {
     pub metrics: Metrics,
     /// Users, sessions and the Host check.
     pub auth: crate::auth::Auth,
+    /// Intervals kept for the history charts (see [`crate::history`]).
+    pub history: crate::history::HistoryStore,
     snapshot: RwLock<Arc<Snapshot>>,
     changes: broadcast::Sender<Change>,
     wake: Notify,
@@ -77,6 +81,7 @@ impl Hub {
             settlement,
             metrics: Metrics::default(),
             auth,
+            history: crate::history::HistoryStore::default(),
             snapshot: RwLock::new(Arc::new(snapshot)),
             changes,
             wake: Notify::new(),
@@ -114,6 +119,7 @@ impl Hub {
                 market_ok: next.market.ok,
                 settlement_ok: next.settlement.ok,
                 cause: cause.to_owned(),
+                latest_interval: next.latest_result().map(|r| r.interval.key()),
             });
             *guard = Arc::new(next);
             change
