@@ -231,6 +231,11 @@ pub struct BlockSummary {
     pub public_key: String,
     /// The entry hashes in ledger order (hex).
     pub entries: Vec<String>,
+    /// The header bytes exactly as hashed and signed (base64), so a verifier needs no
+    /// re-encoding: a version 2 header carries a state commitment beyond the fields above.
+    /// Absent from older answers (then the version 1 layout is rebuilt from the fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_base64: Option<String>,
 }
 
 /// One step of a Merkle inclusion proof: the sibling hash and which side it is on.

@@ -173,6 +173,7 @@ impl Service {
             signature: hex::encode(r.signature),
             public_key: r.public_key,
             entries,
+            header_base64: Some(base64::engine::general_purpose::STANDARD.encode(&r.header)),
         }))
     }
 

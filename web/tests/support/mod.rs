@@ -406,6 +406,7 @@ impl Ledger {
             signature: "cd".repeat(64),
             public_key: "authority".into(),
             entries: self.bodies.iter().map(|(h, _)| h.clone()).collect(),
+            header_base64: None,
         }
     }
 }
