@@ -513,11 +513,22 @@ impl Neighbourhood {
                 users_file: data_dir.join(DASHBOARD_USERS_FILE),
                 upstream_token: Some(auditor_token.clone()),
                 operator_token: Some(DEMO_OPERATOR_TOKEN.to_owned()),
+                // The ledger view checks block signatures with this key, pinned here rather
+                // than taken from settlement's answers.
+                settlement_authority_key: Some(authority.public_key().to_string()),
+                data_dir: data_dir.join("dashboard"),
                 ..gridmesh_web::WebConfig::default()
             },
             shutdown.clone(),
         )
         .await?;
+        write_dashboard_env(
+            &data_dir,
+            &market.url(),
+            &format!("http://{}", settlement.addr),
+            &auditor_token,
+            &authority.public_key().to_string(),
+        )?;
 
         Ok(Neighbourhood {
             clock,
@@ -720,4 +731,33 @@ pub fn gateway_config(
 /// gateways' bidding agents must know to submit in time.
 pub fn market_lead_seconds() -> i64 {
     MarketConfig::default().gate_closure_lead_seconds
+}
+
+/// The file a second dashboard reads this neighbourhood with (the browser tests' tampering
+/// one): `GRIDMESH_WEB_*` lines with the services' URLs, the auditor credential and the pinned
+/// settlement authority key, written with mode 0600 (it holds the credential).
+pub const DASHBOARD_ENV_FILE: &str = "dashboard.env";
+
+fn write_dashboard_env(
+    data_dir: &Path,
+    market_url: &str,
+    settlement_url: &str,
+    auditor_token: &str,
+    authority_key: &str,
+) -> Result<(), StartError> {
+    use std::io::Write as _;
+    let path = data_dir.join(DASHBOARD_ENV_FILE);
+    let text = format!(
+        "GRIDMESH_WEB_MARKET_URL={market_url}\nGRIDMESH_WEB_SETTLEMENT_URL={settlement_url}\nGRIDMESH_WEB_UPSTREAM_TOKEN={auditor_token}\nGRIDMESH_WEB_SETTLEMENT_AUTHORITY_KEY={authority_key}\n"
+    );
+    let io = |source| StartError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path).map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)
 }

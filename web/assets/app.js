@@ -19,9 +19,8 @@ function h(tag, attrs, ...children) {
   return el;
 }
 const $ = (sel) => document.querySelector(sel);
-// One energy unit on every page: kWh with 3 fixed decimals (exact to the Wh); money in euros.
-const kwh = (wh) => (wh === null || wh === undefined) ? '–' : (wh / 1000).toLocaleString('en', { minimumFractionDigits: 3, maximumFractionDigits: 3 });
-const money = (minor) => (minor === null || minor === undefined) ? '–' : (minor / 100).toLocaleString('en', { style: 'currency', currency: 'EUR', minimumFractionDigits: 2, maximumFractionDigits: 2 });
+const kwh = (wh) => (wh === null || wh === undefined) ? '–' : (wh / 1000).toLocaleString('en', { minimumFractionDigits: 1, maximumFractionDigits: 3 });
+const money = (minor) => (minor === null || minor === undefined) ? '–' : (minor / 100).toLocaleString('en', { minimumFractionDigits: 2, maximumFractionDigits: 2 });
 const cPerKwh = (perMwh) => (perMwh / 1000).toLocaleString('en', { minimumFractionDigits: 2, maximumFractionDigits: 3 });
 const short = (hash) => (typeof hash === 'string' && hash.length > 16) ? hash.slice(0, 8) + '…' + hash.slice(-6) : String(hash ?? '–');
 const intervalText = (key) => key ? String(key).replace('T', ' ').replace(':00Z/', ' UTC, ').replace(/(\d+)$/, '$1 min') : '–';
@@ -68,7 +67,7 @@ function showSources(sources) {
     const s = sources[name];
     if (!s) continue;
     const pill = $('#src-' + name);
-    if (pill) { pill.dataset.state = s.ok ? 'ok' : 'down'; pill.textContent = name + (s.ok ? ' up' : ' down'); pill.title = s.ok ? name + ' reachable at ' + s.url : (s.error || name + ' unreachable'); }
+    if (pill) { pill.dataset.state = s.ok ? 'ok' : 'down'; pill.title = s.ok ? name + ' reachable at ' + s.url : (s.error || name + ' unreachable'); }
     if (!s.ok && s.error !== 'not contacted yet') problems.push(s.error || (name + ' unreachable at ' + s.url));
   }
   const banner = $('#banner');
@@ -80,7 +79,7 @@ function showSources(sources) {
 function route() {
   const path = location.pathname.replace(/\/+$/, '') || '/grid';
   const seg = path.split('/').filter(Boolean);
-  const page = ['grid', 'history', 'market', 'participants', 'ledger', 'alerts'].includes(seg[0]) ? seg[0] : 'grid';
+  const page = ['grid', 'market', 'participants', 'ledger', 'alerts'].includes(seg[0]) ? seg[0] : 'grid';
   return { page, seg, params: new URLSearchParams(location.search) };
 }
 function navigate(href) { history.pushState({}, '', href); render(true); }
@@ -101,20 +100,16 @@ async function render(pageChanged) {
     }
     const title = r.page[0].toUpperCase() + r.page.slice(1);
     document.title = title + ' · gridmesh dashboard';
-    // Moving to another page moves focus to it; the first load leaves focus at the top, so the
-    // first Tab reaches the skip link.
-    if (state.page !== null && state.page !== r.page) $('#main').focus({ preventScroll: true });
+    if (state.page !== r.page) $('#main').focus({ preventScroll: true });
     state.page = r.page;
   }
   try {
-    await ({ grid: renderGrid, history: renderHistory, market: renderMarket, participants: renderParticipants, ledger: renderLedger, alerts: renderAlerts })[r.page](r, pageChanged);
+    await ({ grid: renderGrid, market: renderMarket, participants: renderParticipants, ledger: renderLedger, alerts: renderAlerts })[r.page](r, pageChanged);
   } catch (e) {
     const banner = $('#banner');
     banner.hidden = false;
     banner.replaceChildren(h('p', { text: 'Could not load this page\'s data: ' + e.message + ' — retrying on the next update.' }));
   }
-  // A detail opened by a click or a link is shown where the user is looking.
-  if (pageChanged && r.seg.length > 1) revealDetail(document.querySelector('#page-' + r.page + ' .detail:not([hidden])'));
   refreshAlertCount();
 }
 
@@ -127,7 +122,6 @@ const flowText = (wh) => wh === null || wh === undefined ? '–' : (wh === 0 ? '
 async function renderGrid() {
   const g = await getJson('/api/grid');
   showSources(g.sources);
-  renderDiagram(g);
   const measured = g.measured_interval !== null && g.measured_interval !== undefined;
   const metered = $('#grid-metered');
   metered.textContent = measured ? g.metered_summary.replace(g.measured_interval, intervalText(g.measured_interval)) : g.metered_summary;
@@ -198,8 +192,7 @@ async function renderMarket() {
   showSources(m.sources);
   $('#market-lede').textContent = (m.intervals.length ? m.intervals.length + ' cleared intervals shown' : 'No cleared intervals yet') +
     (m.next_interval ? '; next interval open for orders starts ' + m.next_interval.replace('T', ' ').replace('Z', ' UTC') : '') + '.';
-  // Each chart loads on its own and never holds up the tables.
-  for (const el of document.querySelectorAll('#page-market .chart')) drawChart(el, el.dataset.src, state.latestInterval || '');
+  await Promise.all([...document.querySelectorAll('#page-market .chart')].map(loadChart));
   const latest = m.intervals[0];
   fillBody($('#market-prices'), latest ? Object.entries(latest.prices).map(([node, p]) => h('tr', {}, cell(node), cell(cPerKwh(p), true))) : [], 'No prices yet.', 2);
   fillBody($('#market-congestion'), m.congestion.slice(0, 50).map((c) => h('tr', {}, cell(intervalText(c.interval)),
@@ -234,29 +227,17 @@ async function renderParticipants(r) {
   chip.hidden = !node;
   if (node) chip.replaceChildren('Within ' + node + ' ', link('/participants' + (q ? '?q=' + encodeURIComponent(q) : ''), '× clear', { 'aria-label': 'Clear the filter on ' + node }));
   fillBody($('#participants'), data.participants.map((p) => h('tr', { 'data-participant': p.id },
-    cell(link('/participants/' + encodeURIComponent(p.id), p.id)), cell(p.node + (p.feeder && p.feeder !== p.node ? ' (' + p.feeder + ')' : '')),
+    cell(link('/participants/' + encodeURIComponent(p.id), p.id)), cell(p.node), cell(p.feeder || '–'),
     cell(p.gateway ? h('span', {}, p.gateway + ' ', h('span', { class: 'badge ' + p.gateway_status, text: p.gateway_status })) : '–'),
     cell(kwh(p.generation_wh), true), cell(kwh(p.consumption_wh), true), cell(kwh(p.import_wh), true), cell(kwh(p.export_wh), true),
     cell(kwh(p.bought_wh), true), cell(kwh(p.sold_wh), true), cell(money(p.earned), true), cell(money(p.spent), true), cell(money(p.settled_net), true),
-    cell(kwh(p.tokens_wh), true))), q || node ? 'No participant matches.' : 'No participants registered yet.', 13);
-  if (data.period) $('#participants-period').textContent = data.period;
+    cell(p.tokens_wh === null ? '–' : p.tokens_wh.toLocaleString('en'), true))), q || node ? 'No participant matches.' : 'No participants registered yet.', 14);
   const detail = $('#participant-detail');
-  $('#participants-list').hidden = false;
-  if (r.seg.length > 1) await renderParticipantDetail(decodeURIComponent(r.seg[1]), detail); else { detail.hidden = true; delete detail.dataset.shown; }
+  if (r.seg.length > 1) await renderParticipantDetail(decodeURIComponent(r.seg[1]), detail); else detail.hidden = true;
 }
 async function renderParticipantDetail(id, detail) {
   let d;
   try { d = await getJson('/api/participants/' + encodeURIComponent(id)); } catch (e) {
-    if (e.status === 404) {
-      // No such participant: an error, not the list.
-      detail.replaceChildren(h('h2', { text: 'Participant ' + id }),
-        h('p', { id: 'participant-missing', class: 'verdict', 'data-ok': 'false', role: 'alert', text: 'Not found: ' + e.message + '. Check the id, or pick a participant from the list.' }),
-        link('/participants', '← all participants'));
-      detail.hidden = false;
-      delete detail.dataset.shown;
-      $('#participants-list').hidden = true;
-      return;
-    }
     if (e.status !== 403) throw e;
     // Another household's detail: refused by the server, said so in place.
     detail.replaceChildren(h('h2', { text: 'Participant ' + id }),
@@ -265,20 +246,16 @@ async function renderParticipantDetail(id, detail) {
     detail.hidden = false;
     return;
   }
-  keepDetail(detail, d, () => buildParticipantDetail(d, detail));
-}
-function buildParticipantDetail(d, detail) {
-  const id = d.participant.id;
   const p = d.participant;
   // Settlement's Holding: the lot, its tokens and the mint it comes from (protocol::api::settlement).
   const rows = d.holdings.map((hd) => {
     const lot = hd.lot;
     const prov = hd.provenance || {};
     return h('tr', { 'data-lot': lot }, cell(lot ? link('/ledger/entries/' + lot, short(lot), { class: 'hash', 'aria-label': 'Provenance of lot ' + lot }) : '–'),
-      cell(kwh(Number(hd.amount)), true), cell(String(prov.source || '')), cell(intervalText(prov.interval || '')));
+      cell(Number(hd.amount).toLocaleString('en'), true), cell(String(prov.source || '')), cell(intervalText(prov.interval || '')));
   });
   const table = h('table', { id: 'holdings' }, h('caption', { class: 'sr', text: 'Token holdings of ' + id }),
-    h('thead', {}, h('tr', {}, h('th', { scope: 'col', text: 'Lot (provenance)' }), h('th', { scope: 'col', class: 'num', text: 'Tokens (kWh)' }), h('th', { scope: 'col', text: 'Source' }), h('th', { scope: 'col', text: 'Interval' }))),
+    h('thead', {}, h('tr', {}, h('th', { scope: 'col', text: 'Lot (provenance)' }), h('th', { scope: 'col', class: 'num', text: 'Tokens (Wh)' }), h('th', { scope: 'col', text: 'Source' }), h('th', { scope: 'col', text: 'Interval' }))),
     h('tbody', {}));
   fillBody(table, rows, 'No token holdings.', 4);
   detail.replaceChildren(
@@ -286,19 +263,20 @@ function buildParticipantDetail(d, detail) {
     h('dl', { class: 'kv' }, h('dt', { text: 'Kind' }), h('dd', { text: p.kind }), h('dt', { text: 'Node' }), h('dd', { text: p.node + (p.feeder ? ' (feeder ' + p.feeder + ')' : '') }),
       h('dt', { text: 'Gateway' }), h('dd', { text: p.gateway ? p.gateway + ' — ' + p.gateway_status : 'none' }),
       h('dt', { text: 'Market' }), h('dd', { text: 'bought ' + kwh(p.bought_wh) + ' kWh for ' + money(p.spent) + ', sold ' + kwh(p.sold_wh) + ' kWh for ' + money(p.earned) }),
-      h('dt', { text: 'Tokens' }), h('dd', { text: kwh(p.tokens_wh ?? 0) + ' kWh in ' + p.lots + ' lots' })),
+      h('dt', { text: 'Tokens' }), h('dd', { text: (p.tokens_wh ?? 0).toLocaleString('en') + ' Wh in ' + p.lots + ' lots' })),
     ...(d.errors.length ? [h('p', { class: 'verdict', 'data-ok': 'false', text: d.errors.join(' · ') })] : []),
-    h('details', { open: true, 'data-key': 'holdings' }, h('summary', { text: 'Token holdings (' + d.holdings.length + ' lots)' }), h('div', { class: 'scroll' }, table)),
+    h('h3', { text: 'Token holdings' }), h('div', { class: 'scroll' }, table),
     link('/participants', '← all participants'));
   detail.hidden = false;
 }
 
 // ---------- Ledger ----------
 async function renderLedger(r, pageChanged) {
+  ensureLedgerTools(); // ops.js: search, paging, exports
   const data = await getJson('/api/ledger/blocks');
   showSources(data.sources);
   // Settlement's BlockSummary: the header fields flat beside hash, signature and entries.
-  fillBody($('#ledger-blocks'), data.blocks.map((b) => h('tr', {}, cell(link('/ledger/blocks/' + b.height, String(b.height)), true), cell(intervalText(b.interval)),
+  if (!state.ledgerPaged) fillBody($('#ledger-blocks'), data.blocks.map((b) => h('tr', {}, cell(link('/ledger/blocks/' + b.height, String(b.height)), true), cell(intervalText(b.interval)),
     cell(String(b.entry_count), true), cell(h('span', { class: 'hash', text: short(b.merkle_root) })), cell(String(b.sealed_at || '–')))), 'No blocks sealed yet.', 5);
   const detail = $('#ledger-detail');
   // A sealed block or entry never changes: a live update keeps the detail (and its checks in
@@ -309,7 +287,7 @@ async function renderLedger(r, pageChanged) {
   const token = ++state.detailToken;
   try {
     if (r.seg[1] === 'blocks' && r.seg[2]) await renderBlock(r.seg[2], detail, token);
-    else if (r.seg[1] === 'entries' && r.seg[2]) await renderEntry(r.seg[2], detail, token);
+    else if (r.seg[1] === 'entries' && r.seg[2]) await renderVerifiedEntry(r.seg[2], detail, token); // ops.js
     else detail.hidden = true;
   } catch (e) {
     if (token === state.detailToken) state.ledgerShown = null; // try again on the next update
@@ -373,78 +351,13 @@ const READING_FLAGS = ['counter reset', 'counter wrap', 'interpolated', 'clock s
 function b64bytes(text) {
   return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
 }
-// Fetches the signed reading a mint names and checks it here, in the browser: its payload
-// hashes to the digest (SHA-256), and its ed25519 signature verifies with the gateway's key.
-async function showReading(li, digest) {
-  const out = h('div', { class: 'reading', 'data-verified': 'pending', text: 'Fetching the signed reading…' });
-  li.append(out);
-  try {
-    const r = await getJson('/api/readings/' + encodeURIComponent(digest));
-    const env = r.envelope;
-    const payload = b64bytes(env.payload);
-    const hashOk = hex(new Uint8Array(await crypto.subtle.digest('SHA-256', payload))) === digest;
-    let sigOk = false;
-    let sigText = 'signature verified (ed25519, in your browser)';
-    try {
-      const key = await crypto.subtle.importKey('raw', b64bytes(env.public_key), { name: 'Ed25519' }, false, ['verify']);
-      sigOk = await crypto.subtle.verify({ name: 'Ed25519' }, key, b64bytes(env.signature), payload);
-      if (!sigOk) sigText = 'SIGNATURE INVALID';
-    } catch (_) { sigText = 'this browser cannot check ed25519 signatures'; }
-    const rd = r.reading;
-    const d = rd.deltas || {};
-    out.dataset.verified = String(hashOk && sigOk);
-    out.textContent = 'Gateway ' + rd.gateway + ', sequence ' + rd.sequence + ', interval ' + intervalText(rd.interval.start + '/' + rd.interval.minutes) +
-      ': export ' + d.grid_export + ' Wh, import ' + d.grid_import + ' Wh, PV ' + d.pv + ' Wh' +
-      (rd.flags ? ', flags: ' + READING_FLAGS.filter((_, bit) => rd.flags & (1 << bit)).join(', ') : '') + ' · ' + (hashOk ? 'payload hashes to this digest' : 'PAYLOAD DOES NOT HASH TO THIS DIGEST') + ' · ' + sigText + '.';
-  } catch (err) {
-    out.dataset.verified = 'false';
-    out.textContent = 'The signed reading could not be fetched: ' + err.message;
-  }
-}
-async function renderEntry(hash, detail, token) {
-  // Settlement's EntryView: the decoded body, the hashed bytes, and (once sealed) the block,
-  // its Merkle root and the inclusion proof.
-  const entry = await getJson('/api/ledger/entries/' + encodeURIComponent(hash));
-  if (token !== state.detailToken) return;
-  const body = entry.body || {};
-  const height = entry.block_height ?? undefined;
-  let root = entry.merkle_root;
-  if (!root && height !== undefined) {
-    const b = await getJson('/api/ledger/blocks/' + height);
-    root = b.merkle_root;
-  }
-  const verdict = h('p', { class: 'verdict', id: 'proof-verdict', 'data-ok': 'pending', role: 'status', text: 'Checking the inclusion proof…' });
-  const prov = [];
-  const readingChecks = [];
-  const kind = body.kind || entry.kind || 'entry';
-  if (kind === 'mint') {
-    prov.push(h('p', {}, 'Minted ' + Number(body.amount).toLocaleString('en') + ' tokens (Wh) for trade ' + body.trade_index + ' of interval ' + intervalText(body.interval) +
-      ': ' + body.seller + ' sold to ' + body.buyer + ' at ' + cPerKwh(body.price) + ' c/kWh, source ' + body.source + '.'));
-    for (const [who, list] of [['Seller ' + body.seller, body.seller_readings || []], ['Buyer ' + body.buyer, body.buyer_readings || []]]) {
-      prov.push(h('h4', { text: who + '\'s signed readings (SHA-256 of each signed envelope)' }),
-        h('ul', { class: 'plain', 'data-readings': who }, ...(list.length ? list.map((x) => { const li = h('li', { 'data-reading': x }, h('span', { class: 'hash', text: x })); readingChecks.push(showReading(li, x)); return li; }) : [h('li', { class: 'empty', text: 'none listed' })])));
-    }
-  } else if (kind === 'transfer' || kind === 'retire') {
-    prov.push(h('p', {}, (kind === 'transfer' ? 'Transfer of ' + body.amount + ' Wh from ' + body.from + ' to ' + body.to : 'Retirement of ' + body.amount + ' Wh by ' + body.holder) + ', taken from lot ',
-      link('/ledger/entries/' + body.lot, short(body.lot), { class: 'hash' }), ' — follow it back to the mint and its readings.'));
-  }
-  detail.replaceChildren(h('h2', { text: 'Ledger entry ' + short(hash) }),
-    h('p', {}, 'Kind ', h('strong', { text: kind }), height !== undefined ? ' in block ' : '', height !== undefined ? link('/ledger/blocks/' + height, String(height)) : ''),
-    h('h3', { text: 'Provenance' }), ...prov,
-    h('h3', { text: 'Inclusion proof' }), verdict,
-    h('details', {}, h('summary', { text: 'Entry fields' }), kvList(body, ['envelope'])));
-  detail.hidden = false;
-  const result = await verifyInclusion(entry, root).catch((err) => ({ ok: false, text: 'Verification failed: ' + err.message }));
-  verdict.dataset.ok = String(result.ok);
-  verdict.textContent = result.text;
-}
-
 // ---------- Alerts ----------
 async function renderAlerts() {
   const a = await getJson('/api/alerts');
   showSources(a.sources);
   fillBody($('#alerts'), a.alerts.map((x) => h('tr', { 'data-kind': x.kind }, cell(h('span', { class: 'badge ' + x.severity, text: x.severity })), cell(x.kind.replaceAll('_', ' ')),
     cell(intervalText(x.interval)), cell(alertSubject(x)), h('td', { class: 'wrap', text: x.message }))), 'No alerts. All quiet.', 5);
+  await renderIncidents(); // ops.js
   await renderQuarantine();
 }
 async function renderQuarantine() {
@@ -477,10 +390,12 @@ async function refreshAlertCount() {
     const s = await getJson('/api/status');
     showSources(s.sources);
     const c = $('#alert-count');
-    c.hidden = !s.alerts;
-    c.textContent = String(s.alerts);
-    c.setAttribute('aria-label', s.alerts + ' alerts');
-    $('#updated').textContent = 'Data as of ' + (s.refreshed_at ? new Date(s.refreshed_at).toLocaleTimeString() : '–') + ' (wall clock)' + (s.latest_interval ? ' · latest cleared interval ' + intervalText(s.latest_interval) + ' (interval time)' : '');
+    // The badge counts active incidents nobody acknowledged yet (not every alert row).
+    const open = s.incidents_unacknowledged || 0;
+    c.hidden = !open;
+    c.textContent = String(open);
+    c.setAttribute('aria-label', open + ' active unacknowledged incidents');
+    $('#updated').textContent = 'Data as of ' + (s.refreshed_at ? new Date(s.refreshed_at).toLocaleTimeString() : '–') + (s.latest_interval ? ' · latest cleared interval ' + intervalText(s.latest_interval) : '');
   } catch (_) { /* the banner already says why */ }
 }
 
@@ -495,9 +410,8 @@ function connectLive() {
     try { change = JSON.parse(ev.data); } catch (_) { return; }
     if (change.version === state.version) return;
     state.version = change.version;
-    if (change.latest_interval !== undefined) state.latestInterval = change.latest_interval;
     if (document.activeElement && document.activeElement.closest('#ledger-detail details')) return;
-    scheduleLiveRender();
+    render(false);
   });
 }
 loadMe().catch(() => {}).finally(() => { render(true); connectLive(); });

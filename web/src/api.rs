@@ -22,6 +22,8 @@ pub struct StatusAnswer {
     pub latest_interval: Option<String>,
     /// How many alerts are shown.
     pub alerts: usize,
+    /// Active incidents nobody acknowledged yet (the nav badge).
+    pub incidents_unacknowledged: usize,
 }
 
 /// `GET /api/ready`: whether every page has data (scripts wait on it).
@@ -44,8 +46,6 @@ pub struct ParticipantsAnswer {
     pub node: Option<String>,
     /// The rows.
     pub participants: Vec<ParticipantRow>,
-    /// The period each total covers, in words.
-    pub period: String,
 }
 
 /// `GET /api/participants/{id}`: one participant with its holdings and statements fresh from

@@ -51,6 +51,19 @@ pub struct WebConfig {
     /// The operator credential used only to forward an admin user's operator actions
     /// (accepting a quarantined reading in settlement). Without it those actions answer 503.
     pub operator_token: Option<String>,
+    /// Settlement's block-signing authority public key (base64, 44 characters), pinned: the
+    /// ledger's entry view checks every block signature with this key and no other. Without
+    /// it no entry shows as verified.
+    pub settlement_authority_key: Option<String>,
+    /// A pinned block `HEIGHT:HASH` the prev-hash chain may end at (else it is followed down to
+    /// the first block); blocks verified since the start are remembered too.
+    pub ledger_anchor: Option<String>,
+    /// Where the incident store lives (`incidents.jsonl`: acknowledgements and notifications,
+    /// appended line by line).
+    pub data_dir: PathBuf,
+    /// URL that new and resolved incidents are POSTed to as JSON (retried with bounded backoff);
+    /// none = no notifications.
+    pub incident_webhook: Option<String>,
 }
 
 impl Default for WebConfig {
@@ -72,6 +85,10 @@ impl Default for WebConfig {
             session_idle_minutes: 30,
             upstream_token: None,
             operator_token: None,
+            settlement_authority_key: None,
+            ledger_anchor: None,
+            data_dir: PathBuf::from("."),
+            incident_webhook: None,
         }
     }
 }
@@ -115,6 +132,25 @@ impl WebConfig {
             return Err(
                 "allowed_hosts is empty, so every request would be refused; list the host names browsers use, e.g. [\"127.0.0.1\", \"localhost\"]".into(),
             );
+        }
+        if let Some(key) = &self.settlement_authority_key {
+            key.parse::<gridmesh_protocol::signing::PublicKey>().map_err(|e| {
+                format!("settlement_authority_key: {e}; copy settlement's authority public key (the `public_key` of its blocks, checked out of band)")
+            })?;
+        }
+        if let Some(anchor) = &self.ledger_anchor {
+            if crate::proof::parse_anchor(anchor).is_none() {
+                return Err(format!(
+                    "ledger_anchor `{anchor}` is not HEIGHT:HASH (a block height, a colon and its 64-hex-character hash)"
+                ));
+            }
+        }
+        if let Some(url) = &self.incident_webhook {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "incident_webhook `{url}` is not an http URL; use for example https://alerts.example.org/gridmesh"
+                ));
+            }
         }
         if self.history_intervals == 0 {
             return Err("history_intervals must be at least 1".into());

@@ -20,8 +20,6 @@ pub struct Change {
     pub settlement_ok: bool,
     /// What triggered the refresh (`poll`, or the upstream event name such as `result`).
     pub cause: String,
-    /// The newest cleared interval's key: pages re-draw charts only when it changes.
-    pub latest_interval: Option<String>,
 }
 
 /// State shared by every task and handler.
@@ -37,8 +35,10 @@ pub struct Hub {
     pub metrics: Metrics,
     /// Users, sessions and the Host check.
     pub auth: crate::auth::Auth,
-    /// Intervals kept for the history charts (see [`crate::history`]).
-    pub history: crate::history::HistoryStore,
+    /// The pinned ledger trust roots and the blocks verified so far.
+    pub trust: crate::proof::Trust,
+    /// Incidents, their acknowledgements and notifications.
+    pub incidents: crate::incidents::Incidents,
     snapshot: RwLock<Arc<Snapshot>>,
     changes: broadcast::Sender<Change>,
     wake: Notify,
@@ -75,13 +75,19 @@ impl Hub {
         };
         let (changes, _) = broadcast::channel(64);
         let auth = crate::auth::Auth::new(&config);
+        let trust = crate::proof::Trust::new(
+            config.settlement_authority_key.as_deref(),
+            config.ledger_anchor.as_deref(),
+        );
+        let incidents = crate::incidents::Incidents::open(&config.data_dir);
         Ok(Arc::new(Hub {
             config,
             market,
             settlement,
             metrics: Metrics::default(),
             auth,
-            history: crate::history::HistoryStore::default(),
+            trust,
+            incidents,
             snapshot: RwLock::new(Arc::new(snapshot)),
             changes,
             wake: Notify::new(),
@@ -119,7 +125,6 @@ impl Hub {
                 market_ok: next.market.ok,
                 settlement_ok: next.settlement.ok,
                 cause: cause.to_owned(),
-                latest_interval: next.latest_result().map(|r| r.interval.key()),
             });
             *guard = Arc::new(next);
             change

@@ -21,13 +21,15 @@
 //! - [`views`]: pure derivations for each page (measured flow against its limit: over it red,
 //!   from 90 % amber; cleared plan beside it; participants; alerts);
 //! - [`charts`]: server-side SVG charts drawn with `plotters`;
-//! - [`history`]: flows against limits, prices as steps and volumes over 6 h, 24 h, 7 d or a
-//!   custom range, bucketed on the server; [`diagram`]: the live single-line diagram
-//!   (substation → feeders → homes, coloured by measured loading);
 //! - [`auth`]: users (argon2id), roles, sessions, the Host check and CSRF tokens;
 //! - [`routes`] and [`assets`]: the login page, pages, JSON API, charts, the browser event stream, `/healthz`,
 //!   `/metrics`, on the runtime's HTTP kit; [`api`]: the typed answers of that JSON API;
-//! - [`metrics`]: the Prometheus text encoder.
+//! - [`metrics`]: the Prometheus text encoder;
+//! - [`proof`]: the ledger entry view's checks (entry hash, block signature with the pinned
+//!   authority key, Merkle root from the signed header, prev-hash chain, reading keys against
+//!   the gateway registry);
+//! - [`incidents`]: alerts grouped into incidents, acknowledgements, webhook notifications;
+//! - [`export`]: CSV exports and the ledger's paging and search.
 //!
 //! # Example
 //!
@@ -52,12 +54,14 @@ pub mod assets;
 pub mod auth;
 pub mod charts;
 pub mod config;
-pub mod diagram;
+pub mod export;
 pub mod follow;
 pub mod gateways;
-pub mod history;
 pub mod hub;
+pub mod incidents;
 pub mod metrics;
+pub mod ops_routes;
+pub mod proof;
 pub mod refresh;
 pub mod routes;
 pub mod snapshot;
@@ -142,6 +146,11 @@ pub async fn serve(config: WebConfig, shutdown: Shutdown) -> Result<RunningWeb, 
         gateways::start(hub.clone(), url, &shutdown)?;
     }
     shutdown.spawn(refresh::run(hub.clone(), shutdown.token()));
+    shutdown.spawn(incidents::run(
+        hub.clone(),
+        shutdown.token(),
+        incidents::Backoff::default(),
+    ));
     shutdown.spawn(follow::follow(
         hub.clone(),
         hub.market.clone(),

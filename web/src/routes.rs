@@ -47,9 +47,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 /// The pages of the dashboard: (path, title).
-pub const PAGES: [(&str, &str); 6] = [
+pub const PAGES: [(&str, &str); 5] = [
     ("/grid", "Grid"),
-    ("/history", "History"),
     ("/market", "Market"),
     ("/participants", "Participants"),
     ("/ledger", "Ledger"),
@@ -138,8 +137,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/charts/prices.svg", get(chart_prices))
         .route("/charts/volume.svg", get(chart_volume))
         .route("/charts/depth.svg", get(chart_depth))
-        .merge(crate::history::routes())
-        .merge(crate::diagram::routes())
+        .merge(crate::ops_routes::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -504,6 +502,7 @@ async fn api_status(
         next_interval: snap.next_interval.clone(),
         latest_interval: snap.latest_result().map(|r| r.interval.key()),
         alerts: alerts_for(&snap, hub.config.imbalance_spike_factor, &session.role).len(),
+        incidents_unacknowledged: crate::ops_routes::unacknowledged(&hub, &session.role),
     })
 }
 
@@ -567,7 +566,6 @@ async fn api_participants(
         sources: views::Sources::of(&snap),
         node: query.node,
         participants: rows,
-        period: crate::history::participants_period(&snap),
     })
 }
 
@@ -705,7 +703,6 @@ async fn api_events(
         market_ok: first.market.ok,
         settlement_ok: first.settlement.ok,
         cause: "hello".into(),
-        latest_interval: first.latest_result().map(|r| r.interval.key()),
     };
     let stream = futures::stream::once(std::future::ready(Ok(update_event(&hello)))).chain(
         broadcast_events(receiver, hub.stop.clone(), |change: Change| {

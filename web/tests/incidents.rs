@@ -1,0 +1,340 @@
+//! Incidents (issue 17): grouping is a pure function (data-driven cases), acknowledgements
+//! persist, the webhook is retried with bounded backoff against a real local receiver, and the
+//! CSV exports quote and filter by range.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use gridmesh_protocol::Interval;
+use gridmesh_web::export::{self, LedgerQuery, Range};
+use gridmesh_web::incidents::{Backoff, Incident, Incidents, Notification, Store, deliver, group};
+use gridmesh_web::views::Alert;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn alert(kind: &str, subject: &str, start: Option<&str>, severity: &str) -> Alert {
+    Alert {
+        kind: kind.into(),
+        severity: severity.into(),
+        interval: start.map(|s| format!("2026-06-21T{s}:00Z/15")),
+        subject: subject.into(),
+        message: format!("{subject} {kind}"),
+    }
+}
+
+fn at(s: &str) -> Interval {
+    Interval::from_key(&format!("2026-06-21T{s}:00Z/15")).unwrap()
+}
+
+/// `check(alerts, newest congestion interval, expected [(title, state)])`.
+fn check(alerts: &[Alert], newest: Option<&str>, expected: &[(&str, &str)]) {
+    let mut map = BTreeMap::new();
+    if let Some(n) = newest {
+        map.insert("congestion".to_owned(), at(n));
+    }
+    let got: Vec<(String, String)> = group(alerts, &map)
+        .into_iter()
+        .map(|i| (i.title, i.state))
+        .collect();
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(t, s)| (t.to_string(), s.to_string()))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn consecutive_alerts_of_one_kind_on_one_subject_form_one_incident() {
+    // 33 identical rows, one per interval, are one incident ("f1 congested 09:45–18:00").
+    let starts: Vec<String> = (0..33)
+        .map(|i| {
+            let m = 9 * 60 + 45 + 15 * i;
+            format!("{:02}:{:02}", m / 60, m % 60)
+        })
+        .collect();
+    let rows: Vec<Alert> = starts
+        .iter()
+        .map(|s| alert("congestion", "f1", Some(s), "critical"))
+        .collect();
+    check(
+        &rows,
+        Some("17:45"),
+        &[(
+            "f1 congested (measured) 2026-06-21 09:45–18:00 UTC (33 intervals)",
+            "active",
+        )],
+    );
+    // The newest measured interval moved on without f1: resolved.
+    check(
+        &rows,
+        Some("18:00"),
+        &[(
+            "f1 congested (measured) 2026-06-21 09:45–18:00 UTC (33 intervals)",
+            "resolved",
+        )],
+    );
+}
+
+#[test]
+fn a_gap_splits_incidents_and_subjects_and_kinds_never_merge() {
+    check(
+        &[
+            alert("congestion", "f1", Some("10:00"), "critical"),
+            alert("congestion", "f1", Some("10:15"), "critical"),
+            alert("congestion", "f1", Some("11:00"), "critical"),
+            alert("congestion", "f2", Some("10:15"), "critical"),
+            alert("imbalance", "utility", Some("11:00"), "warning"),
+        ],
+        Some("11:00"),
+        &[
+            (
+                "f1 congested (measured) 2026-06-21 11:00–11:15 UTC (1 interval)",
+                "active",
+            ),
+            (
+                "utility imbalance spike 2026-06-21 11:00–11:15 UTC (1 interval)",
+                "active",
+            ),
+            (
+                "f1 congested (measured) 2026-06-21 10:00–10:30 UTC (2 intervals)",
+                "resolved",
+            ),
+            (
+                "f2 congested (measured) 2026-06-21 10:15–10:30 UTC (1 interval)",
+                "resolved",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn incidents_sort_by_severity_and_alerts_without_interval_stay_active() {
+    check(
+        &[
+            alert("gateway_offline", "gw-h003", None, "warning"),
+            alert("service", "market", None, "critical"),
+            alert("cleared_at_limit", "f2", Some("10:00"), "info"),
+        ],
+        None,
+        &[
+            ("market unreachable", "active"),
+            ("gw-h003 offline", "active"),
+            (
+                "f2 cleared at limit (plan) 2026-06-21 10:00–10:15 UTC (1 interval)",
+                "active",
+            ),
+        ],
+    );
+    // Duplicated rows of one interval count once.
+    let twice = [
+        alert("congestion", "f1", Some("10:00"), "critical"),
+        alert("congestion", "f1", Some("10:00"), "critical"),
+    ];
+    assert_eq!(group(&twice, &BTreeMap::new())[0].alerts, 1);
+}
+
+#[test]
+fn ids_are_stable_and_acknowledgements_persist_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = [alert("congestion", "f1", Some("10:00"), "critical")];
+    let first = group(&rows, &BTreeMap::new());
+    let id = first[0].id.clone();
+    assert_eq!(id.len(), 16);
+    let incidents = Incidents::open(dir.path());
+    let now = chrono::Utc::now();
+    let pending = incidents.observe(first.clone(), now);
+    assert_eq!(pending.len(), 1, "a new incident is announced");
+    assert_eq!(pending[0].event, "new");
+    assert!(
+        incidents
+            .acknowledge("nope", "alice", now)
+            .unwrap()
+            .is_none()
+    );
+    let ack = incidents.acknowledge(&id, "alice", now).unwrap().unwrap();
+    assert_eq!(ack.by, "alice");
+    // A second acknowledgement keeps the first one's who and when.
+    let again = incidents.acknowledge(&id, "bob", now).unwrap().unwrap();
+    assert_eq!(again.by, "alice");
+    incidents.delivered(&pending[0]);
+
+    let reopened = Incidents::open(dir.path());
+    reopened.observe(group(&rows, &BTreeMap::new()), now);
+    let list = reopened.list();
+    assert_eq!(list[0].acknowledged_by.as_deref(), Some("alice"));
+    assert!(
+        reopened.observe(first, now).is_empty(),
+        "a delivered notification is not sent again after a restart"
+    );
+    // It disappears from the alerts: resolved, announced once.
+    let pending = reopened.observe(Vec::new(), now);
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].event, "resolved");
+    assert_eq!(reopened.list()[0].state, "resolved");
+    // The store is JSON lines.
+    let text = std::fs::read_to_string(dir.path().join("incidents.jsonl")).unwrap();
+    assert!(
+        text.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "{text}"
+    );
+    assert!(Store::open(&dir.path().join("incidents.jsonl")).is_ok());
+}
+
+#[test]
+fn a_corrupt_store_line_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("incidents.jsonl");
+    std::fs::write(
+        &path,
+        "{\"ack\":{\"id\":\"a\",\"by\":\"x\",\"at\":\"2026-06-21T12:00:00Z\"}}\nnot json\n",
+    )
+    .unwrap();
+    let err = Store::open(&path).unwrap_err().to_string();
+    assert!(err.contains("line 2"), "{err}");
+}
+
+/// A receiver that fails the first `failures` POSTs with 500, then accepts.
+async fn receiver(failures: usize) -> (String, Arc<Mutex<Vec<Notification>>>) {
+    let seen: Arc<Mutex<Vec<Notification>>> = Arc::default();
+    let state = (seen.clone(), Arc::new(Mutex::new(0usize)));
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            post(
+                move |State((seen, count)): State<(
+                    Arc<Mutex<Vec<Notification>>>,
+                    Arc<Mutex<usize>>,
+                )>,
+                      Json(n): Json<Notification>| async move {
+                    let mut c = count.lock().unwrap();
+                    *c += 1;
+                    if *c <= failures {
+                        return StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    seen.lock().unwrap().push(n);
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), seen)
+}
+
+fn notification() -> Notification {
+    let rows = [alert("congestion", "f1", Some("10:00"), "critical")];
+    Notification {
+        event: "new".into(),
+        incident: group(&rows, &BTreeMap::new()).remove(0),
+    }
+}
+
+fn quick(attempts: u32) -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(1),
+        max_delay: Duration::from_millis(4),
+        attempts,
+    }
+}
+
+#[tokio::test]
+async fn the_webhook_is_retried_until_the_receiver_accepts() {
+    let (url, seen) = receiver(2).await;
+    let client = reqwest::Client::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tries = deliver(&client, &url, &notification(), quick(5), &stop)
+        .await
+        .unwrap();
+    assert_eq!(tries, 3, "two failures, then accepted");
+    let got = seen.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0], notification());
+}
+
+#[tokio::test]
+async fn the_webhook_gives_up_after_its_bounded_tries() {
+    let (url, seen) = receiver(usize::MAX).await;
+    let client = reqwest::Client::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let err = deliver(&client, &url, &notification(), quick(3), &stop)
+        .await
+        .unwrap_err();
+    assert_eq!(err.attempts, 3);
+    assert!(err.to_string().contains("500"), "{err}");
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn backoff_doubles_and_is_capped() {
+    let b = Backoff::default();
+    let waits: Vec<u64> = (1..=9).map(|n| b.delay(n).as_millis() as u64).collect();
+    assert_eq!(
+        waits,
+        [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+    );
+    assert_eq!(b.delay(u32::MAX), Duration::from_secs(30));
+}
+
+fn incident(subject: &str, first: &str, last: &str, message: &str) -> Incident {
+    let mut i = group(
+        &[alert("congestion", subject, Some(first), "critical")],
+        &BTreeMap::new(),
+    )
+    .remove(0);
+    i.last_interval = Some(format!("2026-06-21T{last}:00Z/15"));
+    i.message = message.into();
+    i
+}
+
+#[test]
+fn csv_quotes_cells_defuses_formulas_and_filters_by_range() {
+    assert_eq!(export::cell("plain"), "plain");
+    assert_eq!(export::cell("a,b"), "\"a,b\"");
+    assert_eq!(export::cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+    assert_eq!(export::cell("=SUM(A1)"), "'=SUM(A1)");
+    let list = [
+        incident("f1", "09:00", "09:30", "f1 exported 9 980 Wh, limit 320 Wh"),
+        incident("f2", "12:00", "12:15", "=cmd"),
+    ];
+    let all = export::incidents_csv(&list, Range::default());
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines.len(), 3, "{all}");
+    assert!(lines[0].starts_with("id,subject,severity,state,first_interval"));
+    assert!(
+        lines[1].contains("\"f1 exported 9 980 Wh, limit 320 Wh\""),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].ends_with(",'=cmd"), "{}", lines[2]);
+    let range = Range::parse(Some("2026-06-21T10:00:00Z"), Some("2026-06-22")).unwrap();
+    let later = export::incidents_csv(&list, range);
+    assert_eq!(later.lines().count(), 2, "{later}");
+    assert!(later.contains(",f2,"));
+    assert!(Range::parse(Some("2026-06-22"), Some("2026-06-21")).is_err());
+    assert!(
+        Range::parse(Some("yesterday"), None)
+            .unwrap_err()
+            .contains("from=yesterday")
+    );
+}
+
+#[test]
+fn ledger_search_text_is_a_height_a_hash_or_a_participant() {
+    assert_eq!(export::ledger_query(" 42 "), Ok(LedgerQuery::Height(42)));
+    let h = "AB".repeat(32);
+    assert_eq!(
+        export::ledger_query(&h),
+        Ok(LedgerQuery::Hash("ab".repeat(32)))
+    );
+    assert_eq!(
+        export::ledger_query("h001"),
+        Ok(LedgerQuery::Participant("h001".into()))
+    );
+    assert!(export::ledger_query("").is_err());
+    assert!(export::ledger_query("a b").is_err());
+}
