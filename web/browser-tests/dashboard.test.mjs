@@ -209,7 +209,8 @@ test('click-through: congested feeder → its participants → a token\'s proven
     assert.equal(await verdict.getAttribute('data-ok'), 'true', 'inclusion proof: ' + (await verdict.innerText()));
     const readings = await page.locator('#ledger-detail [data-reading]').count();
     assert.ok(readings > 0, 'the mint names the signed readings behind it');
-    // Down to the signed readings: fetched, hashed and signature-checked in the browser.
+    // Down to the signed readings: fetched, hashed, signature-checked and their keys checked
+    // against the gateway registry by the dashboard.
     await page.waitForSelector('#ledger-detail .reading:not([data-verified="pending"])');
     const checked = page.locator('#ledger-detail .reading');
     for (let i = 0; i < await checked.count(); i++) {
@@ -305,12 +306,14 @@ test('a tampered inclusion proof is rejected in the browser', async () => {
     const first = block.entries[0];
     const hash = typeof first === 'string' ? first : first.hash;
     // Flip one bit of the first sibling (or of the root when the block has a single entry).
-    await page.route('**/api/ledger/entries/*', async (route) => {
+    // The browser's own re-check of the proof (against the root of the header whose signature
+    // the dashboard verified) must catch a proof altered on its way to the browser.
+    await page.route('**/api/ledger/verify/*', async (route) => {
       const response = await route.fetch();
       const entry = await response.json();
       const flip = (hx) => (parseInt(hx[0], 16) ^ 1).toString(16) + hx.slice(1);
       if (Array.isArray(entry.proof) && entry.proof.length) entry.proof[0].sibling = flip(entry.proof[0].sibling);
-      else entry.merkle_root = flip(entry.merkle_root);
+      else entry.proof = [{ sibling: '00'.repeat(32), side: 'right' }];
       await route.fulfill({ response, json: entry });
     });
     await page.goto(base + '/ledger/entries/' + hash);
