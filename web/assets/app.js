@@ -19,8 +19,9 @@ function h(tag, attrs, ...children) {
   return el;
 }
 const $ = (sel) => document.querySelector(sel);
-const kwh = (wh) => (wh === null || wh === undefined) ? '–' : (wh / 1000).toLocaleString('en', { minimumFractionDigits: 1, maximumFractionDigits: 3 });
-const money = (minor) => (minor === null || minor === undefined) ? '–' : (minor / 100).toLocaleString('en', { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+// One energy unit on every page: kWh with 3 fixed decimals (exact to the Wh); money in euros.
+const kwh = (wh) => (wh === null || wh === undefined) ? '–' : (wh / 1000).toLocaleString('en', { minimumFractionDigits: 3, maximumFractionDigits: 3 });
+const money = (minor) => (minor === null || minor === undefined) ? '–' : (minor / 100).toLocaleString('en', { style: 'currency', currency: 'EUR', minimumFractionDigits: 2, maximumFractionDigits: 2 });
 const cPerKwh = (perMwh) => (perMwh / 1000).toLocaleString('en', { minimumFractionDigits: 2, maximumFractionDigits: 3 });
 const short = (hash) => (typeof hash === 'string' && hash.length > 16) ? hash.slice(0, 8) + '…' + hash.slice(-6) : String(hash ?? '–');
 const intervalText = (key) => key ? String(key).replace('T', ' ').replace(':00Z/', ' UTC, ').replace(/(\d+)$/, '$1 min') : '–';
@@ -67,7 +68,7 @@ function showSources(sources) {
     const s = sources[name];
     if (!s) continue;
     const pill = $('#src-' + name);
-    if (pill) { pill.dataset.state = s.ok ? 'ok' : 'down'; pill.title = s.ok ? name + ' reachable at ' + s.url : (s.error || name + ' unreachable'); }
+    if (pill) { pill.dataset.state = s.ok ? 'ok' : 'down'; pill.textContent = name + (s.ok ? ' up' : ' down'); pill.title = s.ok ? name + ' reachable at ' + s.url : (s.error || name + ' unreachable'); }
     if (!s.ok && s.error !== 'not contacted yet') problems.push(s.error || (name + ' unreachable at ' + s.url));
   }
   const banner = $('#banner');
@@ -79,7 +80,7 @@ function showSources(sources) {
 function route() {
   const path = location.pathname.replace(/\/+$/, '') || '/grid';
   const seg = path.split('/').filter(Boolean);
-  const page = ['grid', 'market', 'participants', 'ledger', 'alerts'].includes(seg[0]) ? seg[0] : 'grid';
+  const page = ['grid', 'history', 'market', 'participants', 'ledger', 'alerts'].includes(seg[0]) ? seg[0] : 'grid';
   return { page, seg, params: new URLSearchParams(location.search) };
 }
 function navigate(href) { history.pushState({}, '', href); render(true); }
@@ -100,16 +101,20 @@ async function render(pageChanged) {
     }
     const title = r.page[0].toUpperCase() + r.page.slice(1);
     document.title = title + ' · gridmesh dashboard';
-    if (state.page !== r.page) $('#main').focus({ preventScroll: true });
+    // Moving to another page moves focus to it; the first load leaves focus at the top, so the
+    // first Tab reaches the skip link.
+    if (state.page !== null && state.page !== r.page) $('#main').focus({ preventScroll: true });
     state.page = r.page;
   }
   try {
-    await ({ grid: renderGrid, market: renderMarket, participants: renderParticipants, ledger: renderLedger, alerts: renderAlerts })[r.page](r, pageChanged);
+    await ({ grid: renderGrid, history: renderHistory, market: renderMarket, participants: renderParticipants, ledger: renderLedger, alerts: renderAlerts })[r.page](r, pageChanged);
   } catch (e) {
     const banner = $('#banner');
     banner.hidden = false;
     banner.replaceChildren(h('p', { text: 'Could not load this page\'s data: ' + e.message + ' — retrying on the next update.' }));
   }
+  // A detail opened by a click or a link is shown where the user is looking.
+  if (pageChanged && r.seg.length > 1) revealDetail(document.querySelector('#page-' + r.page + ' .detail:not([hidden])'));
   refreshAlertCount();
 }
 
@@ -122,6 +127,7 @@ const flowText = (wh) => wh === null || wh === undefined ? '–' : (wh === 0 ? '
 async function renderGrid() {
   const g = await getJson('/api/grid');
   showSources(g.sources);
+  renderDiagram(g);
   const measured = g.measured_interval !== null && g.measured_interval !== undefined;
   const metered = $('#grid-metered');
   metered.textContent = measured ? g.metered_summary.replace(g.measured_interval, intervalText(g.measured_interval)) : g.metered_summary;
@@ -192,7 +198,8 @@ async function renderMarket() {
   showSources(m.sources);
   $('#market-lede').textContent = (m.intervals.length ? m.intervals.length + ' cleared intervals shown' : 'No cleared intervals yet') +
     (m.next_interval ? '; next interval open for orders starts ' + m.next_interval.replace('T', ' ').replace('Z', ' UTC') : '') + '.';
-  await Promise.all([...document.querySelectorAll('#page-market .chart')].map(loadChart));
+  // Each chart loads on its own and never holds up the tables.
+  for (const el of document.querySelectorAll('#page-market .chart')) drawChart(el, el.dataset.src, state.latestInterval || '');
   const latest = m.intervals[0];
   fillBody($('#market-prices'), latest ? Object.entries(latest.prices).map(([node, p]) => h('tr', {}, cell(node), cell(cPerKwh(p), true))) : [], 'No prices yet.', 2);
   fillBody($('#market-congestion'), m.congestion.slice(0, 50).map((c) => h('tr', {}, cell(intervalText(c.interval)),
@@ -227,17 +234,29 @@ async function renderParticipants(r) {
   chip.hidden = !node;
   if (node) chip.replaceChildren('Within ' + node + ' ', link('/participants' + (q ? '?q=' + encodeURIComponent(q) : ''), '× clear', { 'aria-label': 'Clear the filter on ' + node }));
   fillBody($('#participants'), data.participants.map((p) => h('tr', { 'data-participant': p.id },
-    cell(link('/participants/' + encodeURIComponent(p.id), p.id)), cell(p.node), cell(p.feeder || '–'),
+    cell(link('/participants/' + encodeURIComponent(p.id), p.id)), cell(p.node + (p.feeder && p.feeder !== p.node ? ' (' + p.feeder + ')' : '')),
     cell(p.gateway ? h('span', {}, p.gateway + ' ', h('span', { class: 'badge ' + p.gateway_status, text: p.gateway_status })) : '–'),
     cell(kwh(p.generation_wh), true), cell(kwh(p.consumption_wh), true), cell(kwh(p.import_wh), true), cell(kwh(p.export_wh), true),
     cell(kwh(p.bought_wh), true), cell(kwh(p.sold_wh), true), cell(money(p.earned), true), cell(money(p.spent), true), cell(money(p.settled_net), true),
-    cell(p.tokens_wh === null ? '–' : p.tokens_wh.toLocaleString('en'), true))), q || node ? 'No participant matches.' : 'No participants registered yet.', 14);
+    cell(kwh(p.tokens_wh), true))), q || node ? 'No participant matches.' : 'No participants registered yet.', 13);
+  if (data.period) $('#participants-period').textContent = data.period;
   const detail = $('#participant-detail');
-  if (r.seg.length > 1) await renderParticipantDetail(decodeURIComponent(r.seg[1]), detail); else detail.hidden = true;
+  $('#participants-list').hidden = false;
+  if (r.seg.length > 1) await renderParticipantDetail(decodeURIComponent(r.seg[1]), detail); else { detail.hidden = true; delete detail.dataset.shown; }
 }
 async function renderParticipantDetail(id, detail) {
   let d;
   try { d = await getJson('/api/participants/' + encodeURIComponent(id)); } catch (e) {
+    if (e.status === 404) {
+      // No such participant: an error, not the list.
+      detail.replaceChildren(h('h2', { text: 'Participant ' + id }),
+        h('p', { id: 'participant-missing', class: 'verdict', 'data-ok': 'false', role: 'alert', text: 'Not found: ' + e.message + '. Check the id, or pick a participant from the list.' }),
+        link('/participants', '← all participants'));
+      detail.hidden = false;
+      delete detail.dataset.shown;
+      $('#participants-list').hidden = true;
+      return;
+    }
     if (e.status !== 403) throw e;
     // Another household's detail: refused by the server, said so in place.
     detail.replaceChildren(h('h2', { text: 'Participant ' + id }),
@@ -246,16 +265,20 @@ async function renderParticipantDetail(id, detail) {
     detail.hidden = false;
     return;
   }
+  keepDetail(detail, d, () => buildParticipantDetail(d, detail));
+}
+function buildParticipantDetail(d, detail) {
+  const id = d.participant.id;
   const p = d.participant;
   // Settlement's Holding: the lot, its tokens and the mint it comes from (protocol::api::settlement).
   const rows = d.holdings.map((hd) => {
     const lot = hd.lot;
     const prov = hd.provenance || {};
     return h('tr', { 'data-lot': lot }, cell(lot ? link('/ledger/entries/' + lot, short(lot), { class: 'hash', 'aria-label': 'Provenance of lot ' + lot }) : '–'),
-      cell(Number(hd.amount).toLocaleString('en'), true), cell(String(prov.source || '')), cell(intervalText(prov.interval || '')));
+      cell(kwh(Number(hd.amount)), true), cell(String(prov.source || '')), cell(intervalText(prov.interval || '')));
   });
   const table = h('table', { id: 'holdings' }, h('caption', { class: 'sr', text: 'Token holdings of ' + id }),
-    h('thead', {}, h('tr', {}, h('th', { scope: 'col', text: 'Lot (provenance)' }), h('th', { scope: 'col', class: 'num', text: 'Tokens (Wh)' }), h('th', { scope: 'col', text: 'Source' }), h('th', { scope: 'col', text: 'Interval' }))),
+    h('thead', {}, h('tr', {}, h('th', { scope: 'col', text: 'Lot (provenance)' }), h('th', { scope: 'col', class: 'num', text: 'Tokens (kWh)' }), h('th', { scope: 'col', text: 'Source' }), h('th', { scope: 'col', text: 'Interval' }))),
     h('tbody', {}));
   fillBody(table, rows, 'No token holdings.', 4);
   detail.replaceChildren(
@@ -263,9 +286,9 @@ async function renderParticipantDetail(id, detail) {
     h('dl', { class: 'kv' }, h('dt', { text: 'Kind' }), h('dd', { text: p.kind }), h('dt', { text: 'Node' }), h('dd', { text: p.node + (p.feeder ? ' (feeder ' + p.feeder + ')' : '') }),
       h('dt', { text: 'Gateway' }), h('dd', { text: p.gateway ? p.gateway + ' — ' + p.gateway_status : 'none' }),
       h('dt', { text: 'Market' }), h('dd', { text: 'bought ' + kwh(p.bought_wh) + ' kWh for ' + money(p.spent) + ', sold ' + kwh(p.sold_wh) + ' kWh for ' + money(p.earned) }),
-      h('dt', { text: 'Tokens' }), h('dd', { text: (p.tokens_wh ?? 0).toLocaleString('en') + ' Wh in ' + p.lots + ' lots' })),
+      h('dt', { text: 'Tokens' }), h('dd', { text: kwh(p.tokens_wh ?? 0) + ' kWh in ' + p.lots + ' lots' })),
     ...(d.errors.length ? [h('p', { class: 'verdict', 'data-ok': 'false', text: d.errors.join(' · ') })] : []),
-    h('h3', { text: 'Token holdings' }), h('div', { class: 'scroll' }, table),
+    h('details', { open: true, 'data-key': 'holdings' }, h('summary', { text: 'Token holdings (' + d.holdings.length + ' lots)' }), h('div', { class: 'scroll' }, table)),
     link('/participants', '← all participants'));
   detail.hidden = false;
 }
@@ -395,7 +418,7 @@ async function refreshAlertCount() {
     c.hidden = !open;
     c.textContent = String(open);
     c.setAttribute('aria-label', open + ' active unacknowledged incidents');
-    $('#updated').textContent = 'Data as of ' + (s.refreshed_at ? new Date(s.refreshed_at).toLocaleTimeString() : '–') + (s.latest_interval ? ' · latest cleared interval ' + intervalText(s.latest_interval) : '');
+    $('#updated').textContent = 'Data as of ' + (s.refreshed_at ? new Date(s.refreshed_at).toLocaleTimeString() : '–') + ' (wall clock)' + (s.latest_interval ? ' · latest cleared interval ' + intervalText(s.latest_interval) + ' (interval time)' : '');
   } catch (_) { /* the banner already says why */ }
 }
 
@@ -410,8 +433,9 @@ function connectLive() {
     try { change = JSON.parse(ev.data); } catch (_) { return; }
     if (change.version === state.version) return;
     state.version = change.version;
+    if (change.latest_interval !== undefined) state.latestInterval = change.latest_interval;
     if (document.activeElement && document.activeElement.closest('#ledger-detail details')) return;
-    render(false);
+    scheduleLiveRender();
   });
 }
 loadMe().catch(() => {}).finally(() => { render(true); connectLive(); });

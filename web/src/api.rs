@@ -46,6 +46,8 @@ pub struct ParticipantsAnswer {
     pub node: Option<String>,
     /// The rows.
     pub participants: Vec<ParticipantRow>,
+    /// The period each total covers, in words.
+    pub period: String,
 }
 
 /// `GET /api/participants/{id}`: one participant with its holdings and statements fresh from

@@ -5,6 +5,8 @@
 pub const INDEX_HTML: &str = include_str!("../assets/index.html");
 /// The page script.
 pub const APP_JS: &str = include_str!("../assets/app.js");
+/// The operator views' script (history, diagram, live-update coalescing), after `app.js`.
+pub const HISTORY_JS: &str = include_str!("../assets/history.js");
 /// The operator tools' script (verified entry view, ledger search, exports, incidents).
 pub const OPS_JS: &str = include_str!("../assets/ops.js");
 /// The style sheet.
@@ -16,6 +18,7 @@ pub const FAVICON_SVG: &str = include_str!("../assets/favicon.svg");
 pub fn get(name: &str) -> Option<(&'static str, &'static str)> {
     match name {
         "app.js" => Some(("text/javascript; charset=utf-8", APP_JS)),
+        "history.js" => Some(("text/javascript; charset=utf-8", HISTORY_JS)),
         "ops.js" => Some(("text/javascript; charset=utf-8", OPS_JS)),
         "style.css" => Some(("text/css; charset=utf-8", STYLE_CSS)),
         "favicon.svg" => Some(("image/svg+xml", FAVICON_SVG)),

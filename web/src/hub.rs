@@ -20,6 +20,8 @@ pub struct Change {
     pub settlement_ok: bool,
     /// What triggered the refresh (`poll`, or the upstream event name such as `result`).
     pub cause: String,
+    /// The newest cleared interval's key: pages re-draw charts only when it changes.
+    pub latest_interval: Option<String>,
 }
 
 /// State shared by every task and handler.
@@ -39,6 +41,8 @@ pub struct Hub {
     pub trust: crate::proof::Trust,
     /// Incidents, their acknowledgements and notifications.
     pub incidents: crate::incidents::Incidents,
+    /// Intervals kept for the history charts (see [`crate::history`]).
+    pub history: crate::history::HistoryStore,
     snapshot: RwLock<Arc<Snapshot>>,
     changes: broadcast::Sender<Change>,
     wake: Notify,
@@ -88,6 +92,7 @@ impl Hub {
             auth,
             trust,
             incidents,
+            history: crate::history::HistoryStore::default(),
             snapshot: RwLock::new(Arc::new(snapshot)),
             changes,
             wake: Notify::new(),
@@ -125,6 +130,7 @@ impl Hub {
                 market_ok: next.market.ok,
                 settlement_ok: next.settlement.ok,
                 cause: cause.to_owned(),
+                latest_interval: next.latest_result().map(|r| r.interval.key()),
             });
             *guard = Arc::new(next);
             change

@@ -21,6 +21,9 @@
 //! - [`views`]: pure derivations for each page (measured flow against its limit: over it red,
 //!   from 90 % amber; cleared plan beside it; participants; alerts);
 //! - [`charts`]: server-side SVG charts drawn with `plotters`;
+//! - [`history`]: flows against limits, prices as steps and volumes over 6 h, 24 h, 7 d or a
+//!   custom range, bucketed on the server; [`diagram`]: the live single-line diagram
+//!   (substation → feeders → homes, coloured by measured loading);
 //! - [`auth`]: users (argon2id), roles, sessions, the Host check and CSRF tokens;
 //! - [`routes`] and [`assets`]: the login page, pages, JSON API, charts, the browser event stream, `/healthz`,
 //!   `/metrics`, on the runtime's HTTP kit; [`api`]: the typed answers of that JSON API;
@@ -54,9 +57,11 @@ pub mod assets;
 pub mod auth;
 pub mod charts;
 pub mod config;
+pub mod diagram;
 pub mod export;
 pub mod follow;
 pub mod gateways;
+pub mod history;
 pub mod hub;
 pub mod incidents;
 pub mod metrics;

@@ -47,8 +47,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 /// The pages of the dashboard: (path, title).
-pub const PAGES: [(&str, &str); 5] = [
+pub const PAGES: [(&str, &str); 6] = [
     ("/grid", "Grid"),
+    ("/history", "History"),
     ("/market", "Market"),
     ("/participants", "Participants"),
     ("/ledger", "Ledger"),
@@ -137,6 +138,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/charts/prices.svg", get(chart_prices))
         .route("/charts/volume.svg", get(chart_volume))
         .route("/charts/depth.svg", get(chart_depth))
+        .merge(crate::history::routes())
+        .merge(crate::diagram::routes())
         .merge(crate::ops_routes::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -566,6 +569,7 @@ async fn api_participants(
         sources: views::Sources::of(&snap),
         node: query.node,
         participants: rows,
+        period: crate::history::participants_period(&snap),
     })
 }
 
@@ -703,6 +707,7 @@ async fn api_events(
         market_ok: first.market.ok,
         settlement_ok: first.settlement.ok,
         cause: "hello".into(),
+        latest_interval: first.latest_result().map(|r| r.interval.key()),
     };
     let stream = futures::stream::once(std::future::ready(Ok(update_event(&hello)))).chain(
         broadcast_events(receiver, hub.stop.clone(), |change: Change| {
