@@ -8,7 +8,9 @@
 //! - **participant**: `Authorization: Gridmesh <payload>.<signature>`, a signed request
 //!   (`gridmesh_protocol::request`) verified against the participant's key as the market
 //!   registered it (settlement's copy, refreshed by the poller) — its own data only;
-//! - **public**: no credential — ledger headers and entries, aggregates, health.
+//! - **public**: no credential — ledger block headers (with their authority signatures and
+//!   entry hashes), aggregates, health. Ledger entries name participants: they go to the
+//!   participants they name, auditors and the operator ([`Caller::may_read_entry`]).
 //!
 //! Bearer tokens are compared in constant time ([`check_bearer`]). A signed request's
 //! freshness is judged against the wall clock (not the possibly accelerated market clock),
@@ -19,6 +21,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use gridmesh_protocol::ParticipantId;
+use gridmesh_protocol::api::settlement::EntryBody;
 use gridmesh_protocol::request::{SCHEME, SignedRequest};
 use gridmesh_runtime::http::{ApiError, check_bearer};
 
@@ -165,6 +168,27 @@ impl Caller {
             Some(p) if p.as_str() == owner => Ok(()),
             Some(p) => Err(ApiError::forbidden(format!(
                 "{p} may read only its own data, not {owner}'s"
+            ))),
+        }
+    }
+
+    /// Admits the caller to a ledger entry: the participants it names (a mint's seller and
+    /// buyer, a transfer's sender and recipient, a retirement's holder), the operator or an
+    /// auditor. Another participant answers 403 `forbidden`, no credential 401. Block headers
+    /// stay public: a holder checks its entry's inclusion proof against the public, signed
+    /// block header's Merkle root.
+    pub fn may_read_entry(&self, body: &EntryBody) -> Result<(), ApiError> {
+        let named: Vec<&ParticipantId> = match body {
+            EntryBody::Mint(m) => vec![&m.seller, &m.buyer],
+            EntryBody::Transfer(t) => vec![&t.from, &t.to],
+            EntryBody::Retire(r) => vec![&r.holder],
+        };
+        match self.scope()? {
+            None => Ok(()),
+            Some(p) if named.contains(&p) => Ok(()),
+            Some(p) => Err(ApiError::forbidden(format!(
+                "{p} is not a party to this {} entry; a participant reads only the entries that name it (the auditor reads all)",
+                body.kind()
             ))),
         }
     }

@@ -317,7 +317,7 @@ impl Limit {
 
 #[utoipa::path(get, path = "/ledger/blocks", tag = "ledger",
     summary = "Blocks, newest first (public)",
-    description = "Public, so that anyone can re-verify the ledger: headers, authority signatures and entry hashes.",
+    description = "Public, so that anyone can check the chain: headers, authority signatures and entry hashes (no participant id). The entries themselves go to the participants they name, the auditor and the operator.",
     params(Limit),
     responses(
         (status = 200, description = "blocks with their entry hashes", body = Vec<BlockSummary>),
@@ -351,21 +351,31 @@ async fn get_block(
 }
 
 #[utoipa::path(get, path = "/ledger/entries/{hash}", tag = "ledger",
-    summary = "One ledger entry with its Merkle inclusion proof (public)",
-    description = "Public, so that anyone can re-verify the ledger: the body and its exact hashed bytes (body_base64), the block and the proof once sealed. Entries name participants and reading digests, but no readings or money of a statement.",
+    summary = "One ledger entry with its Merkle inclusion proof (the participants it names, auditor, operator)",
+    description = "The body and its exact hashed bytes (body_base64), the block and the proof once sealed. Entries name participants, so they go to the participants they name (a signed request), the auditor and the operator; the auditor re-verifies the whole ledger, and a holder checks its own entries' proofs against the public block headers (GET /ledger/blocks).",
     params(("hash" = String, Path, description = "the entry hash (hex)")),
+    security(("participant" = []), ("auditor" = []), ("operator" = [])),
     responses(
         (status = 200, description = "the entry", body = EntryView),
         (status = 400, description = "invalid_path", body = ErrorBody),
+        (status = 401, description = "unauthorized: no or an invalid credential", body = ErrorBody),
+        (status = 403, description = "forbidden: a participant the entry does not name", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
         (status = 503, description = "storage_unavailable", body = ErrorBody),
     ))]
 async fn get_entry(
     State(s): State<AppState>,
+    caller: Caller,
     ApiPath(hash): ApiPath<String>,
 ) -> ApiResult<ApiJson<EntryView>> {
+    // No credential is refused before the lookup, so the public learns nothing of which
+    // hashes exist beyond the block headers' lists.
+    caller.scope()?;
     match s.service.entry(&hash).await? {
-        Some(e) => Ok(ApiJson(e)),
+        Some(e) => {
+            caller.may_read_entry(&e.body)?;
+            Ok(ApiJson(e))
+        }
         None => Err(ApiError::not_found(format!(
             "no ledger entry with hash {hash}"
         ))),

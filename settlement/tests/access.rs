@@ -176,13 +176,23 @@ async fn household_data_is_private_by_default() {
             "{path}: the message names the credential: {body}"
         );
     }
-    // Public: ledger headers and entries (re-verifiable by anyone), aggregates, operations.
+    // Public: ledger block headers (no participant id in them), aggregates, operations. The
+    // entries name participants: not public (ledger_entries_go_to_their_parties_and_auditors).
     let (status, blocks) = s.get("/ledger/blocks", None).await;
     assert_eq!(status, 200);
     let entry = blocks[0]["entries"][0].as_str().unwrap().to_owned();
+    for block in [&blocks, &s.get("/ledger/blocks/0", None).await.1] {
+        let text = block.to_string();
+        for id in ["alice", "bob", "carol"] {
+            assert!(!text.contains(id), "a public block names {id}: {text}");
+        }
+    }
+    assert_eq!(
+        s.get(&format!("/ledger/entries/{entry}"), None).await.0,
+        401
+    );
     for path in [
         "/ledger/blocks/0".to_owned(),
-        format!("/ledger/entries/{entry}"),
         "/flows".to_owned(),
         "/openapi.json".to_owned(),
     ] {
@@ -315,6 +325,48 @@ async fn a_household_reads_only_its_own_data() {
         .await
         .unwrap();
     assert_eq!(response.status(), 403);
+    s.shutdown.stop().await;
+}
+
+/// Ledger entries name participants: the parties they name, the auditor and the operator read
+/// them; the public reads the block headers only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_entries_go_to_their_parties_and_auditors() {
+    let s = start().await;
+    s.settle_one_interval().await;
+    let (_, blocks) = s.get("/ledger/blocks", None).await;
+    let hash = blocks[0]["entries"][0].as_str().unwrap().to_owned();
+    let path = format!("/ledger/entries/{hash}");
+
+    // No credential: 401, saying what to send.
+    let (status, body) = s.get(&path, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["code"], "unauthorized");
+    assert!(
+        body["message"].as_str().unwrap().contains("signed request"),
+        "{body}"
+    );
+    // The mint's seller and buyer read it and can check it against the public block header.
+    for party in ["alice", "bob"] {
+        let (status, entry) = s.as_participant(party, &path).await;
+        assert_eq!(status, 200, "{party}: {entry}");
+        assert_eq!(entry["kind"], "mint");
+        assert_eq!(entry["body"]["seller"], "alice");
+        assert_eq!(entry["body"]["buyer"], "bob");
+        assert_eq!(entry["merkle_root"], blocks[0]["merkle_root"]);
+    }
+    // A participant it does not name: 403.
+    let (status, body) = s.as_participant("carol", &path).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["code"], "forbidden");
+    assert!(
+        body["message"].as_str().unwrap().contains("not a party"),
+        "{body}"
+    );
+    // The auditor and the operator read every entry; a wrong bearer token is 401.
+    assert_eq!(s.as_bearer(AUDITOR, &path).await.0, 200);
+    assert_eq!(s.as_bearer(OPERATOR, &path).await.0, 200);
+    assert_eq!(s.as_bearer("guess", &path).await.0, 401);
     s.shutdown.stop().await;
 }
 

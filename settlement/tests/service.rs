@@ -195,6 +195,7 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
     let entry_hash = blocks[0]["entries"][0].as_str().unwrap();
     let entry: Value = http
         .get(format!("{base}/ledger/entries/{entry_hash}"))
+        .bearer_auth("op-secret")
         .send()
         .await
         .unwrap()
