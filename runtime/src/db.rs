@@ -7,11 +7,22 @@
 //!
 //! SQLite connections run with `journal_mode = WAL`, `synchronous = FULL`, foreign keys on and a
 //! busy timeout, so a committed transaction survives a crash or power cut.
+//!
+//! **Writes on SQLite.** SQLite allows one writer at a time. A plain (`DEFERRED`) transaction
+//! that reads first and writes later fails at once with `database is locked` (SQLITE_BUSY,
+//! without waiting for the busy timeout) when another connection committed in between: its read
+//! snapshot can no longer be upgraded. [`Database::begin_write`] makes that impossible: on
+//! SQLite it waits for the process's single writer turn (an async mutex shared by every clone
+//! of the [`Database`]) and then opens the transaction with `BEGIN IMMEDIATE`, which takes the
+//! write lock up front (another process's writer is waited for by the busy timeout). On
+//! PostgreSQL it is a plain transaction. Services open every write transaction with it.
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Executor};
+use sqlx::{Any, AnyPool, Executor, Transaction};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 /// Which back end a pool talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +67,43 @@ pub struct Database {
     /// Its back end.
     pub backend: Backend,
     url: String,
+    /// The single writer turn on SQLite (see [`Database::begin_write`]).
+    writer: Arc<Mutex<()>>,
+}
+
+/// A write transaction from [`Database::begin_write`]: on SQLite it holds the process's writer
+/// turn until it is committed or dropped (dropping rolls back). Use it like a
+/// [`Transaction`] (`&mut tx`, `&mut **tx`) and end it with [`WriteTransaction::commit`].
+#[derive(Debug)]
+pub struct WriteTransaction {
+    tx: Transaction<'static, Any>,
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTransaction {
+    /// Commits the transaction and gives up the writer turn.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    /// Rolls the transaction back and gives up the writer turn.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for WriteTransaction {
+    type Target = Transaction<'static, Any>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTransaction {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
 }
 
 /// Hides the password of a URL for logs and errors.
@@ -112,7 +160,32 @@ impl Database {
                 url: redact(&url),
                 source,
             })?;
-        Ok(Database { pool, backend, url })
+        Ok(Database {
+            pool,
+            backend,
+            url,
+            writer: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// Opens a write transaction that cannot fail with `database is locked` because of another
+    /// writer of this process: on SQLite it first waits for the writer turn (no timeout), then
+    /// runs `BEGIN IMMEDIATE`; on PostgreSQL it is [`sqlx::Pool::begin`].
+    pub async fn begin_write(&self) -> Result<WriteTransaction, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => {
+                let turn = self.writer.clone().lock_owned().await;
+                let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                Ok(WriteTransaction {
+                    tx,
+                    _turn: Some(turn),
+                })
+            }
+            Backend::Postgres => Ok(WriteTransaction {
+                tx: self.pool.begin().await?,
+                _turn: None,
+            }),
+        }
     }
 
     /// Runs the migration set that matches the back end.
