@@ -42,8 +42,8 @@ impl RegisterSource for FakeDevice {
         );
         self.reads += 1;
         assert!(self.reads <= 10_000, "discovery and reads do not end");
-        (address..address + count)
-            .map(|a| match self.regs.get(&a) {
+        (u32::from(address)..u32::from(address) + u32::from(count))
+            .map(|a| match self.regs.get(&(a as u16)) {
                 Some(v) => Ok(*v),
                 None if self.zero_fill => Ok(0),
                 None => Err(ReadFailure::Exception("IllegalDataAddress".into())),
