@@ -196,6 +196,9 @@ fn a_corrupt_store_line_is_named() {
     assert!(err.contains("line 2"), "{err}");
 }
 
+/// What the receiver saw, and how many POSTs it answered.
+type Received = (Arc<Mutex<Vec<Notification>>>, Arc<Mutex<usize>>);
+
 /// A receiver that fails the first `failures` POSTs with 500, then accepts.
 async fn receiver(failures: usize) -> (String, Arc<Mutex<Vec<Notification>>>) {
     let seen: Arc<Mutex<Vec<Notification>>> = Arc::default();
@@ -204,11 +207,7 @@ async fn receiver(failures: usize) -> (String, Arc<Mutex<Vec<Notification>>>) {
         .route(
             "/hook",
             post(
-                move |State((seen, count)): State<(
-                    Arc<Mutex<Vec<Notification>>>,
-                    Arc<Mutex<usize>>,
-                )>,
-                      Json(n): Json<Notification>| async move {
+                move |State((seen, count)): State<Received>, Json(n): Json<Notification>| async move {
                     let mut c = count.lock().unwrap();
                     *c += 1;
                     if *c <= failures {
