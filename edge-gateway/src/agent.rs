@@ -8,7 +8,7 @@ use crate::config::AgentConfig;
 use crate::outbox::HistoryRow;
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::order::{Order, Side};
-use gridmesh_protocol::{Interval, NodeId, ParticipantId, Wh};
+use gridmesh_protocol::{Interval, NodeId, ParticipantId, Wh, ZoneId};
 
 /// The forecast net export (export − import) of `target`, in Wh, or `None` without history.
 ///
@@ -58,9 +58,10 @@ pub fn battery_sellable(
     above.min(by_power)
 }
 
-/// The orders for `target`.
+/// The orders for `target`, signed for the market `zone` (`gridmesh/order/v2`).
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
+    zone: ZoneId,
     config: &AgentConfig,
     participant: &ParticipantId,
     node: &NodeId,
@@ -82,6 +83,7 @@ pub fn plan(
     ] {
         if quantity >= config.min_order_wh.max(1) {
             orders.push(Order {
+                zone: Some(zone),
                 participant: participant.clone(),
                 node: node.clone(),
                 interval: target,
@@ -131,6 +133,33 @@ mod tests {
     use super::*;
     use gridmesh_protocol::reading::Registers;
 
+    fn zone() -> ZoneId {
+        ZoneId::new("z1").unwrap()
+    }
+
+    #[test]
+    fn orders_name_the_zone() {
+        let target = Interval::from_unix(1_782_000_000 / 900 * 900, 15).unwrap();
+        let t = target.start_unix();
+        let p = ParticipantId::new("h1").unwrap();
+        let n = NodeId::new("n1").unwrap();
+        let orders = plan(
+            zone(),
+            &AgentConfig::default(),
+            &p,
+            &n,
+            target,
+            &[row(t - 900, 0, 500)],
+            None,
+            0,
+        );
+        assert!(!orders.is_empty());
+        for o in &orders {
+            assert_eq!(o.zone, Some(zone()));
+            assert_eq!(o.layout_tag(), "gridmesh/order/v2");
+        }
+    }
+
     fn row(start: i64, import: i64, export: i64) -> HistoryRow {
         HistoryRow {
             interval_start: start,
@@ -168,7 +197,16 @@ mod tests {
         let p = ParticipantId::new("h1").unwrap();
         let n = NodeId::new("n1").unwrap();
         let config = AgentConfig::default();
-        let sell = plan(&config, &p, &n, target, &[row(t - 900, 0, 500)], None, 0);
+        let sell = plan(
+            zone(),
+            &config,
+            &p,
+            &n,
+            target,
+            &[row(t - 900, 0, 500)],
+            None,
+            0,
+        );
         let check = |cap: i64, expected: Option<i64>| {
             let mut orders = sell.clone();
             cap_sells(&mut orders, Wh(cap), config.min_order_wh);
@@ -179,7 +217,16 @@ mod tests {
         check(9, None);
         check(0, None);
         // Buys are never capped by the export limit.
-        let mut buy = plan(&config, &p, &n, target, &[row(t - 900, 700, 0)], None, 0);
+        let mut buy = plan(
+            zone(),
+            &config,
+            &p,
+            &n,
+            target,
+            &[row(t - 900, 700, 0)],
+            None,
+            0,
+        );
         cap_sells(&mut buy, Wh(0), config.min_order_wh);
         assert_eq!(buy[0].quantity, Wh(700));
     }
@@ -192,6 +239,7 @@ mod tests {
         let n = NodeId::new("n1").unwrap();
         let mut config = AgentConfig::default();
         let orders = plan(
+            zone(),
             &config,
             &p,
             &n,
@@ -208,6 +256,7 @@ mod tests {
         config.steer_battery = true;
         config.battery_capacity_wh = 10_000;
         let orders = plan(
+            zone(),
             &config,
             &p,
             &n,
@@ -219,6 +268,7 @@ mod tests {
         assert_eq!(orders[0].quantity, Wh(500 + 1250));
         // Below the reserve nothing extra.
         let orders = plan(
+            zone(),
             &config,
             &p,
             &n,
@@ -229,14 +279,33 @@ mod tests {
         );
         assert_eq!(orders[0].quantity, Wh(500));
         // Deficit → a bid at the max buy price.
-        let orders = plan(&config, &p, &n, target, &[row(t - 900, 700, 0)], None, 0);
+        let orders = plan(
+            zone(),
+            &config,
+            &p,
+            &n,
+            target,
+            &[row(t - 900, 700, 0)],
+            None,
+            0,
+        );
         assert_eq!(
             (orders[0].side, orders[0].quantity, orders[0].limit_price),
             (Side::Buy, Wh(700), config.max_buy_price)
         );
         assert_ne!(
             orders[0].nonce,
-            plan(&config, &p, &n, target.next(), &[row(t, 700, 0)], None, 0)[0].nonce
+            plan(
+                zone(),
+                &config,
+                &p,
+                &n,
+                target.next(),
+                &[row(t, 700, 0)],
+                None,
+                0
+            )[0]
+            .nonce
         );
     }
 }

@@ -1,16 +1,20 @@
 //! The bidding agent's task: wakes before each gate closure, plans with [`crate::agent`]
 //! (sell quantities capped at the operating envelope's export limit), signs and posts the
 //! orders to the market, and after clearing asks the control loop to steer the battery.
+//!
+//! Orders name the market zone (`gridmesh/order/v2`): the configured `zone`, or else the zone
+//! the market reports at `GET /status` (learned once). A configured zone that differs from the
+//! market's is not overridden: the market refuses those orders, and the log says why.
 
 use crate::config::GatewayConfig;
 use crate::envelope::Intake;
 use crate::outbox::Outbox;
 use crate::status::Status;
 use chrono::Duration as ChronoDuration;
-use gridmesh_protocol::api::market::ErrorBody;
+use gridmesh_protocol::api::market::{ErrorBody, MarketStatus};
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::market::IntervalResult;
-use gridmesh_protocol::{Interval, SignedEnvelope};
+use gridmesh_protocol::{Interval, SignedEnvelope, ZoneId};
 use gridmesh_runtime::clock::Clock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,8 +80,27 @@ pub fn classify(status: u16, body: &str) -> Submission {
     Submission::Failed
 }
 
+/// The market's zone from its `GET /status`, if it answers.
+async fn market_zone(http: &reqwest::Client, market: &str) -> Result<ZoneId, String> {
+    let response = http
+        .get(format!("{market}/status"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the market: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("GET /status answered {}", response.status()));
+    }
+    let status: MarketStatus = response
+        .json()
+        .await
+        .map_err(|e| format!("GET /status is not a market status: {e}"))?;
+    ZoneId::new(&status.zone).map_err(|e| format!("the market names an invalid zone: {e}"))
+}
+
 /// Runs the agent until shutdown.
 pub async fn run(task: AgentTask) {
+    let mut known_zone = task.config.zone;
     let length = task.config.interval_length();
     let lead = ChronoDuration::seconds(task.config.agent.gate_closure_lead_s);
     let margin = ChronoDuration::seconds(task.config.agent.submit_margin_s);
@@ -93,9 +116,23 @@ pub async fn run(task: AgentTask) {
             _ = task.cancel.cancelled() => return,
             _ = task.clock.sleep_until(submit_at) => {}
         }
+        let zone = match known_zone {
+            Some(z) => z,
+            None => match market_zone(&task.http, &market).await {
+                Ok(z) => {
+                    tracing::info!(zone = %z, "no zone configured: orders name the market's zone");
+                    *known_zone.insert(z)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, interval = %target, "no zone configured and the market's is unknown: no orders for this interval (set `zone` in the config)");
+                    continue;
+                }
+            },
+        };
         let history = task.outbox.history(8 * 96).await.unwrap_or_default();
         let soc = *task.soc.lock().unwrap_or_else(|e| e.into_inner());
         let mut orders = crate::agent::plan(
+            zone,
             &task.config.agent,
             &task.config.participant,
             &task.config.node,

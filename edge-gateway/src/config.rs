@@ -6,9 +6,18 @@
 //! says how to fix it.
 
 use gridmesh_protocol::signing::PublicKey;
-use gridmesh_protocol::{DeviceId, GatewayId, IntervalLength, NodeId, ParticipantId, PricePerMwh};
+use gridmesh_protocol::{
+    DeviceId, GatewayId, IntervalLength, NodeId, ParticipantId, PricePerMwh, ZoneId,
+};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// The market's price bound (minor units per MWh), as market-engine checks it.
+pub const MAX_ABS_PRICE: i64 = 10_000_000;
+/// The market's largest order (1 TWh), as market-engine checks it.
+pub const MAX_ORDER_WH: i64 = 1_000_000_000_000;
+/// The largest inverter or battery power a gateway may enrol, W (market-engine's bound).
+pub const MAX_SITE_POWER_W: u32 = 1_000_000;
 
 /// Environment prefix for overrides: `GRIDMESH_GATEWAY_MARKET_URL=...`.
 pub const ENV_PREFIX: &str = "GRIDMESH_GATEWAY";
@@ -54,6 +63,12 @@ pub struct GatewayConfig {
     pub participant: ParticipantId,
     /// The household's grid node (feeder connection).
     pub node: NodeId,
+    /// The market zone the gateway is enrolled in (`edge-gateway enroll` prints it): signed
+    /// into every reading (`gridmesh/reading/v2`) and order (`gridmesh/order/v2`), so neither
+    /// counts in another zone. Absent: readings are signed in the legacy v1 layout, which
+    /// names no zone (settlement with a zone configured holds them as flagged until an
+    /// operator accepts them), and the agent takes the zone the market reports.
+    pub zone: Option<ZoneId>,
     /// The device-set id signed into readings (usually the whole home).
     pub device_set: DeviceId,
     /// Delivery interval length in minutes (5, 15, 30 or 60).
@@ -107,6 +122,7 @@ impl Default for GatewayConfig {
             gateway_id: GatewayId::new("gateway-1").expect("valid id"),
             participant: ParticipantId::new("household-1").expect("valid id"),
             node: NodeId::new("home-1").expect("valid id"),
+            zone: None,
             device_set: DeviceId::new("home").expect("valid id"),
             interval_minutes: 15,
             key_path: PathBuf::from("gateway.key"),
@@ -432,6 +448,65 @@ impl GatewayConfig {
             .unwrap_or_else(|| format!("gridmesh-gw-{}", self.gateway_id))
     }
 
+    /// The bounds the market checks too (prices within ±[`MAX_ABS_PRICE`], site powers up to
+    /// [`MAX_SITE_POWER_W`], coordinates on the globe), so a typo is named here and not as a
+    /// refused order or enrolment later.
+    fn validate_ranges(&self) -> Result<(), ConfigError> {
+        for (field, price) in [
+            ("agent.min_sell_price", self.agent.min_sell_price),
+            ("agent.max_buy_price", self.agent.max_buy_price),
+        ] {
+            if !(-MAX_ABS_PRICE..=MAX_ABS_PRICE).contains(&price.0) {
+                return Err(invalid(
+                    field,
+                    format!("{} is out of range", price.0),
+                    format!(
+                        "use minor units per MWh within ±{MAX_ABS_PRICE} (25.00 c/kWh = 25000)"
+                    ),
+                ));
+            }
+        }
+        for (field, wh) in [
+            ("agent.battery_capacity_wh", self.agent.battery_capacity_wh),
+            ("agent.min_order_wh", self.agent.min_order_wh),
+        ] {
+            if !(0..=MAX_ORDER_WH).contains(&wh) {
+                return Err(invalid(
+                    field,
+                    format!("{wh} Wh is out of range"),
+                    format!("use 0 to {MAX_ORDER_WH} Wh"),
+                ));
+            }
+        }
+        for (field, w) in [
+            ("site.inverter_w", self.site.inverter_w),
+            ("site.battery_w", self.site.battery_w),
+        ] {
+            if w > MAX_SITE_POWER_W {
+                return Err(invalid(
+                    field,
+                    format!("{w} W is more than a gateway may enrol"),
+                    format!(
+                        "use at most {MAX_SITE_POWER_W} W (larger sites connect through the operator)"
+                    ),
+                ));
+            }
+        }
+        for (field, degrees, max) in [
+            ("site.latitude", self.site.latitude, 90.0),
+            ("site.longitude", self.site.longitude, 180.0),
+        ] {
+            if !(-max..=max).contains(&degrees) {
+                return Err(invalid(
+                    field,
+                    format!("{degrees} is not a coordinate"),
+                    format!("use decimal degrees within ±{max}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks what parsing cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if IntervalLength::from_minutes(self.interval_minutes.into()).is_err() {
@@ -451,6 +526,7 @@ impl GatewayConfig {
                 "shorten it",
             ));
         }
+        self.validate_ranges()?;
         if self.poll_ms == 0 || self.modbus_timeout_ms == 0 {
             return Err(invalid(
                 "poll_ms / modbus_timeout_ms",
@@ -603,6 +679,40 @@ mod tests {
         for piece in expected {
             assert!(err.contains(piece), "`{piece}` not in: {err}");
         }
+    }
+
+    #[test]
+    fn out_of_range_values_are_named() {
+        check_err(
+            &format!("[agent]\nmin_sell_price = {}\n", i64::MIN),
+            &["agent.min_sell_price", "out of range", "10000000"],
+        );
+        check_err(
+            "[agent]\nmax_buy_price = 10000001\n",
+            &["agent.max_buy_price"],
+        );
+        check_err(
+            "[agent]\nbattery_capacity_wh = -1\n",
+            &["agent.battery_capacity_wh"],
+        );
+        check_err("[site]\ninverter_w = 1000001\n", &["site.inverter_w"]);
+        check_err("[site]\nlatitude = 91.0\n", &["site.latitude"]);
+        check_err("[site]\nlongitude = -180.5\n", &["site.longitude"]);
+        check_err("[site]\nlatitude = nan\n", &["site.latitude"]);
+        assert!(
+            GatewayConfig::from_toml(
+                "[agent]\nmin_sell_price = -10000000\n[site]\ninverter_w = 1000000\nlatitude = -90.0\n"
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_zone_is_an_identifier() {
+        assert_eq!(GatewayConfig::from_toml("").unwrap().zone, None);
+        let c = GatewayConfig::from_toml("zone = \"north\"\n").unwrap();
+        assert_eq!(c.zone, Some(ZoneId::new("north").unwrap()));
+        assert!(GatewayConfig::from_toml("zone = \"no zone\"\n").is_err());
     }
 
     #[test]

@@ -249,10 +249,10 @@ pub async fn market_key(config: &GatewayConfig) -> Result<MarketKey, EnrollError
         })
 }
 
-/// What to tell the user about the market key: the line to paste, or that the configured key
-/// already matches, or a warning when it differs.
+/// What to tell the user about the market key and zone: the lines to paste, or that the
+/// configured ones already match, or a warning when they differ.
 pub fn market_key_advice(config: &GatewayConfig, key: &MarketKey) -> String {
-    match &config.market_public_key {
+    let key_advice = match &config.market_public_key {
         Some(k) if *k == key.public_key => format!(
             "market key (zone {}): {} (matches market_public_key in the config)",
             key.zone, key.public_key
@@ -265,5 +265,17 @@ pub fn market_key_advice(config: &GatewayConfig, key: &MarketKey) -> String {
             "market key (zone {}): {}\nAdd this line to the config (top level) so the gateway acts on the market's operating envelopes:\nmarket_public_key = \"{}\"",
             key.zone, key.public_key, key.public_key
         ),
-    }
+    };
+    let zone_advice = match &config.zone {
+        Some(z) if *z == key.zone => format!("zone {z} (matches zone in the config)"),
+        Some(z) => format!(
+            "WARNING: the config names zone = \"{z}\", but the market clears zone {}: readings and orders signed for {z} are refused there. Check market_url, then replace the line with\nzone = \"{}\"",
+            key.zone, key.zone
+        ),
+        None => format!(
+            "Add this line to the config (top level) so readings and orders name the market's zone (gridmesh/reading/v2, gridmesh/order/v2):\nzone = \"{}\"",
+            key.zone
+        ),
+    };
+    format!("{key_advice}\n{zone_advice}")
 }

@@ -332,6 +332,14 @@ pub async fn run_with_key(
         });
     }
     tracing::info!(gateway = %config.gateway_id, %health_addr, public_key = %key.public_key(), "gateway running");
+    match &config.zone {
+        Some(zone) => {
+            tracing::info!(%zone, "readings are signed for the market zone (gridmesh/reading/v2)")
+        }
+        None => tracing::warn!(
+            "no `zone` in the config: readings are signed in the legacy v1 layout, which names no market zone; settlement with a zone configured holds them as flagged until an operator accepts them. Set zone = \"...\" (edge-gateway enroll prints it)"
+        ),
+    }
     Ok(RunningGateway {
         health_addr,
         public_key: key.public_key(),
@@ -729,6 +737,7 @@ impl Signer {
         let operating = self.operating_base
             + (self.started.elapsed().as_secs_f64() * self.clock.speed()) as i64;
         Reading {
+            zone: self.config.zone,
             gateway: self.config.gateway_id.clone(),
             device: self.config.device_set.clone(),
             firmware: self.config.firmware.clone(),

@@ -393,6 +393,7 @@ mod tests {
 
     fn reading(seq: u64, start: i64) -> Reading {
         Reading {
+            zone: None,
             gateway: GatewayId::new("gw").unwrap(),
             device: DeviceId::new("home").unwrap(),
             firmware: "t".into(),

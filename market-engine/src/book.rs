@@ -145,16 +145,19 @@ pub enum BookError {
     TooMany(usize),
 }
 
-/// Checks an order's quantity and price bounds.
+/// Checks an order's quantity (1 to [`MAX_ENERGY_WH`]) and price (within ±[`MAX_ABS_PRICE`])
+/// bounds: every entry point (REST order, offline book, trader CLI) goes through here.
 pub fn check_order_values(id: &str, quantity: i64, price: i64) -> Result<(), BookError> {
-    if quantity <= 0 || quantity > MAX_ENERGY_WH {
+    if !(1..=MAX_ENERGY_WH).contains(&quantity) {
         return Err(BookError::BadQuantity {
             order: id.to_owned(),
             quantity,
             max: MAX_ENERGY_WH,
         });
     }
-    if price.abs() > MAX_ABS_PRICE {
+    // Not `price.abs()`: `i64::MIN.abs()` overflows (and wraps to itself in a build without
+    // overflow checks, which then passed this bound).
+    if !(-MAX_ABS_PRICE..=MAX_ABS_PRICE).contains(&price) {
         return Err(BookError::BadPrice {
             order: id.to_owned(),
             price,
@@ -245,7 +248,8 @@ pub fn depth<'a>(
             Side::Sell => &mut entry.1,
         };
         let step = map.entry(price).or_default();
-        step.0 += quantity;
+        // Saturating: a depth view never wraps, whatever the stored quantities.
+        step.0 = step.0.saturating_add(quantity);
         step.1 += 1;
     }
     let step = |(price, (quantity_wh, orders)): (&i64, &(i64, usize))| DepthStep {
@@ -314,7 +318,47 @@ mod tests {
             "not in the network",
         );
         bad("25000}", "99999999}", "limit price 99999999");
+        // Regression (issue 14, item 6a): `abs()` wrapped for i64::MIN, so this passed.
+        bad(
+            "25000}",
+            &format!("{}}}", i64::MIN),
+            &format!("limit price {}", i64::MIN),
+        );
+        bad(
+            "25000}",
+            &format!("{}}}", -MAX_ABS_PRICE - 1),
+            "prices must lie within",
+        );
+        bad(
+            "\"quantity_wh\":1200",
+            &format!("\"quantity_wh\":{}", i64::MIN),
+            "must be between 1 and",
+        );
+        bad(
+            "\"quantity_wh\":1200",
+            &format!("\"quantity_wh\":{}", MAX_ENERGY_WH + 1),
+            "must be between 1 and",
+        );
         bad("\"root\":\"sub\",", "", "root");
+    }
+
+    #[test]
+    fn order_values_at_the_bounds() {
+        assert!(check_order_values("o", 1, MAX_ABS_PRICE).is_ok());
+        assert!(check_order_values("o", MAX_ENERGY_WH, -MAX_ABS_PRICE).is_ok());
+        for (q, p) in [
+            (0, 0),
+            (-1, 0),
+            (i64::MIN, 0),
+            (MAX_ENERGY_WH + 1, 0),
+            (i64::MAX, 0),
+            (1, MAX_ABS_PRICE + 1),
+            (1, -MAX_ABS_PRICE - 1),
+            (1, i64::MIN),
+            (1, i64::MAX),
+        ] {
+            assert!(check_order_values("o", q, p).is_err(), "{q} Wh at {p}");
+        }
     }
 
     #[test]

@@ -34,7 +34,8 @@ impl ClearingOutcome {
     /// Welfare in minor units, rounded half away from zero.
     pub fn welfare(&self) -> Money {
         let w = self.welfare_micro;
-        let rounded = (w.abs() + 500_000) / 1_000_000 * w.signum();
+        let rounded = w.unsigned_abs().saturating_add(500_000) / 1_000_000;
+        let rounded = i128::try_from(rounded).unwrap_or(i128::MAX) * w.signum();
         Money(rounded.clamp(i64::MIN.into(), i64::MAX.into()) as i64)
     }
 }
@@ -62,20 +63,26 @@ pub fn clear(topology: &Topology, orders: &[BookOrder], rule: PricingRule) -> Cl
 
 /// Welfare of a solution: Σ buy limit·q − Σ sell limit·q − retail·import + feed-in·export
 /// − Σ fee·|flow|, exactly, in micro-minor units.
+///
+/// Every product of two `i64` fits in `i128`; the sum saturates instead of wrapping. With
+/// validated books (|price| ≤ 10^7, quantities ≤ 10^12 Wh, at most 10^6 orders) it stays
+/// below 10^26, far inside `i128`, so saturation never happens there.
 pub fn welfare_micro(topology: &Topology, orders: &[BookOrder], solution: &Solution) -> i128 {
+    let product = |a: i64, b: i64| i128::from(a) * i128::from(b);
     let mut w: i128 = 0;
     for (o, &q) in orders.iter().zip(&solution.cleared) {
-        let v = i128::from(o.limit_price) * i128::from(q);
-        match o.side {
-            Side::Buy => w += v,
-            Side::Sell => w -= v,
-        }
+        let v = product(o.limit_price, q);
+        w = match o.side {
+            Side::Buy => w.saturating_add(v),
+            Side::Sell => w.saturating_sub(v),
+        };
     }
     let u = topology.utility;
-    w -= i128::from(u.retail.unwrap_or(0)) * i128::from(solution.utility_import);
-    w += i128::from(u.feed_in.unwrap_or(0)) * i128::from(solution.utility_export);
+    w = w.saturating_sub(product(u.retail.unwrap_or(0), solution.utility_import));
+    w = w.saturating_add(product(u.feed_in.unwrap_or(0), solution.utility_export));
     for (node, &flow) in topology.nodes().iter().zip(&solution.flows) {
-        w -= i128::from(node.fee) * i128::from(flow.abs());
+        let cost = i128::from(node.fee) * i128::from(flow.unsigned_abs());
+        w = w.saturating_sub(cost);
     }
     w
 }

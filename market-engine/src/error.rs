@@ -23,6 +23,24 @@ pub enum MarketError {
         "limit price {0} is out of range; prices must lie within ±10000000 minor units per MWh"
     )]
     InvalidPrice(i64),
+    /// An order in the v1 layout, which names no market zone.
+    #[error(
+        "the order is signed in the gridmesh/order/v1 layout, which names no market zone and could be replayed from another zone's market; sign it as gridmesh/order/v2 for zone `{zone}` (upgrade the trader CLI or the gateway)"
+    )]
+    UnzonedOrder {
+        /// This market's zone.
+        zone: String,
+    },
+    /// An order signed for another market zone.
+    #[error(
+        "the order is signed for zone `{order}`, but this market clears zone `{market}`; send it to zone `{order}`'s market, or sign a new order for `{market}`"
+    )]
+    WrongZone {
+        /// This market's zone.
+        market: String,
+        /// The zone the order names.
+        order: String,
+    },
     /// The signer is not registered.
     #[error("participant `{0}` is not registered; ask the operator to register it first")]
     UnknownParticipant(String),
@@ -155,6 +173,8 @@ impl MarketError {
             Malformed(_) => (422, "invalid_order"),
             InvalidQuantity(_) => (422, "invalid_quantity"),
             InvalidPrice(_) => (422, "invalid_price"),
+            UnzonedOrder { .. } => (422, "unzoned_order"),
+            WrongZone { .. } => (422, "wrong_zone"),
             UnknownParticipant(_) => (403, "unknown_participant"),
             BadSignature => (401, "bad_signature"),
             KeyMismatch(_) => (401, "key_mismatch"),

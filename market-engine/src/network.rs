@@ -125,11 +125,14 @@ fn check_energy(node: &NodeId, field: &'static str, v: Option<i64>) -> Result<()
 
 fn check_price(field: &str, v: Option<i64>) -> Result<(), NetworkError> {
     match v {
-        Some(value) if value.abs() > MAX_ABS_PRICE => Err(NetworkError::OutOfRange {
-            field: field.to_owned(),
-            value,
-            max: MAX_ABS_PRICE,
-        }),
+        // Not `value.abs()`: it overflows for i64::MIN (and wrapped past this bound).
+        Some(value) if !(-MAX_ABS_PRICE..=MAX_ABS_PRICE).contains(&value) => {
+            Err(NetworkError::OutOfRange {
+                field: field.to_owned(),
+                value,
+                max: MAX_ABS_PRICE,
+            })
+        }
         _ => Ok(()),
     }
 }
@@ -324,6 +327,19 @@ mod tests {
         let mut neg = branch("f1", "sub");
         neg.export_limit_wh = Some(Wh(-1));
         check(vec![neg], "negative export_limit_wh");
+        // Regression (issue 14, item 6a): i64::MIN passed the price bound (`abs()` wrapped).
+        for price in [i64::MIN, -MAX_ABS_PRICE - 1, MAX_ABS_PRICE + 1, i64::MAX] {
+            let mut tariff = net(vec![]);
+            tariff.utility.retail_price = Some(PricePerMwh(price));
+            let err = Topology::new(&tariff).unwrap_err().to_string();
+            assert!(err.contains("retail_price"), "{err}");
+            let mut fee = branch("f1", "sub");
+            fee.fee_per_mwh = Some(PricePerMwh(price));
+            assert!(Topology::new(&net(vec![fee])).is_err(), "fee {price}");
+        }
+        let mut huge = branch("f1", "sub");
+        huge.import_limit_wh = Some(Wh(i64::MAX));
+        check(vec![huge], "import_limit_wh");
         let mut inverted = net(vec![]);
         inverted.utility.retail_price = Some(PricePerMwh(1));
         inverted.utility.feed_in_price = Some(PricePerMwh(2));

@@ -30,7 +30,7 @@ use gridmesh_protocol::order::{Order, OrderCancel};
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
 use gridmesh_protocol::rotation::{KeyPeriod, KeyRotation, ParticipantWithKeys};
 use gridmesh_protocol::signing::{PublicKey, Signable, SigningError};
-use gridmesh_protocol::{GatewayId, Interval, ParticipantId, SignedEnvelope};
+use gridmesh_protocol::{GatewayId, Interval, ParticipantId, SignedEnvelope, ZoneId};
 use gridmesh_runtime::clock::Clock;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -157,6 +157,11 @@ impl Market {
         config: MarketConfig,
         clock: Clock,
     ) -> Result<(Arc<Self>, mpsc::Receiver<WriteJob>), MarketError> {
+        ZoneId::new(&config.zone).map_err(|e| {
+            MarketError::InvalidRequest(format!(
+                "`zone` in the market's config: {e} (orders and readings sign it in a 32-byte field)"
+            ))
+        })?;
         let key = load_or_create_key(config.signing_key.as_deref())?;
         let store = Store::open(&config.database_url, config.interval_minutes).await?;
         let network = match store.topology().await? {
@@ -474,6 +479,22 @@ impl Market {
         Ok(())
     }
 
+    /// An order must name this market's zone (`gridmesh/order/v2`): one for another zone is
+    /// [`MarketError::WrongZone`], a v1 order (no zone, replayable in any zone where its
+    /// signer is registered with the same key) [`MarketError::UnzonedOrder`].
+    fn check_zone(&self, order: &Order) -> Result<(), MarketError> {
+        match &order.zone {
+            None => Err(MarketError::UnzonedOrder {
+                zone: self.config.zone.clone(),
+            }),
+            Some(zone) if zone.as_str() != self.config.zone => Err(MarketError::WrongZone {
+                market: self.config.zone.clone(),
+                order: zone.to_string(),
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Verifies and books a signed order; returns its id.
     pub async fn submit_order(&self, envelope: SignedEnvelope) -> Result<String, MarketError> {
         let result = self.submit_order_inner(envelope).await;
@@ -486,7 +507,7 @@ impl Market {
 
     async fn submit_order_inner(&self, envelope: SignedEnvelope) -> Result<String, MarketError> {
         if !envelope.is::<Order>() {
-            return Err(MarketError::WrongMessage("an order (gridmesh/order/v1)"));
+            return Err(MarketError::WrongMessage("an order (gridmesh/order/v2)"));
         }
         // Decode (unverified) only to learn who claims to sign; nothing is trusted before the
         // signature checks out against that participant's registered key.
@@ -497,6 +518,7 @@ impl Market {
         let order: Order = envelope
             .open_by(&participant.public_key)
             .map_err(|e| signing_error(e, participant.id.as_str()))?;
+        self.check_zone(&order)?;
         if order.interval.length() != self.config.interval_minutes {
             return Err(MarketError::WrongIntervalLength {
                 expected: self.config.interval_minutes.minutes(),

@@ -10,7 +10,9 @@ use gridmesh_protocol::order::Order;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
 use gridmesh_protocol::request::authorization;
 use gridmesh_protocol::signing::SignedEnvelope;
-use gridmesh_protocol::{GatewayId, Interval, NodeId, ParticipantId, PricePerMwh, Side, Wh};
+use gridmesh_protocol::{
+    GatewayId, Interval, NodeId, ParticipantId, PricePerMwh, Side, Wh, ZoneId,
+};
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::shutdown::Shutdown;
 use market_engine::{MarketConfig, RunningMarket, serve};
@@ -160,6 +162,7 @@ async fn start_on(database_url: String) -> (RunningMarket, Shutdown, Client) {
 fn signed_order(who: &str, seed: u8, nonce: u64) -> SignedEnvelope {
     let open = Interval::parse("2026-06-21T12:15:00Z", 15).unwrap();
     let order = Order {
+        zone: Some(ZoneId::new("test").unwrap()),
         participant: pid(who),
         node: node("f1"),
         interval: open,
@@ -558,6 +561,7 @@ async fn cli_issues_tokens_and_lists_own_orders() {
         201
     );
     let order = Order {
+        zone: Some(ZoneId::new("test").unwrap()),
         participant: pid("h051"),
         node: node("f1"),
         interval: Interval::parse("2026-06-21T12:15:00Z", 15).unwrap(),

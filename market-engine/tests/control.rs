@@ -11,7 +11,7 @@ use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::order::Order;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
 use gridmesh_protocol::{
-    GatewayId, Interval, NodeId, ParticipantId, PricePerMwh, Side, SignedEnvelope, Wh,
+    GatewayId, Interval, NodeId, ParticipantId, PricePerMwh, Side, SignedEnvelope, Wh, ZoneId,
 };
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::shutdown::Shutdown;
@@ -177,6 +177,7 @@ async fn enrol(c: &Client) {
 
 async fn order(c: &Client, home: usize, interval: Interval, side: Side, q: i64, p: i64, n: u64) {
     let o = Order {
+        zone: Some(ZoneId::new("ctl").unwrap()),
         participant: ParticipantId::new(HOMES[home].0).unwrap(),
         node: node("f1"),
         interval,

@@ -11,7 +11,7 @@ use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::order::Order;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
 use gridmesh_protocol::{
-    GatewayId, Interval, NodeId, ParticipantId, PricePerMwh, Side, SignedEnvelope, Wh,
+    GatewayId, Interval, NodeId, ParticipantId, PricePerMwh, Side, SignedEnvelope, Wh, ZoneId,
 };
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::shutdown::Shutdown;
@@ -105,6 +105,7 @@ async fn clears_at_gate_closure_and_publishes_everywhere() {
 
     let interval = Interval::parse("2026-06-21T12:15:00Z", 15).unwrap();
     let order = Order {
+        zone: Some(ZoneId::new(&zone).unwrap()),
         participant: alice.id.clone(),
         node: alice.node.clone(),
         interval,

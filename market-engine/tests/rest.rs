@@ -10,7 +10,7 @@ use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::order::{Order, OrderCancel};
 use gridmesh_protocol::registry::{Participant, ParticipantKind};
 use gridmesh_protocol::signing::{Signable, SignedEnvelope};
-use gridmesh_protocol::{Interval, NodeId, ParticipantId, PricePerMwh, Side, Wh};
+use gridmesh_protocol::{Interval, NodeId, ParticipantId, PricePerMwh, Side, Wh, ZoneId};
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::shutdown::Shutdown;
 use market_engine::{MarketConfig, RunningMarket, serve};
@@ -117,6 +117,7 @@ fn key(seed: u8) -> SigningKeyPair {
 
 fn order(who: &str, at: &str, interval: Interval, side: Side, q: i64, p: i64, nonce: u64) -> Order {
     Order {
+        zone: Some(ZoneId::new("test").unwrap()),
         participant: ParticipantId::new(who).unwrap(),
         node: node(at),
         interval,
@@ -308,7 +309,9 @@ async fn scenario(url: String) {
         .await;
     assert_eq!(status, 200);
     assert_eq!(mine.as_array().unwrap().len(), 2);
-    let (status, book) = c.get_with("/intervals/2026-06-21T12:15:00Z/book", TOKEN).await;
+    let (status, book) = c
+        .get_with("/intervals/2026-06-21T12:15:00Z/book", TOKEN)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(book["orders"], 2);
     assert_eq!(book["nodes"]["f1"]["bids"][0]["quantity_wh"], 1200);
@@ -318,7 +321,8 @@ async fn scenario(url: String) {
     let typed: Vec<OrderRecord> = serde_json::from_value(mine.clone()).unwrap();
     assert_eq!(serde_json::to_value(&typed).unwrap(), mine);
     assert_code(
-        c.get_with("/intervals/2026-06-21T12:15:00Z/result", TOKEN).await,
+        c.get_with("/intervals/2026-06-21T12:15:00Z/result", TOKEN)
+            .await,
         404,
         "not_cleared",
     );
@@ -334,7 +338,9 @@ async fn scenario(url: String) {
     let c = Client::new(&m);
     assert_eq!(c.get("/participants").await.1.as_array().unwrap().len(), 3);
     assert_eq!(
-        c.get_with("/intervals/2026-06-21T12:15:00Z/book", TOKEN).await.1["orders"],
+        c.get_with("/intervals/2026-06-21T12:15:00Z/book", TOKEN)
+            .await
+            .1["orders"],
         2
     );
     assert_code(c.post("/orders", &buy, None).await, 409, "replayed_nonce");
@@ -343,7 +349,9 @@ async fn scenario(url: String) {
     let first = m.market.clear_interval(open).await.unwrap();
     let again = m.market.clear_interval(open).await.unwrap();
     assert_eq!(first, again);
-    let (status, result) = c.get_with("/intervals/2026-06-21T12:15:00Z/result", TOKEN).await;
+    let (status, result) = c
+        .get_with("/intervals/2026-06-21T12:15:00Z/result", TOKEN)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(result, serde_json::to_value(&first).unwrap());
     let cleared: Vec<i64> = first.orders.iter().map(|o| o.cleared.0).collect();
@@ -352,7 +360,9 @@ async fn scenario(url: String) {
     assert_eq!(first.trades.len(), 1);
     let after = SignedEnvelope::sign(&order("alice", "f1", open, Side::Buy, 5, 100, 20), &key(1));
     assert_code(c.post("/orders", &after, None).await, 409, "gate_closed");
-    let (status, results) = c.get_with("/results?since=2026-06-21T12:00:00Z&limit=10", TOKEN).await;
+    let (status, results) = c
+        .get_with("/results?since=2026-06-21T12:00:00Z&limit=10", TOKEN)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(results.as_array().unwrap().len(), 1);
 
@@ -480,7 +490,9 @@ async fn concurrent_forgeries_are_singled_out() {
         let expected = if nonce % 7 == 3 { 401 } else { 201 };
         assert_eq!(status, expected, "nonce {nonce}");
     }
-    let (_, book) = c.get_with("/intervals/2026-06-21T12:15:00Z/book", TOKEN).await;
+    let (_, book) = c
+        .get_with("/intervals/2026-06-21T12:15:00Z/book", TOKEN)
+        .await;
     assert_eq!(book["orders"], 60 - 9);
     shutdown.stop().await;
 }
@@ -514,7 +526,9 @@ async fn catches_up_after_downtime() {
     let c = Client::new(&m);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     let result = loop {
-        let (status, body) = c.get_with("/intervals/2026-06-21T12:15:00Z/result", TOKEN).await;
+        let (status, body) = c
+            .get_with("/intervals/2026-06-21T12:15:00Z/result", TOKEN)
+            .await;
         if status == 200 {
             break body;
         }

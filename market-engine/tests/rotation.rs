@@ -10,7 +10,7 @@ use gridmesh_protocol::order::Order;
 use gridmesh_protocol::registry::{Participant, ParticipantKind};
 use gridmesh_protocol::rotation::{KeyRotation, ParticipantWithKeys};
 use gridmesh_protocol::signing::SignedEnvelope;
-use gridmesh_protocol::{Interval, NodeId, ParticipantId, PricePerMwh, Side, Wh};
+use gridmesh_protocol::{Interval, NodeId, ParticipantId, PricePerMwh, Side, Wh, ZoneId};
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::shutdown::Shutdown;
 use market_engine::{MarketConfig, RunningMarket, serve};
@@ -105,6 +105,7 @@ fn rotation(who: &str, new_seed: u8, valid_from: i64, nonce: u64, signer: u8) ->
 
 fn order(who: &str, seed: u8, nonce: u64) -> SignedEnvelope {
     let order = Order {
+        zone: Some(ZoneId::new("test").unwrap()),
         participant: pid(who),
         node: node("f1"),
         interval: Interval::parse("2026-06-21T12:15:00Z", 15).unwrap(),

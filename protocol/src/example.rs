@@ -1,4 +1,5 @@
-//! The worked example of `docs/protocol.md`: one fixed key, one order and one reading.
+//! The worked example of `docs/protocol.md`: one fixed key, an order, a reading (both v2, in
+//! zone `demo`), an operating envelope and a result attestation.
 //!
 //! ed25519 signatures are deterministic, so these always produce the same bytes and signatures.
 //! A test checks that the hex printed in the document equals what this module produces, so the
@@ -6,7 +7,7 @@
 //! prints the values.
 
 use crate::envelope::{EnvelopeBasis, OperatingEnvelope, ResultAttestation};
-use crate::ids::{DeviceId, GatewayId, NodeId, ParticipantId};
+use crate::ids::{DeviceId, GatewayId, NodeId, ParticipantId, ZoneId};
 use crate::interval::Interval;
 use crate::keys::SigningKeyPair;
 use crate::order::{Order, Side};
@@ -23,9 +24,16 @@ pub fn example_key() -> SigningKeyPair {
     SigningKeyPair::from_seed(seed)
 }
 
-/// Household h001 buys up to 1.2 kWh at 25.00 c/kWh on feeder f1 for 12:15–12:30 UTC.
+/// The example's market zone, `demo`.
+pub fn example_zone() -> ZoneId {
+    ZoneId::new("demo").expect("valid")
+}
+
+/// Household h001 buys up to 1.2 kWh at 25.00 c/kWh on feeder f1 for 12:15–12:30 UTC in the
+/// market of zone `demo`.
 pub fn example_order() -> Order {
     Order {
+        zone: Some(example_zone()),
         participant: ParticipantId::new("h001").expect("valid"),
         node: NodeId::new("f1").expect("valid"),
         interval: Interval::parse("2026-06-21T12:15:00Z", 15).expect("aligned"),
@@ -36,9 +44,10 @@ pub fn example_order() -> Order {
     }
 }
 
-/// Gateway gw-h001's reading of home h001 for 12:00–12:15 UTC.
+/// Gateway gw-h001's reading of home h001 (zone `demo`) for 12:00–12:15 UTC.
 pub fn example_reading() -> Reading {
     Reading {
+        zone: Some(example_zone()),
         gateway: GatewayId::new("gw-h001").expect("valid"),
         device: DeviceId::new("home").expect("valid"),
         firmware: "0.1.0".to_owned(),

@@ -1,4 +1,4 @@
-//! Identifiers of participants, gateways, devices and grid nodes.
+//! Identifiers of participants, gateways, devices, grid nodes and market zones.
 //!
 //! Every identifier is 1 to 32 bytes of `A–Z a–z 0–9 . _ : -`. That keeps them printable in
 //! logs, safe in MQTT topics and URLs, and lets the signed layout give each one a fixed
@@ -150,6 +150,113 @@ identifier!(
     "node id"
 );
 
+/// A market zone: the part of the grid one market-engine clears (its `zone` setting). Signed
+/// orders and readings name it (`gridmesh/order/v2`, `gridmesh/reading/v2`), so a message
+/// signed for one zone is refused by another.
+///
+/// The same rules as every identifier (1–32 bytes of `A–Z a–z 0–9 . _ : -`), held inline in
+/// its 32-byte layout form, so the id is `Copy` and fits in the services' `Copy` settings.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ZoneId {
+    /// The ASCII text, zero-padded (so byte order is the text's order).
+    bytes: [u8; MAX_ID_LEN],
+    /// The text's length.
+    len: u8,
+}
+
+impl ZoneId {
+    /// Validates and wraps a zone id.
+    pub fn new(value: impl AsRef<str>) -> Result<Self, IdError> {
+        let value = value.as_ref();
+        validate("zone id", value)?;
+        let mut bytes = [0u8; MAX_ID_LEN];
+        bytes[..value.len()].copy_from_slice(value.as_bytes());
+        Ok(ZoneId {
+            bytes,
+            len: value.len() as u8,
+        })
+    }
+
+    /// The zone id as a string slice.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("validated ASCII")
+    }
+}
+
+impl fmt::Display for ZoneId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for ZoneId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ZoneId({:?})", self.as_str())
+    }
+}
+
+impl FromStr for ZoneId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<String> for ZoneId {
+    type Error = IdError;
+    fn try_from(value: String) -> Result<Self, IdError> {
+        Self::new(value)
+    }
+}
+
+impl AsRef<str> for ZoneId {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq<str> for ZoneId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<String> for ZoneId {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl Serialize for ZoneId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ZoneId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ZoneId::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for ZoneId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_ID_LEN))
+            .pattern(Some("^[A-Za-z0-9._:-]+$"))
+            .description(Some("A market zone id: 1–32 of A–Z a–z 0–9 . _ : -"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for ZoneId {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +280,27 @@ mod tests {
             err.to_string(),
             "node id `feeder 1` contains ' '; use only letters, digits and . _ : -"
         );
+    }
+
+    #[test]
+    fn zone_ids_validate_and_compare_as_text() {
+        let demo = ZoneId::new("demo").unwrap();
+        assert_eq!(demo.as_str(), "demo");
+        assert_eq!(demo.to_string(), "demo");
+        assert!(demo == *"demo");
+        assert!(ZoneId::new("").is_err());
+        assert!(ZoneId::new("a".repeat(33)).is_err());
+        assert_eq!(
+            ZoneId::new("zone a").unwrap_err().to_string(),
+            "zone id `zone a` contains ' '; use only letters, digits and . _ : -"
+        );
+        assert!(ZoneId::new("a").unwrap() < ZoneId::new("aa").unwrap());
+        assert!(ZoneId::new("ab").unwrap() < ZoneId::new("b").unwrap());
+        assert_eq!(ZoneId::new("z".repeat(32)).unwrap().as_str().len(), 32);
+        let json = serde_json::to_string(&demo).unwrap();
+        assert_eq!(json, "\"demo\"");
+        assert_eq!(serde_json::from_str::<ZoneId>(&json).unwrap(), demo);
+        assert!(serde_json::from_str::<ZoneId>("\"a/b\"").is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The canonical byte layout that orders, readings and token operations are signed in.
 //!
 //! Every signed message is: an ASCII domain-separation tag that names the message and its
-//! version (for example `gridmesh/reading/v1`), then fixed-width fields in a fixed order, all
+//! version (for example `gridmesh/reading/v2`), then fixed-width fields in a fixed order, all
 //! integers big-endian. A message therefore has one exact length, and no two kinds of message
 //! can be confused with each other. Signatures are computed over exactly these bytes, never
 //! over JSON. `docs/protocol.md` lists every field with its offset.

@@ -4,7 +4,7 @@
 //! process boundary and does no I/O beyond reading and writing key files:
 //!
 //! - [`units`]: energy in integer Wh, money in integer minor units, prices in minor units per MWh;
-//! - [`ids`]: participant, gateway, device and grid-node identifiers;
+//! - [`ids`]: participant, gateway, device, grid-node and market-zone identifiers;
 //! - [`interval`]: UTC-aligned delivery intervals and gate-closure arithmetic;
 //! - [`order`] and [`reading`]: what traders and gateways sign;
 //! - [`layout`]: the canonical byte layout both are signed in (documented byte by byte in
@@ -24,10 +24,11 @@
 //!
 //! ```
 //! use gridmesh_protocol::{keys::SigningKeyPair, order::{Order, Side}, interval::Interval,
-//!     units::{Wh, PricePerMwh}, ids::{ParticipantId, NodeId}, signing::SignedEnvelope};
+//!     units::{Wh, PricePerMwh}, ids::{ParticipantId, NodeId, ZoneId}, signing::SignedEnvelope};
 //!
 //! let key = SigningKeyPair::from_seed([7; 32]);
 //! let order = Order {
+//!     zone: Some(ZoneId::new("demo").unwrap()),
 //!     participant: ParticipantId::new("alice").unwrap(),
 //!     node: NodeId::new("f1").unwrap(),
 //!     interval: Interval::parse("2026-06-21T12:00:00Z", 15).unwrap(),
@@ -60,7 +61,7 @@ pub mod token;
 pub mod topics;
 pub mod units;
 
-pub use ids::{DeviceId, GatewayId, NodeId, ParticipantId};
+pub use ids::{DeviceId, GatewayId, NodeId, ParticipantId, ZoneId};
 pub use interval::{Interval, IntervalLength};
 pub use order::{Order, Side};
 pub use reading::{Reading, ReadingFlags};

@@ -1,7 +1,12 @@
 //! Orders: what a trader or a household's gateway signs to buy or sell energy in one interval,
 //! and the signed cancellation of an order.
+//!
+//! An order is signed as `gridmesh/order/v2`, which names the market zone it is for, so an order
+//! copied from one zone's market is refused by another's. The v1 layout (no zone) still
+//! decodes, with `zone: None`, for what was stored before; markets refuse new v1 orders
+//! (docs/protocol.md, "Versions still accepted").
 
-use crate::ids::{NodeId, ParticipantId};
+use crate::ids::{NodeId, ParticipantId, ZoneId};
 use crate::interval::Interval;
 use crate::layout::{LayoutError, Reader, Writer};
 use crate::signing::Signable;
@@ -32,6 +37,11 @@ impl Side {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Order {
+    /// The market zone the order is for: signed in the v2 layout, and a market refuses an
+    /// order for another zone. `None` only for an order in the legacy v1 layout, which names
+    /// no zone (it encodes as v1; markets refuse new v1 orders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<ZoneId>,
     /// Who trades (their registered key must sign the order).
     pub participant: ParticipantId,
     /// Where the energy is delivered or taken.
@@ -49,12 +59,22 @@ pub struct Order {
     pub nonce: u64,
 }
 
-impl Signable for Order {
-    const TAG: &'static str = "gridmesh/order/v1";
-    const LEN: usize = 17 + 32 + 32 + 8 + 2 + 1 + 8 + 8 + 8;
+impl Order {
+    /// The tag of the legacy layout, which names no zone.
+    pub const V1_TAG: &'static str = "gridmesh/order/v1";
+    /// The length of the legacy layout.
+    pub const V1_LEN: usize = 17 + 32 + 32 + 8 + 2 + 1 + 8 + 8 + 8;
 
-    fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new(Self::TAG, Self::LEN);
+    /// The tag of the layout this order encodes as: v2 with a zone, v1 without.
+    pub fn layout_tag(&self) -> &'static str {
+        if self.zone.is_some() {
+            <Self as Signable>::TAG
+        } else {
+            Self::V1_TAG
+        }
+    }
+
+    fn write_body(&self, w: &mut Writer) {
         w.id(self.participant.as_str())
             .id(self.node.as_str())
             .i64(self.interval.start_unix())
@@ -63,11 +83,9 @@ impl Signable for Order {
             .i64(self.quantity.0)
             .i64(self.limit_price.0)
             .u64(self.nonce);
-        w.finish()
     }
 
-    fn decode(bytes: &[u8]) -> Result<Self, LayoutError> {
-        let mut r = Reader::new(bytes, Self::TAG, Self::LEN)?;
+    fn read_body(r: &mut Reader<'_>, zone: Option<ZoneId>) -> Result<Self, LayoutError> {
         let participant = r.id("participant", ParticipantId::new)?;
         let node = r.id("node", NodeId::new)?;
         let start = r.i64();
@@ -86,6 +104,7 @@ impl Signable for Order {
         let limit_price = PricePerMwh(r.i64());
         let nonce = r.u64();
         Ok(Order {
+            zone,
             participant,
             node,
             interval,
@@ -94,6 +113,43 @@ impl Signable for Order {
             limit_price,
             nonce,
         })
+    }
+}
+
+impl Signable for Order {
+    const TAG: &'static str = "gridmesh/order/v2";
+    const LEN: usize = 17 + 32 + 32 + 32 + 8 + 2 + 1 + 8 + 8 + 8;
+
+    /// The v2 bytes, or the v1 bytes for an order without a zone.
+    fn encode(&self) -> Vec<u8> {
+        match &self.zone {
+            Some(zone) => {
+                let mut w = Writer::new(Self::TAG, Self::LEN);
+                w.id(zone.as_str());
+                self.write_body(&mut w);
+                w.finish()
+            }
+            None => {
+                let mut w = Writer::new(Self::V1_TAG, Self::V1_LEN);
+                self.write_body(&mut w);
+                w.finish()
+            }
+        }
+    }
+
+    /// Decodes v2, or v1 (then `zone` is `None`).
+    fn decode(bytes: &[u8]) -> Result<Self, LayoutError> {
+        if bytes.starts_with(Self::V1_TAG.as_bytes()) {
+            let mut r = Reader::new(bytes, Self::V1_TAG, Self::V1_LEN)?;
+            return Self::read_body(&mut r, None);
+        }
+        let mut r = Reader::new(bytes, Self::TAG, Self::LEN)?;
+        let zone = r.id("zone", ZoneId::new)?;
+        Self::read_body(&mut r, Some(zone))
+    }
+
+    fn has_tag(bytes: &[u8]) -> bool {
+        bytes.starts_with(Self::TAG.as_bytes()) || bytes.starts_with(Self::V1_TAG.as_bytes())
     }
 }
 

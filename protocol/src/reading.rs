@@ -4,8 +4,13 @@
 //! OCMF and signed SML meters do) together with the interval's deltas, a sequence number that
 //! never repeats, the firmware version, clock state and status flags. Settlement checks the
 //! signature, the sequence and that registers never go down unless a reset is flagged.
+//!
+//! A reading is signed as `gridmesh/reading/v2`, which names the market zone the gateway is
+//! enrolled in, so settlement of another zone refuses it. The v1 layout (no zone) still
+//! decodes, with `zone: None`: stored readings and gateways' outboxes hold v1 readings
+//! (docs/protocol.md, "Versions still accepted").
 
-use crate::ids::{DeviceId, GatewayId};
+use crate::ids::{DeviceId, GatewayId, ZoneId};
 use crate::interval::Interval;
 use crate::layout::{LayoutError, Reader, SHORT_TEXT_WIDTH, Writer};
 use crate::signing::Signable;
@@ -137,6 +142,11 @@ pub const SOC_UNKNOWN: u16 = 0xFFFF;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Reading {
+    /// The market zone the gateway is enrolled in: signed in the v2 layout, and settlement of
+    /// another zone refuses the reading. `None` only for a reading in the legacy v1 layout,
+    /// which names no zone (it encodes as v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<ZoneId>,
     /// The gateway that measured and signed.
     pub gateway: GatewayId,
     /// The device set (usually the whole home).
@@ -178,12 +188,22 @@ impl Reading {
     }
 }
 
-impl Signable for Reading {
-    const TAG: &'static str = "gridmesh/reading/v1";
-    const LEN: usize = 19 + 32 + 32 + 16 + 8 + 8 + 2 + 8 + 1 + 4 + 8 + 40 + 40 + 2 + 4;
+impl Reading {
+    /// The tag of the legacy layout, which names no zone.
+    pub const V1_TAG: &'static str = "gridmesh/reading/v1";
+    /// The length of the legacy layout.
+    pub const V1_LEN: usize = 19 + 32 + 32 + 16 + 8 + 8 + 2 + 8 + 1 + 4 + 8 + 40 + 40 + 2 + 4;
 
-    fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new(Self::TAG, Self::LEN);
+    /// The tag of the layout this reading encodes as: v2 with a zone, v1 without.
+    pub fn layout_tag(&self) -> &'static str {
+        if self.zone.is_some() {
+            <Self as Signable>::TAG
+        } else {
+            Self::V1_TAG
+        }
+    }
+
+    fn write_body(&self, w: &mut Writer) {
         w.id(self.gateway.as_str())
             .id(self.device.as_str())
             .text(&self.firmware, SHORT_TEXT_WIDTH)
@@ -194,15 +214,13 @@ impl Signable for Reading {
             .u8(u8::from(self.clock_synced))
             .u32(self.clock_set_count)
             .u64(self.operating_seconds);
-        self.registers.write(&mut w);
-        self.deltas.write(&mut w);
+        self.registers.write(w);
+        self.deltas.write(w);
         w.u16(self.soc_permille.unwrap_or(SOC_UNKNOWN))
             .u32(self.flags.0);
-        w.finish()
     }
 
-    fn decode(bytes: &[u8]) -> Result<Self, LayoutError> {
-        let mut r = Reader::new(bytes, Self::TAG, Self::LEN)?;
+    fn read_body(r: &mut Reader<'_>, zone: Option<ZoneId>) -> Result<Self, LayoutError> {
         let gateway = r.id("gateway", GatewayId::new)?;
         let device = r.id("device", DeviceId::new)?;
         let firmware = r.text::<SHORT_TEXT_WIDTH>("firmware")?;
@@ -224,7 +242,7 @@ impl Signable for Reading {
         let clock_set_count = r.u32();
         let operating_seconds = r.u64();
         let registers = Registers::read(
-            &mut r,
+            r,
             [
                 "reg_grid_import_wh",
                 "reg_grid_export_wh",
@@ -234,7 +252,7 @@ impl Signable for Reading {
             ],
         )?;
         let deltas = Registers::read(
-            &mut r,
+            r,
             [
                 "delta_grid_import_wh",
                 "delta_grid_export_wh",
@@ -254,6 +272,7 @@ impl Signable for Reading {
             return Err(r.bad("flags", format!("unknown bits in {flags:#010x}")));
         }
         Ok(Reading {
+            zone,
             gateway,
             device,
             firmware,
@@ -268,5 +287,42 @@ impl Signable for Reading {
             soc_permille,
             flags: ReadingFlags(flags),
         })
+    }
+}
+
+impl Signable for Reading {
+    const TAG: &'static str = "gridmesh/reading/v2";
+    const LEN: usize = 19 + 32 + 32 + 32 + 16 + 8 + 8 + 2 + 8 + 1 + 4 + 8 + 40 + 40 + 2 + 4;
+
+    /// The v2 bytes, or the v1 bytes for a reading without a zone.
+    fn encode(&self) -> Vec<u8> {
+        match &self.zone {
+            Some(zone) => {
+                let mut w = Writer::new(Self::TAG, Self::LEN);
+                w.id(zone.as_str());
+                self.write_body(&mut w);
+                w.finish()
+            }
+            None => {
+                let mut w = Writer::new(Self::V1_TAG, Self::V1_LEN);
+                self.write_body(&mut w);
+                w.finish()
+            }
+        }
+    }
+
+    /// Decodes v2, or v1 (then `zone` is `None`).
+    fn decode(bytes: &[u8]) -> Result<Self, LayoutError> {
+        if bytes.starts_with(Self::V1_TAG.as_bytes()) {
+            let mut r = Reader::new(bytes, Self::V1_TAG, Self::V1_LEN)?;
+            return Self::read_body(&mut r, None);
+        }
+        let mut r = Reader::new(bytes, Self::TAG, Self::LEN)?;
+        let zone = r.id("zone", ZoneId::new)?;
+        Self::read_body(&mut r, Some(zone))
+    }
+
+    fn has_tag(bytes: &[u8]) -> bool {
+        bytes.starts_with(Self::TAG.as_bytes()) || bytes.starts_with(Self::V1_TAG.as_bytes())
     }
 }

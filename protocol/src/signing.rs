@@ -28,6 +28,11 @@ pub trait Signable: Sized {
     fn encode(&self) -> Vec<u8>;
     /// Parses canonical bytes, validating every field.
     fn decode(bytes: &[u8]) -> Result<Self, LayoutError>;
+    /// Whether `bytes` start with a tag this type decodes: [`Signable::TAG`], and for a
+    /// message with older layouts still decoded (orders and readings: v1) those tags too.
+    fn has_tag(bytes: &[u8]) -> bool {
+        bytes.starts_with(Self::TAG.as_bytes())
+    }
 }
 
 /// Why a signed envelope was not accepted.
@@ -145,9 +150,10 @@ pub struct SignedEnvelope {
 }
 
 impl SignedEnvelope {
-    /// The domain-separation tag the payload starts with, if it is one of `T`'s.
+    /// Whether the payload starts with one of `T`'s domain-separation tags (any version `T`
+    /// decodes, see [`Signable::has_tag`]).
     pub fn is<T: Signable>(&self) -> bool {
-        self.payload.starts_with(T::TAG.as_bytes())
+        T::has_tag(&self.payload)
     }
 
     /// Verifies the signature against the envelope's own public key.

@@ -10,7 +10,7 @@ use gridmesh_protocol::order::{Order, OrderCancel, Side};
 use gridmesh_protocol::reading::{Reading, ReadingFlags};
 use gridmesh_protocol::signing::{PublicKey, Signable, SignedEnvelope, SigningError, verify_batch};
 use gridmesh_protocol::token::{TokenRetire, TokenTransfer};
-use gridmesh_protocol::{ParticipantId, Wh};
+use gridmesh_protocol::{ParticipantId, Wh, ZoneId};
 
 fn hex(s: &str) -> Vec<u8> {
     hex::decode(s.split_whitespace().collect::<String>()).unwrap()
@@ -147,25 +147,106 @@ fn wrong_signer_and_malformed_payloads_are_named() {
     ));
     // A validly signed order with a zero quantity does not decode.
     let mut bytes = example_order().encode();
-    let quantity_at = 17 + 32 + 32 + 8 + 2 + 1;
+    let quantity_at = 17 + 32 + 32 + 32 + 8 + 2 + 1;
     bytes[quantity_at..quantity_at + 8].copy_from_slice(&0i64.to_be_bytes());
     let zero = SignedEnvelope::sign_bytes(bytes, &key);
     let err = zero.open::<Order>().unwrap_err();
     assert_eq!(
         err.to_string(),
-        "the signed payload is malformed: field `quantity_wh` of a `gridmesh/order/v1` message is invalid: 0 is not positive"
+        "the signed payload is malformed: field `quantity_wh` of a `gridmesh/order/v2` message is invalid: 0 is not positive"
     );
     // A truncated payload names the expected length.
     let short = SignedEnvelope::sign_bytes(example_order().encode()[..100].to_vec(), &key);
     assert!(matches!(
         short.open::<Order>(),
         Err(SigningError::Layout(LayoutError::WrongLength {
-            expected: 116,
+            expected: 148,
             found: 100,
             ..
         }))
     ));
     assert!("not-a-key".parse::<PublicKey>().is_err());
+}
+
+/// v2 names the zone; the legacy v1 bytes (no zone) still decode, with `zone: None`, and
+/// re-encode to exactly the same bytes, so stored v1 signatures keep verifying.
+#[test]
+fn v2_names_the_zone_and_v1_still_decodes() {
+    let key = example_key();
+    let order = example_order();
+    assert_eq!(order.zone, Some(ZoneId::new("demo").unwrap()));
+    let bytes = order.encode();
+    assert_eq!(bytes.len(), 148);
+    assert!(bytes.starts_with(b"gridmesh/order/v2demo\0"));
+    let reading = example_reading();
+    let bytes = reading.encode();
+    assert_eq!(bytes.len(), 256);
+    assert!(bytes.starts_with(b"gridmesh/reading/v2demo\0"));
+
+    let v1_order = Order {
+        zone: None,
+        ..example_order()
+    };
+    let v1 = v1_order.encode();
+    assert_eq!(
+        (v1.len(), v1_order.layout_tag()),
+        (116, "gridmesh/order/v1")
+    );
+    assert_eq!((Order::V1_TAG, Order::V1_LEN), ("gridmesh/order/v1", 116));
+    // The v1 layout is the v2 layout without the zone field.
+    let v2 = example_order().encode();
+    assert_eq!(&v1[17..], &v2[17 + 32..]);
+    let signed = SignedEnvelope::sign_bytes(v1.clone(), &key);
+    assert!(signed.is::<Order>());
+    assert_eq!(signed.open::<Order>().unwrap(), v1_order);
+    assert_eq!(Order::decode(&v1).unwrap().encode(), v1);
+
+    let v1_reading = Reading {
+        zone: None,
+        ..example_reading()
+    };
+    let v1 = v1_reading.encode();
+    assert_eq!(
+        (v1.len(), v1_reading.layout_tag()),
+        (224, "gridmesh/reading/v1")
+    );
+    let v2 = example_reading().encode();
+    assert_eq!(&v1[19..], &v2[19 + 32..]);
+    let signed = SignedEnvelope::sign_bytes(v1.clone(), &key);
+    assert!(signed.is::<Reading>());
+    assert_eq!(signed.open::<Reading>().unwrap(), v1_reading);
+
+    // A zone field that is not an identifier, or a v1 body under the v2 tag, is refused.
+    let mut bad_zone = example_order().encode();
+    bad_zone[17] = b' ';
+    assert!(matches!(
+        Order::decode(&bad_zone),
+        Err(LayoutError::BadField { field: "zone", .. })
+    ));
+    let mut relabelled = v1.clone();
+    relabelled[..19].copy_from_slice(b"gridmesh/reading/v2");
+    assert!(matches!(
+        Reading::decode(&relabelled),
+        Err(LayoutError::WrongLength {
+            expected: 256,
+            found: 224,
+            ..
+        })
+    ));
+    // Other versions are not orders.
+    let mut v3 = example_order().encode();
+    v3[16] = b'3';
+    assert!(!SignedEnvelope::sign_bytes(v3.clone(), &key).is::<Order>());
+    assert!(matches!(
+        Order::decode(&v3),
+        Err(LayoutError::WrongTag { .. })
+    ));
+    // JSON: the zone is a plain string, and absent for v1.
+    let json = serde_json::to_value(example_order()).unwrap();
+    assert_eq!(json["zone"], "demo");
+    let json = serde_json::to_value(&v1_order).unwrap();
+    assert!(json.get("zone").is_none());
+    assert_eq!(serde_json::from_value::<Order>(json).unwrap(), v1_order);
 }
 
 #[test]
@@ -243,4 +324,45 @@ fn docs_worked_example_matches_the_code() {
         block("example-attestation-signature"),
         hex::encode(attestation.signature)
     );
+    assert!(doc.contains(&format!(
+        "Its SHA-256 (the reading's name in token provenance) is `{}`",
+        reading.digest_hex()
+    )));
+    // Every row of the order and reading tables: offset, width and example bytes.
+    check_table(
+        &doc,
+        "## Order: `gridmesh/order/v2` (148 bytes)",
+        &order.payload,
+    );
+    check_table(
+        &doc,
+        "## Reading: `gridmesh/reading/v2` (256 bytes)",
+        &reading.payload,
+    );
+}
+
+/// The layout table under `heading`: its rows tile the message without gaps, and each row's
+/// example hex is the example's bytes at that offset.
+fn check_table(doc: &str, heading: &str, bytes: &[u8]) {
+    let section = &doc[doc.find(heading).unwrap_or_else(|| panic!("no {heading}"))..];
+    let mut next = 0;
+    for line in section
+        .lines()
+        .skip_while(|l| !l.starts_with("| offset"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+    {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let offset: usize = cells[0].parse().unwrap();
+        let width: usize = cells[1].parse().unwrap();
+        assert_eq!(offset, next, "{heading}: {line}");
+        let example = cells[5].trim_matches('`');
+        assert_eq!(
+            example,
+            hex::encode(&bytes[offset..offset + width]),
+            "{heading}: {line}"
+        );
+        next = offset + width;
+    }
+    assert_eq!(next, bytes.len(), "{heading} covers every byte");
 }

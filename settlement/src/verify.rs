@@ -2,9 +2,10 @@
 //! and physical plausibility. No I/O; the caller owns the state and stores the outcome.
 //!
 //! Order of checks for one envelope (the first failure decides):
-//! 1. the payload decodes as a `gridmesh/reading/v1` message (`malformed`);
+//! 1. the payload decodes as a `gridmesh/reading/v2` message, or a legacy v1 one (`malformed`);
 //! 2. the gateway is registered (`unknown_gateway`) and signed with its registered key
-//!    (`key_mismatch`); the signature verifies (`bad_signature`);
+//!    (`key_mismatch`); the signature verifies (`bad_signature`); with a zone configured
+//!    ([`Limits::zone`]), a v2 reading names it (`wrong_zone`);
 //! 3. the idempotency key was seen before: same payload → `duplicate` (acknowledged again,
 //!    counted once); different payload → `conflict`;
 //! 4. the interval ended no later than now + the allowed clock skew (`future_interval`) and
@@ -18,13 +19,16 @@
 //! 8. physical plausibility: grid export above what the registered inverter plus battery can
 //!    deliver in the interval (`implausible_export`), or PV output while the sun is more than
 //!    2° below the horizon at the site for the whole interval (`pv_at_night`): stored as
-//!    *flagged*: neither money nor tokens until an operator accepts it (see [`crate::rules`]).
+//!    *flagged*: neither money nor tokens until an operator accepts it (see [`crate::rules`]);
+//! 9. with a zone configured, a legacy v1 reading (it names no zone, so it might be replayed
+//!    from another zone where the same gateway key is enrolled) is stored *flagged*
+//!    (`unzoned_reading`) too: never lost, but no money until an operator accepts it.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use gridmesh_protocol::reading::{Reading, ReadingFlags, Registers};
 use gridmesh_protocol::registry::GatewayEnrollment;
 use gridmesh_protocol::signing::{Signable, SignedEnvelope, verify_batch};
-use gridmesh_protocol::{DeviceId, GatewayId};
+use gridmesh_protocol::{DeviceId, GatewayId, ZoneId};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -64,13 +68,17 @@ pub enum Verdict {
     Reject(Reason),
 }
 
-/// Time window and tolerances.
+/// Time window, tolerances and the zone readings must name.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Readings whose interval ended more than this before now are refused.
     pub horizon: chrono::Duration,
     /// How far a gateway's interval end may lie ahead of our clock.
     pub max_clock_skew: chrono::Duration,
+    /// The market zone this settlement settles (`zone` in its config). Set: a v2 reading for
+    /// another zone is refused (`wrong_zone`), a v1 reading is flagged (`unzoned_reading`).
+    /// `None`: a single-zone deployment; readings are not checked for their zone.
+    pub zone: Option<ZoneId>,
 }
 
 /// Verifies signatures of many envelopes: batch verification first, then one by one (strict)
@@ -261,6 +269,16 @@ pub fn check(
             "the signature does not verify: the reading was altered or forged",
         ));
     }
+    if let (Some(ours), Some(theirs)) = (ctx.limits.zone, reading.zone)
+        && ours != theirs
+    {
+        return Verdict::Reject(Reason::new(
+            ReasonCode::WrongZone,
+            format!(
+                "the reading is signed for zone `{theirs}`, but this settlement settles zone `{ours}`: send it to zone `{theirs}`'s settlement, or set the gateway's `zone` to the zone it is enrolled in"
+            ),
+        ));
+    }
     if let Some(stored) = ctx.stored_digest {
         return if stored == envelope.digest() {
             Verdict::Duplicate
@@ -314,6 +332,14 @@ pub fn check(
     }
     if let Some(reason) = plausibility(reading, enrollment) {
         return Verdict::Flag(reason);
+    }
+    if let (Some(ours), None) = (ctx.limits.zone, reading.zone) {
+        return Verdict::Flag(Reason::new(
+            ReasonCode::UnzonedReading,
+            format!(
+                "the reading is signed in the legacy gridmesh/reading/v1 layout, which names no market zone, so it could be a replay from another zone: held without money or tokens until an operator accepts it; set `zone = \"{ours}\"` in the gateway's config so it signs gridmesh/reading/v2"
+            ),
+        ));
     }
     Verdict::Accept
 }
@@ -411,6 +437,83 @@ impl ChainState {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use gridmesh_protocol::example::{example_key, example_reading};
+
+    /// The example reading (gw-h001, zone `demo`, 12:00–12:15 UTC, 812 Wh export at noon in
+    /// Berlin) checked by a settlement of `zone`, one minute after the interval's end.
+    fn verdict(reading: &Reading, zone: Option<&str>) -> Verdict {
+        let key = example_key();
+        let envelope = SignedEnvelope::sign(reading, &key);
+        let decoded = decode(&envelope).unwrap();
+        assert_eq!(&decoded, reading);
+        let enrollment = GatewayEnrollment {
+            gateway: reading.gateway.clone(),
+            participant: gridmesh_protocol::ParticipantId::new("h001").unwrap(),
+            node: gridmesh_protocol::NodeId::new("f1").unwrap(),
+            public_key: key.public_key(),
+            inverter_w: 10_000,
+            battery_w: 5_000,
+            latitude_microdeg: 52_520_000,
+            longitude_microdeg: 13_400_000,
+        };
+        let ctx = Context {
+            enrollment: &enrollment,
+            history: None,
+            stored_digest: None,
+            interval_settled: false,
+            now: reading.interval.end() + chrono::Duration::minutes(1),
+            limits: Limits {
+                horizon: chrono::Duration::days(2),
+                max_clock_skew: chrono::Duration::seconds(60),
+                zone: zone.map(|z| ZoneId::new(z).unwrap()),
+            },
+        };
+        check(&envelope, &decoded, envelope.verify().is_ok(), &ctx)
+    }
+
+    fn code(v: &Verdict) -> Option<ReasonCode> {
+        match v {
+            Verdict::Flag(r) | Verdict::Late(r) | Verdict::Reject(r) => Some(r.code),
+            Verdict::Accept | Verdict::Duplicate => None,
+        }
+    }
+
+    /// Issue 14, item 7: a reading signed for zone `demo` counts in `demo` only; settlement of
+    /// another zone refuses it, naming both zones.
+    #[test]
+    fn a_reading_for_another_zone_is_refused() {
+        let reading = example_reading();
+        assert_eq!(verdict(&reading, Some("demo")), Verdict::Accept);
+        let other = verdict(&reading, Some("north"));
+        assert_eq!(code(&other), Some(ReasonCode::WrongZone));
+        let Verdict::Reject(reason) = other else {
+            panic!("{other:?}")
+        };
+        assert!(
+            reason.message.contains("`demo`") && reason.message.contains("`north`"),
+            "{}",
+            reason.message
+        );
+        // Without a zone configured (one zone per deployment), any v2 reading is checked as
+        // before.
+        assert_eq!(verdict(&reading, None), Verdict::Accept);
+    }
+
+    /// A legacy v1 reading (no zone) is accepted as before where no zone is configured, and
+    /// held flagged where one is: stored, never lost, no money until an operator accepts it.
+    #[test]
+    fn a_v1_reading_is_flagged_where_a_zone_is_configured() {
+        let v1 = Reading {
+            zone: None,
+            ..example_reading()
+        };
+        assert_eq!(verdict(&v1, None), Verdict::Accept);
+        let held = verdict(&v1, Some("demo"));
+        assert_eq!(code(&held), Some(ReasonCode::UnzonedReading));
+        assert!(matches!(held, Verdict::Flag(_)), "{held:?}");
+        assert!(ReasonCode::UnzonedReading.operator_acceptable());
+        assert!(!ReasonCode::WrongZone.operator_acceptable());
+    }
 
     #[test]
     fn solar_elevation_day_and_night() {

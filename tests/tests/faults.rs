@@ -19,7 +19,7 @@ use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::order::{Order, Side};
 use gridmesh_protocol::registry::{Participant, ParticipantKind};
 use gridmesh_protocol::signing::SignedEnvelope;
-use gridmesh_protocol::{NodeId, ParticipantId, PricePerMwh, Wh};
+use gridmesh_protocol::{NodeId, ParticipantId, PricePerMwh, Wh, ZoneId};
 use gridmesh_runtime::db::{Database, scratch};
 use gridmesh_runtime::shutdown::Shutdown;
 use std::path::Path;
@@ -251,6 +251,7 @@ async fn market_restarted_during_an_open_interval() {
         .next();
     let order = SignedEnvelope::sign(
         &Order {
+            zone: Some(ZoneId::new("demo").unwrap()),
             participant: trader_id.clone(),
             node: NodeId::new("f1").unwrap(),
             interval: open,

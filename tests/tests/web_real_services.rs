@@ -10,7 +10,7 @@ use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::order::{Order, Side};
 use gridmesh_protocol::registry::{Participant, ParticipantKind};
 use gridmesh_protocol::signing::SignedEnvelope;
-use gridmesh_protocol::{Interval, NodeId, ParticipantId, PricePerMwh, Wh};
+use gridmesh_protocol::{Interval, NodeId, ParticipantId, PricePerMwh, Wh, ZoneId};
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::shutdown::Shutdown;
 use gridmesh_web::WebConfig;
@@ -101,6 +101,7 @@ async fn reads_the_real_market_and_settlement() {
         .unwrap();
     let next: Interval = serde_json::from_value(status["next_open_interval"].clone()).unwrap();
     let order = Order {
+        zone: Some(ZoneId::new(status["zone"].as_str().unwrap()).unwrap()),
         participant: participant.id.clone(),
         node: node("f1"),
         interval: next,

@@ -16,7 +16,7 @@ use gridmesh_protocol::order::Order;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
 use gridmesh_protocol::{
     GatewayId, Interval, IntervalLength, NodeId, ParticipantId, PricePerMwh, Side, SignedEnvelope,
-    Wh,
+    Wh, ZoneId,
 };
 use market_engine::book::BookOrder;
 use market_engine::clearing::{check_feasible, clear};
@@ -450,12 +450,14 @@ async fn intake(orders: usize, concurrency: usize, database: Option<String>) {
             .unwrap();
         assert_eq!(r.status(), 201);
     }
+    let zone = ZoneId::new(status["zone"].as_str().expect("status names the zone")).expect("valid");
     // Sign everything first: the load generator measures the market, not its own signing.
     let mut rng = Rng(7);
     let bodies: Vec<Vec<u8>> = (0..orders)
         .map(|i| {
             let who = i % participants;
             let order = Order {
+                zone: Some(zone),
                 participant: ParticipantId::new(format!("p{who}")).unwrap(),
                 node: NodeId::new("sub").unwrap(),
                 interval,
@@ -564,6 +566,7 @@ async fn micro() {
     let bodies: Vec<Vec<u8>> = (0..n)
         .map(|i| {
             let order = Order {
+                zone: Some(ZoneId::new("bench").expect("valid")),
                 participant: ParticipantId::new("p").unwrap(),
                 node: NodeId::new("sub").unwrap(),
                 interval,

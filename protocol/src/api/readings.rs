@@ -80,6 +80,11 @@ pub enum ReasonCode {
     ImplausibleExport,
     /// PV output while the sun was below the horizon.
     PvAtNight,
+    /// A `gridmesh/reading/v2` signed for another market zone than settlement's.
+    WrongZone,
+    /// A legacy `gridmesh/reading/v1` (no zone) at a settlement with a zone configured: stored
+    /// flagged until an operator accepts it.
+    UnzonedReading,
 }
 
 impl ReasonCode {
@@ -98,11 +103,13 @@ impl ReasonCode {
             ReasonCode::Late => "late",
             ReasonCode::ImplausibleExport => "implausible_export",
             ReasonCode::PvAtNight => "pv_at_night",
+            ReasonCode::WrongZone => "wrong_zone",
+            ReasonCode::UnzonedReading => "unzoned_reading",
         }
     }
 
     /// Every code, in declaration order.
-    pub const ALL: [ReasonCode; 12] = [
+    pub const ALL: [ReasonCode; 14] = [
         ReasonCode::Malformed,
         ReasonCode::UnknownGateway,
         ReasonCode::KeyMismatch,
@@ -115,6 +122,8 @@ impl ReasonCode {
         ReasonCode::Late,
         ReasonCode::ImplausibleExport,
         ReasonCode::PvAtNight,
+        ReasonCode::WrongZone,
+        ReasonCode::UnzonedReading,
     ];
 
     /// Parses a stored code (the inverse of [`ReasonCode::as_str`]).
@@ -125,7 +134,10 @@ impl ReasonCode {
     /// Whether an operator may accept a reading quarantined for this reason (only flagged,
     /// correctly signed readings can be accepted).
     pub fn operator_acceptable(self) -> bool {
-        matches!(self, ReasonCode::ImplausibleExport | ReasonCode::PvAtNight)
+        matches!(
+            self,
+            ReasonCode::ImplausibleExport | ReasonCode::PvAtNight | ReasonCode::UnzonedReading
+        )
     }
 }
 

@@ -128,6 +128,7 @@ fn bench_reading(gateway: &GatewayId, n: usize, interval: Interval, seller: bool
     let (import, export) = if seller { (0, 500) } else { (500, 0) };
     let total = (n as i64 + 1) * 500;
     Reading {
+        zone: None,
         gateway: gateway.clone(),
         device: DeviceId::new("home").unwrap(),
         firmware: "0.1.0".into(),
@@ -239,6 +240,7 @@ async fn run(backend: &str, url: String, w: &World, args: &Args) {
         limits: Limits {
             horizon: chrono::Duration::days(400),
             max_clock_skew: chrono::Duration::seconds(60),
+            zone: None,
         },
         grace: chrono::Duration::seconds(0),
     };

@@ -95,6 +95,7 @@ pub fn reading(
     base: i64,
 ) -> Reading {
     Reading {
+        zone: None,
         gateway: GatewayId::new(gateway).unwrap(),
         device: DeviceId::new("home").unwrap(),
         firmware: "0.1.0".into(),
@@ -188,6 +189,7 @@ pub fn settings() -> CoreSettings {
         limits: Limits {
             horizon: chrono::Duration::days(2),
             max_clock_skew: chrono::Duration::seconds(60),
+            zone: None,
         },
         grace: chrono::Duration::seconds(120),
     }
@@ -245,4 +247,17 @@ pub fn registry_source() -> settlement::sources::StaticSource {
         source.add_participant(p);
     }
     source
+}
+
+/// The `Authorization` header an enrolled gateway sends with a `POST /readings` batch: its
+/// signed request over exactly `body` (what edge-gateway's uplink sends).
+pub fn upload_auth(gateway: &str, body: &[u8]) -> String {
+    gridmesh_protocol::request::gateway_authorization(
+        &GatewayId::new(gateway).unwrap(),
+        &gateway_key(gateway),
+        Utc::now().timestamp(),
+        "POST",
+        "/readings",
+        body,
+    )
 }

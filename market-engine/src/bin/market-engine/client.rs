@@ -7,7 +7,7 @@ use gridmesh_protocol::api::market::{
 };
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::order::{Order, OrderCancel};
-use gridmesh_protocol::{Interval, NodeId, ParticipantId, PricePerMwh, SignedEnvelope, Wh};
+use gridmesh_protocol::{Interval, NodeId, ParticipantId, PricePerMwh, SignedEnvelope, Wh, ZoneId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -83,6 +83,11 @@ pub enum OrderAction {
         /// Nonce; defaults to the current time in microseconds (fresh for every call).
         #[arg(long)]
         nonce: Option<u64>,
+        /// The market zone the order is for (signed into it, gridmesh/order/v2). Defaults to
+        /// the zone of the market at --market; given, it must be that market's zone (a guard
+        /// against signing for the wrong market).
+        #[arg(long)]
+        zone: Option<String>,
     },
     /// List orders (household data: sign the request with `--key` as `--participant` to list
     /// your own, or send the auditor or operator token with `--token`).
@@ -152,9 +157,24 @@ pub async fn order_command(market: &str, action: OrderAction) -> Result<(), Fail
             limit_price,
             interval,
             nonce,
+            zone,
         } => {
+            // The bounds every entry point checks, before anything is signed or sent.
+            market_engine::book::check_order_values("the order", quantity_wh, limit_price)
+                .map_err(bad)?;
+            let wanted = zone.map(ZoneId::new).transpose().map_err(bad)?;
             let key = SigningKeyPair::load(&key).map_err(bad)?;
             let status: MarketStatus = call(http.get(format!("{market}/status"))).await?;
+            let zone = ZoneId::new(&status.zone).map_err(|e| {
+                Failure::runtime(format!("the market at {market} names an invalid zone: {e}"))
+            })?;
+            if let Some(wanted) = wanted
+                && wanted != zone
+            {
+                return Err(bad(format!(
+                    "--zone is `{wanted}`, but the market at {market} clears zone `{zone}`; check --market"
+                )));
+            }
             let interval = if interval == "next" {
                 status.next_open_interval
             } else {
@@ -166,6 +186,7 @@ pub async fn order_command(market: &str, action: OrderAction) -> Result<(), Fail
                     .map_or(0, |d| d.as_micros() as u64)
             });
             let order = Order {
+                zone: Some(zone),
                 participant: ParticipantId::new(participant).map_err(bad)?,
                 node: NodeId::new(node).map_err(bad)?,
                 interval,
