@@ -13,16 +13,174 @@
 //!   ‖ entry count (u64 BE) ‖ sealed-at (i64 BE, Unix ms). The block hash is
 //!   `SHA-256(header)`; the authority signs the header bytes with ed25519. The first block's
 //!   previous hash is 32 zero bytes.
+//! - A version 2 header (`"gridmesh/block/v2"`, sealed since issue 14) is the same fields
+//!   followed by the block's [`StateCommitment`]: six SHA-256 part digests (the interval's
+//!   result, readings with their status, statements, compliance rows, withheld mints, and the
+//!   operator decisions since the previous block) ‖ decision count (u32 BE) ‖ each decision's
+//!   quarantine id (u64 BE). Each part digest is `SHA-256(tag ‖ 0x00 ‖ (len u32 BE ‖ item)*)`
+//!   with the items of [`StateCommitment`]'s fields. Version 1 headers still parse and verify.
 
 use chrono::{DateTime, TimeZone, Utc};
 use gridmesh_protocol::Interval;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The tag block headers start with.
+/// The tag version 1 block headers start with (no state commitment).
 pub const BLOCK_TAG: &str = "gridmesh/block/v1";
-/// Length of a block header.
+/// The tag version 2 block headers start with (with a [`StateCommitment`]).
+pub const BLOCK_TAG_V2: &str = "gridmesh/block/v2";
+/// Length of a version 1 block header (and of a version 2 header's common part).
 pub const HEADER_LEN: usize = 17 + 8 + 8 + 2 + 32 + 32 + 8 + 8;
+/// Length of a version 2 header's state commitment without its decision ids.
+pub const COMMITMENT_LEN: usize = 6 * 32 + 4;
+
+/// Tags of the part digests of a [`StateCommitment`], in header order.
+pub const PART_TAGS: [&str; 6] = [
+    "gridmesh/state/result/v1",
+    "gridmesh/state/readings/v1",
+    "gridmesh/state/statements/v1",
+    "gridmesh/state/compliance/v1",
+    "gridmesh/state/withheld/v1",
+    "gridmesh/state/decisions/v1",
+];
+
+/// What a version 2 block commits to besides its entries: the settled interval's money state
+/// at sealing, and the operator decisions made since the previous block. Each digest is
+/// [`part_digest`] of the items named on its field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCommitment {
+    /// The stored result body bytes (one item).
+    pub result: [u8; 32],
+    /// `reading_key \n digest \n status` of each `accepted` or `flagged` reading of the
+    /// interval, by reading key (the status at sealing).
+    pub readings: [u8; 32],
+    /// Each statement's JSON (`serde_json`, field order as declared), by participant.
+    pub statements: [u8; 32],
+    /// Each compliance row's JSON, by gateway.
+    pub compliance: [u8; 32],
+    /// Each withheld mint plan's JSON, in the order withheld.
+    pub withheld: [u8; 32],
+    /// `id \n reading_key \n status \n resolved_at_ms` of each decision in `decision_ids`.
+    pub decisions: [u8; 32],
+    /// The quarantine ids of the operator decisions (e.g. a flagged reading accepted) made
+    /// since the previous block, ascending.
+    pub decision_ids: Vec<i64>,
+}
+
+/// `SHA-256(tag ‖ 0x00 ‖ (len u32 BE ‖ item)*)`: one part of a [`StateCommitment`].
+pub fn part_digest<I, T>(tag: &str, items: I) -> [u8; 32]
+where
+    I: IntoIterator<Item = T>,
+    T: AsRef<[u8]>,
+{
+    let mut h = Sha256::new();
+    h.update(tag.as_bytes());
+    h.update([0u8]);
+    for item in items {
+        let item = item.as_ref();
+        h.update((item.len() as u32).to_be_bytes());
+        h.update(item);
+    }
+    h.finalize().into()
+}
+
+/// A reading's item in the `readings` part.
+pub fn reading_item(key: &str, digest: &str, status: &str) -> String {
+    format!("{key}\n{digest}\n{status}")
+}
+
+/// A decision's item in the `decisions` part.
+pub fn decision_item(id: i64, reading_key: &str, status: &str, resolved_at_ms: i64) -> String {
+    format!("{id}\n{reading_key}\n{status}\n{resolved_at_ms}")
+}
+
+/// One reading as the `readings` part sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedReading {
+    /// Idempotency key.
+    pub key: String,
+    /// SHA-256 of the signed payload (hex).
+    pub digest: String,
+    /// `accepted` or `flagged` (others are not committed).
+    pub status: String,
+}
+
+/// One operator decision on a quarantine item, as the `decisions` part sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Quarantine id.
+    pub id: i64,
+    /// The reading it decided (empty when none).
+    pub reading_key: String,
+    /// The decision (`accepted`, ...).
+    pub status: String,
+    /// When it was made, Unix ms.
+    pub resolved_at: i64,
+}
+
+/// The money state of one settled interval that a block commits to.
+#[derive(Debug, Clone, Copy)]
+pub struct IntervalState<'a> {
+    /// The stored result body bytes.
+    pub result_body: &'a [u8],
+    /// The interval's readings (any order; only `accepted` and `flagged` ones count).
+    pub readings: &'a [CommittedReading],
+    /// Its statements (any order).
+    pub statements: &'a [crate::rules::Statement],
+    /// Its compliance rows (any order).
+    pub compliance: &'a [gridmesh_protocol::envelope::EnvelopeCompliance],
+    /// Its withheld mints, in the order withheld.
+    pub withheld: &'a [crate::rules::MintPlan],
+}
+
+impl StateCommitment {
+    /// Commits to an interval's state and the decisions since the previous block (any order).
+    pub fn compute(state: IntervalState<'_>, decisions: &[Decision]) -> Self {
+        let mut readings: Vec<&CommittedReading> = state
+            .readings
+            .iter()
+            .filter(|r| r.status == "accepted" || r.status == "flagged")
+            .collect();
+        readings.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut statements: Vec<&crate::rules::Statement> = state.statements.iter().collect();
+        statements.sort_by(|a, b| a.participant.as_str().cmp(b.participant.as_str()));
+        let mut compliance: Vec<_> = state.compliance.iter().collect();
+        compliance.sort_by(|a, b| a.gateway.as_str().cmp(b.gateway.as_str()));
+        let mut decisions: Vec<&Decision> = decisions.iter().collect();
+        decisions.sort_by_key(|d| d.id);
+        StateCommitment {
+            result: part_digest(PART_TAGS[0], [state.result_body]),
+            readings: part_digest(
+                PART_TAGS[1],
+                readings
+                    .iter()
+                    .map(|r| reading_item(&r.key, &r.digest, &r.status)),
+            ),
+            statements: part_digest(PART_TAGS[2], statements.iter().map(|s| json(*s))),
+            compliance: part_digest(PART_TAGS[3], compliance.iter().map(|c| json(*c))),
+            withheld: part_digest(PART_TAGS[4], state.withheld.iter().map(|w| json(w))),
+            decisions: part_digest(
+                PART_TAGS[5],
+                decisions
+                    .iter()
+                    .map(|d| decision_item(d.id, &d.reading_key, &d.status, d.resolved_at)),
+            ),
+            decision_ids: decisions.iter().map(|d| d.id).collect(),
+        }
+    }
+
+    /// The part digests with their names, in header order.
+    pub fn parts(&self) -> [(&'static str, &[u8; 32]); 6] {
+        [
+            ("result", &self.result),
+            ("readings", &self.readings),
+            ("statements", &self.statements),
+            ("compliance", &self.compliance),
+            ("withheld", &self.withheld),
+            ("decisions", &self.decisions),
+        ]
+    }
+}
 
 pub use gridmesh_protocol::api::settlement::{
     EntryBody, MintEntry, ProofStep, RetireEntry, TransferEntry,
@@ -117,6 +275,8 @@ pub struct BlockHeader {
     pub entry_count: u64,
     /// When it was sealed.
     pub sealed_at: DateTime<Utc>,
+    /// The state commitment (version 2 headers); `None` for a version 1 header.
+    pub state: Option<StateCommitment>,
 }
 
 /// Why header bytes do not parse.
@@ -129,7 +289,12 @@ impl BlockHeader {
     /// characters.
     pub fn to_bytes(&self) -> Result<Vec<u8>, HeaderError> {
         let mut out = Vec::with_capacity(HEADER_LEN);
-        out.extend_from_slice(BLOCK_TAG.as_bytes());
+        let tag = if self.state.is_some() {
+            BLOCK_TAG_V2
+        } else {
+            BLOCK_TAG
+        };
+        out.extend_from_slice(tag.as_bytes());
         out.extend_from_slice(&self.height.to_be_bytes());
         out.extend_from_slice(&self.interval.start_unix().to_be_bytes());
         out.extend_from_slice(&self.interval.length().minutes().to_be_bytes());
@@ -137,14 +302,32 @@ impl BlockHeader {
         out.extend_from_slice(&hex32(&self.merkle_root).map_err(|e| HeaderError(e.to_string()))?);
         out.extend_from_slice(&self.entry_count.to_be_bytes());
         out.extend_from_slice(&self.sealed_at.timestamp_millis().to_be_bytes());
+        if let Some(state) = &self.state {
+            for (_, d) in state.parts() {
+                out.extend_from_slice(d);
+            }
+            let count = u32::try_from(state.decision_ids.len())
+                .map_err(|_| HeaderError("too many decisions for one block".into()))?;
+            out.extend_from_slice(&count.to_be_bytes());
+            for id in &state.decision_ids {
+                out.extend_from_slice(&(*id as u64).to_be_bytes());
+            }
+        }
         Ok(out)
     }
 
     /// Parses canonical header bytes.
     pub fn from_bytes(b: &[u8]) -> Result<Self, HeaderError> {
-        if b.len() != HEADER_LEN || !b.starts_with(BLOCK_TAG.as_bytes()) {
+        let v2 = b.starts_with(BLOCK_TAG_V2.as_bytes());
+        let fits = if v2 {
+            b.len() >= HEADER_LEN + COMMITMENT_LEN
+        } else {
+            b.len() == HEADER_LEN && b.starts_with(BLOCK_TAG.as_bytes())
+        };
+        if !fits {
             return Err(HeaderError(format!(
-                "expected {HEADER_LEN} bytes starting with {BLOCK_TAG}"
+                "expected {HEADER_LEN} bytes starting with {BLOCK_TAG}, or at least {} starting with {BLOCK_TAG_V2}",
+                HEADER_LEN + COMMITMENT_LEN
             )));
         }
         let mut at = BLOCK_TAG.len();
@@ -160,6 +343,33 @@ impl BlockHeader {
         let merkle_root = hex::encode(take(32));
         let entry_count = u64::from_be_bytes(take(8).try_into().expect("8"));
         let sealed = i64::from_be_bytes(take(8).try_into().expect("8"));
+        let state = if v2 {
+            let mut part = || -> [u8; 32] { take(32).try_into().expect("32") };
+            let (result, readings, statements, compliance, withheld, decisions) =
+                (part(), part(), part(), part(), part(), part());
+            let count = u32::from_be_bytes(take(4).try_into().expect("4")) as usize;
+            if b.len() != HEADER_LEN + COMMITMENT_LEN + 8 * count {
+                return Err(HeaderError(format!(
+                    "a version 2 header with {count} decisions is {} bytes, not {}",
+                    HEADER_LEN + COMMITMENT_LEN + 8 * count,
+                    b.len()
+                )));
+            }
+            let decision_ids = (0..count)
+                .map(|_| u64::from_be_bytes(take(8).try_into().expect("8")) as i64)
+                .collect();
+            Some(StateCommitment {
+                result,
+                readings,
+                statements,
+                compliance,
+                withheld,
+                decisions,
+                decision_ids,
+            })
+        } else {
+            None
+        };
         let interval =
             Interval::from_unix(start, minutes.into()).map_err(|e| HeaderError(e.to_string()))?;
         let sealed_at = Utc
@@ -173,6 +383,7 @@ impl BlockHeader {
             merkle_root,
             entry_count,
             sealed_at,
+            state,
         })
     }
 
@@ -180,6 +391,11 @@ impl BlockHeader {
     pub fn hash(&self) -> Result<[u8; 32], HeaderError> {
         Ok(Sha256::digest(self.to_bytes()?).into())
     }
+}
+
+/// A part item's bytes: `serde_json`, fields in declared order.
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("state items always serialise")
 }
 
 /// A hash that is not 64 hex characters: the stored data is corrupt.
@@ -232,10 +448,47 @@ mod tests {
             merkle_root: hex::encode([4u8; 32]),
             entry_count: 12,
             sealed_at: Utc.timestamp_millis_opt(1_782_044_100_250).unwrap(),
+            state: None,
         };
         let b = h.to_bytes().unwrap();
         assert_eq!(b.len(), HEADER_LEN);
         assert_eq!(BlockHeader::from_bytes(&b).unwrap(), h);
+        let v2 = BlockHeader {
+            state: Some(StateCommitment {
+                result: [1; 32],
+                readings: [2; 32],
+                statements: [3; 32],
+                compliance: [4; 32],
+                withheld: [5; 32],
+                decisions: [6; 32],
+                decision_ids: vec![3, 9],
+            }),
+            ..h
+        };
+        let b2 = v2.to_bytes().unwrap();
+        assert_eq!(b2.len(), HEADER_LEN + COMMITMENT_LEN + 16);
+        assert!(b2.starts_with(BLOCK_TAG_V2.as_bytes()));
+        assert_eq!(BlockHeader::from_bytes(&b2).unwrap(), v2);
+        // A truncated or extended version 2 header is malformed.
+        assert!(BlockHeader::from_bytes(&b2[..b2.len() - 1]).is_err());
+        assert!(BlockHeader::from_bytes(&[b2.as_slice(), &[0]].concat()).is_err());
+    }
+
+    #[test]
+    fn part_digests_are_length_prefixed_and_tagged() {
+        // Moving a byte between items, or changing the tag, changes the digest.
+        assert_ne!(
+            part_digest(PART_TAGS[0], ["ab", "c"]),
+            part_digest(PART_TAGS[0], ["a", "bc"])
+        );
+        assert_ne!(
+            part_digest(PART_TAGS[0], ["a"]),
+            part_digest(PART_TAGS[1], ["a"])
+        );
+        assert_ne!(
+            part_digest(PART_TAGS[2], Vec::<&[u8]>::new()),
+            part_digest(PART_TAGS[2], [b""])
+        );
     }
 
     /// Regression: malformed hex used to read as 32 zero bytes, so a corrupt hash gave a
@@ -260,6 +513,7 @@ mod tests {
             merkle_root: hex::encode([4u8; 32]),
             entry_count: 0,
             sealed_at: Utc.timestamp_millis_opt(1_782_044_100_250).unwrap(),
+            state: None,
         };
         let err = h.to_bytes().unwrap_err();
         assert!(err.to_string().contains("not hex"), "{err}");

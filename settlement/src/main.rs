@@ -24,14 +24,32 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Re-check everything stored; prints the first inconsistency and exits non-zero.
+    /// Re-check everything stored (also while settlement runs: one read-only snapshot):
+    /// blocks and what they commit to, readings, results, quarantine decisions, the ledger,
+    /// and every statement settled again with the published rules. Prints the first
+    /// inconsistency (table, key, field) and exits 1; exits 2 when it cannot run.
+    ///
+    /// The authority key must be pinned: --authority, or the settlement config (--config:
+    /// its authority_key file gives the key, its database_url and market_public_key are used
+    /// too), or --trust-first-block to take block 0's signer on trust.
     Verify {
-        /// The database to audit (sqlite://PATH or postgres://...).
+        /// The database to audit (sqlite://PATH or postgres://...); default: the config's
+        /// database_url.
         #[arg(long, env = "GRIDMESH_SETTLEMENT_DATABASE_URL")]
-        database: String,
-        /// The expected authority public key (base64); default: the signer of block 0.
+        database: Option<String>,
+        /// The settlement config (TOML, as `settlement serve --config`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The authority public key (base64) every block must be signed by.
         #[arg(long)]
         authority: Option<String>,
+        /// Trust whoever signed block 0 (a chain re-signed entirely by another key then
+        /// verifies: pin the key with --authority or --config wherever it is known).
+        #[arg(long, conflicts_with = "authority")]
+        trust_first_block: bool,
+        /// The market's result key (base64): every stored result must carry its signature.
+        #[arg(long)]
+        market_key: Option<String>,
     },
     /// Create a new authority key file (mode 0600) and print its public key.
     Keygen {
@@ -72,12 +90,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify {
             database,
+            config,
             authority,
+            trust_first_block,
+            market_key,
         } => {
-            let authority = authority
-                .map(|a| a.parse())
-                .transpose()
-                .context("--authority must be a base64 ed25519 public key")?;
+            let config: Option<SettlementConfig> = config
+                .map(|path| gridmesh_runtime::config::load(Some(&path), "GRIDMESH_SETTLEMENT"))
+                .transpose()?;
+            let trust = verify_trust(
+                config.as_ref(),
+                authority.as_deref(),
+                trust_first_block,
+                market_key.as_deref(),
+            )?;
+            let database = database
+                .or_else(|| config.as_ref().map(|c| c.database_url.clone()))
+                .context(
+                    "pass --database (the database_url `settlement serve` uses) or --config",
+                )?;
             if let Some(path) = database.strip_prefix("sqlite:") {
                 let path = path.trim_start_matches("//");
                 anyhow::ensure!(
@@ -86,17 +117,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             let db = gridmesh_runtime::db::Database::connect(&database).await?;
-            match settlement::audit::verify(&db, authority).await {
+            match settlement::audit::verify_with(&db, &trust).await {
                 Ok(report) => {
                     println!(
-                        "OK: {} blocks, {} entries, {} readings, {} mints, {} lots, {} statements consistent (authority {})",
+                        "OK: {} blocks ({} with state commitments), {} entries, {} readings, {} mints, {} withheld mints, {} lots, {} statements, {} intervals settled again, {} results signed, {} operator decisions sealed ({} awaiting the next block); authority {} ({})",
                         report.blocks,
+                        report.commitments,
                         report.entries,
                         report.readings,
                         report.mints,
+                        report.withheld,
                         report.lots,
                         report.statements,
-                        report.authority.as_deref().unwrap_or("none: no blocks yet")
+                        report.intervals_recomputed,
+                        report.results_signed,
+                        report.decisions_sealed,
+                        report.decisions_unsealed,
+                        report.authority.as_deref().unwrap_or("none: no blocks yet"),
+                        if report.authority_pinned {
+                            "pinned"
+                        } else {
+                            "taken from block 0: --trust-first-block"
+                        }
                     );
                     Ok(ExitCode::SUCCESS)
                 }
@@ -114,4 +156,44 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The keys `verify` trusts: `--authority`, else the config's authority key file, else block
+/// 0's signer only with `--trust-first-block`; the market key from `--market-key` or the
+/// config's `market_public_key`.
+fn verify_trust(
+    config: Option<&SettlementConfig>,
+    authority: Option<&str>,
+    trust_first_block: bool,
+    market_key: Option<&str>,
+) -> anyhow::Result<settlement::audit::Trust> {
+    use settlement::audit::{Authority, Trust};
+    let pinned = match (authority, config.and_then(|c| c.authority_key.as_deref())) {
+        (Some(a), _) => Some(a.parse().ok().context(
+            "--authority must be a base64 ed25519 public key (as `settlement keygen` prints)",
+        )?),
+        (None, Some(path)) if !trust_first_block => Some(
+            SigningKeyPair::load(path)
+                .with_context(|| format!("reading the config's authority_key {}", path.display()))?
+                .public_key(),
+        ),
+        _ => None,
+    };
+    let authority = match (pinned, trust_first_block) {
+        (Some(k), _) => Authority::Pinned(k),
+        (None, true) => Authority::TrustFirstBlock,
+        (None, false) => anyhow::bail!(
+            "verify needs the authority key that signs the blocks: pass --authority <base64 public key> (printed by `settlement keygen`, and logged by `settlement serve`), or --config <settlement.toml> with authority_key set; --trust-first-block takes block 0's signer on trust instead (a chain re-signed by another key would then verify)"
+        ),
+    };
+    let market_key = match market_key {
+        Some(k) => Some(k.parse().ok().context(
+            "--market-key must be a base64 ed25519 public key (the market's GET /market-key)",
+        )?),
+        None => config.and_then(|c| c.market_public_key),
+    };
+    Ok(Trust {
+        authority,
+        market_key,
+    })
 }

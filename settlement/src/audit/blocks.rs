@@ -1,24 +1,67 @@
 //! Step 1: blocks by height (contiguous heights, header bytes, stored hash, hash links, one
-//! authority's signature, entry count and Merkle root) and every entry's hash against its body.
+//! authority's signature, entry count and Merkle root) and every entry's hash against its body;
+//! the verified headers, with their state commitments, for the later steps.
 
 use super::{AuditError, AuditReport, bad};
 use crate::ledger::{BlockHeader, entry_hash, merkle_root};
 use crate::store::audit::{AuditData, BlockRecord, EntryRecord};
 use gridmesh_protocol::signing::PublicKey;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+/// The verified chain: every header by height, the block of each interval, and the block
+/// that lists each operator decision.
+#[derive(Default)]
+pub(super) struct Chain {
+    /// Headers by height.
+    pub headers: Vec<BlockHeader>,
+    /// Height by interval key.
+    pub by_interval: HashMap<String, usize>,
+    /// Height of the block listing each decision (quarantine id).
+    pub decision_block: HashMap<i64, usize>,
+    /// The first version 2 block's height.
+    pub first_v2: Option<usize>,
+}
 
 /// Checks the blocks and entries; records the authority, block and entry counts.
 pub(super) fn check(
     data: &AuditData,
     authority: Option<PublicKey>,
     report: &mut AuditReport,
-) -> Result<(), AuditError> {
+) -> Result<Chain, AuditError> {
     let mut by_block = entries_by_block(&data.entries)?;
     let mut authority = authority;
     let mut prev_hash = hex::encode([0u8; 32]);
+    let mut chain = Chain::default();
     for (i, block) in data.blocks.iter().enumerate() {
         let entries = by_block.remove(&block.height).unwrap_or_default();
-        check_block(block, i, &prev_hash, &entries, &mut authority)?;
+        let header = check_block(block, i, &prev_hash, &entries, &mut authority)?;
+        let loc = format!("block {}", block.height);
+        match (&header.state, chain.first_v2) {
+            (Some(state), first) => {
+                chain.first_v2 = first.or(Some(i));
+                for id in &state.decision_ids {
+                    if let Some(h) = chain.decision_block.insert(*id, i) {
+                        return Err(bad(
+                            loc,
+                            format!(
+                                "lists quarantine decision #{id}, which block {h} listed already"
+                            ),
+                        ));
+                    }
+                }
+            }
+            (None, Some(first)) => {
+                return Err(bad(
+                    loc,
+                    format!(
+                        "is a version 1 header (no state commitment) after version 2 block {first}"
+                    ),
+                ));
+            }
+            (None, None) => {}
+        }
+        chain.by_interval.insert(block.interval_key.clone(), i);
+        chain.headers.push(header);
         prev_hash = block.hash.clone();
         report.blocks += 1;
     }
@@ -30,7 +73,7 @@ pub(super) fn check(
     }
     report.authority = authority.map(|a| a.to_string());
     report.entries = data.entries.len();
-    Ok(())
+    Ok(chain)
 }
 
 /// Every entry's hash against its body; the entries of each block, in ledger order.
@@ -64,7 +107,7 @@ fn check_block(
     prev_hash: &str,
     entries: &[&EntryRecord],
     authority: &mut Option<PublicKey>,
-) -> Result<(), AuditError> {
+) -> Result<BlockHeader, AuditError> {
     let height = block.height;
     let loc = format!("block {height}");
     if height != index as i64 {
@@ -146,5 +189,5 @@ fn check_block(
             ),
         ));
     }
-    Ok(())
+    Ok(header)
 }

@@ -10,6 +10,7 @@ use crate::ledger::{EntryBody, MintEntry, RetireEntry, TransferEntry};
 use crate::store::audit::{AuditData, ResultRecord};
 use gridmesh_protocol::envelope::SignedResult;
 use gridmesh_protocol::market::{Counterparty, IntervalResult};
+use gridmesh_protocol::rotation::KeyPeriod;
 use gridmesh_protocol::signing::{PublicKey, SignedEnvelope};
 use gridmesh_protocol::token::{TokenRetire, TokenTransfer};
 use std::collections::{BTreeMap, HashMap};
@@ -17,17 +18,42 @@ use std::collections::{BTreeMap, HashMap};
 /// The stored results by interval key, with whether each is settled.
 pub(super) type Results = HashMap<String, (IntervalResult, bool)>;
 
-/// Parses every result and checks the market's attestations (one market key for all).
-pub(super) fn results(data: &AuditData, report: &mut AuditReport) -> Result<Results, AuditError> {
+/// Parses every result and checks the market's attestations: by `pinned` when given (then
+/// every result must be attested), else by one market key for all.
+pub(super) fn results(
+    data: &AuditData,
+    pinned: Option<PublicKey>,
+    report: &mut AuditReport,
+) -> Result<Results, AuditError> {
     let mut results = HashMap::new();
-    let mut market_key: Option<PublicKey> = None;
+    let mut market_key: Option<PublicKey> = pinned;
     for r in &data.results {
         let loc = format!("result {}", r.key);
         let result: IntervalResult =
             serde_json::from_str(&r.body).map_err(|e| bad(&loc, format!("does not parse: {e}")))?;
-        if let Some(attestation) = &r.attestation {
-            check_attestation(r, attestation, &mut market_key)?;
-            report.results_signed += 1;
+        if result.interval.key() != r.key {
+            return Err(bad(
+                &loc,
+                format!(
+                    "field interval: the body is the result of {}",
+                    result.interval.key()
+                ),
+            ));
+        }
+        match (&r.attestation, pinned) {
+            (Some(attestation), _) => {
+                check_attestation(r, attestation, &mut market_key)?;
+                report.results_signed += 1;
+            }
+            (None, Some(k)) => {
+                return Err(bad(
+                    &loc,
+                    format!(
+                        "field attestation is empty, but results must be signed by the pinned market key {k}"
+                    ),
+                ));
+            }
+            (None, None) => {}
         }
         results.insert(r.key.clone(), (result, r.settled));
     }
@@ -47,7 +73,7 @@ fn check_attestation(
     if let Some(k) = market_key.filter(|k| *k != signer) {
         return Err(bad(
             &loc,
-            format!("attested by {signer}, but earlier results by the market key {k}"),
+            format!("attested by {signer}, not by the market key {k}"),
         ));
     }
     *market_key = Some(signer);
@@ -91,6 +117,7 @@ struct Replay<'a> {
     results: &'a Results,
     readings: &'a HashMap<String, ReadingInfo>,
     participant_keys: HashMap<&'a str, Vec<PublicKey>>,
+    key_periods: HashMap<&'a str, Vec<&'a KeyPeriod>>,
     lots: HashMap<String, Lot>,
     minted_by_seller: HashMap<(String, String), i64>,
     minted_to_buyer: HashMap<(String, String), i64>,
@@ -116,6 +143,13 @@ pub(super) fn replay(
                 keys
             },
         ),
+        key_periods: data.key_periods.iter().fold(
+            HashMap::new(),
+            |mut periods: HashMap<&str, Vec<&KeyPeriod>>, (p, k)| {
+                periods.entry(p.as_str()).or_default().push(k);
+                periods
+            },
+        ),
         lots: HashMap::new(),
         minted_by_seller: HashMap::new(),
         minted_to_buyer: HashMap::new(),
@@ -139,8 +173,8 @@ pub(super) fn replay(
                 replay.mint(&loc, &e.hash, &m)?;
                 report.mints += 1;
             }
-            EntryBody::Transfer(t) => replay.transfer(&loc, &e.hash, &t)?,
-            EntryBody::Retire(t) => replay.retire(&loc, &t)?,
+            EntryBody::Transfer(t) => replay.transfer(&loc, &e.hash, &t, e.created_at)?,
+            EntryBody::Retire(t) => replay.retire(&loc, &t, e.created_at)?,
         }
     }
     compare_lots(data, &replay.lots, report)
@@ -242,7 +276,13 @@ impl Replay<'_> {
         Ok(())
     }
 
-    fn transfer(&mut self, loc: &str, hash: &str, t: &TransferEntry) -> Result<(), AuditError> {
+    fn transfer(
+        &mut self,
+        loc: &str,
+        hash: &str,
+        t: &TransferEntry,
+        at_ms: i64,
+    ) -> Result<(), AuditError> {
         let op: TokenTransfer = t
             .envelope
             .open()
@@ -264,13 +304,14 @@ impl Replay<'_> {
             &t.envelope.public_key,
             op.amount.0,
             false,
+            at_ms,
         )?;
         self.lots
             .insert(hash.to_owned(), Lot::new(op.to.to_string(), op.amount.0));
         Ok(())
     }
 
-    fn retire(&mut self, loc: &str, t: &RetireEntry) -> Result<(), AuditError> {
+    fn retire(&mut self, loc: &str, t: &RetireEntry, at_ms: i64) -> Result<(), AuditError> {
         let op: TokenRetire = t
             .envelope
             .open()
@@ -288,6 +329,7 @@ impl Replay<'_> {
             &t.envelope.public_key,
             op.amount.0,
             true,
+            at_ms,
         )
     }
 
@@ -299,6 +341,7 @@ impl Replay<'_> {
         signer: &PublicKey,
         amount: i64,
         retire: bool,
+        at_ms: i64,
     ) -> Result<(), AuditError> {
         let registered = self
             .participant_keys
@@ -314,6 +357,25 @@ impl Replay<'_> {
                     list.join(" or ")
                 ),
             ));
+        }
+        // With validity periods: the key must have existed when settlement received the
+        // entry. Its end is not enforced: settlement learns of a rotation at its next market
+        // poll, and entries signed by the old key until then were rightly accepted.
+        if let Some(periods) = self.key_periods.get(holder) {
+            let at = at_ms.div_euclid(1000);
+            let valid = periods
+                .iter()
+                .any(|p| p.public_key == *signer && p.valid_from <= at);
+            if !valid {
+                let when = chrono::DateTime::from_timestamp(at, 0)
+                    .map_or_else(|| at.to_string(), |t| t.to_rfc3339());
+                return Err(bad(
+                    loc,
+                    format!(
+                        "signed by {signer}, which was not yet {holder}'s key when settlement received it ({when}, field created_at)"
+                    ),
+                ));
+            }
         }
         let l = self.lots.get_mut(lot).ok_or_else(|| {
             bad(

@@ -1,28 +1,41 @@
 //! `settlement verify`: re-checks everything from storage alone and reports the FIRST
-//! inconsistency precisely.
+//! inconsistency precisely: the table, the row's key and, where one field is wrong, the field.
 //!
-//! Order of checks: (1) blocks by height: contiguous heights, header bytes, stored hash,
-//! hash links, authority signature (and that one authority signed them all), entry count and
-//! Merkle root over the block's entries; every entry's stored hash against its body; (2) every
-//! stored reading: signature over the stored payload, the indexed columns against the payload,
-//! the signer against the gateway's registered key; (3) every mint: a settled result with the
-//! trade it names, readings of the seller and buyer for that interval that are stored, valid and
-//! accepted, and no more minted than the seller exported or the buyer imported; (4) a replay of
-//! all entries: every transfer and retirement signed by the lot's holder with the registered key,
-//! never more than the lot holds (no token spent twice), and the stored balances equal to the
-//! replay; (5) every statement's net equals its lines, and payments between participants sum to
-//! zero per interval; (6) every settled interval is settled again from its stored result and
-//! readings (`rules::settle_with_envelopes`: imbalances, the `envelope_excess` rule, mints'
-//! totals): the stored statements and operating-envelope compliance rows must equal the
-//! recomputation. Results stored with the market's attestation are checked against it
-//! (signature and body digest, one market key for all), and no mint exceeds the seller's
-//! export *within its operating envelope*.
+//! Storage is read once, as one consistent snapshot ([`crate::store::audit::load`]: a
+//! read-only transaction, so verify runs beside a live settlement); the checks are pure
+//! functions over it, in this order (inputs before what is computed from them):
 //!
-//! Storage is read once ([`crate::store::audit::load`]); the checks are pure functions over it,
-//! one module per step: `blocks` (1), `readings` (2), `ledger` (3, 4), `statements` (5, 6).
+//! 1. `blocks`: contiguous heights, header bytes, stored hash, hash links, the authority's
+//!    signature (the pinned key, see [`Trust`]), entry count and Merkle root; every entry's
+//!    hash against its body.
+//! 2. `readings`: every stored reading's signature over the stored payload, its indexed
+//!    columns against the payload, its signer against the gateway's registered key.
+//! 3. `ledger::results`: results parse; attested ones verify against the market key (pinned
+//!    with [`Trust::market_key`]: then every result must carry its attestation); each
+//!    result's body against what its version 2 block committed to.
+//! 4. `quarantine`: flagged readings against their pending quarantine items, accepted ones
+//!    against the operator's decisions, and every decision against the block that lists it.
+//! 5. `ledger::replay`: every mint against a settled result's trade and accepted readings;
+//!    transfers and retirements signed by the lot's holder with the key valid when they were
+//!    received, never more than the lot holds; the stored lots against the replay; withheld
+//!    mints against the released mint entries.
+//! 6. `statements::check_sums`: every statement's net equals its lines; payments between
+//!    participants sum to zero per interval.
+//! 7. `statements::settle_again`: every settled interval settled again from its result and
+//!    readings with the published rules ([`crate::rules::settle_with_envelopes`]); stored
+//!    statements and compliance rows must equal the recomputation, field by field.
+//! 8. `commitments`: every settled interval as it was when its block was sealed (readings
+//!    accepted by a later decision were flagged then) settled again: its withheld mints and
+//!    mints must equal the recomputation, and for a version 2 block every part of the state
+//!    commitment (readings with status, statements, compliance rows, withheld mints,
+//!    decisions) must match. An alteration that keeps everything else consistent (for
+//!    example a flagged reading marked accepted and its statements recomputed) still
+//!    contradicts the authority's signed commitment.
 
 mod blocks;
+mod commitments;
 mod ledger;
+mod quarantine;
 mod readings;
 mod statements;
 
@@ -30,15 +43,80 @@ use crate::store::audit::{AuditData, has_settlement_tables, load};
 use gridmesh_protocol::signing::PublicKey;
 use gridmesh_runtime::db::Database;
 use serde::Serialize;
+use std::fmt;
 
 /// The first thing found wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{location}: {problem}")]
 pub struct Inconsistency {
-    /// What is wrong where, e.g. `block 3` or `reading gw-1/home/1782043200`.
+    /// The table holding the bad item (`blocks`, `entries`, `readings`, `results`,
+    /// `statements`, `compliance`, `lots`, `withheld_mints`, `quarantine`, `gateways`).
+    pub table: &'static str,
+    /// Which item, e.g. `block 3` or `reading gw-1/home/1782043200`.
     pub location: String,
-    /// What is wrong.
+    /// What is wrong (naming the field when one field is).
     pub problem: String,
+}
+
+impl fmt::Display for Inconsistency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} [table {}]: {}",
+            self.location, self.table, self.problem
+        )
+    }
+}
+
+/// The table a location names (by the location's first words).
+fn table_of(location: &str) -> &'static str {
+    const TABLES: [(&str, &str); 12] = [
+        ("block", "blocks"),
+        ("ledger entry", "entries"),
+        ("reading", "readings"),
+        ("result", "results"),
+        ("statement", "statements"),
+        ("compliance", "compliance"),
+        ("balance of lot", "lots"),
+        ("lots", "lots"),
+        ("withheld mint", "withheld_mints"),
+        ("quarantine", "quarantine"),
+        ("gateway", "gateways"),
+        ("interval", "results"),
+    ];
+    TABLES
+        .iter()
+        .find(|(prefix, _)| location.starts_with(prefix))
+        .map_or("settlement", |(_, t)| t)
+}
+
+/// Which keys the audit trusts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authority {
+    /// Every block must be signed by this key (the settlement's `authority_key`).
+    Pinned(PublicKey),
+    /// Whoever signed block 0 (explicitly asked for: `--trust-first-block`); a chain re-signed
+    /// entirely by another key then verifies, so pin the key wherever it is known.
+    TrustFirstBlock,
+}
+
+/// The keys an audit trusts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trust {
+    /// The block signer.
+    pub authority: Authority,
+    /// The market's result key: when given, every stored result must carry the market's
+    /// attestation by this key; when not, attested results must all share one key.
+    pub market_key: Option<PublicKey>,
+}
+
+impl Trust {
+    /// Blocks signed by `authority`, results not pinned.
+    pub fn pinned(authority: PublicKey) -> Self {
+        Trust {
+            authority: Authority::Pinned(authority),
+            market_key: None,
+        }
+    }
 }
 
 /// Why an audit could not run or failed.
@@ -80,38 +158,113 @@ pub struct AuditReport {
     pub market_key: Option<String>,
     /// The authority key that signed every block.
     pub authority: Option<String>,
+    /// Whether the authority key was pinned (not taken from block 0).
+    pub authority_pinned: bool,
+    /// Version 2 blocks whose state commitment was checked.
+    pub commitments: usize,
+    /// Withheld mints checked.
+    pub withheld: usize,
+    /// Operator decisions checked against the block listing them.
+    pub decisions_sealed: usize,
+    /// Operator decisions made since the last block (sealed by the next one).
+    pub decisions_unsealed: usize,
 }
 
 fn bad(location: impl Into<String>, problem: impl Into<String>) -> AuditError {
+    let location = location.into();
     AuditError::Inconsistent(Inconsistency {
-        location: location.into(),
+        table: table_of(&location),
+        location,
         problem: problem.into(),
     })
 }
 
-/// Audits the whole store. `authority`: the expected block signer (default: whoever signed
-/// block 0, and every block must be signed by the same key).
+/// Audits the whole store. `authority`: the expected block signer; `None` trusts the signer
+/// of block 0 (as `--trust-first-block`). See [`verify_with`] to pin the market key too.
 pub async fn verify(
     db: &Database,
     authority: Option<PublicKey>,
 ) -> Result<AuditReport, AuditError> {
+    verify_with(db, &trust_of(authority)).await
+}
+
+/// Audits the whole store, trusting the keys of `trust`.
+pub async fn verify_with(db: &Database, trust: &Trust) -> Result<AuditReport, AuditError> {
     if !has_settlement_tables(&db.pool).await {
         return Err(AuditError::NotSettlement);
     }
-    let data = load(&db.pool).await?;
-    check(&data, authority)
+    let data = load(db).await?;
+    check_with(&data, trust)
 }
 
-/// The checks over loaded data, in order; the first inconsistency ends them.
+fn trust_of(authority: Option<PublicKey>) -> Trust {
+    Trust {
+        authority: authority.map_or(Authority::TrustFirstBlock, Authority::Pinned),
+        market_key: None,
+    }
+}
+
+/// The checks over loaded data, in order; the first inconsistency ends them. `authority` as
+/// in [`verify`].
 pub fn check(data: &AuditData, authority: Option<PublicKey>) -> Result<AuditReport, AuditError> {
+    check_with(data, &trust_of(authority))
+}
+
+/// The checks over loaded data with the keys of `trust`, in order (see the module docs).
+pub fn check_with(data: &AuditData, trust: &Trust) -> Result<AuditReport, AuditError> {
     let mut report = AuditReport::default();
-    blocks::check(data, authority, &mut report)?;
+    let pinned = match trust.authority {
+        Authority::Pinned(k) => Some(k),
+        Authority::TrustFirstBlock => None,
+    };
+    report.authority_pinned = pinned.is_some();
+    let chain = blocks::check(data, pinned, &mut report)?;
     let readings = readings::check(data, &mut report)?;
-    let results = ledger::results(data, &mut report)?;
+    let results = ledger::results(data, trust.market_key, &mut report)?;
+    commitments::check_results(data, &chain)?;
+    let decisions = quarantine::check(data, &chain, &readings, &mut report)?;
     ledger::replay(data, &results, &readings, &mut report)?;
     statements::check_sums(data, &mut report)?;
     statements::settle_again(data, &results, &readings, &mut report)?;
+    commitments::check_sealed_state(data, &chain, &results, &readings, &decisions, &mut report)?;
     Ok(report)
+}
+
+/// The first field where `stored` and `expected` differ, as `path (stored X, expected Y)`,
+/// e.g. `lines[0].amount (stored 1200, expected 200)`.
+fn first_difference<T: Serialize>(stored: &T, expected: &T) -> String {
+    fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value) -> Option<String> {
+        use serde_json::Value;
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                keys.into_iter().find_map(|k| {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(
+                        &p,
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
+                    )
+                })
+            }
+            (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+                .iter()
+                .zip(y)
+                .enumerate()
+                .find_map(|(i, (a, b))| walk(&format!("{path}[{i}]"), a, b)),
+            _ if a != b => Some(format!("{path} (stored {a}, expected {b})")),
+            _ => None,
+        }
+    }
+    let (a, b) = (
+        serde_json::to_value(stored).unwrap_or_default(),
+        serde_json::to_value(expected).unwrap_or_default(),
+    );
+    walk("", &a, &b).unwrap_or_else(|| "no field".to_owned())
 }
 
 #[cfg(test)]
@@ -151,6 +304,7 @@ mod tests {
                 kind: "mint".into(),
                 body: b"{}".to_vec(),
                 block_height: None,
+                created_at: 0,
             }],
             ..AuditData::default()
         };

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 /// A verified reading's columns as the later steps use them.
 pub(super) struct ReadingInfo {
+    pub key: String,
     pub participant: String,
     pub gateway: String,
     pub interval_start: i64,
@@ -65,6 +66,7 @@ pub(super) fn check(data: &AuditData, report: &mut AuditReport) -> Result<Readin
         out.by_digest.insert(
             env.digest_hex(),
             ReadingInfo {
+                key: r.key.clone(),
                 participant: r.participant.clone(),
                 gateway: r.gateway.clone(),
                 interval_start: r.interval_start,

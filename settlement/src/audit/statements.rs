@@ -5,7 +5,7 @@
 
 use super::ledger::Results;
 use super::readings::{ReadingInfo, Readings};
-use super::{AuditError, AuditReport, bad};
+use super::{AuditError, AuditReport, bad, first_difference};
 use crate::rules::{MeterRow, Statement, settle_with_envelopes};
 use crate::store::audit::AuditData;
 use gridmesh_protocol::envelope::EnvelopeCompliance;
@@ -18,7 +18,11 @@ type Stored = HashMap<String, BTreeMap<String, Statement>>;
 /// Compliance rows by interval key and gateway.
 type StoredCompliance = HashMap<String, BTreeMap<String, EnvelopeCompliance>>;
 
-fn parse_statement(key: &str, participant: &str, body: &str) -> Result<Statement, AuditError> {
+pub(super) fn parse_statement(
+    key: &str,
+    participant: &str,
+    body: &str,
+) -> Result<Statement, AuditError> {
     serde_json::from_str(body).map_err(|e| {
         bad(
             format!("statement of {participant} for {key}"),
@@ -107,7 +111,7 @@ pub(super) fn settle_again(
         .collect();
     settled.sort_by_key(|(_, r)| r.interval.start());
     for (key, result) in settled {
-        let rows = meter_rows(result, readings)?;
+        let rows = meter_rows(result, readings, |_| false)?;
         let (settlement, compliance) = settle_with_envelopes(result, &rows).map_err(|e| {
             bad(
                 format!("interval {key}"),
@@ -152,8 +156,8 @@ fn compare_statements(
                 return Err(bad(
                     &loc,
                     format!(
-                        "differs from settling the stored result and readings again (stored net {}, envelope excess {} Wh; recomputed net {}, envelope excess {} Wh)",
-                        h.net.0, h.envelope_excess.0, w.net.0, w.envelope_excess.0
+                        "differs from settling the stored result and readings again with the published rules: field {}",
+                        first_difference(&h, w)
                     ),
                 ));
             }
@@ -187,7 +191,7 @@ fn compare_compliance(
                 return Err(bad(
                     &loc,
                     format!(
-                        "stored export {} / import {} Wh against {} / {} Wh; the readings and the envelope give {} / {} against {} / {}",
+                        "stored export {} / import {} Wh against {} / {} Wh; the readings and the envelope give {} / {} against {} / {}: field {}",
                         h.export_wh.0,
                         h.import_wh.0,
                         h.export_limit_wh.0,
@@ -195,7 +199,8 @@ fn compare_compliance(
                         c.export_wh.0,
                         c.import_wh.0,
                         c.export_limit_wh.0,
-                        c.import_limit_wh.0
+                        c.import_limit_wh.0,
+                        first_difference(&h, c)
                     ),
                 ));
             }
@@ -212,8 +217,13 @@ fn compare_compliance(
 }
 
 /// The readings settlement used for an interval (`accepted` and `flagged`; `late` ones never
-/// count), in reading-key order.
-fn meter_rows(result: &IntervalResult, readings: &Readings) -> Result<Vec<MeterRow>, AuditError> {
+/// count), in reading-key order; `flagged_then` marks accepted readings (by key) as flagged
+/// (their acceptance came later).
+pub(super) fn meter_rows(
+    result: &IntervalResult,
+    readings: &Readings,
+    flagged_then: impl Fn(&str) -> bool,
+) -> Result<Vec<MeterRow>, AuditError> {
     let at = (
         result.interval.start_unix(),
         i64::from(result.interval.length().minutes()),
@@ -235,7 +245,7 @@ fn meter_rows(result: &IntervalResult, readings: &Readings) -> Result<Vec<MeterR
                 .map_err(|e| bad(loc(), e.to_string()))?,
             gateway: GatewayId::new(info.gateway.clone()).map_err(|e| bad(loc(), e.to_string()))?,
             digest: d.clone(),
-            flagged: info.status == "flagged",
+            flagged: info.status == "flagged" || flagged_then(&info.key),
             imported: Wh(info.import),
             exported: Wh(info.export),
             pv: Wh(info.pv),

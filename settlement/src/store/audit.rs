@@ -1,8 +1,9 @@
 //! Everything `settlement verify` reads, loaded in one step so the checks themselves are pure
 //! (see [`crate::audit`]).
 
-use gridmesh_protocol::rotation::ParticipantWithKeys;
-use sqlx::{AnyPool, Row};
+use gridmesh_protocol::rotation::{KeyPeriod, ParticipantWithKeys};
+use gridmesh_runtime::db::{Backend, Database};
+use sqlx::{AnyConnection, AnyPool, Row};
 
 /// A stored block as the audit reads it.
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct EntryRecord {
     pub body: Vec<u8>,
     /// The block it claims to be in.
     pub block_height: Option<i64>,
+    /// When settlement wrote it, Unix ms (a transfer's or retirement's receive time).
+    pub created_at: i64,
 }
 
 /// A stored reading with its indexed columns.
@@ -125,6 +128,34 @@ pub struct ComplianceRecord {
     pub body: String,
 }
 
+/// A stored withheld mint.
+#[derive(Debug, Clone)]
+pub struct WithheldRecord {
+    /// Row id.
+    pub id: i64,
+    /// Interval key.
+    pub interval_key: String,
+    /// The mint plan (JSON).
+    pub body: String,
+    /// 1 once released.
+    pub released: i64,
+}
+
+/// A stored quarantine item, without its raw bytes (those move no money).
+#[derive(Debug, Clone)]
+pub struct QuarantineRecord {
+    /// Id.
+    pub id: i64,
+    /// The reading key it names, if any.
+    pub reading_key: Option<String>,
+    /// Reason code.
+    pub code: String,
+    /// `open`, `accepted`, `held`, `readmitted`
+    pub status: String,
+    /// When an operator decided it, Unix ms.
+    pub resolved_at: Option<i64>,
+}
+
 /// The whole store, as the audit checks it.
 #[derive(Debug, Clone, Default)]
 pub struct AuditData {
@@ -147,6 +178,13 @@ pub struct AuditData {
     pub statements: Vec<StatementRecord>,
     /// Compliance rows.
     pub compliance: Vec<ComplianceRecord>,
+    /// Withheld mints by id.
+    pub withheld: Vec<WithheldRecord>,
+    /// Quarantine items that name a reading or were decided, by id.
+    pub quarantine: Vec<QuarantineRecord>,
+    /// Every participant key with its validity period (from the stored participant bodies);
+    /// a participant without periods is absent (any of its keys is then accepted).
+    pub key_periods: Vec<(String, KeyPeriod)>,
 }
 
 /// Whether the database has settlement's tables.
@@ -157,12 +195,25 @@ pub async fn has_settlement_tables(pool: &AnyPool) -> bool {
         .is_ok()
 }
 
-/// Reads everything the audit checks.
-pub async fn load(pool: &AnyPool) -> Result<AuditData, sqlx::Error> {
+/// Reads everything the audit checks as one consistent snapshot, so it can run while
+/// settlement writes: a read-only `REPEATABLE READ` transaction on PostgreSQL, one read
+/// transaction on SQLite (WAL: it reads the database as of its first read).
+pub async fn load(db: &Database) -> Result<AuditData, sqlx::Error> {
+    let begin = match db.backend {
+        Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        Backend::Sqlite => "BEGIN DEFERRED",
+    };
+    let mut tx = db.pool.begin_with(begin).await?;
+    let data = load_in(&mut tx).await?;
+    tx.rollback().await?;
+    Ok(data)
+}
+
+async fn load_in(pool: &mut AnyConnection) -> Result<AuditData, sqlx::Error> {
     let blocks = sqlx::query(
         "SELECT height, interval_key, header, hash, signature, public_key FROM blocks ORDER BY height",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *pool)
     .await?
     .iter()
     .map(|r| BlockRecord {
@@ -174,23 +225,25 @@ pub async fn load(pool: &AnyPool) -> Result<AuditData, sqlx::Error> {
         public_key: r.get(5),
     })
     .collect();
-    let entries =
-        sqlx::query("SELECT seq, hash, kind, body, block_height FROM entries ORDER BY seq")
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|r| EntryRecord {
-                seq: r.get(0),
-                hash: r.get(1),
-                kind: r.get(2),
-                body: r.get(3),
-                block_height: r.get(4),
-            })
-            .collect();
+    let entries = sqlx::query(
+        "SELECT seq, hash, kind, body, block_height, created_at FROM entries ORDER BY seq",
+    )
+    .fetch_all(&mut *pool)
+    .await?
+    .iter()
+    .map(|r| EntryRecord {
+        seq: r.get(0),
+        hash: r.get(1),
+        kind: r.get(2),
+        body: r.get(3),
+        block_height: r.get(4),
+        created_at: r.get(5),
+    })
+    .collect();
     let gateways = pairs(pool, "SELECT gateway, body FROM gateways").await?;
     let readings = load_readings(pool).await?;
     let results = sqlx::query("SELECT interval_key, body, settled, attestation FROM results")
-        .fetch_all(pool)
+        .fetch_all(&mut *pool)
         .await?
         .iter()
         .map(|r| ResultRecord {
@@ -200,10 +253,9 @@ pub async fn load(pool: &AnyPool) -> Result<AuditData, sqlx::Error> {
             attestation: r.get(3),
         })
         .collect();
-    let participants = participant_keys(pool).await?;
     let lots =
         sqlx::query("SELECT lot, holder, initial, remaining, retired FROM lots ORDER BY lot")
-            .fetch_all(pool)
+            .fetch_all(&mut *pool)
             .await?
             .iter()
             .map(|r| LotRecord {
@@ -217,7 +269,7 @@ pub async fn load(pool: &AnyPool) -> Result<AuditData, sqlx::Error> {
     let statements = sqlx::query(
         "SELECT interval_key, participant, net, body FROM statements ORDER BY interval_key, participant",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *pool)
     .await?
     .iter()
     .map(|r| StatementRecord {
@@ -228,7 +280,7 @@ pub async fn load(pool: &AnyPool) -> Result<AuditData, sqlx::Error> {
     })
     .collect();
     let compliance = sqlx::query("SELECT interval_key, gateway, body FROM compliance")
-        .fetch_all(pool)
+        .fetch_all(&mut *pool)
         .await?
         .iter()
         .map(|r| ComplianceRecord {
@@ -237,6 +289,34 @@ pub async fn load(pool: &AnyPool) -> Result<AuditData, sqlx::Error> {
             body: r.get(2),
         })
         .collect();
+    let withheld =
+        sqlx::query("SELECT id, interval_key, body, released FROM withheld_mints ORDER BY id")
+            .fetch_all(&mut *pool)
+            .await?
+            .iter()
+            .map(|r| WithheldRecord {
+                id: r.get(0),
+                interval_key: r.get(1),
+                body: r.get(2),
+                released: r.get(3),
+            })
+            .collect();
+    let quarantine = sqlx::query(
+        "SELECT id, reading_key, code, status, resolved_at FROM quarantine \
+         WHERE reading_key IS NOT NULL OR status NOT IN ('open', 'held') ORDER BY id",
+    )
+    .fetch_all(&mut *pool)
+    .await?
+    .iter()
+    .map(|r| QuarantineRecord {
+        id: r.get(0),
+        reading_key: r.get(1),
+        code: r.get(2),
+        status: r.get(3),
+        resolved_at: r.get(4),
+    })
+    .collect();
+    let (participants, key_periods) = participant_keys(pool).await?;
     Ok(AuditData {
         blocks,
         entries,
@@ -247,15 +327,22 @@ pub async fn load(pool: &AnyPool) -> Result<AuditData, sqlx::Error> {
         lots,
         statements,
         compliance,
+        withheld,
+        quarantine,
+        key_periods,
     })
 }
 
-/// Every (participant, key) pair: the key column, plus every period's key of the stored body.
-async fn participant_keys(pool: &AnyPool) -> Result<Vec<(String, String)>, sqlx::Error> {
+/// Every (participant, key) pair: the key column, plus every period's key of the stored body;
+/// and every period.
+async fn participant_keys(
+    pool: &mut AnyConnection,
+) -> Result<(Vec<(String, String)>, Vec<(String, KeyPeriod)>), sqlx::Error> {
     let mut out = Vec::new();
+    let mut periods = Vec::new();
     for (participant, key, body) in
         sqlx::query("SELECT participant, public_key, body FROM participants")
-            .fetch_all(pool)
+            .fetch_all(&mut *pool)
             .await?
             .iter()
             .map(|r| {
@@ -271,32 +358,33 @@ async fn participant_keys(pool: &AnyPool) -> Result<Vec<(String, String)>, sqlx:
             .map(|p| p.keys)
             .unwrap_or_default();
         for k in history {
-            let k = k.public_key.to_string();
-            if k != key {
-                out.push((participant.clone(), k));
+            let public = k.public_key.to_string();
+            if public != key {
+                out.push((participant.clone(), public));
             }
+            periods.push((participant.clone(), k));
         }
         out.push((participant, key));
     }
-    Ok(out)
+    Ok((out, periods))
 }
 
-async fn pairs(pool: &AnyPool, sql: &str) -> Result<Vec<(String, String)>, sqlx::Error> {
+async fn pairs(pool: &mut AnyConnection, sql: &str) -> Result<Vec<(String, String)>, sqlx::Error> {
     Ok(sqlx::query(sql)
-        .fetch_all(pool)
+        .fetch_all(&mut *pool)
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect())
 }
 
-async fn load_readings(pool: &AnyPool) -> Result<Vec<ReadingRecord>, sqlx::Error> {
+async fn load_readings(pool: &mut AnyConnection) -> Result<Vec<ReadingRecord>, sqlx::Error> {
     Ok(sqlx::query(
         "SELECT reading_key, gateway, device, participant, interval_start, minutes, sequence, payload, \
          signature, public_key, digest, grid_import, grid_export, pv, battery_discharge, status \
          FROM readings ORDER BY reading_key",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *pool)
     .await?
     .iter()
     .map(|r| ReadingRecord {

@@ -1,7 +1,10 @@
 //! The ledger's tables: entries, lots (token holdings) and sealed blocks.
 
 use super::StoreError;
-use crate::ledger::{BlockHeader, EntryBody, entry_hash, merkle_root};
+use crate::ledger::{
+    BlockHeader, CommittedReading, Decision, EntryBody, IntervalState, StateCommitment, entry_hash,
+    merkle_root,
+};
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::{Interval, Wh};
 use sha2::{Digest, Sha256};
@@ -87,6 +90,7 @@ pub async fn seal_block(
                 .ok_or_else(|| StoreError::Corrupt(format!("entry hash {h} is not hex")))?,
         );
     }
+    let state = state_commitment(tx, &interval, height).await?;
     let header = BlockHeader {
         height,
         interval,
@@ -95,6 +99,7 @@ pub async fn seal_block(
         entry_count: leaves.len() as u64,
         sealed_at: chrono::DateTime::from_timestamp_millis(sealed_at.timestamp_millis())
             .unwrap_or(sealed_at),
+        state: Some(state),
     };
     let bytes = header
         .to_bytes()
@@ -118,6 +123,129 @@ pub async fn seal_block(
         .execute(&mut **tx)
         .await?;
     Ok(SealedBlock { header, hash })
+}
+
+/// The state commitment of the block at `height` sealing `interval` (its statements,
+/// compliance rows and withheld mints already written in `tx`): see
+/// [`crate::ledger::StateCommitment`].
+async fn state_commitment(
+    tx: &mut Transaction<'_, Any>,
+    interval: &Interval,
+    height: u64,
+) -> Result<StateCommitment, StoreError> {
+    let key = interval.key();
+    let corrupt = |what: &str, e: serde_json::Error| {
+        StoreError::Corrupt(format!("{what} of {key} does not parse: {e}"))
+    };
+    let result_body: String =
+        sqlx::query_scalar("SELECT body FROM results WHERE interval_key = $1")
+            .bind(key.clone())
+            .fetch_one(&mut **tx)
+            .await?;
+    let readings: Vec<CommittedReading> = sqlx::query(
+        "SELECT reading_key, digest, status FROM readings \
+         WHERE interval_start = $1 AND minutes = $2 AND status IN ('accepted', 'flagged')",
+    )
+    .bind(interval.start_unix())
+    .bind(i64::from(interval.length().minutes()))
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| CommittedReading {
+        key: r.get(0),
+        digest: r.get(1),
+        status: r.get(2),
+    })
+    .collect();
+    let mut statements = Vec::new();
+    for body in bodies(
+        tx,
+        "SELECT body FROM statements WHERE interval_key = $1",
+        &key,
+    )
+    .await?
+    {
+        statements.push(serde_json::from_str(&body).map_err(|e| corrupt("a statement", e))?);
+    }
+    let mut compliance = Vec::new();
+    for body in bodies(
+        tx,
+        "SELECT body FROM compliance WHERE interval_key = $1",
+        &key,
+    )
+    .await?
+    {
+        compliance.push(serde_json::from_str(&body).map_err(|e| corrupt("a compliance row", e))?);
+    }
+    let mut withheld = Vec::new();
+    let sql = "SELECT body FROM withheld_mints WHERE interval_key = $1 ORDER BY id";
+    for body in bodies(tx, sql, &key).await? {
+        withheld.push(serde_json::from_str(&body).map_err(|e| corrupt("a withheld mint", e))?);
+    }
+    let decisions = new_decisions(tx, height).await?;
+    Ok(StateCommitment::compute(
+        IntervalState {
+            result_body: result_body.as_bytes(),
+            readings: &readings,
+            statements: &statements,
+            compliance: &compliance,
+            withheld: &withheld,
+        },
+        &decisions,
+    ))
+}
+
+async fn bodies(
+    tx: &mut Transaction<'_, Any>,
+    sql: &str,
+    key: &str,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(sql)
+        .bind(key.to_owned())
+        .fetch_all(&mut **tx)
+        .await?)
+}
+
+/// The operator decisions no earlier block lists: those resolved at or after the previous
+/// block's seal time, less those listed by the blocks sealed at that same millisecond.
+async fn new_decisions(
+    tx: &mut Transaction<'_, Any>,
+    height: u64,
+) -> Result<Vec<Decision>, StoreError> {
+    let mut since = i64::MIN;
+    let mut listed = std::collections::HashSet::new();
+    let mut h = height as i64 - 1;
+    while h >= 0 {
+        let bytes: Vec<u8> = sqlx::query_scalar("SELECT header FROM blocks WHERE height = $1")
+            .bind(h)
+            .fetch_one(&mut **tx)
+            .await?;
+        let header =
+            BlockHeader::from_bytes(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let at = header.sealed_at.timestamp_millis();
+        if since != i64::MIN && at != since {
+            break;
+        }
+        since = at;
+        listed.extend(header.state.map(|s| s.decision_ids).unwrap_or_default());
+        h -= 1;
+    }
+    Ok(sqlx::query(
+        "SELECT id, reading_key, status, resolved_at FROM quarantine \
+         WHERE status NOT IN ('open', 'held') AND resolved_at IS NOT NULL AND resolved_at >= $1 ORDER BY id",
+    )
+    .bind(since)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| Decision {
+        id: r.get(0),
+        reading_key: r.get::<Option<String>, _>(1).unwrap_or_default(),
+        status: r.get(2),
+        resolved_at: r.get(3),
+    })
+    .filter(|d| !listed.contains(&d.id))
+    .collect())
 }
 
 /// A minted entry and the lot it creates, ready to insert in a batch.
@@ -329,4 +457,42 @@ pub async fn entry(pool: &AnyPool, hash: &str) -> Result<Option<EntryRow>, Store
         body: r.get(2),
         block_height: r.get(3),
     }))
+}
+
+/// The operation (its envelope's SHA-256, hex) that already used `holder`'s `nonce` for
+/// operations of this `kind` (`transfer`, `retire`), if any.
+pub async fn nonce_op(
+    tx: &mut Transaction<'_, Any>,
+    holder: &str,
+    kind: &str,
+    nonce: u64,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT op_digest FROM token_nonces WHERE holder = $1 AND kind = $2 AND nonce = $3",
+    )
+    .bind(holder.to_owned())
+    .bind(kind.to_owned())
+    .bind(nonce as i64)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+/// Records that `holder`'s `nonce` of this `kind` was used by operation `op_digest`.
+pub async fn use_nonce(
+    tx: &mut Transaction<'_, Any>,
+    holder: &str,
+    kind: &str,
+    nonce: u64,
+    op_digest: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO token_nonces (holder, kind, nonce, op_digest) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(holder.to_owned())
+    .bind(kind.to_owned())
+    .bind(nonce as i64)
+    .bind(op_digest.to_owned())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
