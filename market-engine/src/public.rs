@@ -432,3 +432,250 @@ pub fn public_depth(
         nodes,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gridmesh_protocol::grid::Branch;
+    use gridmesh_protocol::market::{ClearedOrder, Trade};
+    use gridmesh_protocol::{Money, PricePerMwh};
+
+    fn n(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    /// `sub` ← `f1` ← `l1`, and `sub` ← `f2`.
+    fn network() -> Network {
+        let b = |node: &str, parent: &str| Branch {
+            node: n(node),
+            parent: n(parent),
+            import_limit_wh: None,
+            export_limit_wh: None,
+            fee_per_mwh: None,
+        };
+        Network {
+            root: n("sub"),
+            branches: vec![b("f1", "sub"), b("l1", "f1"), b("f2", "sub")],
+            utility: Default::default(),
+        }
+    }
+
+    /// The areas as `(area, its nodes, participants)`.
+    fn check(counts: &[(&str, u32)], expected: &[(&str, &[&str], u32)]) {
+        let counts = counts.iter().map(|(k, v)| (n(k), *v)).collect();
+        let areas = Areas::new(&network(), &counts, 5);
+        let got: Vec<(String, Vec<String>, u32)> = areas
+            .members
+            .iter()
+            .map(|(a, nodes, c)| {
+                (
+                    a.to_string(),
+                    nodes.iter().map(|x| x.to_string()).collect(),
+                    *c,
+                )
+            })
+            .collect();
+        let expected: Vec<(String, Vec<String>, u32)> = expected
+            .iter()
+            .map(|(a, nodes, c)| {
+                (
+                    a.to_string(),
+                    nodes.iter().map(|x| x.to_string()).collect(),
+                    *c,
+                )
+            })
+            .collect();
+        assert_eq!(got, expected, "{counts:?}");
+    }
+
+    #[test]
+    fn small_nodes_fold_into_their_parents_area() {
+        // Everyone on its own: every node with 5 is an area.
+        check(
+            &[("l1", 5), ("f1", 5), ("f2", 5)],
+            &[
+                ("sub", &["sub"], 0),
+                ("f1", &["f1"], 5),
+                ("l1", &["l1"], 5),
+                ("f2", &["f2"], 5),
+            ],
+        );
+        // l1's 3 fold into f1 (2 + 3 = 5: an area); f2's 4 into the root.
+        check(
+            &[("l1", 3), ("f1", 2), ("f2", 4)],
+            &[("sub", &["sub", "f2"], 4), ("f1", &["f1", "l1"], 5)],
+        );
+        // Too few anywhere: everything in the root; unknown nodes count there too.
+        check(
+            &[("l1", 1), ("f2", 1), ("elsewhere", 2)],
+            &[("sub", &["sub", "f1", "l1", "f2"], 4)],
+        );
+    }
+
+    fn interval(start: &str) -> Interval {
+        Interval::parse(start, 15).unwrap()
+    }
+
+    fn order(who: &str, node: &str, side: Side, q: i64, cleared: i64) -> ClearedOrder {
+        ClearedOrder {
+            order_id: format!("{who}:1"),
+            participant: ParticipantId::new(who).unwrap(),
+            node: n(node),
+            side,
+            quantity: Wh(q),
+            limit_price: PricePerMwh(20_000),
+            cleared: Wh(cleared),
+            price: PricePerMwh(20_000),
+        }
+    }
+
+    fn party(o: &ClearedOrder) -> Counterparty {
+        Counterparty::Order {
+            order_id: o.order_id.clone(),
+            participant: o.participant.clone(),
+            node: o.node.clone(),
+        }
+    }
+
+    /// Five sellers and a buyer on f1, one buyer on f2 (folded into sub).
+    fn result(start: &str) -> IntervalResult {
+        let mut orders: Vec<ClearedOrder> = (1..=5)
+            .map(|i| order(&format!("s{i}"), "f1", Side::Sell, 100, 100))
+            .collect();
+        orders.push(order("b1", "f1", Side::Buy, 300, 300));
+        orders.push(order("b2", "f2", Side::Buy, 250, 200));
+        let trades = vec![
+            Trade {
+                buyer: party(&orders[5]),
+                seller: party(&orders[0]),
+                energy: Wh(100),
+                price: PricePerMwh(20_000),
+            },
+            Trade {
+                buyer: party(&orders[6]),
+                seller: party(&orders[0]),
+                energy: Wh(0),
+                price: PricePerMwh(20_000),
+            },
+            Trade {
+                buyer: party(&orders[6]),
+                seller: Counterparty::Utility,
+                energy: Wh(200),
+                price: PricePerMwh(30_000),
+            },
+        ];
+        IntervalResult {
+            interval: interval(start),
+            zone: "z".into(),
+            cleared_at: interval(start).start(),
+            prices: [
+                (n("sub"), PricePerMwh(20_000)),
+                (n("f2"), PricePerMwh(21_000)),
+            ]
+            .into(),
+            orders,
+            trades,
+            utility_import: Wh(200),
+            utility_export: Wh(0),
+            flows: Vec::new(),
+            welfare: Money(1),
+            network: network(),
+            envelopes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_public_view_names_no_participant_and_sums_per_area() {
+        let secret = [7; 32];
+        let full = result("2026-06-21T12:15:00Z");
+        let public = public_view(&full, &secret).unwrap();
+        let json = serde_json::to_string(&public).unwrap();
+        for o in &full.orders {
+            assert!(!json.contains(o.participant.as_str()), "{json}");
+        }
+        assert!(!public.withheld);
+        let f1 = &public.areas[0];
+        assert_eq!((f1.node.as_str(), f1.participants, f1.orders), ("f1", 6, 6));
+        assert_eq!(
+            (f1.offered, f1.sold, f1.bid, f1.bought),
+            (Wh(500), Wh(500), Wh(300), Wh(300))
+        );
+        let root = &public.areas[1];
+        assert_eq!(
+            (root.node.as_str(), root.participants, root.bought),
+            ("sub", 1, Wh(200))
+        );
+        // f2 is no area: its price is not published.
+        assert_eq!(
+            public.prices.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["sub"]
+        );
+        // One seller in two trades: the same pseudonym within the interval, placed in its area.
+        let seller = |t: &PublicTrade| t.seller.clone();
+        assert_eq!(seller(&public.trades[0]), seller(&public.trades[1]));
+        let PublicParty::Participant { pseudonym, area } = seller(&public.trades[0]) else {
+            panic!("a participant sold");
+        };
+        assert_eq!(area.as_str(), "f1");
+        assert!(
+            pseudonym.starts_with("p-") && pseudonym.len() == 18,
+            "{pseudonym}"
+        );
+        assert_eq!(public.trades[2].seller, PublicParty::Utility);
+        // The next interval: another pseudonym for the same seller.
+        let next = public_view(&result("2026-06-21T12:30:00Z"), &secret).unwrap();
+        assert_ne!(seller(&next.trades[0]), seller(&public.trades[0]));
+        // Another market secret: other pseudonyms.
+        let other = public_view(&full, &[8; 32]).unwrap();
+        assert_ne!(seller(&other.trades[0]), seller(&public.trades[0]));
+    }
+
+    #[test]
+    fn a_zone_of_fewer_than_five_publishes_only_prices() {
+        let mut small = result("2026-06-21T12:15:00Z");
+        small.orders.truncate(3);
+        small.trades.truncate(1);
+        let public = public_view(&small, &[7; 32]).unwrap();
+        assert!(public.withheld);
+        assert!(public.areas.is_empty() && public.trades.is_empty() && public.flows.is_empty());
+        assert_eq!((public.utility_import, public.welfare), (None, None));
+    }
+
+    #[test]
+    fn a_participant_sees_its_own_trades_and_others_under_pseudonyms() {
+        let secret = [7; 32];
+        let full = result("2026-06-21T12:15:00Z");
+        let b1 = ParticipantId::new("b1").unwrap();
+        let own = own_view(&full, &b1, &secret);
+        assert_eq!(own.orders.len(), 1);
+        assert_eq!(own.trades.len(), 1);
+        let Counterparty::Order {
+            participant,
+            order_id,
+            node,
+        } = &own.trades[0].seller
+        else {
+            panic!("s1 sold to b1");
+        };
+        let public = public_view(&full, &secret).unwrap();
+        let PublicParty::Participant { pseudonym, .. } = &public.trades[0].seller else {
+            panic!("a participant sold");
+        };
+        assert_eq!(
+            (participant.as_str(), order_id, node.as_str()),
+            (pseudonym.as_str(), pseudonym, "f1")
+        );
+        let json = serde_json::to_string(&own).unwrap();
+        for who in ["s1", "s2", "b2"] {
+            assert!(!json.contains(&format!("\"{who}")), "{who} in {json}");
+        }
+    }
+
+    #[test]
+    fn overflowing_sums_are_an_error_not_a_wrap() {
+        let mut big = result("2026-06-21T12:15:00Z");
+        big.orders[0].quantity = Wh(i64::MAX);
+        let error = public_view(&big, &[7; 32]).unwrap_err();
+        assert_eq!((error.what, error.area.as_str()), ("offered", "f1"));
+    }
+}
