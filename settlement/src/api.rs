@@ -10,7 +10,9 @@
 
 use crate::access::{Caller, refuse_auditor_write};
 use crate::rules::Statement;
+use crate::service::admission::UploadError;
 use crate::service::{Receipt, Service, ServiceError, Submission};
+use crate::store::readings::QuarantineFilter;
 use axum::Router;
 use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -19,8 +21,8 @@ use axum::response::{IntoResponse, Response};
 use gridmesh_protocol::api::market::ErrorBody;
 use gridmesh_protocol::api::readings::ReadingOutcome;
 use gridmesh_protocol::api::settlement::{
-    Balances, BlockSummary, EntryView, Event, QuarantineAccepted, QuarantineItem, QuarantineStatus,
-    StoredReading,
+    Balances, BlockSummary, EntryView, Event, QuarantineAccepted, QuarantineItem, QuarantineQuery,
+    QuarantineStatus, StoredReading,
 };
 use gridmesh_protocol::envelope::{EnvelopeAlert, EnvelopeCompliance, MeasuredFlows};
 use gridmesh_protocol::signing::SignedEnvelope;
@@ -100,6 +102,13 @@ impl Modify for OperatorBearer {
             );
         }
         components.add_security_scheme(
+            "gateway",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "a gateway's signed request over the whole body, `GridmeshGateway <base64 payload>.<base64 signature>` (gridmesh/gateway-request/v1, docs/protocol.md), by the gateway's enrolled key",
+            ))),
+        );
+        components.add_security_scheme(
             "participant",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "Authorization",
@@ -148,36 +157,103 @@ pub fn router(state: AppState) -> Router {
 }
 
 #[utoipa::path(post, path = "/readings", tag = "readings",
-    summary = "Submit signed readings",
-    description = "Open to gateways: each reading is signed by its gateway's enrolled key. A JSON array of SignedEnvelope of Reading. One outcome per item, in order: accepted, duplicate or quarantined (with its reason code). 200 means every item was durably recorded.",
+    summary = "Submit signed readings (enrolled gateways only, rate-limited per gateway)",
+    description = "A JSON array of SignedEnvelope of Reading, uploaded by an enrolled gateway: the request carries the gateway's signed request over the whole body (`Authorization: GridmeshGateway <base64 payload>.<base64 signature>`, gridmesh/gateway-request/v1 in docs/protocol.md), and each reading is itself checked against its gateway's enrolled key. One outcome per item, in order: accepted, duplicate or quarantined (with its reason code). 200 means every item was durably recorded (junk only as a bounded sample). Each gateway may send 1000 readings at once and 2 per second on average (429 with Retry-After beyond). A gateway the market has not enrolled (the sender, or a reading's gateway) makes settlement ask the market again; if it is still unknown the answer is 503 `unknown_gateway` with Retry-After and nothing is stored, so the gateway keeps its readings and resends.",
     request_body = Vec<SignedEnvelope>,
+    security(("gateway" = [])),
     responses(
         (status = 200, description = "one outcome per submitted envelope", body = Vec<ReadingOutcome>),
-        (status = 400, description = "bad_request: not a JSON array", body = ErrorBody),
+        (status = 400, description = "bad_request: not a JSON array, or more than 1000 items", body = ErrorBody),
+        (status = 401, description = "unauthorized: no or an invalid gateway signature", body = ErrorBody),
         (status = 403, description = "forbidden: the auditor token writes nothing", body = ErrorBody),
-        (status = 503, description = "storage_unavailable: nothing was recorded, retry", body = ErrorBody),
+        (status = 429, description = "rate_limited: over the gateway's rate; nothing stored, resend after Retry-After", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 503, description = "unknown_gateway (not enrolled yet: keep the readings, resend after Retry-After) | storage_unavailable: nothing was recorded, retry", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds to wait"))),
     ))]
 async fn post_readings(
     State(s): State<AppState>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     body: axum::body::Bytes,
-) -> ApiResult<ApiJson<Vec<ReadingOutcome>>> {
-    refuse_auditor_write(&s, &headers)?;
-    // Each item stays opaque JSON until ingest decodes it: what does not decode is kept in
-    // quarantine as sent, so the array is split without interpreting its items.
-    let items: Vec<serde_json::Value> = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the body must be a JSON array of signed envelopes: {e}"
-        ))
-    })?;
+) -> Response {
+    match upload(&s, &headers, &uri, &body).await {
+        Ok(outcomes) => ApiJson(outcomes).into_response(),
+        Err(e) => e,
+    }
+}
+
+/// `POST /readings`: authenticate the gateway, parse, rate-limit, ingest.
+async fn upload(
+    s: &AppState,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    body: &[u8],
+) -> Result<Vec<ReadingOutcome>, Response> {
+    refuse_auditor_write(s, headers).map_err(IntoResponse::into_response)?;
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let sender = s
+        .service
+        .upload_sender(authorization, "POST", path, body)
+        .await
+        .map_err(upload_error)?;
+    let source = format!("rest:{sender}");
+    // Each item stays opaque JSON until ingest decodes it: what does not decode is kept (as a
+    // bounded sample) in quarantine as sent, so the array is split without interpreting items.
+    let items: Vec<serde_json::Value> = match serde_json::from_slice(body) {
+        Ok(items) => items,
+        Err(e) => {
+            let why = format!("the body must be a JSON array of signed envelopes: {e}");
+            if let Err(e) = s.service.keep_junk(&source, body, &why).await {
+                tracing::warn!(error = %e, "could not keep a sample of a refused upload");
+            }
+            return Err(ApiError::bad_request(why).into_response());
+        }
+    };
+    s.service
+        .admit_upload(&sender, items.len())
+        .map_err(upload_error)?;
     let subs = items
         .iter()
         .map(|v| Submission {
-            source: "rest".into(),
+            source: source.clone(),
             raw: serde_json::to_vec(v).expect("a parsed value serialises"),
         })
         .collect();
-    Ok(ApiJson(s.service.ingest(subs).await?))
+    s.service.ingest_upload(subs).await.map_err(upload_error)
+}
+
+/// The answer to a refused upload; 429 and 503 `unknown_gateway` carry `Retry-After`.
+fn upload_error(e: UploadError) -> Response {
+    let with_retry =
+        |status: StatusCode, code: &'static str, wait: std::time::Duration, m: String| {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let mut response = ApiError::new(status, code, m).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.into());
+            response
+        };
+    match e {
+        UploadError::Unauthorized(m) => ApiError::unauthorized(m).into_response(),
+        UploadError::BadRequest(m) => ApiError::bad_request(m).into_response(),
+        UploadError::UnknownGateway { retry_after, .. } => with_retry(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unknown_gateway",
+            retry_after,
+            e.to_string(),
+        ),
+        UploadError::RateLimited { retry_after, .. } => with_retry(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            retry_after,
+            e.to_string(),
+        ),
+        UploadError::Service(inner) => ApiError::from(inner).into_response(),
+    }
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -413,32 +489,43 @@ async fn get_reading(
 }
 
 #[utoipa::path(get, path = "/quarantine", tag = "readings",
-    summary = "Quarantined, flagged and late readings with reasons, newest first (auditor, operator; a household its own)",
-    description = "Raw submitted bytes: the auditor and the operator see every item; a participant's signed request sees, among the newest `limit` items, those of its own enrolled gateways.",
-    params(Limit),
+    summary = "Quarantined, flagged, late and held readings with reasons, newest first, paged and filtered (auditor, operator; a household its own)",
+    description = "Filters: `gateway`, `reason` (a reason code), `status` (open, accepted, held, readmitted); paging: `limit` (1–1000, default 100) items with an id below `before` (pass the last item's id for the next page). Signed readings are kept whole; of junk only a bounded sample. The auditor and the operator see every item; a participant's signed request sees only the items of its own enrolled gateways (asking for another gateway answers 403).",
+    params(QuarantineQuery),
     security(("participant" = []), ("auditor" = []), ("operator" = [])),
     responses(
-        (status = 200, description = "quarantine items", body = Vec<QuarantineItem>),
+        (status = 200, description = "quarantine items, newest first", body = Vec<QuarantineItem>),
         (status = 400, description = "invalid_query", body = ErrorBody),
         (status = 401, description = "unauthorized: no or an invalid credential", body = ErrorBody),
+        (status = 403, description = "forbidden: another household's gateway", body = ErrorBody),
         (status = 503, description = "storage_unavailable", body = ErrorBody),
     ))]
 async fn get_quarantine(
     State(s): State<AppState>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<Limit>,
+    ApiQuery(q): ApiQuery<QuarantineQuery>,
 ) -> ApiResult<ApiJson<Vec<QuarantineItem>>> {
-    let scope = caller.scope()?.cloned();
-    let mut items = s.service.quarantine(q.get()).await?;
-    if let Some(own) = scope {
-        items.retain(|item| {
-            item.gateway
-                .as_deref()
-                .and_then(|g| s.service.gateway_owner(g))
-                .is_some_and(|owner| owner == own)
-        });
+    let mut filter = QuarantineFilter {
+        gateway: q.gateway.clone().filter(|g| !g.is_empty()),
+        gateways: None,
+        code: q.reason.map(|c| c.as_str()),
+        status: q.status.map(|s| s.as_str()),
+        before: q.before,
+    };
+    if let Some(own) = caller.scope()? {
+        let mine = s.service.gateways_of(own);
+        if let Some(g) = &filter.gateway
+            && !mine.contains(g)
+        {
+            return Err(ApiError::forbidden(format!(
+                "{own} may read only the quarantine of its own gateways, and {g} is not one of them"
+            )));
+        }
+        filter.gateways = Some(mine);
     }
-    Ok(ApiJson(items))
+    Ok(ApiJson(
+        s.service.quarantine_where(&filter, q.page_size()).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/quarantine/{id}/accept", tag = "readings",

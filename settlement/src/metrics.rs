@@ -50,13 +50,19 @@ pub struct Metrics {
     pub envelope_alerts: Counter,
     /// MQTT messages acknowledged and dropped unread because they were oversized.
     pub mqtt_dropped: Counter,
+    /// Junk submissions answered but not stored: the sample budget was spent.
+    pub quarantine_samples_dropped: Counter,
+    /// `POST /readings` batches refused: unauthenticated (401) or over the gateway's rate (429).
+    pub uploads_refused: Counter,
+    /// Readings of not-yet-enrolled gateways held, and re-admitted once enrolled.
+    pub readings_held: Counter,
 }
 
 impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = Exposition::new();
-        let items: [(&str, &str, &Counter); 14] = [
+        let items: [(&str, &str, &Counter); 17] = [
             (
                 "gridmesh_settlement_readings_accepted_total",
                 "Signed readings verified and stored.",
@@ -126,6 +132,21 @@ impl Metrics {
                 "gridmesh_settlement_mqtt_dropped_total",
                 "MQTT messages acknowledged and dropped unread because they exceeded the payload limit (the log names topic and size).",
                 &self.mqtt_dropped,
+            ),
+            (
+                "gridmesh_settlement_quarantine_samples_dropped_total",
+                "Junk submissions answered but not stored because the hourly sample budget was spent.",
+                &self.quarantine_samples_dropped,
+            ),
+            (
+                "gridmesh_settlement_uploads_refused_total",
+                "POST /readings batches refused: no valid gateway signature (401) or over the gateway's rate (429).",
+                &self.uploads_refused,
+            ),
+            (
+                "gridmesh_settlement_readings_held_total",
+                "Readings of not-yet-enrolled gateways held until the market enrols them (MQTT).",
+                &self.readings_held,
             ),
         ];
         for (name, help, c) in items {

@@ -266,6 +266,8 @@ pub async fn poll_once(service: &Service, source: &dyn MarketSource) -> Result<u
         .set_gateways(&gateways)
         .await
         .map_err(|e| e.to_string())?;
+    // Readings held for gateways that were not enrolled yet are re-admitted once they are.
+    service.readmit_held().await.map_err(|e| e.to_string())?;
     let participants = source.participants().await.map_err(|e| e.to_string())?;
     service
         .set_participants_with_keys(&participants)

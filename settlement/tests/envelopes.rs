@@ -703,9 +703,11 @@ async fn signed_results_over_http_and_the_envelope_endpoints() {
     .iter()
     .map(|(g, imp, exp)| sign(&reading(g, 1, i, *imp, *exp, *exp, 1_000)))
     .collect();
+    let body = serde_json::to_vec(&envs).unwrap();
     let out: Vec<Value> = http
         .post(format!("{base}/readings"))
-        .json(&envs)
+        .header("authorization", upload_auth("gw-alice", &body))
+        .body(body)
         .send()
         .await
         .unwrap()

@@ -49,9 +49,11 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
     let bob = sign(&reading("gw-bob", 1, i, 600, 0, 0, 1_000));
     let mut forged = sign(&reading("gw-bob", 2, interval("12:15"), 1, 1, 1, 2_000));
     forged.signature[10] ^= 0x80;
+    let body = serde_json::to_vec(&vec![&good, &bob, &forged]).unwrap();
     let resp = http
         .post(format!("{base}/readings"))
-        .json(&vec![&good, &bob, &forged])
+        .header("authorization", upload_auth("gw-alice", &body))
+        .body(body)
         .send()
         .await
         .unwrap();
@@ -60,9 +62,11 @@ async fn rest_sse_settlement_and_mqtt_end_to_end() {
     let statuses: Vec<&str> = body.iter().map(|v| v["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, vec!["accepted", "accepted", "quarantined"]);
     assert_eq!(body[2]["code"], "bad_signature");
+    let body = "{\"not\": \"an array\"}";
     let resp = http
         .post(format!("{base}/readings"))
-        .body("{\"not\": \"an array\"}")
+        .header("authorization", upload_auth("gw-alice", body.as_bytes()))
+        .body(body)
         .send()
         .await
         .unwrap();

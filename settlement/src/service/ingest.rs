@@ -1,12 +1,42 @@
 //! Ingest: verify a batch of signed readings against the registry and the replay state, store
-//! the good ones and quarantine the rest (verbatim, with the reason) in one transaction.
+//! the good ones and quarantine the rest (with the reason) in one transaction.
+//!
+//! Also the edges of ingest that keep junk from stalling or filling it (bounds in
+//! [`super::admission`]): gateway uploads are authenticated by the gateway's signed request and
+//! rate-limited per gateway; what is not a reading (or is refused for good) is kept only as a
+//! bounded sample; a reading of a gateway settlement does not know makes it ask the market again
+//! at once (rate-limited) and, if still unknown, is either refused as retryable (REST: the
+//! gateway keeps it) or held whole and re-admitted once the gateway is enrolled (MQTT).
 
+use super::admission::{self, UploadError};
 use super::{Event, ReadingOutcome, ReadingStatus, Service, ServiceError, Submission, ms};
+use crate::sources::MarketSource;
 use crate::store::{self, QuarantineRow, ReadingRow};
 use crate::verify::{self, Context, Reason, ReasonCode, Verdict};
+use gridmesh_protocol::GatewayId;
 use gridmesh_protocol::reading::Reading;
 use gridmesh_protocol::registry::GatewayEnrollment;
+use gridmesh_protocol::request::SignedGatewayRequest;
 use gridmesh_protocol::signing::SignedEnvelope;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The market source an unknown gateway makes settlement read again, at most once per `every`.
+pub(crate) struct RegistryRefresh {
+    source: Arc<dyn MarketSource>,
+    every: Duration,
+    last: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// What to do with a reading whose gateway is unknown even after asking the market again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unknown {
+    /// Hold it whole (within bounds) and re-admit it once the gateway is enrolled (MQTT).
+    Hold,
+    /// Refuse the batch as retryable (REST: 503, the gateway keeps it).
+    Refuse,
+}
 
 /// A batch classified under the ingest lock, ready to write.
 #[derive(Default)]
@@ -14,34 +44,86 @@ struct Batch {
     outcomes: Vec<ReadingOutcome>,
     rows: Vec<ReadingRow>,
     quarantine: Vec<(ReasonCode, QuarantineRow)>,
+    /// Junk answered but not stored (the sample budget was spent).
+    dropped: u64,
+    /// Readings held per unknown gateway (to give back if the batch is not stored).
+    held: Vec<String>,
 }
 
 impl Batch {
+    /// Quarantines a decoded reading (flagged, late or held): kept whole, as its canonical
+    /// envelope JSON (a few hundred bytes, whatever padding it arrived with).
     fn quarantine(
         &mut self,
         item: &Submission,
-        parsed: Option<(&str, &Reading)>,
+        env: &SignedEnvelope,
+        parsed: (&str, &Reading),
         reason: &Reason,
+        status: &'static str,
         now_ms: i64,
     ) {
-        let key = parsed.map(|(k, _)| k.to_owned());
+        let key = parsed.0.to_owned();
         self.quarantine.push((
             reason.code,
             QuarantineRow {
                 source: item.source.clone(),
-                reading_key: key.clone(),
-                gateway: parsed.map(|(_, r)| r.gateway.to_string()),
-                raw: item.raw.clone(),
+                reading_key: Some(key.clone()),
+                gateway: Some(parsed.1.gateway.to_string()),
+                raw: serde_json::to_vec(env).expect("an envelope serialises"),
                 code: reason.code.as_str(),
                 reason: reason.message.clone(),
+                status,
                 received_at: now_ms,
             },
         ));
         self.outcomes.push(ReadingOutcome {
-            key,
+            key: Some(key),
             status: ReadingStatus::Quarantined,
             code: Some(reason.code),
             reason: Some(reason.message.clone()),
+        });
+    }
+
+    /// Refuses a submission for good (not a reading, or a reading that can never count): a
+    /// sample of it is kept if the budget allows (`keep`), else it is only answered.
+    fn junk(
+        &mut self,
+        item: &Submission,
+        parsed: Option<(&str, &Reading)>,
+        reason: &Reason,
+        keep: bool,
+        now_ms: i64,
+    ) {
+        let key = parsed.map(|(k, _)| k.to_owned());
+        let mut message = reason.message.clone();
+        if keep {
+            let (raw, note) = admission::sample(&item.raw);
+            let mut stored = message.clone();
+            stored.extend(note);
+            self.quarantine.push((
+                reason.code,
+                QuarantineRow {
+                    source: item.source.clone(),
+                    reading_key: key.clone(),
+                    gateway: parsed.map(|(_, r)| r.gateway.to_string()),
+                    raw,
+                    code: reason.code.as_str(),
+                    reason: stored,
+                    status: "open",
+                    received_at: now_ms,
+                },
+            ));
+        } else {
+            self.dropped += 1;
+            message.push_str(
+                " (not kept: this hour's quarantine sample budget for its gateway is spent)",
+            );
+        }
+        self.outcomes.push(ReadingOutcome {
+            key,
+            status: ReadingStatus::Quarantined,
+            code: Some(reason.code),
+            reason: Some(message),
         });
     }
 
@@ -105,15 +187,230 @@ fn reading_row(
 }
 
 impl Service {
+    /// Lets an unknown gateway make settlement read the market's enrolments again at once, at
+    /// most once per `every` (real time); held readings whose gateway the market enrols are
+    /// re-admitted after every registry update. Set once; later calls are ignored.
+    pub fn set_registry_source(&self, source: Arc<dyn MarketSource>, every: Duration) {
+        let _ = self.registry_source.set(RegistryRefresh {
+            source,
+            every,
+            last: tokio::sync::Mutex::new(None),
+        });
+    }
+
+    /// Reads the market's enrolments now, unless that was done less than the refresh period
+    /// ago (or no source is set): `true` if the registry was refreshed.
+    pub async fn refresh_registry(&self) -> bool {
+        let Some(refresh) = self.registry_source.get() else {
+            return false;
+        };
+        {
+            let mut last = refresh.last.lock().await;
+            if last.is_some_and(|t| t.elapsed() < refresh.every) {
+                return false;
+            }
+            *last = Some(Instant::now());
+            let gateways = match refresh.source.gateways().await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not refresh gateway enrolments for an unknown gateway");
+                    return false;
+                }
+            };
+            if let Err(e) = self.set_gateways(&gateways).await {
+                tracing::warn!(error = %e, "could not store refreshed gateway enrolments");
+                return false;
+            }
+        }
+        if let Err(e) = self.readmit_held().await {
+            tracing::error!(error = %e, "could not re-admit held readings; will retry at the next registry update");
+        }
+        true
+    }
+
+    /// How long a refused upload should wait before it is sent again.
+    fn retry_after(&self) -> Duration {
+        self.registry_source
+            .get()
+            .map_or(Duration::from_secs(5), |r| r.every)
+            .max(Duration::from_secs(1))
+    }
+
+    /// The gateway whose signed request (`Authorization: GridmeshGateway …`) authorises this
+    /// upload, checked against its enrolled key on the wall clock. An unknown gateway makes
+    /// settlement ask the market again first.
+    pub async fn upload_sender(
+        &self,
+        authorization: Option<&str>,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> Result<GatewayId, UploadError> {
+        let refuse = |why: String| {
+            self.metrics.uploads_refused.add(1);
+            UploadError::Unauthorized(why)
+        };
+        let Some(header) = authorization else {
+            return Err(refuse("POST /readings is accepted only from enrolled gateways: sign the batch with the gateway's key (`Authorization: GridmeshGateway <base64 payload>.<base64 signature>`, gridmesh/gateway-request/v1, see docs/protocol.md)".into()));
+        };
+        let request = SignedGatewayRequest::parse(header).map_err(|e| refuse(e.to_string()))?;
+        let gateway = request.gateway().clone();
+        let mut enrolled = self.gateway_key(&gateway);
+        if enrolled.is_none() && self.refresh_registry().await {
+            enrolled = self.gateway_key(&gateway);
+        }
+        let Some(key) = enrolled else {
+            return Err(UploadError::UnknownGateway {
+                gateway: gateway.to_string(),
+                retry_after: self.retry_after(),
+            });
+        };
+        let now = chrono::Utc::now().timestamp();
+        request
+            .verify(&key, now, method, path_and_query, body)
+            .map_err(|e| refuse(e.to_string()))?;
+        Ok(gateway)
+    }
+
+    /// The gateways the market enrolled for `participant` (its household's).
+    pub fn gateways_of(&self, participant: &gridmesh_protocol::ParticipantId) -> Vec<String> {
+        let registry = self.registry.read().expect("registry lock");
+        let mut list: Vec<String> = registry
+            .values()
+            .filter(|g| &g.participant == participant)
+            .map(|g| g.gateway.to_string())
+            .collect();
+        list.sort();
+        list
+    }
+
+    fn gateway_key(&self, gateway: &GatewayId) -> Option<gridmesh_protocol::signing::PublicKey> {
+        self.registry
+            .read()
+            .expect("registry lock")
+            .get(gateway)
+            .map(|g| g.public_key)
+    }
+
+    /// Takes `readings` from the sending gateway's rate budget (429 when spent).
+    pub fn admit_upload(&self, gateway: &GatewayId, readings: usize) -> Result<(), UploadError> {
+        if readings > admission::MAX_BATCH {
+            return Err(UploadError::BadRequest(format!(
+                "a batch holds at most {} readings, this one {readings}: send them in smaller batches",
+                admission::MAX_BATCH
+            )));
+        }
+        let taken = self.admission.lock().expect("admission lock").take(
+            gateway.as_str(),
+            readings,
+            Instant::now(),
+        );
+        taken.map_err(|wait| {
+            self.metrics.uploads_refused.add(1);
+            UploadError::RateLimited {
+                gateway: gateway.to_string(),
+                retry_after: wait.max(Duration::from_secs(1)),
+            }
+        })
+    }
+
+    /// Keeps a sample of a refused upload body (within the junk budget) as a `malformed`
+    /// quarantine item attributed to `source`.
+    pub async fn keep_junk(&self, source: &str, raw: &[u8], why: &str) -> Result<(), ServiceError> {
+        let keep = self
+            .admission
+            .lock()
+            .expect("admission lock")
+            .sample(&admission::budget_key(source, None), Instant::now());
+        if !keep {
+            self.metrics.quarantine_samples_dropped.add(1);
+            return Ok(());
+        }
+        let (raw, note) = admission::sample(raw);
+        let mut reason = why.to_owned();
+        reason.extend(note);
+        let row = QuarantineRow {
+            source: source.to_owned(),
+            reading_key: None,
+            gateway: None,
+            raw,
+            code: ReasonCode::Malformed.as_str(),
+            reason,
+            status: "open",
+            received_at: ms(self.clock.now()),
+        };
+        let mut tx = self.db.begin_write().await?;
+        let id = store::insert_quarantine(&mut tx, &row).await?;
+        tx.commit().await?;
+        self.metrics.readings_quarantined.add(1);
+        let _ = self.events.send(Event::Quarantined {
+            id,
+            code: ReasonCode::Malformed,
+            reason: row.reason,
+        });
+        Ok(())
+    }
+
     /// Verifies and stores a batch of readings in one transaction. `Err` means nothing of the
-    /// batch was recorded (retry it); `Ok` has one outcome per submission, in order.
+    /// batch was recorded (retry it); `Ok` has one outcome per submission, in order. A reading
+    /// of a gateway unknown even after asking the market again is held (see the module docs).
     pub async fn ingest(
         &self,
         items: Vec<Submission>,
     ) -> Result<Vec<ReadingOutcome>, ServiceError> {
+        match self.ingest_with(items, Unknown::Hold).await {
+            Ok(outcomes) => Ok(outcomes),
+            Err(UploadError::Service(e)) => Err(e),
+            Err(other) => Err(ServiceError::BadRequest(other.to_string())),
+        }
+    }
+
+    /// [`Service::ingest`] for a gateway's REST upload: a reading of a gateway that is unknown
+    /// even after asking the market again refuses the whole batch as retryable
+    /// ([`UploadError::UnknownGateway`]), so the gateway keeps it.
+    pub async fn ingest_upload(
+        &self,
+        items: Vec<Submission>,
+    ) -> Result<Vec<ReadingOutcome>, UploadError> {
+        self.ingest_with(items, Unknown::Refuse).await
+    }
+
+    async fn ingest_with(
+        &self,
+        items: Vec<Submission>,
+        unknown: Unknown,
+    ) -> Result<Vec<ReadingOutcome>, UploadError> {
         // Parse and check signatures outside the lock (the expensive part).
         let parsed: Vec<Result<(SignedEnvelope, Reading), Reason>> =
             items.iter().map(parse).collect();
+        let first_unknown = |s: &Self| {
+            let registry = s.registry.read().expect("registry lock");
+            parsed
+                .iter()
+                .filter_map(|p| p.as_ref().ok())
+                .find(|(_, r)| !registry.contains_key(&r.gateway))
+                .map(|(_, r)| r.gateway.to_string())
+        };
+        if first_unknown(self).is_some() {
+            self.refresh_registry().await;
+            if unknown == Unknown::Refuse
+                && let Some(gateway) = first_unknown(self)
+            {
+                return Err(UploadError::UnknownGateway {
+                    gateway,
+                    retry_after: self.retry_after(),
+                });
+            }
+        }
+        Ok(self.store_parsed(&items, parsed).await?)
+    }
+
+    /// Classifies and stores parsed submissions (no registry refresh).
+    async fn store_parsed(
+        &self,
+        items: &[Submission],
+        parsed: Vec<Result<(SignedEnvelope, Reading), Reason>>,
+    ) -> Result<Vec<ReadingOutcome>, ServiceError> {
         let envs: Vec<&SignedEnvelope> = parsed
             .iter()
             .filter_map(|p| p.as_ref().ok().map(|(e, _)| e))
@@ -121,7 +418,7 @@ impl Service {
         let sig_ok = verify::verify_signatures(&envs);
 
         let mut state = self.ingest.lock().await;
-        let batch = self.classify(&mut state, &items, &parsed, sig_ok);
+        let batch = self.classify(&mut state, items, &parsed, sig_ok);
         let ids = match self.write_batch(&batch.rows, &batch.quarantine).await {
             Ok(ids) => ids,
             Err(e) => {
@@ -143,6 +440,14 @@ impl Service {
         self.metrics
             .readings_quarantined
             .add(batch.quarantine.len() as u64);
+        self.metrics.quarantine_samples_dropped.add(batch.dropped);
+        self.metrics.readings_held.add(batch.held.len() as u64);
+        if batch.dropped > 0 {
+            tracing::warn!(
+                dropped = batch.dropped,
+                "junk submissions answered but not kept: the quarantine sample budget is spent"
+            );
+        }
         for ((code, row), id) in batch.quarantine.iter().zip(ids) {
             let _ = self.events.send(Event::Quarantined {
                 id,
@@ -151,6 +456,49 @@ impl Service {
             });
         }
         Ok(batch.outcomes)
+    }
+
+    /// Re-admits held readings whose gateway is enrolled now: they are ingested as fresh
+    /// submissions and their quarantine items marked `readmitted`. Returns how many.
+    pub async fn readmit_held(&self) -> Result<usize, ServiceError> {
+        let _one = self.readmitting.lock().await;
+        let gateways: Vec<String> = {
+            let admission = self.admission.lock().expect("admission lock");
+            let registry = self.registry.read().expect("registry lock");
+            admission
+                .held_gateways()
+                .filter(|g| GatewayId::new(g).is_ok_and(|g| registry.contains_key(&g)))
+                .collect()
+        };
+        let mut total = 0;
+        for gateway in gateways {
+            loop {
+                let rows = store::readings::held_of(&self.db.pool, &gateway, 500).await?;
+                if rows.is_empty() {
+                    break;
+                }
+                let items: Vec<Submission> = rows
+                    .iter()
+                    .map(|r| Submission {
+                        source: r.source.clone(),
+                        raw: r.raw.clone(),
+                    })
+                    .collect();
+                let parsed = items.iter().map(parse).collect();
+                self.store_parsed(&items, parsed).await?;
+                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                let mut tx = self.db.begin_write().await?;
+                store::readings::mark_readmitted(&mut tx, &ids, ms(self.clock.now())).await?;
+                tx.commit().await?;
+                self.admission
+                    .lock()
+                    .expect("admission lock")
+                    .release(&gateway, ids.len() as u32);
+                total += ids.len();
+                tracing::info!(%gateway, readings = ids.len(), "held readings re-admitted: the gateway is enrolled now");
+            }
+        }
+        Ok(total)
     }
 
     /// Checks each parsed submission against the registry and the replay state (recording the
@@ -167,25 +515,40 @@ impl Service {
         let now_ms = ms(now);
         let mut batch = Batch::default();
         let registry = self.registry.read().expect("registry lock");
+        let mut admission = self.admission.lock().expect("admission lock");
+        let clock = Instant::now();
         for (item, p) in items.iter().zip(parsed) {
             let (env, reading) = match p {
                 Ok(ok) => ok,
                 Err(reason) => {
-                    batch.quarantine(item, None, reason, now_ms);
+                    let keep = admission.sample(&admission::budget_key(&item.source, None), clock);
+                    batch.junk(item, None, reason, keep, now_ms);
                     continue;
                 }
             };
             let signature_ok = sig_ok.next().unwrap_or(false);
             let key = reading.idempotency_key();
             let Some(enrollment) = registry.get(&reading.gateway) else {
-                let reason = Reason::new(
-                    ReasonCode::UnknownGateway,
-                    format!(
-                        "gateway {} is not registered with the market; enrol it (POST /gateways on the market) and resend",
-                        reading.gateway
-                    ),
-                );
-                batch.quarantine(item, Some((&key, reading)), &reason, now_ms);
+                let gateway = reading.gateway.to_string();
+                if admission.hold(&gateway) {
+                    let reason = Reason::new(
+                        ReasonCode::UnknownGateway,
+                        format!(
+                            "gateway {gateway} is not enrolled with the market yet: the reading is held and re-admitted automatically once the market enrols the gateway"
+                        ),
+                    );
+                    batch.held.push(gateway);
+                    batch.quarantine(item, env, (&key, reading), &reason, "held", now_ms);
+                } else {
+                    let reason = Reason::new(
+                        ReasonCode::UnknownGateway,
+                        format!(
+                            "gateway {gateway} is not enrolled with the market, and settlement holds as many readings of unknown gateways as it may; enrol the gateway and resend"
+                        ),
+                    );
+                    let keep = admission.sample(&gateway, clock);
+                    batch.junk(item, Some((&key, reading)), &reason, keep, now_ms);
+                }
                 continue;
             };
             let ctx = Context {
@@ -206,7 +569,8 @@ impl Service {
                     continue;
                 }
                 Verdict::Reject(reason) => {
-                    batch.quarantine(item, Some((&key, reading)), reason, now_ms);
+                    let keep = admission.sample(reading.gateway.as_str(), clock);
+                    batch.junk(item, Some((&key, reading)), reason, keep, now_ms);
                     continue;
                 }
             };
@@ -217,7 +581,7 @@ impl Service {
             ));
             match verdict {
                 Verdict::Flag(reason) | Verdict::Late(reason) => {
-                    batch.quarantine(item, Some((&key, reading)), &reason, now_ms);
+                    batch.quarantine(item, env, (&key, reading), &reason, "open", now_ms);
                 }
                 _ => batch.plain(key, ReadingStatus::Accepted),
             }
@@ -240,7 +604,7 @@ impl Service {
             tx.commit().await?;
             return Ok(ids);
         }
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         store::insert_readings(&mut tx, rows, store::rows_per_statement(self.db.backend)).await?;
         let mut ids = Vec::with_capacity(quarantine.len());
         for (_, row) in quarantine {

@@ -2,13 +2,16 @@
 //! token operations and answer queries. Owns the in-memory verification state; every write is
 //! one database transaction, and every statement is in [`crate::store`].
 //!
-//! - `ingest`: verify and store batches of readings (quarantine what fails);
+//! - `ingest`: verify and store batches of readings (quarantine what fails), authenticate
+//!   gateway uploads, hold readings of gateways not enrolled yet;
+//! - [`admission`]: rate limits, junk sample and held-reading bounds;
 //! - `settle`: results from the market, settling due intervals into blocks;
 //! - `tokens`: transfers, retirements and the operator's acceptance of flagged
 //!   readings;
 //! - `queries`: the read side (statements, balances, ledger, quarantine,
 //!   compliance, alerts, flows).
 
+pub mod admission;
 mod ingest;
 mod queries;
 mod settle;
@@ -120,6 +123,12 @@ pub struct Service {
     /// Signed results already refused (interval key, SHA-256 of the signed attestation), so a
     /// result the market keeps serving is logged and counted once.
     refused: std::sync::Mutex<HashSet<(String, [u8; 32])>>,
+    /// Rate limits and junk/held bounds of ingest (see [`admission`]).
+    admission: std::sync::Mutex<admission::Admission>,
+    /// Where an unknown gateway makes settlement ask the market again.
+    registry_source: std::sync::OnceLock<ingest::RegistryRefresh>,
+    /// One re-admission of held readings at a time.
+    readmitting: Mutex<()>,
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -150,6 +159,9 @@ impl Service {
             pg: None,
             market_key: None,
             refused: std::sync::Mutex::new(HashSet::new()),
+            admission: std::sync::Mutex::new(admission::Admission::default()),
+            registry_source: std::sync::OnceLock::new(),
+            readmitting: Mutex::new(()),
         };
         service.load().await?;
         Ok(service)
@@ -229,6 +241,11 @@ impl Service {
             participants.insert(p.participant.id.clone(), Keys::of(&p));
         }
         *self.participants.write().expect("participants lock") = participants;
+        let held = store::readings::held_counts(&self.db.pool).await?;
+        self.admission
+            .lock()
+            .expect("admission lock")
+            .set_held(held);
         Ok(())
     }
 
@@ -283,7 +300,7 @@ impl Service {
 
     /// Stores (or updates) gateway registrations.
     pub async fn set_gateways(&self, gateways: &[GatewayEnrollment]) -> Result<(), ServiceError> {
-        store::registry::upsert_gateways(&self.db.pool, gateways).await?;
+        store::registry::upsert_gateways(&self.db, gateways).await?;
         let mut registry = self.registry.write().expect("registry lock");
         for g in gateways {
             registry.insert(g.gateway.clone(), g.clone());
@@ -310,7 +327,7 @@ impl Service {
         &self,
         list: &[ParticipantWithKeys],
     ) -> Result<(), ServiceError> {
-        store::registry::upsert_participants(&self.db.pool, list).await?;
+        store::registry::upsert_participants(&self.db, list).await?;
         let mut map = self.participants.write().expect("participants lock");
         for p in list {
             map.insert(p.participant.id.clone(), Keys::of(p));

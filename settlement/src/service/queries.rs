@@ -248,7 +248,17 @@ impl Service {
 
     /// The quarantine list (newest first).
     pub async fn quarantine(&self, limit: i64) -> Result<Vec<QuarantineItem>, ServiceError> {
-        store::readings::quarantine_page(&self.db.pool, limit)
+        self.quarantine_where(&store::readings::QuarantineFilter::default(), limit)
+            .await
+    }
+
+    /// The quarantine items that pass `filter`, newest first, at most `limit`.
+    pub async fn quarantine_where(
+        &self,
+        filter: &store::readings::QuarantineFilter,
+        limit: i64,
+    ) -> Result<Vec<QuarantineItem>, ServiceError> {
+        store::readings::quarantine_filtered(&self.db.pool, filter, limit)
             .await?
             .into_iter()
             .map(|r| {

@@ -19,8 +19,9 @@ impl Service {
     /// Returns whether it was new.
     pub async fn add_result(&self, result: &IntervalResult) -> Result<bool, ServiceError> {
         let body = serde_json::to_string(result).expect("serialisable");
-        let new =
-            store::intervals::insert_result(&self.db.pool, &result.interval, body, None).await?;
+        let mut tx = self.db.begin_write().await?;
+        let new = store::intervals::insert_result(&mut **tx, &result.interval, body, None).await?;
+        tx.commit().await?;
         if new {
             self.results_changed.notify_one();
         }
@@ -51,13 +52,11 @@ impl Service {
             }
         };
         let attestation = serde_json::to_string(&signed.attestation).expect("serialisable");
-        let new = store::intervals::insert_result(
-            &self.db.pool,
-            &result.interval,
-            body,
-            Some(attestation),
-        )
-        .await?;
+        let mut tx = self.db.begin_write().await?;
+        let new =
+            store::intervals::insert_result(&mut **tx, &result.interval, body, Some(attestation))
+                .await?;
+        tx.commit().await?;
         if new {
             self.results_changed.notify_one();
         }
@@ -137,7 +136,7 @@ impl Service {
         let mut ingest = self.ingest.lock().await;
         let _ledger = self.ledger.lock().await;
         let now = self.clock.now();
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let (body, settled) = store::intervals::result_for_settling(&mut tx, interval_key)
             .await?
             .ok_or_else(|| {
@@ -150,7 +149,7 @@ impl Service {
         }
         let result: IntervalResult = serde_json::from_str(&body)
             .map_err(|e| StoreError::Corrupt(format!("stored result {interval_key}: {e}")))?;
-        let readings = store::readings::metered_for(&mut *tx, &result.interval).await?;
+        let readings = store::readings::metered_for(&mut **tx, &result.interval).await?;
         let (settlement, compliance_rows) = rules::settle_with_envelopes(&result, &readings)
             .map_err(|e| ServiceError::Conflict(format!("cannot settle {interval_key}: {e}")))?;
         if settlement.flagged_overflow {

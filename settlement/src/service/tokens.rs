@@ -77,7 +77,15 @@ impl Service {
             amount: t.amount,
         });
         let receipt = self
-            .apply_op(&envelope, &lot, &t.from, t.amount, body, Some(&t.to))
+            .apply_op(
+                &envelope,
+                &lot,
+                &t.from,
+                t.amount,
+                body,
+                Some(&t.to),
+                t.nonce,
+            )
             .await?;
         self.metrics.tokens_transferred_wh.add(t.amount.0 as u64);
         Ok(receipt)
@@ -97,12 +105,16 @@ impl Service {
             amount: r.amount,
         });
         let receipt = self
-            .apply_op(&envelope, &lot, &r.holder, r.amount, body, None)
+            .apply_op(&envelope, &lot, &r.holder, r.amount, body, None, r.nonce)
             .await?;
         self.metrics.tokens_retired_wh.add(r.amount.0 as u64);
         Ok(receipt)
     }
 
+    /// Applies a transfer (`to` set) or a retirement once: the exact same signed operation
+    /// again is a duplicate (200), another operation reusing the holder's nonce of that kind
+    /// (another amount, lot or recipient) is refused (409).
+    #[allow(clippy::too_many_arguments)]
     async fn apply_op(
         &self,
         envelope: &SignedEnvelope,
@@ -111,7 +123,9 @@ impl Service {
         amount: Wh,
         body: EntryBody,
         to: Option<&ParticipantId>,
+        nonce: u64,
     ) -> Result<Receipt, ServiceError> {
+        let kind = if to.is_some() { "transfer" } else { "retire" };
         // A transfer's tokens end in a new lot named by its entry; a retirement's stay put.
         let receipt = |entry: String, duplicate: bool| Receipt {
             lot: if to.is_some() {
@@ -124,9 +138,14 @@ impl Service {
         };
         let _ledger = self.ledger.lock().await;
         let op = envelope.digest_hex();
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         if let Some(entry) = store::ledger::entry_for_op(&mut tx, &op).await? {
             return Ok(receipt(entry, true));
+        }
+        if let Some(other) = store::ledger::nonce_op(&mut tx, holder.as_str(), kind, nonce).await? {
+            return Err(ServiceError::Conflict(format!(
+                "nonce {nonce} was already used by another {kind} of {holder} (signed operation {other}); a nonce is never reused: sign the {kind} again with a fresh nonce"
+            )));
         }
         let (owner, remaining, origin) = store::ledger::lot(&mut tx, lot)
             .await?
@@ -143,6 +162,7 @@ impl Service {
             )));
         }
         let now = ms(self.clock.now());
+        store::ledger::use_nonce(&mut tx, holder.as_str(), kind, nonce, &op).await?;
         let entry = store::insert_entry(&mut tx, &body, Some(op), now).await?;
         let retired = if to.is_some() { 0 } else { amount.0 };
         store::ledger::spend_lot(&mut tx, lot, amount.0, retired).await?;
@@ -191,7 +211,7 @@ impl Service {
     /// readings are all accepted now are minted (into the next block).
     pub async fn accept_quarantined(&self, id: i64) -> Result<usize, ServiceError> {
         let _ledger = self.ledger.lock().await;
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let (code, status, key) = store::readings::quarantine_state(&mut tx, id)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("no quarantined reading {id}")))?;

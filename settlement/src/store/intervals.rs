@@ -9,12 +9,15 @@ use sqlx::{Any, AnyPool, QueryBuilder, Row, Transaction};
 
 /// Stores a result's body (and the market's attestation, JSON, when it is signed) unless the
 /// interval has one already. Returns whether it was new.
-pub async fn insert_result(
-    pool: &AnyPool,
+pub async fn insert_result<'e, E>(
+    executor: E,
     interval: &Interval,
     body: String,
     attestation: Option<String>,
-) -> Result<bool, StoreError> {
+) -> Result<bool, StoreError>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
     let done = sqlx::query(
         "INSERT INTO results (interval_key, interval_start, minutes, body, settled, attestation) \
          VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (interval_key) DO NOTHING",
@@ -24,7 +27,7 @@ pub async fn insert_result(
     .bind(i64::from(interval.length().minutes()))
     .bind(body)
     .bind(attestation)
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(done.rows_affected() > 0)
 }

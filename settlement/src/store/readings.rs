@@ -107,12 +107,14 @@ pub struct QuarantineRow {
     pub code: &'static str,
     /// Reason sentence.
     pub reason: String,
+    /// `open` (awaiting an operator, or refused for good) or `held` (gateway not enrolled yet).
+    pub status: &'static str,
     /// Receipt time, Unix ms.
     pub received_at: i64,
 }
 
 const INSERT_QUARANTINE: &str = "INSERT INTO quarantine (received_at, source, reading_key, gateway, raw, code, reason, status) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, 'open') RETURNING id";
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id";
 
 /// Inserts a quarantine row and returns its id.
 pub async fn insert_quarantine(
@@ -127,6 +129,7 @@ pub async fn insert_quarantine(
         .bind(row.raw.clone())
         .bind(row.code)
         .bind(row.reason.clone())
+        .bind(row.status)
         .fetch_one(&mut **tx)
         .await?;
     Ok(id)
@@ -145,6 +148,7 @@ pub async fn insert_quarantine_pg(
         .bind(&row.raw)
         .bind(row.code)
         .bind(&row.reason)
+        .bind(row.status)
         .fetch_one(&mut **tx)
         .await?;
     Ok(id)
@@ -320,18 +324,82 @@ pub struct QuarantineListRow {
     pub status: String,
 }
 
+/// Which quarantine rows to list: every filter is optional; `gateways` (a participant's own)
+/// restricts to those gateways (an empty list matches nothing).
+#[derive(Debug, Clone, Default)]
+pub struct QuarantineFilter {
+    /// Only this gateway.
+    pub gateway: Option<String>,
+    /// Only these gateways (a household's own), when set.
+    pub gateways: Option<Vec<String>>,
+    /// Only this reason code.
+    pub code: Option<&'static str>,
+    /// Only this status.
+    pub status: Option<&'static str>,
+    /// Only ids below this one.
+    pub before: Option<i64>,
+}
+
 /// The newest `limit` quarantine rows, newest first.
 pub async fn quarantine_page(
     pool: &AnyPool,
     limit: i64,
 ) -> Result<Vec<QuarantineListRow>, StoreError> {
-    let rows = sqlx::query(
+    quarantine_filtered(pool, &QuarantineFilter::default(), limit).await
+}
+
+/// The newest `limit` quarantine rows that pass `filter`, newest first (keyset paging by id).
+pub async fn quarantine_filtered(
+    pool: &AnyPool,
+    filter: &QuarantineFilter,
+    limit: i64,
+) -> Result<Vec<QuarantineListRow>, StoreError> {
+    if filter.gateways.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(Vec::new());
+    }
+    let mut sql = String::from(
         "SELECT id, received_at, source, reading_key, gateway, raw, code, reason, status \
-         FROM quarantine ORDER BY id DESC LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+         FROM quarantine WHERE 1 = 1",
+    );
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        format!("${n}")
+    };
+    if filter.gateway.is_some() {
+        sql.push_str(&format!(" AND gateway = {}", next()));
+    }
+    if let Some(list) = &filter.gateways {
+        let marks: Vec<String> = list.iter().map(|_| next()).collect();
+        sql.push_str(&format!(" AND gateway IN ({})", marks.join(", ")));
+    }
+    if filter.code.is_some() {
+        sql.push_str(&format!(" AND code = {}", next()));
+    }
+    if filter.status.is_some() {
+        sql.push_str(&format!(" AND status = {}", next()));
+    }
+    if filter.before.is_some() {
+        sql.push_str(&format!(" AND id < {}", next()));
+    }
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", next()));
+    let mut query = sqlx::query(&sql);
+    if let Some(g) = &filter.gateway {
+        query = query.bind(g.clone());
+    }
+    for g in filter.gateways.iter().flatten() {
+        query = query.bind(g.clone());
+    }
+    if let Some(c) = filter.code {
+        query = query.bind(c);
+    }
+    if let Some(s) = filter.status {
+        query = query.bind(s);
+    }
+    if let Some(b) = filter.before {
+        query = query.bind(b);
+    }
+    let rows = query.bind(limit).fetch_all(pool).await?;
     Ok(rows
         .iter()
         .map(|r| QuarantineListRow {
@@ -346,6 +414,76 @@ pub async fn quarantine_page(
             status: r.get(8),
         })
         .collect())
+}
+
+/// How many readings are held per gateway (status `held`).
+pub async fn held_counts(pool: &AnyPool) -> Result<Vec<(String, u32)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT gateway, COUNT(*) FROM quarantine WHERE status = 'held' AND gateway IS NOT NULL \
+         GROUP BY gateway",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let n: i64 = r.get(1);
+            (r.get(0), u32::try_from(n).unwrap_or(u32::MAX))
+        })
+        .collect())
+}
+
+/// A held reading, to re-admit.
+#[derive(Debug, Clone)]
+pub struct HeldRow {
+    /// Quarantine id.
+    pub id: i64,
+    /// Where it came from.
+    pub source: String,
+    /// The envelope JSON.
+    pub raw: Vec<u8>,
+}
+
+/// The oldest `limit` held readings of `gateway`, oldest first.
+pub async fn held_of(
+    pool: &AnyPool,
+    gateway: &str,
+    limit: i64,
+) -> Result<Vec<HeldRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, source, raw FROM quarantine WHERE status = 'held' AND gateway = $1 \
+         ORDER BY id LIMIT $2",
+    )
+    .bind(gateway.to_owned())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| HeldRow {
+            id: r.get(0),
+            source: r.get(1),
+            raw: r.get(2),
+        })
+        .collect())
+}
+
+/// Marks held readings re-admitted at `now_ms`.
+pub async fn mark_readmitted(
+    tx: &mut Transaction<'_, Any>,
+    ids: &[i64],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for id in ids {
+        sqlx::query(
+            "UPDATE quarantine SET status = 'readmitted', resolved_at = $1 WHERE id = $2 AND status = 'held'",
+        )
+        .bind(now_ms)
+        .bind(*id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Where one quarantine item stands: its code, status and reading key.

@@ -4,6 +4,7 @@
 use super::StoreError;
 use gridmesh_protocol::registry::GatewayEnrollment;
 use gridmesh_protocol::rotation::ParticipantWithKeys;
+use gridmesh_runtime::db::Database;
 use sqlx::AnyPool;
 
 /// Every stored gateway registration (JSON).
@@ -22,10 +23,10 @@ pub async fn participant_bodies(pool: &AnyPool) -> Result<Vec<String>, StoreErro
 
 /// Stores (or updates) gateway registrations in one transaction.
 pub async fn upsert_gateways(
-    pool: &AnyPool,
+    db: &Database,
     gateways: &[GatewayEnrollment],
 ) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     for g in gateways {
         sqlx::query(
             "INSERT INTO gateways (gateway, body) VALUES ($1, $2) \
@@ -33,7 +34,7 @@ pub async fn upsert_gateways(
         )
         .bind(g.gateway.to_string())
         .bind(serde_json::to_string(g).expect("serialisable"))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
     tx.commit().await?;
@@ -43,10 +44,10 @@ pub async fn upsert_gateways(
 /// Stores (or updates) participant registrations in one transaction; the body (JSON) keeps
 /// every key's validity period, `public_key` the key in force.
 pub async fn upsert_participants(
-    pool: &AnyPool,
+    db: &Database,
     list: &[ParticipantWithKeys],
 ) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     for p in list {
         sqlx::query(
             "INSERT INTO participants (participant, public_key, body) VALUES ($1, $2, $3) \
@@ -55,7 +56,7 @@ pub async fn upsert_participants(
         .bind(p.participant.id.to_string())
         .bind(p.participant.public_key.to_string())
         .bind(serde_json::to_string(p).expect("serialisable"))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
     tx.commit().await?;
