@@ -78,6 +78,12 @@ pub struct SettlementConfig {
     pub database_url: String,
     /// The market-engine's base URL (gateway keys, participants, results); `None` = no polling.
     pub market_url: Option<String>,
+    /// The market zone this settlement settles (the market's `zone`). Set: a reading signed
+    /// for another zone is quarantined (`wrong_zone`) and a legacy v1 reading, which names no
+    /// zone, is held flagged (`unzoned_reading`) until an operator accepts it. `None`: a
+    /// single-zone deployment; readings are not checked for their zone (docs/protocol.md,
+    /// "Versions still accepted").
+    pub zone: Option<gridmesh_protocol::ZoneId>,
     /// The market's public key (base64 ed25519, as its `GET /market-key` serves it). When set,
     /// results are read from `GET /results/signed` and only those signed by this key are
     /// settled; `None` = results are read unsigned and not authenticated (a warning at start).
@@ -122,6 +128,7 @@ impl Default for SettlementConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
             database_url: "sqlite://settlement.db".into(),
             market_url: Some("http://127.0.0.1:8081".into()),
+            zone: None,
             market_public_key: None,
             broker_url: None,
             mqtt_client_id: "gridmesh-settlement".into(),
@@ -193,6 +200,7 @@ impl SettlementConfig {
             limits: verify::Limits {
                 horizon: chrono::Duration::seconds(self.horizon_secs as i64),
                 max_clock_skew: chrono::Duration::seconds(self.max_clock_skew_secs as i64),
+                zone: self.zone,
             },
             grace: chrono::Duration::seconds(self.grace_secs as i64),
         }

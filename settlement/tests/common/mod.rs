@@ -95,6 +95,7 @@ pub fn reading(
     base: i64,
 ) -> Reading {
     Reading {
+        zone: None,
         gateway: GatewayId::new(gateway).unwrap(),
         device: DeviceId::new("home").unwrap(),
         firmware: "0.1.0".into(),
@@ -188,6 +189,7 @@ pub fn settings() -> CoreSettings {
         limits: Limits {
             horizon: chrono::Duration::days(2),
             max_clock_skew: chrono::Duration::seconds(60),
+            zone: None,
         },
         grace: chrono::Duration::seconds(120),
     }
