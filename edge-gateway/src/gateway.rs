@@ -213,6 +213,10 @@ pub async fn run_with_key(
         http: http.clone(),
         status: status.clone(),
         wake: wake.clone(),
+        auth: Some(crate::uplink::UploadAuth {
+            gateway: config.gateway_id.clone(),
+            key: key.clone(),
+        }),
     };
     shutdown.spawn(uplink.run(shutdown.token()));
 

@@ -4,10 +4,19 @@
 //! order: delivery stops at the first failure and resumes with exponential backoff, or at once
 //! when a new reading arrives after a success. An answer that is not a list of outcomes is a
 //! failed delivery: every reading stays in the outbox.
+//!
+//! Settlement accepts an HTTP batch only from an enrolled gateway: each `POST /readings` carries
+//! the gateway's signed request over the exact body (`Authorization: GridmeshGateway …`,
+//! `gridmesh_protocol::request::gateway_authorization`, signed with the gateway's key on the
+//! wall clock). Every refusal keeps the readings: a 503 `unknown_gateway` (settlement does not
+//! know the gateway yet) and a 429 (over the gateway's rate) are retried no sooner than their
+//! `Retry-After`.
 
 use crate::outbox::{Outbox, OutboxError, Pending};
 use crate::status::Status;
+use gridmesh_protocol::GatewayId;
 use gridmesh_protocol::api::readings::{ReadingOutcome, ReadingStatus};
+use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_runtime::mqtt::{MqttHandle, Qos};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +40,34 @@ pub struct Uplink {
     pub status: Arc<Status>,
     /// Woken when a reading is stored.
     pub wake: Arc<Notify>,
+    /// Who signs HTTP batches (settlement refuses unsigned ones); `None` sends them unsigned.
+    pub auth: Option<UploadAuth>,
+}
+
+/// The gateway's identity for signing its HTTP batches.
+#[derive(Clone)]
+pub struct UploadAuth {
+    /// The gateway's id, as enrolled.
+    pub gateway: GatewayId,
+    /// The gateway's key (the one that signs its readings).
+    pub key: SigningKeyPair,
+}
+
+impl UploadAuth {
+    /// The `Authorization` header value for `POST /readings` with `body`, signed now.
+    pub fn header(&self, body: &[u8]) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        gridmesh_protocol::request::gateway_authorization(
+            &self.gateway,
+            &self.key,
+            now,
+            "POST",
+            "/readings",
+            body,
+        )
+    }
 }
 
 /// Why a delivery attempt failed; the readings stay in the outbox and are retried.
@@ -49,13 +86,15 @@ pub enum DeliveryError {
     /// the configured CA does not sign).
     #[error("settlement unreachable: {}", crate::tls::error_chain(.0))]
     Unreachable(reqwest::Error),
-    /// Settlement answered with an error status.
+    /// Settlement answered with an error status (the readings are kept and sent again).
     #[error("settlement answered {status}: {body}")]
     Refused {
         /// The HTTP status.
         status: reqwest::StatusCode,
         /// The answer's body.
         body: String,
+        /// Settlement's `Retry-After` (429, 503 `unknown_gateway`): wait at least this long.
+        retry_after: Option<Duration>,
     },
     /// Settlement answered 2xx, but not with one reading outcome per submitted reading.
     #[error(
@@ -106,6 +145,14 @@ impl Uplink {
                 }
                 Err(error) => {
                     self.status.update(|s| s.delivery_failures += 1);
+                    // Never sooner than settlement asked (429, 503 unknown_gateway).
+                    if let DeliveryError::Refused {
+                        retry_after: Some(wait),
+                        ..
+                    } = &error
+                    {
+                        backoff = backoff.max(*wait).min(Duration::from_secs(300));
+                    }
                     tracing::warn!(%error, retry_in = ?backoff, "readings not delivered; kept in the outbox");
                     // Wait out the backoff, but retry at once when the broker comes back.
                     let reconnected = async {
@@ -202,10 +249,14 @@ impl Uplink {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let response = self
+        let mut request = self
             .http
             .post(format!("{}/readings", url.trim_end_matches('/')))
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(auth) = &self.auth {
+            request = request.header("authorization", auth.header(body.as_bytes()));
+        }
+        let response = request
             .body(body)
             .timeout(Duration::from_secs(20))
             .send()
@@ -213,8 +264,18 @@ impl Uplink {
             .map_err(DeliveryError::Unreachable)?;
         let code = response.status();
         if !code.is_success() {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
             let body = response.text().await.unwrap_or_default();
-            return Err(DeliveryError::Refused { status: code, body });
+            return Err(DeliveryError::Refused {
+                status: code,
+                body,
+                retry_after,
+            });
         }
         let bytes = response
             .bytes()
@@ -299,6 +360,7 @@ mod tests {
 
     fn reading(sequence: u64, start: i64) -> Reading {
         Reading {
+            zone: None,
             gateway: GatewayId::new("gw").unwrap(),
             device: DeviceId::new("home").unwrap(),
             firmware: "t".into(),
@@ -381,6 +443,7 @@ mod tests {
             http: reqwest::Client::new(),
             status: Arc::new(Status::default()),
             wake: Arc::new(Notify::new()),
+            auth: None,
         };
         let error = uplink.deliver_some().await.unwrap_err();
         assert!(matches!(error, DeliveryError::BadAnswer(_)), "{error}");
@@ -396,5 +459,110 @@ mod tests {
         assert!(uplink.deliver_some().await.unwrap());
         assert_eq!(outbox.depth().await.unwrap().0, 0);
         assert_eq!(uplink.status.snapshot().delivered_http, 3);
+    }
+
+    /// Settlement as it answers a gateway it does not know yet (503 `unknown_gateway` with
+    /// Retry-After), then once the market enrolled it: every batch must carry the gateway's
+    /// signed request over the exact body.
+    async fn signed_readings(
+        State(state): State<Arc<Mutex<(bool, u32)>>>,
+        headers: axum::http::HeaderMap,
+        body: axum::body::Bytes,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let header = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let signed = gridmesh_protocol::request::SignedGatewayRequest::parse(header).unwrap();
+        assert_eq!(signed.gateway().as_str(), "gw");
+        let now = chrono::Utc::now().timestamp();
+        let public = SigningKeyPair::from_seed([3; 32]).public_key();
+        signed
+            .verify(&public, now, "POST", "/readings", &body)
+            .expect("the batch is signed by the gateway's key");
+        let mut state = state.lock().unwrap();
+        state.1 += 1;
+        if !state.0 {
+            return (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                [("retry-after", "7")],
+                r#"{"code":"unknown_gateway","message":"gateway gw is not enrolled"}"#,
+            )
+                .into_response();
+        }
+        let items: Vec<SignedEnvelope> = serde_json::from_slice(&body).unwrap();
+        let outcomes: Vec<ReadingOutcome> = items
+            .iter()
+            .map(|e| ReadingOutcome {
+                key: Some(e.open::<Reading>().unwrap().idempotency_key()),
+                status: ReadingStatus::Accepted,
+                code: None,
+                reason: None,
+            })
+            .collect();
+        Json(outcomes).into_response()
+    }
+
+    #[tokio::test]
+    async fn an_unknown_gateway_answer_keeps_the_readings_and_batches_are_signed() {
+        let state = Arc::new(Mutex::new((false, 0u32)));
+        let router = axum::Router::new()
+            .route("/readings", post(signed_readings))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("o.db"), 1 << 20)
+            .await
+            .unwrap();
+        let key = SigningKeyPair::from_seed([3; 32]);
+        let base = 1_782_000_000 / 900 * 900;
+        for i in 0..2 {
+            let start = base + i * 900;
+            let resume = Resume {
+                next_start: start + 900,
+                channels: [None; 5],
+            };
+            outbox
+                .store(|s| reading(s, start), &key, &resume, 0)
+                .await
+                .unwrap();
+        }
+        let uplink = Uplink {
+            outbox: outbox.clone(),
+            mqtt: None,
+            topic: "unused".into(),
+            settlement_url: Some(format!("http://{addr}")),
+            http: reqwest::Client::new(),
+            status: Arc::new(Status::default()),
+            wake: Arc::new(Notify::new()),
+            auth: Some(UploadAuth {
+                gateway: GatewayId::new("gw").unwrap(),
+                key: key.clone(),
+            }),
+        };
+        let error = uplink.deliver_some().await.unwrap_err();
+        match &error {
+            DeliveryError::Refused {
+                status,
+                retry_after,
+                body,
+            } => {
+                assert_eq!(status.as_u16(), 503);
+                assert_eq!(*retry_after, Some(Duration::from_secs(7)));
+                assert!(body.contains("unknown_gateway"), "{body}");
+            }
+            other => panic!("expected a refusal, got {other}"),
+        }
+        assert_eq!(outbox.depth().await.unwrap().0, 2, "the readings are kept");
+
+        // Enrolled now: the same readings are delivered and leave the outbox.
+        state.lock().unwrap().0 = true;
+        assert!(uplink.deliver_some().await.unwrap());
+        assert_eq!(outbox.depth().await.unwrap().0, 0);
+        assert_eq!(state.lock().unwrap().1, 2);
     }
 }
