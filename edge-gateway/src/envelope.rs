@@ -620,4 +620,38 @@ mod tests {
         let interval = Interval::parse("2026-06-21T12:00:00Z", 15).unwrap();
         assert_eq!(book.for_interval(&interval).unwrap().export_limit, Wh(200));
     }
+
+    #[test]
+    fn a_signed_get_carries_the_gateways_proof_for_exactly_that_path() {
+        let key = SigningKeyPair::from_seed([5; 32]);
+        let gw = GatewayId::new("gw-1").unwrap();
+        let http = reqwest::Client::new();
+        let request = signed_get(
+            &http,
+            "https://m.example:8081/envelopes/gw-1?x=1",
+            &gw,
+            &key,
+        )
+        .build()
+        .unwrap();
+        let header = request.headers()["authorization"].to_str().unwrap();
+        let signed = gridmesh_protocol::request::SignedGatewayRequest::parse(header).unwrap();
+        assert_eq!(signed.gateway(), &gw);
+        let now = chrono::Utc::now().timestamp();
+        let public = key.public_key();
+        signed
+            .verify(&public, now, "GET", "/envelopes/gw-1?x=1", b"")
+            .unwrap();
+        assert!(
+            signed
+                .verify(&public, now, "GET", "/envelopes/gw-2?x=1", b"")
+                .is_err()
+        );
+        let other = SigningKeyPair::from_seed([6; 32]).public_key();
+        assert!(
+            signed
+                .verify(&other, now, "GET", "/envelopes/gw-1?x=1", b"")
+                .is_err()
+        );
+    }
 }
