@@ -899,3 +899,143 @@ async fn every_single_field_change_is_named_sqlite() {
 async fn every_single_field_change_is_named_postgres() {
     every_single_field_change_is_named("postgres").await;
 }
+
+/// Two statements shifted by the same amount (the seller +1000, the buyer −1000, nets and
+/// lines alike): every sum still balances, settling again names the field.
+async fn zero_sum_shift_and_a_re_signed_chain(backend: &str) {
+    let (url, _dir) = database(backend, "verify_shift").await;
+    let s = scenario(&url).await;
+    let pool = &s.db().pool;
+    let a = interval("12:00").key();
+    let originals: Vec<(String, String, i64)> = sqlx::query(&format!(
+        "SELECT participant, body, net FROM statements WHERE interval_key = '{a}' AND participant IN ('alice', 'bob') ORDER BY participant"
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect();
+    for ((participant, body, net), delta) in originals.iter().zip([1000i64, -1000]) {
+        let mut j: serde_json::Value = serde_json::from_str(body).unwrap();
+        let amount = j["lines"][0]["amount"].as_i64().unwrap();
+        j["lines"][0]["amount"] = serde_json::json!(amount + delta);
+        j["net"] = serde_json::json!(net + delta);
+        sqlx::query(&format!(
+            "UPDATE statements SET body = $1, net = $2 WHERE interval_key = '{a}' AND participant = '{participant}'"
+        ))
+        .bind(j.to_string())
+        .bind(net + delta)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    let err = audit::verify_with(s.db(), &trust())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("statement of alice")
+            && err.contains("field lines[0].amount")
+            && err.contains("[table statements]"),
+        "{err}"
+    );
+    for (participant, body, net) in &originals {
+        sqlx::query(&format!(
+            "UPDATE statements SET body = $1, net = $2 WHERE interval_key = '{a}' AND participant = '{participant}'"
+        ))
+        .bind(body.clone())
+        .bind(*net)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    audit::verify_with(s.db(), &trust()).await.unwrap();
+
+    // The whole chain re-signed by another key: refused when the authority is pinned; only
+    // an explicit trust in block 0's signer lets it through.
+    let other = SigningKeyPair::from_seed([5; 32]);
+    let headers: Vec<(i64, Vec<u8>)> =
+        sqlx::query("SELECT height, header FROM blocks ORDER BY height")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+    for (height, header) in &headers {
+        sqlx::query("UPDATE blocks SET signature = $1, public_key = $2 WHERE height = $3")
+            .bind(other.sign_raw(header).to_vec())
+            .bind(other.public_key().to_string())
+            .bind(*height)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let err = audit::verify_with(s.db(), &trust())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("block 0") && err.contains("not by the settlement authority"),
+        "{err}"
+    );
+    let report = audit::verify(s.db(), None).await.unwrap();
+    assert!(!report.authority_pinned);
+}
+
+#[tokio::test]
+async fn zero_sum_shift_and_a_re_signed_chain_are_caught_sqlite() {
+    zero_sum_shift_and_a_re_signed_chain("sqlite").await;
+}
+
+#[tokio::test]
+async fn zero_sum_shift_and_a_re_signed_chain_are_caught_postgres() {
+    zero_sum_shift_and_a_re_signed_chain("postgres").await;
+}
+
+/// The CLI refuses to verify without a pinned authority, saying what to pass; with
+/// `--authority` it verifies.
+#[tokio::test]
+async fn the_cli_needs_the_authority_pinned() {
+    let (url, _dir) = database("sqlite", "verify_cli").await;
+    let s = scenario(&url).await;
+    drop(s);
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_settlement"))
+            .arg("verify")
+            .arg("--database")
+            .arg(&url)
+            .args(args)
+            .env_remove("GRIDMESH_SETTLEMENT_DATABASE_URL")
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--authority") && stderr.contains("--trust-first-block"),
+        "{stderr}"
+    );
+    let key = authority().public_key().to_string();
+    let out = run(&["--authority", &key]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("OK:") && stdout.contains("pinned"),
+        "{stdout}"
+    );
+    let out = run(&[
+        "--authority",
+        &SigningKeyPair::from_seed([5; 32]).public_key().to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("INCONSISTENT: block 0"), "{stdout}");
+}
