@@ -274,7 +274,7 @@ function buildParticipantDetail(d, detail) {
   const rows = d.holdings.map((hd) => {
     const lot = hd.lot;
     const prov = hd.provenance || {};
-    return h('tr', { 'data-lot': lot }, cell(lot ? link('/ledger/entries/' + lot, short(lot), { class: 'hash', 'aria-label': 'Provenance of lot ' + lot }) : '–'),
+    return h('tr', { 'data-lot': lot }, cell(lot ? link('/ledger/entries/' + lot, short(lot), { class: 'hash', 'aria-label': short(lot) + ': provenance of lot ' + lot }) : '–'),
       cell(kwh(Number(hd.amount)), true), cell(String(prov.source || '')), cell(intervalText(prov.interval || '')));
   });
   const table = h('table', { id: 'holdings' }, h('caption', { class: 'sr', text: 'Token holdings of ' + id }),

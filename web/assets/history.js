@@ -172,3 +172,17 @@ function scheduleLiveRender() {
     render(false);
   }, wait);
 }
+
+// ---------- scrollable tables reachable by keyboard ----------
+// A table wider than the screen scrolls inside its box; the box takes focus (and names its
+// table) so keyboard users can scroll it too.
+function labelScrollBoxes(root) {
+  for (const box of root.querySelectorAll('.scroll:not([tabindex])')) {
+    box.tabIndex = 0;
+    box.setAttribute('role', 'region');
+    const caption = box.querySelector('caption');
+    box.setAttribute('aria-label', caption ? caption.textContent : 'Scrollable table');
+  }
+}
+labelScrollBoxes(document);
+new MutationObserver(() => labelScrollBoxes(document)).observe(document.getElementById('main'), { childList: true, subtree: true });

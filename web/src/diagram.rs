@@ -225,20 +225,23 @@ fn draw_box(out: &mut String, b: &Box, kind: &str, r: Rect, big: bool) {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default();
-    let label = format!("{kind} {}: {}, {}", b.id, b.flow, b.state);
+    // The link's name is its visible text (kind and id, flow, state), nothing hidden beside it.
+    let title = match kind {
+        "substation" => "Substation",
+        "feeder" => "Feeder",
+        _ => "Home",
+    };
     let (size, small) = if big { (15, 13) } else { (13, 12) };
     let _ = write!(
         out,
-        "<a href=\"{href}\" data-link=\"\" data-{kind}=\"{id}\" data-status=\"{status}\" aria-label=\"{label}\">\
-         <title>{label}</title>\
+        "<a href=\"{href}\" data-link=\"\" data-{kind}=\"{id}\" data-status=\"{status}\">\
          <rect x=\"{x}\" y=\"{y}\" width=\"{w}\" height=\"{h}\" rx=\"6\" fill=\"{fill}\" stroke=\"{stroke}\" stroke-width=\"{sw}\"{dash}/>\
          <rect x=\"{x}\" y=\"{y}\" width=\"8\" height=\"{h}\" rx=\"3\" fill=\"{stroke}\"/>\
-         <text x=\"{tx}\" y=\"{t1}\" font-size=\"{size}\" font-weight=\"700\" {TEXT}>{id}</text>\
+         <text x=\"{tx}\" y=\"{t1}\" font-size=\"{size}\" font-weight=\"700\" {TEXT}>{title} {id}</text>\
          <text x=\"{tx}\" y=\"{t2}\" font-size=\"{small}\" {TEXT}>{flow}</text>\
          <text x=\"{tx}\" y=\"{t3}\" font-size=\"{small}\" {TEXT}>{state}</text></a>",
         href = esc(&b.href),
         id = esc(&b.id),
-        label = esc(&label),
         sw = if b.status == FlowStatus::Over { 3 } else { 2 },
         tx = x + 16,
         t1 = y + 18,

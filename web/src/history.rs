@@ -659,6 +659,17 @@ fn with_role(svg: String, label: &str) -> String {
     )
 }
 
+/// The long title, or the short one when the long would not fit the width (≈ 8 px a character
+/// at the title size): a title is never clipped on a phone.
+fn fit(long: String, short: String, width: u32) -> String {
+    let room = usize::try_from(width.saturating_sub(24) / 8).unwrap_or(usize::MAX);
+    if long.chars().count() <= room {
+        long
+    } else {
+        short
+    }
+}
+
 fn range_text(h: &HistoryAnswer) -> String {
     format!(
         "{} – {} UTC, {}-min buckets",
@@ -675,7 +686,11 @@ pub fn flow_chart(h: &HistoryAnswer, width: u32) -> Result<String, ApiError> {
     } else {
         format!("branch {}", h.node)
     };
-    let title = format!("Flow through {who} (kWh per interval, peak)");
+    let title = fit(
+        format!("Flow through {who} (kWh per interval, peak)"),
+        format!("{}: flow and limits, kWh", h.node),
+        width,
+    );
     if h.buckets.is_empty() {
         return Ok(empty(&title, h, width));
     }
@@ -830,9 +845,13 @@ pub fn price_steps(h: &HistoryAnswer) -> BTreeMap<&str, Vec<(i64, f64)>> {
 
 /// Mean clearing price per node as steps, one per bucket (an interval when the bucket is one).
 pub fn price_chart(h: &HistoryAnswer, width: u32) -> Result<String, ApiError> {
-    let title = format!(
-        "Clearing price per node (c/kWh, {}-min steps)",
-        h.bucket_minutes
+    let title = fit(
+        format!(
+            "Clearing price per node (c/kWh, {}-min steps)",
+            h.bucket_minutes
+        ),
+        "Price per node, c/kWh".to_owned(),
+        width,
     );
     let series = price_steps(h);
     if series.is_empty() {
@@ -1150,6 +1169,17 @@ mod tests {
             volume_chart(&h, 700)
                 .unwrap()
                 .contains("between participants")
+        );
+        // On a phone the titles are the short ones, so they are not clipped.
+        assert!(
+            flow_chart(&h, 360)
+                .unwrap()
+                .contains("f1: flow and limits, kWh")
+        );
+        assert!(
+            price_chart(&h, 360)
+                .unwrap()
+                .contains("Price per node, c/kWh")
         );
         let none = answer(vec![], "2026-06-20T23:00:00Z", "2026-06-21T01:00:00Z");
         assert!(flow_chart(&none, 400).unwrap().contains("data-empty"));

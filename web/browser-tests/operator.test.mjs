@@ -1,0 +1,223 @@
+// Operator views (issue 17, part B) in Chromium at 1400 px and phone width: history with
+// ranges, the single-line diagram, details where the user is looking, tables independent of
+// charts, formatting, and the request load of one open tab.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { base, TIMEOUT, WIDE, PHONE, launch, shutdown, openPage, shot, apiGet } from './operator-support.mjs';
+
+before(launch);
+after(shutdown);
+
+/** Every text of the charts in `scope`: rendered font size (px) and whether it lies inside its SVG. */
+async function chartTexts(page, scope) {
+  return page.$$eval(scope + ' svg text', (texts) => texts.map((t) => {
+    const svg = t.ownerSVGElement;
+    const box = svg.getBoundingClientRect();
+    const scale = box.width / (svg.width.baseVal.value || box.width);
+    const size = parseFloat(t.getAttribute('font-size') || getComputedStyle(t).fontSize) * scale;
+    const r = t.getBoundingClientRect();
+    const inside = r.width === 0 || (r.left >= box.left - 1 && r.right <= box.right + 1 && r.top >= box.top - 1 && r.bottom <= box.bottom + 1);
+    return { text: t.textContent, size, inside };
+  }));
+}
+
+for (const [label, viewport] of [['1400', WIDE], ['phone', PHONE]]) {
+  test(`history: ranges, dates on the axes, readable text, nothing clipped (${label})`, async () => {
+    const { page, errors, close } = await openPage(viewport);
+    try {
+      await page.goto(base + '/history?range=6h');
+      for (const range of ['6h', '24h', '7d']) {
+        await page.locator(`#history-form input[value="${range}"]`).check();
+        await page.waitForFunction((r) => location.search.includes('range=' + r), range);
+        await page.waitForFunction(() => document.querySelectorAll('#page-history .chart svg').length === 3 &&
+          [...document.querySelectorAll('#page-history .chart')].every((c) => c.dataset.drawn && c.dataset.drawn.includes(location.search.match(/range=\w+/)[0])));
+        const lede = await page.locator('#history-lede').innerText();
+        assert.match(lede, { '6h': /last 6 hours/, '24h': /last 24 hours/, '7d': /last 7 days/ }[range]);
+        const texts = await chartTexts(page, '#page-history .chart');
+        const small = texts.filter((t) => t.size < 11);
+        assert.deepEqual(small, [], 'chart text under 11 px');
+        const clipped = texts.filter((t) => !t.inside);
+        assert.deepEqual(clipped, [], 'chart text outside its chart (clipped)');
+        // Dates on the time axis (a range may cross midnight).
+        assert.ok(texts.some((t) => /\d{2} [A-Z][a-z]{2}/.test(t.text)), 'dates on the axis: ' + texts.map((t) => t.text).join(' | '));
+        await shot(page, `history-${range}-${label}`);
+      }
+      // The price chart draws steps: every segment is flat or vertical.
+      const sloped = await page.$$eval('#page-history .chart[data-src$="price.svg"] svg polyline', (ls) => ls.map((l) => {
+        const pts = (l.getAttribute('points') || '').trim().split(/\s+/).map((p) => p.split(',').map(Number));
+        let n = 0;
+        for (let i = 1; i < pts.length; i++) if (pts[i][0] !== pts[i - 1][0] && pts[i][1] !== pts[i - 1][1]) n++;
+        return n;
+      }));
+      assert.ok(sloped.length > 0, 'price lines drawn');
+      assert.equal(sloped.reduce((a, b) => a + b, 0), 0, 'price lines have no sloped segment');
+      // A custom range across midnight.
+      const h = await (await apiGet('/api/history?range=24h')).json();
+      const to = new Date(h.to);
+      const from = new Date(to.getTime() - 3 * 3600_000);
+      await page.locator('#history-form input[value="custom"]').check();
+      await page.locator('#history-from').fill(from.toISOString().slice(0, 16));
+      await page.locator('#history-to').fill(to.toISOString().slice(0, 16));
+      await page.locator('#history-custom button[type="submit"]').click();
+      await page.waitForFunction(() => /custom range/.test(document.querySelector('#history-lede').textContent));
+      // Another node: a feeder.
+      const feeder = h.nodes[1];
+      await page.locator('#history-node').selectOption(feeder);
+      await page.waitForFunction((f) => document.querySelector('#history-lede').textContent.startsWith('Branch ' + f), feeder);
+      await shot(page, `history-custom-${feeder}-${label}`);
+      assert.deepEqual(errors, []);
+    } finally { await close(); }
+  });
+}
+
+test('history: 7 days are bucketed on the server like 6 hours (at most 96 buckets)', async () => {
+  const timings = {};
+  for (const range of ['6h', '24h', '7d']) {
+    const t0 = performance.now();
+    const r = await apiGet('/api/history?range=' + range);
+    const h = await r.json();
+    const svg = await (await apiGet('/charts/history/flow.svg?w=900&range=' + range)).text();
+    timings[range] = { ms: Math.round(performance.now() - t0), buckets: h.buckets.length, bucket_minutes: h.bucket_minutes, svg_bytes: svg.length };
+    assert.ok(h.buckets.length <= 96, range + ': ' + h.buckets.length + ' buckets');
+  }
+  assert.equal(timings['7d'].bucket_minutes, 120);
+  console.log('# history timings (informative, not asserted):', JSON.stringify(timings));
+});
+
+for (const [label, viewport] of [['1400', WIDE], ['phone', PHONE]]) {
+  test(`single-line diagram: measured loading in colour and words, links to details (${label})`, async () => {
+    const { page, errors, close } = await openPage(viewport);
+    try {
+      await page.goto(base + '/grid');
+      await page.waitForSelector('#grid-diagram svg a[data-feeder]');
+      const boxes = await page.$$eval('#grid-diagram svg a', (as) => as.map((a) => ({ status: a.dataset.status, text: a.textContent })));
+      assert.ok(boxes.some((b) => b.text.startsWith('Substation')), 'a substation box');
+      assert.ok(boxes.filter((b) => b.text.startsWith('Feeder')).length >= 1, 'feeder boxes');
+      assert.ok(boxes.filter((b) => b.text.startsWith('Home')).length >= 1, 'home boxes');
+      for (const b of boxes) {
+        assert.ok(['normal', 'near', 'over', 'unlimited', 'no_data'].includes(b.status), b.text);
+        assert.match(b.text, /under 90 %|near limit|OVER LIMIT|no limit|no metered data/, 'state in words: ' + b.text);
+      }
+      // The Grid table's measured status and the diagram agree for every feeder.
+      const table = await page.$$eval('#grid-flows tr.branch', (rows) => Object.fromEntries(rows.map((r) => [r.dataset.node, r.dataset.status])));
+      const diagram = await page.$$eval('#grid-diagram svg a[data-feeder]', (as) => Object.fromEntries(as.map((a) => [a.dataset.feeder, a.dataset.status])));
+      for (const [node, status] of Object.entries(diagram)) assert.equal(status, table[node], 'feeder ' + node);
+      await shot(page, `diagram-${label}`);
+      // A home opens its detail, in view.
+      const home = page.locator('#grid-diagram svg a[data-home]').last();
+      const id = await home.getAttribute('data-home');
+      await home.click();
+      await page.waitForURL('**/participants/' + id);
+      await page.waitForSelector('#participant-detail:not([hidden]) h2');
+      const inView = await page.$eval('#participant-detail h2', (el) => { const r = el.getBoundingClientRect(); return r.top >= 0 && r.bottom <= innerHeight; });
+      assert.ok(inView, 'the detail heading is on screen');
+      await page.goBack();
+      await page.waitForSelector('#grid-diagram svg a[data-feeder]');
+      const feeder = page.locator('#grid-diagram svg a[data-feeder]').first();
+      const f = await feeder.getAttribute('data-feeder');
+      await feeder.click();
+      await page.waitForURL('**/history?node=' + f);
+      await page.waitForFunction((x) => document.querySelector('#history-lede').textContent.startsWith('Branch ' + x), f);
+      assert.deepEqual(errors, []);
+    } finally { await close(); }
+  });
+}
+
+for (const [label, viewport] of [['1400', WIDE], ['phone', PHONE]]) {
+  test(`details open where the user is looking, keep focus and open sections, 404 is an error (${label})`, async () => {
+    const { page, errors, close } = await openPage(viewport);
+    try {
+      await page.goto(base + '/participants');
+      await page.waitForSelector('#participants tbody tr[data-participant]');
+      // The last row, scrolled to: its detail must show on screen, not screens above.
+      const last = page.locator('#participants tbody tr[data-participant] a').last();
+      await last.scrollIntoViewIfNeeded();
+      await last.click();
+      await page.waitForSelector('#participant-detail:not([hidden]) h2');
+      const where = await page.$eval('#participant-detail h2', (el) => ({ top: el.getBoundingClientRect().top, h: innerHeight, focused: document.activeElement === el }));
+      assert.ok(where.top >= 0 && where.top < where.h, 'detail heading on screen: ' + JSON.stringify(where));
+      assert.ok(where.focused, 'focus moved to the detail');
+      await shot(page, `detail-${label}`);
+      // Close the holdings section and focus its summary; live updates must keep both.
+      await page.locator('#participant-detail details[data-key="holdings"] summary').click();
+      assert.equal(await page.locator('#participant-detail details[data-key="holdings"]').getAttribute('open'), null);
+      const renders = await page.evaluate(() => liveRender.renders);
+      await page.waitForFunction((n) => liveRender.renders > n, renders, { timeout: 60_000 });
+      await page.evaluate(() => new Promise((r) => setTimeout(r, 500)));
+      assert.equal(await page.locator('#participant-detail details[data-key="holdings"]').getAttribute('open'), null, 'the closed section stays closed');
+      assert.ok(await page.evaluate(() => document.activeElement && document.activeElement.tagName === 'SUMMARY'), 'focus stays on the summary');
+      // A participant that does not exist is an error, not the list.
+      await page.goto(base + '/participants/h999');
+      await page.waitForSelector('#participant-missing');
+      assert.match(await page.locator('#participant-missing').innerText(), /Not found: .*h999/);
+      assert.equal(await page.locator('#participants-list').isHidden(), true, 'the list is not shown for a 404');
+      await shot(page, `participant-404-${label}`);
+      assert.deepEqual(errors.filter((e) => !e.includes('404')), []);
+    } finally { await close(); }
+  });
+}
+
+test('a failing chart never empties the tables (Market page)', async () => {
+  const { page, errors, close } = await openPage(WIDE);
+  try {
+    await page.route('**/charts/history/price.svg*', (route) => route.fulfill({ status: 500, contentType: 'application/json', body: '{"code":"chart_failed","message":"drawing failed (test)"}' }));
+    await page.goto(base + '/market');
+    await page.waitForSelector('#chart-prices .chart-error');
+    await page.waitForSelector('#market-intervals tbody tr td.num');
+    assert.ok(await page.locator('#market-intervals tbody tr').count() > 0);
+    assert.ok(await page.locator('#market-prices tbody tr td.num').count() > 0);
+    await page.waitForSelector('#chart-volume svg');
+    assert.match(await page.locator('#chart-prices').innerText(), /could not be drawn: drawing failed \(test\)/);
+    await shot(page, 'market-chart-failed');
+    assert.deepEqual(errors.filter((e) => !e.includes('500')), []);
+  } finally { await close(); }
+});
+
+for (const [label, viewport] of [['1400', WIDE], ['phone', PHONE]]) {
+  test(`formatting: kWh with fixed decimals, euros, periods, one Node column, two clocks (${label})`, async () => {
+    const { page, errors, close } = await openPage(viewport);
+    try {
+      await page.goto(base + '/participants');
+      await page.waitForSelector('#participants tbody tr[data-participant]');
+      const heads = await page.$$eval('#participants thead th', (ths) => ths.map((t) => t.textContent));
+      assert.ok(!heads.includes('Feeder') && heads.includes('Node (feeder)'), heads.join(' | '));
+      const rows = await page.$$eval('#participants tbody tr[data-participant]', (trs) => trs.map((tr) => [...tr.cells].map((c) => c.textContent)));
+      for (const r of rows) {
+        for (const v of r.slice(3, 9).concat([r[12]])) assert.match(v, /^(–|-?[\d,]+\.\d{3})$/, 'kWh with 3 decimals: ' + v);
+        for (const v of r.slice(9, 12)) assert.match(v, /^(–|-?€[\d,]+\.\d{2})$/, 'money in euros: ' + v);
+      }
+      assert.match(await page.locator('#participants-period').innerText(), /Totals cover: .* UTC \(\d+ intervals\)/);
+      if (viewport === WIDE) {
+        const scroll = await page.$eval('#participants', (t) => { const s = t.closest('.scroll'); return { sw: s.scrollWidth, cw: s.clientWidth }; });
+        assert.ok(scroll.sw <= scroll.cw, 'no horizontal scroll at 1400 px: ' + JSON.stringify(scroll));
+      }
+      await page.waitForFunction(() => /wall clock/.test(document.querySelector('#updated').textContent));
+      assert.match(await page.locator('#updated').innerText(), /\(wall clock\).*\(interval time\)/);
+      assert.match(await page.locator('footer .clocks').innerText(), /Two clocks/);
+      await shot(page, `participants-formatting-${label}`);
+      assert.deepEqual(errors, []);
+    } finally { await close(); }
+  });
+}
+
+test('load: one open tab makes fewer than 60 requests a minute while the demo runs', async () => {
+  const { page, errors, close } = await openPage(WIDE);
+  try {
+    const requests = [];
+    await page.goto(base + '/grid');
+    await page.waitForSelector('#grid-diagram svg');
+    const eventsBefore = await page.evaluate(() => liveRender.events);
+    const t0 = Date.now();
+    page.on('request', (r) => requests.push(r.url().replace(base, '')));
+    // One minute of a tab left open; the demo keeps clearing intervals and sending events.
+    await page.evaluate(() => new Promise((r) => setTimeout(r, 60_000)));
+    const seconds = (Date.now() - t0) / 1000;
+    const stats = await page.evaluate(() => ({ events: liveRender.events, renders: liveRender.renders }));
+    const byPath = {};
+    for (const u of requests) { const k = u.split('?')[0]; byPath[k] = (byPath[k] || 0) + 1; }
+    console.log(`# load: ${requests.length} requests in ${seconds.toFixed(1)} s; ${stats.events - eventsBefore} live events coalesced into ${stats.renders} renders; by path ${JSON.stringify(byPath)}`);
+    assert.ok(stats.events - eventsBefore > 0, 'the demo sent live events during the minute');
+    assert.ok(requests.length < 60, `${requests.length} requests in a minute`);
+    assert.deepEqual(errors, []);
+  } finally { await close(); }
+});
