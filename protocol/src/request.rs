@@ -207,10 +207,7 @@ impl SignedRequest {
 }
 
 /// Splits `<scheme> <base64 payload>.<base64 signature>` into the decoded payload and signature.
-fn split_header(
-    header: &str,
-    scheme: &str,
-) -> Result<(Vec<u8>, [u8; 64]), RequestAuthError> {
+fn split_header(header: &str, scheme: &str) -> Result<(Vec<u8>, [u8; 64]), RequestAuthError> {
     let malformed = |why: &str| RequestAuthError::Malformed(why.to_owned());
     let rest = header
         .strip_prefix(scheme)
@@ -443,7 +440,13 @@ mod tests {
             Err(RequestAuthError::OtherRequest)
         );
         assert!(matches!(
-            signed.verify(&public, 1_000 - MAX_SKEW_SECS - 1, "POST", "/readings", body),
+            signed.verify(
+                &public,
+                1_000 - MAX_SKEW_SECS - 1,
+                "POST",
+                "/readings",
+                body
+            ),
             Err(RequestAuthError::Stale { .. })
         ));
         let other = SigningKeyPair::from_seed([8; 32]).public_key();
