@@ -171,6 +171,8 @@ before(async () => {
 after(async () => {
   await browser?.close();
   child?.kill('SIGINT');
+  // The second dashboard's event streams run through the proxy: end them so node can exit.
+  proxy.closeAllConnections();
   proxy.close();
 });
 
