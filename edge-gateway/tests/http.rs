@@ -218,6 +218,8 @@ async fn agent_submits_signed_orders_before_gate_closure() {
     config.agent.enabled = true;
     config.agent.gate_closure_lead_s = 60;
     config.agent.submit_margin_s = 30;
+    // The orders name the configured zone (this fake market serves no GET /status to ask).
+    config.zone = Some(gridmesh_protocol::ZoneId::new("test").unwrap());
     let key = SigningKeyPair::from_seed([9; 32]);
     let shutdown = Shutdown::new();
     run_with_key(
@@ -239,6 +241,8 @@ async fn agent_submits_signed_orders_before_gate_closure() {
     for ((_, body), at) in bodies.iter().zip(times) {
         let envelope: SignedEnvelope = serde_json::from_value(body.clone()).unwrap();
         let order: Order = envelope.open_by(&key.public_key()).unwrap();
+        assert_eq!(order.zone, config.zone);
+        assert!(envelope.payload.starts_with(b"gridmesh/order/v2test\0"));
         assert!(
             order
                 .interval
