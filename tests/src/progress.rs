@@ -68,10 +68,12 @@ pub fn result_line(result: &IntervalResult) -> String {
     )
 }
 
-/// Follows the market's results and settlement's blocks, printing one line for each.
+/// Follows the market's results and settlement's blocks, printing one line for each. Full
+/// results and ledger entries name households, so they are read with the auditor's token.
 pub async fn report(
     market_url: String,
     settlement_url: String,
+    auditor_token: String,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let http = reqwest::Client::builder()
@@ -85,8 +87,12 @@ pub async fn report(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(700)) => {}
         }
-        if let Ok(results) =
-            fetch::<Vec<IntervalResult>>(&http, &format!("{market_url}/results?limit=20")).await
+        if let Ok(results) = fetch::<Vec<IntervalResult>>(
+            &http,
+            &auditor_token,
+            &format!("{market_url}/results?limit=20"),
+        )
+        .await
         {
             for result in results {
                 if seen_results.insert(result.interval) {
@@ -94,9 +100,12 @@ pub async fn report(
                 }
             }
         }
-        if let Ok(blocks) =
-            fetch::<Vec<BlockSummary>>(&http, &format!("{settlement_url}/ledger/blocks?limit=10"))
-                .await
+        if let Ok(blocks) = fetch::<Vec<BlockSummary>>(
+            &http,
+            &auditor_token,
+            &format!("{settlement_url}/ledger/blocks?limit=10"),
+        )
+        .await
         {
             for block in blocks.into_iter().rev() {
                 if !seen_blocks.insert(block.header.height) {
@@ -109,6 +118,7 @@ pub async fn report(
                         ..
                     }) = fetch::<EntryView>(
                         &http,
+                        &auditor_token,
                         &format!("{settlement_url}/ledger/entries/{hash}"),
                     )
                     .await
@@ -135,9 +145,16 @@ pub async fn report(
 
 async fn fetch<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
+    bearer: &str,
     url: &str,
 ) -> Result<T, reqwest::Error> {
-    http.get(url).send().await?.error_for_status()?.json().await
+    http.get(url)
+        .bearer_auth(bearer)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await
 }
 
 #[cfg(test)]

@@ -104,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
     let reporter = tokio::spawn(gridmesh_e2e::progress::report(
         neighbourhood.market.url(),
         neighbourhood.settlement_url(),
+        neighbourhood.auditor_token.clone(),
         signals.token(),
     ));
     signals.triggered().await;
