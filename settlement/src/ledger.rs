@@ -158,7 +158,7 @@ impl StateCommitment {
             ),
             statements: part_digest(PART_TAGS[2], statements.iter().map(|s| json(*s))),
             compliance: part_digest(PART_TAGS[3], compliance.iter().map(|c| json(*c))),
-            withheld: part_digest(PART_TAGS[4], state.withheld.iter().map(|w| json(w))),
+            withheld: part_digest(PART_TAGS[4], state.withheld.iter().map(json)),
             decisions: part_digest(
                 PART_TAGS[5],
                 decisions

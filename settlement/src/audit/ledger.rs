@@ -333,6 +333,7 @@ impl Replay<'_> {
         )
     }
 
+    #[allow(clippy::too_many_arguments)] // one spend: lot, holder, signer, amount, kind, time
     fn spend(
         &mut self,
         loc: &str,
