@@ -5,8 +5,11 @@
 //! After downtime it catches up at once. Every result goes to SSE subscribers (from
 //! [`Market::clear_interval`]) and, if a broker is configured, is published retained at QoS 1:
 //! first every gateway's signed operating envelope on `protocol::topics::envelope(gateway)`,
-//! then the `SignedResult` on `protocol::topics::result(zone, interval)`, each retried until the
-//! broker acknowledges it. A message larger than the connection's packet limit is not sent (it
+//! then the result's public view (`protocol::api::market::PublicResult`: aggregates per area,
+//! trades under pseudonyms, no household id — every gateway may read this topic) on
+//! `protocol::topics::result(zone, interval)`, each retried until the broker acknowledges it.
+//! The full signed result names households: it stays on REST for the auditor, the operator
+//! and settlement. A message larger than the connection's packet limit is not sent (it
 //! would be refused forever); it is logged and counted, and stays available on REST.
 
 use crate::service::Market;
@@ -71,7 +74,7 @@ pub async fn run(
 /// Envelopes published at once (each waits for its own PUBACK).
 const ENVELOPES_IN_FLIGHT: usize = 32;
 
-/// Publishes each cleared interval's signed envelopes and signed result retained on MQTT, in
+/// Publishes each cleared interval's signed envelopes and public result retained on MQTT, in
 /// order, retrying each message until acknowledged. Messages above `max_payload` bytes are
 /// skipped (logged and counted).
 pub async fn publish_results(
@@ -125,8 +128,22 @@ pub async fn publish_results(
         if cancel.is_cancelled() {
             return;
         }
+        let public = match serde_json::from_slice::<gridmesh_protocol::market::IntervalResult>(
+            &signed.body_base64,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|result| {
+            crate::public::public_view(&result, &market.pseudonym_secret())
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(public) => public,
+            Err(error) => {
+                tracing::error!(%interval, %error, "cannot build the public view of the result; not published on MQTT (the full result is on REST)");
+                continue;
+            }
+        };
         let topic = gridmesh_protocol::topics::result(&market.config.zone, &interval);
-        let payload = serde_json::to_vec(&signed).expect("a signed result serialises");
+        let payload = serde_json::to_vec(&public).expect("a public result serialises");
         if publish_one(&market, &mqtt, topic, payload, max_payload, &cancel).await {
             crate::metrics::Metrics::inc(&market.metrics.results_published);
         }

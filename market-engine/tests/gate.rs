@@ -4,6 +4,7 @@
 //! later orders are refused.
 
 use chrono::{DateTime, Utc};
+use gridmesh_protocol::api::market::PublicResult;
 use gridmesh_protocol::envelope::{EnvelopeBasis, MarketKey, OperatingEnvelope, SignedResult};
 use gridmesh_protocol::grid::{Network, UtilityTariff};
 use gridmesh_protocol::keys::SigningKeyPair;
@@ -198,7 +199,7 @@ async fn clears_at_gate_closure_and_publishes_everywhere() {
             {
                 assert!(p.retain);
                 if p.topic == topic {
-                    result = Some(serde_json::from_slice::<SignedResult>(&p.payload).unwrap());
+                    result = Some(p.payload.to_vec());
                 } else {
                     envelope = Some(serde_json::from_slice::<SignedEnvelope>(&p.payload).unwrap());
                 }
@@ -208,8 +209,23 @@ async fn clears_at_gate_closure_and_publishes_everywhere() {
     })
     .await
     .expect("a retained signed result and envelope on MQTT");
-    // The result on MQTT is signed by the market's key and is the result everyone else saw.
-    assert_eq!(from_mqtt.open(&market_key.public_key).unwrap(), from_sse);
+    // The result on MQTT is the public view of the result everyone else saw: aggregates and
+    // pseudonyms, no household or gateway id (every gateway may read the topic).
+    let public: PublicResult = serde_json::from_slice(&from_mqtt).unwrap();
+    assert_eq!(public.interval, from_sse.interval);
+    assert_eq!(public.zone, from_sse.zone);
+    let text = String::from_utf8(from_mqtt).unwrap();
+    for order in &from_sse.orders {
+        assert!(
+            !text.contains(order.participant.as_str()),
+            "the public result on MQTT names {}: {text}",
+            order.participant
+        );
+    }
+    assert!(
+        !text.contains(gateway.as_str()),
+        "the public result on MQTT names gateway {gateway}: {text}"
+    );
     // The envelope verifies with the same key, names the gateway and carries the allocation of
     // the result it names (on a slow machine the next interval may already be cleared: the
     // retained envelope is always the latest).

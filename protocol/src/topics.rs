@@ -24,7 +24,8 @@ pub fn gateway_status(gateway: &GatewayId) -> String {
 /// The filter for all gateway statuses.
 pub const GATEWAY_STATUS_FILTER: &str = "gridmesh/gateways/+/status";
 
-/// The retained clearing result of one interval in one zone (JSON `IntervalResult`).
+/// The retained public view of one interval's clearing result in one zone (JSON
+/// [`crate::api::market::PublicResult`]: aggregates and pseudonyms, no household id).
 pub fn result(zone: &str, interval: &Interval) -> String {
     format!(
         "{ROOT}/results/{zone}/{}",
