@@ -140,7 +140,13 @@ fn check_duals(topology: &Topology, orders: &[BookOrder], s: &market_engine::fas
             Side::Buy => o.limit_price - lambda,
             Side::Sell => lambda - o.limit_price,
         };
-        assert!(surplus >= 0 || !none || q == 0, "order {i}");
+        if !full && !none {
+            assert_eq!(
+                surplus, 0,
+                "order {i} cleared {q} of {} at a price not its own",
+                o.quantity
+            );
+        }
         if surplus > 0 {
             assert!(full, "order {i} has surplus {surplus} but cleared {q}");
         }
@@ -163,10 +169,119 @@ fn check_duals(topology: &Topology, orders: &[BookOrder], s: &market_engine::fas
         if f == 0 && !at_import && !at_export {
             assert!(d.abs() <= n.fee, "branch {c} idle but prices differ by {d}");
         }
-        if at_import {
-            assert!(d >= n.fee.min(if f == 0 { -n.fee } else { n.fee }));
+        // The branch's duals: d - fee is the import limit's (>= 0, positive only when binding),
+        // -d - fee the export limit's (likewise). Flow in one direction needs that direction's
+        // dual to be non-negative.
+        if f > 0 {
+            assert!(
+                d >= n.fee,
+                "branch {c} imports {f} but the price rises only {d}"
+            );
+        }
+        if f < 0 {
+            assert!(
+                d <= -n.fee,
+                "branch {c} exports {} but the price falls only {}",
+                -f,
+                -d
+            );
+        }
+        if d > n.fee {
+            assert!(
+                at_import,
+                "branch {c}: price step {d} above fee {} with import {f} below its limit",
+                n.fee
+            );
+        }
+        if d < -n.fee {
+            assert!(
+                at_export,
+                "branch {c}: price step {d} below -fee {} with export {} below its limit {:?}",
+                -n.fee, -f, n.export_limit
+            );
         }
     }
+}
+
+/// The utility's duals at the root: importing needs a root price of at least the retail price
+/// (at most, unless the import limit binds); exporting, at most the feed-in price (at least,
+/// unless the export limit binds).
+fn check_utility_duals(topology: &Topology, s: &market_engine::fast::Solution) {
+    let u = topology.utility;
+    let root = s.prices[0];
+    let (imp, exp) = (s.utility_import, s.utility_export);
+    if let Some(retail) = u.retail {
+        if imp > 0 {
+            assert!(
+                root >= retail,
+                "imports {imp} at root price {root} < retail {retail}"
+            );
+        }
+        if u.import_limit.is_none_or(|l| imp < l) {
+            assert!(
+                root <= retail,
+                "root price {root} > retail {retail} with import {imp} below its limit"
+            );
+        }
+    }
+    if let Some(feed_in) = u.feed_in {
+        if exp > 0 {
+            assert!(
+                root <= feed_in,
+                "exports {exp} at root price {root} > feed-in {feed_in}"
+            );
+        }
+        if u.export_limit.is_none_or(|l| exp < l) {
+            assert!(
+                root >= feed_in,
+                "root price {root} < feed-in {feed_in} with export {exp} below its limit"
+            );
+        }
+    }
+}
+
+/// Welfare computed from the case itself (not from `Topology` nor `welfare_micro`): the buyers'
+/// limit value minus the sellers' limit cost, the utility's retail and feed-in, and each
+/// branch's fee on the energy through it, with branch flows summed from the cleared orders.
+fn independent_welfare(case: &Case, cleared: &[i64], import: i64, export: i64) -> i128 {
+    let parent_of = |node: usize| -> Option<usize> {
+        case.network
+            .branches
+            .iter()
+            .find(|b| b.node.as_str() == format!("n{node}"))
+            .map(|b| b.parent.as_str()[1..].parse().unwrap())
+    };
+    let n_nodes = case.network.branches.len() + 1;
+    let mut welfare: i128 = 0;
+    let mut into = vec![0i128; n_nodes]; // demand minus supply in each node's subtree
+    for (&(node, buy, _, price), &q) in case.orders.iter().zip(cleared) {
+        let (value, signed) = if buy {
+            (i128::from(price) * i128::from(q), i128::from(q))
+        } else {
+            (-i128::from(price) * i128::from(q), -i128::from(q))
+        };
+        welfare += value;
+        let mut v = Some(node);
+        while let Some(n) = v {
+            into[n] += signed;
+            v = parent_of(n);
+        }
+    }
+    // The root's net demand is the utility's net sale.
+    assert_eq!(
+        into[0],
+        i128::from(import) - i128::from(export),
+        "the root does not balance"
+    );
+    let u = &case.network.utility;
+    welfare -= i128::from(u.retail_price.map_or(0, |p| p.0)) * i128::from(import);
+    welfare += i128::from(u.feed_in_price.map_or(0, |p| p.0)) * i128::from(export);
+    for b in &case.network.branches {
+        let node: usize = b.node.as_str()[1..].parse().unwrap();
+        let fee = i128::from(b.fee_per_mwh.map_or(0, |p| p.0));
+        welfare -= fee * into[node].abs();
+    }
+    welfare
 }
 
 /// Trades follow the tree: summing every trade's energy along its path gives exactly the branch
@@ -242,8 +357,14 @@ proptest! {
         let outcome = clear(&topology, &orders, PricingRule::PayAsClear);
         check_feasible(&topology, &orders, &outcome.solution).map_err(TestCaseError::fail)?;
         check_duals(&topology, &orders, &outcome.solution);
+        check_utility_duals(&topology, &outcome.solution);
         check_trades(&topology, &orders, &outcome);
         prop_assert_eq!(outcome.welfare_micro, welfare_micro(&topology, &orders, &outcome.solution));
+        let s = &outcome.solution;
+        prop_assert_eq!(
+            outcome.welfare_micro,
+            independent_welfare(&case, &s.cleared, s.utility_import, s.utility_export)
+        );
         let fast = outcome.welfare_micro as f64;
         let reference = reference::solve(&topology, &orders).unwrap();
         // Relative to the gross value in play, so an all-zero welfare is compared sensibly.
@@ -253,5 +374,82 @@ proptest! {
             "fast {} reference {} diff {} scale {}", fast, reference.welfare_micro, diff, scale);
         // Determinism: clearing twice gives the same outcome.
         prop_assert_eq!(clear(&topology, &orders, PricingRule::PayAsClear), outcome);
+    }
+}
+
+/// Bigger books than above: 50 nodes in deep trees (each node's parent among the three before
+/// it), hundreds of orders. Feasibility, complementary slackness (which with feasibility proves
+/// the clearing optimal), the trades, the independently computed welfare and the reference
+/// LP's welfare.
+fn big_case_strategy() -> impl Strategy<Value = Case> {
+    const NODES: usize = 50;
+    let parents = (1..NODES)
+        .map(|i| i.saturating_sub(3)..i)
+        .collect::<Vec<_>>();
+    let limit = prop_oneof![Just(None), (0i64..3_000).prop_map(Some)];
+    let branches = proptest::collection::vec(
+        (limit.clone(), limit, prop_oneof![Just(0i64), 0i64..3_000]),
+        NODES - 1,
+    );
+    let orders = proptest::collection::vec(
+        (0..NODES, any::<bool>(), 1i64..500, price_strategy(false)),
+        100..400,
+    );
+    (parents, branches, orders, any::<bool>()).prop_map(|(parents, branches, orders, utility)| {
+        let name = |i: usize| NodeId::new(format!("n{i}")).unwrap();
+        let branches = parents
+            .iter()
+            .zip(branches)
+            .enumerate()
+            .map(|(k, (&p, (imp, exp, fee)))| Branch {
+                node: name(k + 1),
+                parent: name(p),
+                import_limit_wh: imp.map(Wh),
+                export_limit_wh: exp.map(Wh),
+                fee_per_mwh: Some(PricePerMwh(fee)),
+            })
+            .collect();
+        let utility = if utility {
+            UtilityTariff {
+                envelope_excess_price: Default::default(),
+                retail_price: Some(PricePerMwh(25_000)),
+                feed_in_price: Some(PricePerMwh(12_500)),
+                import_limit_wh: Some(Wh(5_000)),
+                export_limit_wh: Some(Wh(5_000)),
+            }
+        } else {
+            UtilityTariff::default()
+        };
+        Case {
+            network: Network {
+                root: name(0),
+                branches,
+                utility,
+            },
+            orders,
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn big_books_clear_optimally(case in big_case_strategy()) {
+        let (topology, orders) = book(&case);
+        let outcome = clear(&topology, &orders, PricingRule::PayAsClear);
+        check_feasible(&topology, &orders, &outcome.solution).map_err(TestCaseError::fail)?;
+        check_duals(&topology, &orders, &outcome.solution);
+        check_utility_duals(&topology, &outcome.solution);
+        check_trades(&topology, &orders, &outcome);
+        let s = &outcome.solution;
+        prop_assert_eq!(
+            outcome.welfare_micro,
+            independent_welfare(&case, &s.cleared, s.utility_import, s.utility_export)
+        );
+        let reference = reference::solve(&topology, &orders).unwrap();
+        let fast = outcome.welfare_micro as f64;
+        let diff = (fast - reference.welfare_micro).abs();
+        prop_assert!(diff <= 1e-9 * fast.abs().max(1e9), "fast {} reference {}", fast, reference.welfare_micro);
     }
 }
