@@ -98,7 +98,21 @@ async fn readings_arrive_signed_contiguous_and_match_truth() {
             r.flags.names()
         );
         assert!(!r.flags.contains(ReadingFlags::PARTIAL));
-        assert!(r.clock_synced);
+        // (`clock_synced` is not asserted: it is always true on a simulated clock.)
+    }
+    // The documented accounting bound: each delta is within 1 Wh of the difference of the
+    // counters the gateway signed at the two ends of its interval (readings are contiguous).
+    for pair in readings.windows(2) {
+        let (before, after) = (&pair[0], &pair[1]);
+        let (was, now) = (before.registers.as_array(), after.registers.as_array());
+        for (channel, delta) in deltas(after).iter().enumerate() {
+            let difference = now[channel].0 - was[channel].0;
+            assert!(
+                (delta - difference).abs() <= 1,
+                "channel {channel} of {}: delta {delta} but the counters moved {difference}",
+                after.interval
+            );
+        }
     }
     // Health and metrics on the local port.
     let base = format!("http://{}", running.health_addr);
