@@ -12,7 +12,7 @@ use edge_gateway::{KeySource, RunningGateway};
 use gridmesh_protocol::grid::{Branch, Network, UtilityTariff};
 use gridmesh_protocol::keys::{KeyFileError, SigningKeyPair};
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
-use gridmesh_protocol::{GatewayId, NodeId, ParticipantId, PricePerMwh, Wh};
+use gridmesh_protocol::{GatewayId, NodeId, ParticipantId, PricePerMwh, Wh, ZoneId};
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::shutdown::Shutdown;
 use market_engine::{MarketConfig, server::RunningMarket};
@@ -24,6 +24,14 @@ use settlement::{RunningSettlement, SettlementConfig};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+/// The market zone of the demo neighbourhood: the market clears it, gateways sign their
+/// readings and orders for it, settlement refuses readings for any other.
+pub const DEMO_ZONE: &str = "demo";
+
+fn demo_zone() -> ZoneId {
+    ZoneId::new(DEMO_ZONE).expect("the demo zone is a valid id")
+}
 
 /// The operator token the launcher uses for registrations (local demo only).
 pub const DEMO_OPERATOR_TOKEN: &str = "demo-operator-token";
@@ -366,7 +374,7 @@ impl Neighbourhood {
         let mut market_config = MarketConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], port(options.ports_from, 1))),
             database_url: database_url(&options, "market").await?,
-            zone: "demo".to_owned(),
+            zone: DEMO_ZONE.to_owned(),
             // The operator enrols the demo's homes in-process; settlement and the dashboard
             // read the private registrations with the auditor credential.
             operator_token: Some(DEMO_OPERATOR_TOKEN.to_owned()),
@@ -409,6 +417,8 @@ impl Neighbourhood {
                 // The dashboard's upstream credential; also sent to the market as Bearer
                 // (settlement's `market_token` defaults to it).
                 auditor_token: Some(auditor_token.clone()),
+                // Readings name their zone (gridmesh/reading/v2): another zone's are refused.
+                zone: Some(demo_zone()),
                 grace_secs: options.settlement_grace_secs,
                 poll_secs: 0.5,
                 ..SettlementConfig::default()
@@ -460,6 +470,7 @@ impl Neighbourhood {
                 Some(&broker_url),
             )
             .map_err(StartError::Invalid)?;
+            config.zone = Some(demo_zone());
             config.outbox_path = data_dir.join("outbox").join(format!("{}.db", home.id));
             config.key_path = data_dir.join("keys").join(format!("{}.key", home.id));
             config.poll_ms = options.poll_ms;

@@ -106,7 +106,7 @@ async fn start_zone(
             "listen = \"{settlement_addr}\"\ndatabase_url = \"{settlement_db}\"\n\
              market_url = \"http://{market_addr}\"\nmqtt_client_id = \"settlement-{name}-{pid}\"\n\
              authority_key = \"{key}\"\noperator_token = \"{TOKEN}\"\nauditor_token = \"{AUDITOR}\"\n\
-             market_token = \"{AUDITOR}\"\ngrace_secs = 600\n\
+             market_token = \"{AUDITOR}\"\nzone = \"{name}\"\ngrace_secs = 600\n\
              poll_secs = 0.5\n\n[clock]\nepoch = \"{epoch}\"\nspeed = {speed:?}\nanchor = \"{anchor}\"\n",
             pid = std::process::id(),
             key = authority_path.display(),
@@ -216,6 +216,7 @@ async fn two_zones_clear_and_settle_independently_as_separate_processes() {
         let zone = zones.iter().find(|z| z.feeder == home.feeder).unwrap();
         let mut config =
             gateway_config(home, index, &zone.market_url, &zone.settlement_url, None).unwrap();
+        config.zone = Some(gridmesh_protocol::ZoneId::new(&zone.name).unwrap());
         config.key_path = dir.join(format!("{}.key", home.id));
         config.outbox_path = dir.join(format!("{}-outbox.db", home.id));
         config.poll_ms = 100;
