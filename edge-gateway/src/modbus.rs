@@ -6,8 +6,9 @@ use crate::config::{DeviceConfig, Parity, Transport};
 use crate::sunspec::{ReadFailure, RegisterSource};
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_modbus::client::{Context, Reader, Writer};
+use tokio_modbus::client::{Client, Context, Writer};
 use tokio_modbus::slave::Slave;
+use tokio_modbus::{Request, Response};
 
 /// Shortest and longest reconnect delay.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -142,14 +143,22 @@ impl RegisterSource for ModbusLink {
         }
         let timeout = self.timeout;
         let context = self.context.as_mut().expect("connected");
-        match tokio::time::timeout(timeout, context.read_holding_registers(address, count)).await {
-            Ok(Ok(Ok(words))) if words.len() == usize::from(count) => {
+        // Through `call`, not `read_holding_registers`: that one asserts (in debug builds) that
+        // the device answered as many registers as asked, so a short answer was a panic.
+        let request = Request::ReadHoldingRegisters(address, count);
+        match tokio::time::timeout(timeout, context.call(request)).await {
+            Ok(Ok(Ok(Response::ReadHoldingRegisters(words))))
+                if words.len() == usize::from(count) =>
+            {
                 self.backoff = MIN_BACKOFF;
                 Ok(words)
             }
-            Ok(Ok(Ok(words))) => Err(self.fail(format!(
+            Ok(Ok(Ok(Response::ReadHoldingRegisters(words)))) => Err(self.fail(format!(
                 "asked for {count} registers at {address}, got {}",
                 words.len()
+            ))),
+            Ok(Ok(Ok(other))) => Err(self.fail(format!(
+                "asked for registers at {address}, got another answer: {other:?}"
             ))),
             Ok(Ok(Err(code))) => Err(ReadFailure::Exception(format!("{code:?}"))),
             Ok(Err(e)) => Err(self.fail(format!("read failed: {e}"))),
