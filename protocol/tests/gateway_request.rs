@@ -56,7 +56,10 @@ fn the_worked_example_is_what_the_code_produces() {
     );
     let digest = hex::encode(request_digest("POST", "/readings", BODY));
     let signature = hex::encode(key.sign_raw(&payload));
-    println!("digest {digest}\nbytes {}\nsignature {signature}\nheader {header}", hex_block(&payload));
+    println!(
+        "digest {digest}\nbytes {}\nsignature {signature}\nheader {header}",
+        hex_block(&payload)
+    );
     assert_eq!(doc_block("example-gateway-request-digest"), digest);
     assert_eq!(
         doc_block("example-gateway-request-bytes")

@@ -523,7 +523,7 @@ async fn held_and_readmitted(backend: &str) {
         100,
         1_000,
     ));
-    let out = s.ingest(submit(&[r.clone()])).await.unwrap();
+    let out = s.ingest(submit(std::slice::from_ref(&r))).await.unwrap();
     assert_eq!(out[0].status, ReadingStatus::Quarantined);
     assert_eq!(out[0].code.unwrap().as_str(), "unknown_gateway");
     assert!(out[0].reason.as_deref().unwrap().contains("held"));

@@ -148,7 +148,10 @@ fn check_reading_statuses(
     for r in &data.readings {
         stored.insert(r.key.as_str(), r.status.as_str());
         let loc = format!("reading {}", r.key);
-        let items = by_key.get(r.key.as_str()).map(Vec::as_slice).unwrap_or_default();
+        let items = by_key
+            .get(r.key.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let open = items.iter().find(|q| q.status == "open");
         let accepted = items.iter().find(|q| q.status == "accepted");
         match r.status.as_str() {
@@ -160,7 +163,8 @@ fn check_reading_statuses(
                             "field status is `flagged`, but quarantine item #{} is `accepted`",
                             q.id
                         ),
-                        None => "field status is `flagged`, but no open quarantine item flags it".to_owned(),
+                        None => "field status is `flagged`, but no open quarantine item flags it"
+                            .to_owned(),
                     },
                 ));
             }
