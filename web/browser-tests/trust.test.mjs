@@ -79,6 +79,8 @@ async function tamper(path, json, headers) {
   }
   return null;
 }
+/** Requests the proxy passes straight through (event streams): ended in `after`. */
+const passThrough = new Set();
 const proxy = http.createServer(async (req, res) => {
   try {
     const headers = { ...req.headers };
@@ -91,6 +93,8 @@ const proxy = http.createServer(async (req, res) => {
         up.pipe(res);
       });
       pipe.on('error', () => res.destroy());
+      passThrough.add(pipe);
+      pipe.on('close', () => passThrough.delete(pipe));
       req.pipe(pipe);
       return;
     }
@@ -170,7 +174,16 @@ before(async () => {
 });
 after(async () => {
   await browser?.close();
-  child?.kill('SIGINT');
+  if (child && child.exitCode === null) {
+    const exited = new Promise((ok) => child.once('exit', ok));
+    child.kill('SIGINT');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+    await exited;
+    clearTimeout(timer);
+  }
+  child?.stdout?.destroy();
+  child?.stderr?.destroy();
+  for (const pipe of passThrough) pipe.destroy();
   // The second dashboard's event streams run through the proxy: end them so node can exit.
   proxy.closeAllConnections();
   proxy.close();
