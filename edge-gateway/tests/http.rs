@@ -177,25 +177,63 @@ async fn http_fallback_delivers_in_order_after_settlement_errors() {
     shutdown.stop().await;
 }
 
-async fn orders(
-    State(r): State<Recorder>,
-    Json(envelope): Json<SignedEnvelope>,
-) -> (StatusCode, Json<OrderAccepted>) {
-    r.received_at
-        .lock()
-        .unwrap()
-        .push(r.clock.as_ref().unwrap().now());
+/// The market's `POST /orders` as market-engine answers it (not 201 to everything): 401
+/// `bad_signature`, 409 `gate_closed` after the gate closure (60 s lead), 409 `replayed_nonce`
+/// for a nonce seen before, else 201. (tests/market_answers.rs runs the agent against every
+/// refusal.)
+async fn orders(State(r): State<Recorder>, Json(envelope): Json<SignedEnvelope>) -> Response {
+    let now = r.clock.as_ref().unwrap().now();
+    r.received_at.lock().unwrap().push(now);
     r.bodies
         .lock()
         .unwrap()
         .push((HeaderMap::new(), serde_json::to_value(&envelope).unwrap()));
-    let order: Order = envelope.open().unwrap();
+    let refuse = |status: StatusCode, code: &str, message: String| {
+        (
+            status,
+            Json(ErrorBody {
+                code: code.into(),
+                message,
+            }),
+        )
+            .into_response()
+    };
+    let Ok(order) = envelope.open::<Order>() else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            "the signature does not verify".into(),
+        );
+    };
+    if !order
+        .interval
+        .accepts_orders_at(now, chrono::Duration::seconds(60))
+    {
+        return refuse(
+            StatusCode::CONFLICT,
+            "gate_closed",
+            format!("the gate for {} is closed", order.interval),
+        );
+    }
+    if !r
+        .stored
+        .lock()
+        .unwrap()
+        .insert(format!("{}:{}", order.participant, order.nonce))
+    {
+        return refuse(
+            StatusCode::CONFLICT,
+            "replayed_nonce",
+            format!("nonce {} was seen before", order.nonce),
+        );
+    }
     (
         StatusCode::CREATED,
         Json(OrderAccepted {
             order_id: format!("{}:{}", order.participant, order.nonce),
         }),
     )
+        .into_response()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,7 +260,7 @@ async fn agent_submits_signed_orders_before_gate_closure() {
     config.zone = Some(gridmesh_protocol::ZoneId::new("test").unwrap());
     let key = SigningKeyPair::from_seed([9; 32]);
     let shutdown = Shutdown::new();
-    run_with_key(
+    let running = run_with_key(
         config.clone(),
         KeySource::Key(Box::new(key.clone())),
         clock.clone(),
@@ -231,9 +269,16 @@ async fn agent_submits_signed_orders_before_gate_closure() {
     .await
     .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while recorder.bodies.lock().unwrap().len() < 2 && tokio::time::Instant::now() < deadline {
+    while (recorder.bodies.lock().unwrap().len() < 2
+        || running.status.snapshot().orders_submitted < 2)
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The market accepted them (it refuses late or replayed orders): counted as submitted.
+    let status = running.status.snapshot();
+    assert_eq!(status.orders_failed, 0);
+    assert!(status.orders_submitted >= 2);
     let bodies = recorder.bodies.lock().unwrap().clone();
     let times = recorder.received_at.lock().unwrap().clone();
     assert!(bodies.len() >= 2, "orders received: {}", bodies.len());
