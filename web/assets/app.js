@@ -26,9 +26,21 @@ const cPerKwh = (perMwh) => (perMwh / 1000).toLocaleString('en', { minimumFracti
 const short = (hash) => (typeof hash === 'string' && hash.length > 16) ? hash.slice(0, 8) + '…' + hash.slice(-6) : String(hash ?? '–');
 const intervalText = (key) => key ? String(key).replace('T', ' ').replace(':00Z/', ' UTC, ').replace(/(\d+)$/, '$1 min') : '–';
 function link(href, text, attrs) { return h('a', Object.assign({ href, 'data-link': true, text }, attrs || {})); }
+// Fills a table body in place: a row or cell that did not change is kept (not re-created), so a
+// live update keeps the focus, a scroll position and any element the user is acting on.
 function fillBody(table, rows, emptyText, cols) {
   const body = table.tBodies[0];
-  body.replaceChildren(...(rows.length ? rows : [h('tr', {}, h('td', { colspan: cols, class: 'empty', text: emptyText }))]));
+  const next = rows.length ? rows : [h('tr', {}, h('td', { colspan: cols, class: 'empty', text: emptyText }))];
+  const old = [...body.rows];
+  next.forEach((row, i) => {
+    const cur = old[i];
+    if (!cur) body.append(row);
+    else if (cur.outerHTML === row.outerHTML) return;
+    else if (cur.cloneNode(false).outerHTML === row.cloneNode(false).outerHTML && cur.cells.length === row.cells.length) {
+      [...row.cells].forEach((c, j) => { if (cur.cells[j].outerHTML !== c.outerHTML) cur.cells[j].replaceWith(c); });
+    } else cur.replaceWith(row);
+  });
+  for (const r of old.slice(next.length)) r.remove();
 }
 function cell(v, num) { return h('td', num ? { class: 'num' } : {}, v); }
 
@@ -288,7 +300,7 @@ function buildParticipantDetail(d, detail) {
       h('dt', { text: 'Market' }), h('dd', { text: 'bought ' + kwh(p.bought_wh) + ' kWh for ' + money(p.spent) + ', sold ' + kwh(p.sold_wh) + ' kWh for ' + money(p.earned) }),
       h('dt', { text: 'Tokens' }), h('dd', { text: kwh(p.tokens_wh ?? 0) + ' kWh in ' + p.lots + ' lots' })),
     ...(d.errors.length ? [h('p', { class: 'verdict', 'data-ok': 'false', text: d.errors.join(' · ') })] : []),
-    h('details', { open: true, 'data-key': 'holdings' }, h('summary', { text: 'Token holdings (' + d.holdings.length + ' lots)' }), h('div', { class: 'scroll' }, table)),
+    h('details', { open: true, 'data-key': 'holdings' }, h('summary', { 'data-key': 'holdings-summary', text: 'Token holdings (' + d.holdings.length + ' lots)' }), h('div', { class: 'scroll' }, table)),
     link('/participants', '← all participants'));
   detail.hidden = false;
 }

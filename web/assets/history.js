@@ -144,11 +144,16 @@ function revealDetail(detail) {
 function keepDetail(detail, data, build) {
   const text = JSON.stringify(data);
   if (detail.dataset.shown === text && !detail.hidden) return false;
-  const open = new Set([...detail.querySelectorAll('details[open]')].map((d) => d.dataset.key || d.querySelector('summary')?.textContent));
+  const keyOf = (d) => d.dataset.key || d.querySelector('summary')?.textContent;
+  const known = new Set([...detail.querySelectorAll('details')].map(keyOf));
+  const open = new Set([...detail.querySelectorAll('details[open]')].map(keyOf));
+  const before = detail.querySelector('h2')?.textContent;
   const active = document.activeElement && detail.contains(document.activeElement) ? (document.activeElement.id || document.activeElement.dataset.key) : null;
   build();
   detail.dataset.shown = text;
-  for (const d of detail.querySelectorAll('details')) if (open.has(d.dataset.key || d.querySelector('summary')?.textContent)) d.open = true;
+  // A section the user opened or closed stays so; a new one keeps its default.
+  const same = before === detail.querySelector('h2')?.textContent;
+  for (const d of detail.querySelectorAll('details')) if (same && known.has(keyOf(d))) d.open = open.has(keyOf(d));
   if (active) {
     const again = detail.querySelector('#' + CSS.escape(active)) || detail.querySelector('[data-key="' + CSS.escape(active) + '"]');
     if (again) again.focus({ preventScroll: true });

@@ -141,9 +141,12 @@ for (const [label, viewport] of [['1400', WIDE], ['phone', PHONE]]) {
       // Close the holdings section and focus its summary; live updates must keep both.
       await page.locator('#participant-detail details[data-key="holdings"] summary').click();
       assert.equal(await page.locator('#participant-detail details[data-key="holdings"]').getAttribute('open'), null);
+      // The list row the user clicked is kept by a live update, not re-created.
+      const row = await page.$('#participants tbody tr[data-participant]:last-child a');
       const renders = await page.evaluate(() => liveRender.renders);
       await page.waitForFunction((n) => liveRender.renders > n, renders, { timeout: 60_000 });
       await page.evaluate(() => new Promise((r) => setTimeout(r, 500)));
+      assert.ok(await row.evaluate((a) => a.isConnected), 'a live update keeps the unchanged participant row');
       assert.equal(await page.locator('#participant-detail details[data-key="holdings"]').getAttribute('open'), null, 'the closed section stays closed');
       assert.ok(await page.evaluate(() => document.activeElement && document.activeElement.tagName === 'SUMMARY'), 'focus stays on the summary');
       // A participant that does not exist is an error, not the list.

@@ -24,6 +24,8 @@ use chrono::{DateTime, Duration, Utc};
 use gridmesh_protocol::envelope::MeasuredFlows;
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_runtime::http::{ApiJson, ApiPath, ApiQuery};
+use plotters::coord::combinators::WithKeyPoints;
+use plotters::coord::types::RangedCoordi64;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -626,6 +628,18 @@ fn x_labels(width: u32) -> usize {
     usize::try_from((width / 120).clamp(2, 10)).unwrap_or(4)
 }
 
+/// The time axis from `from` to `to` (unix seconds) with `x_labels(width)` labels at the middles
+/// of equal parts: every width, even a phone's 2 labels, shows dates (plotters' own round steps
+/// could leave a narrow 6 h axis with none), and no label sits at an edge where it would be clipped.
+fn time_axis(from: i64, to: i64, width: u32) -> WithKeyPoints<RangedCoordi64> {
+    let n = i64::try_from(x_labels(width)).unwrap_or(2);
+    let span = to.saturating_sub(from).max(1);
+    let points = (0..n)
+        .map(|i| from.saturating_add(span.saturating_mul(2 * i + 1) / (2 * n)))
+        .collect();
+    (from..to).with_key_points(points)
+}
+
 fn drawing_err(e: impl std::fmt::Display) -> ApiError {
     ApiError::Chart(crate::charts::ChartError {
         chart: "history",
@@ -726,7 +740,7 @@ pub fn flow_chart(h: &HistoryAnswer, width: u32) -> Result<String, ApiError> {
             .margin_bottom(8)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d(x0..x1, lo..hi)
+            .build_cartesian_2d(time_axis(x0, x1, width), lo..hi)
             .map_err(drawing_err)?;
         chart
             .configure_mesh()
@@ -875,7 +889,10 @@ pub fn price_chart(h: &HistoryAnswer, width: u32) -> Result<String, ApiError> {
             .margin_bottom(8)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d(h.from.timestamp()..h.to.timestamp(), lo..hi)
+            .build_cartesian_2d(
+                time_axis(h.from.timestamp(), h.to.timestamp(), width),
+                lo..hi,
+            )
             .map_err(drawing_err)?;
         chart
             .configure_mesh()
@@ -940,7 +957,10 @@ pub fn volume_chart(h: &HistoryAnswer, width: u32) -> Result<String, ApiError> {
             .margin_bottom(8)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d(h.from.timestamp()..h.to.timestamp(), 0.0..hi)
+            .build_cartesian_2d(
+                time_axis(h.from.timestamp(), h.to.timestamp(), width),
+                0.0..hi,
+            )
             .map_err(drawing_err)?;
         chart
             .configure_mesh()
@@ -1183,5 +1203,40 @@ mod tests {
         );
         let none = answer(vec![], "2026-06-20T23:00:00Z", "2026-06-21T01:00:00Z");
         assert!(flow_chart(&none, 400).unwrap().contains("data-empty"));
+    }
+
+    /// A 6 h range on a phone (353 px, 2 labels) once had no time label at all: plotters' round
+    /// steps fell outside 05:30–11:30. Every chart shows dated labels at every width.
+    #[test]
+    fn six_hours_on_a_phone_have_dates_on_the_time_axis() {
+        let points = vec![
+            point("2026-06-21T10:45:00Z", 150, 90, 320, 12_000),
+            point("2026-06-21T11:00:00Z", 200, 90, 320, 14_000),
+        ];
+        let span = Span {
+            from: t("2026-06-21T05:30:00Z"),
+            to: t("2026-06-21T11:30:00Z"),
+            bucket_minutes: 15,
+        };
+        let h = answer(
+            bucketize(&points, &span, "f1").unwrap(),
+            "2026-06-21T05:30:00Z",
+            "2026-06-21T11:30:00Z",
+        );
+        for width in [353, 658, 1300] {
+            for svg in [
+                flow_chart(&h, width).unwrap(),
+                price_chart(&h, width).unwrap(),
+                volume_chart(&h, width).unwrap(),
+            ] {
+                // Texts drawn on the chart (the aria-label on <svg> also names the dates).
+                let dated = svg
+                    .split("<text")
+                    .skip(1)
+                    .filter(|t| t.contains("21 Jun "))
+                    .count();
+                assert!(dated >= 2, "{width} px: {dated} dated labels in {svg}");
+            }
+        }
     }
 }
