@@ -6,7 +6,8 @@
 //!   batch-verify, and the JSON must survive a round trip;
 //! - 1: a `SignedResult` as settlement and gateways fetch it from the market, opened with the
 //!   pinned market key;
-//! - 2: an `Authorization: Gridmesh …` header (`SignedRequest::parse`, then `verify`);
+//! - 2: an `Authorization: Gridmesh …` or `GridmeshGateway …` header (`SignedRequest::parse`,
+//!   `SignedGatewayRequest::parse`, then `verify`);
 //! - 3: arbitrary payload bytes signed with a real key, so that `open` gets past the signature
 //!   into every decoder;
 //! - 4: the gateway's envelope intake (`edge_gateway::envelope::EnvelopeBook`): up to four
@@ -20,7 +21,9 @@ use gridmesh_protocol::envelope::{OperatingEnvelope, ResultAttestation, SignedRe
 use gridmesh_protocol::example::example_key;
 use gridmesh_protocol::order::{Order, OrderCancel};
 use gridmesh_protocol::reading::Reading;
-use gridmesh_protocol::request::{RequestProof, SignedRequest};
+use gridmesh_protocol::request::{
+    GatewayRequestProof, RequestProof, SignedGatewayRequest, SignedRequest,
+};
 use gridmesh_protocol::rotation::KeyRotation;
 use gridmesh_protocol::signing::{Signable, SignedEnvelope, verify_batch};
 use gridmesh_protocol::token::{TokenRetire, TokenTransfer};
@@ -70,6 +73,7 @@ fn open_everything(envelope: &SignedEnvelope) {
     open::<TokenRetire>(envelope);
     open::<KeyRotation>(envelope);
     open::<RequestProof>(envelope);
+    open::<GatewayRequestProof>(envelope);
     open::<OperatingEnvelope>(envelope);
     open::<ResultAttestation>(envelope);
 }
@@ -95,6 +99,19 @@ fn request_header(rest: &[u8]) {
             let _ = request.verify(&example_key().public_key(), now, "GET", "/statements", b"");
             let _ = request.verify(&example_key().public_key(), i64::MIN, "", "", b"");
             let _ = request.verify(&example_key().public_key(), i64::MAX, "", "", b"");
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+    match SignedGatewayRequest::parse(header) {
+        Ok(request) => {
+            let _ = request.gateway();
+            let now = request.proof.signed_at;
+            let key = example_key().public_key();
+            let _ = request.verify(&key, now, "POST", "/readings", b"[]");
+            let _ = request.verify(&key, i64::MIN, "", "", b"");
+            let _ = request.verify(&key, i64::MAX, "", "", b"");
         }
         Err(e) => {
             let _ = e.to_string();

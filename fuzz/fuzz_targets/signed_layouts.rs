@@ -11,7 +11,7 @@
 use gridmesh_protocol::envelope::{OperatingEnvelope, ResultAttestation};
 use gridmesh_protocol::order::{Order, OrderCancel};
 use gridmesh_protocol::reading::Reading;
-use gridmesh_protocol::request::RequestProof;
+use gridmesh_protocol::request::{GatewayRequestProof, RequestProof};
 use gridmesh_protocol::rotation::KeyRotation;
 use gridmesh_protocol::signing::Signable;
 use gridmesh_protocol::token::{TokenRetire, TokenTransfer};
@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
         6 => _ = round_trip::<RequestProof>(rest, framed),
         7 => round_trip_json::<OperatingEnvelope>(rest, framed),
         8 => round_trip_json::<ResultAttestation>(rest, framed),
+        9 => _ = round_trip::<GatewayRequestProof>(rest, framed),
         _ => {}
     }
 });
