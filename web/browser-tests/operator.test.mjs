@@ -30,7 +30,9 @@ for (const [label, viewport] of [['1400', WIDE], ['phone', PHONE]]) {
         await page.locator(`#history-form input[value="${range}"]`).check();
         await page.waitForFunction((r) => location.search.includes('range=' + r), range);
         await page.waitForFunction(() => document.querySelectorAll('#page-history .chart svg').length === 3 &&
-          [...document.querySelectorAll('#page-history .chart')].every((c) => c.dataset.drawn && c.dataset.drawn.includes(location.search.match(/range=\w+/)[0])));
+          [...document.querySelectorAll('#page-history .chart')].every((c) => c.dataset.drawn && c.dataset.drawn.includes(location.search.match(/range=\w+/)[0])) &&
+          // Drawn means laid out: a chart being swapped in has no width yet (what a user sees is the next frame).
+          [...document.querySelectorAll('#page-history .chart svg')].every((s) => s.getBoundingClientRect().width > 0));
         const lede = await page.locator('#history-lede').innerText();
         assert.match(lede, { '6h': /last 6 hours/, '24h': /last 24 hours/, '7d': /last 7 days/ }[range]);
         const texts = await chartTexts(page, '#page-history .chart');
