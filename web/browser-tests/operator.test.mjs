@@ -35,7 +35,14 @@ for (const [label, viewport] of [['1400', WIDE], ['phone', PHONE]]) {
           [...document.querySelectorAll('#page-history .chart svg')].every((s) => s.getBoundingClientRect().width > 0));
         const lede = await page.locator('#history-lede').innerText();
         assert.match(lede, { '6h': /last 6 hours/, '24h': /last 24 hours/, '7d': /last 7 days/ }[range]);
-        const texts = await chartTexts(page, '#page-history .chart');
+        // Live updates swap charts in while the page runs (a new interval clears every few
+        // seconds at 120x): measure the charts as laid out, retrying a measurement that caught an
+        // SVG mid-swap (width 0) for at most 10 s; text that is laid out but small still fails.
+        let texts = await chartTexts(page, '#page-history .chart');
+        for (let i = 0; i < 20 && texts.some((t) => t.size === 0); i++) {
+          await page.waitForTimeout(500);
+          texts = await chartTexts(page, '#page-history .chart');
+        }
         const small = texts.filter((t) => t.size < 11);
         assert.deepEqual(small, [], 'chart text under 11 px');
         const clipped = texts.filter((t) => !t.inside);
