@@ -450,4 +450,8 @@ function connectLive() {
     scheduleLiveRender();
   });
 }
-loadMe().catch(() => {}).finally(() => { render(true); connectLive(); });
+// history.js (deferred after this file) defines the operator views this file calls; the first
+// render waits until every deferred script ran.
+document.addEventListener('DOMContentLoaded', () => {
+  loadMe().catch(() => {}).finally(() => { render(true); connectLive(); });
+});
