@@ -8,6 +8,8 @@
 //! - [`telemetry`]: `tracing` set-up;
 //! - [`metrics`]: the Prometheus text encoder behind every `/metrics`;
 //! - [`shutdown`]: one shutdown signal for every task, and waiting for them all;
+//! - [`failpoint`]: named places where a process aborts on purpose (`GRIDMESH_FAILPOINT`), for
+//!   crash tests of the real binaries;
 //! - [`mqtt`] (feature `mqtt`): an MQTT session that reconnects with backoff, re-subscribes on
 //!   every connection, confirms QoS 1 publishes by their PUBACK and lets the consumer
 //!   acknowledge incoming messages only after it has stored them;
@@ -23,6 +25,7 @@ pub mod clock;
 pub mod config;
 #[cfg(feature = "db")]
 pub mod db;
+pub mod failpoint;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod metrics;

@@ -25,6 +25,11 @@ pub const MQTT_MAX_PACKET_BYTES: usize = 16 << 20;
 /// fill the quarantine.
 pub const MQTT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
+/// The failpoint between storing an MQTT batch and acknowledging it
+/// ([`gridmesh_runtime::failpoint`]): `GRIDMESH_FAILPOINT=settlement_after_store_before_ack`
+/// aborts settlement there.
+pub const AFTER_STORE_BEFORE_ACK: &str = "settlement_after_store_before_ack";
+
 /// Starts the MQTT ingest task: subscribes to [`topics::READINGS_FILTER`] with a persistent
 /// session under `client_id`, stores messages in batches and acknowledges each only after its
 /// batch committed. On a storage error the batch is retried (with backoff) before anything is
@@ -94,6 +99,8 @@ async fn run(
                 }
             }
         }
+        // Crash tests (GRIDMESH_FAILPOINT): stored but not acknowledged, so the broker redelivers.
+        gridmesh_runtime::failpoint::hit(AFTER_STORE_BEFORE_ACK);
         for m in batch {
             handle.ack(m).await;
         }
