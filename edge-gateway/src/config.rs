@@ -40,7 +40,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(
+pub(crate) fn invalid(
     field: impl Into<String>,
     problem: impl Into<String>,
     fix: impl Into<String>,
@@ -114,6 +114,10 @@ pub struct GatewayConfig {
     pub control: ControlConfig,
     /// The devices to read.
     pub devices: Vec<DeviceConfig>,
+    /// The homeowner's local page (`[local_page]`; served only once a password hash is set).
+    pub local_page: crate::local_page::LocalPageConfig,
+    /// Home Assistant MQTT discovery to the household's own broker (`[home_assistant]`).
+    pub home_assistant: crate::home_assistant::HomeAssistantConfig,
 }
 
 impl Default for GatewayConfig {
@@ -144,6 +148,8 @@ impl Default for GatewayConfig {
             site: SiteConfig::default(),
             control: ControlConfig::default(),
             devices: Vec::new(),
+            local_page: Default::default(),
+            home_assistant: Default::default(),
         }
     }
 }
@@ -527,6 +533,8 @@ impl GatewayConfig {
             ));
         }
         self.validate_ranges()?;
+        self.local_page.validate()?;
+        self.home_assistant.validate()?;
         if self.poll_ms == 0 || self.modbus_timeout_ms == 0 {
             return Err(invalid(
                 "poll_ms / modbus_timeout_ms",

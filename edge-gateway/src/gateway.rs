@@ -60,6 +60,16 @@ pub enum GatewayError {
         /// The error.
         source: std::io::Error,
     },
+    /// The local page's port could not be bound.
+    #[error(
+        "cannot listen on {addr} for the local page: {source}. Choose another [local_page] listen address"
+    )]
+    LocalPage {
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
 }
 
 /// A running gateway.
@@ -71,6 +81,8 @@ pub struct RunningGateway {
     pub public_key: PublicKey,
     /// Live status.
     pub status: Arc<Status>,
+    /// Where the homeowner's local page is served (when `[local_page]` has a password hash).
+    pub local_page_addr: Option<SocketAddr>,
 }
 
 /// A key to sign with: loaded from `config.key_path`, or given in code.
@@ -203,8 +215,63 @@ pub async fn run_with_key(
         }
     });
 
+    let local_page_addr =
+        match crate::local_page::PageState::new(&config, status.clone(), clock.clone()) {
+            Some(page) => {
+                let addr = config.local_page.listen.clone();
+                let listener = tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .map_err(|source| GatewayError::LocalPage {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| GatewayError::LocalPage { addr, source })?;
+                let router = crate::local_page::router(page);
+                let token = shutdown.token();
+                shutdown.spawn(async move {
+                    let options = gridmesh_runtime::http::ServeOptions::default();
+                    if let Err(error) =
+                        gridmesh_runtime::http::serve(listener, router, &options, token).await
+                    {
+                        tracing::error!(%error, "local page server failed");
+                    }
+                });
+                tracing::info!(addr = %bound, "local page listening");
+                Some(bound)
+            }
+            None => None,
+        };
+
     let wake = Arc::new(Notify::new());
     let http = configured_http_client(&config)?;
+    if config.local_page.enabled() || config.home_assistant.url.is_some() {
+        let fetcher = crate::local_page::fetch::Fetcher {
+            market_url: config.market_url.clone(),
+            settlement_url: config.settlement_url.clone(),
+            gateway: config.gateway_id.clone(),
+            participant: config.participant.clone(),
+            node: config.node.clone(),
+            key: key.clone(),
+            http: http.clone(),
+            clock: clock.clone(),
+            length: config.interval_length(),
+            status: status.clone(),
+            period: Duration::from_millis(config.poll_ms.clamp(500, 5_000)),
+        };
+        shutdown.spawn(fetcher.run(shutdown.token()));
+    }
+    if config.home_assistant.url.is_some() {
+        let publisher = crate::home_assistant::Publisher {
+            config: config.home_assistant.clone(),
+            gateway: config.gateway_id.to_string(),
+            participant: config.participant.to_string(),
+            status: status.clone(),
+            clock: clock.clone(),
+        };
+        shutdown.spawn(publisher.run(shutdown.token()));
+    }
     let uplink = Uplink {
         outbox: outbox.clone(),
         mqtt: mqtt.clone(),
@@ -348,6 +415,7 @@ pub async fn run_with_key(
         health_addr,
         public_key: key.public_key(),
         status,
+        local_page_addr,
     })
 }
 
@@ -568,6 +636,7 @@ async fn reader_task(
         }
         last = Some((now, tokio::time::Instant::now()));
         let samples = poll_all(&mut devices, &clock, stale_ms).await;
+        status.update(|s| s.live.observe(&samples));
         for s in &samples {
             status.device_polled(&s.device, s.values.as_ref().err().cloned());
             // Log state changes once, not every poll.
@@ -684,6 +753,7 @@ async fn reader_task(
             s.control = Some(outcome.status.clone());
             s.allowed_export_w = Some(allowed);
         });
+        status.update_household(|h| h.control_seen(&outcome.status));
         control.published.send_replace(Some(outcome.status));
 
         if out
@@ -827,6 +897,7 @@ async fn accountant_task(
                             s.last_interval = Some(reading.interval.key());
                             s.last_sequence = Some(reading.sequence);
                         });
+                        status.update_household(|h| h.reading_signed(&reading));
                         wake.notify_one();
                         break;
                     }

@@ -17,6 +17,9 @@
 //!   the envelope in force, or the default; [`control`] (pure core): keeping the home inside
 //!   it, battery first, then PV curtailment through SunSpec model 123;
 //! - [`status`] and [`health`]: `/healthz` and Prometheus `/metrics`;
+//! - [`local_page`]: the homeowner's password-protected page on the LAN (live flows, today's
+//!   intervals, settlement's statements and tokens); [`home_assistant`]: MQTT discovery to the
+//!   household's own broker;
 //! - [`detect`]: the `detect HOST` scan; [`enroll`]: registration with the market;
 //! - [`tls`]: `mqtts://` and `https://` with rustls (configurable CA, client certificate);
 //! - [`gateway`]: wiring it all up ([`run`]).
@@ -53,6 +56,8 @@ pub mod enroll;
 pub mod envelope;
 pub mod gateway;
 pub mod health;
+pub mod home_assistant;
+pub mod local_page;
 pub mod modbus;
 pub mod mqtt_devices;
 pub mod outbox;

@@ -63,6 +63,14 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Reads a password for the local page from standard input (its first line) and prints its
+    /// argon2id hash for `[local_page] password_hash`; with --generate, makes a random password,
+    /// prints it on standard error and its hash on standard output.
+    HashPassword {
+        /// Make a random 20-character password instead of reading one.
+        #[arg(long)]
+        generate: bool,
+    },
     /// Checks the config, the key and that every device answers.
     CheckConfig {
         /// Only check the file, do not contact devices.
@@ -126,6 +134,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 "edge-gateway {} running: /healthz and /metrics on http://{}",
                 config.gateway_id, running.health_addr
             );
+            if let Some(addr) = running.local_page_addr {
+                eprintln!("local page on http://{addr} (log in with the password set at install)");
+            }
             shutdown.triggered().await;
             shutdown.wait().await;
             Ok(())
@@ -187,6 +198,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let found =
                 edge_gateway::detect::scan(host, &ports, Duration::from_millis(*timeout_ms)).await;
             print!("{}", edge_gateway::detect::render(host, &found));
+            Ok(())
+        }
+        Command::HashPassword { generate } => {
+            let password = if *generate {
+                let p = edge_gateway::local_page::generate_password();
+                eprintln!("password: {p}");
+                p
+            } else {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                line.trim_end_matches(['\r', '\n']).to_owned()
+            };
+            if password.chars().count() < 8 {
+                bail!(
+                    "the password is shorter than 8 characters; choose a longer one (or use --generate)"
+                );
+            }
+            let hash = edge_gateway::local_page::hash_password(&password)
+                .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+            println!("{hash}");
             Ok(())
         }
         Command::Outbox { limit } => {

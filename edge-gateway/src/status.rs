@@ -80,12 +80,17 @@ pub struct Snapshot {
     pub control_writes: u64,
     /// Control writes that failed.
     pub control_write_errors: u64,
+    /// Live power flows and counters from the latest polls (the local page, Home Assistant).
+    pub live: crate::local_page::Live,
 }
 
 /// The shared status.
 #[derive(Debug, Default)]
 pub struct Status {
     inner: Mutex<Snapshot>,
+    /// The household's recent intervals and its settlement data (the local page, Home
+    /// Assistant); kept apart so `/healthz` stays small.
+    household: Mutex<crate::local_page::Household>,
 }
 
 impl Status {
@@ -98,6 +103,17 @@ impl Status {
     /// A copy of the status.
     pub fn snapshot(&self) -> Snapshot {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes the household view (recent intervals, settlement data).
+    pub fn update_household(&self, f: impl FnOnce(&mut crate::local_page::Household)) {
+        let mut guard = self.household.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard);
+    }
+
+    /// Reads the household view without copying all of it.
+    pub fn with_household<T>(&self, f: impl FnOnce(&crate::local_page::Household) -> T) -> T {
+        f(&self.household.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Records a device poll.
