@@ -11,7 +11,8 @@
 //! An incident's id is the first 16 hex characters of `SHA-256(kind ‖ subject ‖ first
 //! interval)`, so it is stable across restarts and its acknowledgement survives them. Alerts
 //! without an interval (service down, gateway offline, quarantined reading) form one incident per
-//! kind and subject while they last.
+//! kind and subject while they last; [`Incidents::observe`] puts the time it first saw one into
+//! its id (`SHA-256(kind ‖ subject ‖ first seen)`), so each outage is an incident of its own.
 
 use crate::views::Alert;
 use chrono::{DateTime, Utc};
@@ -457,6 +458,9 @@ struct Tracker {
     store_error: Option<String>,
     /// Every incident seen since the start, by id.
     known: BTreeMap<String, Incident>,
+    /// The alerts without an interval going on now: [`group`]'s id → (this occurrence's id,
+    /// when the dashboard first saw it).
+    occurrences: BTreeMap<String, (String, DateTime<Utc>)>,
 }
 
 /// Resolved incidents kept for the page.
@@ -479,6 +483,7 @@ impl Incidents {
                 store,
                 store_error,
                 known: BTreeMap::new(),
+                occurrences: BTreeMap::new(),
             }),
         }
     }
@@ -489,8 +494,32 @@ impl Incidents {
 
     /// Takes in the current incidents ([`group`]); returns the notifications not yet delivered
     /// (new incidents, and ones that resolved).
-    pub fn observe(&self, current: Vec<Incident>, now: DateTime<Utc>) -> Vec<Notification> {
+    ///
+    /// An incident whose alerts name no interval (a service down, a gateway offline) is one
+    /// occurrence: its id also covers when the dashboard first saw it (`now` then), and its title
+    /// says "since …", so the next outage of the same service is a new incident, announced and
+    /// acknowledged anew (issue 17: with [`group`]'s id alone, a second outage reused the first
+    /// one's id, was never sent to the webhook and showed the old acknowledgement). After a
+    /// restart an ongoing one counts as a new occurrence.
+    pub fn observe(&self, mut current: Vec<Incident>, now: DateTime<Utc>) -> Vec<Notification> {
         let mut t = self.lock();
+        let going: BTreeSet<String> = current
+            .iter()
+            .filter(|i| i.first_interval.is_none() && i.is_active())
+            .map(|i| i.id.clone())
+            .collect();
+        t.occurrences.retain(|id, _| going.contains(id));
+        for inc in current
+            .iter_mut()
+            .filter(|i| i.first_interval.is_none() && i.is_active())
+        {
+            let (id, since) = t.occurrences.entry(inc.id.clone()).or_insert_with(|| {
+                let since = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                (incident_id(&inc.kind, &inc.subject, Some(&since)), now)
+            });
+            inc.id = id.clone();
+            inc.title = format!("{} since {} UTC", inc.title, since.format("%Y-%m-%d %H:%M"));
+        }
         let ids: BTreeSet<String> = current.iter().map(|i| i.id.clone()).collect();
         for (id, inc) in t.known.iter_mut() {
             if !ids.contains(id) && inc.is_active() {
@@ -617,20 +646,30 @@ pub async fn run(
     policy: Backoff,
 ) {
     let mut changes = hub.subscribe();
-    let client = hub.settlement.http().clone();
+    // A client of its own: the upstream clients send the auditor credential on every request,
+    // and the webhook is a third party that must never see it.
+    let timeout = hub.config.request_timeout();
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .inspect_err(|e| {
+            tracing::error!(error = %e, "cannot build the incident webhook client; no notifications are sent")
+        })
+        .ok();
     let mut queued: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
         let snap = hub.snapshot();
         let alerts = crate::views::alerts(&snap, hub.config.imbalance_spike_factor);
         let current = group(&alerts, &newest_intervals(&snap));
         let pending = hub.incidents.observe(current, Utc::now());
-        if let Some(url) = hub.config.incident_webhook.as_deref() {
+        if let (Some(url), Some(client)) = (hub.config.incident_webhook.as_deref(), &client) {
             for n in pending {
                 let key = (n.incident.id.clone(), n.event.clone());
                 if queued.contains(&key) {
                     continue;
                 }
-                match deliver(&client, url, &n, policy, &stop).await {
+                match deliver(client, url, &n, policy, &stop).await {
                     Ok(tries) => {
                         tracing::info!(incident = %n.incident.id, event = %n.event, tries, "incident sent to the webhook");
                         hub.incidents.delivered(&n);

@@ -779,7 +779,9 @@ pub fn alerts(snap: &Snapshot, spike_factor: u32) -> Vec<Alert> {
         .into_iter()
         .chain(snap.broker.as_ref().map(|b| ("broker", b)))
     {
-        if !health.ok {
+        // A source not contacted yet (the dashboard just started) is not known to be down: no
+        // alert, so a restart pages nobody (issue 17).
+        if !health.ok && health.consecutive_failures > 0 {
             out.push(Alert {
                 kind: "service".into(),
                 severity: "critical".into(),

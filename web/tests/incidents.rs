@@ -2,6 +2,8 @@
 //! persist, the webhook is retried with bounded backoff against a real local receiver, and the
 //! CSV exports quote and filter by range.
 
+mod support;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -336,4 +338,164 @@ fn ledger_search_text_is_a_height_a_hash_or_a_participant() {
     );
     assert!(export::ledger_query("").is_err());
     assert!(export::ledger_query("a b").is_err());
+}
+
+/// Regression (issue 17): the webhook is a third party, so its notifications must not carry the
+/// auditor credential the dashboard sends to the market and settlement. They were POSTed with
+/// the settlement client, whose default `Authorization: Bearer` header went along.
+#[tokio::test]
+async fn webhook_notifications_never_carry_the_upstream_credential() {
+    use axum::http::HeaderMap;
+    type Seen = Arc<Mutex<Vec<(String, Notification)>>>;
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            post(
+                |State(seen): State<Seen>, headers: HeaderMap, Json(n): Json<Notification>| async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    seen.lock().unwrap().push((auth, n));
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let up = support::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = gridmesh_runtime::shutdown::Shutdown::new();
+    let _running = gridmesh_web::serve(
+        gridmesh_web::WebConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            market_url: format!("http://{}", up.market),
+            settlement_url: format!("http://{}", up.settlement),
+            poll_interval_ms: 100,
+            upstream_token: Some("auditor-secret".into()),
+            data_dir: dir.path().to_owned(),
+            incident_webhook: Some(hook),
+            ..gridmesh_web::WebConfig::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    // The doubles' open quarantine item is an active incident: wait (bounded) for its notice.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no notification reached the webhook within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = seen.lock().unwrap().clone();
+    assert!(got.iter().all(|(_, n)| n.event == "new"), "{got:?}");
+    let leaked: Vec<&String> = got
+        .iter()
+        .map(|(a, _)| a)
+        .filter(|a| !a.is_empty())
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "the webhook received credentials: {leaked:?}"
+    );
+    // The upstreams did get the credential: the token was configured and in use.
+    assert!(
+        up.authorizations
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|a| a == "Bearer auditor-secret")
+    );
+    tokio::time::timeout(Duration::from_secs(10), shutdown.stop())
+        .await
+        .expect("every task stops on shutdown");
+}
+
+/// Regression (issue 17): a second outage of the same service is a new incident. Alerts without
+/// an interval all had one id per kind and subject, so the next outage reused the first one's:
+/// it was never sent to the webhook and showed the old acknowledgement.
+#[test]
+fn each_outage_of_a_service_is_an_incident_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let incidents = Incidents::open(dir.path());
+    let down = [alert("service", "settlement", None, "critical")];
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-06-21T10:00:00Z")
+        .unwrap()
+        .to_utc();
+    let first = incidents.observe(group(&down, &BTreeMap::new()), t0);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].event, "new");
+    assert_eq!(
+        first[0].incident.title,
+        "settlement unreachable since 2026-06-21 10:00 UTC"
+    );
+    let id = first[0].incident.id.clone();
+    incidents.delivered(&first[0]);
+    incidents.acknowledge(&id, "alice", t0).unwrap().unwrap();
+    // Still down a minute later: the same incident, nothing new to send.
+    let later = t0 + chrono::Duration::minutes(1);
+    assert!(
+        incidents
+            .observe(group(&down, &BTreeMap::new()), later)
+            .is_empty()
+    );
+    // Back up: resolved, announced.
+    let back = incidents.observe(Vec::new(), later);
+    assert_eq!((back.len(), back[0].event.as_str()), (1, "resolved"));
+    assert_eq!(back[0].incident.id, id);
+    incidents.delivered(&back[0]);
+    // Down again: a new incident, announced, not acknowledged.
+    let again_at = t0 + chrono::Duration::hours(2);
+    let again = incidents.observe(group(&down, &BTreeMap::new()), again_at);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].event, "new");
+    assert_ne!(again[0].incident.id, id);
+    assert_eq!(
+        again[0].incident.title,
+        "settlement unreachable since 2026-06-21 12:00 UTC"
+    );
+    let list = incidents.list();
+    let new = list.iter().find(|i| i.id == again[0].incident.id).unwrap();
+    assert_eq!(
+        (new.state.as_str(), new.acknowledged_by.as_deref()),
+        ("active", None)
+    );
+    let old = list.iter().find(|i| i.id == id).unwrap();
+    assert_eq!(
+        (old.state.as_str(), old.acknowledged_by.as_deref()),
+        ("resolved", Some("alice"))
+    );
+}
+
+/// Regression (issue 17): a service the dashboard has not contacted yet (just started) raises no
+/// alert. It was shown as "unreachable: not contacted yet", so every restart sent a critical
+/// incident and its resolution to the webhook.
+#[test]
+fn a_service_not_contacted_yet_is_no_alert_but_a_failed_one_is() {
+    use gridmesh_web::snapshot::{Snapshot, SourceHealth};
+    let mut snap = Snapshot {
+        market: SourceHealth::new("http://127.0.0.1:1"),
+        settlement: SourceHealth::new("http://127.0.0.1:2"),
+        ..Snapshot::default()
+    };
+    let services = |s: &Snapshot| -> Vec<String> {
+        gridmesh_web::views::alerts(s, 3)
+            .into_iter()
+            .filter(|a| a.kind == "service")
+            .map(|a| a.subject)
+            .collect()
+    };
+    assert_eq!(services(&snap), Vec::<String>::new());
+    snap.market
+        .failed("market unreachable at http://127.0.0.1:1".into());
+    assert_eq!(services(&snap), vec!["market".to_owned()]);
+    snap.market.succeeded(chrono::Utc::now());
+    assert_eq!(services(&snap), Vec::<String>::new());
 }
