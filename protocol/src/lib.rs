@@ -18,7 +18,9 @@
 //! - [`api`]: read models — the typed REST/SSE answers services give each other and clients;
 //! - [`request`]: signed requests, by which a participant proves who reads its own data;
 //! - [`rotation`]: key rotation signed by the old key, and each key's validity period;
-//! - [`keys`]: key files (generate, store with mode 0600, load, show the public key).
+//! - [`keys`]: key files (generate, store with mode 0600, load, show the public key);
+//! - [`verify_stage`]: strict batched signature verification off the async threads, shared by
+//!   the services.
 //!
 //! # Example
 //!
@@ -60,6 +62,7 @@ pub mod signing;
 pub mod token;
 pub mod topics;
 pub mod units;
+pub mod verify_stage;
 
 pub use ids::{DeviceId, GatewayId, NodeId, ParticipantId, ZoneId};
 pub use interval::{Interval, IntervalLength};
