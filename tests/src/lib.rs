@@ -6,8 +6,10 @@
 //!   dashboard on one accelerated clock;
 //! - [`progress`]: the one-line-per-interval report the demo prints;
 //! - [`processes`]: services as OS child processes (binaries, a private Mosquitto, TOML files);
-//! - [`invariants`]: "nothing lost, nothing counted twice", checked through settlement's API.
+//! - [`invariants`]: "nothing lost, nothing counted twice", checked through settlement's API;
+//! - [`delivery`]: which path (MQTT or HTTP) readings took, with a witness on the broker.
 pub mod broker;
+pub mod delivery;
 pub mod invariants;
 pub mod neighbourhood;
 pub mod processes;

@@ -72,6 +72,10 @@ pub struct Options {
     /// Simulated seconds settlement waits after an interval's end before settling it: the
     /// longest outage (gateway, broker) whose readings still count.
     pub settlement_grace_secs: u64,
+    /// Whether gateways may fall back to settlement's REST API (`settlement_url`) when the
+    /// broker does not take a reading. `false`: MQTT is the only uplink, so a reading reaches
+    /// settlement over the broker or not at all (the MQTT end-to-end tests prove that path).
+    pub http_fallback: bool,
 }
 
 impl Default for Options {
@@ -93,6 +97,7 @@ impl Default for Options {
             bidding: true,
             external_gateways: Vec::new(),
             settlement_grace_secs: 60,
+            http_fallback: true,
         }
     }
 }
@@ -471,6 +476,9 @@ impl Neighbourhood {
             )
             .map_err(StartError::Invalid)?;
             config.zone = Some(demo_zone());
+            if !options.http_fallback {
+                config.settlement_url = None;
+            }
             config.outbox_path = data_dir.join("outbox").join(format!("{}.db", home.id));
             config.key_path = data_dir.join("keys").join(format!("{}.key", home.id));
             config.poll_ms = options.poll_ms;

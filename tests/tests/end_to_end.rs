@@ -1,7 +1,14 @@
 //! From Modbus registers to tokens: the whole neighbourhood runs several intervals on a fast
 //! clock, once on SQLite with the embedded broker and once on the real PostgreSQL and Mosquitto,
 //! and the invariants are checked through the services' public APIs and `settlement verify`.
+//!
+//! Both runs give the gateways no HTTP fallback (no `settlement_url`), so every reading must
+//! cross the broker: each gateway's `delivered_mqtt` equals the readings it signed, settlement
+//! stores exactly those, and a witness subscribed on the broker saw every stored reading of the
+//! checked intervals. A third run covers the HTTP path: the broker is unreachable and every
+//! reading arrives over `POST /readings`.
 
+use gridmesh_e2e::delivery::{BrokerWitness, Uplink, check_uplink, check_witnessed};
 use gridmesh_e2e::invariants::{
     check_settled, intervals_from, wait_sealed, within_boundary_tolerance,
 };
@@ -20,9 +27,17 @@ const INTERVALS: usize = 3;
 /// balances, tokens equal the statements' matched Wh, nothing quarantined), the metered energy
 /// equals meter-sim's counters within the gateway's documented boundary interpolation (errors do
 /// not accumulate over intervals), trades really happened, and the ledger verifies.
-async fn neighbourhood_settles_every_interval(database: Option<String>, broker: Option<String>) {
+///
+/// `uplink` says which path every reading must have taken (and configures the gateways for it:
+/// no HTTP fallback for MQTT; an unreachable `broker` for HTTP).
+async fn neighbourhood_settles_every_interval(
+    database: Option<String>,
+    broker: Option<String>,
+    uplink: Uplink,
+) {
     let dir = tempfile::tempdir().unwrap();
     let options = Options {
+        http_fallback: uplink == Uplink::Http,
         homes: HOMES,
         feeders: 2,
         speed: 150.0,
@@ -39,6 +54,14 @@ async fn neighbourhood_settles_every_interval(database: Option<String>, broker: 
         .await
         .expect("neighbourhood starts");
     let settlement = hood.settlement_url();
+    let witness = match uplink {
+        Uplink::Mqtt => Some(
+            BrokerWitness::start(&hood.broker_url, Duration::from_secs(20))
+                .await
+                .unwrap(),
+        ),
+        Uplink::Http => None,
+    };
 
     // The first interval that every gateway saw from its start to its end.
     let first = Interval::containing(hood.clock.now(), IntervalLength::Min15).next();
@@ -99,18 +122,48 @@ async fn neighbourhood_settles_every_interval(database: Option<String>, broker: 
         .expect("the ledger verifies");
     assert!(report.blocks >= INTERVALS, "{report:?}");
 
+    // Which path the readings took: all over `uplink`, every one stored once.
+    let signed = check_uplink(&hood, uplink, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(signed.len(), HOMES, "{signed:?}");
+    if let Some(witness) = witness {
+        let checked = check_witnessed(&hood, &witness, first.start().timestamp())
+            .await
+            .unwrap();
+        assert!(checked >= HOMES * INTERVALS, "{checked} readings witnessed");
+        witness.stop().await;
+    }
+
     shutdown.trigger();
     hood.stop(&shutdown).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_and_embedded_broker() {
-    neighbourhood_settles_every_interval(None, None).await;
+    neighbourhood_settles_every_interval(None, None, Uplink::Mqtt).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgresql_and_mosquitto() {
     let database = scratch::fresh_postgres("e2e").await.unwrap();
-    neighbourhood_settles_every_interval(Some(database), Some("mqtt://127.0.0.1:1883".to_owned()))
-        .await;
+    neighbourhood_settles_every_interval(
+        Some(database),
+        Some("mqtt://127.0.0.1:1883".to_owned()),
+        Uplink::Mqtt,
+    )
+    .await;
+}
+
+/// The HTTP path: the broker is unreachable (nothing listens on its port), so every gateway
+/// delivers every reading with `POST /readings` and none over MQTT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_and_http_when_the_broker_is_unreachable() {
+    let port = gridmesh_e2e::processes::free_port();
+    neighbourhood_settles_every_interval(
+        None,
+        Some(format!("mqtt://127.0.0.1:{port}")),
+        Uplink::Http,
+    )
+    .await;
 }
