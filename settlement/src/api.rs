@@ -123,6 +123,7 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(Frame::openapi())
         .routes(routes!(post_readings))
         .routes(routes!(get_statements))
+        .routes(routes!(crate::monthly::http::get_monthly))
         .routes(routes!(get_balances))
         .routes(routes!(post_transfer))
         .routes(routes!(post_retire))

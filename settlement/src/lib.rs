@@ -50,6 +50,7 @@ pub mod compliance;
 pub mod ingest;
 pub mod ledger;
 pub mod metrics;
+pub mod monthly;
 pub mod rules;
 pub mod service;
 pub mod sources;

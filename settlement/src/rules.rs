@@ -354,15 +354,21 @@ pub fn settle(
     })
 }
 
-/// The utility's prices for one interval.
-struct Tariffs {
-    retail: PricePerMwh,
-    feed_in: PricePerMwh,
-    excess: PricePerMwh,
+/// The utility's prices for one interval (also what the monthly statement's utility-only
+/// baseline is priced at, see [`crate::monthly`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tariffs {
+    /// Retail: the result's `utility.retail_price`, else the highest cleared node price, else 0.
+    pub retail: PricePerMwh,
+    /// Feed-in: `utility.feed_in_price`, else 0.
+    pub feed_in: PricePerMwh,
+    /// Export beyond the operating envelope: `utility.envelope_excess_price`.
+    pub excess: PricePerMwh,
 }
 
 impl Tariffs {
-    fn of(result: &IntervalResult) -> Self {
+    /// The tariffs settlement applies to `result`'s interval.
+    pub fn of(result: &IntervalResult) -> Self {
         let utility = &result.network.utility;
         Tariffs {
             retail: utility

@@ -16,9 +16,10 @@ use std::collections::BTreeSet;
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
 
 /// Every route settlement serves (README "Endpoints").
-const ROUTES: [(&str, &str); 18] = [
+const ROUTES: [(&str, &str); 19] = [
     ("post", "/readings"),
     ("get", "/statements"),
+    ("get", "/statements/monthly/{participant}/{month}"),
     ("get", "/balances/{participant}"),
     ("post", "/tokens/transfer"),
     ("post", "/tokens/retire"),
@@ -93,6 +94,7 @@ fn every_route_is_in_the_document() {
     );
     for path in [
         "/statements",
+        "/statements/monthly/{participant}/{month}",
         "/balances/{participant}",
         "/readings/{digest}",
         "/quarantine",

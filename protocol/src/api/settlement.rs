@@ -497,6 +497,174 @@ impl Event {
     }
 }
 
+/// A household's monthly statement (`GET /statements/monthly/{participant}/{month}`, also as
+/// CSV and a printable HTML page; `edge-gateway statement --month 2026-06` prints it).
+///
+/// Built from the per-interval [`Statement`]s settlement wrote for the month, the tariffs of
+/// each interval's market result and the signed readings it metered. Months are calendar months
+/// in **UTC**: `from` is the first instant of the month, `to` the first instant of the next;
+/// an interval belongs to the month its start falls in. Energies are integer Wh, money integer
+/// minor units (positive = the household receives), prices minor units per MWh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MonthlyStatement {
+    /// The household.
+    pub participant: ParticipantId,
+    /// The month, `YYYY-MM`.
+    pub month: String,
+    /// The time zone of the month's boundaries: always `UTC`.
+    pub time_zone: String,
+    /// First instant of the month (inclusive).
+    pub from: DateTime<Utc>,
+    /// First instant of the next month (exclusive).
+    pub to: DateTime<Utc>,
+    /// Every settled interval of the month with a statement for the household, oldest first.
+    pub intervals: Vec<MonthlyInterval>,
+    /// Sums over `intervals`.
+    pub totals: MonthlyTotals,
+    /// Where the household's energy came from and went to.
+    pub community: CommunityShare,
+    /// The month against a utility-only baseline at the same tariffs.
+    pub savings: Savings,
+}
+
+/// One interval of a [`MonthlyStatement`]: the interval's [`Statement`] with its tariffs, its
+/// lines summed by category, its community split, its baseline and its readings' digests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MonthlyInterval {
+    /// The interval key (`2026-06-21T12:00:00Z/15`).
+    pub interval: String,
+    /// The utility's retail price settlement used for this interval.
+    pub retail_price: PricePerMwh,
+    /// The utility's feed-in price settlement used for this interval.
+    pub feed_in_price: PricePerMwh,
+    /// The price of export beyond the operating envelope.
+    pub envelope_excess_price: PricePerMwh,
+    /// The interval's statement exactly as `GET /statements` answers it (its lines: trades,
+    /// imbalances and any fees; its tokens; its net).
+    pub statement: Statement,
+    /// Sum of the `trade_sale` and `trade_purchase` lines.
+    pub trades: Money,
+    /// Sum of the imbalance lines (`shortfall`, `surplus_export`, `envelope_excess`,
+    /// `untaken`, `extra_import`).
+    pub imbalance: Money,
+    /// Sum of any other lines (fees); settlement charges none today (branch fees are part of
+    /// the cleared node prices), so this is 0.
+    pub fees: Money,
+    /// Metered import bought from neighbours and proven delivered: the tokens minted to the
+    /// household for this interval.
+    pub from_neighbours: Wh,
+    /// Metered import from the grid: `imported − from_neighbours`.
+    pub from_grid: Wh,
+    /// Delivered export sold to neighbours: `min(delivered, energy sold to participants)`.
+    pub to_neighbours: Wh,
+    /// Export that went to the grid: `exported − to_neighbours`.
+    pub to_grid: Wh,
+    /// What the same metered energy would have earned with the utility alone:
+    /// `feed_in × (exported − envelope_excess) + envelope_excess_price × envelope_excess −
+    /// retail × imported`, each product rounded as trades are. `null` for an estimated
+    /// interval (no readings: nothing metered to compare).
+    pub baseline: Option<Money>,
+    /// `statement.net − baseline` (positive = the market did better); `null` when estimated.
+    pub savings: Option<Money>,
+    /// The household's signed readings settlement stored for this interval (accepted,
+    /// flagged and late), by key.
+    pub readings: Vec<ReadingDigest>,
+}
+
+/// A signed reading named on a monthly statement, so the household can match it with the
+/// envelope its gateway signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReadingDigest {
+    /// SHA-256 (hex) of the signed payload (as `GET /readings/{digest}` and token provenance
+    /// name it).
+    pub digest: String,
+    /// The idempotency key (`<gateway>/<device>/<interval start>`).
+    pub key: String,
+    /// The gateway that signed it.
+    pub gateway: String,
+    /// Accepted, flagged or late.
+    pub status: StoredReadingStatus,
+    /// Its grid import delta.
+    pub imported: Wh,
+    /// Its grid export delta.
+    pub exported: Wh,
+}
+
+/// Sums over a monthly statement's intervals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MonthlyTotals {
+    /// Intervals listed.
+    pub intervals: u64,
+    /// Of those, settled without readings (estimated).
+    pub estimated_intervals: u64,
+    /// Energy sold in trades.
+    pub sold: Wh,
+    /// Energy bought in trades.
+    pub bought: Wh,
+    /// Metered export.
+    pub exported: Wh,
+    /// Metered import.
+    pub imported: Wh,
+    /// Export beyond the operating envelope.
+    pub envelope_excess: Wh,
+    /// Export allocated to sales.
+    pub delivered: Wh,
+    /// Import allocated to purchases.
+    pub consumed: Wh,
+    /// Tokens minted to the household (1 token = 1 Wh).
+    pub tokens: Wh,
+    /// Trade lines.
+    pub trades: Money,
+    /// Imbalance lines.
+    pub imbalance: Money,
+    /// Fee lines.
+    pub fees: Money,
+    /// Sum of every line (= `trades + imbalance + fees`, = the sum of the intervals' nets).
+    pub net: Money,
+    /// Readings listed.
+    pub readings: u64,
+}
+
+/// Where the month's energy came from and went to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CommunityShare {
+    /// Import bought from neighbours and proven delivered (tokens).
+    pub from_neighbours: Wh,
+    /// Import from the grid.
+    pub from_grid: Wh,
+    /// `from_neighbours / imported` in per mille (rounded down); `null` without import.
+    pub import_share_permille: Option<u32>,
+    /// Delivered export sold to neighbours.
+    pub to_neighbours: Wh,
+    /// Export that went to the grid.
+    pub to_grid: Wh,
+    /// `to_neighbours / exported` in per mille (rounded down); `null` without export.
+    pub export_share_permille: Option<u32>,
+}
+
+/// The month against a utility-only baseline: the same metered energy, each interval at that
+/// interval's retail and feed-in prices, no market. Estimated intervals (no readings) are left
+/// out of both sides.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Savings {
+    /// Sum of the metered intervals' nets.
+    pub actual: Money,
+    /// Sum of their baselines.
+    pub baseline: Money,
+    /// `actual − baseline` (positive = the household is better off with the market).
+    pub savings: Money,
+    /// Intervals compared.
+    pub intervals: u64,
+    /// Estimated intervals left out.
+    pub estimated_excluded: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
