@@ -3,7 +3,7 @@
 //! The REST batch upload lives in [`crate::api`] and goes through the same
 //! [`Service::ingest`].
 
-use crate::service::{Service, Submission};
+use crate::service::{PreparedBatch, Service, Submission};
 use gridmesh_protocol::topics;
 use gridmesh_runtime::mqtt::{IncomingMessage, MqttError, MqttHandle, MqttSession, MqttSettings};
 use gridmesh_runtime::shutdown::Shutdown;
@@ -51,12 +51,28 @@ pub fn start_mqtt(
     Ok(handle)
 }
 
+/// Messages collected into one batch, decoded and verified (not stored yet).
+struct Pending {
+    messages: Vec<IncomingMessage>,
+    prepared: PreparedBatch,
+}
+
+/// The MQTT ingest as a pipeline of two tasks: this one collects and prepares (decodes and
+/// verifies) the next batch while [`store_and_ack`] stores the previous one. At most one
+/// prepared batch waits between them; nothing is acknowledged before its batch is stored.
 async fn run(
     service: Arc<Service>,
     handle: MqttHandle,
     mut incoming: mpsc::Receiver<IncomingMessage>,
     shutdown: Shutdown,
 ) {
+    let (to_store, prepared) = mpsc::channel::<Pending>(1);
+    shutdown.spawn(store_and_ack(
+        Arc::clone(&service),
+        handle.clone(),
+        prepared,
+        shutdown.clone(),
+    ));
     loop {
         let first = tokio::select! {
             m = incoming.recv() => match m { Some(m) => m, None => return },
@@ -84,9 +100,35 @@ async fn run(
                 raw: m.payload.clone(),
             })
             .collect();
+        let prepared = service.prepare(items).await;
+        let pending = Pending {
+            messages: batch,
+            prepared,
+        };
+        // The store task ends only at shutdown; unacknowledged messages are redelivered.
+        if to_store.send(pending).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Stores prepared batches in order and acknowledges each message only after its batch
+/// committed. On a storage error the batch is retried (with backoff) before anything is
+/// acknowledged.
+async fn store_and_ack(
+    service: Arc<Service>,
+    handle: MqttHandle,
+    mut prepared: mpsc::Receiver<Pending>,
+    shutdown: Shutdown,
+) {
+    loop {
+        let pending = tokio::select! {
+            p = prepared.recv() => match p { Some(p) => p, None => return },
+            _ = shutdown.triggered() => return,
+        };
         let mut delay = Duration::from_millis(100);
         loop {
-            match service.ingest(items.clone()).await {
+            match service.store_prepared(&pending.prepared).await {
                 Ok(_) => break,
                 Err(e) => {
                     tracing::error!(error = %e, retry_in = ?delay, "could not store MQTT readings; not acknowledging");
@@ -99,9 +141,8 @@ async fn run(
                 }
             }
         }
-        // Crash tests (GRIDMESH_FAILPOINT): stored but not acknowledged, so the broker redelivers.
-        gridmesh_runtime::failpoint::hit(AFTER_STORE_BEFORE_ACK);
-        for m in batch {
+        // Stored: only now acknowledge.
+        for m in pending.messages {
             handle.ack(m).await;
         }
     }

@@ -157,6 +157,48 @@ fn parse(s: &Submission) -> Result<(SignedEnvelope, Reading), Reason> {
 }
 
 /// The row a verified reading is stored as.
+/// A batch decoded and verified, not stored yet ([`Service::prepare`]).
+#[derive(Debug)]
+pub struct PreparedBatch {
+    items: Vec<Submission>,
+    parsed: Vec<Result<(SignedEnvelope, Reading), Reason>>,
+    sig_ok: Vec<bool>,
+}
+
+impl PreparedBatch {
+    /// How many submissions it holds.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// Batches up to this size are decoded on the async thread (a few microseconds each).
+const DECODE_INLINE: usize = 16;
+
+/// Decodes submissions, on the blocking pool when there are many.
+async fn decode(
+    items: Vec<Submission>,
+) -> (
+    Vec<Submission>,
+    Vec<Result<(SignedEnvelope, Reading), Reason>>,
+) {
+    if items.len() <= DECODE_INLINE {
+        let parsed = items.iter().map(parse).collect();
+        return (items, parsed);
+    }
+    tokio::task::spawn_blocking(move || {
+        let parsed = items.iter().map(parse).collect();
+        (items, parsed)
+    })
+    .await
+    .expect("decoding readings does not panic")
+}
+
 fn reading_row(
     env: &SignedEnvelope,
     reading: &Reading,
@@ -380,45 +422,79 @@ impl Service {
         items: Vec<Submission>,
         unknown: Unknown,
     ) -> Result<Vec<ReadingOutcome>, UploadError> {
-        // Parse and check signatures outside the lock (the expensive part).
-        let parsed: Vec<Result<(SignedEnvelope, Reading), Reason>> =
-            items.iter().map(parse).collect();
-        let first_unknown = |s: &Self| {
-            let registry = s.registry.read().expect("registry lock");
-            parsed
-                .iter()
-                .filter_map(|p| p.as_ref().ok())
-                .find(|(_, r)| !registry.contains_key(&r.gateway))
-                .map(|(_, r)| r.gateway.to_string())
-        };
-        if first_unknown(self).is_some() {
-            self.refresh_registry().await;
-            if unknown == Unknown::Refuse
-                && let Some(gateway) = first_unknown(self)
-            {
-                return Err(UploadError::UnknownGateway {
-                    gateway,
-                    retry_after: self.retry_after(),
-                });
-            }
+        let prepared = self.prepare(items).await;
+        if unknown == Unknown::Refuse
+            && let Some(gateway) = self.first_unknown(&prepared.parsed)
+        {
+            return Err(UploadError::UnknownGateway {
+                gateway,
+                retry_after: self.retry_after(),
+            });
         }
-        Ok(self.store_parsed(&items, parsed).await?)
+        Ok(self.store_prepared(&prepared).await?)
     }
 
-    /// Classifies and stores parsed submissions (no registry refresh).
-    async fn store_parsed(
+    /// The first gateway of `parsed` that is not enrolled.
+    fn first_unknown(
         &self,
-        items: &[Submission],
-        parsed: Vec<Result<(SignedEnvelope, Reading), Reason>>,
-    ) -> Result<Vec<ReadingOutcome>, ServiceError> {
-        let envs: Vec<&SignedEnvelope> = parsed
+        parsed: &[Result<(SignedEnvelope, Reading), Reason>],
+    ) -> Option<String> {
+        let registry = self.registry.read().expect("registry lock");
+        parsed
             .iter()
-            .filter_map(|p| p.as_ref().ok().map(|(e, _)| e))
-            .collect();
-        let sig_ok = verify::verify_signatures(&envs);
+            .filter_map(|p| p.as_ref().ok())
+            .find(|(_, r)| !registry.contains_key(&r.gateway))
+            .map(|(_, r)| r.gateway.to_string())
+    }
 
+    /// The first two stages of ingest, outside the ingest lock so that they overlap another
+    /// batch's store: decodes the submissions (on the blocking pool when there are many),
+    /// verifies their signatures in the verification stage, and asks the market again if a
+    /// gateway is unknown. Nothing is recorded; [`Service::store_prepared`] stores the batch.
+    pub async fn prepare(&self, items: Vec<Submission>) -> PreparedBatch {
+        let prepared = self.decode_and_verify(items).await;
+        if self.first_unknown(&prepared.parsed).is_some() {
+            self.refresh_registry().await;
+        }
+        prepared
+    }
+
+    /// [`Service::prepare`] without asking the market about unknown gateways.
+    async fn decode_and_verify(&self, items: Vec<Submission>) -> PreparedBatch {
+        let (items, parsed) = decode(items).await;
+        let envs: Vec<SignedEnvelope> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok().map(|(e, _)| e.clone()))
+            .collect();
+        let sig_ok: Vec<bool> = self
+            .verifier
+            .verify(envs)
+            .await
+            .iter()
+            .map(Result::is_ok)
+            .collect();
+        PreparedBatch {
+            items,
+            parsed,
+            sig_ok,
+        }
+    }
+
+    /// The last stage of ingest: checks a prepared batch against the registry and the replay
+    /// state and stores it in one transaction. `Err` means nothing of the batch was recorded;
+    /// the same batch may be stored again (retry). A reading of a gateway still unknown is
+    /// held (see the module docs).
+    pub async fn store_prepared(
+        &self,
+        prepared: &PreparedBatch,
+    ) -> Result<Vec<ReadingOutcome>, ServiceError> {
+        let PreparedBatch {
+            items,
+            parsed,
+            sig_ok,
+        } = prepared;
         let mut state = self.ingest.lock().await;
-        let batch = self.classify(&mut state, items, &parsed, sig_ok);
+        let batch = self.classify(&mut state, items, parsed, sig_ok.clone());
         let ids = match self.write_batch(&batch.rows, &batch.quarantine).await {
             Ok(ids) => ids,
             Err(e) => {
@@ -484,8 +560,8 @@ impl Service {
                         raw: r.raw.clone(),
                     })
                     .collect();
-                let parsed = items.iter().map(parse).collect();
-                self.store_parsed(&items, parsed).await?;
+                let prepared = self.decode_and_verify(items).await;
+                self.store_prepared(&prepared).await?;
                 let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
                 let mut tx = self.db.begin_write().await?;
                 store::readings::mark_readmitted(&mut tx, &ids, ms(self.clock.now())).await?;

@@ -27,6 +27,7 @@ use gridmesh_protocol::reading::Reading;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant};
 use gridmesh_protocol::rotation::{KeyPeriod, ParticipantWithKeys};
 use gridmesh_protocol::signing::{PublicKey, Signable};
+use gridmesh_protocol::verify_stage::{StageConfig, VerifyStage};
 use gridmesh_protocol::{GatewayId, ParticipantId};
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::db::Database;
@@ -38,6 +39,7 @@ use tokio::sync::{Mutex, Notify, broadcast};
 pub use gridmesh_protocol::api::readings::{ReadingOutcome, ReadingStatus};
 pub use gridmesh_protocol::api::settlement::Event;
 pub use gridmesh_protocol::api::settlement::TokenReceipt as Receipt;
+pub use ingest::PreparedBatch;
 
 /// Why a service operation failed (mapped to HTTP statuses by the API).
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +131,8 @@ pub struct Service {
     registry_source: std::sync::OnceLock<ingest::RegistryRefresh>,
     /// One re-admission of held readings at a time.
     readmitting: Mutex<()>,
+    /// Batched strict signature verification on threads of its own (issue 16).
+    verifier: std::sync::Arc<VerifyStage>,
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -162,6 +166,7 @@ impl Service {
             admission: std::sync::Mutex::new(admission::Admission::default()),
             registry_source: std::sync::OnceLock::new(),
             readmitting: Mutex::new(()),
+            verifier: std::sync::Arc::new(VerifyStage::new(StageConfig::default())),
         };
         service.load().await?;
         Ok(service)
