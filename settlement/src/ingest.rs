@@ -141,7 +141,8 @@ async fn store_and_ack(
                 }
             }
         }
-        // Stored: only now acknowledge.
+        // Crash tests (GRIDMESH_FAILPOINT): stored but not acknowledged, so the broker redelivers.
+        gridmesh_runtime::failpoint::hit(AFTER_STORE_BEFORE_ACK);
         for m in pending.messages {
             handle.ack(m).await;
         }
