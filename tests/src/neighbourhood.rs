@@ -56,6 +56,13 @@ pub struct Options {
     pub database: Option<String>,
     /// `None`: the embedded broker. `Some(mqtt://…)`: that broker.
     pub broker: Option<String>,
+    /// Whether every gateway publishes Home Assistant MQTT discovery (`homeassistant/#`) to
+    /// the neighbourhood's broker, as it would to a household's own broker.
+    pub home_assistant: bool,
+    /// The local page password of the first home with PV and a battery, served on
+    /// `ports_from + 4` (an ephemeral port when `ports_from` is 0; see the gateway's
+    /// `local_page_addr` in `Neighbourhood::gateways`). `None`: no local page.
+    pub local_page_password: Option<String>,
     /// Dashboard port; the market listens on +1, settlement on +2, the embedded broker on +3.
     /// 0 = ephemeral ports everywhere (tests).
     pub ports_from: u16,
@@ -91,6 +98,8 @@ impl Default for Options {
             data_dir: PathBuf::from("demo-data"),
             database: None,
             broker: None,
+            home_assistant: false,
+            local_page_password: None,
             ports_from: 8080,
             modbus_base_port: 15020,
             poll_ms: 250,
@@ -436,6 +445,7 @@ impl Neighbourhood {
         let gateway_shutdown = bridged_shutdown(shutdown);
         let mut gateways = Vec::with_capacity(manifest.homes.len());
         let mut external_gateways = Vec::new();
+        let mut local_page_given = false;
         for (index, home) in manifest.homes.iter().enumerate() {
             let participant = ParticipantId::new(home.id.clone())
                 .map_err(|e| StartError::Invalid(e.to_string()))?;
@@ -502,6 +512,22 @@ impl Neighbourhood {
                     per_home_w(branch.export_limit_wh, config.control.default_export_w);
                 config.control.default_import_w =
                     per_home_w(branch.import_limit_wh, config.control.default_import_w);
+            }
+            if options.home_assistant {
+                config.home_assistant.url = Some(broker_url.clone());
+            }
+            // The local page goes to the first home with PV and a battery (every flow shows).
+            if let Some(password) = options
+                .local_page_password
+                .as_deref()
+                .filter(|_| !local_page_given && home.battery_kwh > 0.0 && home.inverter_w > 0)
+            {
+                local_page_given = true;
+                config.local_page.listen = format!("127.0.0.1:{}", port(options.ports_from, 4));
+                config.local_page.password_hash = Some(
+                    edge_gateway::local_page::hash_password(password)
+                        .map_err(StartError::Invalid)?,
+                );
             }
             if options.external_gateways.contains(&home.id) {
                 external_gateways.push(config);

@@ -119,12 +119,20 @@ impl LocalPageConfig {
     }
 }
 
-/// An argon2id hash (PHC string) of `password` with a random salt.
+/// argon2id memory cost, KiB: OWASP's 7 MiB / 5 passes / 1 lane setting, equivalent to the
+/// 19 MiB / 2 passes default, so a login keeps the Pi gateway inside its 20 MB RSS budget.
+pub const ARGON2_MEMORY_KIB: u32 = 7 * 1024;
+/// argon2id passes (with [`ARGON2_MEMORY_KIB`]).
+pub const ARGON2_PASSES: u32 = 5;
+
+/// An argon2id hash (PHC string, parameters included) of `password` with a random salt.
 pub fn hash_password(password: &str) -> Result<String, String> {
     let mut salt = [0u8; 16];
     OsRng.fill_bytes(&mut salt);
     let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-    Argon2::default()
+    let params = argon2::Params::new(ARGON2_MEMORY_KIB, ARGON2_PASSES, 1, None)
+        .map_err(|e| e.to_string())?;
+    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
@@ -799,7 +807,7 @@ mod tests {
     #[test]
     fn passwords_hash_and_verify() {
         let hash = hash_password("correct horse").unwrap();
-        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert!(hash.starts_with("$argon2id$v=19$m=7168,t=5,p=1$"), "{hash}");
         assert!(verify_password(&hash, "correct horse"));
         assert!(!verify_password(&hash, "correct hors"));
         assert!(!verify_password("not a hash", "x"));

@@ -111,10 +111,10 @@
       parts.push(el('h3', 'Latest statements'), wrap);
     }
     if (v.balances) {
-      const lots = v.balances.lots || [];
-      const total = typeof v.balances.total === 'number' ? v.balances.total
-        : lots.reduce((a, l) => a + (l.amount || l.wh || 0), 0);
-      parts.push(el('h3', 'Tokens'), el('p', total + ' Wh in ' + lots.length + ' lot(s) (1 token = 1 Wh)'));
+      const lots = v.balances.holdings || [];
+      const retired = v.balances.retired ? ', ' + v.balances.retired + ' retired' : '';
+      parts.push(el('h3', 'Tokens'), el('p', dash(v.balances.balance) + ' tokens held in ' + lots.length
+        + ' lot(s)' + retired + ' (1 token = 1 Wh delivered)', 'tokens'));
     }
     if (v.quarantine) {
       const q = Array.isArray(v.quarantine) ? v.quarantine : [];

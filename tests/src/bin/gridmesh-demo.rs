@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let signals = Shutdown::new();
     signals.trigger_on_signals();
     let shutdown = Shutdown::new();
+    let local_page_password = edge_gateway::local_page::generate_password();
     let options = Options {
         homes: args.homes,
         feeders: args.feeders,
@@ -72,6 +73,10 @@ async fn main() -> anyhow::Result<()> {
         broker: args.broker,
         ports_from: args.ports_from,
         modbus_base_port: args.modbus_port,
+        // Every gateway announces its household to Home Assistant on the demo's broker:
+        // `mosquitto_sub -t 'homeassistant/#'` shows the entities.
+        home_assistant: true,
+        local_page_password: Some(local_page_password.clone()),
         ..Options::default()
     };
     let neighbourhood = Neighbourhood::start(options, &shutdown)
@@ -96,6 +101,15 @@ async fn main() -> anyhow::Result<()> {
     println!("  market      {}", neighbourhood.market.url());
     println!("  settlement  {}", neighbourhood.settlement_url());
     println!("  broker      {}", neighbourhood.broker_url);
+    println!("  home assistant: every gateway's entities under homeassistant/# on the broker");
+    if let Some(addr) = neighbourhood
+        .gateways
+        .iter()
+        .find_map(|g| g.local_page_addr)
+    {
+        println!("  local page  http://{addr} (one household's gateway page)");
+        println!("local page login: {local_page_password}");
+    }
     println!("  state       {}", args.data_dir.display());
     println!(
         "simulated time {}; one line per cleared and per settled interval; Ctrl-C stops.",
