@@ -45,6 +45,29 @@ install -m 0644 "$here/edge-gateway.service" "$root/etc/systemd/system/edge-gate
 if [ ! -e "$root/etc/gridmesh/gateway.toml" ]; then
     install -m 0640 "$here/gateway.example.toml" "$root/etc/gridmesh/gateway.toml"
 fi
+# The local page's password: GRIDMESH_PAGE_PASSWORD, or a random one printed once below. Only
+# its argon2id hash goes into the config; an existing hash is kept.
+config="$root/etc/gridmesh/gateway.toml"
+page_password=""
+if ! grep -qE '^[[:space:]]*password_hash[[:space:]]*=' "$config"; then
+    if [ -n "${GRIDMESH_PAGE_PASSWORD:-}" ]; then
+        page_password="$GRIDMESH_PAGE_PASSWORD"
+        hash=$(printf '%s\n' "$page_password" | "$root/usr/local/bin/edge-gateway" hash-password)
+    else
+        password_file=$(mktemp)
+        hash=$("$root/usr/local/bin/edge-gateway" hash-password --generate 2>"$password_file")
+        page_password=$(sed -n 's/^password: //p' "$password_file")
+        rm -f "$password_file"
+    fi
+    if grep -q '^\[local_page\]' "$config"; then
+        # Right under the [local_page] header (the hash has no characters awk treats specially
+        # in a -v-free print).
+        HASH="$hash" awk '{ print } /^\[local_page\]/ { print "password_hash = \"" ENVIRON["HASH"] "\"" }' \
+            "$config" > "$config.new" && cat "$config.new" > "$config" && rm -f "$config.new"
+    else
+        printf '\n[local_page]\nlisten = "0.0.0.0:8090"\npassword_hash = "%s"\n' "$hash" >> "$config"
+    fi
+fi
 install -d -m 0700 "$root/var/lib/gridmesh-gateway"
 key="$root/var/lib/gridmesh-gateway/gateway.key"
 if [ ! -e "$key" ]; then
@@ -56,6 +79,11 @@ if [ "$create_user" = 1 ]; then
 fi
 echo "public key (register it with: edge-gateway enroll --config /etc/gridmesh/gateway.toml):"
 "$root/usr/local/bin/edge-gateway" key show --key "$key"
+if [ -n "$page_password" ]; then
+    address=$(hostname -I 2>/dev/null | awk '{ print $1 }')
+    echo "local page: http://${address:-<this Pi>}:8090  password: $page_password"
+    echo "  (shown once; only its hash is stored. A new one: edge-gateway hash-password, then set [local_page] password_hash)"
+fi
 if [ "$systemctl" = 1 ]; then
     systemctl daemon-reload
     systemctl enable --now edge-gateway.service
