@@ -5,6 +5,11 @@
 //! Settlement's grace period is set longer than each outage (as a utility sets it longer than
 //! the outages it wants to ride out); every interval of every home must then be settled from
 //! real readings, exactly once, with the metered energy matching meter-sim's counters.
+//!
+//! Every fault neighbourhood runs on a real Mosquitto (a private one per test, so no other
+//! test's gateways publish on its topics), and the three run one after another ([`one_at_a_time`]),
+//! never in parallel: each gets the machine's cores for its accelerated clock. Waits are on
+//! events (simulated time reached, blocks sealed) with deadlines derived from the clock speed.
 
 use chrono::Utc;
 use edge_gateway::config::ClockConfig;
@@ -26,6 +31,20 @@ use std::path::Path;
 use std::time::Duration;
 
 const HOMES: usize = 4;
+
+/// The fault neighbourhoods run one at a time: each test holds this for its whole run.
+static SEQUENTIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for the other fault tests of this binary to finish; hold the guard for the whole test.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    SEQUENTIAL.lock().await
+}
+
+/// Real time for `intervals` 15-minute intervals at `speed`, plus 90 s for a loaded machine
+/// (settlement's grace and a start-up): the deadline of a wait for sealed blocks.
+fn real_time_for(intervals: u32, speed: f64) -> Duration {
+    Duration::from_secs_f64(f64::from(intervals) * 900.0 / speed) + Duration::from_secs(90)
+}
 
 fn options(dir: &Path, speed: f64, grace_secs: u64) -> Options {
     Options {
@@ -107,9 +126,14 @@ fn child_config(hood: &Neighbourhood, config_path: &Path) {
 /// and boundary interpolation must give every interval exactly one reading.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_killed_with_sigkill_and_restarted() {
+    let _turn = one_at_a_time().await;
     let binary = service_binary("edge-gateway", "edge-gateway").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut options = options(dir.path(), 200.0, 2_700);
+    let mut broker = Mosquitto::start(&dir.path().join("mosquitto"))
+        .await
+        .unwrap();
+    let mut options = options(&dir.path().join("hood"), 200.0, 2_700);
+    options.broker = Some(broker.url());
     options.external_gateways = vec!["h002".to_owned()];
     let shutdown = Shutdown::new();
     let hood = Neighbourhood::start(options, &shutdown).await.unwrap();
@@ -144,7 +168,9 @@ async fn gateway_killed_with_sigkill_and_restarted() {
     let mut child = ChildProcess::spawn("edge-gateway h002", &binary, &args, &[], &log).unwrap();
 
     let settlement = hood.settlement_url();
-    let sealed = wait_sealed(&settlement, &wanted[3], Duration::from_secs(120)).await;
+    // From the restart: the rest of wanted[2], wanted[3] and the grace.
+    let within = real_time_for(3, hood.clock.speed());
+    let sealed = wait_sealed(&settlement, &wanted[3], within).await;
     let alive = child.is_running();
     let result = match sealed {
         Ok(_) => check_settled(&settlement, &wanted, &homes(&hood))
@@ -171,6 +197,7 @@ async fn gateway_killed_with_sigkill_and_restarted() {
     child.kill();
     shutdown.trigger();
     hood.stop(&shutdown).await.unwrap();
+    broker.stop().await;
 }
 
 /// (b) A private Mosquitto (with persistence) is stopped for two intervals and started again on
@@ -178,6 +205,7 @@ async fn gateway_killed_with_sigkill_and_restarted() {
 /// persistent session gets the rest, and every interval is settled exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_restarted() {
+    let _turn = one_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Mosquitto::start(&dir.path().join("mosquitto"))
         .await
@@ -199,9 +227,9 @@ async fn broker_restarted() {
     broker.start_again().await.unwrap();
 
     let settlement = hood.settlement_url();
-    wait_sealed(&settlement, &wanted[4], Duration::from_secs(120))
-        .await
-        .unwrap();
+    // From the broker's restart: the rest of wanted[3], wanted[4], the grace and the backlog.
+    let within = real_time_for(3, hood.clock.speed());
+    wait_sealed(&settlement, &wanted[4], within).await.unwrap();
     let statements = check_settled(&settlement, &wanted, &homes(&hood))
         .await
         .unwrap();
@@ -222,10 +250,15 @@ async fn broker_restarted() {
 /// clears exactly once and settlement settles every interval exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn market_restarted_during_an_open_interval() {
+    let _turn = one_at_a_time().await;
     let database = scratch::fresh_postgres("faults_market").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut options = options(dir.path(), 200.0, 900);
+    let mut broker = Mosquitto::start(&dir.path().join("mosquitto"))
+        .await
+        .unwrap();
+    let mut options = options(&dir.path().join("hood"), 200.0, 900);
     options.database = Some(database);
+    options.broker = Some(broker.url());
     let shutdown = Shutdown::new();
     let mut hood = Neighbourhood::start(options, &shutdown).await.unwrap();
     let market = hood.market.url();
@@ -318,13 +351,10 @@ async fn market_restarted_during_an_open_interval() {
     let wanted = intervals_from(first, 3);
     assert!(wanted.contains(&open));
     let settlement = hood.settlement_url();
-    wait_sealed(
-        &settlement,
-        wanted.last().unwrap(),
-        Duration::from_secs(120),
-    )
-    .await
-    .unwrap();
+    let within = real_time_for(4, hood.clock.speed());
+    wait_sealed(&settlement, wanted.last().unwrap(), within)
+        .await
+        .unwrap();
     let statements = check_settled(&settlement, &wanted, &homes(&hood))
         .await
         .unwrap();
@@ -357,4 +387,5 @@ async fn market_restarted_during_an_open_interval() {
     audit(&hood).await;
     shutdown.trigger();
     hood.stop(&shutdown).await.unwrap();
+    broker.stop().await;
 }
