@@ -63,6 +63,7 @@ pub mod mqtt_devices;
 pub mod outbox;
 pub mod reader;
 pub mod sample;
+pub mod statement;
 pub mod status;
 pub mod sunspec;
 pub mod tls;

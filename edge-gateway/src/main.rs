@@ -71,6 +71,20 @@ enum Command {
         #[arg(long)]
         generate: bool,
     },
+    /// Prints the household's monthly statement from settlement (fetched with this gateway's
+    /// signed request) and checks every signed reading it names against this gateway's outbox:
+    /// trades, imbalances, fees, tokens, totals, community share and savings against the
+    /// utility alone. Months are in UTC. Exits 1 if a reading differs from what this gateway
+    /// signed.
+    Statement {
+        /// The month, YYYY-MM (UTC), for example 2026-06.
+        #[arg(long)]
+        month: String,
+        /// `text` (default), `json`, `csv` or `html` (a printable page); the check of the
+        /// readings goes to standard error for the last three.
+        #[arg(long, default_value = "text", value_parser = ["text", "json", "csv", "html"])]
+        format: String,
+    },
     /// Checks the config, the key and that every device answers.
     CheckConfig {
         /// Only check the file, do not contact devices.
@@ -224,6 +238,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let config = load(&cli)?;
             inspect_outbox(&config, *limit).await
         }
+        Command::Statement { month, format } => {
+            let config = load(&cli)?;
+            print_statement(&config, month, format).await
+        }
         Command::CheckConfig { offline } => {
             let config = load(&cli)?;
             println!("config: ok ({} devices)", config.devices.len());
@@ -304,6 +322,34 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `edge-gateway statement`: fetches, checks against the outbox, prints; fails on a mismatch.
+async fn print_statement(config: &GatewayConfig, month: &str, format: &str) -> anyhow::Result<()> {
+    use edge_gateway::statement;
+    let json = statement::fetch(config, month, None).await?;
+    let parsed = statement::parse(&json)?;
+    let local = statement::local_records(config).await?;
+    let checks = statement::check_all(&parsed, &config.gateway_id, &local);
+    let report = statement::render(&parsed, &checks);
+    match format {
+        "text" => print!("{report}"),
+        "json" => println!("{json}"),
+        other => print!("{}", statement::fetch(config, month, Some(other)).await?),
+    }
+    if format != "text" {
+        // The readings' check (the report's last part) on standard error.
+        if let Some(at) = report.find("\nSigned readings:") {
+            eprint!("{}", &report[at + 1..]);
+        }
+    }
+    let mismatches = checks.iter().filter(|c| c.2.is_mismatch()).count();
+    if mismatches > 0 {
+        bail!(
+            "{mismatches} reading(s) on the statement differ from what this gateway signed; keep the outbox file and tell the operator"
+        );
+    }
+    Ok(())
 }
 
 /// `edge-gateway outbox`: prints the waiting readings and fails if any does not carry a valid
