@@ -1,14 +1,25 @@
-//! The household bidding agent: before each gate closure it forecasts the coming interval's
-//! net position from recent intervals and the same time of day on previous days, and submits
-//! signed orders within the homeowner's limits (an ask for surplus at no less than the minimum
-//! sell price, a bid for deficit at no more than the maximum buy price, battery energy above
-//! the reserve offered only when the gateway may steer the battery).
+//! The household bidding agent, two strategies (`agent.strategy`):
+//!
+//! - `simple`: before each gate closure it forecasts the coming interval's net position from
+//!   recent intervals and the same time of day on previous days, and submits signed orders
+//!   within the homeowner's limits (an ask for surplus at no less than the minimum sell price,
+//!   a bid for deficit at no more than the maximum buy price, battery energy above the reserve
+//!   offered only when the gateway may steer the battery) ([`plan`]);
+//! - `scheduled`: pure forecasts of PV, load and prices for the next day ([`forecast`]), a
+//!   battery schedule by dynamic programming over the state of charge re-planned every
+//!   interval ([`schedule`]), and bid curves of several steps per side from its marginal values
+//!   ([`bids`]) ([`plan_scheduled`]).
 
-use crate::config::AgentConfig;
+pub mod bids;
+pub mod forecast;
+pub mod schedule;
+
+use crate::config::{AgentConfig, SiteConfig};
 use crate::outbox::HistoryRow;
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::order::{Order, Side};
-use gridmesh_protocol::{Interval, NodeId, ParticipantId, Wh, ZoneId};
+use gridmesh_protocol::{Interval, NodeId, ParticipantId, PricePerMwh, Wh, ZoneId};
+use std::collections::BTreeMap;
 
 /// The forecast net export (export − import) of `target`, in Wh, or `None` without history.
 ///
@@ -95,6 +106,194 @@ pub fn plan(
         }
     }
     orders
+}
+
+/// What the `scheduled` strategy needs besides the config.
+#[derive(Debug, Clone, Copy)]
+pub struct ScheduledInputs<'a> {
+    /// The gateway's signed intervals (newest first or any order).
+    pub history: &'a [HistoryRow],
+    /// Cleared prices at the home's node by interval start (Unix seconds).
+    pub cleared: &'a BTreeMap<i64, PricePerMwh>,
+    /// The battery's SoC now, per mille (`None`: no battery read).
+    pub soc_permille: Option<u16>,
+    /// Site facts (inverter and battery power, coordinates).
+    pub site: &'a SiteConfig,
+    /// The export allowed in the target interval (envelope in force or default), Wh.
+    pub export_cap: Wh,
+    /// The default envelope's export and import per interval, Wh (for the later slots).
+    pub default_caps: (Wh, Wh),
+}
+
+/// The `scheduled` strategy's decision for one interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledPlan {
+    /// The signed-to-be orders: the bid curve's steps.
+    pub orders: Vec<Order>,
+    /// Forecast grid energy of the target without the battery (+ import, − export), Wh.
+    pub base_grid_wh: i64,
+    /// The schedule's first step (what the battery is planned to do).
+    pub first: schedule::Step,
+    /// Whether the battery is steered (a battery, its SoC known, `steer_battery` on).
+    pub battery_modelled: bool,
+}
+
+/// The schedule's horizon, seconds: one day from the target interval.
+pub const HORIZON_S: i64 = 86_400;
+
+/// The `scheduled` strategy: forecasts for the next day ([`forecast`]), the battery schedule
+/// ([`schedule::plan`]) and the bid curve of the target interval ([`bids::curve`]) as orders
+/// (nonces per [`bids::nonce`]).
+///
+/// Expected prices per slot: the forecast cleared price at the node, clamped to the contract's
+/// feed-in ..= retail, for import (else retail); export is valued at feed-in, the price every
+/// unsold Wh earns (market sales above it come through the curve). Without a steerable battery
+/// the target's position is the simple strategy's net forecast (which includes what an
+/// unsteered battery does by itself), bid at the floor and ceiling.
+pub fn plan_scheduled(
+    zone: ZoneId,
+    config: &AgentConfig,
+    participant: &ParticipantId,
+    node: &NodeId,
+    target: Interval,
+    inputs: &ScheduledInputs<'_>,
+) -> ScheduledPlan {
+    let length_s = target.length().seconds();
+    let slots_n = usize::try_from(HORIZON_S / length_s).unwrap_or(96);
+    let horizon = forecast::horizon(target, slots_n);
+    let feed_in = config.feed_in_price;
+    let retail = config.retail_price;
+    let battery_modelled = config.steer_battery
+        && config.battery_capacity_wh > 0
+        && inputs.soc_permille.is_some()
+        && inputs.site.battery_w > 0;
+    let per_slot_power = i64::from(inputs.site.battery_w) * length_s / 3600;
+    let (slots, battery) = if battery_modelled {
+        let pv = forecast::pv(
+            inputs.history,
+            inputs.site.latitude,
+            inputs.site.longitude,
+            inputs.site.inverter_w,
+            &horizon,
+        );
+        let load = forecast::load(inputs.history, &horizon, 0);
+        let prices = forecast::prices(inputs.cleared, &horizon);
+        let slots: Vec<schedule::Slot> = (0..horizon.len())
+            .map(|k| schedule::Slot {
+                pv_wh: pv[k],
+                load_wh: load[k],
+                buy_price: prices[k].map_or(retail, |p| p.max(feed_in).min(retail)),
+                sell_price: feed_in,
+                export_cap_wh: if k == 0 {
+                    inputs.export_cap.0
+                } else {
+                    inputs.default_caps.0.0
+                },
+                import_cap_wh: inputs.default_caps.1.0,
+            })
+            .collect();
+        let capacity = config.battery_capacity_wh;
+        let soc = i64::from(inputs.soc_permille.unwrap_or(0).min(1000)) * capacity / 1000;
+        let battery = schedule::Battery {
+            capacity_wh: capacity,
+            soc_wh: soc,
+            reserve_wh: i64::from(config.battery_reserve_pct.min(100)) * capacity / 100,
+            max_charge_wh: per_slot_power,
+            max_discharge_wh: per_slot_power,
+            round_trip_permille: i64::from(config.round_trip_efficiency_pct) * 10,
+            cycle_cost: config.cycle_cost,
+            grid_charging: config.grid_charging,
+        };
+        (slots, battery)
+    } else {
+        let net = forecast_net(inputs.history, &target).unwrap_or(0);
+        let slot = schedule::Slot {
+            pv_wh: net.max(0),
+            load_wh: (-net).max(0),
+            buy_price: retail,
+            sell_price: feed_in,
+            export_cap_wh: inputs.export_cap.0,
+            import_cap_wh: inputs.default_caps.1.0,
+        };
+        let none = schedule::Battery {
+            capacity_wh: 0,
+            soc_wh: 0,
+            reserve_wh: 0,
+            max_charge_wh: 0,
+            max_discharge_wh: 0,
+            round_trip_permille: 1000,
+            cycle_cost: PricePerMwh(0),
+            grid_charging: false,
+        };
+        (vec![slot], none)
+    };
+    let terminal = feed_in;
+    let schedule = schedule::plan(&battery, &slots, terminal);
+    let options = schedule::first_slot_options(&battery, &slots[0], &schedule);
+    let limits = bids::CurveLimits {
+        floor: config.min_sell_price.max(feed_in).max(PricePerMwh(1)),
+        ceiling: config.max_buy_price.min(retail),
+        export_cap_wh: inputs.export_cap.0,
+        min_order_wh: config.min_order_wh.max(1),
+    };
+    let steps = bids::curve(&options, &limits);
+    let mut index = [0usize; 2];
+    let orders = steps
+        .iter()
+        .map(|step| {
+            let k = usize::from(step.side == Side::Sell);
+            let nonce = bids::nonce(target.start_unix(), step.side, index[k]);
+            index[k] += 1;
+            Order {
+                zone: Some(zone),
+                participant: participant.clone(),
+                node: node.clone(),
+                interval: target,
+                side: step.side,
+                quantity: Wh(step.quantity),
+                limit_price: step.price,
+                nonce,
+            }
+        })
+        .collect();
+    ScheduledPlan {
+        orders,
+        base_grid_wh: slots[0].base_grid_wh(),
+        first: schedule.steps.first().copied().unwrap_or_default(),
+        battery_modelled,
+    }
+}
+
+/// The battery power (W, + charge / − discharge, 0 = automatic) for the `scheduled` strategy
+/// once the market cleared: discharge what was sold beyond the forecast surplus, charge what
+/// was bought beyond the forecast deficit; otherwise the battery runs by itself
+/// (self-consumption). Clamped to `battery_w`.
+pub fn steering_for_position(
+    result: &IntervalResult,
+    participant: &ParticipantId,
+    base_grid_wh: i64,
+    battery_w: u32,
+) -> i64 {
+    let cleared = |side: Side| -> i64 {
+        result
+            .orders
+            .iter()
+            .filter(|o| &o.participant == participant && o.side == side)
+            .map(|o| o.cleared.0)
+            .sum()
+    };
+    let sold = cleared(Side::Sell);
+    let bought = cleared(Side::Buy);
+    let length = result.interval.length().seconds();
+    let energy = if sold > (-base_grid_wh).max(0) {
+        -(sold - (-base_grid_wh).max(0))
+    } else if bought > base_grid_wh.max(0) {
+        bought - base_grid_wh.max(0)
+    } else {
+        0
+    };
+    let limit = i64::from(battery_w);
+    (energy * 3600 / length).clamp(-limit, limit)
 }
 
 /// Caps every sell order at `cap` (the envelope's export limit: the home may not export more,
@@ -307,5 +506,177 @@ mod tests {
             )[0]
             .nonce
         );
+    }
+
+    fn scheduled_config() -> (AgentConfig, SiteConfig) {
+        let config = AgentConfig {
+            strategy: crate::config::AgentStrategy::Scheduled,
+            steer_battery: true,
+            battery_capacity_wh: 10_000,
+            ..AgentConfig::default()
+        };
+        let site = SiteConfig {
+            inverter_w: 6_000,
+            battery_w: 5_000,
+            latitude: 48.1,
+            longitude: 11.6,
+        };
+        (config, site)
+    }
+
+    #[test]
+    fn scheduled_bids_curves_with_their_own_nonces_and_caps() {
+        let (config, site) = scheduled_config();
+        // A June day at 11:00 UTC, yesterday's PV history: the sun is up.
+        let target = Interval::parse("2026-06-21T11:00:00Z", 15).unwrap();
+        let t = target.start_unix();
+        let history: Vec<HistoryRow> = (1..=96)
+            .map(|k| {
+                let start = t - k * 900;
+                let i = Interval::from_unix(start, 15).unwrap();
+                let pv = (forecast::clear_sky(48.1, 11.6, &i) * 1500.0) as i64;
+                let mut r = row(start, 0, 0);
+                r.deltas.pv = Wh(pv);
+                // Consumption 200 Wh per interval: PV beyond it is exported.
+                if pv >= 200 {
+                    r.deltas.grid_export = Wh(pv - 200);
+                } else {
+                    r.deltas.grid_import = Wh(200 - pv);
+                }
+                r
+            })
+            .collect();
+        let cleared = BTreeMap::new();
+        let inputs = ScheduledInputs {
+            history: &history,
+            cleared: &cleared,
+            soc_permille: Some(500),
+            site: &site,
+            export_cap: Wh(100_000),
+            default_caps: (Wh(100_000), Wh(100_000)),
+        };
+        let p = ParticipantId::new("h1").unwrap();
+        let n = NodeId::new("n1").unwrap();
+        let plan = plan_scheduled(zone(), &config, &p, &n, target, &inputs);
+        assert!(plan.battery_modelled);
+        assert!(plan.base_grid_wh < 0, "midday surplus: {plan:?}");
+        let sells: Vec<&Order> = plan
+            .orders
+            .iter()
+            .filter(|o| o.side == Side::Sell)
+            .collect();
+        assert!(sells.len() >= 2, "{plan:?}");
+        assert!(
+            sells
+                .windows(2)
+                .all(|w| w[0].limit_price < w[1].limit_price)
+        );
+        assert!(sells.iter().all(|o| o.limit_price >= config.feed_in_price));
+        let nonces: std::collections::BTreeSet<u64> = plan.orders.iter().map(|o| o.nonce).collect();
+        assert_eq!(nonces.len(), plan.orders.len());
+        assert!(
+            plan.orders
+                .iter()
+                .all(|o| o.zone == Some(zone()) && o.interval == target)
+        );
+        // The envelope caps what is offered.
+        let capped = plan_scheduled(
+            zone(),
+            &config,
+            &p,
+            &n,
+            target,
+            &ScheduledInputs {
+                export_cap: Wh(300),
+                ..inputs
+            },
+        );
+        let offered: i64 = capped
+            .orders
+            .iter()
+            .filter(|o| o.side == Side::Sell)
+            .map(|o| o.quantity.0)
+            .sum();
+        assert!(offered <= 300, "{capped:?}");
+        // Without steering the battery is not modelled: the net forecast at the floor.
+        let simple_battery = AgentConfig {
+            steer_battery: false,
+            ..config.clone()
+        };
+        let plain = plan_scheduled(zone(), &simple_battery, &p, &n, target, &inputs);
+        assert!(!plain.battery_modelled);
+        assert_eq!(plain.orders.len(), 1);
+        assert_eq!(
+            plain.orders[0].limit_price,
+            config.min_sell_price.max(config.feed_in_price)
+        );
+        // No history at all: nothing to sell or buy without a battery.
+        let empty = plan_scheduled(
+            zone(),
+            &simple_battery,
+            &p,
+            &n,
+            target,
+            &ScheduledInputs {
+                history: &[],
+                ..inputs
+            },
+        );
+        assert!(empty.orders.is_empty());
+    }
+
+    #[test]
+    fn scheduled_steering_follows_the_cleared_position() {
+        let target = Interval::parse("2026-06-21T11:00:00Z", 15).unwrap();
+        let p = ParticipantId::new("h1").unwrap();
+        let order = |side: Side, cleared: i64| gridmesh_protocol::market::ClearedOrder {
+            order_id: "x".into(),
+            participant: p.clone(),
+            node: NodeId::new("n1").unwrap(),
+            side,
+            quantity: Wh(cleared),
+            limit_price: PricePerMwh(9_000),
+            cleared: Wh(cleared),
+            price: PricePerMwh(9_000),
+        };
+        let result = |orders: Vec<gridmesh_protocol::market::ClearedOrder>| IntervalResult {
+            interval: target,
+            zone: "z1".into(),
+            cleared_at: target.start(),
+            prices: Default::default(),
+            orders,
+            trades: vec![],
+            utility_import: Wh(0),
+            utility_export: Wh(0),
+            flows: vec![],
+            welfare: gridmesh_protocol::Money(0),
+            network: gridmesh_protocol::grid::Network {
+                root: NodeId::new("sub").unwrap(),
+                branches: vec![],
+                utility: Default::default(),
+            },
+            envelopes: vec![],
+        };
+        // Sold 1 000 Wh with 400 Wh of forecast surplus: discharge 600 Wh = 2 400 W.
+        assert_eq!(
+            steering_for_position(&result(vec![order(Side::Sell, 1_000)]), &p, -400, 5_000),
+            -2_400
+        );
+        // Bought 1 000 Wh to charge on top of 200 Wh of load: charge 800 Wh = 3 200 W.
+        assert_eq!(
+            steering_for_position(&result(vec![order(Side::Buy, 1_000)]), &p, 200, 5_000),
+            3_200
+        );
+        // Clamped to the battery's power.
+        assert_eq!(
+            steering_for_position(&result(vec![order(Side::Buy, 5_000)]), &p, 0, 5_000),
+            5_000
+        );
+        // Within the forecast position: automatic.
+        assert_eq!(
+            steering_for_position(&result(vec![order(Side::Sell, 300)]), &p, -400, 5_000),
+            0
+        );
+        assert_eq!(steering_for_position(&result(vec![]), &p, 700, 5_000), 0);
     }
 }

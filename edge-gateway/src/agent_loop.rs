@@ -1,21 +1,25 @@
 //! The bidding agent's task: wakes before each gate closure, plans with [`crate::agent`]
-//! (sell quantities capped at the operating envelope's export limit), signs and posts the
-//! orders to the market, and after clearing asks the control loop to steer the battery.
+//! (`simple` or `scheduled`; sell quantities capped at the operating envelope's export limit),
+//! signs and posts the orders to the market, and after clearing asks the control loop to steer
+//! the battery. The `scheduled` strategy also reads every cleared result to learn the prices at
+//! the home's node (kept in memory, eight days; after a restart it assumes the contract's
+//! tariffs until results refill it, one past day's slot per interval).
 //!
 //! Orders name the market zone (`gridmesh/order/v2`): the configured `zone`, or else the zone
 //! the market reports at `GET /status` (learned once). A configured zone that differs from the
 //! market's is not overridden: the market refuses those orders, and the log says why.
 
-use crate::config::GatewayConfig;
-use crate::envelope::Intake;
+use crate::config::{AgentStrategy, GatewayConfig};
+use crate::envelope::{DefaultEnvelope, Intake};
 use crate::outbox::Outbox;
 use crate::status::Status;
 use chrono::Duration as ChronoDuration;
 use gridmesh_protocol::api::market::{ErrorBody, MarketStatus};
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::market::IntervalResult;
-use gridmesh_protocol::{Interval, SignedEnvelope, ZoneId};
+use gridmesh_protocol::{Interval, PricePerMwh, SignedEnvelope, ZoneId};
 use gridmesh_runtime::clock::Clock;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -105,6 +109,8 @@ pub async fn run(task: AgentTask) {
     let lead = ChronoDuration::seconds(task.config.agent.gate_closure_lead_s);
     let margin = ChronoDuration::seconds(task.config.agent.submit_margin_s);
     let market = task.market.trim_end_matches('/').to_owned();
+    // Cleared prices at the home's node by interval start (the scheduled strategy's forecast).
+    let mut cleared: BTreeMap<i64, PricePerMwh> = BTreeMap::new();
     loop {
         let now = task.clock.now();
         let mut target = Interval::next_open(now, length, lead);
@@ -129,19 +135,44 @@ pub async fn run(task: AgentTask) {
                 }
             },
         };
-        let history = task.outbox.history(8 * 96).await.unwrap_or_default();
+        let scheduled = task.config.agent.strategy == AgentStrategy::Scheduled;
+        // The scheduled strategy forecasts load from the same weekday up to four weeks back.
+        let rows = if scheduled { 29 * 96 } else { 8 * 96 };
+        let history = task.outbox.history(rows).await.unwrap_or_default();
         let soc = *task.soc.lock().unwrap_or_else(|e| e.into_inner());
-        let mut orders = crate::agent::plan(
-            zone,
-            &task.config.agent,
-            &task.config.participant,
-            &task.config.node,
-            target,
-            &history,
-            soc,
-            task.config.site.battery_w,
-        );
         let cap = task.intake.export_cap(&target);
+        let (mut orders, base_grid) = if scheduled {
+            let default_caps = DefaultEnvelope::of(&task.config).limits(&target);
+            let plan = crate::agent::plan_scheduled(
+                zone,
+                &task.config.agent,
+                &task.config.participant,
+                &task.config.node,
+                target,
+                &crate::agent::ScheduledInputs {
+                    history: &history,
+                    cleared: &cleared,
+                    soc_permille: soc,
+                    site: &task.config.site,
+                    export_cap: cap,
+                    default_caps,
+                },
+            );
+            tracing::debug!(interval = %target, base_grid_wh = plan.base_grid_wh, battery = ?plan.first, steps = plan.orders.len(), "battery schedule and bid curve");
+            (plan.orders, plan.base_grid_wh)
+        } else {
+            let orders = crate::agent::plan(
+                zone,
+                &task.config.agent,
+                &task.config.participant,
+                &task.config.node,
+                target,
+                &history,
+                soc,
+                task.config.site.battery_w,
+            );
+            (orders, 0)
+        };
         crate::agent::cap_sells(&mut orders, cap, task.config.agent.min_order_wh);
         for order in &orders {
             let envelope = SignedEnvelope::sign(order, &task.key);
@@ -173,26 +204,30 @@ pub async fn run(task: AgentTask) {
                 }
             }
         }
-        if task.config.agent.steer_battery && !orders.is_empty() {
+        let steer = task.config.agent.steer_battery && !orders.is_empty();
+        if steer || scheduled {
             let forecast = crate::agent::forecast_net(&history, &target).unwrap_or(0);
             tokio::select! {
                 _ = task.cancel.cancelled() => return,
                 _ = task.clock.sleep_until(target.start()) => {}
             }
-            let url = format!(
-                "{market}/intervals/{}/result",
-                target.start().format("%Y-%m-%dT%H:%M:%SZ")
-            );
-            // Signed by the gateway: the market shows it its household's part of the result.
-            if let Ok(r) =
-                crate::envelope::signed_get(&task.http, &url, &task.config.gateway_id, &task.key)
-                    .timeout(Duration::from_secs(10))
-                    .send()
-                    .await
-                && r.status().is_success()
-                && let Ok(result) = r.json::<IntervalResult>().await
-            {
-                let watts = crate::agent::steering_for(&result, &task.config.participant, forecast);
+            let Some(result) = fetch_result(&task, &market, &target).await else {
+                continue;
+            };
+            if let Some(price) = result.prices.get(&task.config.node) {
+                cleared.insert(target.start_unix(), *price);
+            }
+            if steer {
+                let watts = if scheduled {
+                    crate::agent::steering_for_position(
+                        &result,
+                        &task.config.participant,
+                        base_grid,
+                        task.config.site.battery_w,
+                    )
+                } else {
+                    crate::agent::steering_for(&result, &task.config.participant, forecast)
+                };
                 let _ = task
                     .steer
                     .send(SteerRequest {
@@ -201,8 +236,49 @@ pub async fn run(task: AgentTask) {
                     })
                     .await;
             }
+            if scheduled {
+                // Learn one more past price a day: the same slot yesterday, if missing (after a
+                // restart the price history refills within a day).
+                let yesterday = Interval::from_unix(
+                    target.start_unix() - 86_400,
+                    i64::from(target.length().minutes()),
+                );
+                if let Ok(y) = yesterday
+                    && !cleared.contains_key(&y.start_unix())
+                    && let Some(r) = fetch_result(&task, &market, &y).await
+                    && let Some(price) = r.prices.get(&task.config.node)
+                {
+                    cleared.insert(y.start_unix(), *price);
+                }
+                // Eight days of slots are plenty for the per-slot means.
+                let keep_from = target.start_unix() - 8 * 86_400;
+                cleared.retain(|start, _| *start >= keep_from);
+            }
         }
     }
+}
+
+/// The market's result of `interval`, signed for by the gateway (the market shows it its
+/// household's part), or `None` when the market does not answer with one.
+async fn fetch_result(
+    task: &AgentTask,
+    market: &str,
+    interval: &Interval,
+) -> Option<IntervalResult> {
+    let url = format!(
+        "{market}/intervals/{}/result",
+        interval.start().format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let response =
+        crate::envelope::signed_get(&task.http, &url, &task.config.gateway_id, &task.key)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.json::<IntervalResult>().await.ok()
 }
 
 #[cfg(test)]

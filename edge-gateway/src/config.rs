@@ -214,6 +214,36 @@ pub struct AgentConfig {
     pub gate_closure_lead_s: i64,
     /// Smallest order worth sending, Wh.
     pub min_order_wh: i64,
+    /// `simple` (one price per side for the forecast net position, the agent before issue 19)
+    /// or `scheduled` (a day-ahead battery schedule re-planned every interval, bid as curves;
+    /// see `agent::schedule` and `agent::bids`).
+    pub strategy: AgentStrategy,
+    /// The utility's feed-in price in the homeowner's contract, minor units per MWh (what
+    /// unsold export earns; `scheduled` never sells below it, and curtails when it is ≤ 0).
+    pub feed_in_price: PricePerMwh,
+    /// The utility's retail price in the homeowner's contract, minor units per MWh (what
+    /// unbought import costs; `scheduled` never bids above it).
+    pub retail_price: PricePerMwh,
+    /// The battery's round-trip efficiency, percent (`scheduled`).
+    pub round_trip_efficiency_pct: u8,
+    /// Willingness to cycle: the wear charged per MWh discharged, minor units per MWh
+    /// (`scheduled`; 0 = cycle whenever it pays at all, higher = only for wider spreads).
+    pub cycle_cost: PricePerMwh,
+    /// Whether the battery may charge from the grid when the spread pays for the losses
+    /// (`scheduled`; default false: only from PV surplus).
+    pub grid_charging: bool,
+}
+
+/// Which household agent bids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStrategy {
+    /// One ask for the forecast surplus at `min_sell_price`, one bid for the forecast deficit
+    /// at `max_buy_price`.
+    #[default]
+    Simple,
+    /// A battery schedule over the next day and bid curves from its marginal values.
+    Scheduled,
 }
 
 impl Default for AgentConfig {
@@ -228,6 +258,12 @@ impl Default for AgentConfig {
             submit_margin_s: 60,
             gate_closure_lead_s: 300,
             min_order_wh: 10,
+            strategy: AgentStrategy::Simple,
+            feed_in_price: PricePerMwh(8_000),
+            retail_price: PricePerMwh(30_000),
+            round_trip_efficiency_pct: 90,
+            cycle_cost: PricePerMwh(2_000),
+            grid_charging: false,
         }
     }
 }
@@ -461,6 +497,9 @@ impl GatewayConfig {
         for (field, price) in [
             ("agent.min_sell_price", self.agent.min_sell_price),
             ("agent.max_buy_price", self.agent.max_buy_price),
+            ("agent.feed_in_price", self.agent.feed_in_price),
+            ("agent.retail_price", self.agent.retail_price),
+            ("agent.cycle_cost", self.agent.cycle_cost),
         ] {
             if !(-MAX_ABS_PRICE..=MAX_ABS_PRICE).contains(&price.0) {
                 return Err(invalid(
@@ -471,6 +510,33 @@ impl GatewayConfig {
                     ),
                 ));
             }
+        }
+        if !(50..=100).contains(&self.agent.round_trip_efficiency_pct) {
+            return Err(invalid(
+                "agent.round_trip_efficiency_pct",
+                format!(
+                    "{} % is not a battery's round-trip efficiency",
+                    self.agent.round_trip_efficiency_pct
+                ),
+                "use 50 to 100 (typical home batteries: 85 to 95)",
+            ));
+        }
+        if self.agent.cycle_cost.0 < 0 {
+            return Err(invalid(
+                "agent.cycle_cost",
+                format!("{} is negative", self.agent.cycle_cost.0),
+                "use 0 (cycle whenever it pays) or more, in minor units per MWh (2.0 c/kWh = 2000)",
+            ));
+        }
+        if self.agent.feed_in_price > self.agent.retail_price {
+            return Err(invalid(
+                "agent.feed_in_price",
+                format!(
+                    "the feed-in price {} is above the retail price {}",
+                    self.agent.feed_in_price.0, self.agent.retail_price.0
+                ),
+                "copy both from your electricity contract, minor units per MWh (8.0 c/kWh = 8000)",
+            ));
         }
         for (field, wh) in [
             ("agent.battery_capacity_wh", self.agent.battery_capacity_wh),
@@ -703,6 +769,21 @@ mod tests {
             "[agent]\nbattery_capacity_wh = -1\n",
             &["agent.battery_capacity_wh"],
         );
+        check_err(
+            "[agent]\nround_trip_efficiency_pct = 120\n",
+            &["agent.round_trip_efficiency_pct", "50 to 100"],
+        );
+        check_err(
+            "[agent]\ncycle_cost = -1\n",
+            &["agent.cycle_cost", "negative"],
+        );
+        check_err(
+            "[agent]\nfeed_in_price = 31000\n",
+            &["agent.feed_in_price", "above the retail price 30000"],
+        );
+        check_err("[agent]\nstrategy = \"clever\"\n", &["strategy"]);
+        let scheduled = GatewayConfig::from_toml("[agent]\nstrategy = \"scheduled\"\n").unwrap();
+        assert_eq!(scheduled.agent.strategy, AgentStrategy::Scheduled);
         check_err("[site]\ninverter_w = 1000001\n", &["site.inverter_w"]);
         check_err("[site]\nlatitude = 91.0\n", &["site.latitude"]);
         check_err("[site]\nlongitude = -180.5\n", &["site.longitude"]);

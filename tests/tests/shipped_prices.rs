@@ -31,6 +31,10 @@ fn default_agent_prices_lie_within_the_example_tariffs() {
     let agent = AgentConfig::default();
     within_tariffs("default min_sell_price", agent.min_sell_price);
     within_tariffs("default max_buy_price", agent.max_buy_price);
+    within_tariffs("default feed_in_price", agent.feed_in_price);
+    within_tariffs("default retail_price", agent.retail_price);
+    // Wear is a cost, not a trading price: below the spread, or the battery never cycles.
+    assert!(0 <= agent.cycle_cost.0 && agent.cycle_cost < agent.retail_price);
 }
 
 #[test]
@@ -43,6 +47,13 @@ fn shipped_example_config_prices_lie_within_the_example_tariffs() {
     let config = GatewayConfig::from_toml(&text).expect("the example config parses");
     within_tariffs("example min_sell_price", config.agent.min_sell_price);
     within_tariffs("example max_buy_price", config.agent.max_buy_price);
+    within_tariffs("example feed_in_price", config.agent.feed_in_price);
+    within_tariffs("example retail_price", config.agent.retail_price);
+    assert_eq!(
+        config.agent.cycle_cost,
+        AgentConfig::default().cycle_cost,
+        "the example shows the default wear"
+    );
     // And the README example topology repeats the same tariffs.
     let readme = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
