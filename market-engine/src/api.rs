@@ -25,8 +25,8 @@ use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use gridmesh_protocol::api::market::{
-    BookDepth, ErrorBody, Health, MarketStatus, OrderAccepted, OrderCancelled, OrderRecord,
-    PublicResult,
+    BookDepth, ErrorBody, Health, MAX_ORDER_BATCH, MarketStatus, OrderAccepted, OrderBatch,
+    OrderBatchAccepted, OrderBatchItem, OrderCancelled, OrderRecord, PublicResult,
 };
 use gridmesh_protocol::envelope::{MarketKey, SignedResult};
 use gridmesh_protocol::grid::{LimitOverride, Network};
@@ -137,6 +137,7 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
         .routes(routes!(post_gateway, get_gateways))
         .routes(routes!(get_gateway))
         .routes(routes!(post_order, get_orders))
+        .routes(routes!(post_orders_batch))
         .routes(routes!(post_cancel))
         .routes(routes!(get_book))
         .routes(routes!(get_result))
@@ -375,6 +376,70 @@ async fn post_order(State(s): State<AppState>, body: Bytes) -> ApiResult<impl In
     let envelope: SignedEnvelope = parse_body(&body, "signed envelope")?;
     let order_id = s.market.submit_order(envelope).await?;
     Ok((StatusCode::CREATED, Json(OrderAccepted { order_id })))
+}
+
+#[utoipa::path(post, path = "/orders/batch", tag = "orders",
+    summary = "Submit up to 1000 signed orders at once (each authorised by its own signature)",
+    description = "Each order is checked exactly as `POST /orders` checks one; the signatures are verified in one batch and the orders that pass are stored in one transaction. The answer has one outcome per order, in the order sent: status 201 and the order id, or the status, code and message `POST /orders` would have answered. Every order answered 201 is in its interval's book.",
+    request_body = OrderBatch,
+    responses(
+        (status = 200, description = "one outcome per order", body = OrderBatchAccepted),
+        (status = 400, description = "invalid_request: not a batch, empty, or more than 1000 orders", body = ErrorBody),
+        (status = 413, description = "payload_too_large: the body is over the server's limit", body = ErrorBody),
+        (status = 503, description = "shutting_down", body = ErrorBody),
+    ))]
+async fn post_orders_batch(
+    State(s): State<AppState>,
+    body: Bytes,
+) -> ApiResult<Json<OrderBatchAccepted>> {
+    let batch: OrderBatch = parse_body(&body, "order batch ({\"orders\": [signed envelopes]})")?;
+    if batch.orders.is_empty() {
+        return Err(MarketError::InvalidRequest(
+            "the batch holds no orders: send {\"orders\": [signed envelopes]}".into(),
+        ));
+    }
+    if batch.orders.len() > MAX_ORDER_BATCH {
+        return Err(MarketError::InvalidRequest(format!(
+            "the batch holds {} orders; at most {MAX_ORDER_BATCH} per request: split it",
+            batch.orders.len()
+        )));
+    }
+    let outcomes = s.market.submit_orders(batch.orders).await;
+    if outcomes
+        .iter()
+        .any(|o| matches!(o, Err(MarketError::ShuttingDown)))
+    {
+        return Err(MarketError::ShuttingDown);
+    }
+    let mut accepted = 0;
+    let results: Vec<OrderBatchItem> = outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Ok(order_id) => {
+                accepted += 1;
+                OrderBatchItem {
+                    status: 201,
+                    order_id: Some(order_id),
+                    code: None,
+                    message: None,
+                }
+            }
+            Err(error) => {
+                let api = ApiError::from(error);
+                OrderBatchItem {
+                    status: api.status.as_u16(),
+                    order_id: None,
+                    code: Some(api.code.to_string()),
+                    message: Some(api.message),
+                }
+            }
+        })
+        .collect();
+    Ok(Json(OrderBatchAccepted {
+        accepted,
+        rejected: results.len() - accepted,
+        results,
+    }))
 }
 
 #[derive(Deserialize)]

@@ -17,6 +17,7 @@ use crate::envelopes::envelopes_for;
 use crate::error::MarketError;
 use crate::metrics::Metrics;
 use crate::network::Topology;
+use crate::prices::PricingRule;
 use crate::store::{Store, StoredOrder, StoredResult};
 use chrono::{DateTime, TimeZone, Utc};
 use gridmesh_protocol::envelope::{
@@ -30,6 +31,7 @@ use gridmesh_protocol::order::{Order, OrderCancel};
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
 use gridmesh_protocol::rotation::{KeyPeriod, KeyRotation, ParticipantWithKeys};
 use gridmesh_protocol::signing::{PublicKey, Signable, SigningError};
+use gridmesh_protocol::verify_stage::{StageConfig, VerifyStage};
 use gridmesh_protocol::{GatewayId, Interval, ParticipantId, SignedEnvelope, ZoneId};
 use gridmesh_runtime::clock::Clock;
 use std::collections::HashMap;
@@ -116,6 +118,8 @@ pub struct Market {
     events: broadcast::Sender<Arc<IntervalResult>>,
     writer: mpsc::Sender<WriteJob>,
     key: SigningKeyPair,
+    /// Batched strict signature verification off the async threads (issue 16).
+    verifier: VerifyStage,
 }
 
 impl std::fmt::Debug for Market {
@@ -199,6 +203,7 @@ impl Market {
             events,
             writer,
             key,
+            verifier: VerifyStage::new(StageConfig::default()),
         };
         Ok((Arc::new(market), jobs))
     }
@@ -505,7 +510,9 @@ impl Market {
         result
     }
 
-    async fn submit_order_inner(&self, envelope: SignedEnvelope) -> Result<String, MarketError> {
+    /// What an envelope claims before its signature is checked: an order (tag and layout)
+    /// by a registered participant, signed with that participant's key (unverified yet).
+    fn claim(&self, envelope: &SignedEnvelope) -> Result<(Order, Participant), MarketError> {
         if !envelope.is::<Order>() {
             return Err(MarketError::WrongMessage("an order (gridmesh/order/v2)"));
         }
@@ -515,10 +522,27 @@ impl Market {
         let participant = self
             .participant(&claimed.participant)
             .ok_or_else(|| MarketError::UnknownParticipant(claimed.participant.to_string()))?;
-        let order: Order = envelope
-            .open_by(&participant.public_key)
-            .map_err(|e| signing_error(e, participant.id.as_str()))?;
-        self.check_zone(&order)?;
+        if envelope.public_key != participant.public_key {
+            return Err(signing_error(
+                SigningError::KeyMismatch {
+                    expected: participant.public_key,
+                    found: envelope.public_key,
+                },
+                participant.id.as_str(),
+            ));
+        }
+        Ok((claimed, participant))
+    }
+
+    /// Checks a verified order against the market (zone, interval length, values, node) and
+    /// makes the row to store.
+    fn admit(
+        &self,
+        order: &Order,
+        participant: &Participant,
+        envelope: SignedEnvelope,
+    ) -> Result<StoredOrder, MarketError> {
+        self.check_zone(order)?;
         if order.interval.length() != self.config.interval_minutes {
             return Err(MarketError::WrongIntervalLength {
                 expected: self.config.interval_minutes.minutes(),
@@ -541,9 +565,8 @@ impl Market {
                 node: order.node.to_string(),
             });
         }
-        let order_id = format!("{}:{}", order.participant, order.nonce);
-        let stored = StoredOrder {
-            order_id: order_id.clone(),
+        Ok(StoredOrder {
+            order_id: format!("{}:{}", order.participant, order.nonce),
             participant: order.participant.clone(),
             nonce: order.nonce,
             interval: order.interval,
@@ -554,7 +577,18 @@ impl Market {
             cancelled: false,
             received_at: self.clock.now().to_rfc3339(),
             envelope,
-        };
+        })
+    }
+
+    async fn submit_order_inner(&self, envelope: SignedEnvelope) -> Result<String, MarketError> {
+        let (order, participant) = self.claim(&envelope)?;
+        // The signature, in the shared verification stage (batched with concurrent requests).
+        self.verifier
+            .verify_one(envelope.clone())
+            .await
+            .map_err(|e| signing_error(e, participant.id.as_str()))?;
+        let stored = self.admit(&order, &participant, envelope)?;
+        let order_id = stored.order_id.clone();
         // Hold the gate open from the check until the order is committed.
         let gate = self.gate.read().await;
         self.check_open(&order.interval, *gate)?;
@@ -578,6 +612,93 @@ impl Market {
             });
         }
         Ok(order_id)
+    }
+
+    /// Verifies and books signed orders (`POST /orders/batch`, up to
+    /// `gridmesh_protocol::api::market::MAX_ORDER_BATCH`, at most 1000 per statement):
+    /// the signatures in one batch verification, the orders that pass every check in one
+    /// statement (one transaction). One answer per envelope, in order: the order id, or what
+    /// [`Market::submit_order`] would have refused it with. Every `Ok` order is in its
+    /// interval's book: the gate is held open from the check until the statement committed.
+    pub async fn submit_orders(
+        &self,
+        envelopes: Vec<SignedEnvelope>,
+    ) -> Vec<Result<String, MarketError>> {
+        let n = envelopes.len();
+        let mut out: Vec<Option<Result<String, MarketError>>> = (0..n).map(|_| None).collect();
+        let mut claimed = Vec::with_capacity(n);
+        for (i, envelope) in envelopes.into_iter().enumerate() {
+            match self.claim(&envelope) {
+                Ok((order, participant)) => claimed.push((i, order, participant, envelope)),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        let verdicts = self
+            .verifier
+            .verify(claimed.iter().map(|c| c.3.clone()).collect())
+            .await;
+        let mut admitted = Vec::with_capacity(claimed.len());
+        for ((i, order, participant, envelope), verdict) in claimed.into_iter().zip(verdicts) {
+            let checked = verdict
+                .map_err(|e| signing_error(e, participant.id.as_str()))
+                .and_then(|()| self.admit(&order, &participant, envelope));
+            match checked {
+                Ok(stored) => admitted.push((i, stored)),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        {
+            // Hold the gate open from the check until the orders are committed.
+            let gate = self.gate.read().await;
+            let mut rows = Vec::with_capacity(admitted.len());
+            let mut rows_at = Vec::with_capacity(admitted.len());
+            for (i, stored) in admitted {
+                match self.check_open(&stored.interval, *gate) {
+                    Ok(()) => {
+                        rows_at.push(i);
+                        rows.push(stored);
+                    }
+                    Err(e) => out[i] = Some(Err(e)),
+                }
+            }
+            if !rows.is_empty() {
+                match self.store.insert_orders(&rows).await {
+                    Ok(fresh) => {
+                        for ((i, row), fresh) in rows_at.iter().zip(&rows).zip(fresh) {
+                            out[*i] = Some(if fresh {
+                                Ok(row.order_id.clone())
+                            } else {
+                                Err(MarketError::ReplayedNonce {
+                                    participant: row.participant.to_string(),
+                                    nonce: row.nonce,
+                                })
+                            });
+                        }
+                        Metrics::inc(&self.metrics.order_batches);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not store a batch of orders");
+                        for i in rows_at {
+                            out[i] = Some(Err(MarketError::Storage(
+                                crate::store::StoreError::Corrupt(e.to_string()),
+                            )));
+                        }
+                    }
+                }
+            }
+            drop(gate);
+        }
+        let out: Vec<Result<String, MarketError>> = out
+            .into_iter()
+            .map(|o| o.expect("every order answered"))
+            .collect();
+        for r in &out {
+            match r {
+                Ok(_) => Metrics::inc(&self.metrics.orders_accepted),
+                Err(_) => Metrics::inc(&self.metrics.orders_rejected),
+            }
+        }
+        out
     }
 
     /// Cancels an order before its gate closure, on the owner's signed request.
@@ -646,17 +767,6 @@ impl Market {
             });
             owners.push(o.participant);
         }
-        let outcome = clear(&topology, &orders, self.config.pricing);
-        let now = self.clock.now();
-        let mut result = interval_result(
-            &topology,
-            &orders,
-            &owners,
-            &outcome,
-            interval,
-            &self.config.zone,
-            now,
-        );
         let gateways = self.store.gateways().await?;
         for g in gateways
             .iter()
@@ -664,45 +774,38 @@ impl Market {
         {
             tracing::warn!(gateway = %g.gateway, node = %g.node, "gateway's node is not in the topology; it gets no envelope");
         }
-        let envelopes_started = std::time::Instant::now();
-        result.envelopes = envelopes_for(
-            &topology,
-            self.config.interval_minutes,
-            self.config.connection_import_w,
-            &orders,
-            &outcome.solution.cleared,
-            &owners,
+        let now = self.clock.now();
+        // Clearing, the envelopes and the signatures are CPU work: on the blocking pool, not
+        // on an async worker (issue 16).
+        let job = ClearingJob {
+            topology: Arc::clone(&topology),
+            orders,
+            owners,
+            pricing: self.config.pricing,
+            zone: self.config.zone.clone(),
+            interval_minutes: self.config.interval_minutes,
+            connection_import_w: self.config.connection_import_w,
             gateways,
-        );
-        self.metrics.last_envelopes_micros.store(
-            envelopes_started.elapsed().as_micros() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let signed = SignedResult::sign(&result, &self.key);
-        let digest = signed.body_digest();
-        let issued_at = whole_seconds(now);
-        let envelopes: Vec<(GatewayId, SignedEnvelope)> = result
-            .envelopes
-            .iter()
-            .map(|a| {
-                let envelope = OperatingEnvelope {
-                    zone: self.config.zone.clone(),
-                    gateway: a.gateway.clone(),
-                    participant: a.participant.clone(),
-                    node: a.node.clone(),
-                    interval,
-                    export_limit: a.export_limit_wh,
-                    import_limit: a.import_limit_wh,
-                    basis: EnvelopeBasis::Cleared,
-                    result_digest: digest,
-                    issued_at,
-                };
-                (
-                    a.gateway.clone(),
-                    SignedEnvelope::sign(&envelope, &self.key),
-                )
-            })
-            .collect();
+            key: self.key.clone(),
+            interval,
+            now,
+        };
+        let cleared = tokio::task::spawn_blocking(move || job.run())
+            .await
+            .map_err(|e| {
+                MarketError::Storage(crate::store::StoreError::Corrupt(format!(
+                    "clearing stopped: {e}"
+                )))
+            })?;
+        let ClearingOutput {
+            orders,
+            signed,
+            envelopes,
+            envelopes_micros,
+        } = cleared;
+        self.metrics
+            .last_envelopes_micros
+            .store(envelopes_micros, std::sync::atomic::Ordering::Relaxed);
         let stored = self
             .store
             .put_result(&interval, &signed, &envelopes)
@@ -821,6 +924,91 @@ pub fn default_network() -> gridmesh_protocol::grid::Network {
         root: gridmesh_protocol::NodeId::new("sub").expect("valid id"),
         branches: Vec::new(),
         utility: Default::default(),
+    }
+}
+
+/// Everything one clearing needs, moved onto the blocking pool.
+struct ClearingJob {
+    topology: Arc<Topology>,
+    orders: Vec<BookOrder>,
+    owners: Owners,
+    pricing: PricingRule,
+    zone: String,
+    interval_minutes: gridmesh_protocol::IntervalLength,
+    connection_import_w: u32,
+    gateways: Vec<GatewayEnrollment>,
+    key: SigningKeyPair,
+    interval: Interval,
+    now: DateTime<Utc>,
+}
+
+/// A clearing's signed result and envelopes.
+struct ClearingOutput {
+    orders: Vec<BookOrder>,
+    signed: SignedResult,
+    envelopes: Vec<(GatewayId, SignedEnvelope)>,
+    envelopes_micros: u64,
+}
+
+impl ClearingJob {
+    /// Clears the book, computes every gateway's envelope and signs the result and the
+    /// envelopes (pure CPU work).
+    fn run(self) -> ClearingOutput {
+        let ClearingJob {
+            topology,
+            orders,
+            owners,
+            pricing,
+            zone,
+            interval_minutes,
+            connection_import_w,
+            gateways,
+            key,
+            interval,
+            now,
+        } = self;
+        let outcome = clear(&topology, &orders, pricing);
+        let mut result =
+            interval_result(&topology, &orders, &owners, &outcome, interval, &zone, now);
+        let envelopes_started = std::time::Instant::now();
+        result.envelopes = envelopes_for(
+            &topology,
+            interval_minutes,
+            connection_import_w,
+            &orders,
+            &outcome.solution.cleared,
+            &owners,
+            gateways,
+        );
+        let envelopes_micros = envelopes_started.elapsed().as_micros() as u64;
+        let signed = SignedResult::sign(&result, &key);
+        let digest = signed.body_digest();
+        let issued_at = whole_seconds(now);
+        let envelopes: Vec<(GatewayId, SignedEnvelope)> = result
+            .envelopes
+            .iter()
+            .map(|a| {
+                let envelope = OperatingEnvelope {
+                    zone: zone.clone(),
+                    gateway: a.gateway.clone(),
+                    participant: a.participant.clone(),
+                    node: a.node.clone(),
+                    interval,
+                    export_limit: a.export_limit_wh,
+                    import_limit: a.import_limit_wh,
+                    basis: EnvelopeBasis::Cleared,
+                    result_digest: digest,
+                    issued_at,
+                };
+                (a.gateway.clone(), SignedEnvelope::sign(&envelope, &key))
+            })
+            .collect();
+        ClearingOutput {
+            orders,
+            signed,
+            envelopes,
+            envelopes_micros,
+        }
     }
 }
 

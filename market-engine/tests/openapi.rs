@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
 
 /// Every route the market serves (README "Endpoints").
-const ROUTES: [(&str, &str); 27] = [
+const ROUTES: [(&str, &str); 28] = [
     ("get", "/participants"),
     ("post", "/participants"),
     ("get", "/participants/{id}"),
@@ -20,6 +20,7 @@ const ROUTES: [(&str, &str); 27] = [
     ("get", "/gateways/{id}"),
     ("get", "/orders"),
     ("post", "/orders"),
+    ("post", "/orders/batch"),
     ("post", "/orders/cancel"),
     ("get", "/intervals/{start}/book"),
     ("get", "/intervals/{start}/result"),

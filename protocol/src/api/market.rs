@@ -103,6 +103,47 @@ pub struct OrderAccepted {
     pub order_id: String,
 }
 
+/// Most signed orders one `POST /orders/batch` may carry.
+pub const MAX_ORDER_BATCH: usize = 1000;
+
+/// `POST /orders/batch` body: up to [`MAX_ORDER_BATCH`] signed orders, each exactly as
+/// `POST /orders` takes one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OrderBatch {
+    /// The signed orders, answered in this order.
+    pub orders: Vec<SignedEnvelope>,
+}
+
+/// The outcome of one order of a batch: what `POST /orders` would have answered for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OrderBatchItem {
+    /// The HTTP status `POST /orders` gives it: 201 booked, else the error's status.
+    pub status: u16,
+    /// `<participant>:<nonce>`, when booked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    /// The stable error code (as in `ErrorBody`), when refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// What is wrong and what to do, when refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `POST /orders/batch` (200): one outcome per order, in the order sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OrderBatchAccepted {
+    /// How many were booked (status 201).
+    pub accepted: usize,
+    /// How many were refused.
+    pub rejected: usize,
+    /// One outcome per order.
+    pub results: Vec<OrderBatchItem>,
+}
+
 /// `POST /orders/cancel` (200): which order was cancelled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
