@@ -4,6 +4,7 @@ use super::{MonthlyError, build, month_bounds};
 use crate::rules::{Statement, Tariffs};
 use crate::service::{Service, ServiceError};
 use crate::store::StoreError;
+use futures::TryStreamExt as _;
 use gridmesh_protocol::api::settlement::{MonthlyStatement, ReadingDigest, StoredReadingStatus};
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::{Interval, ParticipantId, Wh};
@@ -33,23 +34,27 @@ pub async fn load(
     .iter()
     .map(|b| serde_json::from_str(b).map_err(|e| StoreError::Corrupt(format!("statement: {e}"))))
     .collect::<Result<_, _>>()?;
+    // Result bodies hold the whole zone's book: read them one at a time and keep only the
+    // tariffs of the household's intervals.
+    let wanted: std::collections::BTreeSet<&str> =
+        statements.iter().map(|s| s.interval.as_str()).collect();
     let mut tariffs = BTreeMap::new();
-    let rows = sqlx::query(
+    let mut rows = sqlx::query(
         "SELECT interval_key, body FROM results WHERE interval_start >= $1 AND interval_start < $2",
     )
     .bind(from_s)
     .bind(to_s)
-    .fetch_all(pool)
-    .await?;
-    for r in rows {
+    .fetch(pool);
+    while let Some(r) = rows.try_next().await? {
         let key: String = r.get(0);
-        if !statements.iter().any(|s| s.interval == key) {
+        if !wanted.contains(key.as_str()) {
             continue;
         }
         let result: IntervalResult = serde_json::from_str(&r.get::<String, _>(1))
             .map_err(|e| StoreError::Corrupt(format!("stored result {key}: {e}")))?;
         tariffs.insert(key, Tariffs::of(&result));
     }
+    drop(rows);
     let mut readings: BTreeMap<String, Vec<ReadingDigest>> = BTreeMap::new();
     let rows = sqlx::query(
         "SELECT digest, reading_key, gateway, status, grid_import, grid_export, interval_start, minutes \
