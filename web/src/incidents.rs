@@ -518,7 +518,11 @@ impl Incidents {
                 (incident_id(&inc.kind, &inc.subject, Some(&since)), now)
             });
             inc.id = id.clone();
-            inc.title = format!("{} since {} UTC", inc.title, since.format("%Y-%m-%d %H:%M"));
+            inc.title = format!(
+                "{} since {} UTC (wall clock)",
+                inc.title,
+                since.format("%Y-%m-%d %H:%M")
+            );
         }
         let ids: BTreeSet<String> = current.iter().map(|i| i.id.clone()).collect();
         for (id, inc) in t.known.iter_mut() {

@@ -434,7 +434,7 @@ fn each_outage_of_a_service_is_an_incident_of_its_own() {
     assert_eq!(first[0].event, "new");
     assert_eq!(
         first[0].incident.title,
-        "settlement unreachable since 2026-06-21 10:00 UTC"
+        "settlement unreachable since 2026-06-21 10:00 UTC (wall clock)"
     );
     let id = first[0].incident.id.clone();
     incidents.delivered(&first[0]);
@@ -459,7 +459,7 @@ fn each_outage_of_a_service_is_an_incident_of_its_own() {
     assert_ne!(again[0].incident.id, id);
     assert_eq!(
         again[0].incident.title,
-        "settlement unreachable since 2026-06-21 12:00 UTC"
+        "settlement unreachable since 2026-06-21 12:00 UTC (wall clock)"
     );
     let list = incidents.list();
     let new = list.iter().find(|i| i.id == again[0].incident.id).unwrap();
