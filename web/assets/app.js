@@ -313,6 +313,12 @@ async function renderLedger(r, pageChanged) {
   // Settlement's BlockSummary: the header fields flat beside hash, signature and entries.
   if (!state.ledgerPaged) fillBody($('#ledger-blocks'), data.blocks.map((b) => h('tr', {}, cell(link('/ledger/blocks/' + b.height, String(b.height)), true), cell(intervalText(b.interval)),
     cell(String(b.entry_count), true), cell(h('span', { class: 'hash', text: short(b.merkle_root) })), cell(String(b.sealed_at || '–')))), 'No blocks sealed yet.', 5);
+  if (!state.ledgerPaged) {
+    // "Older blocks" continues below the lowest block shown (it showed the newest page again).
+    const lowest = data.blocks.length ? Math.min(...data.blocks.map((b) => b.height)) : null;
+    state.ledgerBefore = lowest;
+    $('#ledger-older').disabled = !lowest;
+  }
   const detail = $('#ledger-detail');
   // A sealed block or entry never changes: a live update keeps the detail (and its checks in
   // progress) as shown instead of starting them again.

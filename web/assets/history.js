@@ -165,7 +165,8 @@ function keepDetail(detail, data, build) {
 // A burst of events (a new interval clears, readings arrive, blocks seal) becomes one render;
 // renders are at least LIVE_GAP_MS apart, so one tab stays far under 60 requests a minute.
 const LIVE_GAP_MS = 8000;
-const liveRender = { timer: null, last: 0, events: 0, renders: 0 };
+// events: live events seen; renders: renders started for them; done: renders finished.
+const liveRender = { timer: null, last: 0, events: 0, renders: 0, done: 0 };
 function scheduleLiveRender() {
   liveRender.events++;
   if (liveRender.timer) return;
@@ -174,7 +175,7 @@ function scheduleLiveRender() {
     liveRender.timer = null;
     liveRender.last = Date.now();
     liveRender.renders++;
-    render(false);
+    render(false).finally(() => { liveRender.done++; });
   }, wait);
 }
 

@@ -164,13 +164,21 @@ before(async () => {
   }
   browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--headless', '--no-sandbox', '--disable-gpu'] });
   // The entry under test: a mint in the newest block that has one (and two blocks below it).
+  // Run alone, early in a demo, such a block may not be sealed yet: wait for one (at most 180 s;
+  // at 60x a block is sealed about every 15 s).
   const demoSession = await loginTo(demo);
-  const blocks = (await getJson(demo + '/api/ledger/blocks', demoSession)).blocks;
-  for (const b of blocks.filter((x) => x.height >= 2 && x.entries.length)) {
-    const e = await getJson(demo + '/api/ledger/entries/' + b.entries[0], demoSession);
-    if (e.kind === 'mint' && e.body.seller_readings.length) { target = { height: b.height, hash: b.entries[0] }; break; }
+  const deadline = Date.now() + 180_000;
+  const seen = new Set();
+  while (!target.hash && Date.now() < deadline) {
+    const blocks = (await getJson(demo + '/api/ledger/blocks', demoSession)).blocks;
+    for (const b of blocks.filter((x) => x.height >= 2 && x.entries.length && !seen.has(x.height))) {
+      seen.add(b.height);
+      const e = await getJson(demo + '/api/ledger/entries/' + b.entries[0], demoSession);
+      if (e.kind === 'mint' && e.body.seller_readings.length) { target = { height: b.height, hash: b.entries[0] }; break; }
+    }
+    if (!target.hash) await new Promise((ok) => setTimeout(ok, 1000));
   }
-  assert.ok(target.hash, 'a mint with signed readings in a block at height ≥ 2');
+  assert.ok(target.hash, 'no mint with signed readings in a block at height ≥ 2 within 180 s');
 });
 after(async () => {
   await browser?.close();
@@ -189,18 +197,25 @@ after(async () => {
   proxy.close();
 });
 
-/** Opens the entry view on the tampering dashboard with `m` in force; returns the page. */
-async function entryPage(m, name) {
+const WIDTHS = [['1400', { width: 1400, height: 900 }], ['phone', { width: 390, height: 844 }]];
+
+/** Opens the entry view on the tampering dashboard with `m` in force, at 1400 px and at phone
+ * width, and runs `check(page, label)` on each (a screenshot `trust-<name>-<label>` each). */
+async function atBothWidths(m, name, check) {
   mode = m;
-  const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
-  await context.addCookies([{ name: 'gridmesh_session', value: session, url: base, httpOnly: true, sameSite: 'Strict' }]);
-  const page = await context.newPage();
-  page.setDefaultTimeout(TIMEOUT);
-  await page.goto(base + '/ledger/entries/' + target.hash);
-  await page.waitForSelector('#trust-verdict');
-  await page.waitForSelector('#proof-verdict:not([data-ok="pending"])');
-  await page.screenshot({ path: join(shots, 'trust-' + name + '.png'), fullPage: true });
-  return { page, close: () => context.close() };
+  for (const [label, viewport] of WIDTHS) {
+    const context = await browser.newContext({ viewport });
+    try {
+      await context.addCookies([{ name: 'gridmesh_session', value: session, url: base, httpOnly: true, sameSite: 'Strict' }]);
+      const page = await context.newPage();
+      page.setDefaultTimeout(TIMEOUT);
+      await page.goto(base + '/ledger/entries/' + target.hash);
+      await page.waitForSelector('#trust-verdict');
+      await page.waitForSelector('#proof-verdict:not([data-ok="pending"])');
+      await page.screenshot({ path: join(shots, `trust-${name}-${label}.png`), fullPage: true });
+      await check(page, label);
+    } finally { await context.close(); }
+  }
 }
 async function failedChecks(page) {
   return page.locator('#ledger-detail [data-check][data-ok="false"]').evaluateAll((els) => els.map((e) => e.dataset.check));
@@ -208,66 +223,59 @@ async function failedChecks(page) {
 
 // The chain test runs first: later tests remember the verified blocks.
 test('a block below that is not the one the prev-hash names breaks the chain', async () => {
-  const { page, close } = await entryPage('chain', 'chain');
-  try {
+  await atBothWidths('chain', 'chain', async (page) => {
     assert.equal(await page.locator('#trust-verdict').getAttribute('data-ok'), 'false');
     assert.deepEqual(await failedChecks(page), ['chain']);
     assert.match(await page.locator('[data-check="chain"]').innerText(), /FAILED/);
-  } finally { await close(); }
+  });
 });
 
 test('an untampered mint verifies: signed block, proof, chain and every reading', async () => {
-  const { page, close } = await entryPage('none', 'verified');
-  try {
+  await atBothWidths('none', 'verified', async (page) => {
     assert.equal(await page.locator('#trust-verdict').getAttribute('data-ok'), 'true', await page.locator('#trust-verdict').innerText());
     assert.deepEqual(await failedChecks(page), []);
     assert.equal(await page.locator('#proof-verdict').getAttribute('data-ok'), 'true');
     assert.ok(await page.locator('#ledger-detail .reading[data-verified="true"]').count() > 0);
-  } finally { await close(); }
+  });
 });
 
 test('altered entry bytes fail the entry hash and no values are shown', async () => {
-  const { page, close } = await entryPage('body', 'body');
-  try {
+  await atBothWidths('body', 'body', async (page) => {
     assert.equal(await page.locator('#trust-verdict').getAttribute('data-ok'), 'false');
     assert.ok((await failedChecks(page)).includes('entry_hash'));
     assert.equal(await page.locator('[data-verified-body]').count(), 0);
-  } finally { await close(); }
+  });
 });
 
 test('an altered inclusion proof fails against the signed header\'s root', async () => {
-  const { page, close } = await entryPage('proof', 'proof');
-  try {
+  await atBothWidths('proof', 'proof', async (page) => {
     assert.deepEqual(await failedChecks(page), ['merkle_root']);
     assert.equal(await page.locator('#proof-verdict').getAttribute('data-ok'), 'false');
-  } finally { await close(); }
+  });
 });
 
 test('an altered block signature fails with the pinned authority key', async () => {
-  const { page, close } = await entryPage('signature', 'signature');
-  try {
+  await atBothWidths('signature', 'signature', async (page) => {
     assert.deepEqual(await failedChecks(page), ['block_signature']);
     assert.match(await page.locator('[data-check="block_signature"]').innerText(), /pinned settlement authority key/);
-  } finally { await close(); }
+  });
 });
 
 test('a reading re-signed by another valid key fails the gateway registry check', async () => {
-  const { page, close } = await entryPage('reading-key', 'reading-key');
-  try {
+  await atBothWidths('reading-key', 'reading-key', async (page) => {
     assert.equal(await page.locator('#trust-verdict').getAttribute('data-ok'), 'false');
     const failed = await failedChecks(page);
     assert.ok(failed.length > 0 && failed.every((c) => c === 'reading_key'), failed.join());
     assert.ok(await page.locator('#ledger-detail .reading[data-verified="false"]').count() > 0);
-  } finally { await close(); }
+  });
 });
 
 test('values come from the verified bytes, not the JSON beside them', async () => {
   for (const m of ['body-json', 'reading-json']) {
-    const { page, close } = await entryPage(m, m);
-    try {
-      assert.equal(await page.locator('#trust-verdict').getAttribute('data-ok'), 'true', m);
+    await atBothWidths(m, m, async (page, label) => {
+      assert.equal(await page.locator('#trust-verdict').getAttribute('data-ok'), 'true', m + ' ' + label);
       const text = await page.locator('#ledger-detail').innerText();
       assert.ok(!text.includes('424,242') && !text.includes('424242') && !text.includes('777777'), m + ': a value from the unverified JSON is shown');
-    } finally { await close(); }
+    });
   }
 });
