@@ -403,8 +403,9 @@ pub fn html(m: &MonthlyStatement) -> String {
     let t = &m.totals;
     let c = &m.community;
     let v = &m.savings;
-    let share =
-        |p: Option<u32>| p.map_or_else(|| "–".to_owned(), |p| format!("{}.{} %", p / 10, p % 10));
+    let share = |p: Option<u32>| {
+        p.map_or_else(|| "none".to_owned(), |p| format!("{}.{} %", p / 10, p % 10))
+    };
     let _ = write!(
         o,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -434,7 +435,7 @@ currency units (minor units / 100), prices per kWh in minor units.</p>",
 <tr><th>Fees</th><td class=n>{fees}</td></tr>\
 <tr><th>Sold / bought in trades</th><td class=n>{sold} / {bought} Wh</td></tr>\
 <tr><th>Exported / imported (metered)</th><td class=n>{exp} / {imp} Wh</td></tr>\
-<tr><th>Tokens received</th><td class=n>{tokens}</td></tr>\
+<tr><th>Tokens received (1 token = 1 Wh)</th><td class=n>{tokens}</td></tr>\
 <tr><th>Import from neighbours / from the grid</th><td class=n>{fnb} / {fg} Wh ({ish} from neighbours)</td></tr>\
 <tr><th>Export to neighbours / to the grid</th><td class=n>{tnb} / {tg} Wh ({esh} to neighbours)</td></tr>\
 <tr><th>Utility-only baseline</th><td class=n>{base}</td></tr>\
