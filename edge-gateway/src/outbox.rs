@@ -39,6 +39,17 @@ pub enum OutboxError {
         /// The migrator's error.
         source: sqlx::migrate::MigrateError,
     },
+    /// The file is not a usable SQLite database (torn by a power loss, truncated, overwritten):
+    /// the gateway must not start afresh or with fewer readings.
+    #[error(
+        "the outbox {path} is damaged ({detail}). The gateway refuses to start rather than lose the readings it holds or restart their sequence at 1. Stop the gateway, keep the file, and restore the outbox from a backup; or recover what it holds with `sqlite3 {path} .recover | sqlite3 <new file>` and point outbox_path at the new file"
+    )]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite found.
+        detail: String,
+    },
     /// A statement failed (disk full, file damaged, ...).
     #[error("outbox storage failed: {0}")]
     Sql(#[from] sqlx::Error),
@@ -122,6 +133,61 @@ async fn sequence(conn: &mut SqliteConnection) -> Result<Result<u64, String>, sq
     })
 }
 
+/// SQLite's description when `error` says the file is damaged or not a database
+/// (`SQLITE_CORRUPT`, `SQLITE_NOTADB`).
+fn damage(error: &sqlx::Error) -> Option<String> {
+    let database = error.as_database_error()?;
+    let code: i32 = database.code()?.parse().ok()?;
+    // Extended result codes carry the primary code in their low byte.
+    matches!(code & 0xff, 11 | 26).then(|| database.message().to_owned())
+}
+
+/// Refuses an existing, non-empty file that does not start with SQLite's header: SQLite would
+/// take a file shorter than its header for an empty database and start the outbox afresh.
+/// (An empty file is what a first start that stopped before its first write leaves.)
+fn check_header(path: &Path) -> Result<(), OutboxError> {
+    const HEADER: &[u8; 16] = b"SQLite format 3\0";
+    let mut start = Vec::with_capacity(HEADER.len());
+    match std::fs::File::open(path) {
+        Ok(file) => {
+            use std::io::Read;
+            // A read error here is reported by the open that follows, with its own advice.
+            let _ = file.take(HEADER.len() as u64).read_to_end(&mut start);
+        }
+        Err(_) => return Ok(()),
+    }
+    if start.is_empty() || start == HEADER {
+        return Ok(());
+    }
+    Err(OutboxError::Damaged {
+        path: path.to_owned(),
+        detail: format!(
+            "it does not start with SQLite's header: {} byte(s) of something else",
+            start.len()
+        ),
+    })
+}
+
+/// Runs `PRAGMA quick_check` over the whole file (with its WAL): [`OutboxError::Damaged`] if
+/// SQLite finds a damaged page or cannot read the file.
+async fn check_integrity(pool: &SqlitePool, path: &Path) -> Result<(), OutboxError> {
+    let damaged = |detail: String| OutboxError::Damaged {
+        path: path.to_owned(),
+        detail,
+    };
+    let found: Vec<String> = match sqlx::query_scalar("PRAGMA quick_check(5)")
+        .fetch_all(pool)
+        .await
+    {
+        Ok(found) => found,
+        Err(error) => return Err(damage(&error).map_or(OutboxError::Sql(error), damaged)),
+    };
+    if found.len() == 1 && found[0] == "ok" {
+        return Ok(());
+    }
+    Err(damaged(format!("integrity check: {}", found.join("; "))))
+}
+
 /// What [`Outbox::store`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
@@ -133,7 +199,12 @@ pub enum Stored {
 
 impl Outbox {
     /// Opens (creating if needed) the outbox at `path`.
+    ///
+    /// A file that is not an SQLite database, or fails SQLite's integrity check (torn by a
+    /// power loss, truncated, overwritten), is refused with [`OutboxError::Damaged`] and left
+    /// untouched: never re-created empty, never half-read.
     pub async fn open(path: &Path, cap_bytes: u64) -> Result<Self, OutboxError> {
+        check_header(path)?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -144,17 +215,47 @@ impl Outbox {
             .max_connections(2)
             .connect_with(options)
             .await
-            .map_err(|source| OutboxError::Open {
-                path: path.to_owned(),
-                source,
+            .map_err(|source| match damage(&source) {
+                Some(detail) => OutboxError::Damaged {
+                    path: path.to_owned(),
+                    detail,
+                },
+                None => OutboxError::Open {
+                    path: path.to_owned(),
+                    source,
+                },
             })?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|source| OutboxError::Migrate {
-                path: path.to_owned(),
-                source,
-            })?;
+        match Self::prepare(pool.clone(), path, cap_bytes).await {
+            Ok(outbox) => Ok(outbox),
+            Err(error) => {
+                // Release the file now: a refused outbox must not stay open in the process.
+                pool.close().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Checks, migrates and wraps a freshly opened pool.
+    async fn prepare(pool: SqlitePool, path: &Path, cap_bytes: u64) -> Result<Self, OutboxError> {
+        // A file torn by a power loss or truncated must be refused here, with its name, and
+        // never be half-read: check every page before writing to it.
+        check_integrity(&pool, path).await?;
+        MIGRATOR.run(&pool).await.map_err(|source| {
+            let detail = match &source {
+                sqlx::migrate::MigrateError::Execute(e) => damage(e),
+                _ => None,
+            };
+            match detail {
+                Some(detail) => OutboxError::Damaged {
+                    path: path.to_owned(),
+                    detail,
+                },
+                None => OutboxError::Migrate {
+                    path: path.to_owned(),
+                    source,
+                },
+            }
+        })?;
         let outbox = Outbox {
             pool,
             cap_bytes,
