@@ -416,3 +416,83 @@ pub fn render(s: &MonthlyStatement, checks: &[(&str, &ReadingDigest, Check)]) ->
     }
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gridmesh_protocol::Wh;
+    use gridmesh_protocol::api::settlement::StoredReadingStatus;
+
+    fn listed(gateway: &str, start: i64, digest: &str, import: i64, export: i64) -> ReadingDigest {
+        ReadingDigest {
+            digest: digest.into(),
+            key: format!("{gateway}/home/{start}"),
+            gateway: gateway.into(),
+            status: StoredReadingStatus::Accepted,
+            imported: Wh(import),
+            exported: Wh(export),
+        }
+    }
+
+    #[test]
+    fn months_are_yyyy_mm() {
+        for good in ["2026-06", "2026-12", "2027-01"] {
+            assert!(valid_month(good), "{good}");
+        }
+        for bad in [
+            "2026-13",
+            "2026-00",
+            "2026-6",
+            "June",
+            "2026/06",
+            "2026-06-01",
+            "٢٠٢٦-06",
+        ] {
+            assert!(!valid_month(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_reading_is_checked_against_what_the_gateway_kept() {
+        let gw = GatewayId::new("gw").unwrap();
+        let mut local = LocalRecords::default();
+        local.pending.insert("gw/home/900".into(), "aa".into());
+        local.signed.insert(
+            0,
+            Registers {
+                grid_import: Wh(5),
+                grid_export: Wh(7),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            check(&listed("gw", 900, "aa", 0, 0), &gw, &local),
+            Check::DigestMatches
+        );
+        assert_eq!(
+            check(&listed("gw", 900, "bb", 0, 0), &gw, &local),
+            Check::DigestDiffers { local: "aa".into() }
+        );
+        assert_eq!(
+            check(&listed("gw", 0, "cc", 5, 7), &gw, &local),
+            Check::EnergyMatches
+        );
+        let differs = check(&listed("gw", 0, "cc", 5, 8), &gw, &local);
+        assert_eq!(
+            differs,
+            Check::EnergyDiffers {
+                imported: 5,
+                exported: 7
+            }
+        );
+        assert!(differs.is_mismatch());
+        assert!(matches!(
+            check(&listed("gw", 1800, "dd", 0, 0), &gw, &local),
+            Check::NotChecked(_)
+        ));
+        assert!(matches!(
+            check(&listed("other", 900, "aa", 0, 0), &gw, &local),
+            Check::NotChecked("signed by another gateway of the household")
+        ));
+    }
+}
