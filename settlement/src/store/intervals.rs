@@ -199,6 +199,19 @@ pub async fn insert_compliance(
     Ok(())
 }
 
+/// `text` as a `LIKE` pattern that matches only itself (with `ESCAPE '\'`): a `%`, `_` or
+/// `\` in a caller's filter is a character, not a wildcard.
+fn like_literal(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 /// The stored statement bodies, filtered by participant and/or interval (its key
 /// `START/MINUTES` or its RFC 3339 start; `""` = any), by interval start and participant.
 pub async fn statements(
@@ -207,12 +220,12 @@ pub async fn statements(
     interval: &str,
 ) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar(
-        "SELECT body FROM statements WHERE ($1 = '' OR participant = $1) AND ($2 = '' OR interval_key = $2 OR interval_key LIKE $3) \
+        "SELECT body FROM statements WHERE ($1 = '' OR participant = $1) AND ($2 = '' OR interval_key = $2 OR interval_key LIKE $3 ESCAPE '\\') \
          ORDER BY interval_start, participant",
     )
     .bind(participant.to_owned())
     .bind(interval.to_owned())
-    .bind(format!("{interval}/%"))
+    .bind(format!("{}/%", like_literal(interval)))
     .fetch_all(pool)
     .await?)
 }
