@@ -56,15 +56,20 @@ async function openPage(user, viewport = { width: 1400, height: 900 }) {
   return { page, errors, close: () => context.close() };
 }
 
-/** Waits (polling the API, no timing asserted) until the demo has an active, unacknowledged incident. */
+/** Waits (polling the API, no timing asserted) until the demo has an active, unacknowledged
+ * incident. At 60x the demo's first one (a branch cleared at its limit, an imbalance spike…)
+ * can take a few simulated hours, i.e. a few real minutes on a loaded machine: at most 300 s. */
 async function openIncident(admin) {
-  for (let tries = 0; tries < 240; tries++) {
+  const deadline = Date.now() + 300_000;
+  let seen = [];
+  while (Date.now() < deadline) {
     const a = await (await api('/api/incidents', admin)).json();
     const i = a.incidents.find((x) => x.state === 'active' && !x.acknowledged_by);
     if (i) return i;
+    seen = a.incidents.map((x) => `${x.title} (${x.state}${x.acknowledged_by ? ', acknowledged' : ''})`);
     await new Promise((ok) => setTimeout(ok, 500));
   }
-  assert.fail('the demo raised no active incident to acknowledge (no alert at all)');
+  assert.fail('the demo raised no active, unacknowledged incident within 300 s; incidents: ' + (seen.join('; ') || 'none'));
 }
 
 for (const [label, viewport] of WIDTHS) {
