@@ -143,7 +143,7 @@ fn clock_skew_and_horizon_edges_are_exact() {
 
 const OPERATOR: &str = "op-secret";
 
-async fn start() -> (String, Shutdown, tempfile::TempDir) {
+async fn start() -> (String, std::net::SocketAddr, Shutdown, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let shutdown = Shutdown::new();
     let config = SettlementConfig {
@@ -162,13 +162,16 @@ async fn start() -> (String, Shutdown, tempfile::TempDir) {
     )
     .await
     .unwrap();
-    (format!("http://{}", running.addr), shutdown, dir)
+    (
+        format!("http://{}", running.addr),
+        running.addr,
+        shutdown,
+        dir,
+    )
 }
 
 /// Bodies every POST route must refuse with a 4xx.
 fn hostile_bodies() -> Vec<(&'static str, Vec<u8>)> {
-    let mut over = b"[\"".to_vec();
-    over.resize(HttpLimits::DEFAULT_MAX_BODY_BYTES + 1, b'a');
     vec![
         ("10 000 nested arrays", vec![b'['; 10_000]),
         (
@@ -182,19 +185,67 @@ fn hostile_bodies() -> Vec<(&'static str, Vec<u8>)> {
         ("a lone invalid byte", vec![0xff]),
         ("not JSON", b"<xml/>".to_vec()),
         ("empty", Vec::new()),
-        ("over the limit", over),
     ]
 }
 
-/// Asserts a clear refusal: 4xx (413 for the oversized body), JSON `{code, message}`.
+/// Sends `method path` announcing a body one byte over the limit (`Content-Length`), without
+/// sending it, and returns the raw answer: the limit refuses on the announced length, and a
+/// client still writing 2 MiB would race the server closing the connection.
+async fn announce_oversized(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    auth: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        if auth.is_empty() {
+            String::new()
+        } else {
+            format!("authorization: {auth}\r\n")
+        },
+        HttpLimits::DEFAULT_MAX_BODY_BYTES + 1
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        socket.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server answers an announced oversized body at once")
+    .unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// Asserts the JSON 413 of [`announce_oversized`].
+fn assert_clear_413((status, body): (u16, String), what: &str) {
+    assert_eq!(status, 413, "{what}: {body}");
+    let json: Value = serde_json::from_str(body.trim())
+        .unwrap_or_else(|e| panic!("{what}: no JSON ({e}): {body}"));
+    assert_eq!(json["code"], "body_too_large", "{what}: {body}");
+    assert!(
+        json["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("limit")),
+        "{what}: {body}"
+    );
+}
+
+/// Asserts a clear refusal: 4xx, JSON `{code, message}`.
 async fn assert_clear_4xx(response: reqwest::Response, what: &str) {
     let status = response.status();
     let body = response.bytes().await.unwrap();
     let text = String::from_utf8_lossy(&body);
     assert!(status.is_client_error(), "{what}: {status} {text}");
-    if what.contains("over the limit") {
-        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{what}: {text}");
-    }
     let json: Value = serde_json::from_slice(&body)
         .unwrap_or_else(|e| panic!("{what}: {status} answered no JSON ({e}): {text}"));
     assert!(
@@ -206,7 +257,7 @@ async fn assert_clear_4xx(response: reqwest::Response, what: &str) {
 
 #[tokio::test]
 async fn hostile_bodies_and_ids_on_every_post_route_get_a_clear_4xx() {
-    let (base, shutdown, _dir) = start().await;
+    let (base, addr, shutdown, _dir) = start().await;
     let http = reqwest::Client::new();
     // Every POST route the API documents is covered below.
     let doc: Value = http
@@ -264,8 +315,19 @@ async fn hostile_bodies_and_ids_on_every_post_route_get_a_clear_4xx() {
             .send()
             .await
             .unwrap();
-        // No body is read: an unknown id is 404, an oversized body 413.
+        // No body is read: an unknown id is 404.
         assert_clear_4xx(response, &format!("/quarantine/1/accept, {what}")).await;
+    }
+    // Bodies over the limit: refused on their announced length.
+    let oversized = [
+        ("/readings", upload_auth("gw-alice", b"")),
+        ("/tokens/transfer", String::new()),
+        ("/tokens/retire", String::new()),
+        ("/quarantine/1/accept", format!("Bearer {OPERATOR}")),
+    ];
+    for (path, auth) in oversized {
+        let answer = announce_oversized(addr, "POST", path, &auth).await;
+        assert_clear_413(answer, &format!("{path}, over the limit"));
     }
     // Hostile ids in paths and filters: 4xx or an empty answer, never a 5xx or someone
     // else's data.
