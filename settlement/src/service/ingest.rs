@@ -493,7 +493,28 @@ impl Service {
             parsed,
             sig_ok,
         } = prepared;
+        // Readings from before the verification state's start may be resubmissions of stored
+        // ones: their digests come from the database, so they are answered `duplicate` (or
+        // `conflict`) exactly as if the state held them.
+        let since = self.state_since().timestamp();
+        let old_keys: Vec<String> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .filter(|(_, r)| r.interval.start_unix() < since)
+            .map(|(_, r)| r.idempotency_key())
+            .collect();
+        let old_digests = if old_keys.is_empty() {
+            Vec::new()
+        } else {
+            store::readings::digests_of(&self.db.pool, &old_keys).await?
+        };
         let mut state = self.ingest.lock().await;
+        for (key, digest) in old_digests {
+            let mut bytes = [0u8; 32];
+            if hex::decode_to_slice(&digest, &mut bytes).is_ok() {
+                state.chain.digests.entry(key).or_insert(bytes);
+            }
+        }
         let batch = self.classify(&mut state, items, parsed, sig_ok.clone());
         let ids = match self.write_batch(&batch.rows, &batch.quarantine).await {
             Ok(ids) => ids,

@@ -218,7 +218,11 @@ impl Service {
 
     async fn load(&self) -> Result<(), ServiceError> {
         let mut state = IngestState::default();
-        for payload in store::readings::all_payloads(&self.db.pool).await? {
+        // Bounded by the horizon (issue 16): readings older than it are refused as too old,
+        // so only the boundary reading of each gateway and device is needed from before it;
+        // a resubmitted old reading is looked up in the database (`store_prepared`).
+        let since = self.state_since().timestamp();
+        for payload in store::readings::payloads_since(&self.db.pool, since).await? {
             let reading = Reading::decode(&payload)
                 .map_err(|e| StoreError::Corrupt(format!("stored reading: {e}")))?;
             let digest: [u8; 32] =
@@ -252,6 +256,19 @@ impl Service {
             .expect("admission lock")
             .set_held(held);
         Ok(())
+    }
+
+    /// Readings whose interval starts before this are not in the verification state (only
+    /// each gateway's and device's latest one): the horizon before now, less a day of margin
+    /// for the interval's length and the clock's skew.
+    fn state_since(&self) -> DateTime<Utc> {
+        self.clock.now() - self.settings.limits.horizon - chrono::Duration::days(1)
+    }
+
+    /// How many readings the verification state holds (start-up loads those within the
+    /// horizon, [`Service::state_since`]; ingest adds what it stores).
+    pub async fn verification_state_len(&self) -> usize {
+        self.ingest.lock().await.chain.digests.len()
     }
 
     /// The participant's key as the market registered it (`None` = not registered).

@@ -227,6 +227,47 @@ pub async fn all_payloads(pool: &AnyPool) -> Result<Vec<Vec<u8>>, StoreError> {
         .await?)
 }
 
+/// What the verification state needs at start-up (issue 16): the payloads of the readings
+/// whose interval starts at or after `since` (Unix seconds), and for each gateway and device
+/// the latest one before it (sequence and register checks at the boundary). Older readings
+/// are refused as too old anyway; a resubmitted one is found by [`digests_of`].
+pub async fn payloads_since(pool: &AnyPool, since: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT payload FROM readings WHERE interval_start >= $1 \
+         UNION ALL \
+         SELECT r.payload FROM readings r \
+         JOIN (SELECT gateway, device, MAX(interval_start) AS latest FROM readings \
+               WHERE interval_start < $1 GROUP BY gateway, device) b \
+         ON r.gateway = b.gateway AND r.device = b.device AND r.interval_start = b.latest",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The stored payload digests (hex) of those of `keys` that are stored, by idempotency key.
+pub async fn digests_of(
+    pool: &AnyPool,
+    keys: &[String],
+) -> Result<Vec<(String, String)>, StoreError> {
+    let mut out = Vec::new();
+    for chunk in keys.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT reading_key, digest FROM readings WHERE reading_key IN ({})",
+            placeholders.join(",")
+        );
+        let mut query = sqlx::query(&sql);
+        for key in chunk {
+            query = query.bind(key.clone());
+        }
+        for row in query.fetch_all(pool).await? {
+            out.push((row.try_get(0)?, row.try_get(1)?));
+        }
+    }
+    Ok(out)
+}
+
 /// The readings of one interval that settlement meters (`accepted`, and `flagged` ones for the
 /// withheld mints only: see [`crate::rules`]), ordered by reading key.
 pub async fn metered_for<'e, E>(
