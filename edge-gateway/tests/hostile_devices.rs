@@ -27,6 +27,8 @@ enum Mode {
     Exception,
     /// Bytes that are not a Modbus frame.
     Garbage,
+    /// This exception code.
+    ExceptionCode(u8),
 }
 
 const SUNS: [u16; 2] = [0x5375, 0x6e53];
@@ -57,6 +59,7 @@ async fn hostile(image: Vec<u16>, mode: Mode) -> u16 {
                             continue;
                         }
                         (Mode::Exception, true, _) => vec![function | 0x80, 0x04],
+                        (Mode::ExceptionCode(code), true, _) => vec![function | 0x80, code],
                         (_, _, false) => vec![function | 0x80, 0x02],
                         (mode, _, true) => {
                             let n = match mode {
@@ -123,12 +126,41 @@ fn inverter_113(wh: f32, w: f32) -> Vec<u16> {
     image
 }
 
+/// A SunSpec grid meter with float model 213: import and export counters (Wh) and the signed
+/// total power (W, positive = import), as given (f32).
+fn meter_213(import: f32, export: f32, w: f32) -> Vec<u16> {
+    let mut image = SUNS.to_vec();
+    let mut common = vec![0u16; 68];
+    common[0] = 1;
+    common[1] = 66;
+    image.extend(common);
+    let mut m = vec![0u16; 126];
+    m[0] = 213;
+    m[1] = 124;
+    for (at, v) in [(28, w), (60, export), (68, import)] {
+        let bits = v.to_bits();
+        m[at] = (bits >> 16) as u16;
+        m[at + 1] = bits as u16;
+    }
+    image.extend(m);
+    image.extend([0xFFFF, 0]);
+    image
+}
+
 async fn poll(
     image: Vec<u16>,
     mode: Mode,
 ) -> Result<DeviceValues, edge_gateway::reader::DeviceError> {
+    poll_as(image, mode, Role::Inverter).await
+}
+
+async fn poll_as(
+    image: Vec<u16>,
+    mode: Mode,
+    role: Role,
+) -> Result<DeviceValues, edge_gateway::reader::DeviceError> {
     let port = hostile(image, mode).await;
-    let config = DeviceConfig::modbus_tcp("inv", Role::Inverter, "127.0.0.1", port, 1);
+    let config = DeviceConfig::modbus_tcp("inv", role, "127.0.0.1", port, 1);
     let mut device = ModbusDevice::new(config, Duration::from_millis(300));
     device.poll().await
 }
@@ -188,6 +220,129 @@ async fn nan_and_infinite_floats_are_not_values() {
         let values = poll(inverter_113(wh, w), Mode::Honest).await.unwrap();
         assert!(values.counters.is_empty(), "{wh}: {values:?}");
         assert!(values.power_mw.is_empty(), "{w}: {values:?}");
+    }
+}
+
+#[tokio::test]
+async fn every_exception_code_is_an_error() {
+    // Illegal function, address, value, device failure, busy, gateway path/target failures.
+    for code in [0x01, 0x02, 0x03, 0x04, 0x06, 0x0A, 0x0B, 0x7F] {
+        let result = poll(inverter_103(123_456, 1500), Mode::ExceptionCode(code)).await;
+        assert!(result.is_err(), "exception {code:#04x}: {result:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_float_meter_213_reads_and_its_nan_and_infinite_floats_are_not_values() {
+    let honest = poll_as(
+        meter_213(1234.5, 99.0, -1500.0),
+        Mode::Honest,
+        Role::GridMeter,
+    )
+    .await
+    .unwrap();
+    assert!(
+        honest.counters.contains(&(
+            Channel::GridImport,
+            Counter {
+                mwh: 1_234_500,
+                modulus_mwh: None
+            }
+        )),
+        "{honest:?}"
+    );
+    assert!(
+        honest.power_mw.contains(&(Channel::GridExport, 1_500_000)),
+        "{honest:?}"
+    );
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let values = poll_as(meter_213(bad, bad, bad), Mode::Honest, Role::GridMeter)
+            .await
+            .unwrap();
+        assert!(values.counters.is_empty(), "{bad}: {values:?}");
+        assert!(values.power_mw.is_empty(), "{bad}: {values:?}");
+    }
+}
+
+/// Float counters that are finite but impossible — negative, a jump to 10¹⁵ Wh, the largest
+/// f32 — on an inverter (113) and a meter (213): no interval gets negative or huge energy, and
+/// the intervals they touch are flagged.
+#[tokio::test]
+async fn negative_and_absurd_float_counters_never_give_negative_or_huge_energy() {
+    let settings = AccountantSettings {
+        length: IntervalLength::Min5,
+        tolerance_ms: 5_000,
+        grace_ms: 30_000,
+        stale_ms: 60_000,
+    };
+    let b0: i64 = 1_782_000_000_000;
+    let hostile_values = [-5_000.0f32, 1e15, f32::MAX, -1e15, -0.0];
+    for role in [Role::Inverter, Role::GridMeter] {
+        let channel = match role {
+            Role::Inverter => Channel::Pv,
+            _ => Channel::GridImport,
+        };
+        // 3 kW for 40 minutes, polled every 10 s; from minute 12 to 23 the device answers
+        // one of the hostile values (read over Modbus, as the gateway would).
+        let mut read = std::collections::BTreeMap::new();
+        for v in hostile_values {
+            let image = match role {
+                Role::Inverter => inverter_113(v, 3000.0),
+                _ => meter_213(v, 0.0, 3000.0),
+            };
+            read.insert(
+                v.to_bits(),
+                poll_as(image, Mode::Honest, role).await.unwrap(),
+            );
+        }
+        let mut acc = Accountant::new(settings, &[channel], None);
+        let mut closed = Vec::new();
+        for k in -1..=240i64 {
+            let t = b0 + k * 10_000;
+            let honest_wh = 1_000.0 + (k + 1) as f64 * 10.0 * 3_000.0 / 3_600.0;
+            let values = if (72..138).contains(&k) {
+                let v = hostile_values[(k as usize) % hostile_values.len()];
+                read[&v.to_bits()].clone()
+            } else {
+                DeviceValues {
+                    counters: vec![(
+                        channel,
+                        Counter {
+                            mwh: (honest_wh * 1e3).round() as i64,
+                            modulus_mwh: None,
+                        },
+                    )],
+                    ..Default::default()
+                }
+            };
+            acc.feed(&Sample {
+                at: Utc.timestamp_millis_opt(t).unwrap(),
+                device: "dev".into(),
+                values: Ok(values),
+                stale: false,
+            });
+            closed.extend(acc.close_ready(Utc.timestamp_millis_opt(t).unwrap()));
+        }
+        assert!(closed.len() >= 7, "{role:?}: {} intervals", closed.len());
+        let mut flagged = 0;
+        for c in &closed {
+            let wh = match role {
+                Role::Inverter => c.deltas.pv.0,
+                _ => c.deltas.grid_import.0,
+            };
+            // At most 3 kW over the interval and the 11 hostile minutes before it (800 Wh),
+            // never negative.
+            assert!(
+                (0..=800).contains(&wh),
+                "{role:?} {}: {wh} Wh {:?}",
+                c.interval,
+                c.flags.names()
+            );
+            if !c.flags.names().is_empty() {
+                flagged += 1;
+            }
+        }
+        assert!(flagged >= 2, "{role:?}: hostile intervals are not flagged");
     }
 }
 
