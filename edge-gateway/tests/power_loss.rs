@@ -380,8 +380,8 @@ async fn a_truncated_or_overwritten_database_is_refused_never_silently_emptied()
     assert_clear_refusal(&error, &path, "garbage file");
 }
 
-#[tokio::test]
-async fn edge_gateway_outbox_names_a_damaged_file_and_fails() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_gateway_run_and_outbox_name_a_damaged_file_and_fail_a_damaged_file_and_fails() {
     let db = checkpointed().await;
     let dir = tempfile::tempdir().unwrap();
     let path = restore(dir.path(), &db[..db.len() / 2], &[]);
@@ -407,6 +407,34 @@ async fn edge_gateway_outbox_names_a_damaged_file_and_fails() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
         text.contains(&path.display().to_string()) && text.contains("damaged"),
+        "{text}"
+    );
+    // `edge-gateway run` refuses to start, with one clear message (not a hang, not a fresh
+    // outbox).
+    let mut run = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"));
+    run.args(["run", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "off")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run.output())
+        .await
+        .expect("the gateway stops at once on a damaged outbox")
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&path.display().to_string())
+            && text.contains("damaged")
+            && text.contains("refuses to start"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
         "{text}"
     );
     // The damaged file is left as it was, for recovery.
