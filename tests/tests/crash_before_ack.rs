@@ -28,6 +28,10 @@ use std::time::{Duration, Instant};
 const HOMES: usize = 4;
 const SPEED: f64 = 150.0;
 
+/// Both settlements' grace after an interval's end, in simulated seconds: 3 real seconds at
+/// [`SPEED`], so a reading delayed by a loaded machine is not `late`.
+const GRACE_SECS: u64 = (3.0 * SPEED) as u64;
+
 /// Real time for `intervals` 15-minute intervals at [`SPEED`], plus 90 s for a loaded
 /// machine.
 fn real_time_for(intervals: u32) -> Duration {
@@ -54,7 +58,7 @@ fn write_config(
          broker_url = \"{broker_url}\"\n\
          mqtt_client_id = \"crash-before-ack-{pid}\"\n\
          authority_key = \"{authority}\"\n\
-         grace_secs = 60\n\
+         grace_secs = {GRACE_SECS}\n\
          operator_token = \"{DEMO_OPERATOR_TOKEN}\"\n\
          auditor_token = \"{auditor}\"\n\
          poll_secs = 0.5\n\
@@ -108,6 +112,7 @@ async fn settlement_crashing_between_store_and_ack_loses_nothing_and_counts_noth
         poll_ms: 100,
         // Every reading reaches both settlements over the broker or not at all.
         http_fallback: false,
+        settlement_grace_secs: GRACE_SECS,
         ..Options::default()
     };
     let shutdown = Shutdown::new();
