@@ -389,3 +389,77 @@ async fn nothing_lost_postgres() {
         .expect("PostgreSQL at 127.0.0.1:5432");
     nothing_lost(url).await;
 }
+
+/// `market-engine order submit-batch --file orders.jsonl`: one JSON line per order, exit 2
+/// naming the refusals; a malformed line is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trader_cli_submits_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, shutdown) = start(format!("sqlite://{}", dir.path().join("m.db").display())).await;
+    let base = m.url();
+    let http = reqwest::Client::new();
+    register(&http, &base, "alice", 1).await;
+    let open = Interval::parse("2026-06-21T12:15:00Z", 15).unwrap();
+    let line = |nonce: u64, seed: u8| {
+        serde_json::to_string(&SignedEnvelope::sign(
+            &order("alice", open, Side::Buy, 100, nonce),
+            &key(seed),
+        ))
+        .unwrap()
+    };
+    let file = dir.path().join("orders.jsonl");
+    std::fs::write(
+        &file,
+        format!("{}\n\n{}\n{}\n", line(1, 1), line(2, 1), line(3, 9)),
+    )
+    .unwrap();
+    let run = |file: std::path::PathBuf, base: String| async move {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_market-engine"))
+                .args(["order", "submit-batch", "--market", &base, "--file"])
+                .arg(&file)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let out = run(file.clone(), base.clone()).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(
+        (lines[0]["line"].as_u64(), lines[0]["status"].as_u64()),
+        (Some(1), Some(201))
+    );
+    assert_eq!(lines[0]["order_id"], "alice:1");
+    assert_eq!(
+        (lines[1]["line"].as_u64(), lines[1]["status"].as_u64()),
+        (Some(3), Some(201))
+    );
+    assert_eq!(
+        (lines[2]["line"].as_u64(), lines[2]["code"].as_str()),
+        (Some(4), Some("key_mismatch"))
+    );
+    assert!(stderr.contains("1 of 3 orders were refused"), "{stderr}");
+    // A malformed line: nothing sent, the line named.
+    std::fs::write(&file, format!("{}\nnot json\n", line(5, 1))).unwrap();
+    let out = run(file, base).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr.contains("line 2"), "{stderr}");
+    let stored = m
+        .market
+        .store
+        .orders(None, Some(&open), true)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = stored.iter().map(|o| o.order_id.as_str()).collect();
+    assert_eq!(ids, ["alice:1", "alice:2"]);
+    shutdown.stop().await;
+}

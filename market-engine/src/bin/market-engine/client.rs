@@ -3,7 +3,8 @@
 use crate::failure::Failure;
 use clap::Subcommand;
 use gridmesh_protocol::api::market::{
-    ErrorBody, MarketStatus, OrderAccepted, OrderCancelled, OrderRecord,
+    ErrorBody, MAX_ORDER_BATCH, MarketStatus, OrderAccepted, OrderBatch, OrderBatchAccepted,
+    OrderCancelled, OrderRecord,
 };
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::order::{Order, OrderCancel};
@@ -88,6 +89,15 @@ pub enum OrderAction {
         /// against signing for the wrong market).
         #[arg(long)]
         zone: Option<String>,
+    },
+    /// Submit signed orders from a file in batches of up to 1000 (`POST /orders/batch`):
+    /// one signed envelope (`{"payload","signature","public_key"}`, as `POST /orders` takes)
+    /// per line; blank lines are skipped. Prints one JSON line per order (its line number,
+    /// status, order id or error); exits 2 (bad input) if any order was refused.
+    SubmitBatch {
+        /// The JSON-lines file of signed orders.
+        #[arg(long)]
+        file: PathBuf,
     },
     /// List orders (household data: sign the request with `--key` as `--participant` to list
     /// your own, or send the auditor or operator token with `--token`).
@@ -203,6 +213,48 @@ pub async fn order_command(market: &str, action: OrderAction) -> Result<(), Fail
                 "interval": interval,
                 "nonce": nonce,
             }));
+        }
+        OrderAction::SubmitBatch { file } => {
+            // Every line is read and parsed before anything is sent.
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
+            let mut orders: Vec<(usize, SignedEnvelope)> = Vec::new();
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let envelope: SignedEnvelope = serde_json::from_str(line).map_err(|e| {
+                    bad(format!(
+                        "{} line {}: not a signed envelope ({{\"payload\",\"signature\",\"public_key\"}}): {e}",
+                        file.display(),
+                        i + 1
+                    ))
+                })?;
+                orders.push((i + 1, envelope));
+            }
+            if orders.is_empty() {
+                return Err(bad(format!("{} holds no orders", file.display())));
+            }
+            let mut refused = 0usize;
+            for chunk in orders.chunks(MAX_ORDER_BATCH) {
+                let batch = OrderBatch {
+                    orders: chunk.iter().map(|(_, e)| e.clone()).collect(),
+                };
+                let reply: OrderBatchAccepted =
+                    call(http.post(format!("{market}/orders/batch")).json(&batch)).await?;
+                for ((line, _), item) in chunk.iter().zip(&reply.results) {
+                    let mut out = serde_json::to_value(item).expect("JSON prints");
+                    out["line"] = (*line).into();
+                    println!("{out}");
+                }
+                refused += reply.rejected;
+            }
+            if refused > 0 {
+                return Err(bad(format!(
+                    "{refused} of {} orders were refused (see the lines with their code and message)",
+                    orders.len()
+                )));
+            }
         }
         OrderAction::List {
             participant,
