@@ -83,6 +83,14 @@ async fn main() {
         ..GatewayConfig::default()
     };
     config.mqtt.url = Some("mqtt://127.0.0.1:1883".into());
+    // The homeowner's local page, open in a browser during the whole measurement (below).
+    const PAGE_PASSWORD: &str = "bench page password";
+    config.local_page.listen = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    config.local_page.password_hash =
+        Some(edge_gateway::local_page::hash_password(PAGE_PASSWORD).unwrap());
     // The gateway ignores the meter-sim clock here: both run in real time.
     let config_path = dir.path().join("gateway.toml");
     std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
@@ -97,10 +105,56 @@ async fn main() {
     let ticks_per_s = 100.0; // USER_HZ on Linux
     // Warm up (discovery, connections), then measure.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // Log in to the local page (an argon2id check) and keep it "open" as the browser does: the
+    // page, then /api/live every 3 s, /api/today every 9 s and /api/household every 15 s.
+    let page = format!("http://{}", config.local_page.listen);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = http
+        .post(format!("{page}/login"))
+        .form(&[("password", PAGE_PASSWORD)])
+        .send()
+        .await
+        .expect("the local page answers");
+    assert_eq!(
+        login.status(),
+        reqwest::StatusCode::SEE_OTHER,
+        "login failed"
+    );
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let open = |path: &str| {
+        http.get(format!("{page}{path}"))
+            .header("cookie", &cookie)
+            .send()
+    };
+    for path in ["/", "/assets/page.js", "/assets/page.css"] {
+        assert!(open(path).await.unwrap().status().is_success(), "{path}");
+    }
     let (t0, c0) = (Instant::now(), proc_cpu_ticks(pid));
     let mut peak_rss = 0;
+    let mut page_requests = 0u64;
+    let mut tick = 0u64;
     while t0.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        if tick % 3 == 0 {
+            for (every, path) in [(1, "/api/live"), (3, "/api/today"), (5, "/api/household")] {
+                if (tick / 3) % every == 0 {
+                    let r = open(path).await.expect("the local page answers");
+                    assert!(r.status().is_success(), "{path}: {}", r.status());
+                    let _ = r.bytes().await;
+                    page_requests += 1;
+                }
+            }
+        }
+        tick += 1;
         peak_rss = peak_rss.max(proc_kib(pid, "VmRSS:"));
     }
     let cpu_s = (proc_cpu_ticks(pid) - c0) as f64 / ticks_per_s;
@@ -126,7 +180,9 @@ async fn main() {
     let _ = child.kill();
     let _ = child.wait();
     let size = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
-    println!("edge-gateway polling 5 SunSpec devices at 1 Hz for {wall:.0} s (after 5 s warm-up):");
+    println!(
+        "edge-gateway polling 5 SunSpec devices at 1 Hz for {wall:.0} s (after 5 s warm-up), local page open (logged in, {page_requests} page requests as a browser makes them):"
+    );
     println!(
         "  RSS now {:.1} MiB, peak sampled {:.1} MiB, high-water mark {:.1} MiB",
         rss as f64 / 1024.0,
@@ -140,5 +196,10 @@ async fn main() {
     );
     println!("  device polls {polls} (errors {errors}) since start");
     println!("  binary {} ({:.1} MiB)", bin, size as f64 / 1_048_576.0);
+    println!(
+        "  RSS budget with the page open: high-water mark {:.1} MiB of 20 MiB: {}",
+        hwm as f64 / 1024.0,
+        if hwm < 20 * 1024 { "ok" } else { "OVER" }
+    );
     shutdown.stop().await;
 }

@@ -258,7 +258,7 @@ pub async fn run_with_key(
             clock: clock.clone(),
             length: config.interval_length(),
             status: status.clone(),
-            period: Duration::from_millis(config.poll_ms.clamp(500, 5_000)),
+            period: Duration::from_millis(config.poll_ms.clamp(1_000, 5_000)),
         };
         shutdown.spawn(fetcher.run(shutdown.token()));
     }

@@ -67,11 +67,7 @@ impl HomeAssistantConfig {
                 "write it as mqtt://192.168.1.10:1883 (the broker Home Assistant uses)",
             ));
         }
-        if self.discovery_prefix.is_empty()
-            || self
-                .discovery_prefix
-                .contains(|c: char| matches!(c, '#' | '+' | ' '))
-        {
+        if self.discovery_prefix.is_empty() || self.discovery_prefix.contains(['#', '+', ' ']) {
             return Err(invalid(
                 "home_assistant.discovery_prefix",
                 "must be a topic level without wildcards",

@@ -222,22 +222,17 @@ async fn settlement_mock(key: SigningKeyPair, participant: ParticipantId) -> Str
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        match SignedRequest::parse(auth) {
-            Ok(r)
-                if r.participant() == &participant
-                    && r.verify(
-                        &key.public_key(),
-                        chrono::Utc::now().timestamp(),
-                        "GET",
-                        path,
-                        b"",
-                    )
-                    .is_ok() =>
-            {
-                true
-            }
-            _ => false,
-        }
+        SignedRequest::parse(auth).is_ok_and(|r| {
+            r.participant() == &participant
+                && r.verify(
+                    &key.public_key(),
+                    chrono::Utc::now().timestamp(),
+                    "GET",
+                    path,
+                    b"",
+                )
+                .is_ok()
+        })
     };
     let refuse = || {
         (

@@ -72,12 +72,13 @@ impl Fetcher {
         }
     }
 
-    /// The results of the previous, current and next interval that are not fetched yet.
+    /// The results of the previous and the current interval that are not fetched yet (both
+    /// cleared at their gate closure, before they began: usually one request per interval).
     async fn fetch_results(&self, market: &str) {
         let current = Interval::containing(self.clock.now(), self.length);
         let previous =
             Interval::containing(current.start() - chrono::Duration::seconds(1), self.length);
-        for interval in [previous, current, current.next()] {
+        for interval in [previous, current] {
             let done = self.status.with_household(|h| {
                 h.intervals
                     .iter()
