@@ -27,7 +27,8 @@
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use gridmesh_protocol::reading::{Reading, ReadingFlags, Registers};
 use gridmesh_protocol::registry::GatewayEnrollment;
-use gridmesh_protocol::signing::{Signable, SignedEnvelope, verify_batch};
+use gridmesh_protocol::signing::{Signable, SignedEnvelope};
+use gridmesh_protocol::verify_stage::verify_many;
 use gridmesh_protocol::{DeviceId, GatewayId, ZoneId};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -81,18 +82,11 @@ pub struct Limits {
     pub zone: Option<ZoneId>,
 }
 
-/// Verifies signatures of many envelopes: batch verification first, then one by one (strict)
-/// to find the bad ones if the batch fails. `true` = valid.
+/// Verifies signatures of many envelopes with the strict batched check the services use
+/// ([`verify_many`]: small-order keys and non-canonical or small-order `R` refused before the
+/// batch, then one by one to find the bad ones if the batch fails). `true` = valid.
 pub fn verify_signatures(envelopes: &[&SignedEnvelope]) -> Vec<bool> {
-    let mut out = Vec::with_capacity(envelopes.len());
-    for chunk in envelopes.chunks(256) {
-        if verify_batch(chunk).is_ok() {
-            out.extend(std::iter::repeat_n(true, chunk.len()));
-        } else {
-            out.extend(chunk.iter().map(|e| e.verify().is_ok()));
-        }
-    }
-    out
+    verify_many(envelopes).iter().map(Result::is_ok).collect()
 }
 
 /// What the chain state remembers of one accepted (or flagged, or late) reading.
@@ -438,6 +432,48 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use gridmesh_protocol::example::{example_key, example_reading};
+
+    /// Regression (issue 16): the audit's signature check used plain `verify_batch`, which
+    /// accepts a non-canonical encoding of the identity as `R` (`sB = kA` then holds exactly).
+    #[test]
+    fn the_audit_refuses_a_non_canonical_r_that_plain_batch_verification_accepts() {
+        use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+        use curve25519_dalek::scalar::Scalar;
+        use sha2::{Digest, Sha512};
+        let a = Scalar::from_bytes_mod_order([42; 32]);
+        let public = EdwardsPoint::mul_base(&a).compress().0;
+        // y = p + 1: the identity, encoded non-canonically.
+        let mut r = [0xff; 32];
+        r[0] = 0xee;
+        r[31] = 0x7f;
+        assert_eq!(
+            CompressedEdwardsY(r).decompress(),
+            Some(EdwardsPoint::default())
+        );
+        let message = b"gridmesh audit".as_slice();
+        let mut h = Sha512::new();
+        h.update(r);
+        h.update(public);
+        h.update(message);
+        let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        let mut signature = [0u8; 64];
+        signature[..32].copy_from_slice(&r);
+        signature[32..].copy_from_slice(&(k * a).to_bytes());
+        let forged = SignedEnvelope {
+            payload: message.to_vec(),
+            signature,
+            public_key: gridmesh_protocol::signing::PublicKey(public),
+        };
+        assert!(
+            gridmesh_protocol::signing::verify_batch(&[&forged]).is_ok(),
+            "the vector fools plain batch verification"
+        );
+        let good = SignedEnvelope::sign(&example_reading(), &example_key());
+        assert_eq!(
+            verify_signatures(&[&good, &forged, &good]),
+            vec![true, false, true]
+        );
+    }
 
     /// The example reading (gw-h001, zone `demo`, 12:00–12:15 UTC, 812 Wh export at noon in
     /// Berlin) checked by a settlement of `zone`, one minute after the interval's end.
