@@ -89,43 +89,89 @@ pub fn record_control(
 }
 
 /// Applies one broker message to the hub: a signed reading, a gateway's online/offline status
-/// or its control status. Anything else is ignored.
+/// or its control status. Anything else is ignored. See [`apply_messages`].
 pub fn apply_message(hub: &Hub, topic: &str, payload: &[u8]) {
-    if let Some(gateway) = topic.strip_prefix("gridmesh/readings/") {
+    apply_messages(hub, &[(topic, payload)]);
+}
+
+/// Applies a burst of broker messages with one snapshot update: one copy of the snapshot, one
+/// fingerprint and at most one announcement to open pages, however many messages arrived
+/// (issue 16: it was one of each per message). Signature checks and the copy are CPU work:
+/// call it off the async threads.
+///
+/// A burst of only control statuses (they arrive at every gateway poll) is recorded at once
+/// and announced with the next update (at the latest the refresher's next poll).
+pub fn apply_messages(hub: &Hub, messages: &[(&str, &[u8])]) {
+    /// One message of the burst, checked; applied in arrival order.
+    enum Item<'a> {
+        Reading(Reading),
+        Status(String, String),
+        Control(&'a str, &'a str, &'a [u8]),
+    }
+    let items: Vec<Item> = {
         let snap = hub.snapshot();
-        match verified_reading(payload, gateway, &snap.gateways) {
-            Ok(reading) => {
-                let history = hub.config.history_intervals;
-                hub.update("reading", |snap| record_reading(snap, &reading, history));
+        messages
+            .iter()
+            .filter_map(|&(topic, payload)| {
+                if let Some(gateway) = topic.strip_prefix("gridmesh/readings/") {
+                    match verified_reading(payload, gateway, &snap.gateways) {
+                        Ok(reading) => Some(Item::Reading(reading)),
+                        Err(e) => {
+                            tracing::debug!(%topic, error = %e, "ignoring a reading");
+                            None
+                        }
+                    }
+                } else if let Some(gateway) = control_gateway_of(topic) {
+                    Some(Item::Control(topic, gateway, payload))
+                } else {
+                    gateway_of(topic)
+                        .map(|gateway| Item::Status(gateway.to_owned(), status_of(payload)))
+                }
+            })
+            .collect()
+    };
+    if items.is_empty() {
+        return;
+    }
+    let history = hub.config.history_intervals;
+    let mut refused = Vec::new();
+    let apply = |snap: &mut crate::snapshot::Snapshot| {
+        for item in &items {
+            match item {
+                Item::Reading(reading) => record_reading(snap, reading, history),
+                Item::Status(gateway, status) => {
+                    snap.gateway_status.insert(
+                        gateway.clone(),
+                        GatewayLiveness {
+                            status: status.clone(),
+                            source: "mqtt".into(),
+                            seen_at: Utc::now(),
+                        },
+                    );
+                }
+                Item::Control(topic, gateway, payload) => {
+                    if let Err(e) = record_control(snap, topic, gateway, payload) {
+                        refused.push(e);
+                    }
+                }
             }
-            Err(e) => tracing::debug!(%topic, error = %e, "ignoring a reading"),
         }
-    } else if let Some(gateway) = control_gateway_of(topic) {
-        // Control status arrives at every gateway poll: recorded at once, announced to open
-        // pages with the next refresh (at most once per poll interval).
-        let mut outcome = Ok(());
-        hub.update_deferred(|snap| {
-            outcome = record_control(snap, topic, gateway, payload);
-        });
-        if let Err(e) = outcome {
-            hub.metrics.bad_control_messages.inc();
-            tracing::warn!(error = %e, "ignoring a control status");
-        }
-    } else if let Some(gateway) = gateway_of(topic) {
-        let status = status_of(payload);
-        let gateway = gateway.to_owned();
-        hub.update("gateway", |snap| {
-            snap.gateway_status.insert(
-                gateway,
-                GatewayLiveness {
-                    status,
-                    source: "mqtt".into(),
-                    seen_at: Utc::now(),
-                },
-            );
-        });
+    };
+    let only_controls = items.iter().all(|i| matches!(i, Item::Control(..)));
+    let reading = items.iter().any(|i| matches!(i, Item::Reading(_)));
+    if only_controls {
+        hub.update_deferred(apply);
+    } else {
+        hub.update(if reading { "reading" } else { "gateway" }, apply);
+    }
+    for e in refused {
+        hub.metrics.bad_control_messages.inc();
+        tracing::warn!(error = %e, "ignoring a control status");
     }
 }
+
+/// At most this many broker messages are applied as one burst.
+const BURST_MESSAGES: usize = 512;
 
 /// A gateway's status payload as JSON: a string, or a document with a `status` field.
 #[derive(serde::Deserialize)]
@@ -180,9 +226,33 @@ pub fn start(hub: Arc<Hub>, url: &str, shutdown: &Shutdown) -> Result<(), MqttEr
             tokio::select! {
                 _ = token.cancelled() => return,
                 message = incoming.recv() => {
-                    let Some(message) = message else { return };
-                    apply_message(&hub, &message.topic, &message.payload);
-                    handle.ack(message).await;
+                    let Some(first) = message else { return };
+                    // Everything already waiting is applied as one burst, off the async threads.
+                    let mut burst = vec![first];
+                    while burst.len() < BURST_MESSAGES {
+                        match incoming.try_recv() {
+                            Ok(message) => burst.push(message),
+                            Err(_) => break,
+                        }
+                    }
+                    let applying = Arc::clone(&hub);
+                    let burst = tokio::task::spawn_blocking(move || {
+                        let messages: Vec<(&str, &[u8])> = burst
+                            .iter()
+                            .map(|m| (m.topic.as_str(), m.payload.as_slice()))
+                            .collect();
+                        apply_messages(&applying, &messages);
+                        burst
+                    })
+                    .await;
+                    match burst {
+                        Ok(burst) => {
+                            for message in burst {
+                                handle.ack(message).await;
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "applying broker messages failed"),
+                    }
                 }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
@@ -381,6 +451,59 @@ mod tests {
         let t = total(&snap.readings["gw-h001"]);
         assert_eq!(t, reading.deltas, "a redelivered reading counts once");
         assert_eq!(snap.gateway_status["gw-h001"].status, "online");
+    }
+
+    /// Issue 16: a burst of broker messages is one snapshot update and one announcement, not
+    /// one per message; nothing in the burst is lost.
+    #[test]
+    fn a_burst_of_messages_is_applied_as_one_update() {
+        use gridmesh_protocol::example::{example_key, example_reading};
+        let hub = Hub::new(crate::config::WebConfig::default()).unwrap();
+        let key = example_key();
+        let gateways: Vec<String> = (1..=6).map(|i| format!("gw-h00{i}")).collect();
+        let public = SignedEnvelope::sign(&example_reading(), &key).public_key;
+        hub.update("start", |snap| {
+            snap.gateways = gateways.iter().map(|g| enrolment(g, public)).collect();
+        });
+        let mut changes = hub.subscribe();
+        let mut owned: Vec<(String, Vec<u8>)> = gateways
+            .iter()
+            .map(|g| {
+                let mut reading = example_reading();
+                reading.gateway = g.parse().unwrap();
+                let envelope = SignedEnvelope::sign(&reading, &key);
+                (
+                    format!("gridmesh/readings/{g}"),
+                    serde_json::to_vec(&envelope).unwrap(),
+                )
+            })
+            .collect();
+        owned.push((
+            "gridmesh/gateways/gw-h001/status".into(),
+            b"offline".to_vec(),
+        ));
+        owned.push(("gridmesh/readings/gw-h002".into(), b"junk".to_vec()));
+        let burst: Vec<(&str, &[u8])> = owned
+            .iter()
+            .map(|(t, p)| (t.as_str(), p.as_slice()))
+            .collect();
+        let version = hub.snapshot().version;
+        apply_messages(&hub, &burst);
+        let snap = hub.snapshot();
+        assert_eq!(snap.version, version + 1, "one update for the whole burst");
+        assert_eq!(changes.try_recv().unwrap().cause, "reading");
+        assert!(changes.try_recv().is_err(), "one announcement");
+        for g in &gateways {
+            assert_eq!(
+                total(&snap.readings[g.as_str()]),
+                example_reading().deltas,
+                "{g}'s reading is recorded"
+            );
+        }
+        assert_eq!(
+            snap.gateway_status["gw-h001"].status, "offline",
+            "applied in arrival order: the status after the reading wins"
+        );
     }
 
     fn enrolment(gateway: &str, key: gridmesh_protocol::signing::PublicKey) -> GatewayEnrollment {
