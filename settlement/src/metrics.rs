@@ -24,6 +24,10 @@ impl Counter {
 pub struct Metrics {
     /// Readings accepted.
     pub readings_accepted: Counter,
+    /// Readings accepted that arrived over MQTT (of `readings_accepted`).
+    pub readings_accepted_mqtt: Counter,
+    /// Readings accepted that arrived over REST, `POST /readings` (of `readings_accepted`).
+    pub readings_accepted_rest: Counter,
     /// Readings acknowledged again as duplicates.
     pub readings_duplicate: Counter,
     /// Readings quarantined (including flagged and late ones).
@@ -62,11 +66,21 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = Exposition::new();
-        let items: [(&str, &str, &Counter); 17] = [
+        let items: [(&str, &str, &Counter); 19] = [
             (
                 "gridmesh_settlement_readings_accepted_total",
                 "Signed readings verified and stored.",
                 &self.readings_accepted,
+            ),
+            (
+                "gridmesh_settlement_readings_accepted_mqtt_total",
+                "Signed readings verified and stored that arrived over MQTT.",
+                &self.readings_accepted_mqtt,
+            ),
+            (
+                "gridmesh_settlement_readings_accepted_rest_total",
+                "Signed readings verified and stored that arrived over REST (POST /readings).",
+                &self.readings_accepted_rest,
             ),
             (
                 "gridmesh_settlement_readings_duplicate_total",

@@ -165,6 +165,29 @@ pub async fn check_uplink(
                 a.delivered_mqtt, a.delivered_http
             )));
         }
+        // Settlement's own record of the path: its accepted-readings counters by source.
+        let metrics = &hood.settlement.service.metrics;
+        let (over_this, over_other) = match uplink {
+            Uplink::Mqtt => (
+                metrics.readings_accepted_mqtt.get(),
+                metrics.readings_accepted_rest.get(),
+            ),
+            Uplink::Http => (
+                metrics.readings_accepted_rest.get(),
+                metrics.readings_accepted_mqtt.get(),
+            ),
+        };
+        if over_other != 0 {
+            break Err(Violation(format!(
+                "settlement accepted {over_other} readings over the other path than {uplink:?}"
+            )));
+        }
+        let rows: i64 = stored.values().sum();
+        if u64::try_from(rows).ok() != Some(over_this) {
+            waiting.push(format!(
+                "settlement stored {rows} readings but counts {over_this} accepted over {uplink:?}"
+            ));
+        }
         if waiting.is_empty() {
             break Ok(signed);
         }

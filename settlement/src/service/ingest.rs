@@ -531,6 +531,16 @@ impl Service {
         self.metrics
             .readings_accepted
             .add(batch.count(ReadingStatus::Accepted) as u64);
+        // Outcomes are one per submission, in order: the source of each accepted reading.
+        for (item, outcome) in items.iter().zip(&batch.outcomes) {
+            if outcome.status == ReadingStatus::Accepted {
+                if item.source.starts_with("mqtt:") {
+                    self.metrics.readings_accepted_mqtt.add(1);
+                } else if item.source.starts_with("rest") {
+                    self.metrics.readings_accepted_rest.add(1);
+                }
+            }
+        }
         self.metrics
             .readings_duplicate
             .add(batch.count(ReadingStatus::Duplicate) as u64);
