@@ -236,7 +236,15 @@ pub fn plan_scheduled(
         export_cap_wh: inputs.export_cap.0,
         min_order_wh: config.min_order_wh.max(1),
     };
-    let steps = bids::curve(&options, &limits);
+    let mut steps = bids::curve(&options, &limits);
+    if battery_modelled {
+        // The battery covers the forecast deficit by itself (steering 0 W = automatic): a buy
+        // instead of discharging would not be taken and is paid back at feed-in. So the buy
+        // band between the deficit left at full discharge and the whole deficit is not bid.
+        let full_discharge = options.first().map_or(0, |o| o.grid_wh.max(0));
+        let deficit = slots[0].base_grid_wh().max(0);
+        steps = drop_buy_band(steps, full_discharge, deficit, limits.min_order_wh);
+    }
     let mut index = [0usize; 2];
     let orders = steps
         .iter()
@@ -262,6 +270,31 @@ pub fn plan_scheduled(
         first: schedule.steps.first().copied().unwrap_or_default(),
         battery_modelled,
     }
+}
+
+/// Removes the cumulative buy quantity in `from .. to` (buys ordered dearest first); what is
+/// left of a step below `min_order_wh` is dropped.
+fn drop_buy_band(
+    steps: Vec<bids::BidStep>,
+    from: i64,
+    to: i64,
+    min_order_wh: i64,
+) -> Vec<bids::BidStep> {
+    let mut at = 0i64;
+    let mut out = Vec::with_capacity(steps.len());
+    for mut step in steps {
+        if step.side == Side::Buy {
+            let (lo, hi) = (at, at + step.quantity);
+            at = hi;
+            let overlap = (hi.min(to) - lo.max(from)).max(0);
+            step.quantity -= overlap;
+            if step.quantity < min_order_wh.max(1) {
+                continue;
+            }
+        }
+        out.push(step);
+    }
+    out
 }
 
 /// The battery power (W, + charge / − discharge, 0 = automatic) for the `scheduled` strategy
@@ -678,5 +711,35 @@ mod tests {
             0
         );
         assert_eq!(steering_for_position(&result(vec![]), &p, 700, 5_000), 0);
+    }
+
+    #[test]
+    fn the_buy_band_the_battery_covers_by_itself_is_not_bid() {
+        let step = |side: Side, quantity: i64, price: i64| bids::BidStep {
+            side,
+            quantity,
+            price: PricePerMwh(price),
+        };
+        let steps = vec![
+            step(Side::Sell, 500, 9_000),
+            step(Side::Buy, 200, 30_000),
+            step(Side::Buy, 600, 25_000),
+            step(Side::Buy, 400, 8_000),
+        ];
+        // Deficit 800 Wh, 200 Wh left at full discharge: 200 ..= 800 is not bid.
+        let left = drop_buy_band(steps.clone(), 200, 800, 10);
+        assert_eq!(
+            left,
+            vec![
+                step(Side::Sell, 500, 9_000),
+                step(Side::Buy, 200, 30_000),
+                step(Side::Buy, 400, 8_000),
+            ]
+        );
+        // A partial overlap shrinks a step; an empty band changes nothing.
+        let left = drop_buy_band(steps.clone(), 100, 300, 10);
+        assert_eq!(left[1].quantity, 100);
+        assert_eq!(left[2].quantity, 500);
+        assert_eq!(drop_buy_band(steps.clone(), 0, 0, 10), steps);
     }
 }
