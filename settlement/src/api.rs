@@ -9,6 +9,7 @@
 //! query strings and path segments; storage details are logged, never sent to clients.
 
 use crate::access::{Caller, refuse_auditor_write};
+use crate::compliance::FlowAudience;
 use crate::rules::Statement;
 use crate::service::admission::UploadError;
 use crate::service::{Receipt, Service, ServiceError, Submission};
@@ -643,7 +644,7 @@ async fn get_alerts(
 
 #[utoipa::path(get, path = "/flows", tag = "envelopes",
     summary = "Measured flows per branch of each result's network, root last (public aggregates)",
-    description = "Aggregates from verified readings, for intervals that have ended, oldest first. Without the auditor's or operator's token only branches where at least 5 homes reported are listed (so no aggregate shows a single home).",
+    description = "Aggregates from verified readings, for intervals that have ended, oldest first. Without the auditor's or operator's token a branch is listed only if at least 5 homes reported below it and the homes it adds to the listed branches below it are none or at least 5, so no aggregate, alone or subtracted from another, shows fewer than 5 homes.",
     params(PageQuery),
     responses(
         (status = 200, description = "measured flows per interval", body = Vec<MeasuredFlows>),
@@ -655,19 +656,15 @@ async fn get_flows(
     caller: Caller,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<ApiJson<Vec<MeasuredFlows>>> {
-    let mut flows = s.service.flows(q.since()?, q.limit()).await?;
-    if !caller.reads_all() {
-        for interval in &mut flows {
-            interval
-                .branches
-                .retain(|b| b.homes_reporting >= MIN_PUBLIC_HOMES);
-        }
-    }
-    Ok(ApiJson(flows))
+    let audience = if caller.reads_all() {
+        FlowAudience::Full
+    } else {
+        FlowAudience::Public
+    };
+    Ok(ApiJson(
+        s.service.flows(q.since()?, q.limit(), audience).await?,
+    ))
 }
-
-/// The fewest homes that must report in a branch before its flow is shown publicly.
-pub const MIN_PUBLIC_HOMES: u32 = 5;
 
 #[utoipa::path(get, path = "/events", tag = "events",
     summary = "Server-sent events: settled, block (public); quarantined, envelope_alert (auditor, operator)",

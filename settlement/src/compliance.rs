@@ -15,14 +15,75 @@
 //!   network's order) and then the root, the sums of metered export and import of the homes
 //!   enrolled at or below the branch's node; a home whose node is not in the network is not
 //!   counted anywhere.
+//! - **Public flows** ([`withhold_small_aggregates`]): what a caller who may not read household
+//!   data gets. A branch is shown only if at least [`MIN_PUBLIC_HOMES`] homes report below it,
+//!   *and* the homes it adds to the shown branches below it are none or at least
+//!   [`MIN_PUBLIC_HOMES`]: otherwise a parent minus its shown children would be the flow of
+//!   fewer homes (one, say). Withheld homes count towards the next ancestor instead.
 
 use gridmesh_protocol::envelope::{
     EnvelopeAlert, EnvelopeCompliance, MeasuredBranchFlow, MeasuredFlows,
 };
+use gridmesh_protocol::grid::Network;
 use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::units::Overflow;
 use gridmesh_protocol::{GatewayId, Interval, NodeId, ParticipantId, Wh};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Who asks for measured flows: the auditor and the operator get every branch, everyone else
+/// the public aggregates ([`withhold_small_aggregates`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowAudience {
+    /// Every branch (auditor, operator).
+    Full,
+    /// Only branches that single out no fewer than [`MIN_PUBLIC_HOMES`] homes.
+    Public,
+}
+
+/// The fewest homes that must report in a public aggregate (see the module docs).
+pub const MIN_PUBLIC_HOMES: u32 = 5;
+
+/// Removes from `flows` every branch whose public figures could single out fewer than
+/// [`MIN_PUBLIC_HOMES`] homes, alone or subtracted from another shown branch (see the module
+/// docs). `network` is the network `flows` was measured on.
+pub fn withhold_small_aggregates(flows: &mut MeasuredFlows, network: &Network) {
+    let parent: HashMap<&NodeId, &NodeId> = network
+        .branches
+        .iter()
+        .map(|b| (&b.node, &b.parent))
+        .collect();
+    fn depth<'a>(parent: &HashMap<&'a NodeId, &'a NodeId>, mut node: &'a NodeId) -> usize {
+        let mut d = 0usize;
+        // Bounded against a cyclic network.
+        while let Some(p) = parent.get(node).filter(|_| d <= parent.len()) {
+            node = p;
+            d += 1;
+        }
+        d
+    }
+    // Deepest first, so every child is decided before its parent.
+    let mut order: Vec<(NodeId, u32)> = flows
+        .branches
+        .iter()
+        .map(|b| (b.node.clone(), b.homes_reporting))
+        .collect();
+    order.sort_by_cached_key(|(n, _)| (std::cmp::Reverse(depth(&parent, n)), n.clone()));
+    // Homes in the shown branches nearest below each node (each home counted once).
+    let mut shown_below: HashMap<NodeId, u32> = HashMap::new();
+    let mut shown: HashSet<NodeId> = HashSet::new();
+    for (node, homes) in order {
+        let below = shown_below.get(&node).copied().unwrap_or(0);
+        let added = homes.saturating_sub(below);
+        let public = homes >= MIN_PUBLIC_HOMES && (added == 0 || added >= MIN_PUBLIC_HOMES);
+        if let Some(p) = parent.get(&node) {
+            *shown_below.entry((*p).clone()).or_default() += if public { homes } else { below };
+        }
+        if public {
+            shown.insert(node);
+        }
+    }
+    flows.branches.retain(|b| shown.contains(&b.node));
+}
 
 /// What one gateway's readings settlement uses for money say about one interval.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,5 +389,64 @@ mod tests {
         assert_eq!(beyond(Wh(10), Wh(20)), Wh(0));
         assert_eq!(beyond(Wh(30), Wh(20)), Wh(10));
         assert_eq!(beyond(Wh(0), Wh(0)), Wh(0));
+    }
+
+    /// `sub` ← f1 ← f1a, `sub` ← f2; `homes` gives the reporting homes at or below each node.
+    fn public_nodes(homes: [(&str, u32); 4]) -> Vec<String> {
+        let network: Network = serde_json::from_value(serde_json::json!({
+            "root": "sub",
+            "branches": [
+                {"node": "f1", "parent": "sub", "import_limit_wh": null, "export_limit_wh": null},
+                {"node": "f1a", "parent": "f1", "import_limit_wh": null, "export_limit_wh": null},
+                {"node": "f2", "parent": "sub", "import_limit_wh": null, "export_limit_wh": null},
+            ],
+            "utility": {"retail_price": null, "feed_in_price": null},
+        }))
+        .unwrap();
+        let mut flows = MeasuredFlows {
+            interval: at(0),
+            branches: homes
+                .iter()
+                .map(|(node, n)| MeasuredBranchFlow {
+                    node: NodeId::new(*node).unwrap(),
+                    flow_wh: Wh(0),
+                    export_wh: Wh(0),
+                    import_wh: Wh(0),
+                    homes_reporting: *n,
+                    homes_enrolled: *n,
+                })
+                .collect(),
+        };
+        withhold_small_aggregates(&mut flows, &network);
+        flows
+            .branches
+            .iter()
+            .map(|b| b.node.as_str().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn no_public_aggregate_singles_out_fewer_than_five_homes_even_by_subtraction() {
+        // f1 is f1a's 5 homes plus 1: f1 − f1a would be that one home, so f1 is withheld;
+        // sub adds 3 homes to the shown f1a (f1's extra one and f2's two): withheld too.
+        assert_eq!(
+            public_nodes([("f1", 6), ("f1a", 5), ("f2", 2), ("sub", 8)]),
+            ["f1a"]
+        );
+        // Every difference is 0 or at least 5 homes: everything is shown.
+        assert_eq!(
+            public_nodes([("f1", 10), ("f1a", 5), ("f2", 5), ("sub", 15)]),
+            ["f1", "f1a", "f2", "sub"]
+        );
+        // f1 holds exactly f1a's homes: nothing new, shown; sub adds f2's 4 homes: withheld.
+        assert_eq!(
+            public_nodes([("f1", 5), ("f1a", 5), ("f2", 4), ("sub", 9)]),
+            ["f1", "f1a"]
+        );
+        // A withheld child's homes count towards its parent: f1a (3) is hidden, f1 adds 3 + 2.
+        assert_eq!(
+            public_nodes([("f1", 5), ("f1a", 3), ("f2", 0), ("sub", 5)]),
+            ["f1", "sub"]
+        );
     }
 }

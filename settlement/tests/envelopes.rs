@@ -13,6 +13,7 @@ use gridmesh_protocol::market::IntervalResult;
 use gridmesh_protocol::registry::{GatewayEnrollment, Participant, ParticipantKind};
 use gridmesh_protocol::{GatewayId, Interval, NodeId, ParticipantId, PricePerMwh, Wh};
 use settlement::audit;
+use settlement::compliance::FlowAudience;
 use settlement::rules::{self, MeterRow};
 use settlement::service::{Event, ReadingStatus, Service, SettleOutcome};
 use settlement::sources::{StaticSource, poll_once};
@@ -251,7 +252,7 @@ async fn excess(backend: &str, price: i64) {
             battery_discharge: Wh(0),
         })
         .collect();
-    let (pure, _) = rules::settle_with_envelopes(&r, &rows_in).unwrap();
+    let (pure, _) = rules::settle_with_envelopes(&r, &rows_in, &Default::default()).unwrap();
     let participants: i64 = st.iter().map(|x| x.net.0).sum();
     assert_eq!(participants + pure.utility_net.0, 0);
     assert_eq!(
@@ -464,7 +465,7 @@ async fn flows(backend: &str) {
         ReadingStatus::Quarantined
     );
 
-    let all = s.flows(None, 100).await.unwrap();
+    let all = s.flows(None, 100, FlowAudience::Full).await.unwrap();
     assert_eq!(all.len(), 1, "only intervals that have ended");
     let f = &all[0];
     assert_eq!(f.interval, i);
@@ -495,7 +496,7 @@ async fn flows(backend: &str) {
     check("root", a.0 + b.0 + c.0, a.1 + b.1 + c.1, 3, 4);
     // Paging: since after the interval gives nothing.
     assert!(
-        s.flows(Some(interval("12:15").start()), 100)
+        s.flows(Some(interval("12:15").start()), 100, FlowAudience::Full)
             .await
             .unwrap()
             .is_empty()

@@ -3,7 +3,7 @@
 //! quarantine — each answered as a read model from `gridmesh_protocol::api`.
 
 use super::{Service, ServiceError, parse_compliance};
-use crate::compliance;
+use crate::compliance::{self, FlowAudience};
 use crate::ledger::{BlockHeader, EntryBody, hex32, inclusion_proof, merkle_root};
 use crate::rules::{self, Statement};
 use crate::store::{self, StoreError};
@@ -82,10 +82,14 @@ impl Service {
     /// Measured flows of at most `limit` intervals with a stored result that starts at or after
     /// `since` and has ended by now, oldest first: per branch of the result's network and the
     /// root, from the readings settlement uses for money (see [`compliance::measured_flows`]).
+    /// For the [`FlowAudience::Public`], branches that could single out fewer than
+    /// [`compliance::MIN_PUBLIC_HOMES`] homes are left out
+    /// ([`compliance::withhold_small_aggregates`]).
     pub async fn flows(
         &self,
         since: Option<DateTime<Utc>>,
         limit: i64,
+        audience: FlowAudience,
     ) -> Result<Vec<MeasuredFlows>, ServiceError> {
         let now = self.clock.now().timestamp();
         let since = since.map_or(i64::MIN, |t| t.timestamp());
@@ -105,11 +109,14 @@ impl Service {
             let (_, by_gateway) = rules::meter(&readings).map_err(|e| {
                 StoreError::Corrupt(format!("metered energy of {key} overflows: {e}"))
             })?;
-            out.push(
+            let mut flows =
                 compliance::measured_flows(&result, &enrolled, &by_gateway).map_err(|e| {
                     StoreError::Corrupt(format!("measured flows of {key} overflow: {e}"))
-                })?,
-            );
+                })?;
+            if audience == FlowAudience::Public {
+                compliance::withhold_small_aggregates(&mut flows, &result.network);
+            }
+            out.push(flows);
         }
         Ok(out)
     }
