@@ -17,7 +17,9 @@
 //! - [`http`] (feature `http`): the HTTP kit of every server: `{code, message}` errors and
 //!   extractor rejections, the bearer-token check, SSE from a broadcast channel, the
 //!   trace, timeout, body-limit and concurrency layers, and `serve`: header read and idle
-//!   timeouts, a connection limit, HTTPS from PEM files (rustls) and graceful shutdown.
+//!   timeouts, a connection limit, HTTPS from PEM files (rustls) and graceful shutdown;
+//! - [`testing`] (feature `testing`, dev-dependencies only): hostile bodies and ids, an
+//!   announced oversized body and clear-refusal assertions for the services' HTTP tests.
 //!
 //! It knows nothing of markets, meters or ledgers.
 
@@ -33,3 +35,5 @@ pub mod metrics;
 pub mod mqtt;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -10,8 +10,10 @@ use gridmesh_protocol::api::readings::ReasonCode;
 use gridmesh_protocol::registry::GatewayEnrollment;
 use gridmesh_protocol::signing::SignedEnvelope;
 use gridmesh_runtime::clock::Clock;
-use gridmesh_runtime::http::HttpLimits;
 use gridmesh_runtime::shutdown::Shutdown;
+use gridmesh_runtime::testing::{
+    HOSTILE_IDS, announce_oversized, assert_clear_4xx, assert_clear_413, hostile_bodies,
+};
 use reqwest::StatusCode;
 use serde_json::Value;
 use settlement::service::ReadingStatus;
@@ -170,91 +172,6 @@ async fn start() -> (String, std::net::SocketAddr, Shutdown, tempfile::TempDir) 
     )
 }
 
-/// Bodies every POST route must refuse with a 4xx.
-fn hostile_bodies() -> Vec<(&'static str, Vec<u8>)> {
-    vec![
-        ("10 000 nested arrays", vec![b'['; 10_000]),
-        (
-            "10 000 nested objects",
-            "{\"a\":".repeat(10_000).into_bytes(),
-        ),
-        (
-            "invalid UTF-8",
-            b"[{\"payload\":\"\xff\xfe\xc3\x28\"}]".to_vec(),
-        ),
-        ("a lone invalid byte", vec![0xff]),
-        ("not JSON", b"<xml/>".to_vec()),
-        ("empty", Vec::new()),
-    ]
-}
-
-/// Sends `method path` announcing a body one byte over the limit (`Content-Length`), without
-/// sending it, and returns the raw answer: the limit refuses on the announced length, and a
-/// client still writing 2 MiB would race the server closing the connection.
-async fn announce_oversized(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    auth: &str,
-) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        if auth.is_empty() {
-            String::new()
-        } else {
-            format!("authorization: {auth}\r\n")
-        },
-        HttpLimits::DEFAULT_MAX_BODY_BYTES + 1
-    );
-    socket.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        socket.read_to_end(&mut answer),
-    )
-    .await
-    .expect("the server answers an announced oversized body at once")
-    .unwrap();
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
-}
-
-/// Asserts the JSON 413 of [`announce_oversized`].
-fn assert_clear_413((status, body): (u16, String), what: &str) {
-    assert_eq!(status, 413, "{what}: {body}");
-    let json: Value = serde_json::from_str(body.trim())
-        .unwrap_or_else(|e| panic!("{what}: no JSON ({e}): {body}"));
-    assert_eq!(json["code"], "body_too_large", "{what}: {body}");
-    assert!(
-        json["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("limit")),
-        "{what}: {body}"
-    );
-}
-
-/// Asserts a clear refusal: 4xx, JSON `{code, message}`.
-async fn assert_clear_4xx(response: reqwest::Response, what: &str) {
-    let status = response.status();
-    let body = response.bytes().await.unwrap();
-    let text = String::from_utf8_lossy(&body);
-    assert!(status.is_client_error(), "{what}: {status} {text}");
-    let json: Value = serde_json::from_slice(&body)
-        .unwrap_or_else(|e| panic!("{what}: {status} answered no JSON ({e}): {text}"));
-    assert!(
-        json["code"].as_str().is_some_and(|c| !c.is_empty())
-            && json["message"].as_str().is_some_and(|m| m.len() > 10),
-        "{what}: {text}"
-    );
-}
-
 #[tokio::test]
 async fn hostile_bodies_and_ids_on_every_post_route_get_a_clear_4xx() {
     let (base, addr, shutdown, _dir) = start().await;
@@ -286,7 +203,7 @@ async fn hostile_bodies_and_ids_on_every_post_route_get_a_clear_4xx() {
         ],
         "a POST route is not covered by this test"
     );
-    for (what, body) in hostile_bodies() {
+    for (what, body) in hostile_bodies(b"[{\"payload\":\"\xff\xfe\xc3\x28\"}]") {
         // POST /readings, signed by an enrolled gateway over exactly this body, so the body
         // itself is what is refused.
         let response = http
@@ -331,14 +248,7 @@ async fn hostile_bodies_and_ids_on_every_post_route_get_a_clear_4xx() {
     }
     // Hostile ids in paths and filters: 4xx or an empty answer, never a 5xx or someone
     // else's data.
-    for id in [
-        "%25",
-        "%27",
-        "_",
-        "%27%20OR%20%271%27%3D%271",
-        "%FF",
-        "1%00",
-    ] {
+    for id in HOSTILE_IDS {
         let response = http
             .post(format!("{base}/quarantine/{id}/accept"))
             .bearer_auth(OPERATOR)
