@@ -176,6 +176,8 @@ fn interval_with(key: String, net: i64, readings: Vec<ReadingDigest>) -> Monthly
             amount: Money(net),
         }],
         net: Money(net),
+        pending: Vec::new(),
+        pending_worth: None,
     };
     MonthlyInterval {
         interval: key,

@@ -28,15 +28,23 @@
 //!   delivered, so a seller's whole sale is a shortfall; a buyer is assumed to have taken
 //!   exactly what it bought (no imbalance either way). No tokens are minted for trades of a
 //!   participant without readings, and the statement is marked `estimated`.
-//! - **Flagged readings** (implausible, awaiting an operator) move neither money nor tokens:
-//!   [`settle_with_envelopes`] meters only the trusted (`accepted`) readings, so the statement,
-//!   its money lines and the envelope compliance are what the trusted readings prove (a
-//!   participant whose readings are all flagged is settled as one without readings). The mints
-//!   of trades with a flagged party are withheld (planned with the flagged energy included).
+//! - **Flagged readings** (implausible or unzoned, awaiting an operator) move neither money nor
+//!   tokens: [`settle_with_envelopes`] meters only the trusted (`accepted`) readings, so the
+//!   statement's energies, money lines, `net` and the envelope compliance are what the trusted
+//!   readings prove (a participant whose readings are all flagged is settled as one without
+//!   readings). The statement lists each flagged reading as **pending** (`pending`: digest,
+//!   gateway, reason, the export and import it would count if accepted) and says what
+//!   accepting them all would add to `net` (`pending_worth`); a participant with flagged
+//!   readings only gets a statement for them (`estimated`, no lines, `net` 0). The mints of
+//!   trades with a flagged party are withheld (planned with the flagged energy included).
 //!   When an operator accepts the reading, the interval is settled again from its now trusted
-//!   readings: its statements and compliance rows are replaced (corrected), and withheld mints
-//!   whose readings are all accepted are released. Energy sums that overflow `i64` are a typed
-//!   [`RulesError::Overflow`], never a wrap.
+//!   readings: its statements and compliance rows are replaced (corrected, the pending line
+//!   becomes paying lines), and withheld mints whose readings are all accepted are released.
+//!   Energy sums that overflow `i64` are a typed [`RulesError::Overflow`], never a wrap.
+//! - **Export capped at the site's rating**: a reading flagged `implausible_export` (it exports
+//!   more than the registered inverter plus battery can deliver in the interval) counts, once
+//!   accepted, with at most that rating ([`rated_export`]; 0 Wh if the gateway's registration
+//!   is unknown): for money, tokens, withheld mints, compliance and its pending line alike.
 //! - **Late readings** (arriving after the interval was settled) are stored but change
 //!   nothing: an interval is settled once.
 //! - Tariffs: retail is the result's `utility.retail_price`, else the highest cleared node
@@ -51,8 +59,10 @@
 //! money flows over participants and the utility sum to exactly zero.
 
 use crate::compliance::{self, GatewayMetered};
+use gridmesh_protocol::api::readings::ReasonCode;
 use gridmesh_protocol::envelope::EnvelopeCompliance;
 use gridmesh_protocol::market::{Counterparty, IntervalResult};
+use gridmesh_protocol::registry::GatewayEnrollment;
 use gridmesh_protocol::units::Overflow;
 use gridmesh_protocol::{GatewayId, Money, ParticipantId, PricePerMwh, Wh};
 use serde::{Deserialize, Serialize};
@@ -99,6 +109,49 @@ pub struct MeterRow {
     pub battery_discharge: Wh,
 }
 
+/// What settlement knows of an interval's readings besides their energy: why each flagged
+/// reading was flagged, and each site's rating (for the export cap, see the module docs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sites {
+    /// Why each reading (by digest) was flagged at ingest, kept once an operator accepted it
+    /// (its quarantine item's code). Readings accepted outright are absent.
+    pub reasons: BTreeMap<String, ReasonCode>,
+    /// Each gateway's rated export over the interval, Wh ([`rated_export`]).
+    pub ratings: BTreeMap<GatewayId, Wh>,
+}
+
+impl Sites {
+    /// Ratings of every registered gateway over an interval of `minutes`.
+    pub fn rate<'a>(
+        &mut self,
+        sites: impl IntoIterator<Item = &'a GatewayEnrollment>,
+        minutes: i64,
+    ) {
+        for site in sites {
+            self.ratings
+                .insert(site.gateway.clone(), rated_export(site, minutes));
+        }
+    }
+
+    /// The row as settlement counts it: a reading flagged `implausible_export` exports at
+    /// most its site's rating (0 Wh for an unregistered gateway).
+    fn cap(&self, row: &MeterRow) -> MeterRow {
+        let mut row = row.clone();
+        if self.reasons.get(&row.digest) == Some(&ReasonCode::ImplausibleExport) {
+            let rating = self.ratings.get(&row.gateway).copied().unwrap_or_default();
+            row.exported = row.exported.min(rating.max(Wh(0)));
+        }
+        row
+    }
+}
+
+/// The most a site's registered inverter plus battery can deliver in `minutes`, Wh, rounded
+/// up (what `implausible_export` is judged against, see [`crate::verify`]).
+pub fn rated_export(site: &GatewayEnrollment, minutes: i64) -> Wh {
+    let capability_w = i64::from(site.inverter_w) + i64::from(site.battery_w);
+    Wh((capability_w * minutes.max(0) + 59) / 60)
+}
+
 /// Metered energy of one interval per participant (for [`settle`]) and per gateway (for
 /// envelopes and flows).
 pub type MeteredInterval = (
@@ -135,18 +188,22 @@ pub fn meter(rows: &[MeterRow]) -> Result<MeteredInterval, Overflow> {
 /// (see [`crate::compliance`]), each participant's export beyond its envelopes, then
 /// [`settle`]. What the service writes and what `settlement verify` recomputes.
 ///
+/// Every row is first capped at its site's rating where `sites` says so (see the module docs).
 /// Money, statements and compliance come from the trusted (`accepted`) rows only: a flagged
-/// row's energy is left out (see "Flagged readings" in the module docs). The mints are those of
-/// trades whose two parties have no flagged row; the mints of the others are computed with the
-/// flagged rows included and *withheld*. If the flagged energy cannot even be summed (it
-/// overflows), nothing is withheld and [`Settlement::flagged_overflow`] says so.
+/// row's energy is left out and listed as the statement's pending line (see "Flagged readings"
+/// in the module docs). The mints are those of trades whose two parties have no flagged row;
+/// the mints of the others are computed with the flagged rows included and *withheld*. If the
+/// flagged energy cannot even be summed (it overflows), nothing is withheld, no pending worth
+/// is given and [`Settlement::flagged_overflow`] says so.
 pub fn settle_with_envelopes(
     result: &IntervalResult,
     rows: &[MeterRow],
+    sites: &Sites,
 ) -> Result<(Settlement, Vec<EnvelopeCompliance>), RulesError> {
-    let trusted: Vec<MeterRow> = rows.iter().filter(|r| !r.flagged).cloned().collect();
+    let capped: Vec<MeterRow> = rows.iter().map(|r| sites.cap(r)).collect();
+    let trusted: Vec<MeterRow> = capped.iter().filter(|r| !r.flagged).cloned().collect();
     let (mut settlement, compliance_rows) = settle_metered(result, &trusted)?;
-    let flagged: std::collections::BTreeSet<&ParticipantId> = rows
+    let flagged: std::collections::BTreeSet<&ParticipantId> = capped
         .iter()
         .filter(|r| r.flagged)
         .map(|r| &r.participant)
@@ -168,12 +225,84 @@ pub fn settle_with_envelopes(
         s.tokens = tokens.get(&s.participant).copied().unwrap_or_default();
     }
     // What accepting every flagged row would mint: withheld until then.
-    match settle_metered(result, rows) {
-        Ok((all, _)) => settlement.withheld = all.withheld,
-        Err(RulesError::Overflow(_)) => settlement.flagged_overflow = true,
+    let all = match settle_metered(result, &capped) {
+        Ok((all, _)) => Some(all),
+        Err(RulesError::Overflow(_)) => None,
         Err(e) => return Err(e),
+    };
+    match &all {
+        Some(all) => settlement.withheld = all.withheld.clone(),
+        None => settlement.flagged_overflow = true,
     }
+    add_pending(
+        &mut settlement.statements,
+        result,
+        rows,
+        &capped,
+        sites,
+        all.as_ref(),
+    )?;
     Ok((settlement, compliance_rows))
+}
+
+/// Lists every flagged row on its participant's statement (one made for a participant without
+/// any) with what accepting them all would add to its `net`.
+fn add_pending(
+    statements: &mut Vec<Statement>,
+    result: &IntervalResult,
+    raw: &[MeterRow],
+    capped: &[MeterRow],
+    sites: &Sites,
+    all: Option<&Settlement>,
+) -> Result<(), RulesError> {
+    for (raw, row) in raw.iter().zip(capped).filter(|(_, r)| r.flagged) {
+        let at = match statements.binary_search_by(|s| s.participant.cmp(&row.participant)) {
+            Ok(at) => at,
+            Err(at) => {
+                statements.insert(at, empty_statement(result, &row.participant));
+                at
+            }
+        };
+        statements[at].pending.push(PendingLine {
+            reading: row.digest.clone(),
+            gateway: row.gateway.clone(),
+            reason: sites.reasons.get(&row.digest).copied(),
+            exported: row.exported,
+            imported: row.imported,
+            metered_exported: raw.exported,
+        });
+    }
+    let Some(all) = all else { return Ok(()) };
+    for s in statements.iter_mut().filter(|s| !s.pending.is_empty()) {
+        let accepted = all
+            .statements
+            .iter()
+            .find(|a| a.participant == s.participant)
+            .map_or(Money(0), |a| a.net);
+        s.pending_worth = Some(accepted.checked_sub(s.net)?);
+    }
+    Ok(())
+}
+
+/// The statement of a participant with neither trades nor trusted readings.
+fn empty_statement(result: &IntervalResult, participant: &ParticipantId) -> Statement {
+    Statement {
+        participant: participant.clone(),
+        interval: result.interval.key(),
+        sold: Wh(0),
+        bought: Wh(0),
+        exported: Wh(0),
+        imported: Wh(0),
+        envelope_excess: Wh(0),
+        delivered: Wh(0),
+        consumed: Wh(0),
+        tokens: Wh(0),
+        estimated: true,
+        lines: Vec::new(),
+        net: Money(0),
+        pending: Vec::new(),
+        pending_worth: None,
+    }
 }
 
 /// Envelope compliance and [`settle`] over exactly these rows (flagged or not).
@@ -191,7 +320,7 @@ fn settle_metered(
     Ok((settle(result, &metered)?, rows))
 }
 
-pub use gridmesh_protocol::api::settlement::{MoneyLine, Statement};
+pub use gridmesh_protocol::api::settlement::{MoneyLine, PendingLine, Statement};
 
 /// A mint to make for one trade.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,6 +471,8 @@ pub fn settle(
             estimated: f.estimated,
             lines: a.lines,
             net,
+            pending: Vec::new(),
+            pending_worth: None,
         });
     }
     let utility_net = Money::checked_sum(books.utility_lines)?;

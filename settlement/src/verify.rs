@@ -19,7 +19,9 @@
 //! 8. physical plausibility: grid export above what the registered inverter plus battery can
 //!    deliver in the interval (`implausible_export`), or PV output while the sun is more than
 //!    2° below the horizon at the site for the whole interval (`pv_at_night`): stored as
-//!    *flagged*: neither money nor tokens until an operator accepts it (see [`crate::rules`]);
+//!    *flagged*: neither money nor tokens until an operator accepts it, and its statement
+//!    lists it as pending (see [`crate::rules`]); once accepted, its export counts at most the
+//!    site's rating ([`crate::rules::rated_export`]);
 //! 9. with a zone configured, a legacy v1 reading (it names no zone, so it might be replayed
 //!    from another zone where the same gateway key is enrolled) is stored *flagged*
 //!    (`unzoned_reading`) too: never lost, but no money until an operator accepts it.
@@ -59,7 +61,8 @@ impl Reason {
 pub enum Verdict {
     /// Store and settle it.
     Accept,
-    /// Store it, use it for money, but do not tokenize it until an operator accepts it.
+    /// Store it flagged: no money and no tokens until an operator accepts it (its statement
+    /// lists it as pending).
     Flag(Reason),
     /// Store it as late: verified, never settled.
     Late(Reason),
@@ -113,6 +116,24 @@ impl GatewayHistory {
             .entry(interval_start)
             .or_default()
             .push((device, point));
+    }
+
+    /// Forgets the points of intervals starting before `since`, except each device's latest
+    /// one (the boundary the sequence and register checks of later readings need), as the
+    /// state loaded at start-up holds them. `true` if nothing is left.
+    pub fn prune_before(&mut self, since: i64) -> bool {
+        let newer = self.by_interval.split_off(&since);
+        let older = std::mem::replace(&mut self.by_interval, newer);
+        let mut boundary: HashMap<DeviceId, (i64, ChainPoint)> = HashMap::new();
+        for (start, points) in older {
+            for (device, point) in points {
+                boundary.insert(device, (start, point));
+            }
+        }
+        for (device, (start, point)) in boundary {
+            self.record(start, device, point);
+        }
+        self.by_interval.is_empty()
     }
 
     fn check_sequence(&self, start: i64, sequence: u64) -> Result<(), Reason> {
@@ -341,9 +362,8 @@ pub fn check(
 /// The physical plausibility check alone (see the module docs).
 pub fn plausibility(reading: &Reading, site: &GatewayEnrollment) -> Option<Reason> {
     let minutes = i64::from(reading.interval.length().minutes());
-    let capability_w = i64::from(site.inverter_w) + i64::from(site.battery_w);
-    // Round the interval energy up: a rated power can never deliver more than this.
-    let max_export = (capability_w * minutes + 59) / 60;
+    // Rounded up: a rated power can never deliver more than this.
+    let max_export = crate::rules::rated_export(site, minutes).0;
     let export = reading.deltas.grid_export.0;
     if export > max_export {
         return Some(Reason::new(

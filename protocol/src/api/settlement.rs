@@ -12,11 +12,11 @@
 //! their serialised form must never change.
 
 use super::readings::ReasonCode;
-use crate::ParticipantId;
 use crate::envelope::EnvelopeAlert;
 use crate::reading::Reading;
 use crate::signing::SignedEnvelope;
 use crate::units::{Money, PricePerMwh, Wh};
+use crate::{GatewayId, ParticipantId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -61,14 +61,48 @@ pub struct Statement {
     pub delivered: Wh,
     /// Import allocated to purchases.
     pub consumed: Wh,
-    /// Tokens minted (or withheld) to this participant as buyer.
+    /// Tokens minted to this participant as buyer (not those withheld while a reading is
+    /// flagged).
     pub tokens: Wh,
-    /// True when the participant had no readings (see settlement's rules).
+    /// True when the participant had no trusted readings (none, or only flagged ones: see
+    /// settlement's rules).
     pub estimated: bool,
     /// Money lines.
     pub lines: Vec<MoneyLine>,
     /// Sum of the lines (positive = the participant receives).
     pub net: Money,
+    /// The participant's flagged readings of the interval, held back until an operator accepts
+    /// them: their energy is in none of the fields above, in no line and not in `net`. Absent
+    /// when there are none (so statements without them serialise as before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingLine>,
+    /// What accepting every pending reading would add to `net` (minor units, positive = the
+    /// participant would receive more). Absent without pending lines, or when the flagged
+    /// energy overflows (accepting it would fail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_worth: Option<Money>,
+}
+
+/// A flagged reading on a [`Statement`]: verified, but implausible (or unzoned), so it moves
+/// no money and mints no tokens until an operator accepts it. Accepting it settles the interval
+/// again and its energy moves into the statement's lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PendingLine {
+    /// SHA-256 (hex) of the signed reading (as `GET /readings/{digest}` names it).
+    pub reading: String,
+    /// The gateway that signed it.
+    pub gateway: GatewayId,
+    /// Why it was flagged (`implausible_export`, `pv_at_night`, `unzoned_reading`); `null` if
+    /// settlement has no quarantine item for it.
+    pub reason: Option<ReasonCode>,
+    /// Grid export that would count if accepted, Wh: the metered export capped at the site's
+    /// rating (registered inverter plus battery power over the interval).
+    pub exported: Wh,
+    /// Grid import that would count if accepted, Wh.
+    pub imported: Wh,
+    /// Grid export as signed by the gateway, Wh (above `exported` when capped).
+    pub metered_exported: Wh,
 }
 
 /// A ledger entry's content, tagged by `kind`. Stored as these exact JSON bytes and hashed:
@@ -280,10 +314,11 @@ pub struct EntryView {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StoredReadingStatus {
-    /// Verified and used for money and tokens.
+    /// Verified and used for money and tokens (also a flagged reading an operator accepted).
     Accepted,
-    /// Verified but implausible: used for money, its tokens withheld until an operator
-    /// accepts it.
+    /// Verified but implausible (or unzoned): moves neither money nor tokens until an operator
+    /// accepts it; its statement lists it as a [`PendingLine`] and the mints of its trades are
+    /// withheld.
     Flagged,
     /// Arrived after its interval was settled: stored, changes nothing.
     Late,

@@ -131,13 +131,14 @@ pub(super) fn check_sealed_state(
                 None => a.resolved_at >= sealed_ms,
             })
         };
-        let rows = meter_rows(result, readings, accepted_later)?;
-        let (at_seal, compliance_at_seal) = settle_with_envelopes(result, &rows).map_err(|e| {
-            bad(
-                format!("interval {key}"),
-                format!("cannot be settled again as it was sealed: {e}"),
-            )
-        })?;
+        let (rows, sites) = meter_rows(result, readings, accepted_later)?;
+        let (at_seal, compliance_at_seal) =
+            settle_with_envelopes(result, &rows, &sites).map_err(|e| {
+                bad(
+                    format!("interval {key}"),
+                    format!("cannot be settled again as it was sealed: {e}"),
+                )
+            })?;
         let stored_withheld = withheld.remove(key.as_str()).unwrap_or_default();
         compare_withheld(&key, &stored_withheld, &at_seal.withheld)?;
         let minted: Vec<(i64, MintPlan)> = mints

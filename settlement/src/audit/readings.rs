@@ -5,6 +5,7 @@
 use super::{AuditError, AuditReport, bad};
 use crate::store::audit::{AuditData, ReadingRecord};
 use crate::verify::verify_signatures;
+use gridmesh_protocol::api::readings::ReasonCode;
 use gridmesh_protocol::reading::Reading;
 use gridmesh_protocol::registry::GatewayEnrollment;
 use gridmesh_protocol::signing::{Signable, SignedEnvelope};
@@ -22,6 +23,9 @@ pub(super) struct ReadingInfo {
     pub export: i64,
     pub pv: i64,
     pub battery_discharge: i64,
+    /// Why it was flagged at ingest (its first operator-acceptable quarantine item's code),
+    /// also once accepted; `None` for a reading accepted outright.
+    pub flag_reason: Option<ReasonCode>,
 }
 
 /// The verified readings.
@@ -30,6 +34,8 @@ pub(super) struct Readings {
     pub by_digest: HashMap<String, ReadingInfo>,
     /// Digests per (interval start, minutes), in reading-key order (as settlement reads them).
     pub by_interval: HashMap<(i64, i64), Vec<String>>,
+    /// The gateway registrations (for the sites' ratings).
+    pub sites: HashMap<String, GatewayEnrollment>,
 }
 
 /// Checks every reading; records how many.
@@ -42,9 +48,25 @@ pub(super) fn check(data: &AuditData, report: &mut AuditReport) -> Result<Readin
         .collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<&SignedEnvelope> = envelopes.iter().collect();
     let sig_ok = verify_signatures(&refs);
+    let mut reasons: HashMap<&str, (i64, ReasonCode)> = HashMap::new();
+    for q in &data.quarantine {
+        let (Some(key), Some(code)) = (&q.reading_key, ReasonCode::parse(&q.code)) else {
+            continue;
+        };
+        if code.operator_acceptable() {
+            let first = reasons.entry(key).or_insert((q.id, code));
+            if q.id < first.0 {
+                *first = (q.id, code);
+            }
+        }
+    }
     let mut out = Readings {
         by_digest: HashMap::new(),
         by_interval: HashMap::new(),
+        sites: gateways
+            .iter()
+            .map(|(g, e)| (g.to_string(), e.clone()))
+            .collect(),
     };
     for ((r, env), ok) in data.readings.iter().zip(&envelopes).zip(sig_ok) {
         let loc = format!("reading {}", r.key);
@@ -76,6 +98,7 @@ pub(super) fn check(data: &AuditData, report: &mut AuditReport) -> Result<Readin
                 export: r.grid_export,
                 pv: r.pv,
                 battery_discharge: r.battery_discharge,
+                flag_reason: reasons.get(r.key.as_str()).map(|(_, c)| *c),
             },
         );
         report.readings += 1;

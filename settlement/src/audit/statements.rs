@@ -6,7 +6,7 @@
 use super::ledger::Results;
 use super::readings::{ReadingInfo, Readings};
 use super::{AuditError, AuditReport, bad, first_difference};
-use crate::rules::{MeterRow, Statement, settle_with_envelopes};
+use crate::rules::{MeterRow, Sites, Statement, settle_with_envelopes};
 use crate::store::audit::AuditData;
 use gridmesh_protocol::envelope::EnvelopeCompliance;
 use gridmesh_protocol::market::IntervalResult;
@@ -111,13 +111,14 @@ pub(super) fn settle_again(
         .collect();
     settled.sort_by_key(|(_, r)| r.interval.start());
     for (key, result) in settled {
-        let rows = meter_rows(result, readings, |_| false)?;
-        let (settlement, compliance) = settle_with_envelopes(result, &rows).map_err(|e| {
-            bad(
-                format!("interval {key}"),
-                format!("cannot be settled again: {e}"),
-            )
-        })?;
+        let (rows, sites) = meter_rows(result, readings, |_| false)?;
+        let (settlement, compliance) =
+            settle_with_envelopes(result, &rows, &sites).map_err(|e| {
+                bad(
+                    format!("interval {key}"),
+                    format!("cannot be settled again: {e}"),
+                )
+            })?;
         compare_statements(
             key,
             settlement.statements,
@@ -217,18 +218,20 @@ fn compare_compliance(
 }
 
 /// The readings settlement used for an interval (`accepted` and `flagged`; `late` ones never
-/// count), in reading-key order; `flagged_then` marks accepted readings (by key) as flagged
-/// (their acceptance came later).
+/// count), in reading-key order, with why the flagged ones were flagged and their sites'
+/// ratings (as the service settles them, see [`Sites`]); `flagged_then` marks accepted
+/// readings (by key) as flagged (their acceptance came later).
 pub(super) fn meter_rows(
     result: &IntervalResult,
     readings: &Readings,
     flagged_then: impl Fn(&str) -> bool,
-) -> Result<Vec<MeterRow>, AuditError> {
+) -> Result<(Vec<MeterRow>, Sites), AuditError> {
     let at = (
         result.interval.start_unix(),
         i64::from(result.interval.length().minutes()),
     );
     let mut rows = Vec::new();
+    let mut sites = Sites::default();
     for d in readings
         .by_interval
         .get(&at)
@@ -240,6 +243,10 @@ pub(super) fn meter_rows(
             continue;
         }
         let loc = || format!("reading {d}");
+        if let Some(reason) = info.flag_reason {
+            sites.reasons.insert(d.clone(), reason);
+            sites.rate(readings.sites.get(&info.gateway), at.1);
+        }
         rows.push(MeterRow {
             participant: ParticipantId::new(info.participant.clone())
                 .map_err(|e| bad(loc(), e.to_string()))?,
@@ -252,5 +259,5 @@ pub(super) fn meter_rows(
             battery_discharge: Wh(info.battery_discharge),
         });
     }
-    Ok(rows)
+    Ok((rows, sites))
 }

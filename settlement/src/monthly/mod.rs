@@ -21,6 +21,11 @@
 //! beyond the operating envelope is priced the same way on both sides, so the savings measure
 //! the market, not the envelope. Intervals settled without readings (`estimated`) have nothing
 //! metered to compare: they are listed, counted in the totals and left out of the savings.
+//!
+//! # Pending readings
+//! A flagged reading (implausible, awaiting an operator) moves no money: its interval's
+//! statement lists it as pending, and the CSV and HTML show it as a line that is not paid, with
+//! what accepting it would add to the interval's net. It is in none of the totals.
 
 pub mod http;
 mod store;
@@ -269,8 +274,10 @@ pub const CSV_HEADER: &str =
     "record,interval,kind,counterparty,energy_wh,price_per_mwh,amount_minor,digest,key,status";
 
 /// The statement as CSV (RFC 4180, integer units): one `line` record per money line, one
-/// `reading` record per signed reading, one `interval` record per interval (its net, tokens,
-/// baseline and savings), then `total`, `community` and `savings` records.
+/// `pending` record per flagged reading awaiting an operator (not paid; `energy_wh` is
+/// import/export as it would count, `status` its reason code), one `reading` record per signed
+/// reading, one `interval` record per interval (its net, tokens, baseline and savings, and
+/// `pending_worth` when readings are pending), then `total`, `community` and `savings` records.
 pub fn csv(m: &MonthlyStatement) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{CSV_HEADER}");
@@ -294,6 +301,20 @@ pub fn csv(m: &MonthlyStatement) -> String {
                 "",
             ]);
         }
+        for p in &s.pending {
+            row([
+                "pending",
+                &i.interval,
+                "grid_import/grid_export",
+                p.gateway.as_str(),
+                &format!("{}/{}", p.imported.0, p.exported.0),
+                "",
+                "",
+                &p.reading,
+                "",
+                p.reason.map_or("flagged", |r| r.as_str()),
+            ]);
+        }
         for r in &i.readings {
             row([
                 "reading",
@@ -314,7 +335,12 @@ pub fn csv(m: &MonthlyStatement) -> String {
             ("tokens", s.tokens.0.to_string(), String::new()),
             ("baseline", String::new(), opt(i.baseline)),
             ("savings", String::new(), opt(i.savings)),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            s.pending_worth
+                .map(|w| ("pending_worth", String::new(), w.0.to_string())),
+        ) {
             row([
                 "interval",
                 &i.interval,
@@ -493,6 +519,27 @@ currency units (minor units / 100), prices per kWh in minor units.</p>",
                 l.energy.0,
                 per_kwh(l.price),
                 money(l.amount)
+            );
+        }
+        for p in &s.pending {
+            let h = head(&mut first);
+            let _ = write!(
+                o,
+                "<tr><td>{h}</td><td><em>pending operator review</em> ({}): not paid</td><td>{}</td>\
+<td class=n>{} in / {} out</td><td></td><td class=n>–</td></tr>",
+                p.reason.map_or("flagged", |r| r.as_str()),
+                esc(p.gateway.as_str()),
+                p.imported.0,
+                p.exported.0,
+            );
+        }
+        if let Some(w) = s.pending_worth {
+            let h = head(&mut first);
+            let _ = write!(
+                o,
+                "<tr><td>{h}</td><td><em>pending</em>: worth if accepted</td><td></td><td></td><td></td>\
+<td class=n>{}</td></tr>",
+                money(w)
             );
         }
         let h = head(&mut first);

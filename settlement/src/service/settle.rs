@@ -149,9 +149,11 @@ impl Service {
         }
         let result: IntervalResult = serde_json::from_str(&body)
             .map_err(|e| StoreError::Corrupt(format!("stored result {interval_key}: {e}")))?;
-        let readings = store::readings::metered_for(&mut **tx, &result.interval).await?;
-        let (settlement, compliance_rows) = rules::settle_with_envelopes(&result, &readings)
-            .map_err(|e| ServiceError::Conflict(format!("cannot settle {interval_key}: {e}")))?;
+        let (readings, sites) = self.metered(&mut tx, &result.interval).await?;
+        let (settlement, compliance_rows) =
+            rules::settle_with_envelopes(&result, &readings, &sites).map_err(|e| {
+                ServiceError::Conflict(format!("cannot settle {interval_key}: {e}"))
+            })?;
         if settlement.flagged_overflow {
             tracing::warn!(
                 interval = interval_key,
@@ -189,6 +191,27 @@ impl Service {
             "interval settled"
         );
         Ok(SettleOutcome::Settled { height })
+    }
+
+    /// The readings settlement meters for `interval`, with why the flagged ones were flagged and
+    /// their sites' ratings (see [`rules::Sites`]).
+    pub(super) async fn metered(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        interval: &Interval,
+    ) -> Result<(Vec<rules::MeterRow>, rules::Sites), ServiceError> {
+        let rows = store::readings::metered_for(&mut **tx, interval).await?;
+        let mut sites = rules::Sites {
+            reasons: store::intervals::flag_reasons(&mut **tx, interval).await?,
+            ..Default::default()
+        };
+        let registry = self.registry.read().expect("registry lock");
+        let flagged = rows
+            .iter()
+            .filter(|r| sites.reasons.contains_key(&r.digest));
+        let enrolled: Vec<_> = flagged.filter_map(|r| registry.get(&r.gateway)).collect();
+        sites.rate(enrolled, i64::from(interval.length().minutes()));
+        Ok((rows, sites))
     }
 
     /// Metrics, events and logs of a settled interval.

@@ -186,9 +186,9 @@ impl Service {
             .ok_or_else(|| StoreError::Corrupt(format!("settled result {interval_key} is gone")))?;
         let result: IntervalResult = serde_json::from_str(&body)
             .map_err(|e| StoreError::Corrupt(format!("stored result {interval_key}: {e}")))?;
-        let readings = store::readings::metered_for(&mut **tx, &result.interval).await?;
-        let (settlement, compliance) =
-            rules::settle_with_envelopes(&result, &readings).map_err(|e| {
+        let (readings, sites) = self.metered(tx, &result.interval).await?;
+        let (settlement, compliance) = rules::settle_with_envelopes(&result, &readings, &sites)
+            .map_err(|e| {
                 ServiceError::Conflict(format!(
                     "accepting this reading would make interval {interval_key} unsettleable: {e}"
                 ))

@@ -4,6 +4,7 @@
 use super::StoreError;
 use crate::rules::{MintPlan, Statement};
 use gridmesh_protocol::Interval;
+use gridmesh_protocol::api::readings::ReasonCode;
 use gridmesh_protocol::envelope::EnvelopeCompliance;
 use sqlx::{Any, AnyPool, QueryBuilder, Row, Transaction};
 
@@ -368,4 +369,40 @@ pub async fn delete_statements_and_compliance(
             .await?;
     }
     Ok(())
+}
+
+/// Why each reading of `interval` that settlement meters was flagged at ingest (digest → the
+/// code of its operator-acceptable quarantine item, the first by id), also once an operator
+/// accepted it: what [`crate::rules::Sites::reasons`] needs.
+pub async fn flag_reasons<'e, E>(
+    executor: E,
+    interval: &Interval,
+) -> Result<std::collections::BTreeMap<String, ReasonCode>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
+    let codes: Vec<String> = ReasonCode::ALL
+        .into_iter()
+        .filter(|c| c.operator_acceptable())
+        .map(|c| format!("'{}'", c.as_str()))
+        .collect();
+    let sql = format!(
+        "SELECT r.digest, q.code FROM quarantine q JOIN readings r ON r.reading_key = q.reading_key \
+         WHERE r.interval_start = $1 AND r.minutes = $2 AND r.status IN ('accepted', 'flagged') \
+         AND q.code IN ({}) ORDER BY q.id",
+        codes.join(", ")
+    );
+    let rows = sqlx::query(&sql)
+        .bind(interval.start_unix())
+        .bind(i64::from(interval.length().minutes()))
+        .fetch_all(executor)
+        .await?;
+    let mut out = std::collections::BTreeMap::new();
+    for r in rows {
+        let code: String = r.try_get(1)?;
+        if let Some(code) = ReasonCode::parse(&code) {
+            out.entry(r.try_get(0)?).or_insert(code);
+        }
+    }
+    Ok(out)
 }

@@ -446,6 +446,8 @@ pub fn statements() -> Vec<Statement> {
         estimated: false,
         lines: Vec::new(),
         net: Money(net),
+        pending: Vec::new(),
+        pending_worth: None,
     };
     vec![
         st("h001", 0, 1500, 0, 2100, -300),
