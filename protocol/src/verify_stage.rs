@@ -1,6 +1,11 @@
 //! The verification stage both services share: signed envelopes from concurrent requests and
-//! MQTT batches are collected for a short bounded window and verified together with ed25519
-//! batch verification on a small pool of threads sized to the cores, off the async workers.
+//! MQTT batches are collected into windows and verified together with ed25519 batch
+//! verification on a small pool of threads sized to the cores, off the async workers.
+//!
+//! A window is what is queued when a thread takes it (bounded by `max_items` and `window`): a
+//! thread never waits for envelopes that are not there, so at a low rate an envelope is verified
+//! at once, and under load the queue fills while the threads verify, so windows grow to
+//! `max_items` and batching pays.
 //!
 //! # Strictness
 //!
@@ -10,8 +15,9 @@
 //! beyond the group equation:
 //!
 //! - the public key decodes and is not of small order (`BadPublicKey`);
-//! - `S` is canonical (`S < L`), and `R` decodes, is canonically encoded and is not of small
-//!   order (`BadSignature`).
+//! - `S` is canonical (`S < L`), and `R` is canonically encoded and is not of small order
+//!   (`BadSignature`), checked on the bytes; an `R` that does not decode fails the batch
+//!   equation and gets `verify_strict`'s answer in the fallback below.
 //!
 //! Keys with a torsion component (never made by key generation, only crafted) are checked one
 //! by one with `verify_strict`, so for them nothing depends on the batch. The passing envelopes
@@ -47,13 +53,14 @@
 //! ```
 
 use crate::signing::{PublicKey, SignedEnvelope, SigningError};
-use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::constants::EIGHT_TORSION;
+use curve25519_dalek::edwards::CompressedEdwardsY;
 use curve25519_dalek::scalar::Scalar;
 use ed25519_dalek::{Signature, VerifyingKey};
 use futures::channel::oneshot;
 use std::collections::HashMap;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, TryRecvError};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 /// How the stage batches and how many threads it uses.
@@ -61,7 +68,8 @@ use std::time::{Duration, Instant};
 pub struct StageConfig {
     /// Verification threads (default: the number of cores).
     pub threads: usize,
-    /// How long a thread keeps collecting after the first envelope of a window arrived.
+    /// How long a thread keeps taking queued envelopes into one window after its first (it stops
+    /// earlier once the queue is empty).
     pub window: Duration,
     /// A window closes early once it holds this many envelopes.
     pub max_items: usize,
@@ -162,7 +170,7 @@ impl VerifyStage {
         out
     }
 
-    /// Verifies one envelope (batched with whatever else arrives within the window).
+    /// Verifies one envelope (batched with whatever else is queued at the moment).
     pub async fn verify_one(&self, envelope: SignedEnvelope) -> Result<(), SigningError> {
         self.verify(vec![envelope])
             .await
@@ -174,23 +182,11 @@ impl VerifyStage {
 fn worker(rx: &Mutex<mpsc::Receiver<Job>>, config: StageConfig) {
     let mut keys = KeyCache::default();
     loop {
-        let mut jobs = Vec::new();
-        {
+        let jobs = {
             let rx = rx.lock().expect("verify receiver lock");
             let Ok(first) = rx.recv() else { return };
-            let mut items = first.range.len();
-            jobs.push(first);
-            let deadline = Instant::now() + config.window;
-            while items < config.max_items {
-                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(job) => {
-                        items += job.range.len();
-                        jobs.push(job);
-                    }
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                }
-            }
-        }
+            collect(&rx, first, config)
+        };
         let all: Vec<&SignedEnvelope> = jobs
             .iter()
             .flat_map(|j| j.envelopes[j.range.clone()].iter())
@@ -203,6 +199,26 @@ fn worker(rx: &Mutex<mpsc::Receiver<Job>>, config: StageConfig) {
             let _ = job.reply.send(part);
         }
     }
+}
+
+/// One window: `first` and whatever is already queued behind it, up to `config.max_items`
+/// envelopes and `config.window` after `first` was taken. It closes as soon as the queue is
+/// empty: no envelope waits for others that are not there (issue 16: at a low rate a window
+/// is one envelope, under load the queue fills while the threads verify and windows grow).
+fn collect(rx: &mpsc::Receiver<Job>, first: Job, config: StageConfig) -> Vec<Job> {
+    let deadline = Instant::now() + config.window;
+    let mut items = first.range.len();
+    let mut jobs = vec![first];
+    while items < config.max_items && Instant::now() < deadline {
+        match rx.try_recv() {
+            Ok(job) => {
+                items += job.range.len();
+                jobs.push(job);
+            }
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        }
+    }
+    jobs
 }
 
 /// Decoded keys: the verifier and whether the point is free of a torsion component.
@@ -230,13 +246,41 @@ impl KeyCache {
     }
 }
 
-/// `R` decodes, is canonically encoded and not of small order; `S` is canonical.
+/// The `y` coordinates (sign bit cleared) of the eight points of small order, the only points
+/// whose encodings pass [`signature_encoding_ok`]'s byte test but that `verify_strict` refuses.
+static SMALL_ORDER_Y: LazyLock<Vec<[u8; 32]>> = LazyLock::new(|| {
+    let mut ys: Vec<[u8; 32]> = EIGHT_TORSION
+        .iter()
+        .map(|p| {
+            let mut y = p.compress().0;
+            y[31] &= 0x7f;
+            y
+        })
+        .collect();
+    ys.sort_unstable();
+    ys.dedup();
+    ys
+});
+
+/// `y < p = 2^255 - 19` for the low 255 bits of an encoded point (the sign bit not counted).
+fn y_is_canonical(encoded: &[u8; 32]) -> bool {
+    // The only 255-bit values at or above p are p..2^255-1: all bytes 0xff except the first
+    // (0xed..=0xff) and the last (0x7f once the sign bit is cleared).
+    !(encoded[31] & 0x7f == 0x7f && encoded[1..31].iter().all(|&b| b == 0xff) && encoded[0] >= 0xed)
+}
+
+/// `S` is canonical (`S < L`) and `R` is canonically encoded and not of small order: what
+/// `verify_strict` refuses and batch verification would accept. Byte tests only, no point
+/// arithmetic: a canonical `y` with the sign bit set at `x = 0` is `y = ±1`, of small order, so
+/// "canonical `y`, not a small-order `y`" is exactly "canonical encoding of a point not of small
+/// order" for every `R` that decodes. An `R` that does not decode fails the batch equation and
+/// gets `verify_strict`'s answer in the one-by-one fallback.
 fn signature_encoding_ok(signature: &[u8; 64]) -> bool {
     let r: [u8; 32] = signature[..32].try_into().expect("32 bytes");
     let s: [u8; 32] = signature[32..].try_into().expect("32 bytes");
-    let r_ok = CompressedEdwardsY(r)
-        .decompress()
-        .is_some_and(|p: EdwardsPoint| !p.is_small_order() && p.compress().0 == r);
+    let mut y = r;
+    y[31] &= 0x7f;
+    let r_ok = y_is_canonical(&r) && !SMALL_ORDER_Y.contains(&y);
     r_ok && bool::from(Scalar::from_canonical_bytes(s).is_some())
 }
 
@@ -290,4 +334,111 @@ fn verify_with(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use curve25519_dalek::edwards::EdwardsPoint;
+
+    /// The definition the byte test stands for: `R` decodes, its encoding is canonical and it is
+    /// not of small order.
+    fn by_point(r: &[u8; 32]) -> Option<bool> {
+        let p: EdwardsPoint = CompressedEdwardsY(*r).decompress()?;
+        Some(!p.is_small_order() && p.compress().0 == *r)
+    }
+
+    fn r_ok(r: &[u8; 32]) -> bool {
+        signature_encoding_ok(&[*r, [0; 32]].concat().try_into().unwrap())
+    }
+
+    fn job(n: usize) -> (Job, oneshot::Receiver<Vec<Result<(), SigningError>>>) {
+        let (reply, answer) = oneshot::channel();
+        let envelopes: Arc<[SignedEnvelope]> = Vec::new().into();
+        let job = Job {
+            envelopes,
+            range: 0..n,
+            reply,
+        };
+        (job, answer)
+    }
+
+    /// A window takes what is queued and closes when the queue is empty: it does not wait for
+    /// envelopes that are not there (an hour-long window would hang this test if it did).
+    #[test]
+    fn a_window_closes_when_the_queue_is_empty() {
+        let config = StageConfig {
+            threads: 1,
+            window: Duration::from_secs(3600),
+            max_items: 256,
+        };
+        let (tx, rx) = mpsc::channel();
+        let (first, _a) = job(1);
+        assert_eq!(collect(&rx, first, config).len(), 1, "alone");
+        let (first, _a) = job(1);
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            let (queued, answer) = job(64);
+            tx.send(queued).unwrap();
+            answers.push(answer);
+        }
+        assert_eq!(
+            collect(&rx, first, config).len(),
+            4,
+            "with everything queued"
+        );
+        // A full window leaves the rest queued for the next.
+        for _ in 0..5 {
+            let (queued, answer) = job(64);
+            tx.send(queued).unwrap();
+            answers.push(answer);
+        }
+        let (first, _a) = job(64);
+        let window = collect(&rx, first, config);
+        assert_eq!(window.iter().map(|j| j.range.len()).sum::<usize>(), 256);
+        assert_eq!(rx.try_iter().count(), 2);
+    }
+
+    #[test]
+    fn the_byte_test_of_r_agrees_with_decoding_for_every_decodable_r() {
+        let mut cases: Vec<[u8; 32]> = Vec::new();
+        // Every small-order point, with both sign bits, and every non-canonical y (p..2^255-1).
+        for t in EIGHT_TORSION {
+            let mut r = t.compress().0;
+            cases.push(r);
+            r[31] ^= 0x80;
+            cases.push(r);
+        }
+        for low in 0xedu8..=0xff {
+            for sign in [0u8, 0x80] {
+                let mut r = [0xff; 32];
+                r[0] = low;
+                r[31] = 0x7f | sign;
+                cases.push(r);
+            }
+        }
+        // Points just below p, and ordinary points (multiples of the base point) with both signs.
+        let mut r = [0xff; 32];
+        r[31] = 0x7f;
+        for low in 0xd0u8..0xed {
+            r[0] = low;
+            cases.push(r);
+        }
+        for k in 1u64..300 {
+            let mut r = EdwardsPoint::mul_base(&Scalar::from(k)).compress().0;
+            cases.push(r);
+            r[31] ^= 0x80;
+            cases.push(r);
+        }
+        let mut decodable = 0;
+        for r in &cases {
+            if let Some(expected) = by_point(r) {
+                decodable += 1;
+                assert_eq!(r_ok(r), expected, "R = {}", hex::encode(r));
+            }
+        }
+        assert!(decodable > 600, "{decodable} decodable cases");
+        // Small-order R is refused (eight points, five y values).
+        assert_eq!(SMALL_ORDER_Y.len(), 5);
+    }
 }
