@@ -4,9 +4,10 @@
 //! clean; the authority key must be pinned (a chain re-signed by another key is refused).
 //!
 //! The scenario: 12:00 signed result with envelopes, three homes trade (mints to bob);
-//! 12:30 alice's export is flagged and stays pending (a withheld mint); 12:45 carol's export is
-//! flagged, the interval is sealed, then an operator accepts it (statements corrected, the
-//! withheld mint released); bob rotates his key, transfers with the old key before the rotation
+//! 12:30 alice's export is flagged and stays pending (a withheld mint, a pending line on her
+//! statement); 12:45 carol's export is flagged, the interval is sealed, then an operator
+//! accepts it (statements corrected, her export capped at her site's rating, the withheld mint
+//! released); bob rotates his key, transfers with the old key before the rotation
 //! and with the new one after, carol retires; 13:00 seals all that and lists the decision.
 
 mod common;
@@ -475,6 +476,73 @@ fn tampers() -> Vec<Tamper> {
             Change::JsonAdd("/exported", -3_100),
             &["statement of carol", &c, "field exported"],
         ),
+        // pending lines: alice's flagged 12:30 export (capped at her 3000 Wh rating).
+        t(
+            "statements",
+            "body",
+            &st(&b, "alice"),
+            Change::JsonAdd("/pending/0/exported", 1),
+            &["statement of alice", &b, "field pending[0].exported"],
+        ),
+        t(
+            "statements",
+            "body",
+            &st(&b, "alice"),
+            Change::JsonAdd("/pending/0/metered_exported", -1),
+            &[
+                "statement of alice",
+                &b,
+                "field pending[0].metered_exported",
+            ],
+        ),
+        t(
+            "statements",
+            "body",
+            &st(&b, "alice"),
+            Change::JsonSet("/pending/0/reason", "\"pv_at_night\""),
+            &["statement of alice", &b, "field pending[0].reason"],
+        ),
+        t(
+            "statements",
+            "body",
+            &st(&b, "alice"),
+            Change::JsonSet("/pending/0/gateway", "\"gw-bob\""),
+            &["statement of alice", &b, "field pending[0].gateway"],
+        ),
+        t(
+            "statements",
+            "body",
+            &st(&b, "alice"),
+            Change::JsonSet("/pending", "[]"),
+            &["statement of alice", &b, "field pending"],
+        ),
+        t(
+            "statements",
+            "body",
+            &st(&b, "alice"),
+            Change::JsonAdd("/pending_worth", -1),
+            &["statement of alice", &b, "field pending_worth"],
+        ),
+        // The reason settlement recomputes the pending line (and the export cap) from.
+        t(
+            "quarantine",
+            "code",
+            &format!("reading_key = '{alice_b}'"),
+            Change::Set("pv_at_night"),
+            &[
+                "statement of alice",
+                &b,
+                "field pending[0]",
+                "quarantine item",
+            ],
+        ),
+        t(
+            "quarantine",
+            "code",
+            &format!("reading_key = '{carol_c}'"),
+            Change::Set("unzoned_reading"),
+            &["statement of carol", &c, "field exported"],
+        ),
         // compliance rows.
         t(
             "compliance",
@@ -743,6 +811,8 @@ fn expected_table(t: &Tamper) -> &'static str {
         ("entries", "block_height") => "blocks",
         ("results", "settled") => "results",
         ("statements", "interval_key") => "statements",
+        // A flagged reading's reason shows in the statement settled again with it.
+        ("quarantine", "code") => "statements",
         (table, _) => table,
     }
 }

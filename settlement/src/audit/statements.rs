@@ -154,11 +154,16 @@ fn compare_statements(
         match have.remove(p) {
             None => return Err(bad(&loc, "is missing: settling again writes one")),
             Some(h) if &h != w => {
+                let field = first_difference(&h, w);
+                let hint = if field.starts_with("pending") {
+                    " (a pending line's reason and export cap come from its reading's quarantine item's code: check that item too)"
+                } else {
+                    ""
+                };
                 return Err(bad(
                     &loc,
                     format!(
-                        "differs from settling the stored result and readings again with the published rules: field {}",
-                        first_difference(&h, w)
+                        "differs from settling the stored result and readings again with the published rules: field {field}{hint}"
                     ),
                 ));
             }
