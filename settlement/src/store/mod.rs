@@ -18,7 +18,7 @@ pub mod registry;
 pub use ledger::{SealedBlock, insert_entry, insert_lot, seal_block};
 pub use readings::{
     QuarantineRow, READING_COLUMN_LIST, ReadingRow, copy_readings, insert_quarantine,
-    insert_readings, readings_csv, rows_per_statement,
+    insert_readings, readings_copy_binary, rows_per_statement,
 };
 
 use gridmesh_runtime::db::{Database, DbError};

@@ -159,50 +159,52 @@ pub const READING_COLUMN_LIST: &str = "reading_key, gateway, device, participant
     minutes, sequence, payload, signature, public_key, digest, grid_import, grid_export, pv, \
     battery_discharge, status, received_at";
 
-fn csv_text(out: &mut String, s: &str) {
-    out.push('"');
-    out.push_str(&s.replace('"', "\"\""));
-    out.push('"');
+/// PostgreSQL's binary `COPY` signature, flags (none) and header extension length (0).
+const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// Fields of a reading row (the columns of [`READING_COLUMN_LIST`]).
+const READING_FIELDS: i16 = 17;
+
+fn copy_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = i32::try_from(bytes.len()).expect("a field is far below 2 GiB");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
 }
 
-/// Readings as PostgreSQL COPY CSV (bytea in `\\x` hex form).
-pub fn readings_csv(rows: &[ReadingRow]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(rows.len() * 900);
+fn copy_bigint(out: &mut Vec<u8>, value: i64) {
+    out.extend_from_slice(&8i32.to_be_bytes());
+    out.extend_from_slice(&value.to_be_bytes());
+}
+
+/// Readings in PostgreSQL's binary `COPY` format: integers as 8 big-endian bytes, text as its
+/// UTF-8 bytes, `bytea` verbatim. PostgreSQL parses it with far less work than CSV (no
+/// quoting, no hex, no number parsing), and the payload is sent once instead of as hex.
+pub fn readings_copy_binary(rows: &[ReadingRow]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(COPY_BINARY_HEADER.len() + rows.len() * 600 + 2);
+    out.extend_from_slice(COPY_BINARY_HEADER);
     for r in rows {
-        for (i, text) in [&r.key, &r.gateway, &r.device, &r.participant]
-            .iter()
-            .enumerate()
-        {
-            if i > 0 {
-                out.push(',');
-            }
-            csv_text(&mut out, text);
+        out.extend_from_slice(&READING_FIELDS.to_be_bytes());
+        for text in [&r.key, &r.gateway, &r.device, &r.participant] {
+            copy_bytes(&mut out, text.as_bytes());
         }
-        let _ = write!(
-            out,
-            ",{},{},{},\\x{},\\x{},",
-            r.interval_start,
-            r.minutes,
-            r.sequence,
-            hex::encode(&r.payload),
-            hex::encode(&r.signature)
-        );
-        csv_text(&mut out, &r.public_key);
-        out.push(',');
-        csv_text(&mut out, &r.digest);
-        let _ = write!(
-            out,
-            ",{},{},{},{},",
-            r.grid_import, r.grid_export, r.pv, r.battery_discharge
-        );
-        csv_text(&mut out, r.status);
-        let _ = writeln!(out, ",{}", r.received_at);
+        copy_bigint(&mut out, r.interval_start);
+        copy_bigint(&mut out, r.minutes);
+        copy_bigint(&mut out, r.sequence);
+        copy_bytes(&mut out, &r.payload);
+        copy_bytes(&mut out, &r.signature);
+        copy_bytes(&mut out, r.public_key.as_bytes());
+        copy_bytes(&mut out, r.digest.as_bytes());
+        for value in [r.grid_import, r.grid_export, r.pv, r.battery_discharge] {
+            copy_bigint(&mut out, value);
+        }
+        copy_bytes(&mut out, r.status.as_bytes());
+        copy_bigint(&mut out, r.received_at);
     }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
     out
 }
 
-/// Inserts readings into PostgreSQL with `COPY … FROM STDIN (FORMAT csv)` (several times
+/// Inserts readings into PostgreSQL with `COPY … FROM STDIN (FORMAT binary)` (several times
 /// faster than multi-row INSERTs). Keys must be new: a conflict fails the transaction.
 pub async fn copy_readings(
     tx: &mut Transaction<'_, sqlx::Postgres>,
@@ -211,9 +213,10 @@ pub async fn copy_readings(
     if rows.is_empty() {
         return Ok(());
     }
-    let statement = format!("COPY readings ({READING_COLUMN_LIST}) FROM STDIN WITH (FORMAT csv)");
+    let statement =
+        format!("COPY readings ({READING_COLUMN_LIST}) FROM STDIN WITH (FORMAT binary)");
     let mut copy = tx.copy_in_raw(&statement).await?;
-    if let Err(e) = copy.send(readings_csv(rows).into_bytes()).await {
+    if let Err(e) = copy.send(readings_copy_binary(rows)).await {
         return Err(e.into());
     }
     copy.finish().await?;
