@@ -18,6 +18,7 @@ use gridmesh_protocol::reading::Reading;
 use gridmesh_protocol::registry::GatewayEnrollment;
 use gridmesh_protocol::request::SignedGatewayRequest;
 use gridmesh_protocol::signing::SignedEnvelope;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -494,28 +495,19 @@ impl Service {
             sig_ok,
         } = prepared;
         // Readings from before the verification state's start may be resubmissions of stored
-        // ones: their digests come from the database, so they are answered `duplicate` (or
-        // `conflict`) exactly as if the state held them.
+        // ones: their digests come from the database (for this batch only, so the state stays
+        // bounded by the horizon), and they are answered `duplicate` (or `conflict`) exactly as
+        // if the state held them.
         let since = self.state_since().timestamp();
-        let old_keys: Vec<String> = parsed
-            .iter()
-            .filter_map(|p| p.as_ref().ok())
-            .filter(|(_, r)| r.interval.start_unix() < since)
-            .map(|(_, r)| r.idempotency_key())
-            .collect();
-        let old_digests = if old_keys.is_empty() {
-            Vec::new()
-        } else {
-            store::readings::digests_of(&self.db.pool, &old_keys).await?
-        };
+        let mut old_digests = self.stored_digests(parsed, i64::MIN..since).await?;
         let mut state = self.ingest.lock().await;
-        for (key, digest) in old_digests {
-            let mut bytes = [0u8; 32];
-            if hex::decode_to_slice(&digest, &mut bytes).is_ok() {
-                state.chain.digests.entry(key).or_insert(bytes);
-            }
+        state.prune(since);
+        if state.since > since {
+            // Another batch bounded the state further meanwhile: look up what it forgot.
+            let forgotten = self.stored_digests(parsed, since..state.since).await?;
+            old_digests.extend(forgotten);
         }
-        let batch = self.classify(&mut state, items, parsed, sig_ok.clone());
+        let batch = self.classify(&mut state, &old_digests, items, parsed, sig_ok);
         let ids = match self.write_batch(&batch.rows, &batch.quarantine).await {
             Ok(ids) => ids,
             Err(e) => {
@@ -563,6 +555,34 @@ impl Service {
             });
         }
         Ok(batch.outcomes)
+    }
+
+    /// The stored digests of the readings of `parsed` whose interval starts in `starts`, by
+    /// idempotency key.
+    async fn stored_digests(
+        &self,
+        parsed: &[Result<(SignedEnvelope, Reading), Reason>],
+        starts: std::ops::Range<i64>,
+    ) -> Result<HashMap<String, [u8; 32]>, ServiceError> {
+        let keys: Vec<String> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .filter(|(_, r)| starts.contains(&r.interval.start_unix()))
+            .map(|(_, r)| r.idempotency_key())
+            .collect();
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let stored = store::readings::digests_of(&self.db.pool, &keys).await?;
+        Ok(stored
+            .into_iter()
+            .filter_map(|(key, digest)| {
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(&digest, &mut bytes)
+                    .ok()
+                    .map(|()| (key, bytes))
+            })
+            .collect())
     }
 
     /// Re-admits held readings whose gateway is enrolled now: they are ingested as fresh
@@ -613,11 +633,12 @@ impl Service {
     fn classify(
         &self,
         state: &mut super::IngestState,
+        old_digests: &HashMap<String, [u8; 32]>,
         items: &[Submission],
         parsed: &[Result<(SignedEnvelope, Reading), Reason>],
-        sig_ok: Vec<bool>,
+        sig_ok: &[bool],
     ) -> Batch {
-        let mut sig_ok = sig_ok.into_iter();
+        let mut sig_ok = sig_ok.iter().copied();
         let now = self.clock.now();
         let now_ms = ms(now);
         let mut batch = Batch::default();
@@ -661,7 +682,12 @@ impl Service {
             let ctx = Context {
                 enrollment,
                 history: state.chain.gateways.get(&reading.gateway),
-                stored_digest: state.chain.digests.get(&key).copied(),
+                stored_digest: state
+                    .chain
+                    .digests
+                    .get(&key)
+                    .or_else(|| old_digests.get(&key))
+                    .copied(),
                 interval_settled: state.settled.contains(&reading.interval.key()),
                 now,
                 limits: self.settings.limits,

@@ -101,6 +101,38 @@ pub struct CoreSettings {
 struct IngestState {
     chain: ChainState,
     settled: HashSet<String>,
+    /// The [`Service::state_since`] the state was last bounded by (Unix s): at start-up, then
+    /// whenever it has moved on by [`PRUNE_EVERY_SECONDS`].
+    since: i64,
+}
+
+/// How far the horizon moves on before ingest forgets what fell behind it (Unix s).
+const PRUNE_EVERY_SECONDS: i64 = 3600;
+
+impl IngestState {
+    /// Bounds the state by the horizon at runtime, as [`Service::load`] does at start-up:
+    /// forgets the digests of readings whose interval starts before `since` (a resubmitted
+    /// one is looked up in the database) and every gateway's history before it except each
+    /// device's latest point. Does nothing until `since` has moved on by
+    /// [`PRUNE_EVERY_SECONDS`] since the last time.
+    fn prune(&mut self, since: i64) {
+        if since < self.since.saturating_add(PRUNE_EVERY_SECONDS) {
+            return;
+        }
+        self.since = since;
+        self.chain
+            .digests
+            .retain(|key, _| key_interval_start(key).is_none_or(|start| start >= since));
+        self.chain
+            .gateways
+            .retain(|_, history| !history.prune_before(since));
+    }
+}
+
+/// The interval start (Unix s) an idempotency key names: its last `/`-separated part
+/// (`gateway/device/start`, [`Reading::idempotency_key`]).
+fn key_interval_start(key: &str) -> Option<i64> {
+    key.rsplit_once('/')?.1.parse().ok()
 }
 
 /// The service core (shared by the API, the MQTT ingest, the poller and the settler).
@@ -230,6 +262,7 @@ impl Service {
                     .into();
             state.chain.record(&reading, digest);
         }
+        state.since = since;
         state.settled = store::intervals::settled_keys(&self.db.pool)
             .await?
             .into_iter()
@@ -265,8 +298,9 @@ impl Service {
         self.clock.now() - self.settings.limits.horizon - chrono::Duration::days(1)
     }
 
-    /// How many readings the verification state holds (start-up loads those within the
-    /// horizon, [`Service::state_since`]; ingest adds what it stores).
+    /// How many readings the verification state holds digests of (start-up loads those within
+    /// the horizon, [`Service::state_since`]; ingest adds what it stores and forgets what
+    /// falls behind the horizon).
     pub async fn verification_state_len(&self) -> usize {
         self.ingest.lock().await.chain.digests.len()
     }
