@@ -14,50 +14,19 @@ use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::shutdown::Shutdown;
 use reqwest::StatusCode;
 use serde_json::Value;
-use settlement::sources::StaticSource;
-use settlement::{SettlementConfig, serve_with_source};
-use std::sync::Arc;
+use settlement::SettlementConfig;
 use std::time::Duration;
 
-const OPERATOR: &str = "op-secret";
-const AUDITOR: &str = "audit-secret";
-
-struct Running {
-    base: String,
-    http: reqwest::Client,
-    source: StaticSource,
-    shutdown: Shutdown,
-    _dir: tempfile::TempDir,
-}
+type Running = Api;
 
 async fn start() -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let source = registry_source();
-    let shutdown = Shutdown::new();
+    let (url, dir) = database("sqlite", "access").await;
     let config = SettlementConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
-        market_url: None,
-        operator_token: Some(OPERATOR.into()),
         auditor_token: Some(AUDITOR.into()),
         poll_secs: 0.05,
-        ..SettlementConfig::default()
+        ..api_config(url)
     };
-    let running = serve_with_source(
-        config,
-        Clock::scaled(epoch(), 1.0),
-        shutdown.clone(),
-        Some(Arc::new(source.clone())),
-    )
-    .await
-    .unwrap();
-    Running {
-        base: format!("http://{}", running.addr),
-        http: reqwest::Client::new(),
-        source,
-        shutdown,
-        _dir: dir,
-    }
+    serve_api(config, dir).await
 }
 
 /// A participant's signed-request header for `GET path_and_query`, signed now.

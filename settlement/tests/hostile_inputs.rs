@@ -9,8 +9,6 @@ use common::*;
 use gridmesh_protocol::api::readings::ReasonCode;
 use gridmesh_protocol::registry::GatewayEnrollment;
 use gridmesh_protocol::signing::SignedEnvelope;
-use gridmesh_runtime::clock::Clock;
-use gridmesh_runtime::shutdown::Shutdown;
 use gridmesh_runtime::testing::{
     HOSTILE_IDS, announce_oversized, assert_clear_4xx, assert_clear_413, hostile_bodies,
 };
@@ -18,8 +16,6 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use settlement::service::ReadingStatus;
 use settlement::verify::{self, Context, Limits, Verdict};
-use settlement::{SettlementConfig, serve_with_source};
-use std::sync::Arc;
 
 /// Settles 12:00 with statements for alice, bob and carol.
 async fn settled(backend: &str) -> (settlement::service::Service, Option<tempfile::TempDir>) {
@@ -143,39 +139,15 @@ fn clock_skew_and_horizon_edges_are_exact() {
     assert!(matches!(old, Verdict::Reject(_)));
 }
 
-const OPERATOR: &str = "op-secret";
-
-async fn start() -> (String, std::net::SocketAddr, Shutdown, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let shutdown = Shutdown::new();
-    let config = SettlementConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
-        market_url: None,
-        broker_url: None,
-        operator_token: Some(OPERATOR.into()),
-        ..SettlementConfig::default()
-    };
-    let running = serve_with_source(
-        config,
-        Clock::scaled(epoch(), 1.0),
-        shutdown.clone(),
-        Some(Arc::new(registry_source())),
-    )
-    .await
-    .unwrap();
-    (
-        format!("http://{}", running.addr),
-        running.addr,
-        shutdown,
-        dir,
-    )
+async fn start() -> Api {
+    let (url, dir) = database("sqlite", "hostile").await;
+    serve_api(api_config(url), dir).await
 }
 
 #[tokio::test]
 async fn hostile_bodies_and_ids_on_every_post_route_get_a_clear_4xx() {
-    let (base, addr, shutdown, _dir) = start().await;
-    let http = reqwest::Client::new();
+    let api = start().await;
+    let (base, addr, http) = (&api.base, api.running.addr, &api.http);
     // Every POST route the API documents is covered below.
     let doc: Value = http
         .get(format!("{base}/openapi.json"))
@@ -296,5 +268,5 @@ async fn hostile_bodies_and_ids_on_every_post_route_get_a_clear_4xx() {
         "/tokens/transfer, a reading instead of a transfer",
     )
     .await;
-    shutdown.trigger();
+    api.shutdown.trigger();
 }

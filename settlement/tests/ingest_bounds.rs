@@ -8,79 +8,34 @@ mod common;
 use common::*;
 use gridmesh_protocol::request::gateway_authorization;
 use gridmesh_protocol::signing::SignedEnvelope;
-use gridmesh_protocol::token::{TokenRetire, TokenTransfer};
+use gridmesh_protocol::token::TokenRetire;
 use gridmesh_protocol::{GatewayId, NodeId, ParticipantId, Wh, topics};
-use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::mqtt::{MqttSession, MqttSettings, Qos};
-use gridmesh_runtime::shutdown::Shutdown;
 use reqwest::StatusCode;
 use serde_json::Value;
+use settlement::SettlementConfig;
 use settlement::service::admission::{SAMPLE_BYTES, SAMPLES_PER_GATEWAY_PER_HOUR};
 use settlement::service::{ReadingStatus, ServiceError, Submission};
-use settlement::sources::StaticSource;
-use settlement::{SettlementConfig, serve_with_source};
 use std::sync::Arc;
 use std::time::Duration;
 
-const OPERATOR: &str = "op-secret";
-
-struct Running {
-    base: String,
-    http: reqwest::Client,
-    source: StaticSource,
-    shutdown: Shutdown,
-    running: settlement::RunningSettlement,
-    _dir: tempfile::TempDir,
-}
+type Running = Api;
 
 async fn start(broker_url: Option<String>, poll_secs: f64) -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let source = registry_source();
-    let shutdown = Shutdown::new();
+    let (url, dir) = database("sqlite", "bounds").await;
     let config = SettlementConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
-        market_url: None,
         broker_url,
         mqtt_client_id: format!("settlement-bounds-{}-{}", std::process::id(), rand_suffix()),
-        operator_token: Some(OPERATOR.into()),
         poll_secs,
-        ..SettlementConfig::default()
+        ..api_config(url)
     };
-    let running = serve_with_source(
-        config,
-        Clock::scaled(epoch(), 1.0),
-        shutdown.clone(),
-        Some(Arc::new(source.clone())),
-    )
-    .await
-    .unwrap();
-    Running {
-        base: format!("http://{}", running.addr),
-        http: reqwest::Client::new(),
-        source,
-        shutdown,
-        running,
-        _dir: dir,
-    }
+    serve_api(config, dir).await
 }
 
 fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
-}
-
-/// The gateway's signed request over `body` (what edge-gateway's uplink sends).
-fn signed_by(gateway: &str, body: &[u8]) -> String {
-    gateway_authorization(
-        &GatewayId::new(gateway).unwrap(),
-        &gateway_key(gateway),
-        chrono::Utc::now().timestamp(),
-        "POST",
-        "/readings",
-        body,
-    )
 }
 
 impl Running {
@@ -96,7 +51,7 @@ impl Running {
     }
 
     async fn post_signed(&self, gateway: &str, body: Vec<u8>) -> reqwest::Response {
-        let auth = signed_by(gateway, &body);
+        let auth = upload_auth(gateway, &body);
         self.post(Some(auth), body).await
     }
 
@@ -151,7 +106,7 @@ async fn junk_uploads_are_refused_or_bounded() {
         StatusCode::UNAUTHORIZED
     );
     // A proof for another body: 401.
-    let other_body = signed_by("gw-alice", b"[]");
+    let other_body = upload_auth("gw-alice", b"[]");
     assert_eq!(
         s.post(Some(other_body), b"[1]".to_vec()).await.status(),
         StatusCode::UNAUTHORIZED
@@ -552,35 +507,8 @@ async fn held_readings_are_readmitted_postgres() {
 async fn nonce_reuse(backend: &str) {
     let (url, _dir) = database(backend, "nonce").await;
     let s = service(&url).await;
-    let i = interval("12:00");
-    s.ingest(submit(&[
-        sign(&reading("gw-alice", 1, i, 0, 600, 700, 1_000)),
-        sign(&reading("gw-bob", 1, i, 600, 0, 0, 1_000)),
-    ]))
-    .await
-    .unwrap();
-    s.add_result(&result(
-        i,
-        vec![trade(order("alice", "a"), order("bob", "b"), 500, 200_000)],
-    ))
-    .await
-    .unwrap();
-    s.settle(&i.key()).await.unwrap();
-    let balances = json(&s.balances("bob").await.unwrap());
-    let lot_hex = balances["holdings"][0]["lot"].as_str().unwrap().to_owned();
-    let lot: [u8; 32] = hex::decode(&lot_hex).unwrap().try_into().unwrap();
-    let transfer = |amount: i64, nonce: u64| {
-        SignedEnvelope::sign(
-            &TokenTransfer {
-                from: ParticipantId::new("bob").unwrap(),
-                to: ParticipantId::new("carol").unwrap(),
-                lot,
-                amount: Wh(amount),
-                nonce,
-            },
-            &participant_key("bob"),
-        )
-    };
+    let lot = bob_holds_500_wh(&s).await;
+    let transfer = |amount, nonce| bob_to_carol(lot, amount, nonce);
     let first = transfer(100, 7);
     assert!(!s.transfer(first.clone()).await.unwrap().duplicate);
     assert!(

@@ -11,55 +11,22 @@ use gridmesh_protocol::api::settlement::{MonthlyStatement, Statement};
 use gridmesh_protocol::market::{Counterparty, Trade};
 use gridmesh_protocol::request::{authorization, gateway_authorization};
 use gridmesh_protocol::{GatewayId, Interval, ParticipantId};
-use gridmesh_runtime::clock::Clock;
-use gridmesh_runtime::shutdown::Shutdown;
 use reqwest::StatusCode;
 use serde_json::Value;
-use settlement::sources::StaticSource;
-use settlement::{SettlementConfig, serve_with_source};
+use settlement::SettlementConfig;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-const OPERATOR: &str = "op-secret";
-const AUDITOR: &str = "audit-secret";
-
-struct Running {
-    base: String,
-    http: reqwest::Client,
-    source: StaticSource,
-    shutdown: Shutdown,
-    _dir: Option<tempfile::TempDir>,
-}
+type Running = Api;
 
 async fn start(backend: &str) -> Running {
     let (url, dir) = database(backend, "monthly").await;
-    let source = registry_source();
-    let shutdown = Shutdown::new();
     let config = SettlementConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: url,
-        market_url: None,
-        operator_token: Some(OPERATOR.into()),
         auditor_token: Some(AUDITOR.into()),
         poll_secs: 0.05,
-        ..SettlementConfig::default()
+        ..api_config(url)
     };
-    let running = serve_with_source(
-        config,
-        Clock::scaled(epoch(), 1.0),
-        shutdown.clone(),
-        Some(Arc::new(source.clone())),
-    )
-    .await
-    .unwrap();
-    Running {
-        base: format!("http://{}", running.addr),
-        http: reqwest::Client::new(),
-        source,
-        shutdown,
-        _dir: dir,
-    }
+    serve_api(config, dir).await
 }
 
 enum Who<'a> {

@@ -8,13 +8,9 @@ mod common;
 
 use common::*;
 use gridmesh_protocol::signing::SignedEnvelope;
-use gridmesh_protocol::token::TokenTransfer;
-use gridmesh_protocol::{ParticipantId, Wh};
-use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::db::Database;
-use gridmesh_runtime::shutdown::Shutdown;
+use settlement::SettlementConfig;
 use settlement::service::{ReadingStatus, Submission};
-use settlement::{SettlementConfig, serve_with_source};
 use std::sync::Arc;
 use tokio::sync::Barrier;
 
@@ -115,26 +111,12 @@ async fn the_same_reading_over_rest_and_mqtt_at_once_counts_once_postgres() {
 
 /// Settlement over REST on `url` with the authority key in `key_file` (the same across
 /// restarts, as a deployment's is).
-async fn start_settlement(
-    url: &str,
-    key_file: &std::path::Path,
-) -> (String, Shutdown, settlement::RunningSettlement) {
-    let shutdown = Shutdown::new();
-    let running = serve_with_source(
-        SettlementConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database_url: url.to_owned(),
-            authority_key: Some(key_file.to_owned()),
-            operator_token: Some("op-secret".into()),
-            ..SettlementConfig::default()
-        },
-        Clock::scaled(epoch(), 1.0),
-        shutdown.clone(),
-        Some(Arc::new(registry_source())),
-    )
-    .await
-    .unwrap();
-    (format!("http://{}", running.addr), shutdown, running)
+async fn start_settlement(url: &str, key_file: &std::path::Path) -> Api {
+    let config = SettlementConfig {
+        authority_key: Some(key_file.to_owned()),
+        ..api_config(url.to_owned())
+    };
+    serve_api(config, None).await
 }
 
 async fn transfer_replayed_after_restart(backend: &str) {
@@ -145,36 +127,9 @@ async fn transfer_replayed_after_restart(backend: &str) {
 
     // Bob holds 500 Wh of tokens.
     let s = service(&url).await;
-    let i = interval("12:00");
-    s.ingest(submit(&[
-        sign(&reading("gw-alice", 1, i, 0, 600, 700, 1_000)),
-        sign(&reading("gw-bob", 1, i, 600, 0, 0, 1_000)),
-    ]))
-    .await
-    .unwrap();
-    s.add_result(&result(
-        i,
-        vec![trade(order("alice", "a"), order("bob", "b"), 500, 200_000)],
-    ))
-    .await
-    .unwrap();
-    s.settle(&i.key()).await.unwrap();
-    let balances = json(&s.balances("bob").await.unwrap());
-    let lot_hex = balances["holdings"][0]["lot"].as_str().unwrap().to_owned();
-    let lot: [u8; 32] = hex::decode(&lot_hex).unwrap().try_into().unwrap();
+    let lot = bob_holds_500_wh(&s).await;
     drop(s);
-    let transfer = |amount: i64, nonce: u64| {
-        SignedEnvelope::sign(
-            &TokenTransfer {
-                from: ParticipantId::new("bob").unwrap(),
-                to: ParticipantId::new("carol").unwrap(),
-                lot,
-                amount: Wh(amount),
-                nonce,
-            },
-            &participant_key("bob"),
-        )
-    };
+    let transfer = |amount, nonce| bob_to_carol(lot, amount, nonce);
     let http = reqwest::Client::new();
     let post = |base: String, envelope: SignedEnvelope| {
         let http = http.clone();
@@ -190,14 +145,15 @@ async fn transfer_replayed_after_restart(backend: &str) {
         }
     };
 
-    let (base, shutdown, _running) = start_settlement(&url, &key_file).await;
+    let api = start_settlement(&url, &key_file).await;
     let first = transfer(100, 7);
-    let (status, body) = post(base, first.clone()).await;
+    let (status, body) = post(api.base.clone(), first.clone()).await;
     assert_eq!(status, 201, "{body}");
-    shutdown.stop().await;
+    api.shutdown.stop().await;
 
     // Settlement restarts: the nonce is remembered from storage, not from memory.
-    let (base, shutdown, _running) = start_settlement(&url, &key_file).await;
+    let api = start_settlement(&url, &key_file).await;
+    let base = api.base.clone();
     let (status, body) = post(base.clone(), first).await;
     assert_eq!(
         status, 200,
@@ -207,7 +163,7 @@ async fn transfer_replayed_after_restart(backend: &str) {
     let (status, body) = post(base.clone(), transfer(50, 7)).await;
     assert_eq!(status, 409, "another transfer with a used nonce: {body}");
     assert!(body.contains("nonce 7"), "{body}");
-    shutdown.stop().await;
+    api.shutdown.stop().await;
 
     // The tokens moved once.
     let s = service(&url).await;

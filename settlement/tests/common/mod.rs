@@ -261,3 +261,95 @@ pub fn upload_auth(gateway: &str, body: &[u8]) -> String {
         body,
     )
 }
+
+/// The operator's bearer token of the API fixtures.
+pub const OPERATOR: &str = "op-secret";
+/// The auditor's bearer token of the API fixtures that have one.
+pub const AUDITOR: &str = "audit-secret";
+
+/// A test's settlement config over `database_url`: any free local port, no market URL (the
+/// fixtures' registry is the source), the operator token [`OPERATOR`]; the rest default.
+pub fn api_config(database_url: String) -> settlement::SettlementConfig {
+    settlement::SettlementConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url,
+        market_url: None,
+        operator_token: Some(OPERATOR.into()),
+        ..settlement::SettlementConfig::default()
+    }
+}
+
+/// Settlement's HTTP API running for a test, its clock at [`EPOCH`] (real time).
+pub struct Api {
+    /// `http://addr`.
+    pub base: String,
+    pub http: reqwest::Client,
+    /// The market source settlement reads: the fixtures' registry; add results to it.
+    pub source: settlement::sources::StaticSource,
+    pub shutdown: gridmesh_runtime::shutdown::Shutdown,
+    pub running: settlement::RunningSettlement,
+    /// The SQLite database's folder, kept while the API runs.
+    pub dir: Option<tempfile::TempDir>,
+}
+
+/// Starts settlement with `config` and [`registry_source`] as its market source; `dir` is the
+/// database's folder, kept as long as the [`Api`].
+pub async fn serve_api(
+    config: settlement::SettlementConfig,
+    dir: Option<tempfile::TempDir>,
+) -> Api {
+    let source = registry_source();
+    let shutdown = gridmesh_runtime::shutdown::Shutdown::new();
+    let running = settlement::serve_with_source(
+        config,
+        Clock::scaled(epoch(), 1.0),
+        shutdown.clone(),
+        Some(std::sync::Arc::new(source.clone())),
+    )
+    .await
+    .unwrap();
+    Api {
+        base: format!("http://{}", running.addr),
+        http: reqwest::Client::new(),
+        source,
+        shutdown,
+        running,
+        dir,
+    }
+}
+
+/// alice sells 500 Wh to bob at 12:00 on `s`, both readings in and the interval settled: bob
+/// holds 500 Wh of tokens in one lot. Returns that lot.
+pub async fn bob_holds_500_wh(s: &Service) -> [u8; 32] {
+    let i = interval("12:00");
+    s.ingest(submit(&[
+        sign(&reading("gw-alice", 1, i, 0, 600, 700, 1_000)),
+        sign(&reading("gw-bob", 1, i, 600, 0, 0, 1_000)),
+    ]))
+    .await
+    .unwrap();
+    s.add_result(&result(
+        i,
+        vec![trade(order("alice", "a"), order("bob", "b"), 500, 200_000)],
+    ))
+    .await
+    .unwrap();
+    s.settle(&i.key()).await.unwrap();
+    let balances = json(&s.balances("bob").await.unwrap());
+    let lot_hex = balances["holdings"][0]["lot"].as_str().unwrap().to_owned();
+    hex::decode(&lot_hex).unwrap().try_into().unwrap()
+}
+
+/// bob's signed transfer of `amount` Wh of `lot` to carol with `nonce`.
+pub fn bob_to_carol(lot: [u8; 32], amount: i64, nonce: u64) -> SignedEnvelope {
+    SignedEnvelope::sign(
+        &gridmesh_protocol::token::TokenTransfer {
+            from: ParticipantId::new("bob").unwrap(),
+            to: ParticipantId::new("carol").unwrap(),
+            lot,
+            amount: Wh(amount),
+            nonce,
+        },
+        &participant_key("bob"),
+    )
+}
