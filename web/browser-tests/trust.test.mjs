@@ -8,24 +8,19 @@
 // GRIDMESH_DASHBOARD_BIN (the gridmesh-web binary).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { generateKeyPairSync, sign } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import http from 'node:http';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { join } from 'node:path';
+import {
+  base as demo, shots, adminLogin, dashboardEnv, adminSessionAt, getJsonAs, startDashboard, stopDashboard, launchChromium,
+} from './operator-support.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const demo = (process.env.GRIDMESH_DASHBOARD_URL || '').replace(/\/+$/, '');
-const shots = join(resolve(process.env.GRIDMESH_ARTIFACTS || join(here, '..', '..', 'artifacts')), 'screenshots');
 const TIMEOUT = 30_000;
-const [adminName, adminPassword] = (process.env.GRIDMESH_LOGIN_ADMIN || '').split(':');
+const adminName = adminLogin().name;
 
 // ---------- the tampering proxy in front of the real settlement ----------
-const env = Object.fromEntries(readFileSync(process.env.GRIDMESH_DASHBOARD_ENV || '/nonexistent-dashboard.env', 'utf8')
-  .split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+const env = dashboardEnv();
 const settlement = new URL(env.GRIDMESH_WEB_SETTLEMENT_URL);
 let mode = 'none';
 let target = { height: -1, hash: '' };
@@ -118,62 +113,33 @@ let base = '';
 let browser;
 let session = '';
 
-async function loginTo(url) {
-  const r = await fetch(url + '/login', { method: 'POST', redirect: 'manual', headers: { 'content-type': 'application/x-www-form-urlencoded' },
-    body: new URLSearchParams({ name: adminName, password: adminPassword }) });
-  assert.equal(r.status, 303, 'admin login at ' + url);
-  return /gridmesh_session=([0-9a-f]{64})/.exec(r.headers.get('set-cookie'))[1];
-}
-async function getJson(url, id) {
-  const r = await fetch(url, { headers: { cookie: 'gridmesh_session=' + id, accept: 'application/json' } });
-  assert.equal(r.status, 200, url);
-  return r.json();
-}
 
 before(async () => {
   assert.ok(demo && adminName, 'set GRIDMESH_DASHBOARD_URL and GRIDMESH_LOGIN_ADMIN');
   mkdirSync(shots, { recursive: true });
   await new Promise((ok) => proxy.listen(0, '127.0.0.1', ok));
-  const childEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GRIDMESH_WEB_')));
-  Object.assign(childEnv, env, {
+  ({ child, base } = await startDashboard(env, {
     GRIDMESH_WEB_SETTLEMENT_URL: 'http://127.0.0.1:' + proxy.address().port,
-    GRIDMESH_WEB_LISTEN: '127.0.0.1:0',
-    GRIDMESH_WEB_USERS_FILE: process.env.GRIDMESH_DASHBOARD_USERS,
-    GRIDMESH_WEB_DATA_DIR: mkdtempSync(join(tmpdir(), 'gridmesh-tamper-')),
-    RUST_LOG: 'info',
-    NO_COLOR: '1',
-  });
-  child = spawn(process.env.GRIDMESH_DASHBOARD_BIN, [], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-  base = await new Promise((ok, fail) => {
-    let log = '';
-    const seen = (chunk) => {
-      log += chunk.toString();
-      const m = /dashboard listening.*?addr=(127\.0\.0\.1:\d+)/.exec(log.replace(/\x1b\[[0-9;]*m/g, ''));
-      if (m) ok('http://' + m[1]);
-    };
-    child.stdout.on('data', seen);
-    child.stderr.on('data', seen);
-    child.on('exit', (code) => fail(new Error('the tampering dashboard exited with ' + code + ':\n' + log)));
-  });
-  session = await loginTo(base);
+  }, { what: 'tampering', dirPrefix: 'gridmesh-tamper-' }));
+  session = await adminSessionAt(base);
   // Wait until it has read the market (the gateway registry) and settlement once.
   for (;;) {
-    const s = await getJson(base + '/api/status', session);
+    const s = await getJsonAs(base + '/api/status', session);
     if (s.sources.market.ok && s.sources.settlement.ok) break;
     await new Promise((ok) => setTimeout(ok, 250));
   }
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--headless', '--no-sandbox', '--disable-gpu'] });
+  browser = await launchChromium();
   // The entry under test: a mint in the newest block that has one (and two blocks below it).
   // Run alone, early in a demo, such a block may not be sealed yet: wait for one (at most 180 s;
   // at 60x a block is sealed about every 15 s).
-  const demoSession = await loginTo(demo);
+  const demoSession = await adminSessionAt(demo);
   const deadline = Date.now() + 180_000;
   const seen = new Set();
   while (!target.hash && Date.now() < deadline) {
-    const blocks = (await getJson(demo + '/api/ledger/blocks', demoSession)).blocks;
+    const blocks = (await getJsonAs(demo + '/api/ledger/blocks', demoSession)).blocks;
     for (const b of blocks.filter((x) => x.height >= 2 && x.entries.length && !seen.has(x.height))) {
       seen.add(b.height);
-      const e = await getJson(demo + '/api/ledger/entries/' + b.entries[0], demoSession);
+      const e = await getJsonAs(demo + '/api/ledger/entries/' + b.entries[0], demoSession);
       if (e.kind === 'mint' && e.body.seller_readings.length) { target = { height: b.height, hash: b.entries[0] }; break; }
     }
     if (!target.hash) await new Promise((ok) => setTimeout(ok, 1000));
@@ -182,15 +148,7 @@ before(async () => {
 });
 after(async () => {
   await browser?.close();
-  if (child && child.exitCode === null) {
-    const exited = new Promise((ok) => child.once('exit', ok));
-    child.kill('SIGINT');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(timer);
-  }
-  child?.stdout?.destroy();
-  child?.stderr?.destroy();
+  await stopDashboard(child);
   for (const pipe of passThrough) pipe.destroy();
   // The second dashboard's event streams run through the proxy: end them so node can exit.
   proxy.closeAllConnections();

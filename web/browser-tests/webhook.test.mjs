@@ -9,23 +9,19 @@
 // demo's dashboard.env), GRIDMESH_DASHBOARD_USERS and GRIDMESH_DASHBOARD_BIN.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import http from 'node:http';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { join } from 'node:path';
+import {
+  shots, adminLogin, dashboardEnv, adminSessionAt, getJsonAs, startDashboard, stopDashboard, launchChromium,
+} from './operator-support.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const shots = join(resolve(process.env.GRIDMESH_ARTIFACTS || join(here, '..', '..', 'artifacts')), 'screenshots');
 const TIMEOUT = 30_000;
 /** How long a notification may take: a refresh notices the outage (poll + request timeout), then a
  * refused first try and its 0.5 s back-off; generous for a loaded 2-core machine. */
 const NOTIFY_DEADLINE = 60_000;
-const [adminName, adminPassword] = (process.env.GRIDMESH_LOGIN_ADMIN || '').split(':');
-const env = Object.fromEntries(readFileSync(process.env.GRIDMESH_DASHBOARD_ENV || '/nonexistent-dashboard.env', 'utf8')
-  .split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+const adminName = adminLogin().name;
+const env = dashboardEnv();
 
 // ---------- the webhook receiver ----------
 /** Every POST it got: { auth, status (what it answered), body }. */
@@ -111,11 +107,7 @@ let browser;
 const listen = (server) => new Promise((ok) => server.listen(0, '127.0.0.1', ok));
 const urlOf = (server) => 'http://127.0.0.1:' + server.address().port;
 
-async function apiJson(path) {
-  const r = await fetch(base + path, { headers: { cookie: 'gridmesh_session=' + session, accept: 'application/json' } });
-  assert.equal(r.status, 200, path);
-  return r.json();
-}
+const apiJson = (path) => getJsonAs(base + path, session);
 /** Waits (at most `ms`) until `cond()` (async) is truthy; returns its value. */
 async function until(cond, what, ms = NOTIFY_DEADLINE) {
   const end = Date.now() + ms;
@@ -134,49 +126,20 @@ before(async () => {
   await listen(receiver);
   await proxies.market.listen();
   await proxies.settlement.listen();
-  const childEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GRIDMESH_WEB_')));
-  Object.assign(childEnv, env, {
+  ({ child, base } = await startDashboard(env, {
     GRIDMESH_WEB_MARKET_URL: proxies.market.url(),
     GRIDMESH_WEB_SETTLEMENT_URL: proxies.settlement.url(),
     GRIDMESH_WEB_INCIDENT_WEBHOOK: urlOf(receiver) + '/hook',
-    GRIDMESH_WEB_LISTEN: '127.0.0.1:0',
-    GRIDMESH_WEB_USERS_FILE: process.env.GRIDMESH_DASHBOARD_USERS,
-    GRIDMESH_WEB_DATA_DIR: mkdtempSync(join(tmpdir(), 'gridmesh-webhook-')),
-    RUST_LOG: 'info',
-    NO_COLOR: '1',
-  });
-  child = spawn(process.env.GRIDMESH_DASHBOARD_BIN, [], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-  base = await new Promise((ok, fail) => {
-    let log = '';
-    const seen = (chunk) => {
-      log += chunk.toString();
-      const m = /dashboard listening.*?addr=(127\.0\.0\.1:\d+)/.exec(log.replace(/\x1b\[[0-9;]*m/g, ''));
-      if (m) ok('http://' + m[1]);
-    };
-    child.stdout.on('data', seen);
-    child.stderr.on('data', seen);
-    child.on('exit', (code) => fail(new Error('the webhook test dashboard exited with ' + code + ':\n' + log)));
-  });
-  const r = await fetch(base + '/login', { method: 'POST', redirect: 'manual', headers: { 'content-type': 'application/x-www-form-urlencoded' },
-    body: new URLSearchParams({ name: adminName, password: adminPassword }) });
-  assert.equal(r.status, 303, 'admin login at the second dashboard');
-  session = /gridmesh_session=([0-9a-f]{64})/.exec(r.headers.get('set-cookie'))[1];
+  }, { what: 'webhook test', dirPrefix: 'gridmesh-webhook-' }));
+  session = await adminSessionAt(base);
   await until(async () => { const s = await apiJson('/api/status'); return s.sources.market.ok && s.sources.settlement.ok; },
     'the second dashboard to read both services');
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--headless', '--no-sandbox', '--disable-gpu'] });
+  browser = await launchChromium();
 });
 
 after(async () => {
   await browser?.close();
-  if (child && child.exitCode === null) {
-    const exited = new Promise((ok) => child.once('exit', ok));
-    child.kill('SIGINT');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(timer);
-  }
-  child?.stdout?.destroy();
-  child?.stderr?.destroy();
+  await stopDashboard(child);
   for (const p of [proxies.market, proxies.settlement]) for (const s of p.open) s.destroy();
   for (const server of [receiver, proxies.market.server, proxies.settlement.server]) {
     if (!server.listening) continue;
