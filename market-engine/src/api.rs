@@ -16,6 +16,7 @@
 use crate::access::{Caller, ResultView};
 use crate::book::depth;
 use crate::error::MarketError;
+use crate::metrics::OrderStages;
 use crate::service::{Market, Registration};
 use crate::store::StoredOrder;
 use axum::body::Bytes;
@@ -373,7 +374,9 @@ async fn get_gateway(
         (status = 503, description = "shutting_down", body = ErrorBody),
     ))]
 async fn post_order(State(s): State<AppState>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let decoding = std::time::Instant::now();
     let envelope: SignedEnvelope = parse_body(&body, "signed envelope")?;
+    OrderStages::add(&s.market.metrics.order_stages.decode_micros, decoding);
     let order_id = s.market.submit_order(envelope).await?;
     Ok((StatusCode::CREATED, Json(OrderAccepted { order_id })))
 }

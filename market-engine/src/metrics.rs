@@ -30,6 +30,34 @@ pub struct Metrics {
     pub last_envelopes_micros: AtomicU64,
     /// MQTT messages dropped because they exceed the broker connection's packet size.
     pub mqtt_oversized: AtomicU64,
+    /// Time single orders (`POST /orders`) spent in each stage of intake.
+    pub order_stages: OrderStages,
+}
+
+/// Where single orders' time goes (`POST /orders`): summed microseconds per stage, and how many
+/// orders were timed. Divide a stage's sum by the count for its mean.
+#[derive(Debug, Default)]
+pub struct OrderStages {
+    /// Orders timed (each that reached the stage it stopped at is counted once).
+    pub orders: AtomicU64,
+    /// Decoding the JSON body into a signed envelope.
+    pub decode_micros: AtomicU64,
+    /// Claim checks (layout, participant, key) before the signature.
+    pub claim_micros: AtomicU64,
+    /// Waiting for the verification stage and verifying.
+    pub verify_micros: AtomicU64,
+    /// Market checks and the gate: from the verified signature until the order is queued for
+    /// the database.
+    pub admit_micros: AtomicU64,
+    /// From queued for the database until its transaction committed.
+    pub store_micros: AtomicU64,
+}
+
+impl OrderStages {
+    /// Adds `since`'s elapsed time to a stage's sum.
+    pub fn add(stage: &AtomicU64, since: std::time::Instant) {
+        stage.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
@@ -116,6 +144,28 @@ impl Metrics {
             "MQTT messages not published because they exceed the packet size limit.",
             &self.mqtt_oversized,
         );
+        let stages = &self.order_stages;
+        out.single(
+            "gridmesh_market_single_orders_timed_total",
+            MetricKind::Counter,
+            "Single orders (POST /orders) whose intake stages were timed.",
+            stages.orders.load(Ordering::Relaxed),
+        );
+        let mut family = out.family(
+            "gridmesh_market_single_order_stage_microseconds_total",
+            MetricKind::Counter,
+            "Time single orders spent per intake stage (decode, claim, verify, admit, store).",
+        );
+        for (stage, value) in [
+            ("decode", &stages.decode_micros),
+            ("claim", &stages.claim_micros),
+            ("verify", &stages.verify_micros),
+            ("admit", &stages.admit_micros),
+            ("store", &stages.store_micros),
+        ] {
+            family.sample(&[("stage", stage)], value.load(Ordering::Relaxed));
+        }
+        drop(family);
         out.finish()
     }
 }

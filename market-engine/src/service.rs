@@ -15,7 +15,7 @@ use crate::clearing::{clear, interval_result};
 use crate::config::MarketConfig;
 use crate::envelopes::envelopes_for;
 use crate::error::MarketError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, OrderStages};
 use crate::network::Topology;
 use crate::prices::PricingRule;
 use crate::store::{Store, StoredOrder, StoredResult};
@@ -35,7 +35,9 @@ use gridmesh_protocol::verify_stage::{StageConfig, VerifyStage};
 use gridmesh_protocol::{GatewayId, Interval, ParticipantId, SignedEnvelope, ZoneId};
 use gridmesh_runtime::clock::Clock;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -300,16 +302,24 @@ impl Market {
             .expect("participants lock")
             .get(id)
             .cloned()?;
-        let now = self.clock.now().timestamp();
-        if let Some(period) = self
-            .key_periods(id)
-            .into_iter()
-            .rev()
-            .find(|k| k.covers(now))
-        {
-            p.public_key = period.public_key;
+        if let Some(key) = self.key_in_force(id) {
+            p.public_key = key;
         }
         Some(p)
+    }
+
+    /// The key of `id`'s latest key period in force now (market time), searched under the
+    /// read lock (no copy of the periods: this runs for every order).
+    fn key_in_force(&self, id: &ParticipantId) -> Option<PublicKey> {
+        let now = self.clock.now().timestamp();
+        self.keys
+            .read()
+            .expect("keys lock")
+            .get(id)?
+            .iter()
+            .rev()
+            .find(|k| k.covers(now))
+            .map(|k| k.public_key)
     }
 
     /// Every key period of a participant, oldest first (empty for an unknown one).
@@ -581,12 +591,20 @@ impl Market {
     }
 
     async fn submit_order_inner(&self, envelope: SignedEnvelope) -> Result<String, MarketError> {
-        let (order, participant) = self.claim(&envelope)?;
+        let stages = &self.metrics.order_stages;
+        Metrics::inc(&stages.orders);
+        let mut started = Instant::now();
+        let mut stage = |sum: &AtomicU64| {
+            OrderStages::add(sum, started);
+            started = Instant::now();
+        };
+        let claimed = self.claim(&envelope);
+        stage(&stages.claim_micros);
+        let (order, participant) = claimed?;
         // The signature, in the shared verification stage (batched with concurrent requests).
-        self.verifier
-            .verify_one(envelope.clone())
-            .await
-            .map_err(|e| signing_error(e, participant.id.as_str()))?;
+        let verified = self.verifier.verify_one(envelope.clone()).await;
+        stage(&stages.verify_micros);
+        verified.map_err(|e| signing_error(e, participant.id.as_str()))?;
         let stored = self.admit(&order, &participant, envelope)?;
         let order_id = stored.order_id.clone();
         // Hold the gate open from the check until the order is committed.
@@ -600,8 +618,10 @@ impl Market {
             })
             .await
             .map_err(|_| MarketError::ShuttingDown)?;
-        let fresh = wait
-            .await
+        stage(&stages.admit_micros);
+        let written = wait.await;
+        stage(&stages.store_micros);
+        let fresh = written
             .map_err(|_| MarketError::ShuttingDown)?
             .map_err(|e| MarketError::Storage(crate::store::StoreError::Corrupt(e)))?;
         drop(gate);
@@ -1013,6 +1033,11 @@ impl ClearingJob {
 }
 
 /// Writes waiting orders in batches until shutdown; on shutdown writes what is queued.
+///
+/// Group commit: each transaction takes every order waiting (up to `max_batch`), and up to
+/// [`Store::concurrent_writes`] transactions run at once, so an order arriving while a commit
+/// is in flight starts its own at once instead of waiting for it, and under load the waiting
+/// orders share one. Each order is answered only after its transaction committed.
 pub(crate) async fn run_writer(
     store: Store,
     market: std::sync::Weak<Market>,
@@ -1020,13 +1045,27 @@ pub(crate) async fn run_writer(
     max_batch: usize,
     cancel: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(max_batch);
+    let limit = store.concurrent_writes().max(1);
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut open = true;
     loop {
+        if !open && in_flight.is_empty() {
+            return;
+        }
         let first = tokio::select! {
-            job = jobs.recv() => job,
-            _ = cancel.cancelled() => { jobs.close(); jobs.recv().await }
+            job = jobs.recv(), if open && in_flight.len() < limit => job,
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
+            _ = cancel.cancelled(), if open && !jobs.is_closed() => {
+                // Stop taking new orders; what is queued is still written.
+                jobs.close();
+                continue;
+            }
         };
-        let Some(first) = first else { return };
+        let Some(first) = first else {
+            open = false;
+            continue;
+        };
+        let mut batch = Vec::with_capacity(max_batch.min(64));
         batch.push(first);
         while batch.len() < max_batch {
             match jobs.try_recv() {
@@ -1034,24 +1073,28 @@ pub(crate) async fn run_writer(
                 Err(_) => break,
             }
         }
-        let orders: Vec<StoredOrder> = batch.iter().map(|j| j.order.clone()).collect();
-        let outcome = store.insert_orders(&orders).await;
-        if let Some(m) = market.upgrade() {
-            Metrics::inc(&m.metrics.order_batches);
-        }
-        match outcome {
-            Ok(fresh) => {
-                for (job, fresh) in batch.drain(..).zip(fresh) {
-                    let _ = job.done.send(Ok(fresh));
+        let (store, market) = (store.clone(), market.clone());
+        in_flight.spawn(async move {
+            let (orders, answers): (Vec<StoredOrder>, Vec<_>) =
+                batch.into_iter().map(|j| (j.order, j.done)).unzip();
+            let outcome = store.insert_orders(&orders).await;
+            if let Some(m) = market.upgrade() {
+                Metrics::inc(&m.metrics.order_batches);
+            }
+            match outcome {
+                Ok(fresh) => {
+                    for (done, fresh) in answers.into_iter().zip(fresh) {
+                        let _ = done.send(Ok(fresh));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not store orders");
+                    for done in answers {
+                        let _ = done.send(Err(e.to_string()));
+                    }
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "could not store orders");
-                for job in batch.drain(..) {
-                    let _ = job.done.send(Err(e.to_string()));
-                }
-            }
-        }
+        });
     }
 }
 

@@ -356,6 +356,16 @@ impl Store {
         Ok(())
     }
 
+    /// How many order-writing transactions may run at once: PostgreSQL commits concurrent
+    /// transactions in parallel (one arriving order need not wait for the commit in flight);
+    /// SQLite has one writer at a time, so one.
+    pub fn concurrent_writes(&self) -> usize {
+        match self.db.backend {
+            gridmesh_runtime::db::Backend::Postgres => 4,
+            gridmesh_runtime::db::Backend::Sqlite => 1,
+        }
+    }
+
     /// Inserts orders in one statement (one transaction). Returns, per order, whether it was
     /// new (`false` = its `(participant, nonce)` was already used, before or earlier in the same
     /// batch).

@@ -463,3 +463,54 @@ async fn trader_cli_submits_a_file() {
     assert_eq!(ids, ["alice:1", "alice:2"]);
     shutdown.stop().await;
 }
+
+/// `/metrics` times the stages of single orders (`POST /orders`): the count of timed orders and
+/// a sum per stage, so a benchmark can say where an order's latency goes (issue 16).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_order_stages_are_timed_in_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, shutdown) = start(format!("sqlite://{}", dir.path().join("m.db").display())).await;
+    let base = m.url();
+    let http = reqwest::Client::new();
+    register(&http, &base, "p1", 11).await;
+    let open = Interval::parse("2026-06-21T12:15:00Z", 15).unwrap();
+    for nonce in 1..=3 {
+        let e = SignedEnvelope::sign(&order("p1", open, Side::Buy, 100, nonce), &key(11));
+        assert_eq!(post(&http, &base, "/orders", &e).await.0, 201);
+    }
+    // A batch is not counted among the single orders.
+    let batch = OrderBatch {
+        orders: vec![SignedEnvelope::sign(
+            &order("p1", open, Side::Buy, 100, 4),
+            &key(11),
+        )],
+    };
+    assert_eq!(post(&http, &base, "/orders/batch", &batch).await.0, 200);
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("\ngridmesh_market_single_orders_timed_total 3\n"),
+        "{text}"
+    );
+    for stage in ["decode", "claim", "verify", "admit", "store"] {
+        let line =
+            format!("gridmesh_market_single_order_stage_microseconds_total{{stage=\"{stage}\"}} ");
+        let value: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .unwrap_or_else(|| panic!("no {stage} line in {text}"))
+            .parse()
+            .unwrap();
+        // A SQLite commit (synchronous = FULL) takes at least a few microseconds.
+        if stage == "store" {
+            assert!(value > 0, "store time summed: {text}");
+        }
+    }
+    shutdown.stop().await;
+}
