@@ -487,6 +487,37 @@ struct SingleFigures {
     p99_ms: f64,
     max_ms: f64,
     cpu_us: f64,
+    /// Mean server time per intake stage (name, µs), from the market's metrics.
+    stages_us: Vec<(String, f64)>,
+}
+
+/// The market's single-order stage timers: orders timed and µs summed per stage.
+async fn order_stage_sums(http: &reqwest::Client, base: &str) -> (f64, Vec<(String, f64)>) {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut orders = 0.0;
+    let mut stages = Vec::new();
+    for line in text.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        if name == "gridmesh_market_single_orders_timed_total" {
+            orders = value;
+        } else if let Some(stage) = name
+            .strip_prefix("gridmesh_market_single_order_stage_microseconds_total{stage=\"")
+            .and_then(|rest| rest.strip_suffix("\"}"))
+        {
+            stages.push((stage.to_owned(), value));
+        }
+    }
+    (orders, stages)
 }
 
 async fn market_single(
@@ -505,6 +536,7 @@ async fn market_single(
         })
         .collect();
     let url = format!("{}/orders", market.base);
+    let stages_before = order_stage_sums(http, &market.base).await;
     let cpu = cpu_seconds(market.child.id());
     let started = tokio::time::Instant::now();
     let period = Duration::from_secs_f64(1.0 / f64::from(rate));
@@ -531,6 +563,14 @@ async fn market_single(
         latencies.push(latency);
     }
     let cpu = cpu_seconds(market.child.id()) - cpu;
+    let stages_after = order_stage_sums(http, &market.base).await;
+    let timed = (stages_after.0 - stages_before.0).max(1.0);
+    let stages_us = stages_after
+        .1
+        .into_iter()
+        .zip(stages_before.1)
+        .map(|((stage, after), (_, before))| (stage, (after - before) / timed))
+        .collect();
     latencies.sort();
     let pct = |p: f64| {
         latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
@@ -543,6 +583,7 @@ async fn market_single(
         p99_ms: pct(0.99),
         max_ms: latencies.last().unwrap().as_secs_f64() * 1e3,
         cpu_us: cpu * 1e6 / n as f64,
+        stages_us,
     }
 }
 
@@ -650,6 +691,15 @@ async fn run(args: Args) {
     println!(
         "  single orders at {:.0}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         single.offered, single.p50_ms, single.p99_ms, single.max_ms
+    );
+    println!(
+        "  single orders, mean server time per stage: {}",
+        single
+            .stages_us
+            .iter()
+            .map(|(stage, us)| format!("{stage} {us:.0} µs"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "  settlement CPU is its process's (PostgreSQL's own not counted); market CPU is the server process's"
