@@ -244,6 +244,17 @@ pub fn plan_scheduled(
         let full_discharge = options.first().map_or(0, |o| o.grid_wh.max(0));
         let deficit = slots[0].base_grid_wh().max(0);
         steps = drop_buy_band(steps, full_discharge, deficit, limits.min_order_wh);
+        // Likewise the battery stores the forecast surplus by itself: a sale of PV it would
+        // store is not delivered (the battery charges it) and the shortfall is bought back at
+        // retail. So while it can still charge, only the surplus left at full charge is sold.
+        // (The battery's own power and room, not the schedule's SoC grid: it charges by itself
+        // as much as it physically can.)
+        let surplus = (-slots[0].base_grid_wh()).max(0);
+        let room = battery.drawn_for((battery.capacity_wh - battery.soc_wh).max(0));
+        let stored_by_itself = battery.max_charge_wh.min(room).max(0);
+        if stored_by_itself > 0 && surplus > 0 {
+            steps = cap_sell_steps(steps, surplus - stored_by_itself, limits.min_order_wh);
+        }
     }
     let mut index = [0usize; 2];
     let orders = steps
@@ -297,10 +308,31 @@ fn drop_buy_band(
     out
 }
 
+/// Keeps at most `cap` Wh of sells (sells ordered cheapest first, so the dearest are cut); what
+/// is left of a step below `min_order_wh` is dropped.
+fn cap_sell_steps(steps: Vec<bids::BidStep>, cap: i64, min_order_wh: i64) -> Vec<bids::BidStep> {
+    let mut left = cap.max(0);
+    let mut out = Vec::with_capacity(steps.len());
+    for mut step in steps {
+        if step.side == Side::Sell {
+            step.quantity = step.quantity.min(left);
+            left -= step.quantity;
+            if step.quantity < min_order_wh.max(1) {
+                continue;
+            }
+        }
+        out.push(step);
+    }
+    out
+}
+
 /// The battery power (W, + charge / − discharge, 0 = automatic) for the `scheduled` strategy
-/// once the market cleared: discharge what was sold beyond the forecast surplus, charge what
-/// was bought beyond the forecast deficit; otherwise the battery runs by itself
-/// (self-consumption). Clamped to `battery_w`.
+/// once the market cleared. The battery makes up the difference between the cleared position
+/// (bought − sold) and the forecast grid energy without the battery (`base_grid_wh`, + import):
+/// with a sale it discharges the sale **plus** the forecast deficit (the house's load is served
+/// first; discharging only the sale left the sale short by the load, bought back at retail);
+/// with a purchase beyond the forecast deficit it charges the rest; otherwise the battery runs
+/// by itself (self-consumption). Clamped to `battery_w`.
 pub fn steering_for_position(
     result: &IntervalResult,
     participant: &ParticipantId,
@@ -318,15 +350,44 @@ pub fn steering_for_position(
     let sold = cleared(Side::Sell);
     let bought = cleared(Side::Buy);
     let length = result.interval.length().seconds();
-    let energy = if sold > (-base_grid_wh).max(0) {
-        -(sold - (-base_grid_wh).max(0))
-    } else if bought > base_grid_wh.max(0) {
-        bought - base_grid_wh.max(0)
+    // + charge, − discharge: what the battery must do for the grid to show the position.
+    let battery = bought - sold - base_grid_wh;
+    let energy = if (sold > 0 && battery < 0) || (bought > base_grid_wh.max(0) && battery > 0) {
+        battery
     } else {
         0
     };
     let limit = i64::from(battery_w);
     (energy * 3600 / length).clamp(-limit, limit)
+}
+
+/// The envelope the control loop enforces once export would cost money: with the contract's
+/// feed-in price at or below 0, every Wh exported beyond the cleared sales of the interval
+/// (`sold`, 0 without) is paid at that price, so the export limit becomes
+/// min(envelope, sold) and the control loop curtails PV (SunSpec model 123) for the rest, the
+/// self-consuming battery first. A positive feed-in price leaves the envelope as it is.
+pub fn unpaid_export_curtailed(
+    in_force: crate::envelope::InForce,
+    feed_in_price: PricePerMwh,
+    sold: Wh,
+) -> crate::envelope::InForce {
+    if feed_in_price.0 > 0 {
+        return in_force;
+    }
+    crate::envelope::InForce {
+        export_limit: Wh(in_force.export_limit.0.min(sold.0.max(0))),
+        ..in_force
+    }
+}
+
+/// Energy the household sold in `result` (all its cleared sell orders), Wh.
+pub fn cleared_sales(result: &IntervalResult, participant: &ParticipantId) -> Wh {
+    Wh(result
+        .orders
+        .iter()
+        .filter(|o| &o.participant == participant && o.side == Side::Sell)
+        .map(|o| o.cleared.0)
+        .sum())
 }
 
 /// Caps every sell order at `cap` (the envelope's export limit: the home may not export more,
@@ -557,17 +618,14 @@ mod tests {
         (config, site)
     }
 
-    #[test]
-    fn scheduled_bids_curves_with_their_own_nonces_and_caps() {
-        let (config, site) = scheduled_config();
-        // A June day at 11:00 UTC, yesterday's PV history: the sun is up.
-        let target = Interval::parse("2026-06-21T11:00:00Z", 15).unwrap();
-        let t = target.start_unix();
-        let history: Vec<HistoryRow> = (1..=96)
+    /// Yesterday's intervals before `t` at a sunny site (48.1 N, 11.6 E): PV `peak_wh` per
+    /// interval at the zenith, consumption 200 Wh per interval, no battery use.
+    fn sunny_history(t: i64, peak_wh: f64) -> Vec<HistoryRow> {
+        (1..=96)
             .map(|k| {
                 let start = t - k * 900;
                 let i = Interval::from_unix(start, 15).unwrap();
-                let pv = (forecast::clear_sky(48.1, 11.6, &i) * 1500.0) as i64;
+                let pv = (forecast::clear_sky(48.1, 11.6, &i) * peak_wh) as i64;
                 let mut r = row(start, 0, 0);
                 r.deltas.pv = Wh(pv);
                 // Consumption 200 Wh per interval: PV beyond it is exported.
@@ -578,12 +636,87 @@ mod tests {
                 }
                 r
             })
-            .collect();
+            .collect()
+    }
+
+    /// Regression (backtest, issue 19): with the battery able to charge, a sale of PV that the
+    /// self-consuming battery stores anyway was not delivered and the shortfall was bought back
+    /// at retail. Only the surplus left at full charge is offered until the battery is full.
+    #[test]
+    fn pv_the_battery_stores_by_itself_is_not_offered() {
+        let (config, mut site) = scheduled_config();
+        // A 2 kW battery: it takes 500 Wh of the ~1 100 Wh surplus per interval.
+        site.battery_w = 2_000;
+        let target = Interval::parse("2026-06-21T11:00:00Z", 15).unwrap();
+        let history = sunny_history(target.start_unix(), 1_500.0);
+        let cleared = BTreeMap::new();
+        let inputs = |soc| ScheduledInputs {
+            history: &history,
+            cleared: &cleared,
+            soc_permille: Some(soc),
+            site: &site,
+            export_cap: Wh(100_000),
+            default_caps: (Wh(100_000), Wh(100_000)),
+        };
+        let p = ParticipantId::new("h1").unwrap();
+        let n = NodeId::new("n1").unwrap();
+        let offered = |plan: &ScheduledPlan| -> i64 {
+            plan.orders
+                .iter()
+                .filter(|o| o.side == Side::Sell)
+                .map(|o| o.quantity.0)
+                .sum()
+        };
+        let half = plan_scheduled(zone(), &config, &p, &n, target, &inputs(500));
+        let surplus = -half.base_grid_wh;
+        let max_charge = i64::from(site.battery_w) / 4;
+        assert!(
+            surplus > max_charge,
+            "a surplus above the battery's power: {half:?}"
+        );
+        assert!(
+            offered(&half) <= surplus - max_charge,
+            "only what the battery cannot take: {half:?}"
+        );
+        // A full battery stores nothing: the whole surplus is offered (and battery energy).
+        let full = plan_scheduled(zone(), &config, &p, &n, target, &inputs(1000));
+        assert!(offered(&full) >= surplus, "{full:?}");
+        // The cap keeps the cheapest steps.
+        let step = |side: Side, quantity: i64, price: i64| bids::BidStep {
+            side,
+            quantity,
+            price: PricePerMwh(price),
+        };
+        let steps = vec![
+            step(Side::Sell, 300, 8_000),
+            step(Side::Sell, 500, 12_000),
+            step(Side::Buy, 100, 7_000),
+        ];
+        assert_eq!(
+            cap_sell_steps(steps.clone(), 400, 10),
+            vec![
+                step(Side::Sell, 300, 8_000),
+                step(Side::Sell, 100, 12_000),
+                step(Side::Buy, 100, 7_000)
+            ]
+        );
+        assert_eq!(
+            cap_sell_steps(steps, 305, 10),
+            vec![step(Side::Sell, 300, 8_000), step(Side::Buy, 100, 7_000)]
+        );
+    }
+
+    #[test]
+    fn scheduled_bids_curves_with_their_own_nonces_and_caps() {
+        let (config, site) = scheduled_config();
+        // A June day at 11:00 UTC, yesterday's PV history: the sun is up.
+        let target = Interval::parse("2026-06-21T11:00:00Z", 15).unwrap();
+        let history = sunny_history(target.start_unix(), 1_500.0);
         let cleared = BTreeMap::new();
         let inputs = ScheduledInputs {
             history: &history,
             cleared: &cleared,
-            soc_permille: Some(500),
+            soc_permille: Some(1000),
             site: &site,
             export_cap: Wh(100_000),
             default_caps: (Wh(100_000), Wh(100_000)),
@@ -711,6 +844,48 @@ mod tests {
             0
         );
         assert_eq!(steering_for_position(&result(vec![]), &p, 700, 5_000), 0);
+        // Regression (backtest, issue 19): a sale in the evening with 300 Wh of forecast load
+        // discharges the sale and the load (was only the sale: the load took 300 Wh of it,
+        // a shortfall bought back at retail).
+        assert_eq!(
+            steering_for_position(&result(vec![order(Side::Sell, 500)]), &p, 300, 5_000),
+            -3_200
+        );
+        // A purchase within the forecast deficit: the battery covers the rest by itself.
+        assert_eq!(
+            steering_for_position(&result(vec![order(Side::Buy, 200)]), &p, 700, 5_000),
+            0
+        );
+    }
+
+    #[test]
+    fn export_is_curtailed_beyond_the_sales_when_it_costs_money() {
+        let in_force = crate::envelope::InForce {
+            interval: Interval::parse("2026-06-21T11:00:00Z", 15).unwrap(),
+            source: gridmesh_protocol::envelope::EnvelopeSource::Market,
+            export_limit: Wh(900),
+            import_limit: Wh(2_000),
+        };
+        // Paid feed-in: the envelope as it is.
+        assert_eq!(
+            unpaid_export_curtailed(in_force.clone(), PricePerMwh(8_000), Wh(0)),
+            in_force
+        );
+        // Feed-in 0 or below: export only what was sold, never above the envelope.
+        for price in [0, -3_000] {
+            let p = PricePerMwh(price);
+            assert_eq!(
+                unpaid_export_curtailed(in_force.clone(), p, Wh(0)).export_limit,
+                Wh(0)
+            );
+            assert_eq!(
+                unpaid_export_curtailed(in_force.clone(), p, Wh(400)).export_limit,
+                Wh(400)
+            );
+            let capped = unpaid_export_curtailed(in_force.clone(), p, Wh(5_000));
+            assert_eq!(capped.export_limit, Wh(900));
+            assert_eq!(capped.import_limit, Wh(2_000));
+        }
     }
 
     #[test]

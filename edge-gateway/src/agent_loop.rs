@@ -58,6 +58,9 @@ pub struct SteerRequest {
     pub interval: Interval,
     /// The power, W.
     pub watts: i64,
+    /// What the household sold in the interval, Wh (with a feed-in price ≤ 0 the control loop
+    /// curtails export beyond it: [`crate::agent::unpaid_export_curtailed`]).
+    pub sold: gridmesh_protocol::Wh,
 }
 
 /// How the market answered an order.
@@ -205,7 +208,10 @@ pub async fn run(task: AgentTask) {
             }
         }
         let steer = task.config.agent.steer_battery && !orders.is_empty();
-        if steer || scheduled {
+        // With a feed-in price at or below 0 the control loop needs the cleared sales (export
+        // beyond them is curtailed).
+        let unpaid_export = task.config.agent.feed_in_price.0 <= 0;
+        if steer || scheduled || unpaid_export {
             let forecast = crate::agent::forecast_net(&history, &target).unwrap_or(0);
             tokio::select! {
                 _ = task.cancel.cancelled() => return,
@@ -217,8 +223,10 @@ pub async fn run(task: AgentTask) {
             if let Some(price) = result.prices.get(&task.config.node) {
                 cleared.insert(target.start_unix(), *price);
             }
-            if steer {
-                let watts = if scheduled {
+            if steer || unpaid_export {
+                let watts = if !steer {
+                    0
+                } else if scheduled {
                     crate::agent::steering_for_position(
                         &result,
                         &task.config.participant,
@@ -233,6 +241,7 @@ pub async fn run(task: AgentTask) {
                     .send(SteerRequest {
                         interval: target,
                         watts,
+                        sold: crate::agent::cleared_sales(&result, &task.config.participant),
                     })
                     .await;
             }

@@ -676,11 +676,16 @@ async fn reader_task(
         if availability.as_ref().is_some_and(|(ok, _)| !ok) {
             observed.pv_limit = None;
         }
-        let in_force = control.intake.in_force(now_c);
-        let steer_w = steer_request
+        let request_now = steer_request
             .as_ref()
-            .filter(|r| r.interval.contains(now_c))
-            .map_or(0, |r| (-r.watts).max(0));
+            .filter(|r| r.interval.contains(now_c));
+        let steer_w = request_now.map_or(0, |r| (-r.watts).max(0));
+        // Export that would cost money (feed-in ≤ 0) beyond the cleared sales is curtailed.
+        let in_force = crate::agent::unpaid_export_curtailed(
+            control.intake.in_force(now_c),
+            config.agent.feed_in_price,
+            request_now.map_or(gridmesh_protocol::Wh(0), |r| r.sold),
+        );
         let outcome = control_loop.step(
             now_c,
             started.elapsed().as_millis() as u64,
@@ -780,8 +785,10 @@ async fn reader_task(
                     steer_request = Some(request);
                 } else {
                     let watts = request.watts;
+                    // A request only for the sales (steering off) moves no battery.
+                    let steering = config.agent.steer_battery;
                     for d in devices.iter_mut() {
-                        if let Device::Modbus(m) = d && m.config.role == Role::Battery {
+                        if steering && let Device::Modbus(m) = d && m.config.role == Role::Battery {
                             match m.steer(watts, length.seconds().min(i64::from(u16::MAX)) as u16).await {
                                 Ok(()) => tracing::info!(device = %m.config.name, watts, "battery steered"),
                                 Err(e) => tracing::warn!(error = %e, "battery steering failed"),

@@ -69,6 +69,14 @@ struct Args {
     /// Where the runs keep their state (a fresh temporary directory if absent).
     #[arg(long, env = "GRIDMESH_BACKTEST_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Writes every household's statement and ground truth per interval to
+    /// DIR/{simple,scheduled}.csv (for finding where a strategy loses money).
+    #[arg(long, env = "GRIDMESH_BACKTEST_DUMP")]
+    dump: Option<PathBuf>,
+    /// Runs both strategies at the same time (half the wall time when the machine keeps up at
+    /// the speed; each run has its own services and ports).
+    #[arg(long, env = "GRIDMESH_BACKTEST_CONCURRENT")]
+    concurrent: bool,
 }
 
 /// What one run measured.
@@ -97,8 +105,20 @@ async fn main() -> anyhow::Result<()> {
     let temp = tempfile_dir()?;
     let base = args.data_dir.clone().unwrap_or_else(|| temp.clone());
     let started = std::time::Instant::now();
-    let simple = run(&args, AgentStrategy::Simple, &base.join("simple")).await?;
-    let scheduled = run(&args, AgentStrategy::Scheduled, &base.join("scheduled")).await?;
+    let (simple_dir, scheduled_dir) = (base.join("simple"), base.join("scheduled"));
+    let (simple, scheduled) = if args.concurrent {
+        let (a, b) = tokio::join!(
+            run(&args, AgentStrategy::Simple, &simple_dir),
+            run(&args, AgentStrategy::Scheduled, &scheduled_dir)
+        );
+        (a?, b?)
+    } else {
+        let a = run(&args, AgentStrategy::Simple, &simple_dir).await?;
+        (
+            a,
+            run(&args, AgentStrategy::Scheduled, &scheduled_dir).await?,
+        )
+    };
     report(&args, &simple, &scheduled)?;
     println!(
         "wall time {:.0} s for 2 runs of {} simulated day(s) at {}x",
@@ -234,6 +254,9 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let keys: std::collections::BTreeSet<String> = intervals.iter().map(|i| i.key()).collect();
+    if let Some(dump) = &args.dump {
+        write_dump(dump, strategy, &statements, &keys, &result, &intervals)?;
+    }
     for s in statements.iter().filter(|s| keys.contains(&s.interval)) {
         *result.cost.entry(s.participant.to_string()).or_default() -= s.net.0;
         result.exported_wh += s.exported.0;
@@ -244,6 +267,80 @@ async fn run(
     shutdown.trigger();
     hood.stop(&shutdown).await?;
     Ok(result)
+}
+
+/// One CSV line per household and interval: the statement's energies and money lines beside
+/// the ground truth and the node's cleared price.
+fn write_dump(
+    dir: &std::path::Path,
+    strategy: AgentStrategy,
+    statements: &[Statement],
+    keys: &std::collections::BTreeSet<String>,
+    result: &RunResult,
+    intervals: &[Interval],
+) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let starts: BTreeMap<String, i64> = intervals
+        .iter()
+        .map(|i| (i.key(), i.start_unix()))
+        .collect();
+    let feeders: BTreeMap<&str, &str> = result
+        .homes
+        .iter()
+        .map(|h| (h.id.as_str(), h.feeder.as_str()))
+        .collect();
+    let mut out = String::from(
+        "interval,home,sold,bought,exported,imported,excess,delivered,consumed,net,lines,pv,pv_available,load,charge,discharge,stored_start,price\n",
+    );
+    for s in statements.iter().filter(|s| keys.contains(&s.interval)) {
+        let id = s.participant.to_string();
+        let start = starts.get(&s.interval).copied().unwrap_or_default();
+        let t = result
+            .truth
+            .get(&id)
+            .and_then(|m| m.get(&start))
+            .cloned()
+            .unwrap_or_default();
+        let load =
+            t.pv.0 + t.grid_import.0 + t.battery_discharge.0 - t.grid_export.0 - t.battery_charge.0;
+        let price = feeders
+            .get(id.as_str())
+            .and_then(|f| NodeId::new(*f).ok())
+            .and_then(|n| result.prices.get(&n))
+            .and_then(|m| m.get(&start))
+            .map_or(String::new(), |p| p.0.to_string());
+        let lines: Vec<String> = s
+            .lines
+            .iter()
+            .map(|l| format!("{}:{}@{}={}", l.kind, l.energy.0, l.price.0, l.amount.0))
+            .collect();
+        writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            s.interval,
+            id,
+            s.sold.0,
+            s.bought.0,
+            s.exported.0,
+            s.imported.0,
+            s.envelope_excess.0,
+            s.delivered.0,
+            s.consumed.0,
+            s.net.0,
+            lines.join(" "),
+            t.pv.0,
+            t.pv_available.0,
+            load,
+            t.battery_charge.0,
+            t.battery_discharge.0,
+            t.battery_stored_start.0,
+            price
+        )?;
+    }
+    let path = dir.join(format!("{}.csv", format!("{strategy:?}").to_lowercase()));
+    std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// Utility-only cost of a home over its truth: import × retail − export × feed-in, minor units.
