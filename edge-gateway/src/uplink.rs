@@ -377,6 +377,48 @@ mod tests {
         }
     }
 
+    /// An uplink to a fake settlement serving `router` on a local port, with `count` readings
+    /// 15 minutes apart (signed by the key of seed 3) in its outbox, which lives in the returned
+    /// folder; uploads signed with `auth`.
+    async fn uplink_to(
+        router: axum::Router,
+        count: i64,
+        auth: Option<UploadAuth>,
+    ) -> (Uplink, Outbox, tempfile::TempDir) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("o.db"), 1 << 20)
+            .await
+            .unwrap();
+        let key = SigningKeyPair::from_seed([3; 32]);
+        let base = 1_782_000_000 / 900 * 900;
+        for i in 0..count {
+            let start = base + i * 900;
+            let resume = Resume {
+                next_start: start + 900,
+                channels: [None; 5],
+            };
+            outbox
+                .store(|s| reading(s, start), &key, &resume, 0)
+                .await
+                .unwrap();
+        }
+        let uplink = Uplink {
+            outbox: outbox.clone(),
+            mqtt: None,
+            topic: "unused".into(),
+            settlement_url: Some(format!("http://{addr}")),
+            http: reqwest::Client::new(),
+            status: Arc::new(Status::default()),
+            wake: Arc::new(Notify::new()),
+            auth,
+        };
+        (uplink, outbox, dir)
+    }
+
     /// Settlement's answer: broken while `broken` is set, else one outcome per reading, the
     /// second one quarantined (as the real service answers for a late reading).
     async fn readings(
@@ -414,37 +456,7 @@ mod tests {
         let router = axum::Router::new()
             .route("/readings", post(readings))
             .with_state(broken.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-
-        let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(&dir.path().join("o.db"), 1 << 20)
-            .await
-            .unwrap();
-        let key = SigningKeyPair::from_seed([3; 32]);
-        let base = 1_782_000_000 / 900 * 900;
-        for i in 0..3 {
-            let start = base + i * 900;
-            let resume = Resume {
-                next_start: start + 900,
-                channels: [None; 5],
-            };
-            outbox
-                .store(|s| reading(s, start), &key, &resume, 0)
-                .await
-                .unwrap();
-        }
-        let uplink = Uplink {
-            outbox: outbox.clone(),
-            mqtt: None,
-            topic: "unused".into(),
-            settlement_url: Some(format!("http://{addr}")),
-            http: reqwest::Client::new(),
-            status: Arc::new(Status::default()),
-            wake: Arc::new(Notify::new()),
-            auth: None,
-        };
+        let (uplink, outbox, _dir) = uplink_to(router, 3, None).await;
         let error = uplink.deliver_some().await.unwrap_err();
         assert!(matches!(error, DeliveryError::BadAnswer(_)), "{error}");
         assert!(
@@ -510,40 +522,11 @@ mod tests {
         let router = axum::Router::new()
             .route("/readings", post(signed_readings))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-
-        let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(&dir.path().join("o.db"), 1 << 20)
-            .await
-            .unwrap();
-        let key = SigningKeyPair::from_seed([3; 32]);
-        let base = 1_782_000_000 / 900 * 900;
-        for i in 0..2 {
-            let start = base + i * 900;
-            let resume = Resume {
-                next_start: start + 900,
-                channels: [None; 5],
-            };
-            outbox
-                .store(|s| reading(s, start), &key, &resume, 0)
-                .await
-                .unwrap();
-        }
-        let uplink = Uplink {
-            outbox: outbox.clone(),
-            mqtt: None,
-            topic: "unused".into(),
-            settlement_url: Some(format!("http://{addr}")),
-            http: reqwest::Client::new(),
-            status: Arc::new(Status::default()),
-            wake: Arc::new(Notify::new()),
-            auth: Some(UploadAuth {
-                gateway: GatewayId::new("gw").unwrap(),
-                key: key.clone(),
-            }),
+        let auth = UploadAuth {
+            gateway: GatewayId::new("gw").unwrap(),
+            key: SigningKeyPair::from_seed([3; 32]),
         };
+        let (uplink, outbox, _dir) = uplink_to(router, 2, Some(auth)).await;
         let error = uplink.deliver_some().await.unwrap_err();
         match &error {
             DeliveryError::Refused {
