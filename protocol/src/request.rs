@@ -22,7 +22,7 @@
 //! ([`gateway_authorization`], [`SignedGatewayRequest`]). The digest covers the whole body, so
 //! the proof authorises exactly that batch.
 
-use crate::ids::{GatewayId, ParticipantId};
+use crate::ids::{GatewayId, IdError, ParticipantId};
 use crate::keys::SigningKeyPair;
 use crate::layout::{LayoutError, Reader, Writer};
 use crate::signing::{PublicKey, Signable, SigningError};
@@ -39,6 +39,48 @@ pub const GATEWAY_SCHEME: &str = "GridmeshGateway";
 /// How far (seconds) a proof's `signed_at` may be from the server's clock, either way.
 pub const MAX_SKEW_SECS: i64 = 300;
 
+/// The [`Signable`] layout and the [`Proof`] plumbing of a proof type `$proof` whose signer is
+/// the field `$field` of type `$signer`: tag `$tag`, then the id, `signed_at` and the digest;
+/// header scheme `$scheme`; a bad signature is `RequestAuthError::$error`.
+macro_rules! proof_layout {
+    ($proof:ident, $field:ident: $signer:ty, $tag:literal, $scheme:expr, $error:ident) => {
+        impl Signable for $proof {
+            const TAG: &'static str = $tag;
+            const LEN: usize = $tag.len() + 32 + 8 + 32;
+
+            fn encode(&self) -> Vec<u8> {
+                encode_proof(self)
+            }
+
+            fn decode(bytes: &[u8]) -> Result<Self, LayoutError> {
+                decode_proof(bytes)
+            }
+        }
+
+        impl Proof for $proof {
+            type Signer = $signer;
+            const SCHEME: &'static str = $scheme;
+            const SIGNER_FIELD: &'static str = stringify!($field);
+
+            fn new($field: $signer, signed_at: i64, request_digest: [u8; 32]) -> Self {
+                $proof {
+                    $field,
+                    signed_at,
+                    request_digest,
+                }
+            }
+
+            fn parts(&self) -> (&$signer, i64, &[u8; 32]) {
+                (&self.$field, self.signed_at, &self.request_digest)
+            }
+
+            fn signature_error($field: $signer, source: SigningError) -> RequestAuthError {
+                RequestAuthError::$error { $field, source }
+            }
+        }
+    };
+}
+
 /// What a participant signs to authorise one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestProof {
@@ -50,26 +92,96 @@ pub struct RequestProof {
     pub request_digest: [u8; 32],
 }
 
-impl Signable for RequestProof {
-    const TAG: &'static str = "gridmesh/request/v1";
-    const LEN: usize = 19 + 32 + 8 + 32;
+proof_layout!(
+    RequestProof,
+    participant: ParticipantId,
+    "gridmesh/request/v1",
+    SCHEME,
+    Signature
+);
 
-    fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new(Self::TAG, Self::LEN);
-        w.id(self.participant.as_str())
-            .i64(self.signed_at)
-            .bytes(&self.request_digest);
-        w.finish()
-    }
+/// What participant and gateway proofs share: one layout (tag, the signer's id, `signed_at` as
+/// i64, the 32-byte [`request_digest`]) and one header form (`<scheme> <base64 payload>.<base64
+/// signature>`); they differ in the signer's kind, the tag and the scheme.
+trait Proof: Signable {
+    /// The signer's id.
+    type Signer: Clone + AsRef<str> + TryFrom<String, Error = IdError>;
+    /// The `Authorization` scheme.
+    const SCHEME: &'static str;
+    /// The signer's field name in layout errors.
+    const SIGNER_FIELD: &'static str;
+    /// A proof from its fields.
+    fn new(signer: Self::Signer, signed_at: i64, request_digest: [u8; 32]) -> Self;
+    /// The proof's fields: signer, `signed_at`, request digest.
+    fn parts(&self) -> (&Self::Signer, i64, &[u8; 32]);
+    /// The refusal of a signature that does not verify with `signer`'s key.
+    fn signature_error(signer: Self::Signer, source: SigningError) -> RequestAuthError;
+}
 
-    fn decode(bytes: &[u8]) -> Result<Self, LayoutError> {
-        let mut r = Reader::new(bytes, Self::TAG, Self::LEN)?;
-        Ok(RequestProof {
-            participant: r.id("participant", ParticipantId::new)?,
-            signed_at: r.i64(),
-            request_digest: r.digest(),
-        })
-    }
+/// The canonical bytes of a proof.
+fn encode_proof<P: Proof>(proof: &P) -> Vec<u8> {
+    let (signer, signed_at, request_digest) = proof.parts();
+    let mut w = Writer::new(P::TAG, P::LEN);
+    w.id(signer.as_ref()).i64(signed_at).bytes(request_digest);
+    w.finish()
+}
+
+/// Parses a proof's canonical bytes.
+fn decode_proof<P: Proof>(bytes: &[u8]) -> Result<P, LayoutError> {
+    let mut r = Reader::new(bytes, P::TAG, P::LEN)?;
+    let signer = r.id(P::SIGNER_FIELD, P::Signer::try_from)?;
+    Ok(P::new(signer, r.i64(), r.digest()))
+}
+
+/// The `Authorization` header value of a proof for `method path_and_query body` by `signer`,
+/// signed now (`now_unix`) with `key`.
+fn proof_header<P: Proof>(
+    signer: &P::Signer,
+    key: &SigningKeyPair,
+    now_unix: i64,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> String {
+    let proof = P::new(
+        signer.clone(),
+        now_unix,
+        request_digest(method, path_and_query, body),
+    );
+    let payload = proof.encode();
+    let signature = key.sign_raw(&payload);
+    format!(
+        "{} {}.{}",
+        P::SCHEME,
+        STANDARD.encode(&payload),
+        STANDARD.encode(signature)
+    )
+}
+
+/// Parses an `Authorization` header value of scheme `P::SCHEME`: the proof, its payload and the
+/// signature.
+fn parse_proof_header<P: Proof>(header: &str) -> Result<(P, Vec<u8>, [u8; 64]), RequestAuthError> {
+    let (payload, signature) = split_header(header, P::SCHEME)?;
+    let proof = decode_proof(&payload)?;
+    Ok((proof, payload, signature))
+}
+
+/// Checks a parsed proof against the request received ([`check_proof`]) and the signer's key.
+#[allow(clippy::too_many_arguments)]
+fn verify_proof<P: Proof>(
+    proof: &P,
+    payload: &[u8],
+    signature: &[u8; 64],
+    key: &PublicKey,
+    now_unix: i64,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> Result<(), RequestAuthError> {
+    let (signer, signed_at, digest) = proof.parts();
+    check_proof(signed_at, digest, now_unix, method, path_and_query, body)?;
+    key.verify(payload, signature)
+        .map_err(|source| P::signature_error(signer.clone(), source))
 }
 
 /// SHA-256 of `METHOD SP path-and-query LF body`: the request a proof authorises. `method` is
@@ -94,18 +206,7 @@ pub fn authorization(
     path_and_query: &str,
     body: &[u8],
 ) -> String {
-    let proof = RequestProof {
-        participant: participant.clone(),
-        signed_at: now_unix,
-        request_digest: request_digest(method, path_and_query, body),
-    };
-    let payload = proof.encode();
-    let signature = key.sign_raw(&payload);
-    format!(
-        "{SCHEME} {}.{}",
-        STANDARD.encode(&payload),
-        STANDARD.encode(signature)
-    )
+    proof_header::<RequestProof>(participant, key, now_unix, method, path_and_query, body)
 }
 
 /// Why a signed request is refused. Every message says what is wrong and what to do.
@@ -166,8 +267,7 @@ pub struct SignedRequest {
 impl SignedRequest {
     /// Parses an `Authorization` header value.
     pub fn parse(header: &str) -> Result<Self, RequestAuthError> {
-        let (payload, signature) = split_header(header, SCHEME)?;
-        let proof = RequestProof::decode(&payload)?;
+        let (proof, payload, signature) = parse_proof_header(header)?;
         Ok(SignedRequest {
             proof,
             payload,
@@ -189,20 +289,16 @@ impl SignedRequest {
         path_and_query: &str,
         body: &[u8],
     ) -> Result<(), RequestAuthError> {
-        check_proof(
-            self.proof.signed_at,
-            &self.proof.request_digest,
+        verify_proof(
+            &self.proof,
+            &self.payload,
+            &self.signature,
+            registered,
             now_unix,
             method,
             path_and_query,
             body,
-        )?;
-        registered
-            .verify(&self.payload, &self.signature)
-            .map_err(|source| RequestAuthError::Signature {
-                participant: self.proof.participant.clone(),
-                source,
-            })
+        )
     }
 }
 
@@ -239,27 +335,13 @@ pub struct GatewayRequestProof {
     pub request_digest: [u8; 32],
 }
 
-impl Signable for GatewayRequestProof {
-    const TAG: &'static str = "gridmesh/gateway-request/v1";
-    const LEN: usize = 27 + 32 + 8 + 32;
-
-    fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new(Self::TAG, Self::LEN);
-        w.id(self.gateway.as_str())
-            .i64(self.signed_at)
-            .bytes(&self.request_digest);
-        w.finish()
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Self, LayoutError> {
-        let mut r = Reader::new(bytes, Self::TAG, Self::LEN)?;
-        Ok(GatewayRequestProof {
-            gateway: r.id("gateway", GatewayId::new)?,
-            signed_at: r.i64(),
-            request_digest: r.digest(),
-        })
-    }
-}
+proof_layout!(
+    GatewayRequestProof,
+    gateway: GatewayId,
+    "gridmesh/gateway-request/v1",
+    GATEWAY_SCHEME,
+    GatewaySignature
+);
 
 /// The `Authorization` header value authorising one request by `gateway` (for example its
 /// `POST /readings` batch), signed now (`now_unix`, wall-clock Unix seconds) with its key.
@@ -271,18 +353,7 @@ pub fn gateway_authorization(
     path_and_query: &str,
     body: &[u8],
 ) -> String {
-    let proof = GatewayRequestProof {
-        gateway: gateway.clone(),
-        signed_at: now_unix,
-        request_digest: request_digest(method, path_and_query, body),
-    };
-    let payload = proof.encode();
-    let signature = key.sign_raw(&payload);
-    format!(
-        "{GATEWAY_SCHEME} {}.{}",
-        STANDARD.encode(&payload),
-        STANDARD.encode(signature)
-    )
+    proof_header::<GatewayRequestProof>(gateway, key, now_unix, method, path_and_query, body)
 }
 
 /// A parsed but not yet verified gateway request.
@@ -297,8 +368,7 @@ pub struct SignedGatewayRequest {
 impl SignedGatewayRequest {
     /// Parses an `Authorization` header value (`GridmeshGateway <payload>.<signature>`).
     pub fn parse(header: &str) -> Result<Self, RequestAuthError> {
-        let (payload, signature) = split_header(header, GATEWAY_SCHEME)?;
-        let proof = GatewayRequestProof::decode(&payload)?;
+        let (proof, payload, signature) = parse_proof_header(header)?;
         Ok(SignedGatewayRequest {
             proof,
             payload,
@@ -322,20 +392,16 @@ impl SignedGatewayRequest {
         path_and_query: &str,
         body: &[u8],
     ) -> Result<(), RequestAuthError> {
-        check_proof(
-            self.proof.signed_at,
-            &self.proof.request_digest,
+        verify_proof(
+            &self.proof,
+            &self.payload,
+            &self.signature,
+            enrolled,
             now_unix,
             method,
             path_and_query,
             body,
-        )?;
-        enrolled
-            .verify(&self.payload, &self.signature)
-            .map_err(|source| RequestAuthError::GatewaySignature {
-                gateway: self.proof.gateway.clone(),
-                source,
-            })
+        )
     }
 }
 
