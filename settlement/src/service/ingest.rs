@@ -201,6 +201,7 @@ async fn decode(
 }
 
 fn reading_row(
+    key: String,
     env: &SignedEnvelope,
     reading: &Reading,
     enrollment: &GatewayEnrollment,
@@ -209,7 +210,7 @@ fn reading_row(
     now_ms: i64,
 ) -> ReadingRow {
     ReadingRow {
-        key: reading.idempotency_key(),
+        key,
         gateway: reading.gateway.to_string(),
         device: reading.device.to_string(),
         participant: enrollment.participant.to_string(),
@@ -710,7 +711,13 @@ impl Service {
             let digest = env.digest();
             state.chain.record(reading, digest);
             batch.rows.push(reading_row(
-                env, reading, enrollment, digest, status, now_ms,
+                key.clone(),
+                env,
+                reading,
+                enrollment,
+                digest,
+                status,
+                now_ms,
             ));
             match verdict {
                 Verdict::Flag(reason) | Verdict::Late(reason) => {
