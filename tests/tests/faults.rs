@@ -6,18 +6,26 @@
 //! the outages it wants to ride out); every interval of every home must then be settled from
 //! real readings, exactly once, with the metered energy matching meter-sim's counters.
 //!
-//! Every fault neighbourhood runs on a real Mosquitto (a private one per test, so no other
-//! test's gateways publish on its topics), and the three run one after another ([`one_at_a_time`]),
-//! never in parallel: each gets the machine's cores for its accelerated clock. Waits are on
-//! events (simulated time reached, blocks sealed) with deadlines derived from the clock speed.
+//! Every scenario runs twice, on each broker the project ships with ([`BrokerKind`]): a real
+//! Mosquitto (with persistence) and the demo's embedded rumqttd (in memory: a restart loses its
+//! sessions). Each run gets a private broker, so no other test's gateways publish on its topics.
+//! The gateways have no HTTP fallback, so every reading must cross the broker under test: each
+//! run ends with [`check_uplink`] (every reading delivered over MQTT, settlement's count of
+//! MQTT readings equal to the rows it stored, none over REST).
+//!
+//! The fault neighbourhoods run one after another ([`one_at_a_time`]), never in parallel: each
+//! gets the machine's cores for its accelerated clock. Waits are on events (simulated time
+//! reached, blocks sealed, readings delivered) with deadlines derived from the clock speed.
 
 use chrono::Utc;
 use edge_gateway::config::ClockConfig;
+use gridmesh_e2e::broker::{BrokerKind, TestBroker};
+use gridmesh_e2e::delivery::{Uplink, check_uplink};
 use gridmesh_e2e::invariants::{
     check_settled, get_json, intervals_from, wait_sealed, within_boundary_tolerance,
 };
 use gridmesh_e2e::neighbourhood::{Neighbourhood, Options};
-use gridmesh_e2e::processes::{ChildProcess, Mosquitto, service_binary, write_toml};
+use gridmesh_e2e::processes::{ChildProcess, service_binary, write_toml};
 use gridmesh_protocol::api::market::{BookDepth, OrderRecord};
 use gridmesh_protocol::interval::{Interval, IntervalLength};
 use gridmesh_protocol::keys::SigningKeyPair;
@@ -28,7 +36,7 @@ use gridmesh_protocol::{NodeId, ParticipantId, PricePerMwh, Wh, ZoneId};
 use gridmesh_runtime::db::{Database, scratch};
 use gridmesh_runtime::shutdown::Shutdown;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const HOMES: usize = 4;
 
@@ -38,6 +46,73 @@ static SEQUENTIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Waits for the other fault tests of this binary to finish; hold the guard for the whole test.
 async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     SEQUENTIAL.lock().await
+}
+
+/// Entry points `<module>::<scenario>` that run each scenario's one body with the broker
+/// `kind`, one at a time, and print how long it took.
+macro_rules! on_broker {
+    ($module:ident, $kind:ident, [$($scenario:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::timed(stringify!($scenario), super::BrokerKind::$kind, super::$scenario)
+                        .await;
+                }
+            )*
+        }
+    };
+}
+
+on_broker!(
+    mosquitto,
+    Mosquitto,
+    [
+        gateway_killed_with_sigkill_and_restarted,
+        broker_restarted,
+        market_restarted_during_an_open_interval,
+    ]
+);
+
+// Not `broker_restarted` on rumqttd yet: it fails there. The restarted embedded broker is empty;
+// one gateway's reading from the outage was acknowledged by it (signed 13, delivered over MQTT
+// 13, stored by settlement 12) and never reached settlement, whose session had not subscribed
+// again yet. Add it here once that loss is fixed (issue 15).
+on_broker!(
+    rumqttd,
+    Rumqttd,
+    [
+        gateway_killed_with_sigkill_and_restarted,
+        market_restarted_during_an_open_interval,
+    ]
+);
+
+/// Runs `scenario` on `kind` once the other fault tests are done, and prints its real duration.
+async fn timed<F: std::future::Future<Output = ()>>(
+    name: &str,
+    kind: BrokerKind,
+    scenario: impl FnOnce(BrokerKind) -> F,
+) {
+    let _turn = one_at_a_time().await;
+    let started = Instant::now();
+    scenario(kind).await;
+    eprintln!(
+        "fault scenario {name} on {kind:?}: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Every reading crossed the broker (no HTTP fallback is configured), and settlement stored
+/// each exactly once: a broken path through `kind`'s broker fails here.
+async fn check_every_reading_over_mqtt(hood: &Neighbourhood, kind: BrokerKind) {
+    let signed = check_uplink(hood, Uplink::Mqtt, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("on {kind:?}: {}", e.0));
+    assert_eq!(
+        signed.len(),
+        hood.gateways.len(),
+        "in-process gateways checked: {signed:?}"
+    );
 }
 
 /// Real time for `intervals` 15-minute intervals at `speed`, plus 90 s for a loaded machine
@@ -56,6 +131,7 @@ fn options(dir: &Path, speed: f64, grace_secs: u64) -> Options {
         modbus_base_port: 0,
         poll_ms: 100,
         settlement_grace_secs: grace_secs,
+        http_fallback: false,
         ..Options::default()
     }
 }
@@ -124,12 +200,10 @@ fn child_config(hood: &Neighbourhood, config_path: &Path) {
 /// (a) One home's gateway runs as a real `edge-gateway` process; it is killed with SIGKILL in
 /// the middle of an interval, stays down across a boundary and is started again. Its outbox
 /// and boundary interpolation must give every interval exactly one reading.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn gateway_killed_with_sigkill_and_restarted() {
-    let _turn = one_at_a_time().await;
+async fn gateway_killed_with_sigkill_and_restarted(kind: BrokerKind) {
     let binary = service_binary("edge-gateway", "edge-gateway").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = Mosquitto::start(&dir.path().join("mosquitto"))
+    let mut broker = TestBroker::start(kind, &dir.path().join("broker"))
         .await
         .unwrap();
     let mut options = options(&dir.path().join("hood"), 200.0, 2_700);
@@ -194,20 +268,21 @@ async fn gateway_killed_with_sigkill_and_restarted() {
         }
     }
     audit(&hood).await;
+    check_every_reading_over_mqtt(&hood, kind).await;
     child.kill();
     shutdown.trigger();
     hood.stop(&shutdown).await.unwrap();
     broker.stop().await;
 }
 
-/// (b) A private Mosquitto (with persistence) is stopped for two intervals and started again on
-/// the same port: gateways keep readings in their outboxes (or use HTTP), settlement's
-/// persistent session gets the rest, and every interval is settled exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn broker_restarted() {
-    let _turn = one_at_a_time().await;
+/// (b) The private broker is stopped for two intervals and started again on the same address:
+/// the gateways keep their readings in their outboxes and publish them when it is back, and
+/// every interval is settled exactly once. Mosquitto comes back with its persistence (settlement's
+/// session and the messages queued for it); rumqttd comes back empty, so settlement's session
+/// must subscribe again on its own.
+async fn broker_restarted(kind: BrokerKind) {
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = Mosquitto::start(&dir.path().join("mosquitto"))
+    let mut broker = TestBroker::start(kind, &dir.path().join("broker"))
         .await
         .unwrap();
     let mut options = options(&dir.path().join("hood"), 300.0, 4_500);
@@ -230,9 +305,18 @@ async fn broker_restarted() {
     // From the broker's restart: the rest of wanted[3], wanted[4], the grace and the backlog.
     let within = real_time_for(3, hood.clock.speed());
     wait_sealed(&settlement, &wanted[4], within).await.unwrap();
-    let statements = check_settled(&settlement, &wanted, &homes(&hood))
-        .await
-        .unwrap();
+    let statements = match check_settled(&settlement, &wanted, &homes(&hood)).await {
+        Ok(statements) => statements,
+        Err(e) => {
+            // Where the readings went: signed, delivered, waiting in outboxes, stored.
+            let uplink = check_uplink(&hood, Uplink::Mqtt, Duration::from_secs(10)).await;
+            panic!(
+                "on {kind:?}: {}
+readings: {uplink:?}",
+                e.0
+            )
+        }
+    };
     // The gateways ran throughout: every interval matches the meters on its own.
     for home in homes(&hood) {
         for interval in &wanted {
@@ -240,6 +324,7 @@ async fn broker_restarted() {
         }
     }
     audit(&hood).await;
+    check_every_reading_over_mqtt(&hood, kind).await;
     shutdown.trigger();
     hood.stop(&shutdown).await.unwrap();
     broker.stop().await;
@@ -248,12 +333,10 @@ async fn broker_restarted() {
 /// (c) The market is stopped and started again (same port, same PostgreSQL database) while an
 /// interval's book is open: the book is recovered, a replayed order is refused, the interval
 /// clears exactly once and settlement settles every interval exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn market_restarted_during_an_open_interval() {
-    let _turn = one_at_a_time().await;
+async fn market_restarted_during_an_open_interval(kind: BrokerKind) {
     let database = scratch::fresh_postgres("faults_market").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = Mosquitto::start(&dir.path().join("mosquitto"))
+    let mut broker = TestBroker::start(kind, &dir.path().join("broker"))
         .await
         .unwrap();
     let mut options = options(&dir.path().join("hood"), 200.0, 900);
@@ -385,6 +468,7 @@ async fn market_restarted_during_an_open_interval() {
     );
 
     audit(&hood).await;
+    check_every_reading_over_mqtt(&hood, kind).await;
     shutdown.trigger();
     hood.stop(&shutdown).await.unwrap();
     broker.stop().await;
