@@ -19,7 +19,7 @@
 use crate::config::GatewayConfig;
 use crate::outbox::Outbox;
 use gridmesh_protocol::api::market::ErrorBody;
-use gridmesh_protocol::api::settlement::{MonthlyStatement, ReadingDigest};
+use gridmesh_protocol::api::settlement::{MonthlyStatement, ReadingDigest, Statement};
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::reading::Registers;
 use gridmesh_protocol::signing::SignedEnvelope;
@@ -306,6 +306,32 @@ fn permille(p: Option<u32>) -> String {
 }
 
 /// The statement and its checks as text for a terminal (80 columns).
+/// The interval's flagged readings: held back, not paid, until an operator accepts them.
+fn render_pending(o: &mut String, st: &Statement) {
+    for p in &st.pending {
+        let capped = if p.metered_exported != p.exported {
+            format!(
+                " (metered {} Wh, capped at the site's rating)",
+                p.metered_exported.0
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            o,
+            "    pending review  reading {} ({}): export {} Wh{} / import {} Wh, not paid until the operator accepts it",
+            p.reading.get(..16).unwrap_or(&p.reading),
+            p.reason.map_or("flagged", |r| r.as_str()),
+            p.exported.0,
+            capped,
+            p.imported.0
+        );
+    }
+    if let Some(worth) = st.pending_worth {
+        let _ = writeln!(o, "    pending worth   {:>10} if accepted", money(worth));
+    }
+}
+
 pub fn render(s: &MonthlyStatement, checks: &[(&str, &ReadingDigest, Check)]) -> String {
     let mut o = String::new();
     let t = &s.totals;
@@ -355,6 +381,7 @@ pub fn render(s: &MonthlyStatement, checks: &[(&str, &ReadingDigest, Check)]) ->
                 money(l.amount)
             );
         }
+        render_pending(&mut o, st);
     }
     let _ = writeln!(
         o,
@@ -494,5 +521,46 @@ mod tests {
             check(&listed("other", 900, "aa", 0, 0), &gw, &local),
             Check::NotChecked("signed by another gateway of the household")
         ));
+    }
+
+    #[test]
+    fn pending_readings_are_shown_unpaid_with_their_cap_and_worth() {
+        use gridmesh_protocol::api::readings::ReasonCode;
+        use gridmesh_protocol::api::settlement::PendingLine;
+        use gridmesh_protocol::{ParticipantId, Wh};
+        let st = Statement {
+            participant: ParticipantId::new("h001").unwrap(),
+            interval: "2026-06-21T12:00:00Z/15".into(),
+            sold: Wh(0),
+            bought: Wh(0),
+            exported: Wh(0),
+            imported: Wh(0),
+            envelope_excess: Wh(0),
+            delivered: Wh(0),
+            consumed: Wh(0),
+            tokens: Wh(0),
+            estimated: true,
+            lines: vec![],
+            net: Money(0),
+            pending: vec![PendingLine {
+                reading: "ab".repeat(32),
+                gateway: GatewayId::new("gw-h001").unwrap(),
+                reason: Some(ReasonCode::ImplausibleExport),
+                exported: Wh(3000),
+                imported: Wh(0),
+                metered_exported: Wh(1_000_000),
+            }],
+            pending_worth: Some(Money(350)),
+        };
+        let mut o = String::new();
+        render_pending(&mut o, &st);
+        assert!(
+            o.contains("reading abababababababab (implausible_export): export 3000 Wh (metered 1000000 Wh, capped at the site's rating) / import 0 Wh, not paid until the operator accepts it"),
+            "{o}"
+        );
+        assert!(
+            o.contains("pending worth") && o.contains(&money(Money(350))),
+            "{o}"
+        );
     }
 }
