@@ -305,7 +305,6 @@ fn permille(p: Option<u32>) -> String {
     p.map_or_else(|| "none".to_owned(), |p| format!("{}.{} %", p / 10, p % 10))
 }
 
-/// The statement and its checks as text for a terminal (80 columns).
 /// The interval's flagged readings: held back, not paid, until an operator accepts them.
 fn render_pending(o: &mut String, st: &Statement) {
     for p in &st.pending {
@@ -332,6 +331,7 @@ fn render_pending(o: &mut String, st: &Statement) {
     }
 }
 
+/// The statement and its checks as text for a terminal (80 columns).
 pub fn render(s: &MonthlyStatement, checks: &[(&str, &ReadingDigest, Check)]) -> String {
     let mut o = String::new();
     let t = &s.totals;
