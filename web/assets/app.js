@@ -253,8 +253,9 @@ async function renderParticipants(r) {
     cell(kwh(p.tokens_wh), true))), q || node ? 'No participant matches.' : 'No participants registered yet.', 13);
   if (data.period) $('#participants-period').textContent = data.period;
   const detail = $('#participant-detail');
-  $('#participants-list').hidden = false;
-  if (r.seg.length > 1) await renderParticipantDetail(decodeURIComponent(r.seg[1]), detail); else { detail.hidden = true; delete detail.dataset.shown; }
+  // The list is shown again only once the detail is known not to be a 404, so a live render
+  // that overlaps a 404's render never shows the list under the error, even for a moment.
+  if (r.seg.length > 1) await renderParticipantDetail(decodeURIComponent(r.seg[1]), detail); else { $('#participants-list').hidden = false; detail.hidden = true; delete detail.dataset.shown; }
 }
 async function renderParticipantDetail(id, detail) {
   let d;
@@ -269,6 +270,7 @@ async function renderParticipantDetail(id, detail) {
       $('#participants-list').hidden = true;
       return;
     }
+    $('#participants-list').hidden = false;
     if (e.status !== 403) throw e;
     // Another household's detail: refused by the server, said so in place.
     detail.replaceChildren(h('h2', { text: 'Participant ' + id }),
@@ -277,6 +279,7 @@ async function renderParticipantDetail(id, detail) {
     detail.hidden = false;
     return;
   }
+  $('#participants-list').hidden = false;
   keepDetail(detail, d, () => buildParticipantDetail(d, detail));
 }
 function buildParticipantDetail(d, detail) {
