@@ -12,7 +12,7 @@
 mod common;
 
 use chrono::DateTime;
-use edge_gateway::config::{DeviceConfig, GatewayConfig, Role};
+use edge_gateway::config::GatewayConfig;
 use edge_gateway::{KeySource, run_with_key};
 use gridmesh_protocol::keys::SigningKeyPair;
 use gridmesh_protocol::{GatewayId, Interval, PricePerMwh, Wh};
@@ -65,24 +65,7 @@ async fn a_negative_feed_in_price_curtails_pv_instead_of_exporting() {
         poll_ms: POLL_MS,
         modbus_timeout_ms: 500,
         health_listen: "127.0.0.1:0".into(),
-        devices: home
-            .devices
-            .iter()
-            .map(|d| {
-                let role = match d.kind {
-                    DeviceKind::Inverter => Role::Inverter,
-                    DeviceKind::Battery => Role::Battery,
-                    DeviceKind::Meter => Role::GridMeter,
-                };
-                DeviceConfig::modbus_tcp(
-                    &format!("{:?}", d.kind).to_lowercase(),
-                    role,
-                    &d.host,
-                    d.port,
-                    d.unit,
-                )
-            })
-            .collect(),
+        devices: common::modbus_devices(&home),
         ..GatewayConfig::default()
     };
     c.site.inverter_w = home.inverter_w;

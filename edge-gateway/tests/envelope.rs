@@ -147,24 +147,7 @@ async fn midday_home(start: &str, battery_w: u32) -> (Simulator, Clock, Shutdown
 }
 
 fn config(gw: &GatewayId, home: &ManifestHome, dir: &std::path::Path) -> GatewayConfig {
-    let devices = home
-        .devices
-        .iter()
-        .map(|d| {
-            let role = match d.kind {
-                DeviceKind::Inverter => Role::Inverter,
-                DeviceKind::Battery => Role::Battery,
-                DeviceKind::Meter => Role::GridMeter,
-            };
-            DeviceConfig::modbus_tcp(
-                &format!("{:?}", d.kind).to_lowercase(),
-                role,
-                &d.host,
-                d.port,
-                d.unit,
-            )
-        })
-        .collect();
+    let devices = common::modbus_devices(home);
     let mut c = GatewayConfig {
         gateway_id: gw.clone(),
         interval_minutes: 5,

@@ -18,29 +18,9 @@ use gridmesh_protocol::reading::ReadingFlags;
 use gridmesh_protocol::{GatewayId, Reading};
 use gridmesh_runtime::shutdown::Shutdown;
 use meter_sim::scenario::MqttOptions;
-use meter_sim::{DeviceKind, ManifestHome, Scenario};
+use meter_sim::{DeviceKind, Scenario};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-fn modbus_devices(home: &ManifestHome) -> Vec<DeviceConfig> {
-    home.devices
-        .iter()
-        .map(|d| {
-            let role = match d.kind {
-                DeviceKind::Inverter => Role::Inverter,
-                DeviceKind::Battery => Role::Battery,
-                DeviceKind::Meter => Role::GridMeter,
-            };
-            DeviceConfig::modbus_tcp(
-                &format!("{:?}", d.kind).to_lowercase(),
-                role,
-                &d.host,
-                d.port,
-                d.unit,
-            )
-        })
-        .collect()
-}
 
 fn gateway_config(gw: &str, dir: &std::path::Path, devices: Vec<DeviceConfig>) -> GatewayConfig {
     let mut c = GatewayConfig {

@@ -5,9 +5,11 @@
 #![allow(dead_code)]
 
 use chrono::{DateTime, Utc};
+use edge_gateway::config::{DeviceConfig, Role};
 use gridmesh_protocol::{Reading, SignedEnvelope};
 use gridmesh_runtime::clock::Clock;
 use gridmesh_runtime::mqtt::{MqttSession, MqttSettings};
+use meter_sim::{DeviceKind, ManifestHome};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -397,4 +399,25 @@ pub fn assert_contiguous(readings: &[Reading]) {
             "sequence must increase"
         );
     }
+}
+
+/// The gateway's Modbus TCP device list for one meter-sim home (inverter, battery, grid meter).
+pub fn modbus_devices(home: &ManifestHome) -> Vec<DeviceConfig> {
+    home.devices
+        .iter()
+        .map(|d| {
+            let role = match d.kind {
+                DeviceKind::Inverter => Role::Inverter,
+                DeviceKind::Battery => Role::Battery,
+                DeviceKind::Meter => Role::GridMeter,
+            };
+            DeviceConfig::modbus_tcp(
+                &format!("{:?}", d.kind).to_lowercase(),
+                role,
+                &d.host,
+                d.port,
+                d.unit,
+            )
+        })
+        .collect()
 }
